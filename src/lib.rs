@@ -1,0 +1,2 @@
+//! wal.rs: a durable, partitioned write-ahead log server.
+pub mod storage;

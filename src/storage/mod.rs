@@ -1,0 +1,2 @@
+//! Storage layer: one partition's log on disk.
+pub mod io;
