@@ -1,2 +1,22 @@
-//! Storage layer: one partition's log on disk.
+//! Storage layer: one partition's log on disk, over a pluggable file engine.
+//!
+//! Owns: the on-disk format (`format`), the offset index (`index`), segments (`segment`), the
+//! partition log (`log`), and the engines that do the file I/O (`portable`, `uring`, and the
+//! fault-injecting `faulty` for crash tests).
+//! Must never: know about gRPC, topics, shards or the network. It is driven by one owner at a
+//! time (a shard task); nothing in it is `Send` or locked.
+
+mod error;
+pub mod format;
+mod index;
 pub mod io;
+mod log;
+pub mod portable;
+mod segment;
+
+pub use error::{Error, Result};
+pub use format::{Batch, BatchHeader, Record};
+pub use io::{Engine, FileStat, StoreFile};
+pub use log::{Log, LogConfig, OpenReport, now_ms};
+pub use portable::PortableEngine;
+pub use segment::{Recovery, index_file_name, store_file_name};

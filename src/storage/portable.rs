@@ -1,0 +1,218 @@
+//! The portable store engine: plain std files, blocking calls, `fdatasync` for durability.
+//!
+//! Owns: `PortableEngine` and `PortableFile`, the [`Engine`]/[`StoreFile`] pair that runs on
+//! any Unix and on Linux where io_uring cannot start.
+//! Must never: buffer in user space. `append` hands the bytes to the kernel before it returns,
+//! so the file on disk is always exactly `len()` bytes long and byte-for-byte what the uring
+//! engine leaves after `close`.
+//!
+//! Its `async fn`s never suspend; they block the calling thread, which is the shard's own.
+
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use super::io::{Engine, FileStat, StoreFile};
+
+/// Std-file engine. Clones share the fdatasync counter.
+#[derive(Clone, Default)]
+pub struct PortableEngine {
+    fdatasyncs: Rc<Cell<u64>>,
+}
+
+impl PortableEngine {
+    pub fn new() -> PortableEngine {
+        PortableEngine::default()
+    }
+
+    /// How many `fdatasync` calls this engine's files have made (group commit is visible here).
+    pub fn fdatasync_count(&self) -> u64 {
+        self.fdatasyncs.get()
+    }
+}
+
+pub struct PortableFile {
+    file: File,
+    len_bytes: u64,
+    fdatasyncs: Rc<Cell<u64>>,
+}
+
+/// Makes a directory entry durable: a created or removed file survives a crash only once its
+/// directory is synced.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// `stat` for any engine whose files are plain files on disk.
+pub fn stat_file(path: &Path) -> io::Result<FileStat> {
+    let meta = std::fs::metadata(path)?;
+    let modified_ms = meta
+        .modified()?
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok(FileStat {
+        size_bytes: meta.len(),
+        modified_ms,
+    })
+}
+
+/// `list` for any engine whose files are plain files on disk.
+pub fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        names.push(PathBuf::from(entry?.file_name()));
+    }
+    Ok(names)
+}
+
+impl Engine for PortableEngine {
+    type File = PortableFile;
+
+    fn name(&self) -> &'static str {
+        "portable"
+    }
+
+    async fn create(&self, path: &Path) -> io::Result<PortableFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        sync_dir(parent(path))?;
+        Ok(PortableFile {
+            file,
+            len_bytes: 0,
+            fdatasyncs: self.fdatasyncs.clone(),
+        })
+    }
+
+    async fn open(&self, path: &Path) -> io::Result<PortableFile> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len_bytes = file.metadata()?.len();
+        Ok(PortableFile {
+            file,
+            len_bytes,
+            fdatasyncs: self.fdatasyncs.clone(),
+        })
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)?;
+        sync_dir(parent(path))
+    }
+
+    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        list_dir(dir)
+    }
+
+    async fn stat(&self, path: &Path) -> io::Result<FileStat> {
+        stat_file(path)
+    }
+}
+
+impl StoreFile for PortableFile {
+    fn len(&self) -> u64 {
+        self.len_bytes
+    }
+
+    async fn append(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        while written < data.len() {
+            match self
+                .file
+                .write_at(&data[written..], self.len_bytes + written as u64)
+            {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "store file accepted no bytes",
+                    ));
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.len_bytes += data.len() as u64;
+        Ok(())
+    }
+
+    async fn read_at(&self, position: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
+        assert!(
+            position + len_bytes as u64 <= self.len_bytes,
+            "read of {len_bytes} bytes at {position} past the logical end {}",
+            self.len_bytes
+        );
+        let mut buf = vec![0u8; len_bytes];
+        self.file.read_exact_at(&mut buf, position)?;
+        Ok(buf)
+    }
+
+    async fn sync(&mut self) -> io::Result<()> {
+        self.fdatasyncs.set(self.fdatasyncs.get() + 1);
+        self.file.sync_data()
+    }
+
+    async fn truncate(&mut self, len_bytes: u64) -> io::Result<()> {
+        assert!(
+            len_bytes <= self.len_bytes,
+            "truncate to {len_bytes} past the end {}",
+            self.len_bytes
+        );
+        self.file.set_len(len_bytes)?;
+        self.len_bytes = len_bytes;
+        self.sync().await
+    }
+
+    async fn close(mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+
+    #[test]
+    fn append_read_truncate_reopen() {
+        block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.log");
+            let engine = PortableEngine::new();
+            let mut file = engine.create(&path).await.unwrap();
+            assert!(
+                engine.create(&path).await.is_err(),
+                "create must not clobber"
+            );
+            file.append(b"hello ").await.unwrap();
+            file.append(b"world").await.unwrap();
+            assert_eq!(file.read_at(3, 5).await.unwrap(), b"lo wo");
+            file.sync().await.unwrap();
+            file.truncate(5).await.unwrap();
+            assert_eq!(engine.fdatasync_count(), 2);
+            file.close().await.unwrap();
+            let file = engine.open(&path).await.unwrap();
+            assert_eq!(file.len(), 5);
+            assert_eq!(engine.stat(&path).await.unwrap().size_bytes, 5);
+            assert_eq!(
+                engine.list(dir.path()).await.unwrap(),
+                vec![PathBuf::from("a.log")]
+            );
+            engine.remove(&path).await.unwrap();
+            assert!(!path.exists());
+        });
+    }
+}

@@ -1,0 +1,692 @@
+//! One segment: a store file of batches plus its offset index.
+//!
+//! Owns: a segment's two files, the recovery scan of its tail, index validation and rebuild,
+//! and reading batches out of it.
+//! Must never: decide when to roll, retain or delete; that is the log's call. Never serve a
+//! batch whose CRC fails: such a read is an error naming the file and position.
+//!
+//! Files are named by the base offset, zero-padded to 20 digits so `ls` sorts them:
+//! `00000000000000000000.log` (store) and `00000000000000000000.index` (index).
+//!
+//! A sealed segment is not touched on open (a partition with 10,000 segments must open fast);
+//! its files are opened, and its index checked against the store, on first read.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, Result, io_err};
+use super::format::{self, BATCH_HEADER_LEN, Batch, DecodeError, Probe};
+use super::index::{ENTRY_LEN, Entry, Index, IndexFull};
+use super::io::{Engine, StoreFile};
+
+pub const STORE_SUFFIX: &str = "log";
+pub const INDEX_SUFFIX: &str = "index";
+/// Bytes read per I/O while scanning a store for batches.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+
+pub fn store_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.{STORE_SUFFIX}")
+}
+
+pub fn index_file_name(base_offset: u64) -> String {
+    format!("{base_offset:020}.{INDEX_SUFFIX}")
+}
+
+/// The base offset of a store file name, or `None` for any other file.
+pub fn parse_store_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())?
+}
+
+/// What reopening the active segment found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Bytes cut off the tail of the store (a torn or unsynced write, or DMA padding).
+    pub truncated_bytes: u64,
+    /// Why the scan stopped before the end of the file, when it did.
+    pub stopped_by: Option<DecodeError>,
+    /// The index disagreed with the store and was rebuilt.
+    pub index_rebuilt: bool,
+}
+
+struct Files<F> {
+    store: F,
+    index: Index,
+    /// For a sealed segment whose tail does not decode: where the valid batches end.
+    corrupt_at: Option<(u64, DecodeError)>,
+}
+
+pub struct Segment<E: Engine> {
+    base_offset: u64,
+    store_path: PathBuf,
+    index_path: PathBuf,
+    files: Option<Files<E::File>>,
+    size_bytes: u64,
+    next_offset: u64,
+    created_ms: i64,
+    modified_ms: i64,
+}
+
+/// Where a scan of a store stopped.
+struct Scan {
+    entries: Vec<Entry>,
+    end_position: u64,
+    next_offset: u64,
+    stopped_by: Option<DecodeError>,
+}
+
+/// Reads batches from `position` on, checking each, until the end of the file, zero padding
+/// or the first batch that does not check out.
+async fn scan<F: StoreFile>(
+    store: &F,
+    mut position: u64,
+    mut next_offset: u64,
+) -> std::io::Result<Scan> {
+    let len = store.len();
+    let mut entries = Vec::new();
+    let mut chunk: Vec<u8> = Vec::new();
+    let mut chunk_start = position;
+    let stopped_by = loop {
+        let remaining = len - position;
+        if remaining == 0 {
+            break None;
+        }
+        // Make sure the chunk holds `need` bytes from `position`.
+        let need_header = remaining.min(BATCH_HEADER_LEN as u64) as usize;
+        if position + need_header as u64 > chunk_start + chunk.len() as u64 {
+            let read_len = remaining.min(SCAN_CHUNK_BYTES as u64) as usize;
+            chunk = store.read_at(position, read_len).await?;
+            chunk_start = position;
+        }
+        let at = (position - chunk_start) as usize;
+        let header = match format::probe_header(&chunk[at..at + need_header]) {
+            Ok(Probe::End) => break None,
+            Ok(Probe::Header(header)) => header,
+            Err(e) => break Some(e),
+        };
+        let batch_len = header.batch_len as usize;
+        if batch_len as u64 > remaining {
+            break Some(DecodeError::ShortBatch {
+                batch_len: header.batch_len,
+                available: remaining as usize,
+            });
+        }
+        if position + batch_len as u64 > chunk_start + chunk.len() as u64 {
+            chunk = store
+                .read_at(
+                    position,
+                    remaining.min(SCAN_CHUNK_BYTES.max(batch_len) as u64) as usize,
+                )
+                .await?;
+            chunk_start = position;
+        }
+        let at = (position - chunk_start) as usize;
+        let header = match format::check_batch(&chunk[at..at + batch_len]) {
+            Ok(header) => header,
+            Err(e) => break Some(e),
+        };
+        let offset_ok = if entries.is_empty() && position == 0 {
+            header.base_offset == next_offset
+        } else {
+            header.base_offset >= next_offset
+        };
+        if !offset_ok {
+            break Some(DecodeError::OffsetOutOfOrder {
+                expected: next_offset,
+                found: header.base_offset,
+            });
+        }
+        entries.push(Entry {
+            offset: header.base_offset,
+            position,
+            batch_len: header.batch_len,
+        });
+        position += batch_len as u64;
+        next_offset = header.next_offset();
+    };
+    Ok(Scan {
+        entries,
+        end_position: position,
+        next_offset,
+        stopped_by,
+    })
+}
+
+impl<E: Engine> Segment<E> {
+    fn paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf) {
+        (
+            dir.join(store_file_name(base_offset)),
+            dir.join(index_file_name(base_offset)),
+        )
+    }
+
+    /// Creates a new, empty active segment.
+    pub async fn create(
+        engine: &E,
+        dir: &Path,
+        base_offset: u64,
+        index_bytes_max: u64,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let (store_path, index_path) = Self::paths(dir, base_offset);
+        // A leftover index (of a segment removed before a crash) must not be picked up.
+        match std::fs::remove_file(&index_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove stale index", &index_path)(e)),
+        }
+        let store = engine
+            .create(&store_path)
+            .await
+            .map_err(io_err("create segment", &store_path))?;
+        let index = Index::open(&index_path, base_offset, index_bytes_max)
+            .map_err(io_err("create index", &index_path))?;
+        Ok(Segment {
+            base_offset,
+            store_path,
+            index_path,
+            files: Some(Files {
+                store,
+                index,
+                corrupt_at: None,
+            }),
+            size_bytes: 0,
+            next_offset: base_offset,
+            created_ms: now_ms,
+            modified_ms: now_ms,
+        })
+    }
+
+    /// A sealed segment known from its directory entry only; nothing is opened. The log sets
+    /// its next offset from the following segment's base.
+    pub fn sealed(
+        dir: &Path,
+        base_offset: u64,
+        next_offset: u64,
+        size_bytes: u64,
+        modified_ms: i64,
+    ) -> Self {
+        let (store_path, index_path) = Self::paths(dir, base_offset);
+        Segment {
+            base_offset,
+            store_path,
+            index_path,
+            files: None,
+            size_bytes,
+            next_offset,
+            created_ms: modified_ms,
+            modified_ms,
+        }
+    }
+
+    /// Opens the active (last) segment after a restart or crash: checks the index against the
+    /// store, scans the store's tail past the last good index entry, cuts off a torn tail and
+    /// everything after it, and syncs, so that everything it holds afterwards is durable.
+    pub async fn recover(
+        engine: &E,
+        dir: &Path,
+        base_offset: u64,
+        index_bytes_max: u64,
+        now_ms: i64,
+    ) -> Result<(Self, Recovery)> {
+        let (store_path, index_path) = Self::paths(dir, base_offset);
+        let mut store = engine
+            .open(&store_path)
+            .await
+            .map_err(io_err("open segment", &store_path))?;
+        let mut index = Index::open(&index_path, base_offset, index_bytes_max)
+            .map_err(io_err("open index", &index_path))?;
+        let mut recovery = Recovery::default();
+        let store_len = store.len();
+
+        // Keep the index entries that lie inside the store and end on a batch that checks out.
+        let mut keep = index.len();
+        while keep > 0 && index.get(keep - 1).expect("below len").end_position() > store_len {
+            keep -= 1;
+        }
+        let mut resume = (0, base_offset);
+        if let Some(last) = keep.checked_sub(1).and_then(|i| index.get(i)) {
+            let bytes = store
+                .read_at(last.position, last.batch_len as usize)
+                .await
+                .map_err(io_err("read segment", &store_path))?;
+            match format::check_batch(&bytes) {
+                Ok(header)
+                    if header.base_offset == last.offset && header.batch_len == last.batch_len =>
+                {
+                    resume = (last.end_position(), header.next_offset());
+                }
+                _ => keep = 0,
+            }
+        }
+        if keep < index.len() {
+            recovery.index_rebuilt = true;
+            index.truncate(keep);
+        }
+
+        let scan = scan(&store, resume.0, resume.1)
+            .await
+            .map_err(io_err("scan segment", &store_path))?;
+        let needed = (index.len() + scan.entries.len()) as u64 * ENTRY_LEN as u64;
+        if needed > index_bytes_max {
+            index
+                .grow(needed)
+                .map_err(io_err("grow index", &index_path))?;
+        }
+        for entry in scan.entries {
+            index.push(entry).expect("index grown to fit the scan");
+        }
+        if scan.end_position < store_len {
+            recovery.truncated_bytes = store_len - scan.end_position;
+            recovery.stopped_by = scan.stopped_by;
+            store
+                .truncate(scan.end_position)
+                .await
+                .map_err(io_err("truncate torn tail", &store_path))?;
+        }
+        // Whatever survived may still sit in the page cache only; from here on it counts as
+        // durable (the high watermark starts at the end), so make it so.
+        store
+            .sync()
+            .await
+            .map_err(io_err("sync segment", &store_path))?;
+
+        let created_ms = match index.get(0) {
+            Some(first) => {
+                let bytes = store
+                    .read_at(first.position, BATCH_HEADER_LEN)
+                    .await
+                    .map_err(io_err("read segment", &store_path))?;
+                match format::probe_header(&bytes) {
+                    Ok(Probe::Header(header)) => header.first_timestamp_ms.min(now_ms),
+                    _ => now_ms,
+                }
+            }
+            None => now_ms,
+        };
+        let segment = Segment {
+            base_offset,
+            store_path,
+            index_path,
+            size_bytes: scan.end_position,
+            next_offset: scan.next_offset,
+            files: Some(Files {
+                store,
+                index,
+                corrupt_at: None,
+            }),
+            created_ms,
+            modified_ms: now_ms,
+        };
+        Ok((segment, recovery))
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+    /// The offset after the last batch in this segment.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+    pub fn modified_ms(&self) -> i64 {
+        self.modified_ms
+    }
+    pub fn store_path(&self) -> &Path {
+        &self.store_path
+    }
+
+    /// Opens a sealed segment's files on first use and checks its index against its store;
+    /// an index that is missing, short, long or wrong is rebuilt from the store.
+    async fn open_files(&mut self, engine: &E) -> Result<&mut Files<E::File>> {
+        if self.files.is_none() {
+            let store = engine
+                .open(&self.store_path)
+                .await
+                .map_err(io_err("open segment", &self.store_path))?;
+            let index = Index::open(&self.index_path, self.base_offset, 0)
+                .map_err(io_err("open index", &self.index_path))?;
+            let mut trusted = index
+                .last()
+                .is_some_and(|last| last.end_position() == store.len());
+            if let Some(last) = index.last().filter(|_| trusted) {
+                let bytes = store
+                    .read_at(last.position, last.batch_len as usize)
+                    .await
+                    .map_err(io_err("read segment", &self.store_path))?;
+                trusted =
+                    matches!(format::check_batch(&bytes), Ok(h) if h.base_offset == last.offset);
+            }
+            let mut files = Files {
+                store,
+                index,
+                corrupt_at: None,
+            };
+            if !trusted && !(files.index.is_empty() && files.store.is_empty()) {
+                self.rebuild_index(&mut files).await?;
+            }
+            self.size_bytes = files.store.len();
+            self.files = Some(files);
+        }
+        Ok(self.files.as_mut().expect("opened above"))
+    }
+
+    /// Replaces a sealed segment's index with one made by scanning the whole store. A tail
+    /// that does not decode is remembered (and reported by reads), never cut: sealed data is
+    /// not silently dropped.
+    async fn rebuild_index(&self, files: &mut Files<E::File>) -> Result<()> {
+        tracing::warn!(segment = %self.store_path.display(), "index disagrees with the store; rebuilding it");
+        let scan = scan(&files.store, 0, self.base_offset)
+            .await
+            .map_err(io_err("scan segment", &self.store_path))?;
+        files.index.truncate(0);
+        files
+            .index
+            .grow((scan.entries.len() * ENTRY_LEN) as u64)
+            .map_err(io_err("grow index", &self.index_path))?;
+        for entry in &scan.entries {
+            files.index.push(*entry).expect("index grown to fit");
+        }
+        files
+            .index
+            .seal()
+            .map_err(io_err("seal index", &self.index_path))?;
+        files.corrupt_at = match scan.stopped_by {
+            Some(e) if scan.end_position < files.store.len() => Some((scan.end_position, e)),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    /// True when the index has no room for another entry: the log must roll.
+    pub fn index_is_full(&self) -> bool {
+        self.files.as_ref().is_some_and(|f| f.index.is_full())
+    }
+
+    /// Appends one encoded batch (the active segment only).
+    ///
+    /// # Correctness
+    /// Readable through the store on return; durable after [`Segment::sync`].
+    pub async fn append(&mut self, bytes: &[u8], base_offset: u64, next_offset: u64) -> Result<()> {
+        assert!(
+            base_offset >= self.next_offset,
+            "batch base {base_offset} below segment next offset {}",
+            self.next_offset
+        );
+        let files = self.files.as_mut().expect("the active segment is open");
+        assert_eq!(
+            files.store.len(),
+            self.size_bytes,
+            "store length drifted in {}",
+            self.store_path.display()
+        );
+        let entry = Entry {
+            offset: base_offset,
+            position: self.size_bytes,
+            batch_len: bytes.len() as u32,
+        };
+        if files.index.push(entry) == Err(IndexFull) {
+            panic!(
+                "append to {} with a full index; the log rolls first",
+                self.store_path.display()
+            );
+        }
+        if let Err(e) = files.store.append(bytes).await {
+            files.index.truncate(files.index.len() - 1);
+            return Err(io_err("append", &self.store_path)(e));
+        }
+        self.size_bytes += bytes.len() as u64;
+        self.next_offset = next_offset;
+        Ok(())
+    }
+
+    /// Makes the store durable (fdatasync).
+    pub async fn sync(&mut self) -> Result<()> {
+        let files = self.files.as_mut().expect("the active segment is open");
+        files
+            .store
+            .sync()
+            .await
+            .map_err(io_err("sync", &self.store_path))
+    }
+
+    /// Seals the active segment before a roll: the store is synced (so a later segment never
+    /// exists beside a torn earlier one) and the index trimmed.
+    pub async fn seal(&mut self, now_ms: i64) -> Result<()> {
+        self.sync().await?;
+        let files = self.files.as_mut().expect("the active segment is open");
+        files
+            .index
+            .seal()
+            .map_err(io_err("seal index", &self.index_path))?;
+        self.modified_ms = now_ms;
+        Ok(())
+    }
+
+    /// Reads whole batches that hold offsets at or after `from_offset` and below
+    /// `limit_offset`: at least one batch when there is one (even if larger than
+    /// `max_bytes`), then more while the total stays within `max_bytes`. Records below
+    /// `from_offset` are trimmed from the first batch.
+    pub async fn read(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        max_bytes: u64,
+        limit_offset: u64,
+    ) -> Result<Vec<Batch>> {
+        for attempt in 0..2 {
+            match self
+                .try_read(engine, from_offset, max_bytes, limit_offset)
+                .await?
+            {
+                Some(batches) => return Ok(batches),
+                None if attempt == 0 => {
+                    let mut files = self.files.take().expect("opened by try_read");
+                    let rebuilt = self.rebuild_index(&mut files).await;
+                    self.files = Some(files);
+                    rebuilt?;
+                }
+                None => {}
+            }
+        }
+        // The index still disagrees after a rebuild: the store itself is inconsistent.
+        Err(Error::Corrupt {
+            segment: self.store_path.clone(),
+            position: 0,
+            source: DecodeError::OffsetOutOfOrder {
+                expected: from_offset,
+                found: self.base_offset,
+            },
+        })
+    }
+
+    /// One read attempt; `None` when the index disagrees with the store (rebuild and retry).
+    async fn try_read(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        max_bytes: u64,
+        limit_offset: u64,
+    ) -> Result<Option<Vec<Batch>>> {
+        let store_path = self.store_path.clone();
+        let files = self.open_files(engine).await?;
+        let Some(first) = files.index.lookup(from_offset) else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut last = first;
+        let mut total_bytes = 0u64;
+        while let Some(entry) = files.index.get(last) {
+            if entry.offset >= limit_offset
+                || (last > first && total_bytes + u64::from(entry.batch_len) > max_bytes)
+            {
+                break;
+            }
+            total_bytes += u64::from(entry.batch_len);
+            last += 1;
+        }
+        if last == first {
+            return Ok(Some(Vec::new()));
+        }
+        let start = files.index.get(first).expect("below len").position;
+        let bytes = files
+            .store
+            .read_at(start, total_bytes as usize)
+            .await
+            .map_err(io_err("read segment", &store_path))?;
+        let mut batches = Vec::with_capacity(last - first);
+        for i in first..last {
+            let entry = files.index.get(i).expect("below len");
+            let at = (entry.position - start) as usize;
+            let slice = &bytes[at..at + entry.batch_len as usize];
+            let batch = format::decode_batch(slice).map_err(|source| Error::Corrupt {
+                segment: store_path.clone(),
+                position: entry.position,
+                source,
+            })?;
+            if batch.header.base_offset != entry.offset || batch.header.batch_len != entry.batch_len
+            {
+                return Ok(None);
+            }
+            if batch.header.next_offset() > limit_offset {
+                break;
+            }
+            batches.push(batch);
+        }
+        if let Some(first_batch) = batches.first_mut() {
+            if first_batch.header.next_offset() <= from_offset {
+                // `from_offset` lies past the last indexed batch.
+                if let Some((position, source)) = files.corrupt_at.clone() {
+                    return Err(Error::Corrupt {
+                        segment: store_path,
+                        position,
+                        source,
+                    });
+                }
+                // Past the last batch of this segment (offsets may have gaps): nothing here.
+                return Ok(Some(Vec::new()));
+            }
+            first_batch.records.retain(|r| r.offset >= from_offset);
+        }
+        Ok(Some(batches))
+    }
+
+    /// The index position of the batch starting exactly at `offset`, or why there is none.
+    async fn boundary(&mut self, engine: &E, offset: u64) -> Result<Option<usize>> {
+        let segment_next = self.next_offset;
+        let files = self.open_files(engine).await?;
+        if offset == segment_next {
+            return Ok(None);
+        }
+        let i = files
+            .index
+            .lookup(offset)
+            .expect("offset at or above the segment base");
+        let entry = files.index.get(i).expect("below len");
+        if entry.offset != offset {
+            let batch_next = files.index.get(i + 1).map_or(segment_next, |e| e.offset);
+            return Err(Error::NotBatchBoundary {
+                offset,
+                batch_base: entry.offset,
+                batch_next,
+            });
+        }
+        Ok(Some(i))
+    }
+
+    /// Checks that a suffix truncation at `offset` would cut at a batch boundary.
+    pub async fn check_boundary(&mut self, engine: &E, offset: u64) -> Result<()> {
+        self.boundary(engine, offset).await.map(|_| ())
+    }
+
+    /// Cuts the segment at `offset` (a batch boundary) and makes it the active segment again,
+    /// durably.
+    pub async fn truncate_from(
+        &mut self,
+        engine: &E,
+        offset: u64,
+        index_bytes_max: u64,
+    ) -> Result<()> {
+        let cut = self.boundary(engine, offset).await?;
+        let store_path = self.store_path.clone();
+        let index_path = self.index_path.clone();
+        let files = self.files.as_mut().expect("opened by boundary");
+        files
+            .index
+            .grow(index_bytes_max)
+            .map_err(io_err("grow index", &index_path))?;
+        if let Some(i) = cut {
+            let position = files.index.get(i).expect("below len").position;
+            files.index.truncate(i);
+            files
+                .store
+                .truncate(position)
+                .await
+                .map_err(io_err("truncate", &store_path))?;
+            files.corrupt_at = None;
+            self.size_bytes = position;
+            self.next_offset = offset;
+        }
+        Ok(())
+    }
+
+    /// Flushes the index and closes the store (no sync: the caller syncs when it must).
+    pub async fn close(mut self) -> Result<()> {
+        if let Some(files) = self.files.take() {
+            files
+                .index
+                .flush()
+                .map_err(io_err("flush index", &self.index_path))?;
+            files
+                .store
+                .close()
+                .await
+                .map_err(io_err("close", &self.store_path))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes both files.
+    pub async fn delete(mut self, engine: &E) -> Result<()> {
+        if let Some(files) = self.files.take() {
+            drop(files.index);
+            files
+                .store
+                .close()
+                .await
+                .map_err(io_err("close", &self.store_path))?;
+        }
+        engine
+            .remove(&self.store_path)
+            .await
+            .map_err(io_err("remove segment", &self.store_path))?;
+        match std::fs::remove_file(&self.index_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove index", &self.index_path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_sort_and_parse() {
+        assert_eq!(store_file_name(42), "00000000000000000042.log");
+        assert_eq!(index_file_name(42), "00000000000000000042.index");
+        assert_eq!(parse_store_file_name("00000000000000000042.log"), Some(42));
+        assert_eq!(
+            parse_store_file_name(&store_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_store_file_name("42.log"), None);
+        assert_eq!(parse_store_file_name("00000000000000000042.index"), None);
+        assert_eq!(parse_store_file_name("0000000000000000004x.log"), None);
+    }
+}
