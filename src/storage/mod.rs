@@ -7,6 +7,7 @@
 //! time (a shard task); nothing in it is `Send` or locked.
 
 mod error;
+pub mod faulty;
 pub mod format;
 mod index;
 pub mod io;
