@@ -1,2 +1,4 @@
 //! Storage layer: one partition's log on disk.
 pub mod io;
+#[cfg(target_os = "linux")]
+pub mod uring;
