@@ -14,6 +14,8 @@ pub mod io;
 mod log;
 pub mod portable;
 mod segment;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 pub use error::{Error, Result};
 pub use format::{Batch, BatchHeader, Record};
