@@ -675,6 +675,21 @@ where
     futures::executor::block_on(body());
 }
 
+/// Runs a test body inside a glommio executor, as a uring shard would.
+#[cfg(target_os = "linux")]
+fn run_uring<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 << 10)
+        .spawn(body)
+        .expect("glommio executor starts")
+        .join()
+        .expect("test body ran");
+}
+
 macro_rules! conformance {
     ($module:ident, $engine:expr, $run:path, $cases:expr) => {
         mod $module {
@@ -742,3 +757,84 @@ macro_rules! conformance {
 }
 
 conformance!(portable, PortableEngine::new(), run_portable, 256);
+#[cfg(target_os = "linux")]
+conformance!(
+    uring,
+    walrs::storage::uring::UringEngine::new(),
+    run_uring,
+    128
+);
+
+/// Both engines write the same bytes: a partition written by one reads back with the other.
+#[cfg(target_os = "linux")]
+mod cross_engine {
+    use super::*;
+    use walrs::storage::uring::UringEngine;
+
+    async fn read_back<E: Engine>(engine: E, path: &Path) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+        let (mut log, report) = reopen(&engine, path).await;
+        assert_eq!(
+            report.recovery,
+            Default::default(),
+            "a clean close leaves nothing to repair"
+        );
+        let all = read_all(&mut log, 0).await.unwrap();
+        log.close().await.unwrap();
+        all.into_iter()
+            .map(|r| (r.offset, r.key, r.value))
+            .collect()
+    }
+
+    fn write_then_read(write_with_uring: bool) {
+        let dir = temp_dir();
+        let path = dir.path().to_owned();
+        let written = {
+            let path = path.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let body = move || async move {
+                let all = if write_with_uring {
+                    write_synced(&UringEngine::new(), &path, 12).await
+                } else {
+                    write_synced(&PortableEngine::new(), &path, 12).await
+                };
+                tx.send(
+                    all.into_iter()
+                        .map(|r| (r.offset, r.key, r.value))
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap();
+            };
+            if write_with_uring {
+                run_uring(body)
+            } else {
+                run_portable(body)
+            }
+            rx.recv().unwrap()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let body = move || async move {
+            let all = if write_with_uring {
+                read_back(PortableEngine::new(), &path).await
+            } else {
+                read_back(UringEngine::new(), &path).await
+            };
+            tx.send(all).unwrap();
+        };
+        if write_with_uring {
+            run_portable(body)
+        } else {
+            run_uring(body)
+        }
+        assert_eq!(rx.recv().unwrap(), written);
+    }
+
+    #[test]
+    fn written_by_uring_read_by_portable() {
+        write_then_read(true);
+    }
+
+    #[test]
+    fn written_by_portable_read_by_uring() {
+        write_then_read(false);
+    }
+}
