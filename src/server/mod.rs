@@ -1,0 +1,4 @@
+//! The gRPC front end: TLS, client identity and access control.
+//! It authenticates, authorizes and validates requests; it never touches files and knows
+//! nothing of the on-disk format.
+pub mod acl;
