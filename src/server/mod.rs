@@ -2,3 +2,4 @@
 //! It authenticates, authorizes and validates requests; it never touches files and knows
 //! nothing of the on-disk format.
 pub mod acl;
+pub mod identity;
