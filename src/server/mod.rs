@@ -3,3 +3,4 @@
 //! nothing of the on-disk format.
 pub mod acl;
 pub mod identity;
+pub mod tls;
