@@ -1,1 +1,31 @@
-fn main() {}
+//! Build script: compiles `proto/walrs/v1/log.proto` into Rust with protox (a pure-Rust
+//! protobuf compiler, so no `protoc` install is needed) and tonic-prost-build, and writes
+//! the encoded file descriptor set beside the generated code for tonic-reflection.
+//! It must never depend on tools outside the crate's build-dependencies.
+
+use std::path::PathBuf;
+
+const PROTO: &str = "proto/walrs/v1/log.proto";
+const INCLUDE: &str = "proto";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={PROTO}");
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut compiler = protox::Compiler::new([INCLUDE])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_file(PROTO)?;
+    std::fs::write(
+        out_dir.join("walrs_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}
