@@ -1,2 +1,3 @@
 //! wal.rs: a durable, partitioned write-ahead log server.
+pub mod shard;
 pub mod storage;
