@@ -33,13 +33,13 @@ fn record(seed: u64, value_len: usize) -> Record {
     Record {
         offset: 0,
         timestamp_ms: 1_700_000_000_000 + seed as i64,
-        key: if seed % 3 == 0 {
+        key: if seed.is_multiple_of(3) {
             vec![]
         } else {
             format!("k{seed}").into_bytes()
         },
         value: (0..value_len).map(|i| (seed as usize + i) as u8).collect(),
-        headers: if seed % 4 == 0 {
+        headers: if seed.is_multiple_of(4) {
             vec![("h".into(), seed.to_le_bytes().to_vec())]
         } else {
             vec![]

@@ -98,7 +98,9 @@ impl LogConfig {
                 u32::MAX
             ));
         }
-        if self.index_bytes_max < ENTRY_LEN as u64 || self.index_bytes_max % ENTRY_LEN as u64 != 0 {
+        if self.index_bytes_max < ENTRY_LEN as u64
+            || !self.index_bytes_max.is_multiple_of(ENTRY_LEN as u64)
+        {
             return fail(format!(
                 "index_bytes_max = {} must be a positive multiple of {ENTRY_LEN}",
                 self.index_bytes_max

@@ -367,7 +367,7 @@ impl<E: Engine> Segment<E> {
                 index,
                 corrupt_at: None,
             };
-            if !trusted && !(files.index.is_empty() && files.store.is_empty()) {
+            if !(trusted || files.index.is_empty() && files.store.is_empty()) {
                 self.rebuild_index(&mut files).await?;
             }
             self.size_bytes = files.store.len();
