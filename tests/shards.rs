@@ -166,6 +166,7 @@ async fn group_commit_covers_many_appends_with_one_fsync() {
         fsyncs < appends / 4,
         "group commit: {fsyncs} fsyncs for {appends} durable appends ({flushes} flushes)"
     );
+    eprintln!("group commit: {appends} appends, {flushes} flushes, {fsyncs} fsyncs");
     assert!(fsyncs >= flushes, "every durable flush syncs");
     assert_eq!(
         set.describe_topic("g").await.unwrap().partitions[0].high_watermark,

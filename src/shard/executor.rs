@@ -177,7 +177,7 @@ fn pin_current_thread(id: usize) {
 }
 
 /// The portable shard's runtime: the thread is the shard's own, so waiting blocks it.
-struct BlockingRuntime;
+pub(crate) struct BlockingRuntime;
 
 impl LoopRuntime for BlockingRuntime {
     async fn recv(&self, rx: &flume::Receiver<Command>, deadline: Instant) -> Received {

@@ -559,3 +559,90 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::shard::executor::BlockingRuntime;
+    use crate::storage::PortableEngine;
+    use crate::storage::faulty::FaultyEngine;
+
+    impl FdatasyncCounter for FaultyEngine<PortableEngine> {
+        fn fdatasync_count(&self) -> u64 {
+            0
+        }
+    }
+
+    fn append(
+        tx: &flume::Sender<Command>,
+        value: &str,
+    ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
+        let (reply, ack) = tokio::sync::oneshot::channel();
+        tx.send(Command::Append {
+            topic: Arc::from("t"),
+            partition: 0,
+            records: vec![Record {
+                value: value.as_bytes().to_vec(),
+                ..Record::default()
+            }],
+            reply,
+        })
+        .unwrap();
+        ack
+    }
+
+    /// A failed sync fails every append of its group with the same cause, and the poisoned
+    /// log refuses later appends; the shard itself keeps serving.
+    #[test]
+    fn a_failed_sync_fails_its_whole_group_and_poisons_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = flume::bounded(16);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (hw_tx, hw_rx) = watch::channel(0);
+        let mut options = ShardOptions::new(dir.path());
+        options.shard_count = 1;
+        // Queued before the shard starts, so the three appends form one group.
+        let acks: Vec<_> = ["a", "b", "c"].iter().map(|v| append(&tx, v)).collect();
+        let ctx = ShardContext {
+            id: 0,
+            rx,
+            stats: Arc::new(ShardStats::default()),
+            options,
+            initial: vec![OpenPartition {
+                topic: Arc::from("t"),
+                partition: 0,
+                dir: dir.path().join("t").join("0"),
+                high_watermark: hw_tx,
+            }],
+            ready: ready_tx,
+        };
+        let thread = std::thread::spawn(move || {
+            let engine = FaultyEngine::new(PortableEngine::new());
+            // Three appends succeed; the fourth write, the group's sync, fails.
+            engine.crash_after(4);
+            futures::executor::block_on(run(engine, BlockingRuntime, ctx));
+        });
+        ready_rx.recv().unwrap().unwrap();
+        for ack in acks {
+            let err = futures::executor::block_on(ack).unwrap().unwrap_err();
+            assert!(
+                matches!(err.storage_error(), Some(storage::Error::Io { op, .. }) if op.contains("sync")),
+                "every append of the failed group fails with the sync's error: {err}"
+            );
+        }
+        assert_eq!(*hw_rx.borrow(), 0, "nothing became readable");
+        let later = futures::executor::block_on(append(&tx, "d"))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(later.storage_error(), Some(storage::Error::Poisoned { .. })),
+            "a poisoned log refuses appends: {later}"
+        );
+        let (reply, done) = tokio::sync::oneshot::channel();
+        tx.send(Command::Shutdown { reply }).unwrap();
+        futures::executor::block_on(done).unwrap().ok();
+        thread.join().unwrap();
+    }
+}
