@@ -49,6 +49,8 @@ pub struct ShardOptions {
     pub flush_delay_us: u64,
     /// A group stops draining once its appends hold this many payload bytes.
     pub flush_bytes_max: u64,
+    /// Most bytes one read returns (beyond the first batch, which is always whole).
+    pub read_bytes_max: u64,
     /// Capacity of each shard's request queue.
     pub queue_depth_max: usize,
     /// How long a caller waits for room in a full queue before `Overloaded`.
@@ -77,6 +79,7 @@ impl ShardOptions {
             durability: Durability::Fsync,
             flush_delay_us: 0,
             flush_bytes_max: 16 << 20,
+            read_bytes_max: 16 << 20,
             queue_depth_max: 1024,
             enqueue_timeout_ms: 100,
             engine: EngineChoice::Auto,
@@ -114,6 +117,9 @@ impl ShardOptions {
         }
         if self.flush_bytes_max == 0 {
             return fail("flush_bytes_max must be positive".into());
+        }
+        if self.read_bytes_max == 0 {
+            return fail("read_bytes_max must be positive".into());
         }
         if !(1..=1 << 20).contains(&self.queue_depth_max) {
             return fail(format!(

@@ -350,7 +350,8 @@ impl ShardSet {
     }
 
     /// Reads from `from_offset`: at least one batch when one is readable, then more up to
-    /// `max_bytes`, at most `max_records` records (0 = no record limit). Only what is below
+    /// `max_bytes` (capped by `read_bytes_max`), at most `max_records` records (0 = no record
+    /// limit). Only what is below
     /// the high watermark is returned.
     pub async fn read(
         &self,

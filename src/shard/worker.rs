@@ -359,7 +359,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
             .ok_or_else(|| unknown(&key.0))?;
         let batches = p
             .log
-            .read(from_offset, max_bytes)
+            .read(from_offset, max_bytes.min(self.options.read_bytes_max))
             .await
             .map_err(|e| Error::storage(&key.0, key.1, e))?;
         let limit = if max_records == 0 {
