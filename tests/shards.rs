@@ -13,9 +13,15 @@ use walrs::shard::{Durability, EngineChoice, Error, ShardOptions, ShardSet};
 use walrs::storage::{self, LogConfig, Record};
 
 fn options(dir: &Path, shards: usize) -> ShardOptions {
+    options_on(dir, shards, EngineChoice::Portable)
+}
+
+fn options_on(dir: &Path, shards: usize, engine: EngineChoice) -> ShardOptions {
     let mut o = ShardOptions::new(dir);
     o.shard_count = shards;
-    o.engine = EngineChoice::Portable;
+    o.engine = engine;
+    // Small registered-buffer pools: tests run side by side under an 8 MiB `ulimit -l`.
+    o.io_memory_bytes = 512 << 10;
     o.pin_threads = false;
     o.log = LogConfig {
         record_bytes_max: 16 << 10,
@@ -58,11 +64,21 @@ async fn read_all(set: &ShardSet, topic: &str, partition: u32) -> Vec<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_are_gap_free_in_order_and_survive_restart() {
+    concurrent_appends(EngineChoice::Portable).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_on_uring_are_gap_free_in_order_and_survive_restart() {
+    concurrent_appends(EngineChoice::Uring).await;
+}
+
+async fn concurrent_appends(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     const PARTITIONS: u32 = 8;
     const TASKS: usize = 16;
     const APPENDS: usize = 200;
-    let set = ShardSet::start(options(dir.path(), 4)).unwrap();
+    let set = ShardSet::start(options_on(dir.path(), 4, engine)).unwrap();
     set.create_topic("events", PARTITIONS).await.unwrap();
     let shards: HashSet<usize> = (0..PARTITIONS)
         .map(|p| set.shard_of("events", p).unwrap())
@@ -117,7 +133,7 @@ async fn concurrent_appends_are_gap_free_in_order_and_survive_restart() {
     assert_eq!(stats.appends, (TASKS * APPENDS) as u64);
     set.shutdown().await.unwrap();
 
-    let set = ShardSet::start(options(dir.path(), 4)).unwrap();
+    let set = ShardSet::start(options_on(dir.path(), 4, engine)).unwrap();
     let mut values = HashSet::new();
     for partition in 0..PARTITIONS {
         let records = read_all(&set, "events", partition).await;
@@ -136,8 +152,18 @@ async fn concurrent_appends_are_gap_free_in_order_and_survive_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_covers_many_appends_with_one_fsync() {
+    group_commit(EngineChoice::Portable).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_commit_on_uring_covers_many_appends_with_one_fsync() {
+    group_commit(EngineChoice::Uring).await;
+}
+
+async fn group_commit(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
-    let set = ShardSet::start(options(dir.path(), 1)).unwrap();
+    let set = ShardSet::start(options_on(dir.path(), 1, engine)).unwrap();
     set.create_topic("g", 1).await.unwrap();
     let before = set.stats(0);
     const TASKS: u64 = 64;
@@ -569,18 +595,79 @@ async fn shutdown_refuses_new_calls() {
     ));
 }
 
-#[tokio::test]
-async fn uring_is_refused_until_its_engine_is_merged_and_auto_falls_back() {
+/// Set in the child process of `auto_falls_back_to_portable_under_a_tiny_memlock_limit`.
+const CHILD_ENV: &str = "WALRS_TEST_MEMLOCK_CHILD";
+
+#[cfg(target_os = "linux")]
+#[test]
+fn auto_falls_back_to_portable_under_a_tiny_memlock_limit() {
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(dir.path(), 1);
-    o.engine = EngineChoice::Uring;
-    assert!(matches!(
-        ShardSet::start(o),
-        Err(Error::UringUnavailable { .. })
-    ));
-    let mut o = options(dir.path(), 1);
-    o.engine = EngineChoice::Auto;
-    let set = ShardSet::start(o).unwrap();
-    assert_eq!(set.engine_name(), "portable");
-    set.shutdown().await.unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args([
+            "--exact",
+            "memlock_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path());
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        child.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256 << 10,
+                rlim_max: 256 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = child.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("engine=portable"),
+        "child output:\n{stdout}\n{stderr}"
+    );
+    let all = format!("{stdout}{stderr}");
+    assert!(
+        all.contains("io_uring unavailable") && all.contains("locked-memory limit"),
+        "the fallback warning says why:\n{all}"
+    );
+}
+
+/// Runs only as the child of the test above, under a 256 KiB `RLIMIT_MEMLOCK`.
+#[test]
+fn memlock_child() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut o = options_on(Path::new(&dir), 1, EngineChoice::Uring);
+        match ShardSet::start(o.clone()) {
+            Err(Error::UringUnavailable { reason }) => {
+                assert!(reason.contains("locked-memory"), "{reason}")
+            }
+            other => panic!(
+                "uring under a tiny memlock limit: {:?}",
+                other.map(|s| s.engine_name())
+            ),
+        }
+        o.engine = EngineChoice::Auto;
+        let set = ShardSet::start(o).unwrap();
+        set.create_topic("t", 1).await.unwrap();
+        let ack = set.append("t", 0, vec![record("served")]).await.unwrap();
+        assert_eq!(ack.base_offset, 0);
+        println!("engine={}", set.engine_name());
+        set.shutdown().await.unwrap();
+    });
 }

@@ -6,11 +6,9 @@
 //! Must never: share an engine or a log between threads. Each shard builds its own engine on
 //! its own thread; only the `ShardContext` (channels, counters, options) crosses over.
 //!
-//! The io_uring hook: `spawn_glommio_shard` already runs the shard loop on a pinned glommio
-//! `LocalExecutor` with `io_memory_bytes`, generic over the engine. When
-//! `storage::uring::UringEngine` is merged, `spawn_shard` calls it with `UringEngine::new`
-//! for `ResolvedEngine::Uring`, and `resolve_engine` probes io_uring instead of refusing
-//! (see `URING HOOK` below).
+//! The uring engine runs the same generic shard loop on a glommio `LocalExecutor` pinned to
+//! the shard's CPU, with `io_memory_bytes` of registered buffers; the portable engine runs it
+//! on a plain thread. `resolve_engine` proves io_uring works before choosing it.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -33,42 +31,125 @@ impl FdatasyncCounter for PortableEngine {
     }
 }
 
-// URING HOOK: `impl FdatasyncCounter for crate::storage::UringEngine` goes here.
+#[cfg(target_os = "linux")]
+impl FdatasyncCounter for crate::storage::uring::UringEngine {
+    fn fdatasync_count(&self) -> u64 {
+        crate::storage::uring::UringEngine::fdatasync_count(self)
+    }
+}
 
 /// The engine the shards will actually run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResolvedEngine {
     Portable,
+    #[cfg(target_os = "linux")]
+    Uring,
 }
 
 impl ResolvedEngine {
     pub fn name(self) -> &'static str {
         match self {
             ResolvedEngine::Portable => "portable",
+            #[cfg(target_os = "linux")]
+            ResolvedEngine::Uring => "uring",
         }
     }
 }
 
-/// Why io_uring cannot be used by this build.
-const URING_MISSING: &str =
-    "the io_uring store engine (storage::uring::UringEngine) is not part of this build yet";
-
-/// Turns the configured choice into the engine to run.
-pub(crate) fn resolve_engine(choice: EngineChoice) -> Result<ResolvedEngine> {
-    // URING HOOK: once UringEngine exists, probe io_uring here (e.g. build a throwaway
-    // glommio executor) and return `ResolvedEngine::Uring` when it starts.
+/// Turns the configured choice into the engine to run. `auto` and `uring` first prove that
+/// io_uring works here: a throwaway glommio executor with the shards' `io_memory_bytes`
+/// starts and writes, syncs and reads back a file in `probe_dir` (the data dir) through the
+/// uring engine. `auto` falls back to the portable engine with one warning saying why;
+/// `uring` fails with that reason.
+pub(crate) fn resolve_engine(
+    choice: EngineChoice,
+    probe_dir: &std::path::Path,
+    io_memory_bytes: usize,
+) -> Result<ResolvedEngine> {
     match choice {
         EngineChoice::Portable => Ok(ResolvedEngine::Portable),
-        EngineChoice::Uring => Err(Error::UringUnavailable {
-            reason: URING_MISSING.to_owned(),
-        }),
-        EngineChoice::Auto => {
-            tracing::warn!(
-                reason = URING_MISSING,
-                "storage engine \"auto\": io_uring unavailable, falling back to the portable engine"
-            );
-            Ok(ResolvedEngine::Portable)
+        EngineChoice::Uring => match probe_uring(probe_dir, io_memory_bytes) {
+            Ok(engine) => Ok(engine),
+            Err(reason) => Err(Error::UringUnavailable { reason }),
+        },
+        EngineChoice::Auto => match probe_uring(probe_dir, io_memory_bytes) {
+            Ok(engine) => Ok(engine),
+            Err(reason) => {
+                tracing::warn!(
+                    %reason,
+                    "storage engine \"auto\": io_uring unavailable, falling back to the portable engine"
+                );
+                Ok(ResolvedEngine::Portable)
+            }
+        },
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_uring(
+    _dir: &std::path::Path,
+    _io_memory_bytes: usize,
+) -> std::result::Result<ResolvedEngine, String> {
+    Err("io_uring exists on Linux only".to_owned())
+}
+
+#[cfg(target_os = "linux")]
+fn probe_uring(
+    dir: &std::path::Path,
+    io_memory_bytes: usize,
+) -> std::result::Result<ResolvedEngine, String> {
+    use crate::storage::StoreFile;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid `limit` struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0
+        && limit.rlim_cur != libc::RLIM_INFINITY
+        && limit.rlim_cur < 512 * 1024
+    {
+        return Err(format!(
+            "the locked-memory limit (ulimit -l) is {} KiB; glommio needs at least 512 KiB per shard",
+            limit.rlim_cur / 1024
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(format!(".uring-probe-{}", std::process::id()));
+    let probe_path = path.clone();
+    let started = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("walrs-uring-probe")
+        .io_memory(io_memory_bytes)
+        .spawn(move || async move {
+            let engine = crate::storage::uring::UringEngine::new();
+            let result = async {
+                let mut file = engine.create(&probe_path).await?;
+                file.append(b"wal.rs io_uring probe").await?;
+                file.sync().await?;
+                let back = file.read_at(0, 5).await?;
+                file.close().await?;
+                engine.remove(&probe_path).await?;
+                std::io::Result::Ok(back)
+            }
+            .await;
+            result.map_err(|e| e.to_string())
+        });
+    let outcome = match started {
+        Ok(handle) => handle
+            .join()
+            .map_err(|e| format!("the io_uring probe executor failed: {e}"))
+            .and_then(|r| r.map_err(|e| format!("io_uring file I/O failed: {e}"))),
+        Err(e) => Err(format!("a glommio executor did not start: {e}")),
+    };
+    if outcome.is_err() && path.exists() {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove the io_uring probe file");
         }
+    }
+    match outcome? {
+        back if back == b"wal.r" => Ok(ResolvedEngine::Uring),
+        back => Err(format!(
+            "io_uring read back {back:?} instead of what it wrote"
+        )),
     }
 }
 
@@ -76,7 +157,6 @@ pub(crate) fn resolve_engine(choice: EngineChoice) -> Result<ResolvedEngine> {
 pub(crate) enum ShardThread {
     Std(std::thread::JoinHandle<()>),
     #[cfg(target_os = "linux")]
-    #[cfg_attr(not(test), allow(dead_code))] // Used once UringEngine is merged (URING HOOK).
     Glommio(glommio::ExecutorJoinHandle<()>),
 }
 
@@ -105,6 +185,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 pub(crate) fn spawn_shard(
     engine: ResolvedEngine,
     pin_threads: bool,
+    io_memory_bytes: usize,
     ctx: ShardContext,
 ) -> Result<ShardThread> {
     let id = ctx.id;
@@ -126,7 +207,13 @@ pub(crate) fn spawn_shard(
                 shard: id,
                 reason: format!("cannot spawn its thread: {e}"),
             }),
-        // URING HOOK: ResolvedEngine::Uring => spawn_glommio_shard(UringEngine::new, cpu_for(id), io_memory_bytes, ctx),
+        #[cfg(target_os = "linux")]
+        ResolvedEngine::Uring => spawn_glommio_shard(
+            crate::storage::uring::UringEngine::new,
+            cpu_for(id).unwrap_or(0),
+            io_memory_bytes,
+            ctx,
+        ),
     }
 }
 
@@ -196,7 +283,6 @@ impl LoopRuntime for BlockingRuntime {
 /// The glommio shard's runtime: waits yield to the executor, so io_uring completions and
 /// timers keep running.
 #[cfg(target_os = "linux")]
-#[cfg_attr(not(test), allow(dead_code))] // Used once UringEngine is merged (URING HOOK).
 struct GlommioRuntime;
 
 #[cfg(target_os = "linux")]
@@ -324,7 +410,7 @@ mod tests {
     fn portable_thread_runs_the_shard_loop() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, tx, ready, hw) = context(dir.path());
-        let thread = spawn_shard(ResolvedEngine::Portable, false, ctx).unwrap();
+        let thread = spawn_shard(ResolvedEngine::Portable, false, 1 << 20, ctx).unwrap();
         exercise(thread, tx, ready, hw);
     }
 
@@ -350,14 +436,25 @@ mod tests {
     }
 
     #[test]
-    fn uring_is_refused_and_auto_falls_back() {
-        assert!(matches!(
-            resolve_engine(EngineChoice::Uring),
-            Err(Error::UringUnavailable { .. })
-        ));
+    fn portable_is_taken_as_asked_and_uring_is_probed() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         assert_eq!(
-            resolve_engine(EngineChoice::Auto).unwrap(),
+            resolve_engine(EngineChoice::Portable, dir.path(), 1 << 20).unwrap(),
             ResolvedEngine::Portable
         );
+        #[cfg(target_os = "linux")]
+        {
+            // This machine runs io_uring: both `uring` and `auto` pick it, and the probe
+            // leaves no file behind.
+            assert_eq!(
+                resolve_engine(EngineChoice::Uring, dir.path(), 1 << 20).unwrap(),
+                ResolvedEngine::Uring
+            );
+            assert_eq!(
+                resolve_engine(EngineChoice::Auto, dir.path(), 1 << 20).unwrap(),
+                ResolvedEngine::Uring
+            );
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 }

@@ -141,7 +141,8 @@ impl ShardSet {
     /// partition on its shard. Blocks until all are open (call it before serving).
     pub fn start(options: ShardOptions) -> Result<ShardSet> {
         options.validate()?;
-        let engine = executor::resolve_engine(options.engine)?;
+        let engine =
+            executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
         let shard_count = options.shard_count;
         let topics_dir = topics::topics_dir(&options.data_dir);
         let metas = topics::load_all(&topics_dir, shard_count)?;
@@ -173,7 +174,7 @@ impl ShardSet {
                 initial,
                 ready: ready_tx,
             };
-            match executor::spawn_shard(engine, options.pin_threads, ctx) {
+            match executor::spawn_shard(engine, options.pin_threads, options.io_memory_bytes, ctx) {
                 Ok(thread) => threads.push(thread),
                 Err(e) => {
                     failure = Some(e);
