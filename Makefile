@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-storage clean
+.PHONY: build test lint fmt bench bench-storage bench-shards clean
 
 build:
 	$(CARGO) build --release
@@ -18,10 +18,13 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-bench: bench-storage
+bench: bench-storage bench-shards
 
 bench-storage:
 	$(CARGO) bench --bench storage
 
 clean:
 	$(CARGO) clean
+
+bench-shards:
+	$(CARGO) bench --bench shards
