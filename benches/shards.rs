@@ -133,6 +133,43 @@ fn run_raw(batch_records: usize, secs: f64) -> Row {
     }
 }
 
+/// The storage log against raw `write` + `fdatasync`, alternating one of each per round so
+/// that the disk's mood (fsync latency swings 10x on a shared machine) hits both alike.
+/// Returns (log µs per durable append, raw µs per write+fdatasync).
+fn paired_storage(batch_records: usize, rounds: usize) -> (f64, f64) {
+    use walrs::storage::{Log, LogConfig, PortableEngine};
+    let dir = bench_dir();
+    let batch = records(batch_records);
+    let bytes = format::encode_batch(0, 0, 0, &batch);
+    let mut raw = std::fs::File::create(dir.path().join("raw")).unwrap();
+    let config = LogConfig {
+        segment_bytes_max: 1 << 30,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = futures::executor::block_on(Log::open(
+        PortableEngine::new(),
+        &dir.path().join("log"),
+        config,
+    ))
+    .unwrap();
+    let (mut log_time, mut raw_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        futures::executor::block_on(async {
+            log.append(&batch).await.unwrap();
+            log.sync().await.unwrap();
+        });
+        log_time += started.elapsed();
+        let started = Instant::now();
+        raw.write_all(&bytes).unwrap();
+        raw.sync_data().unwrap();
+        raw_time += started.elapsed();
+    }
+    futures::executor::block_on(log.close()).unwrap();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / rounds as f64;
+    (per(log_time), per(raw_time))
+}
+
 fn main() {
     // `cargo test --all-targets` runs benches once with no `--bench`: keep that short.
     let benching = std::env::args().any(|a| a == "--bench");
@@ -140,6 +177,19 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if benching { 3.0 } else { 0.2 });
+    let rounds = if benching { 2000 } else { 20 };
+    println!(
+        "| storage log (portable), durable append | log µs | raw write+fdatasync µs | log / raw |"
+    );
+    println!("|---|---:|---:|---:|");
+    for batch_records in [1usize, 16, 256] {
+        let (log_us, raw_us) = paired_storage(batch_records, rounds);
+        println!(
+            "| {batch_records} × 1 KiB records, {rounds} alternating rounds | {log_us:.0} | {raw_us:.0} | {:.2} |",
+            log_us / raw_us
+        );
+    }
+    println!();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
