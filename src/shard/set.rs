@@ -203,6 +203,7 @@ impl ShardSet {
         tracing::info!(
             shards = shard_count,
             engine = engine.name(),
+            durability = ?options.durability,
             topics = metas.len(),
             data_dir = %options.data_dir.display(),
             "shards started"
