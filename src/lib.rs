@@ -4,4 +4,5 @@ pub mod client;
 pub mod config;
 pub mod proto;
 pub mod server;
+pub mod shard;
 pub mod storage;

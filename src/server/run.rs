@@ -248,7 +248,7 @@ pub async fn start(config: Config) -> Result<Running> {
         let served = tokio::select! {
             served = serve => served.map_err(Error::Serve),
             () = async {
-                let _sender_gone = draining.wait_for(|d| *d).await;
+                let _sender_gone = draining.wait_for(|d| *d).await.map(|_| ());
                 tokio::time::sleep(DRAIN_GRACE).await;
             } => {
                 tracing::warn!(grace = ?DRAIN_GRACE, "in-flight calls did not finish in time; closing anyway");

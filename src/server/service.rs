@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -285,7 +285,7 @@ impl Inner {
             hw = self.shards.wait_for(&read.topic, read.partition, offset, timeout) => {
                 hw?;
             }
-            _ = draining.wait_for(|d| *d) => {}
+            _ = async { draining.wait_for(|d| *d).await.map(|_| ()) } => {}
         }
         Ok(())
     }
@@ -387,7 +387,7 @@ impl Inner {
                         return;
                     }
                 }
-                _ = draining.wait_for(|d| *d), if reading => {
+                _ = async { draining.wait_for(|d| *d).await.map(|_| ()) }, if reading => {
                     // Finish what is in flight, accept nothing new.
                     reading = false;
                 }
