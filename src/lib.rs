@@ -1,4 +1,8 @@
 //! wal.rs: a durable, partitioned write-ahead log server.
+//!
+//! Layers, bottom up: `storage` (one partition's log on disk, two I/O engines), `shard`
+//! (thread-per-core owners of partitions, group commit, the bridge from tokio), `server`
+//! (gRPC, TLS, ACL). `config`, `certs` and `client` serve the `walrs` command.
 pub mod certs;
 pub mod client;
 pub mod config;

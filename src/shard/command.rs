@@ -1,0 +1,86 @@
+//! The messages from the bridge to a shard, and their replies.
+//!
+//! Must never: carry anything `!Send` or unbounded by a limit the bridge checked. Every
+//! request carries its own reply channel; a dropped reply sender means the shard stopped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{oneshot, watch};
+
+use super::error::Result;
+use super::set::{AppendAck, PartitionInfo, ReadResult};
+use crate::storage::Record;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A partition for a shard to open: where its log lives and the watch it publishes its high
+/// watermark on.
+pub(crate) struct OpenPartition {
+    pub topic: Arc<str>,
+    pub partition: u32,
+    pub dir: PathBuf,
+    pub high_watermark: watch::Sender<u64>,
+}
+
+pub(crate) enum Command {
+    Append {
+        topic: Arc<str>,
+        partition: u32,
+        records: Vec<Record>,
+        reply: Reply<AppendAck>,
+    },
+    Read {
+        topic: Arc<str>,
+        partition: u32,
+        from_offset: u64,
+        max_bytes: u64,
+        max_records: usize,
+        reply: Reply<ReadResult>,
+    },
+    Truncate {
+        topic: Arc<str>,
+        partition: u32,
+        before_offset: u64,
+        reply: Reply<()>,
+    },
+    Describe {
+        topic: Arc<str>,
+        partitions: Vec<u32>,
+        reply: Reply<Vec<PartitionInfo>>,
+    },
+    Open {
+        partitions: Vec<OpenPartition>,
+        reply: Reply<()>,
+    },
+    /// Syncs and closes the logs; with `remove`, deletes their directories too.
+    Close {
+        topic: Arc<str>,
+        partitions: Vec<u32>,
+        remove: bool,
+        reply: Reply<()>,
+    },
+    /// Finish what is queued before this, sync and close every log, and stop.
+    Shutdown { reply: Reply<()> },
+}
+
+impl Command {
+    /// Fails the request without serving it (the shard is stopping).
+    pub fn refuse(self, error: impl Fn() -> super::Error) {
+        // A caller that gave up has dropped its receiver; nobody is left to tell.
+        fn send<T>(reply: Reply<T>, e: super::Error) {
+            if reply.send(Err(e)).is_err() {
+                tracing::trace!("caller left before the refusal");
+            }
+        }
+        match self {
+            Command::Append { reply, .. } => send(reply, error()),
+            Command::Read { reply, .. } => send(reply, error()),
+            Command::Truncate { reply, .. } => send(reply, error()),
+            Command::Describe { reply, .. } => send(reply, error()),
+            Command::Open { reply, .. } => send(reply, error()),
+            Command::Close { reply, .. } => send(reply, error()),
+            Command::Shutdown { reply } => send(reply, error()),
+        }
+    }
+}

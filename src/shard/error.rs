@@ -1,0 +1,85 @@
+//! Errors of the shard layer. Each variant carries what a caller needs to act on it; the
+//! server maps them to gRPC status codes (never here: shards know nothing of gRPC).
+//!
+//! Storage errors are shared (`Arc`) because one failed sync fails every append it covered,
+//! and each of those callers gets the same cause.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("partition {topic}/{partition}: {source}")]
+    Storage {
+        topic: String,
+        partition: u32,
+        #[source]
+        source: Arc<storage::Error>,
+    },
+    #[error(
+        "shard {shard} is overloaded ({queue_depth} requests queued); retry with backoff or slow down"
+    )]
+    Overloaded { shard: usize, queue_depth: usize },
+    #[error("unknown topic {topic:?}; create it first")]
+    UnknownTopic { topic: String },
+    #[error("topic {topic:?} has no partition {partition}; its partitions are 0..{partitions}")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    #[error("topic {topic:?} already exists")]
+    TopicExists { topic: String },
+    #[error("the shards are shutting down; retry against another server")]
+    ShuttingDown,
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: String },
+    #[error("invalid partition count {partitions}: must be 1..={max}")]
+    InvalidPartitionCount { partitions: u32, max: u32 },
+    #[error("invalid shard options: {0}")]
+    InvalidOptions(String),
+    #[error("topic metadata I/O error during {op} on {}: {source}", path.display())]
+    Metadata {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt topic metadata in {}: {reason}", path.display())]
+    MetadataCorrupt { path: PathBuf, reason: String },
+    #[error("the io_uring engine is unavailable: {reason}")]
+    UringUnavailable { reason: String },
+    #[error("shard {shard} failed: {reason}")]
+    ShardFailed { shard: usize, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn storage(topic: &str, partition: u32, source: storage::Error) -> Error {
+        Error::Storage {
+            topic: topic.to_owned(),
+            partition,
+            source: Arc::new(source),
+        }
+    }
+
+    /// The storage error underneath, when there is one.
+    pub fn storage_error(&self) -> Option<&storage::Error> {
+        match self {
+            Error::Storage { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Attaches the operation and path to an `io::Error` from the metadata files.
+pub(crate) fn meta_err(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Metadata { op, path, source }
+}

@@ -1,0 +1,31 @@
+//! Shard layer: thread-per-core shards that own partitions, group-commit their appends, and
+//! the bridge that lets any tokio task call them.
+//!
+//! Owns: topic metadata on disk and the topic → partition → shard routing (`topics`), the
+//! shard threads and their executors (`executor`), the per-shard loop with group commit
+//! (`worker`), the messages between bridge and shard (`command`), the counters (`stats`), and
+//! the `Send + Sync` front door [`ShardSet`] (`set`).
+//! Must never: know about gRPC or file formats. A partition's `Log` is touched only by the one
+//! shard thread that owns it; state on a shard is `!Send` and unlocked, and the only things
+//! that cross threads are the bounded command channels, the reply channels, the
+//! high-watermark watches and the atomic counters.
+//!
+//! Invariants: every partition is owned by exactly one shard; an append is acknowledged only
+//! after its data is durable (under `Durability::Fsync`), and acks of one partition go out in
+//! offset order; every queue is bounded.
+
+mod command;
+mod error;
+mod executor;
+mod options;
+mod set;
+mod stats;
+mod topics;
+mod worker;
+
+pub use error::{Error, Result};
+pub use executor::FdatasyncCounter;
+pub use options::{Durability, EngineChoice, ShardOptions};
+pub use set::{AppendAck, PartitionInfo, ReadResult, ShardSet, TopicDescription, TopicInfo};
+pub use stats::{ShardStats, ShardStatsSnapshot};
+pub use topics::{TOPIC_NAME_BYTES_MAX, validate_topic_name};

@@ -1,0 +1,636 @@
+//! The bridge: [`ShardSet`], the `Clone + Send + Sync` handle any tokio task calls to reach
+//! the shards.
+//!
+//! Owns: routing (topic → partitions → owning shard, with each partition's high-watermark
+//! watch), the bounded send to a shard's queue (a short wait, then `Overloaded`), topic
+//! creation and deletion (metadata file first / first removed, see `topics`), and shutdown.
+//! Must never: touch a partition's log or files (only the owning shard does), hold the
+//! routing lock across an await, or wait unboundedly for room in a queue on the request path.
+//!
+//! Invariants: a route is published only after every partition of the topic is open on its
+//! shard, and withdrawn before any is closed; admin operations (create, delete, shutdown) are
+//! serialized by one async mutex, off the append path.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use super::command::{Command, OpenPartition, Reply};
+use super::error::{Error, Result};
+use super::executor::{self, ResolvedEngine, ShardThread};
+use super::options::ShardOptions;
+use super::stats::{ShardStats, ShardStatsSnapshot};
+use super::topics::{self, TopicMeta, validate_topic_name};
+use super::worker::ShardContext;
+use crate::storage::Record;
+
+/// An append's acknowledgement: where its records landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub partition: u32,
+    /// Offset of the first record; the others follow it.
+    pub base_offset: u64,
+    pub count: u32,
+}
+
+/// What a read returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    pub records: Vec<Record>,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub start_offset: u64,
+}
+
+/// One partition in a topic description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub id: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub high_watermark: u64,
+    pub shard: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: u32,
+}
+
+struct PartitionRoute {
+    shard: usize,
+    high_watermark: watch::Receiver<u64>,
+}
+
+struct TopicRoute {
+    name: Arc<str>,
+    partitions: Vec<PartitionRoute>,
+}
+
+struct Inner {
+    options: ShardOptions,
+    topics_dir: PathBuf,
+    engine: ResolvedEngine,
+    senders: Vec<flume::Sender<Command>>,
+    stats: Vec<Arc<ShardStats>>,
+    routes: RwLock<HashMap<Arc<str>, Arc<TopicRoute>>>,
+    admin: tokio::sync::Mutex<()>,
+    shutting_down: AtomicBool,
+    threads: Mutex<Vec<ShardThread>>,
+}
+
+/// The shards of one server, callable from any tokio task. Cheap to clone.
+#[derive(Clone)]
+pub struct ShardSet {
+    inner: Arc<Inner>,
+}
+
+/// Routes for `meta`, and per shard the partitions it must open.
+fn plan(
+    topics_dir: &std::path::Path,
+    meta: &TopicMeta,
+    shard_count: usize,
+) -> (Arc<TopicRoute>, Vec<Vec<OpenPartition>>) {
+    let name: Arc<str> = Arc::from(meta.name.as_str());
+    let mut opens: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
+    let mut partitions = Vec::with_capacity(meta.partitions as usize);
+    for (partition, &shard) in meta.shards.iter().enumerate() {
+        let partition = partition as u32;
+        let shard = shard as usize;
+        assert!(
+            shard < shard_count,
+            "topic {} partition {partition} assigned to shard {shard} of {shard_count}",
+            meta.name
+        );
+        let (tx, rx) = watch::channel(0);
+        opens[shard].push(OpenPartition {
+            topic: name.clone(),
+            partition,
+            dir: topics::partition_dir(topics_dir, &meta.name, partition),
+            high_watermark: tx,
+        });
+        partitions.push(PartitionRoute {
+            shard,
+            high_watermark: rx,
+        });
+    }
+    (Arc::new(TopicRoute { name, partitions }), opens)
+}
+
+/// Runs blocking metadata I/O off the async worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+impl ShardSet {
+    /// Validates the options, loads the topics, starts one thread per shard and opens every
+    /// partition on its shard. Blocks until all are open (call it before serving).
+    pub fn start(options: ShardOptions) -> Result<ShardSet> {
+        options.validate()?;
+        let engine =
+            executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
+        let shard_count = options.shard_count;
+        let topics_dir = topics::topics_dir(&options.data_dir);
+        let metas = topics::load_all(&topics_dir, shard_count)?;
+
+        let mut routes = HashMap::new();
+        let mut initial: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
+        for meta in &metas {
+            let (route, opens) = plan(&topics_dir, meta, shard_count);
+            routes.insert(route.name.clone(), route);
+            for (shard, mut open) in opens.into_iter().enumerate() {
+                initial[shard].append(&mut open);
+            }
+        }
+
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut stats = Vec::with_capacity(shard_count);
+        let mut threads = Vec::with_capacity(shard_count);
+        let mut readies = Vec::with_capacity(shard_count);
+        let mut failure = None;
+        for (id, initial) in initial.into_iter().enumerate() {
+            let (tx, rx) = flume::bounded(options.queue_depth_max);
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let shard_stats = Arc::new(ShardStats::default());
+            let ctx = ShardContext {
+                id,
+                rx,
+                stats: shard_stats.clone(),
+                options: options.clone(),
+                initial,
+                ready: ready_tx,
+            };
+            match executor::spawn_shard(engine, options.pin_threads, options.io_memory_bytes, ctx) {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            senders.push(tx);
+            stats.push(shard_stats);
+            readies.push(ready_rx);
+        }
+        for (id, ready) in readies.iter().enumerate() {
+            if let Err(e) = executor::wait_ready(id, ready) {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            // Dropping the senders stops the shards that did start; they close their logs.
+            drop(senders);
+            for thread in threads {
+                if let Err(panic) = thread.join() {
+                    tracing::error!(error = %panic, "joining a shard after a failed start");
+                }
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            shards = shard_count,
+            engine = engine.name(),
+            topics = metas.len(),
+            data_dir = %options.data_dir.display(),
+            "shards started"
+        );
+        Ok(ShardSet {
+            inner: Arc::new(Inner {
+                options,
+                topics_dir,
+                engine,
+                senders,
+                stats,
+                routes: RwLock::new(routes),
+                admin: tokio::sync::Mutex::new(()),
+                shutting_down: AtomicBool::new(false),
+                threads: Mutex::new(threads),
+            }),
+        })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.inner.senders.len()
+    }
+
+    /// The engine the shards run: `"portable"` or `"uring"`.
+    pub fn engine_name(&self) -> &'static str {
+        self.inner.engine.name()
+    }
+
+    /// Counters of one shard; the queue depth is read live from its queue.
+    pub fn stats(&self, shard: usize) -> ShardStatsSnapshot {
+        let mut snapshot = self.inner.stats[shard].snapshot();
+        snapshot.queue_depth = self.inner.senders[shard].len() as u64;
+        snapshot
+    }
+
+    /// Counters summed over every shard.
+    pub fn total_stats(&self) -> ShardStatsSnapshot {
+        (0..self.shard_count()).fold(ShardStatsSnapshot::default(), |sum, s| sum + self.stats(s))
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn stopped(&self, shard: usize) -> Error {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            Error::ShuttingDown
+        } else {
+            Error::ShardFailed {
+                shard,
+                reason: "its thread stopped".to_owned(),
+            }
+        }
+    }
+
+    fn topic_route(&self, topic: &str) -> Result<Arc<TopicRoute>> {
+        let routes = self.inner.routes.read().expect("routes lock poisoned");
+        routes
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: topic.to_owned(),
+            })
+    }
+
+    /// The topic's shared name and the shard owning `partition`.
+    fn route(&self, topic: &str, partition: u32) -> Result<(Arc<str>, usize)> {
+        let route = self.topic_route(topic)?;
+        let p =
+            route
+                .partitions
+                .get(partition as usize)
+                .ok_or_else(|| Error::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition,
+                    partitions: route.partitions.len() as u32,
+                })?;
+        Ok((route.name.clone(), p.shard))
+    }
+
+    /// Queues a request, waiting at most `enqueue_timeout_ms` for room.
+    async fn enqueue(&self, shard: usize, cmd: Command) -> Result<()> {
+        let sender = &self.inner.senders[shard];
+        match sender.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(flume::TrySendError::Disconnected(_)) => Err(self.stopped(shard)),
+            Err(flume::TrySendError::Full(cmd)) => {
+                let wait = Duration::from_millis(self.inner.options.enqueue_timeout_ms);
+                match tokio::time::timeout(wait, sender.send_async(cmd)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(self.stopped(shard)),
+                    Err(_) => Err(Error::Overloaded {
+                        shard,
+                        queue_depth: sender.len(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply.
+    async fn call<T>(&self, shard: usize, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        self.check_running()?;
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(shard, make(tx)).await?;
+        rx.await.map_err(|_| self.stopped(shard))?
+    }
+
+    /// Sends an admin request, waiting as long as the queue needs (admin work must not be
+    /// half done because the queue was busy).
+    async fn call_admin<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.senders[shard]
+            .send_async(make(tx))
+            .await
+            .map_err(|_| self.stopped(shard))?;
+        rx.await.map_err(|_| self.stopped(shard))?
+    }
+
+    /// Appends one batch to a partition.
+    ///
+    /// # Correctness
+    /// Returns once the batch is readable, and (under `Durability::Fsync`) durable. Acks of
+    /// one partition are returned in offset order.
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<AppendAck> {
+        let (topic, shard) = self.route(topic, partition)?;
+        self.call(shard, |reply| Command::Append {
+            topic,
+            partition,
+            records,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads from `from_offset`: at least one batch when one is readable, then more up to
+    /// `max_bytes` (capped by `read_bytes_max`), at most `max_records` records (0 = no record
+    /// limit). Only what is below
+    /// the high watermark is returned.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+        max_bytes: u64,
+        max_records: usize,
+    ) -> Result<ReadResult> {
+        let (topic, shard) = self.route(topic, partition)?;
+        self.call(shard, |reply| Command::Read {
+            topic,
+            partition,
+            from_offset,
+            max_bytes,
+            max_records,
+            reply,
+        })
+        .await
+    }
+
+    /// Drops the records of a partition below `before_offset` (a WAL checkpoint).
+    pub async fn truncate(&self, topic: &str, partition: u32, before_offset: u64) -> Result<()> {
+        let (topic, shard) = self.route(topic, partition)?;
+        self.call(shard, |reply| Command::Truncate {
+            topic,
+            partition,
+            before_offset,
+            reply,
+        })
+        .await
+    }
+
+    /// Waits until the partition's high watermark passes `offset` (a record at `offset` is
+    /// readable) or `timeout` expires, and returns the high watermark. Woken by commits.
+    pub async fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        self.check_running()?;
+        let route = self.topic_route(topic)?;
+        let mut rx = route
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+                partitions: route.partitions.len() as u32,
+            })?
+            .high_watermark
+            .clone();
+        drop(route);
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|&hw| hw > offset))
+            .await
+            .map(|woken| woken.map(|hw| *hw));
+        match waited {
+            Ok(Ok(hw)) => Ok(hw),
+            // The shard dropped the watch: the partition was closed.
+            Ok(Err(_)) => Err(if self.inner.shutting_down.load(Ordering::Acquire) {
+                Error::ShuttingDown
+            } else {
+                Error::UnknownTopic {
+                    topic: topic.to_owned(),
+                }
+            }),
+            Err(_) => Ok(*rx.borrow()),
+        }
+    }
+
+    /// Number of partitions of a topic.
+    pub fn partitions_of(&self, topic: &str) -> Result<u32> {
+        Ok(self.topic_route(topic)?.partitions.len() as u32)
+    }
+
+    /// The shard that owns a partition.
+    pub fn shard_of(&self, topic: &str, partition: u32) -> Result<usize> {
+        Ok(self.route(topic, partition)?.1)
+    }
+
+    /// Every topic, sorted by name.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let routes = self.inner.routes.read().expect("routes lock poisoned");
+        let mut topics: Vec<TopicInfo> = routes
+            .values()
+            .map(|r| TopicInfo {
+                name: r.name.to_string(),
+                partitions: r.partitions.len() as u32,
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    /// Offsets and owning shard of every partition of a topic.
+    pub async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
+        self.check_running()?;
+        let route = self.topic_route(topic)?;
+        let mut by_shard: HashMap<usize, Vec<u32>> = HashMap::new();
+        for (id, p) in route.partitions.iter().enumerate() {
+            by_shard.entry(p.shard).or_default().push(id as u32);
+        }
+        let calls = by_shard.into_iter().map(|(shard, partitions)| {
+            let topic = route.name.clone();
+            self.call(shard, move |reply| Command::Describe {
+                topic,
+                partitions,
+                reply,
+            })
+        });
+        let mut partitions: Vec<PartitionInfo> = futures::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        partitions.sort_by_key(|p| p.id);
+        Ok(TopicDescription {
+            name: route.name.to_string(),
+            partitions,
+        })
+    }
+
+    /// Creates a topic with `partitions` partitions, spread over the shards.
+    ///
+    /// # Correctness
+    /// `topic.toml` is durable before any partition is opened, and the topic is routable only
+    /// once all are open; a failure part-way removes what was made.
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        self.check_running()?;
+        validate_topic_name(name)?;
+        let max = self.inner.options.partitions_max;
+        if !(1..=max).contains(&partitions) {
+            return Err(Error::InvalidPartitionCount { partitions, max });
+        }
+        let _admin = self.inner.admin.lock().await;
+        self.check_running()?;
+        if self.topic_route(name).is_ok() {
+            return Err(Error::TopicExists {
+                topic: name.to_owned(),
+            });
+        }
+        let meta = TopicMeta::new(name, partitions, self.shard_count());
+        let topics_dir = self.inner.topics_dir.clone();
+        {
+            let (meta, topics_dir) = (meta.clone(), topics_dir.clone());
+            blocking(move || {
+                // Not routable yet exists on disk: the leftover of a failed deletion.
+                topics::remove_topic_dir(&topics_dir, &meta.name)?;
+                topics::write_meta(&topics_dir, &meta)
+            })
+            .await?;
+        }
+        let (route, opens) = plan(&topics_dir, &meta, self.shard_count());
+        let involved: Vec<usize> = (0..opens.len()).filter(|&s| !opens[s].is_empty()).collect();
+        let calls = opens
+            .into_iter()
+            .enumerate()
+            .filter(|(_, open)| !open.is_empty())
+            .map(|(shard, partitions)| {
+                self.call_admin(shard, move |reply| Command::Open { partitions, reply })
+            });
+        if let Err(e) = futures::future::try_join_all(calls).await {
+            self.undo_partitions(&route, &involved).await;
+            let name = name.to_owned();
+            if let Err(cleanup) =
+                blocking(move || topics::remove_topic_dir(&topics_dir, &name)).await
+            {
+                tracing::error!(error = %cleanup, "removing a topic whose creation failed");
+            }
+            return Err(e);
+        }
+        self.inner
+            .routes
+            .write()
+            .expect("routes lock poisoned")
+            .insert(route.name.clone(), route);
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(())
+    }
+
+    /// Closes and removes the given shards' partitions of a topic, logging failures.
+    async fn undo_partitions(&self, route: &TopicRoute, shards: &[usize]) -> Option<Error> {
+        let all: Vec<u32> = (0..route.partitions.len() as u32).collect();
+        let mut first_error = None;
+        for &shard in shards {
+            let (topic, partitions) = (route.name.clone(), all.clone());
+            let closed = self
+                .call_admin(shard, move |reply| Command::Close {
+                    topic,
+                    partitions,
+                    remove: true,
+                    reply,
+                })
+                .await;
+            if let Err(e) = closed {
+                tracing::error!(topic = %route.name, shard, error = %e, "closing a topic's partitions");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error
+    }
+
+    /// Deletes a topic: it stops being routable, its metadata is removed (the commit point),
+    /// then its logs are closed and its directory removed.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_running()?;
+        let _admin = self.inner.admin.lock().await;
+        self.check_running()?;
+        let route = self
+            .inner
+            .routes
+            .write()
+            .expect("routes lock poisoned")
+            .remove(name)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_owned(),
+            })?;
+        let topics_dir = self.inner.topics_dir.clone();
+        let removed = {
+            let (topics_dir, name) = (topics_dir.clone(), name.to_owned());
+            blocking(move || topics::remove_meta(&topics_dir, &name)).await
+        };
+        if let Err(e) = removed {
+            // Still on disk, so still a topic.
+            self.inner
+                .routes
+                .write()
+                .expect("routes lock poisoned")
+                .insert(route.name.clone(), route);
+            return Err(e);
+        }
+        let mut shards: Vec<usize> = route.partitions.iter().map(|p| p.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let closed = self.undo_partitions(&route, &shards).await;
+        let name_owned = name.to_owned();
+        blocking(move || topics::remove_topic_dir(&topics_dir, &name_owned)).await?;
+        tracing::info!(topic = name, "topic deleted");
+        closed.map_or(Ok(()), Err)
+    }
+
+    /// Stops accepting requests (new calls get `ShuttingDown`), lets every shard serve what is
+    /// already queued, sync and close its logs, and joins the threads. Returns the first
+    /// error met while closing.
+    pub async fn shutdown(self) -> Result<()> {
+        if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let _admin = self.inner.admin.lock().await;
+        let mut first_error = None;
+        for shard in 0..self.shard_count() {
+            if let Err(e) = self
+                .call_admin(shard, |reply| Command::Shutdown { reply })
+                .await
+            {
+                first_error.get_or_insert(e);
+            }
+        }
+        let threads =
+            std::mem::take(&mut *self.inner.threads.lock().expect("threads lock poisoned"));
+        let joined = blocking(move || {
+            threads
+                .into_iter()
+                .enumerate()
+                .filter_map(|(shard, t)| {
+                    t.join()
+                        .err()
+                        .map(|reason| Error::ShardFailed { shard, reason })
+                })
+                .next()
+        })
+        .await;
+        if let Some(e) = joined {
+            first_error.get_or_insert(e);
+        }
+        tracing::info!("shards stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,266 @@
+//! Topic metadata on disk and the assignment of partitions to shards.
+//!
+//! Owns: topic name rules, the layout `data_dir/topics/<topic>/topic.toml` (partition count
+//! and owning shard of each partition) next to `data_dir/topics/<topic>/<partition>/` (one
+//! partition log each), and the rule that picks a partition's shard.
+//! Must never: touch a partition's log files; those belong to the owning shard.
+//!
+//! Invariants: `topic.toml` is replaced atomically (write tmp, fsync, rename, fsync dir), and
+//! it is the commit point of a topic: created before any partition is opened, removed before
+//! any partition directory is. So a topic directory without `topic.toml` is a creation or
+//! deletion that a crash interrupted, and loading removes it. Ownership is decided once, at
+//! creation, and survives restarts; only a change of the shard count re-assigns it.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result, meta_err};
+use crate::storage::portable::sync_dir;
+
+/// Longest topic name, in bytes (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+const META_FILE: &str = "topic.toml";
+const META_TMP: &str = "topic.toml.tmp";
+
+/// Checks a topic name: 1..=249 bytes of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let fail = |reason: &str| {
+        Err(Error::InvalidTopicName {
+            name: name.chars().take(TOPIC_NAME_BYTES_MAX + 8).collect(),
+            reason: reason.to_owned(),
+        })
+    };
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return fail("a topic name must be 1 to 249 bytes long");
+    }
+    if name == "." || name == ".." {
+        return fail("\".\" and \"..\" are not topic names");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return fail("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+/// What `topic.toml` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TopicMeta {
+    pub name: String,
+    pub partitions: u32,
+    /// The shard count `shards` was computed for.
+    pub shard_count: u32,
+    /// The owning shard of each partition, indexed by partition id.
+    pub shards: Vec<u32>,
+    pub created_ms: i64,
+}
+
+impl TopicMeta {
+    pub fn new(name: &str, partitions: u32, shard_count: usize) -> TopicMeta {
+        TopicMeta {
+            name: name.to_owned(),
+            partitions,
+            shard_count: shard_count as u32,
+            shards: assign(name, partitions, shard_count),
+            created_ms: crate::storage::now_ms(),
+        }
+    }
+}
+
+/// Partition `p` of `topic` goes to shard `(crc32(topic) + p) % shard_count`: a topic's
+/// partitions spread over consecutive shards, and different topics start at different ones.
+/// crc32 rather than std's hasher because the result must not change between builds.
+pub(crate) fn assign(topic: &str, partitions: u32, shard_count: usize) -> Vec<u32> {
+    assert!(shard_count > 0, "assign needs at least one shard");
+    let start = u64::from(crc32fast::hash(topic.as_bytes()));
+    (0..u64::from(partitions))
+        .map(|p| ((start + p) % shard_count as u64) as u32)
+        .collect()
+}
+
+pub(crate) fn topics_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("topics")
+}
+
+pub(crate) fn partition_dir(topics_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    topics_dir.join(topic).join(partition.to_string())
+}
+
+/// Writes `topic.toml` atomically, creating the topic directory (durably) when needed.
+pub(crate) fn write_meta(topics_dir: &Path, meta: &TopicMeta) -> Result<()> {
+    let dir = topics_dir.join(&meta.name);
+    if !dir.exists() {
+        fs::create_dir(&dir).map_err(meta_err("create topic dir", &dir))?;
+        sync_dir(topics_dir).map_err(meta_err("sync topics dir", topics_dir))?;
+    }
+    let text = toml::to_string(meta).expect("topic metadata serializes");
+    let tmp = dir.join(META_TMP);
+    let path = dir.join(META_FILE);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(&dir)
+    };
+    write().map_err(meta_err("write topic metadata", &path))
+}
+
+/// Removes `topic.toml` durably: from here on the topic does not exist, even after a crash.
+pub(crate) fn remove_meta(topics_dir: &Path, topic: &str) -> Result<()> {
+    let dir = topics_dir.join(topic);
+    let path = dir.join(META_FILE);
+    fs::remove_file(&path).map_err(meta_err("remove topic metadata", &path))?;
+    sync_dir(&dir).map_err(meta_err("sync topic dir", &dir))
+}
+
+/// Removes what is left of a topic directory, durably.
+pub(crate) fn remove_topic_dir(topics_dir: &Path, topic: &str) -> Result<()> {
+    let dir = topics_dir.join(topic);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(meta_err("remove topic dir", &dir)(e)),
+    }
+    sync_dir(topics_dir).map_err(meta_err("sync topics dir", topics_dir))
+}
+
+fn read_meta(dir: &Path, name: &str) -> Result<Option<TopicMeta>> {
+    let path = dir.join(META_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(meta_err("read topic metadata", &path)(e)),
+    };
+    let corrupt = |reason: String| Error::MetadataCorrupt {
+        path: path.clone(),
+        reason,
+    };
+    let meta: TopicMeta = toml::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+    if meta.name != name {
+        return Err(corrupt(format!(
+            "names topic {:?} but lives in directory {name:?}",
+            meta.name
+        )));
+    }
+    if meta.partitions == 0 || meta.shards.len() != meta.partitions as usize {
+        return Err(corrupt(format!(
+            "{} partitions but {} shard assignments",
+            meta.partitions,
+            meta.shards.len()
+        )));
+    }
+    Ok(Some(meta))
+}
+
+/// Loads every topic under `topics_dir` (created if missing), removing the leftovers of
+/// interrupted creations and deletions, and re-assigning partitions (persisted) of topics
+/// whose metadata was written for another shard count.
+pub(crate) fn load_all(topics_dir: &Path, shard_count: usize) -> Result<Vec<TopicMeta>> {
+    fs::create_dir_all(topics_dir).map_err(meta_err("create topics dir", topics_dir))?;
+    let mut topics = Vec::new();
+    let entries = fs::read_dir(topics_dir).map_err(meta_err("list topics dir", topics_dir))?;
+    for entry in entries {
+        let entry = entry.map_err(meta_err("list topics dir", topics_dir))?;
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            tracing::warn!(dir = %path.display(), "ignoring a topic directory whose name is not UTF-8");
+            continue;
+        };
+        if validate_topic_name(&name).is_err() {
+            tracing::warn!(dir = %path.display(), "ignoring a directory that is not a valid topic name");
+            continue;
+        }
+        match fs::remove_file(path.join(META_TMP)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(meta_err("remove stale topic metadata", path.join(META_TMP))(e)),
+        }
+        let Some(mut meta) = read_meta(&path, &name)? else {
+            tracing::warn!(
+                dir = %path.display(),
+                "topic directory has no topic.toml (a creation or deletion was interrupted); removing it"
+            );
+            remove_topic_dir(topics_dir, &name)?;
+            continue;
+        };
+        let stale = meta.shard_count as usize != shard_count
+            || meta.shards.iter().any(|&s| s as usize >= shard_count);
+        if stale {
+            tracing::warn!(
+                topic = %name,
+                old_shard_count = meta.shard_count,
+                new_shard_count = shard_count,
+                "shard count changed since the topic's partitions were assigned; re-assigning them to shards"
+            );
+            meta.shards = assign(&name, meta.partitions, shard_count);
+            meta.shard_count = shard_count as u32;
+            write_meta(topics_dir, &meta)?;
+        }
+        topics.push(meta);
+    }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        for ok in ["a", "orders", "a.b_c-D9", &"x".repeat(249)] {
+            validate_topic_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(250)] {
+            assert!(
+                matches!(
+                    validate_topic_name(bad),
+                    Err(Error::InvalidTopicName { .. })
+                ),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn assignment_is_stable_and_spread() {
+        let a = assign("orders", 8, 4);
+        assert_eq!(a, assign("orders", 8, 4));
+        for s in 0..4 {
+            assert_eq!(a.iter().filter(|&&x| x == s).count(), 2);
+        }
+    }
+
+    #[test]
+    fn metadata_round_trip_cleanup_and_reassign() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = topics_dir(dir.path());
+        fs::create_dir_all(&topics).unwrap();
+        let meta = TopicMeta::new("t1", 3, 2);
+        write_meta(&topics, &meta).unwrap();
+        // A half-created topic: directory and partition dir, no metadata.
+        fs::create_dir_all(topics.join("half").join("0")).unwrap();
+        assert_eq!(load_all(&topics, 2).unwrap(), vec![meta.clone()]);
+        assert!(!topics.join("half").exists());
+        let loaded = load_all(&topics, 5).unwrap();
+        assert_eq!(loaded[0].shards, assign("t1", 3, 5));
+        assert_eq!(loaded[0].shard_count, 5);
+        assert_eq!(
+            load_all(&topics, 5).unwrap(),
+            loaded,
+            "re-assignment persisted"
+        );
+        remove_meta(&topics, "t1").unwrap();
+        remove_topic_dir(&topics, "t1").unwrap();
+        assert!(load_all(&topics, 5).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,648 @@
+//! One shard's loop: it owns its partitions' logs and serves its queue, covering each group
+//! of appends with one sync per touched partition (group commit).
+//!
+//! Owns: the `Log`s of the partitions assigned to this shard, their high-watermark watches,
+//! the flush timers (interval durability) and maintenance (aged rolls, retention).
+//! Must never: be touched from another thread (its state is `!Send` and unlocked), block on
+//! anything but its own queue and its own files, or acknowledge an append before the high
+//! watermark has passed it (after `sync` under `Fsync`, after `commit_unsynced` otherwise).
+//!
+//! Invariants: within a group, appends are applied in arrival order, so acks of a partition
+//! go out in offset order; every append in a group gets exactly one reply, and a failed sync
+//! fails every append it covered. Anything that changes a log other than an append (truncate,
+//! open, close, shutdown) first flushes the group before it, so it never sees unflushed data.
+//! Reads never wait for a flush: they see only what is below the high watermark.
+//!
+//! The loop is generic over the engine and over [`LoopRuntime`] (how to wait for the queue
+//! and for timers), so the same code runs on a plain thread and on a glommio executor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::command::{Command, OpenPartition, Reply};
+use super::error::{Error, Result};
+use super::executor::FdatasyncCounter;
+use super::options::{Durability, ShardOptions};
+use super::set::{AppendAck, PartitionInfo, ReadResult};
+use super::stats::ShardStats;
+use crate::storage::{self, Engine, Log, Record, now_ms};
+
+/// What a wait on the queue ended with.
+pub(crate) enum Received {
+    Command(Command),
+    Timeout,
+    /// Every sender is gone: the shard set was dropped without `shutdown`.
+    Closed,
+}
+
+/// How a shard waits: on a plain thread it blocks; on glommio it yields to the reactor.
+#[allow(async_fn_in_trait)] // Shard loops are single-threaded; no Send bound wanted.
+pub(crate) trait LoopRuntime {
+    /// The next command, or `Timeout` at `deadline`.
+    async fn recv(&self, rx: &flume::Receiver<Command>, deadline: Instant) -> Received;
+    async fn sleep(&self, duration: Duration);
+}
+
+/// Everything a shard thread is started with.
+pub(crate) struct ShardContext {
+    pub id: usize,
+    pub rx: flume::Receiver<Command>,
+    pub stats: Arc<ShardStats>,
+    pub options: ShardOptions,
+    /// Partitions to open before serving anything.
+    pub initial: Vec<OpenPartition>,
+    /// Told once whether the initial partitions opened.
+    pub ready: std::sync::mpsc::Sender<Result<()>>,
+}
+
+type Key = (Arc<str>, u32);
+
+struct Partition<E: Engine> {
+    log: Log<E>,
+    high_watermark: watch::Sender<u64>,
+    /// Committed without a sync (interval durability): the timer must sync it.
+    unsynced: bool,
+}
+
+impl<E: Engine> Partition<E> {
+    fn publish(&self) {
+        let hw = self.log.high_watermark();
+        self.high_watermark.send_if_modified(|current| {
+            let changed = *current != hw;
+            *current = hw;
+            changed
+        });
+    }
+}
+
+/// An append that is in its log but not yet acknowledged.
+struct Pending {
+    key: Key,
+    base_offset: u64,
+    count: u32,
+    reply: Reply<AppendAck>,
+}
+
+struct Shard<E: Engine + FdatasyncCounter> {
+    id: usize,
+    engine: E,
+    options: ShardOptions,
+    stats: Arc<ShardStats>,
+    partitions: HashMap<Key, Partition<E>>,
+}
+
+/// Runs a shard until `Shutdown` (or until every sender is dropped).
+pub(crate) async fn run<E, R>(engine: E, runtime: R, ctx: ShardContext)
+where
+    E: Engine + FdatasyncCounter,
+    R: LoopRuntime,
+{
+    let ShardContext {
+        id,
+        rx,
+        stats,
+        options,
+        initial,
+        ready,
+    } = ctx;
+    let mut shard = Shard {
+        id,
+        engine,
+        options,
+        stats,
+        partitions: HashMap::new(),
+    };
+    let opened = shard.open(initial).await;
+    let failed = opened.is_err();
+    if ready.send(opened).is_err() || failed {
+        shard.close_all().await.ok();
+        return;
+    }
+    tracing::debug!(shard = id, engine = shard.engine.name(), "shard started");
+
+    let maintenance_every = Duration::from_millis(shard.options.maintenance_interval_ms);
+    let sync_every = match shard.options.durability {
+        Durability::Interval { flush_interval_ms } => {
+            Some(Duration::from_millis(flush_interval_ms))
+        }
+        _ => None,
+    };
+    let linger = Duration::from_micros(shard.options.flush_delay_us);
+    let mut next_maintenance = Instant::now() + maintenance_every;
+    let mut next_sync = sync_every.map(|every| Instant::now() + every);
+
+    let shutdown_reply = loop {
+        let deadline = next_sync.map_or(next_maintenance, |s| s.min(next_maintenance));
+        match runtime.recv(&rx, deadline).await {
+            Received::Closed => break None,
+            Received::Timeout => {}
+            Received::Command(first) => {
+                if !linger.is_zero() && matches!(first, Command::Append { .. }) {
+                    runtime.sleep(linger).await;
+                }
+                if let Some(reply) = shard.serve_group(first, &rx).await {
+                    break Some(reply);
+                }
+            }
+        }
+        // Timers are checked after every group too, so a busy shard still runs them.
+        let now = Instant::now();
+        if let (Some(at), Some(every)) = (next_sync, sync_every)
+            && now >= at
+        {
+            shard.sync_unsynced().await;
+            next_sync = Some(now + every);
+        }
+        if now >= next_maintenance {
+            shard.maintain().await;
+            next_maintenance = now + maintenance_every;
+        }
+    };
+
+    let closed = shard.close_all().await;
+    // Whatever raced in behind the shutdown is refused, not dropped silently.
+    while let Ok(cmd) = rx.try_recv() {
+        cmd.refuse(|| Error::ShuttingDown);
+    }
+    match shutdown_reply {
+        Some(reply) => {
+            if reply.send(closed).is_err() {
+                tracing::warn!(shard = id, "shutdown caller left before the shard closed");
+            }
+        }
+        None => {
+            if let Err(e) = closed {
+                tracing::error!(shard = id, error = %e, "closing logs after the shard set was dropped");
+            }
+        }
+    }
+    tracing::debug!(shard = id, "shard stopped");
+}
+
+fn send<T>(reply: Reply<T>, result: Result<T>) {
+    if reply.send(result).is_err() {
+        // The caller gave up (timeout or cancellation); the work is done regardless.
+        tracing::trace!("caller left before the reply");
+    }
+}
+
+fn unknown(topic: &str) -> Error {
+    // The bridge routed it here, so the partition existed: the topic was deleted meanwhile.
+    Error::UnknownTopic {
+        topic: topic.to_owned(),
+    }
+}
+
+impl<E: Engine + FdatasyncCounter> Shard<E> {
+    /// Serves `first` and whatever is queued behind it, up to `flush_bytes_max` of append
+    /// payload and `queue_depth_max` requests, then flushes. Returns the reply of a
+    /// `Shutdown` met on the way (everything before it is served and flushed).
+    async fn serve_group(
+        &mut self,
+        first: Command,
+        rx: &flume::Receiver<Command>,
+    ) -> Option<Reply<()>> {
+        self.stats.queue_depth.store(rx.len() as u64, Relaxed);
+        let mut pending = Vec::new();
+        let mut payload_bytes = 0u64;
+        let mut served = 0usize;
+        let mut next = Some(first);
+        while let Some(cmd) = next {
+            served += 1;
+            match cmd {
+                Command::Append {
+                    topic,
+                    partition,
+                    records,
+                    reply,
+                } => {
+                    payload_bytes += records.iter().map(|r| r.encoded_len() as u64).sum::<u64>();
+                    self.append((topic, partition), records, reply, &mut pending)
+                        .await;
+                }
+                Command::Read {
+                    topic,
+                    partition,
+                    from_offset,
+                    max_bytes,
+                    max_records,
+                    reply,
+                } => {
+                    let result = self
+                        .read(&(topic, partition), from_offset, max_bytes, max_records)
+                        .await;
+                    send(reply, result);
+                }
+                Command::Shutdown { reply } => {
+                    self.flush(pending).await;
+                    return Some(reply);
+                }
+                other => {
+                    self.flush(std::mem::take(&mut pending)).await;
+                    self.serve_admin(other).await;
+                }
+            }
+            if payload_bytes >= self.options.flush_bytes_max
+                || served >= self.options.queue_depth_max
+            {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        self.flush(pending).await;
+        None
+    }
+
+    async fn append(
+        &mut self,
+        key: Key,
+        records: Vec<Record>,
+        reply: Reply<AppendAck>,
+        pending: &mut Vec<Pending>,
+    ) {
+        let Some(p) = self.partitions.get_mut(&key) else {
+            return send(reply, Err(unknown(&key.0)));
+        };
+        match p.log.append(&records).await {
+            Ok(base_offset) => pending.push(Pending {
+                key,
+                base_offset,
+                count: records.len() as u32,
+                reply,
+            }),
+            // Refused by a limit (nothing changed), or failed (the log is now poisoned and
+            // the earlier appends of this group to it will fail at the flush).
+            Err(e) => send(reply, Err(Error::storage(&key.0, key.1, e))),
+        }
+    }
+
+    /// Makes the group's appends readable (and durable under `Fsync`) with one sync per
+    /// touched partition, then acknowledges them in arrival order.
+    async fn flush(&mut self, pending: Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut outcomes: Vec<(Key, std::result::Result<(), Arc<storage::Error>>)> = Vec::new();
+        for item in &pending {
+            if outcomes.iter().any(|(k, _)| *k == item.key) {
+                continue;
+            }
+            let p = self
+                .partitions
+                .get_mut(&item.key)
+                .expect("a partition with pending appends is open (closes flush first)");
+            let outcome = match p.log.poisoned_by() {
+                Some(op) => Err(storage::Error::Poisoned {
+                    dir: p.log.dir().to_owned(),
+                    op,
+                }),
+                None => match self.options.durability {
+                    Durability::Fsync => p.log.sync().await.map(drop),
+                    Durability::Interval { .. } => {
+                        p.log.commit_unsynced();
+                        p.unsynced = true;
+                        Ok(())
+                    }
+                    Durability::None => {
+                        p.log.commit_unsynced();
+                        Ok(())
+                    }
+                },
+            };
+            p.publish();
+            outcomes.push((item.key.clone(), outcome.map_err(Arc::new)));
+        }
+        ShardStats::add(&self.stats.flushes, 1);
+        self.stats
+            .fsyncs
+            .store(self.engine.fdatasync_count(), Relaxed);
+        for item in pending {
+            let (_, outcome) = outcomes
+                .iter()
+                .find(|(k, _)| *k == item.key)
+                .expect("every touched partition has an outcome");
+            let result = match outcome {
+                Ok(()) => {
+                    ShardStats::add(&self.stats.appends, 1);
+                    ShardStats::add(&self.stats.records, u64::from(item.count));
+                    Ok(AppendAck {
+                        partition: item.key.1,
+                        base_offset: item.base_offset,
+                        count: item.count,
+                    })
+                }
+                Err(e) => Err(Error::Storage {
+                    topic: item.key.0.to_string(),
+                    partition: item.key.1,
+                    source: e.clone(),
+                }),
+            };
+            send(item.reply, result);
+        }
+    }
+
+    async fn read(
+        &mut self,
+        key: &Key,
+        from_offset: u64,
+        max_bytes: u64,
+        max_records: usize,
+    ) -> Result<ReadResult> {
+        ShardStats::add(&self.stats.reads, 1);
+        let p = self
+            .partitions
+            .get_mut(key)
+            .ok_or_else(|| unknown(&key.0))?;
+        let batches = p
+            .log
+            .read(from_offset, max_bytes.min(self.options.read_bytes_max))
+            .await
+            .map_err(|e| Error::storage(&key.0, key.1, e))?;
+        let limit = if max_records == 0 {
+            usize::MAX
+        } else {
+            max_records
+        };
+        let records: Vec<Record> = batches
+            .into_iter()
+            .flat_map(|b| b.records)
+            .take(limit)
+            .collect();
+        let next_offset = records.last().map_or(from_offset, |r| r.offset + 1);
+        Ok(ReadResult {
+            records,
+            next_offset,
+            high_watermark: p.log.high_watermark(),
+            start_offset: p.log.start_offset(),
+        })
+    }
+
+    async fn serve_admin(&mut self, cmd: Command) {
+        match cmd {
+            Command::Truncate {
+                topic,
+                partition,
+                before_offset,
+                reply,
+            } => {
+                let result = match self.partitions.get_mut(&(topic.clone(), partition)) {
+                    None => Err(unknown(&topic)),
+                    Some(p) => p
+                        .log
+                        .truncate_prefix(before_offset)
+                        .await
+                        .map_err(|e| Error::storage(&topic, partition, e)),
+                };
+                send(reply, result);
+            }
+            Command::Describe {
+                topic,
+                partitions,
+                reply,
+            } => {
+                let result = partitions
+                    .into_iter()
+                    .map(|id| {
+                        let p = self
+                            .partitions
+                            .get(&(topic.clone(), id))
+                            .ok_or_else(|| unknown(&topic))?;
+                        Ok(PartitionInfo {
+                            id,
+                            start_offset: p.log.start_offset(),
+                            end_offset: p.log.end_offset(),
+                            high_watermark: p.log.high_watermark(),
+                            shard: self.id as u32,
+                        })
+                    })
+                    .collect();
+                send(reply, result);
+            }
+            Command::Open { partitions, reply } => {
+                let result = self.open(partitions).await;
+                send(reply, result);
+            }
+            Command::Close {
+                topic,
+                partitions,
+                remove,
+                reply,
+            } => {
+                let result = self.close(&topic, &partitions, remove).await;
+                send(reply, result);
+            }
+            Command::Append { .. } | Command::Read { .. } | Command::Shutdown { .. } => {
+                unreachable!("served by serve_group")
+            }
+        }
+    }
+
+    /// Opens partitions; on a failure closes the ones this call opened and reports it.
+    async fn open(&mut self, partitions: Vec<OpenPartition>) -> Result<()> {
+        let mut opened: Vec<Key> = Vec::new();
+        for open in partitions {
+            let key = (open.topic.clone(), open.partition);
+            assert!(
+                !self.partitions.contains_key(&key),
+                "shard {} asked to open {}/{} twice",
+                self.id,
+                key.0,
+                key.1
+            );
+            match Log::open(self.engine.clone(), &open.dir, self.options.log.clone()).await {
+                Ok((log, _report)) => {
+                    let p = Partition {
+                        log,
+                        high_watermark: open.high_watermark,
+                        unsynced: false,
+                    };
+                    p.publish();
+                    self.partitions.insert(key.clone(), p);
+                    opened.push(key);
+                }
+                Err(e) => {
+                    for key in opened {
+                        if let Some(p) = self.partitions.remove(&key)
+                            && let Err(close_err) = p.log.close().await
+                        {
+                            tracing::error!(error = %close_err, "closing a log after a failed open");
+                        }
+                    }
+                    return Err(Error::storage(&open.topic, open.partition, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes (syncing) the given partitions of `topic`, removing their directories when
+    /// asked. Partitions this shard does not hold are skipped. Returns the first error.
+    async fn close(&mut self, topic: &Arc<str>, partitions: &[u32], remove: bool) -> Result<()> {
+        let mut first_error = None;
+        for &partition in partitions {
+            let Some(p) = self.partitions.remove(&(topic.clone(), partition)) else {
+                continue;
+            };
+            let dir = p.log.dir().to_owned();
+            if let Err(e) = p.log.close().await {
+                first_error.get_or_insert(Error::storage(topic, partition, e));
+            }
+            if remove && let Err(e) = std::fs::remove_dir_all(&dir) {
+                first_error.get_or_insert(Error::Metadata {
+                    op: "remove partition dir",
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn close_all(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for ((topic, partition), p) in self.partitions.drain() {
+            if let Err(e) = p.log.close().await {
+                tracing::error!(topic = %topic, partition, error = %e, "closing a log");
+                first_error.get_or_insert(Error::storage(&topic, partition, e));
+            }
+        }
+        self.stats
+            .fsyncs
+            .store(self.engine.fdatasync_count(), Relaxed);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Interval durability: syncs every partition committed since the last tick.
+    async fn sync_unsynced(&mut self) {
+        for ((topic, partition), p) in &mut self.partitions {
+            if !p.unsynced || p.log.poisoned_by().is_some() {
+                continue;
+            }
+            p.unsynced = false;
+            if let Err(e) = p.log.sync().await {
+                // The log is poisoned now; its next append reports it to the producer.
+                tracing::error!(topic = %topic, partition, error = %e, "interval sync failed");
+            }
+            p.publish();
+        }
+        self.stats
+            .fsyncs
+            .store(self.engine.fdatasync_count(), Relaxed);
+    }
+
+    /// Rolls aged segments and applies retention on every healthy log.
+    async fn maintain(&mut self) {
+        let now = now_ms();
+        for ((topic, partition), p) in &mut self.partitions {
+            if p.log.poisoned_by().is_some() {
+                continue;
+            }
+            if let Err(e) = p.log.roll_if_aged(now).await {
+                tracing::error!(topic = %topic, partition, error = %e, "rolling an aged segment");
+                continue;
+            }
+            match p.log.apply_retention(now).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(topic = %topic, partition, deleted, start_offset = p.log.start_offset(), "retention deleted segments");
+                }
+                Err(e) => {
+                    tracing::error!(topic = %topic, partition, error = %e, "applying retention");
+                }
+            }
+            // A roll seals (syncs) the active segment, which moves the high watermark.
+            p.publish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::shard::executor::BlockingRuntime;
+    use crate::storage::PortableEngine;
+    use crate::storage::faulty::FaultyEngine;
+
+    impl FdatasyncCounter for FaultyEngine<PortableEngine> {
+        fn fdatasync_count(&self) -> u64 {
+            0
+        }
+    }
+
+    fn append(
+        tx: &flume::Sender<Command>,
+        value: &str,
+    ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
+        let (reply, ack) = tokio::sync::oneshot::channel();
+        tx.send(Command::Append {
+            topic: Arc::from("t"),
+            partition: 0,
+            records: vec![Record {
+                value: value.as_bytes().to_vec(),
+                ..Record::default()
+            }],
+            reply,
+        })
+        .unwrap();
+        ack
+    }
+
+    /// A failed sync fails every append of its group with the same cause, and the poisoned
+    /// log refuses later appends; the shard itself keeps serving.
+    #[test]
+    fn a_failed_sync_fails_its_whole_group_and_poisons_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = flume::bounded(16);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (hw_tx, hw_rx) = watch::channel(0);
+        let mut options = ShardOptions::new(dir.path());
+        options.shard_count = 1;
+        // Queued before the shard starts, so the three appends form one group.
+        let acks: Vec<_> = ["a", "b", "c"].iter().map(|v| append(&tx, v)).collect();
+        let ctx = ShardContext {
+            id: 0,
+            rx,
+            stats: Arc::new(ShardStats::default()),
+            options,
+            initial: vec![OpenPartition {
+                topic: Arc::from("t"),
+                partition: 0,
+                dir: dir.path().join("t").join("0"),
+                high_watermark: hw_tx,
+            }],
+            ready: ready_tx,
+        };
+        let thread = std::thread::spawn(move || {
+            let engine = FaultyEngine::new(PortableEngine::new());
+            // Three appends succeed; the fourth write, the group's sync, fails.
+            engine.crash_after(4);
+            futures::executor::block_on(run(engine, BlockingRuntime, ctx));
+        });
+        ready_rx.recv().unwrap().unwrap();
+        for ack in acks {
+            let err = futures::executor::block_on(ack).unwrap().unwrap_err();
+            assert!(
+                matches!(err.storage_error(), Some(storage::Error::Io { op, .. }) if op.contains("sync")),
+                "every append of the failed group fails with the sync's error: {err}"
+            );
+        }
+        assert_eq!(*hw_rx.borrow(), 0, "nothing became readable");
+        let later = futures::executor::block_on(append(&tx, "d"))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(later.storage_error(), Some(storage::Error::Poisoned { .. })),
+            "a poisoned log refuses appends: {later}"
+        );
+        let (reply, done) = tokio::sync::oneshot::channel();
+        tx.send(Command::Shutdown { reply }).unwrap();
+        futures::executor::block_on(done).unwrap().ok();
+        thread.join().unwrap();
+    }
+}
