@@ -99,7 +99,10 @@ async fn every_rpc_round_trips() {
     let created = client.create_topic("orders", 3).await.unwrap();
     assert_eq!((created.name.as_str(), created.partitions), ("orders", 3));
     let defaulted = client.create_topic("events", 0).await.unwrap();
-    assert_eq!(defaulted.partitions, 2, "0 partitions means default_partitions");
+    assert_eq!(
+        defaulted.partitions, 2,
+        "0 partitions means default_partitions"
+    );
 
     let ack = client
         .append("orders", Some(1), vec![record("k", "a"), record("k", "b")])
@@ -135,7 +138,10 @@ async fn every_rpc_round_trips() {
     assert_eq!((read.next_offset, read.high_watermark), (2, 2));
     assert_eq!(read.records[1].offset, 1);
     assert_eq!(read.records[0].key, b"k");
-    assert!(read.records[0].timestamp_ms > 0, "0 means the server's clock");
+    assert!(
+        read.records[0].timestamp_ms > 0,
+        "0 means the server's clock"
+    );
 
     // Read long-polls at the end and returns empty after max_wait_ms.
     let started = std::time::Instant::now();
@@ -168,7 +174,10 @@ async fn every_rpc_round_trips() {
     assert!(truncated.start_offset <= 1);
 
     let topics = client.list_topics().await.unwrap().topics;
-    let names: Vec<_> = topics.iter().map(|t| (t.name.as_str(), t.partitions)).collect();
+    let names: Vec<_> = topics
+        .iter()
+        .map(|t| (t.name.as_str(), t.partitions))
+        .collect();
     assert_eq!(names, vec![("events", 2), ("orders", 3)]);
 
     let description = client.describe_topic("orders").await.unwrap();
@@ -263,7 +272,10 @@ async fn append_stream_echoes_every_correlation_id_once() {
         let response = response.unwrap();
         assert!(seen.insert(response.correlation_id), "id echoed twice");
         if let Some(previous) = last_offset.insert(response.partition, response.base_offset) {
-            assert!(response.base_offset > previous, "offset order per partition");
+            assert!(
+                response.base_offset > previous,
+                "offset order per partition"
+            );
         }
     }
     assert_eq!(seen.len() as u64, N);
@@ -364,8 +376,14 @@ async fn nobody_is_denied_and_changes_nothing() {
         denied(nobody.create_topic("other", 1).await),
         Code::PermissionDenied
     );
-    assert_eq!(denied(nobody.delete_topic("kept").await), Code::PermissionDenied);
-    assert_eq!(denied(nobody.truncate("kept", 0, 1).await), Code::PermissionDenied);
+    assert_eq!(
+        denied(nobody.delete_topic("kept").await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        denied(nobody.truncate("kept", 0, 1).await),
+        Code::PermissionDenied
+    );
     assert_eq!(
         denied(nobody.describe_topic("kept").await),
         Code::PermissionDenied
@@ -390,9 +408,19 @@ async fn every_error_code_of_the_table() {
         .unwrap();
     let code = |r: Result<(), tonic::Status>| r.unwrap_err();
 
-    let status = code(client.read("nope", 0, 0, ReadOptions::default()).await.map(|_| ()));
+    let status = code(
+        client
+            .read("nope", 0, 0, ReadOptions::default())
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(status.code(), Code::NotFound);
-    let status = code(client.read("t", 9, 0, ReadOptions::default()).await.map(|_| ()));
+    let status = code(
+        client
+            .read("t", 9, 0, ReadOptions::default())
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains("0..1"), "{}", status.message());
     let status = code(
@@ -403,11 +431,21 @@ async fn every_error_code_of_the_table() {
     );
     assert_eq!(status.code(), Code::NotFound);
 
-    let status = code(client.read("t", 0, 7, ReadOptions::default()).await.map(|_| ()));
+    let status = code(
+        client
+            .read("t", 0, 7, ReadOptions::default())
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(status.code(), Code::OutOfRange);
     assert!(status.message().contains("0..=1"), "{}", status.message());
 
-    let status = code(client.append("bad/name", None, vec![record("", "x")]).await.map(|_| ()));
+    let status = code(
+        client
+            .append("bad/name", None, vec![record("", "x")])
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = code(client.append("t", Some(0), vec![]).await.map(|_| ()));
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -431,7 +469,12 @@ async fn every_error_code_of_the_table() {
         status.message()
     );
     // Refused on a topic that does not exist yet: not auto-created either.
-    let status = code(client.append("new", None, vec![record("", huge)]).await.map(|_| ()));
+    let status = code(
+        client
+            .append("new", None, vec![record("", huge)])
+            .await
+            .map(|_| ()),
+    );
     assert_eq!(status.code(), Code::ResourceExhausted);
     let p = &client.describe_topic("t").await.unwrap().partitions[0];
     assert_eq!(p.end_offset, 1, "the refused records changed nothing");
@@ -482,6 +525,7 @@ fn spawn_server(dir: &Path) -> Process {
         let mut tx = Some(tx);
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            eprintln!("server: {line}");
             if line.contains("walrs serving")
                 && let Some(rest) = line.split("address=").nth(1)
                 && let Some(tx) = tx.take()

@@ -28,7 +28,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic_health::ServingStatus;
 
 use super::errors::{Error, Result};
-use super::service::LogService;
+use super::service::{InFlight, LogService};
 use crate::config::{self, Config};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::log_server::LogServer;
@@ -37,6 +37,8 @@ use crate::storage;
 
 /// How long in-flight calls may take to finish once shutdown starts.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How long connections get to flush their last responses once no call is in progress.
+const FLUSH_GRACE: Duration = Duration::from_millis(200);
 /// Room for protobuf framing around a batch or a response's record bytes: each record's
 /// field tags and lengths, generously.
 const FRAMING_BYTES: usize = 1 << 20;
@@ -174,9 +176,7 @@ pub async fn start(config: Config) -> Result<Running> {
     })?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<LogServer<LogService>>()
-        .await;
+    health.set_not_serving::<LogServer<LogService>>().await;
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -201,7 +201,13 @@ pub async fn start(config: Config) -> Result<Running> {
         .expect("the compiled-in descriptor sets are valid");
 
     let (draining_tx, draining_rx) = watch::channel(false);
-    let service = LogService::new(shards.clone(), config.clone(), draining_rx.clone());
+    let in_flight = Arc::new(InFlight::default());
+    let service = LogService::new(
+        shards.clone(),
+        config.clone(),
+        draining_rx.clone(),
+        in_flight.clone(),
+    );
     let decode_max = config.storage.batch_bytes_max as usize * 2 + FRAMING_BYTES;
     let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;
     let log_server = LogServer::new(service)
@@ -223,9 +229,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let stopping = async move {
         // A dropped sender (the `Running` handle dropped) also stops the server.
         let _stop_or_drop = stop_rx.await;
-        stop_health
-            .set_not_serving::<LogServer<LogService>>()
-            .await;
+        stop_health.set_not_serving::<LogServer<LogService>>().await;
         stop_health
             .set_service_status("", ServingStatus::NotServing)
             .await;
@@ -233,9 +237,7 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     health.set_serving::<LogServer<LogService>>().await;
-    health
-        .set_service_status("", ServingStatus::Serving)
-        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
     tracing::info!(
         address = %local_addr,
         tls = config.tls.is_some(),
@@ -244,16 +246,22 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let task = tokio::spawn(async move {
         let serve = router.serve_with_incoming_shutdown(incoming, stopping);
+        tokio::pin!(serve);
         let mut draining = draining_rx;
+        // tonic's graceful stop waits for every connection to close, and an idle client
+        // may keep one open for ever; what must finish is the calls in progress. Once they
+        // have, the connections get a moment to flush their last responses.
         let served = tokio::select! {
-            served = serve => served.map_err(Error::Serve),
+            served = &mut serve => served.map_err(Error::Serve),
             () = async {
                 let _sender_gone = draining.wait_for(|d| *d).await.map(|_| ());
-                tokio::time::sleep(DRAIN_GRACE).await;
-            } => {
-                tracing::warn!(grace = ?DRAIN_GRACE, "in-flight calls did not finish in time; closing anyway");
-                Ok(())
-            }
+                if tokio::time::timeout(DRAIN_GRACE, in_flight.wait_idle()).await.is_err() {
+                    tracing::warn!(grace = ?DRAIN_GRACE, "in-flight calls did not finish in time; closing anyway");
+                }
+            } => match tokio::time::timeout(FLUSH_GRACE, &mut serve).await {
+                Ok(served) => served.map_err(Error::Serve),
+                Err(_idle_connections_remain) => Ok(()),
+            },
         };
         let closed = shards.shutdown().await.map_err(Error::from);
         match (&served, &closed) {

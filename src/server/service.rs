@@ -44,6 +44,43 @@ const READ_STREAM_BUFFER: usize = 2;
 /// it earlier, so this only bounds how long a vanished partition goes unnoticed.
 const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 
+/// Calls in progress (stream tasks included), so that shutdown can wait for exactly them:
+/// an idle client connection must not hold the server open.
+#[derive(Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> CallGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// Resolves once no call is in progress.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One call in progress; dropping it ends the call.
+struct CallGuard(Arc<InFlight>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// The service; cheap to clone (tonic clones it per connection).
 #[derive(Clone)]
 pub struct LogService {
@@ -59,10 +96,16 @@ struct Inner {
     round_robin: AtomicU64,
     /// Turns true when the server starts draining.
     draining: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
 }
 
 impl LogService {
-    pub fn new(shards: ShardSet, config: Config, draining: watch::Receiver<bool>) -> LogService {
+    pub fn new(
+        shards: ShardSet,
+        config: Config,
+        draining: watch::Receiver<bool>,
+        in_flight: Arc<InFlight>,
+    ) -> LogService {
         let default_partitions = config.default_partitions_for(shards.shard_count() as u32);
         let log_limits = super::run::log_config(&config);
         LogService {
@@ -74,6 +117,7 @@ impl LogService {
                 default_partitions,
                 round_robin: AtomicU64::new(0),
                 draining,
+                in_flight,
             }),
         }
     }
@@ -229,8 +273,10 @@ impl Inner {
             Some(p) => p,
             None => match records.first().map(|r| &r.key) {
                 Some(key) if !key.is_empty() => crc32fast::hash(key) % partitions,
-                _ => (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions))
-                    as u32,
+                _ => {
+                    (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions))
+                        as u32
+                }
             },
         };
         let ack = self.shards.append(&topic, partition, records).await?;
@@ -306,7 +352,11 @@ impl Inner {
 
     /// Feeds a ReadStream until it is caught up (without follow), the client goes away, the
     /// server drains, or an error (which is sent as the stream's last item).
-    async fn read_stream(self: Arc<Self>, read: ReadRequest, tx: mpsc::Sender<Result<ReadResponse, Status>>) {
+    async fn read_stream(
+        self: Arc<Self>,
+        read: ReadRequest,
+        tx: mpsc::Sender<Result<ReadResponse, Status>>,
+    ) {
         let mut offset = read.offset;
         let mut sent_any = false;
         loop {
@@ -430,6 +480,7 @@ impl Log for LogService {
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
         let (request, append) = strip(request);
+        let _call = self.inner.in_flight.enter();
         Ok(Response::new(self.inner.append(&request, append).await?))
     }
 
@@ -440,18 +491,25 @@ impl Log for LogService {
         request: Request<Streaming<AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let (request, input) = strip(request);
+        let _call = self.inner.in_flight.enter();
         self.inner.check_running()?;
         // The caller must at least be authenticated to open a stream; each request is
         // then authorized for its own topic.
         self.inner.principal(&request)?;
         let capacity = self.inner.config.server.append_stream_inflight_max.max(1) as usize;
         let (tx, rx) = mpsc::channel(capacity);
-        tokio::spawn(self.inner.clone().append_stream(request, input, tx));
+        let guard = self.inner.in_flight.enter();
+        let task = self.inner.clone().append_stream(request, input, tx);
+        tokio::spawn(async move {
+            task.await;
+            drop(guard);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let (request, read) = strip(request);
+        let _call = self.inner.in_flight.enter();
         self.inner.check_read(&request, &read)?;
         Ok(Response::new(self.inner.read(&read).await?))
     }
@@ -463,9 +521,14 @@ impl Log for LogService {
         request: Request<ReadRequest>,
     ) -> Result<Response<Self::ReadStreamStream>, Status> {
         let (request, read) = strip(request);
+        let _call = self.inner.in_flight.enter();
         self.inner.check_read(&request, &read)?;
         // Fail fast on an unknown topic or partition rather than in the stream.
-        let partitions = self.inner.shards.partitions_of(&read.topic).map_err(Error::from)?;
+        let partitions = self
+            .inner
+            .shards
+            .partitions_of(&read.topic)
+            .map_err(Error::from)?;
         if read.partition >= partitions {
             return Err(Error::from(shard::Error::UnknownPartition {
                 topic: read.topic.clone(),
@@ -475,7 +538,12 @@ impl Log for LogService {
             .into());
         }
         let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
-        tokio::spawn(self.inner.clone().read_stream(read, tx));
+        let guard = self.inner.in_flight.enter();
+        let task = self.inner.clone().read_stream(read, tx);
+        tokio::spawn(async move {
+            task.await;
+            drop(guard);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -484,6 +552,7 @@ impl Log for LogService {
         request: Request<TruncateRequest>,
     ) -> Result<Response<TruncateResponse>, Status> {
         let (request, truncate) = strip(request);
+        let _call = self.inner.in_flight.enter();
         let inner = &self.inner;
         inner.check_running()?;
         inner.check_topic_name(&truncate.topic)?;
@@ -511,6 +580,7 @@ impl Log for LogService {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let (request, create) = strip(request);
+        let _call = self.inner.in_flight.enter();
         let inner = &self.inner;
         inner.check_running()?;
         inner.check_topic_name(&create.name)?;
@@ -528,6 +598,7 @@ impl Log for LogService {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let (request, delete) = strip(request);
+        let _call = self.inner.in_flight.enter();
         let inner = &self.inner;
         inner.check_running()?;
         inner.check_topic_name(&delete.name)?;
@@ -546,6 +617,7 @@ impl Log for LogService {
         request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let (request, _) = strip(request);
+        let _call = self.inner.in_flight.enter();
         let inner = &self.inner;
         inner.check_running()?;
         let principal = inner.principal(&request)?;
@@ -568,6 +640,7 @@ impl Log for LogService {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let (request, describe) = strip(request);
+        let _call = self.inner.in_flight.enter();
         let inner = &self.inner;
         inner.check_running()?;
         inner.check_topic_name(&describe.name)?;
