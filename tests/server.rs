@@ -26,9 +26,11 @@ fn test_config(dir: &Path) -> Config {
     if !certs.join("ca.pem").exists() {
         walrs::certs::generate(&certs, false).unwrap();
     }
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.join("data");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
     config.storage.engine = Engine::Portable;
     config.storage.shards = 2;
     config.storage.record_bytes_max = RECORD_BYTES_MAX;

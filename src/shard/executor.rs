@@ -140,10 +140,11 @@ fn probe_uring(
             .and_then(|r| r.map_err(|e| format!("io_uring file I/O failed: {e}"))),
         Err(e) => Err(format!("a glommio executor did not start: {e}")),
     };
-    if outcome.is_err() && path.exists() {
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove the io_uring probe file");
-        }
+    if outcome.is_err()
+        && path.exists()
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove the io_uring probe file");
     }
     match outcome? {
         back if back == b"wal.r" => Ok(ResolvedEngine::Uring),
