@@ -9,8 +9,8 @@
 //! when `certs/server.pem`, `certs/server-key.pem` and `certs/ca.pem` all exist, mutual TLS
 //! with those files and an ACL that grants the `root` client everything (what `make gencert`
 //! makes); otherwise plaintext on the loopback address. Client commands default to mutual
-//! TLS with `certs/ca.pem`, `certs/root.pem` and `certs/root-key.pem`; `--plaintext` turns
-//! TLS off.
+//! TLS with `certs/ca.pem`, `certs/root.pem` and `certs/root-key.pem` (`--ca`, `--cert`,
+//! `--tls-key`); `--plaintext` turns TLS off.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -100,9 +100,10 @@ struct Connection {
     /// Client certificate; its common name is the identity the ACL sees.
     #[arg(long, default_value = "certs/root.pem")]
     cert: PathBuf,
-    /// The client certificate's private key.
-    #[arg(long, default_value = "certs/root-key.pem")]
-    key: PathBuf,
+    /// The client certificate's private key (`--tls-key`, because `produce --key` is the
+    /// record key).
+    #[arg(long = "tls-key", default_value = "certs/root-key.pem")]
+    tls_key: PathBuf,
     /// Name to check the server's certificate for.
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -119,7 +120,7 @@ impl Connection {
             (None, None) => "127.0.0.1:7070".to_string(),
         };
         let tls = (!self.plaintext).then(|| {
-            ClientTls::new(&self.ca, &self.cert, &self.key).with_domain(self.domain.clone())
+            ClientTls::new(&self.ca, &self.cert, &self.tls_key).with_domain(self.domain.clone())
         });
         Client::connect(&addr, tls)
             .await
@@ -516,4 +517,13 @@ async fn topic(command: TopicCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

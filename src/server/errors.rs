@@ -37,7 +37,7 @@ pub enum Error {
     Unauthenticated(#[from] identity::Error),
     /// The ACL does not grant `action` on `topic` to `principal`.
     #[error(
-        "{principal} may not {action} on topic {topic:?}; ask an operator for an [[acl]] entry granting {action:?}"
+        "{principal} may not {action} on topic {topic:?}; ask an operator for an [[acl]] entry granting \"{action}\""
     )]
     Denied {
         principal: Principal,
