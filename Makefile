@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-storage bench-shards clean
+.PHONY: build test lint fmt bench bench-storage bench-shards clean init gencert run
 
 build:
 	$(CARGO) build --release
@@ -28,3 +28,17 @@ clean:
 
 bench-shards:
 	$(CARGO) bench --bench shards
+
+## Directories the example config uses.
+init:
+	mkdir -p data certs
+
+## Development certificates (CA, server, clients root and nobody) under certs/.
+gencert: init
+	$(CARGO) run --release -- certs --out certs
+
+## Build, make dev certificates if certs/ has none, and serve mTLS on 127.0.0.1:7070.
+run: init
+	$(CARGO) build --release
+	@if [ ! -f certs/ca.pem ]; then ./target/release/walrs certs --out certs; fi
+	./target/release/walrs serve --config walrs.example.toml

@@ -1,1 +1,529 @@
-fn main() {}
+//! The `walrs` command: the server (`serve`), development certificates (`certs`), and a
+//! small client for every RPC (`produce`, `consume`, `topic`, `truncate`).
+//!
+//! This file owns argument parsing, logging set-up and printing; it never implements
+//! server or storage behaviour itself (that is `walrs::server` and below) and it is the only
+//! place besides tests that uses `anyhow`.
+//!
+//! Without `--config`, `serve` runs the built-in defaults (see `walrs.example.toml`) and,
+//! when `certs/server.pem`, `certs/server-key.pem` and `certs/ca.pem` all exist, mutual TLS
+//! with those files and an ACL that grants the `root` client everything (what `make gencert`
+//! makes); otherwise plaintext on the loopback address. Client commands default to mutual
+//! TLS with `certs/ca.pem`, `certs/root.pem` and `certs/root-key.pem` (`--ca`, `--cert`,
+//! `--tls-key`); `--plaintext` turns TLS off.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use walrs::client::{Client, ClientTls, ReadOptions};
+use walrs::config::{self, AclEntry, Config, TlsConfig};
+use walrs::proto::v1::{AppendRequest, Record};
+use walrs::server::acl::Action;
+
+/// wal.rs: a durable, partitioned write-ahead log server.
+#[derive(Debug, Parser)]
+#[command(name = "walrs", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Make development certificates: a CA, a server pair and the `root` and `nobody` clients.
+    Certs(CertsArgs),
+    /// Append records: the VALUES given, else one record per line of standard input.
+    Produce(ProduceArgs),
+    /// Print records, one per line.
+    Consume(ConsumeArgs),
+    /// Create, list, describe or delete topics.
+    Topic(TopicArgs),
+    /// Drop a partition's records below an offset (whole segments; a WAL checkpoint).
+    Truncate(TruncateArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file (see walrs.example.toml). Without it: the built-in defaults, with
+    /// mutual TLS from certs/ when certs/server.pem, certs/server-key.pem and certs/ca.pem exist.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// gRPC listen address, overriding `listen`.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory, overriding `data_dir`.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Storage engine, overriding `storage.engine`.
+    #[arg(long, value_enum)]
+    engine: Option<EngineArg>,
+    /// Shard count (0 = one per core), overriding `storage.shards`.
+    #[arg(long)]
+    shards: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EngineArg {
+    Auto,
+    Uring,
+    Portable,
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Directory to write the PEM files to (created if missing).
+    #[arg(long, default_value = "certs")]
+    out: PathBuf,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// How a client command reaches the server.
+#[derive(Debug, Args)]
+struct Connection {
+    /// Server address (host:port or https://host:port). Default: `listen` of --config, else
+    /// 127.0.0.1:7070.
+    #[arg(long, env = "WALRS_ADDR")]
+    addr: Option<String>,
+    /// Config file to take the default address from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// CA certificate that signed the server's certificate.
+    #[arg(long, default_value = "certs/ca.pem")]
+    ca: PathBuf,
+    /// Client certificate; its common name is the identity the ACL sees.
+    #[arg(long, default_value = "certs/root.pem")]
+    cert: PathBuf,
+    /// The client certificate's private key (`--tls-key`, because `produce --key` is the
+    /// record key).
+    #[arg(long = "tls-key", default_value = "certs/root-key.pem")]
+    tls_key: PathBuf,
+    /// Name to check the server's certificate for.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Connect without TLS (only a plaintext server accepts this).
+    #[arg(long)]
+    plaintext: bool,
+}
+
+impl Connection {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let addr = match (&self.addr, &self.config) {
+            (Some(addr), _) => addr.clone(),
+            (None, Some(path)) => Config::load(path)?.listen.to_string(),
+            (None, None) => "127.0.0.1:7070".to_string(),
+        };
+        let tls = (!self.plaintext).then(|| {
+            ClientTls::new(&self.ca, &self.cert, &self.tls_key).with_domain(self.domain.clone())
+        });
+        Client::connect(&addr, tls)
+            .await
+            .with_context(|| format!("connecting to {addr}"))
+    }
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to append to.
+    topic: String,
+    /// Record values; all of them form one batch. None: one record per stdin line.
+    values: Vec<String>,
+    /// Key of every record (also picks the partition when --partition is absent).
+    #[arg(long)]
+    key: Option<String>,
+    /// Partition to append to; default: by key, else round-robin.
+    #[arg(long)]
+    partition: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// `partition offset key value`, tab-separated (bytes shown as lossy UTF-8).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Topic to read.
+    topic: String,
+    /// Partition to read; default: every partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// First offset to read (in every partition read).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Keep tailing the log after catching up.
+    #[arg(long)]
+    follow: bool,
+    /// Stop after printing this many records.
+    #[arg(long)]
+    max: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct TopicArgs {
+    #[command(subcommand)]
+    command: TopicCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopicCommand {
+    /// Create a topic.
+    Create {
+        #[command(flatten)]
+        connection: Connection,
+        name: String,
+        /// Partition count; 0 = the server's default.
+        #[arg(long, default_value_t = 0)]
+        partitions: u32,
+    },
+    /// List the topics you may see.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show a topic's partitions with their offsets and shards.
+    Describe {
+        #[command(flatten)]
+        connection: Connection,
+        name: String,
+    },
+    /// Delete a topic and all its records.
+    Delete {
+        #[command(flatten)]
+        connection: Connection,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TruncateArgs {
+    #[command(flatten)]
+    connection: Connection,
+    topic: String,
+    #[arg(long)]
+    partition: u32,
+    /// Records below this offset may be dropped.
+    #[arg(long)]
+    before: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("walrs: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walrs: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Certs(args) => {
+            let written = walrs::certs::generate(&args.out, args.force)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Produce(args) => produce(args).await,
+        Command::Consume(args) => consume(args).await,
+        Command::Topic(args) => topic(args.command).await,
+        Command::Truncate(args) => {
+            let client = args.connection.connect().await?;
+            let response = client
+                .truncate(&args.topic, args.partition, args.before)
+                .await?;
+            println!("start_offset {}", response.start_offset);
+            Ok(())
+        }
+    }
+}
+
+/// The built-in config for `serve` without `--config` (see the module docs).
+fn default_config() -> Config {
+    let dir = Path::new("certs");
+    let tls = TlsConfig {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        client_ca: dir.join("ca.pem"),
+    };
+    let mut config = Config::default();
+    if tls.cert.exists() && tls.key.exists() && tls.client_ca.exists() {
+        config.tls = Some(tls);
+        config.acl = vec![AclEntry {
+            identity: walrs::certs::ROOT_CLIENT.to_string(),
+            topics: vec!["*".to_string()],
+            actions: Action::ALL.to_vec(),
+        }];
+    }
+    config
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => default_config(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(engine) = args.engine {
+        config.storage.engine = match engine {
+            EngineArg::Auto => config::Engine::Auto,
+            EngineArg::Uring => config::Engine::Uring,
+            EngineArg::Portable => config::Engine::Portable,
+        };
+    }
+    if let Some(shards) = args.shards {
+        config.storage.shards = shards;
+    }
+    config.validate()?;
+    init_logging(&config.log)?;
+    if args.config.is_none() {
+        tracing::info!(
+            tls = config.tls.is_some(),
+            "no --config: built-in defaults{}",
+            if config.tls.is_some() {
+                " with mutual TLS from certs/ (client root has every right)"
+            } else {
+                ", plaintext on loopback (certs/ has no server certificate)"
+            }
+        );
+    }
+    walrs::server::run(config, walrs::server::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(from_env)?,
+        _ => EnvFilter::try_new(&log.filter)?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let installed = match log.format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+fn record_of(key: &Option<String>, value: String) -> Record {
+    walrs::client::record(key.clone().unwrap_or_default(), value)
+}
+
+async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let client = args.connection.connect().await?;
+    if !args.values.is_empty() {
+        let records = args
+            .values
+            .into_iter()
+            .map(|v| record_of(&args.key, v))
+            .collect();
+        let ack = client.append(&args.topic, args.partition, records).await?;
+        println!(
+            "{} partition {} offsets {}..{}",
+            args.topic,
+            ack.partition,
+            ack.base_offset,
+            ack.base_offset + u64::from(ack.count)
+        );
+        return Ok(());
+    }
+    // One request per line, pipelined over one AppendStream, so a pipe of a million lines
+    // and a person typing both work. Lines are read on a blocking thread.
+    let (tx, rx) = tokio::sync::mpsc::channel::<AppendRequest>(256);
+    let topic = args.topic.clone();
+    let key = args.key.clone();
+    let partition = args.partition;
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let stdin = std::io::stdin();
+        for (i, line) in stdin.lock().lines().enumerate() {
+            let line = line.context("reading standard input")?;
+            let request = AppendRequest {
+                topic: topic.clone(),
+                partition,
+                records: vec![record_of(&key, line)],
+                correlation_id: i as u64,
+            };
+            if tx.blocking_send(request).is_err() {
+                break; // the stream ended early; its error is reported below
+            }
+        }
+        Ok(())
+    });
+    let mut responses = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(ack) = responses.next().await {
+        let ack = ack?;
+        writeln!(
+            stdout,
+            "{} partition {} offset {}",
+            args.topic, ack.partition, ack.base_offset
+        )?;
+    }
+    reader.await??;
+    Ok(())
+}
+
+async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let client = args.connection.connect().await?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) => vec![p],
+        None => {
+            let description = client.describe_topic(&args.topic).await?;
+            description.partitions.iter().map(|p| p.id).collect()
+        }
+    };
+    if partitions.is_empty() {
+        bail!("topic {} has no partitions", args.topic);
+    }
+    let mut streams = Vec::with_capacity(partitions.len());
+    for partition in partitions {
+        let stream = client
+            .read_stream(
+                &args.topic,
+                partition,
+                args.from,
+                ReadOptions::default(),
+                args.follow,
+            )
+            .await?;
+        streams.push(stream.map(move |r| (partition, r)));
+    }
+    let mut merged = futures::stream::select_all(streams);
+    let mut printed = 0u64;
+    let mut stdout = std::io::stdout().lock();
+    while let Some((partition, response)) = merged.next().await {
+        for record in response?.records {
+            if args.max.is_some_and(|max| printed >= max) {
+                return Ok(());
+            }
+            print_record(&mut stdout, args.format, partition, &record)?;
+            printed += 1;
+        }
+        stdout.flush()?;
+        if args.max.is_some_and(|max| printed >= max) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn print_record(
+    out: &mut impl Write,
+    format: Format,
+    partition: u32,
+    record: &Record,
+) -> anyhow::Result<()> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match format {
+        Format::Text => writeln!(
+            out,
+            "{partition}\t{}\t{}\t{}",
+            record.offset,
+            text(&record.key),
+            text(&record.value)
+        )?,
+        Format::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(text(v))))
+                .collect();
+            let line = serde_json::json!({
+                "partition": partition,
+                "offset": record.offset,
+                "timestamp_ms": record.timestamp_ms,
+                "key": text(&record.key),
+                "value": text(&record.value),
+                "headers": headers,
+            });
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn topic(command: TopicCommand) -> anyhow::Result<()> {
+    match command {
+        TopicCommand::Create {
+            connection,
+            name,
+            partitions,
+        } => {
+            let client = connection.connect().await?;
+            let created = client.create_topic(&name, partitions).await?;
+            println!("{} partitions {}", created.name, created.partitions);
+        }
+        TopicCommand::List { connection } => {
+            let client = connection.connect().await?;
+            for topic in client.list_topics().await?.topics {
+                println!("{}\t{}", topic.name, topic.partitions);
+            }
+        }
+        TopicCommand::Describe { connection, name } => {
+            let client = connection.connect().await?;
+            let description = client.describe_topic(&name).await?;
+            println!("topic {}", description.name);
+            println!("partition\tstart\tend\thigh_watermark\tshard");
+            for p in description.partitions {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    p.id, p.start_offset, p.end_offset, p.high_watermark, p.shard
+                );
+            }
+        }
+        TopicCommand::Delete { connection, name } => {
+            let client = connection.connect().await?;
+            client.delete_topic(&name).await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -63,6 +63,43 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// Checks a batch against these limits without touching anything (the server checks
+    /// before it creates a topic, so that a refused first append changes nothing).
+    pub fn check_batch(&self, records: &[Record]) -> Result<usize> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let mut batch_bytes = format::BATCH_HEADER_LEN;
+        for (index, record) in records.iter().enumerate() {
+            let bytes = record.encoded_len();
+            if bytes as u64 > self.record_bytes_max {
+                return Err(Error::RecordTooLarge {
+                    index,
+                    bytes,
+                    max: self.record_bytes_max,
+                });
+            }
+            if let Some((name, _)) = record
+                .headers
+                .iter()
+                .find(|(name, _)| name.len() > usize::from(u16::MAX))
+            {
+                return Err(Error::HeaderNameTooLong {
+                    index,
+                    bytes: name.len(),
+                });
+            }
+            batch_bytes += bytes;
+        }
+        if batch_bytes as u64 > self.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes: batch_bytes,
+                max: self.batch_bytes_max,
+            });
+        }
+        Ok(batch_bytes)
+    }
+
     /// Checks the limits against each other and against what the format can hold.
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
@@ -308,38 +345,7 @@ impl<E: Engine> Log<E> {
 
     /// Checks a batch against the limits without touching anything.
     pub fn check_batch(&self, records: &[Record]) -> Result<usize> {
-        if records.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        let mut batch_bytes = format::BATCH_HEADER_LEN;
-        for (index, record) in records.iter().enumerate() {
-            let bytes = record.encoded_len();
-            if bytes as u64 > self.config.record_bytes_max {
-                return Err(Error::RecordTooLarge {
-                    index,
-                    bytes,
-                    max: self.config.record_bytes_max,
-                });
-            }
-            if let Some((name, _)) = record
-                .headers
-                .iter()
-                .find(|(name, _)| name.len() > usize::from(u16::MAX))
-            {
-                return Err(Error::HeaderNameTooLong {
-                    index,
-                    bytes: name.len(),
-                });
-            }
-            batch_bytes += bytes;
-        }
-        if batch_bytes as u64 > self.config.batch_bytes_max {
-            return Err(Error::BatchTooLarge {
-                bytes: batch_bytes,
-                max: self.config.batch_bytes_max,
-            });
-        }
-        Ok(batch_bytes)
+        self.config.check_batch(records)
     }
 
     /// Appends one batch and returns its base offset. Limits are checked before any byte is

@@ -1,0 +1,165 @@
+//! Errors of the server layer, and the one place where any error becomes a gRPC status.
+//!
+//! `Error` covers both a refused request (bad argument, a limit, an ACL denial) and a
+//! failed start (config, TLS, bind, shards). `From<Error> for tonic::Status` is the only
+//! conversion from shard and storage errors to status codes in the crate, and it follows
+//! DESIGN.md's table: unknown topic or partition `NOT_FOUND`; offset outside the log
+//! `OUT_OF_RANGE`; malformed request `INVALID_ARGUMENT`; over a limit or a full shard queue
+//! `RESOURCE_EXHAUSTED`; no identity `UNAUTHENTICATED`; denied `PERMISSION_DENIED`; shutting
+//! down `UNAVAILABLE`. A client's mistake is never `INTERNAL`. Every message says what to do.
+
+use std::net::SocketAddr;
+
+use thiserror::Error;
+use tonic::{Code, Status};
+
+use super::acl::{Action, Principal};
+use super::{identity, tls};
+use crate::{config, shard, storage};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The request is malformed; `message` says what is wrong and what is allowed.
+    #[error("{message}")]
+    InvalidArgument { message: String },
+    /// A request over a configured limit (other than record and batch sizes, which
+    /// storage reports).
+    #[error("{what} is {value}, over the limit {key} = {max}; {hint}")]
+    OverLimit {
+        what: &'static str,
+        value: u64,
+        key: &'static str,
+        max: u64,
+        hint: &'static str,
+    },
+    /// The caller has no identity the server accepts.
+    #[error(transparent)]
+    Unauthenticated(#[from] identity::Error),
+    /// The ACL does not grant `action` on `topic` to `principal`.
+    #[error(
+        "{principal} may not {action} on topic {topic:?}; ask an operator for an [[acl]] entry granting \"{action}\""
+    )]
+    Denied {
+        principal: Principal,
+        action: Action,
+        topic: String,
+    },
+    /// The server is draining.
+    #[error("the server is shutting down; retry against another server or after it restarts")]
+    ShuttingDown,
+    /// A shard (or the storage under it) refused or failed.
+    #[error(transparent)]
+    Shard(#[from] shard::Error),
+
+    // Start-up failures; these never reach a client.
+    #[error("invalid config")]
+    Config(#[from] config::Invalid),
+    #[error("TLS set-up failed")]
+    Tls(#[from] tls::Error),
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let code = match &err {
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::OverLimit { .. } => Code::ResourceExhausted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Denied { .. } => Code::PermissionDenied,
+            Error::ShuttingDown => Code::Unavailable,
+            Error::Shard(e) => shard_code(e),
+            Error::Config(_) | Error::Tls(_) | Error::Bind { .. } | Error::Serve(_) => {
+                Code::Internal
+            }
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+fn shard_code(err: &shard::Error) -> Code {
+    use shard::Error as E;
+    match err {
+        E::Storage { source, .. } => storage_code(source),
+        E::Overloaded { .. } => Code::ResourceExhausted,
+        E::UnknownTopic { .. } | E::UnknownPartition { .. } => Code::NotFound,
+        E::TopicExists { .. } => Code::AlreadyExists,
+        E::ShuttingDown => Code::Unavailable,
+        E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
+        // The server's own state, not the request: the message and the server log say more.
+        E::InvalidOptions(_)
+        | E::Metadata { .. }
+        | E::MetadataCorrupt { .. }
+        | E::UringUnavailable { .. }
+        | E::ShardFailed { .. } => Code::Internal,
+    }
+}
+
+fn storage_code(err: &storage::Error) -> Code {
+    use storage::Error as E;
+    match err {
+        E::OffsetOutOfRange { .. } => Code::OutOfRange,
+        E::RecordTooLarge { .. } | E::BatchTooLarge { .. } => Code::ResourceExhausted,
+        E::EmptyBatch | E::HeaderNameTooLong { .. } | E::NotBatchBoundary { .. } => {
+            Code::InvalidArgument
+        }
+        // The partition refuses writes until a restart recovers it: retry elsewhere/later.
+        E::Poisoned { .. } => Code::Unavailable,
+        E::Corrupt { .. } => Code::DataLoss,
+        E::Io { .. } | E::Config(_) => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_design_table() {
+        let status = |e: Error| Status::from(e).code();
+        assert_eq!(
+            status(shard::Error::UnknownTopic { topic: "t".into() }.into()),
+            Code::NotFound
+        );
+        assert_eq!(
+            status(Error::Shard(shard::Error::Storage {
+                topic: "t".into(),
+                partition: 0,
+                source: std::sync::Arc::new(storage::Error::OffsetOutOfRange {
+                    offset: 9,
+                    start: 0,
+                    end: 3
+                }),
+            })),
+            Code::OutOfRange
+        );
+        assert_eq!(
+            status(
+                shard::Error::Overloaded {
+                    shard: 0,
+                    queue_depth: 1
+                }
+                .into()
+            ),
+            Code::ResourceExhausted
+        );
+        assert_eq!(status(Error::ShuttingDown), Code::Unavailable);
+        assert_eq!(status(Error::invalid("x")), Code::InvalidArgument);
+    }
+}

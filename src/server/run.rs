@@ -1,0 +1,361 @@
+//! Starting and stopping the server: config to shard options, the listener, TLS, health and
+//! reflection, and the graceful shutdown sequence.
+//!
+//! Start: validate the config, load TLS (a bad file is named before anything listens), bind
+//! the listener (so `127.0.0.1:0` gives tests their own port), report NOT_SERVING, start the
+//! shards, serve, report SERVING. Stop (SIGINT/SIGTERM, or [`Running::shutdown`]): report
+//! NOT_SERVING, turn `draining` on (long polls and follows end, new calls get UNAVAILABLE),
+//! stop accepting connections and let in-flight calls finish (at most [`DRAIN_GRACE`]), then
+//! `ShardSet::shutdown` drains the shard queues, syncs and closes every partition.
+//!
+//! Connections are bounded by `server.connections_max`: past it the listener stops accepting
+//! until one closes (the kernel's backlog holds the rest).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic_health::ServingStatus;
+
+use super::errors::{Error, Result};
+use super::service::{InFlight, LogService};
+use crate::config::{self, Config};
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::v1::log_server::LogServer;
+use crate::shard::{self, ShardOptions, ShardSet};
+use crate::storage;
+
+/// How long in-flight calls may take to finish once shutdown starts.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How long connections get to flush their last responses once no call is in progress.
+const FLUSH_GRACE: Duration = Duration::from_millis(200);
+/// Room for protobuf framing around a batch or a response's record bytes: each record's
+/// field tags and lengths, generously.
+const FRAMING_BYTES: usize = 1 << 20;
+
+/// The storage limits of every partition, from `[storage]`.
+pub fn log_config(config: &Config) -> storage::LogConfig {
+    let s = &config.storage;
+    storage::LogConfig {
+        record_bytes_max: s.record_bytes_max,
+        batch_bytes_max: s.batch_bytes_max,
+        segment_bytes_max: s.segment_bytes_max,
+        segment_ms: s.segment_ms,
+        index_bytes_max: s.index_bytes_max,
+        retention_bytes: s.retention_bytes,
+        retention_ms: s.retention_ms,
+    }
+}
+
+/// The shard set's options, from the config.
+pub fn shard_options(config: &Config) -> ShardOptions {
+    let s = &config.storage;
+    let mut options = ShardOptions::new(&config.data_dir);
+    options.shard_count = s.shard_count() as usize;
+    options.log = log_config(config);
+    options.durability = match s.durability {
+        config::Durability::Fsync => shard::Durability::Fsync,
+        config::Durability::Interval => shard::Durability::Interval {
+            flush_interval_ms: s.flush_interval_ms,
+        },
+        config::Durability::None => shard::Durability::None,
+    };
+    options.flush_delay_us = s.flush_delay_us;
+    options.flush_bytes_max = s.flush_bytes_max;
+    options.queue_depth_max = s.queue_depth_max as usize;
+    options.engine = match s.engine {
+        config::Engine::Auto => shard::EngineChoice::Auto,
+        config::Engine::Uring => shard::EngineChoice::Uring,
+        config::Engine::Portable => shard::EngineChoice::Portable,
+    };
+    options.io_memory_bytes = s.io_memory_bytes as usize;
+    options.partitions_max = config.server.partitions_per_topic_max;
+    options
+}
+
+/// A running server.
+pub struct Running {
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// The address the server listens on (the real port when the config said `:0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shuts down gracefully and waits until the shards are closed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _already_stopping = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+    }
+}
+
+/// Runs the server until `shutdown` resolves, then shuts it down gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let mut running = start(config).await?;
+    let stop = running.stop.take();
+    tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutdown requested; draining");
+            if let Some(stop) = stop {
+                let _already_stopping = stop.send(());
+            }
+            running.wait().await
+        }
+        // The server stopped by itself (a serve error).
+        result = &mut running.task => match result {
+            Ok(result) => result,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        },
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ctrl_c = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ctrl_c = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Starts the server and returns once it is serving.
+pub async fn start(config: Config) -> Result<Running> {
+    config.validate()?;
+    let tls = match &config.tls {
+        Some(tls) => Some(super::tls::server_config(tls)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+        address: config.listen,
+        source,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<LogServer<LogService>>().await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+
+    let options = shard_options(&config);
+    // Starting opens and recovers every partition: blocking work, off the runtime.
+    let shards = match tokio::task::spawn_blocking(move || ShardSet::start(options)).await {
+        Ok(started) => started?,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    };
+    tracing::info!(
+        shards = shards.shard_count(),
+        engine = shards.engine_name(),
+        data_dir = %config.data_dir.display(),
+        "shards started"
+    );
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled-in descriptor sets are valid");
+
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let in_flight = Arc::new(InFlight::default());
+    let service = LogService::new(
+        shards.clone(),
+        config.clone(),
+        draining_rx.clone(),
+        in_flight.clone(),
+    );
+    let decode_max = config.storage.batch_bytes_max as usize * 2 + FRAMING_BYTES;
+    let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;
+    let log_server = LogServer::new(service)
+        .max_decoding_message_size(decode_max)
+        .max_encoding_message_size(encode_max);
+
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(Error::Serve)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(log_server);
+
+    let incoming = incoming(listener, config.server.connections_max as usize);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let stop_health = health.clone();
+    let stopping = async move {
+        // A dropped sender (the `Running` handle dropped) also stops the server.
+        let _stop_or_drop = stop_rx.await;
+        stop_health.set_not_serving::<LogServer<LogService>>().await;
+        stop_health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _no_receivers_is_fine = draining_tx.send(true);
+    };
+
+    health.set_serving::<LogServer<LogService>>().await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    tracing::info!(
+        address = %local_addr,
+        tls = config.tls.is_some(),
+        "walrs serving walrs.v1.Log"
+    );
+
+    let task = tokio::spawn(async move {
+        let serve = router.serve_with_incoming_shutdown(incoming, stopping);
+        tokio::pin!(serve);
+        let mut draining = draining_rx;
+        // tonic's graceful stop waits for every connection to close, and an idle client
+        // may keep one open for ever; what must finish is the calls in progress. Once they
+        // have, the connections get a moment to flush their last responses.
+        let served = tokio::select! {
+            served = &mut serve => served.map_err(Error::Serve),
+            () = async {
+                let _sender_gone = draining.wait_for(|d| *d).await.map(|_| ());
+                if tokio::time::timeout(DRAIN_GRACE, in_flight.wait_idle()).await.is_err() {
+                    tracing::warn!(grace = ?DRAIN_GRACE, "in-flight calls did not finish in time; closing anyway");
+                }
+            } => match tokio::time::timeout(FLUSH_GRACE, &mut serve).await {
+                Ok(served) => served.map_err(Error::Serve),
+                Err(_idle_connections_remain) => Ok(()),
+            },
+        };
+        let closed = shards.shutdown().await.map_err(Error::from);
+        match (&served, &closed) {
+            (Ok(()), Ok(())) => tracing::info!("shards synced and closed; stopped"),
+            _ => tracing::error!(?served, ?closed, "stopped with errors"),
+        }
+        served.and(closed)
+    });
+
+    Ok(Running {
+        local_addr,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+/// Accepted connections, at most `connections_max` open at once: each holds a permit that
+/// its drop returns.
+fn incoming(
+    listener: TcpListener,
+    connections_max: usize,
+) -> impl futures::Stream<Item = std::io::Result<LimitedStream>> {
+    let permits = Arc::new(Semaphore::new(connections_max));
+    futures::stream::unfold((listener, permits), |(listener, permits)| async move {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        let accepted = listener.accept().await.map(|(stream, _peer)| {
+            // Small acks must not wait for Nagle.
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            LimitedStream {
+                inner: stream,
+                _permit: permit,
+            }
+        });
+        Some((accepted, (listener, permits)))
+    })
+    .boxed()
+}
+
+/// A TCP connection that holds one of the `connections_max` permits while it is open.
+struct LimitedStream {
+    inner: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for LimitedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

@@ -1,0 +1,682 @@
+//! The `walrs.v1.Log` gRPC service over a [`ShardSet`].
+//!
+//! Each RPC authenticates (the caller's certificate CN, see `identity`), authorizes
+//! (`acl`), validates every field against the config's limits, and only then calls the
+//! shards; a refused request changes nothing. Errors become statuses in `errors` only.
+//! This module never does file I/O and knows nothing of the on-disk format: record and
+//! batch sizes are measured by `storage::LogConfig::check_batch`.
+//!
+//! Waiting is never polling: a Read at the end of the log and a following ReadStream sleep
+//! on `ShardSet::wait_for`, which commits wake. Every stream is bounded: an AppendStream
+//! has at most `server.append_stream_inflight_max` appends in flight and stops reading its
+//! input until one completes; a ReadStream sends through a small channel and reads on
+//! only when the client has taken what was sent. Both end when the client goes away, and
+//! both end when the server drains (`draining` turns true).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::acl::{Acl, Action, Principal};
+use super::errors::{Error, Result};
+use super::identity;
+use crate::config::{self, Config};
+use crate::proto::v1::log_server::Log;
+use crate::proto::v1::{
+    AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest,
+    ListTopicsResponse, PartitionInfo, ReadRequest, ReadResponse, Record, TopicInfo,
+    TruncateRequest, TruncateResponse,
+};
+use crate::shard::{self, ShardSet};
+use crate::storage;
+
+/// Responses a ReadStream may have queued for a slow client before it stops reading.
+const READ_STREAM_BUFFER: usize = 2;
+/// How long one wait of a following ReadStream lasts before it re-checks; any commit wakes
+/// it earlier, so this only bounds how long a vanished partition goes unnoticed.
+const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+
+/// Calls in progress (stream tasks included), so that shutdown can wait for exactly them:
+/// an idle client connection must not hold the server open.
+#[derive(Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> CallGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// Resolves once no call is in progress.
+    pub async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One call in progress; dropping it ends the call.
+struct CallGuard(Arc<InFlight>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The service; cheap to clone (tonic clones it per connection).
+#[derive(Clone)]
+pub struct LogService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: ShardSet,
+    config: Config,
+    acl: Acl,
+    log_limits: storage::LogConfig,
+    default_partitions: u32,
+    round_robin: AtomicU64,
+    /// Turns true when the server starts draining.
+    draining: watch::Receiver<bool>,
+    in_flight: Arc<InFlight>,
+}
+
+impl LogService {
+    pub fn new(
+        shards: ShardSet,
+        config: Config,
+        draining: watch::Receiver<bool>,
+        in_flight: Arc<InFlight>,
+    ) -> LogService {
+        let default_partitions = config.default_partitions_for(shards.shard_count() as u32);
+        let log_limits = super::run::log_config(&config);
+        LogService {
+            inner: Arc::new(Inner {
+                acl: Acl::new(&config.acl),
+                shards,
+                config,
+                log_limits,
+                default_partitions,
+                round_robin: AtomicU64::new(0),
+                draining,
+                in_flight,
+            }),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Inner {
+    fn tls_enabled(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Who is calling: the certificate CN with TLS, anonymous (trusted) without.
+    fn principal<T>(&self, request: &Request<T>) -> Result<Principal> {
+        let certs = request.peer_certs();
+        let principal = identity::principal(self.tls_enabled(), certs.as_ref().map(|c| &c[..]));
+        if let Err(e) = &principal {
+            tracing::warn!(peer = ?request.remote_addr(), error = %e, "unauthenticated call refused");
+        }
+        Ok(principal?)
+    }
+
+    /// The principal, if the ACL grants it `action` on `topic`; the denial is logged.
+    fn authorize<T>(&self, request: &Request<T>, action: Action, topic: &str) -> Result<Principal> {
+        let principal = self.principal(request)?;
+        if self.acl.authorize(&principal, action, topic) {
+            return Ok(principal);
+        }
+        tracing::warn!(
+            peer = ?request.remote_addr(),
+            identity = %principal,
+            %action,
+            topic,
+            "call denied by the ACL"
+        );
+        Err(Error::Denied {
+            principal,
+            action,
+            topic: topic.to_string(),
+        })
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.is_draining() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn check_topic_name(&self, name: &str) -> Result<()> {
+        let max = self.config.server.topic_name_bytes_max;
+        if config::is_valid_topic_name(name, max) {
+            return Ok(());
+        }
+        let shown: String = name.chars().take(64).collect();
+        Err(Error::invalid(format!(
+            "topic name {shown:?} is invalid: use 1 to {max} bytes of ASCII letters, digits, \
+             '.', '_' and '-' (not \".\" or \"..\")"
+        )))
+    }
+
+    /// Creates `topic` with the default partition count, within `topics_max`. A concurrent
+    /// creation of the same topic is success.
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
+        let max = self.config.server.partitions_per_topic_max;
+        if partitions > max {
+            return Err(Error::invalid(format!(
+                "{partitions} partitions requested; a topic may have 1 to {max} \
+                 (server.partitions_per_topic_max), or 0 for the default of {}",
+                self.default_partitions
+            )));
+        }
+        let partitions = if partitions == 0 {
+            self.default_partitions
+        } else {
+            partitions
+        };
+        let topics = self.shards.list_topics().len() as u64;
+        let topics_max = u64::from(self.config.server.topics_max);
+        if topics >= topics_max {
+            return Err(Error::OverLimit {
+                what: "the number of topics",
+                value: topics,
+                key: "server.topics_max",
+                max: topics_max,
+                hint: "delete a topic first",
+            });
+        }
+        self.shards.create_topic(topic, partitions).await?;
+        Ok(partitions)
+    }
+
+    /// Validates, authorizes and performs one append.
+    async fn append(&self, request: &Request<()>, append: AppendRequest) -> Result<AppendResponse> {
+        self.check_running()?;
+        let AppendRequest {
+            topic,
+            partition,
+            records,
+            correlation_id,
+        } = append;
+        self.check_topic_name(&topic)?;
+        self.authorize(request, Action::Produce, &topic)?;
+        let now_ms = storage::now_ms();
+        let records: Vec<storage::Record> = records
+            .into_iter()
+            .map(|r| storage::Record {
+                offset: 0,
+                timestamp_ms: if r.timestamp_ms == 0 {
+                    now_ms
+                } else {
+                    r.timestamp_ms
+                },
+                key: r.key,
+                value: r.value,
+                headers: r.headers.into_iter().collect(),
+            })
+            .collect();
+        if records.is_empty() {
+            return Err(Error::invalid(
+                "an AppendRequest needs at least one record in `records`",
+            ));
+        }
+        // Checked before a topic is auto-created, so a refused batch changes nothing.
+        self.log_limits
+            .check_batch(&records)
+            .map_err(|e| shard::Error::Storage {
+                topic: topic.clone(),
+                partition: partition.unwrap_or(0),
+                source: Arc::new(e),
+            })?;
+        let partitions = match self.shards.partitions_of(&topic) {
+            Ok(n) => n,
+            Err(shard::Error::UnknownTopic { .. }) if self.config.auto_create_topics => {
+                match self.create_topic(&topic, 0).await {
+                    Ok(n) => {
+                        tracing::info!(topic, partitions = n, "topic auto-created on first append");
+                        n
+                    }
+                    Err(Error::Shard(shard::Error::TopicExists { .. })) => {
+                        self.shards.partitions_of(&topic)?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let partition = match partition {
+            Some(p) => p,
+            None => match records.first().map(|r| &r.key) {
+                Some(key) if !key.is_empty() => crc32fast::hash(key) % partitions,
+                _ => {
+                    (self.round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions))
+                        as u32
+                }
+            },
+        };
+        let ack = self.shards.append(&topic, partition, records).await?;
+        Ok(AppendResponse {
+            partition: ack.partition,
+            base_offset: ack.base_offset,
+            count: ack.count,
+            correlation_id,
+        })
+    }
+
+    /// The record and byte caps of a read: 0 or anything above the server's limit is the limit.
+    fn read_limits(&self, read: &ReadRequest) -> (u64, usize) {
+        let bytes_max = self.config.server.read_bytes_max;
+        let records_max = self.config.server.read_records_max;
+        let bytes = match u64::from(read.max_bytes) {
+            0 => bytes_max,
+            n => n.min(bytes_max),
+        };
+        let records = match read.max_records {
+            0 => records_max,
+            n => n.min(records_max),
+        };
+        (bytes, records as usize)
+    }
+
+    fn check_read(&self, request: &Request<()>, read: &ReadRequest) -> Result<()> {
+        self.check_running()?;
+        self.check_topic_name(&read.topic)?;
+        self.authorize(request, Action::Consume, &read.topic)?;
+        Ok(())
+    }
+
+    /// One read, without waiting.
+    async fn read_once(&self, read: &ReadRequest, offset: u64) -> Result<ReadResponse> {
+        let (bytes, records) = self.read_limits(read);
+        let result = self
+            .shards
+            .read(&read.topic, read.partition, offset, bytes, records)
+            .await?;
+        Ok(ReadResponse {
+            records: result.records.into_iter().map(to_proto).collect(),
+            high_watermark: result.high_watermark,
+            next_offset: result.next_offset,
+        })
+    }
+
+    /// Waits until a record at `offset` is readable, `timeout` passes, or the server drains.
+    async fn wait(&self, read: &ReadRequest, offset: u64, timeout: Duration) -> Result<()> {
+        let mut draining = self.draining.clone();
+        tokio::select! {
+            hw = self.shards.wait_for(&read.topic, read.partition, offset, timeout) => {
+                hw?;
+            }
+            _ = async { draining.wait_for(|d| *d).await.map(|_| ()) } => {}
+        }
+        Ok(())
+    }
+
+    async fn read(&self, read: &ReadRequest) -> Result<ReadResponse> {
+        let response = self.read_once(read, read.offset).await?;
+        let wait_ms = u64::from(read.max_wait_ms).min(self.config.server.read_max_wait_ms_max);
+        if !response.records.is_empty() || wait_ms == 0 {
+            return Ok(response);
+        }
+        self.wait(read, read.offset, Duration::from_millis(wait_ms))
+            .await?;
+        if self.is_draining() {
+            return Ok(response);
+        }
+        self.read_once(read, read.offset).await
+    }
+
+    /// Feeds a ReadStream until it is caught up (without follow), the client goes away, the
+    /// server drains, or an error (which is sent as the stream's last item).
+    async fn read_stream(
+        self: Arc<Self>,
+        read: ReadRequest,
+        tx: mpsc::Sender<Result<ReadResponse, Status>>,
+    ) {
+        let mut offset = read.offset;
+        let mut sent_any = false;
+        loop {
+            let response = match self.read_once(&read, offset).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _client_gone = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let empty = response.records.is_empty();
+            offset = response.next_offset;
+            if !empty || !sent_any {
+                sent_any = true;
+                if tx.send(Ok(response)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            if !empty {
+                continue;
+            }
+            if !read.follow || self.is_draining() {
+                return;
+            }
+            tokio::select! {
+                waited = self.wait(&read, offset, FOLLOW_WAIT) => {
+                    if let Err(e) = waited {
+                        let _client_gone = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+            if self.is_draining() {
+                return;
+            }
+        }
+    }
+
+    /// Runs an AppendStream: reads requests while fewer than the in-flight limit wait for
+    /// their acknowledgements, and answers in request order. The first failure is sent,
+    /// after the answers of the requests before it, as the stream's last item.
+    async fn append_stream(
+        self: Arc<Self>,
+        request: Request<()>,
+        mut input: Streaming<AppendRequest>,
+        tx: mpsc::Sender<Result<AppendResponse, Status>>,
+    ) {
+        let inflight_max = self.config.server.append_stream_inflight_max as usize;
+        let mut inflight = FuturesOrdered::new();
+        let mut reading = true;
+        let mut draining = self.draining.clone();
+        loop {
+            tokio::select! {
+                next = input.next(), if reading && inflight.len() < inflight_max => {
+                    match next {
+                        Some(Ok(append)) => {
+                            let this = self.clone();
+                            let request = clone_request(&request);
+                            inflight.push_back(async move {
+                                this.append(&request, append).await.map_err(Status::from)
+                            }.boxed());
+                        }
+                        Some(Err(status)) => {
+                            // The client's side of the stream broke; nothing to answer.
+                            tracing::debug!(%status, "append stream input failed");
+                            reading = false;
+                        }
+                        None => reading = false,
+                    }
+                }
+                done = inflight.next(), if !inflight.is_empty() => {
+                    let Some(result) = done else { continue };
+                    let failed = result.is_err();
+                    if tx.send(result).await.is_err() || failed {
+                        // Client gone, or the stream ends at its first failure. Appends
+                        // already queued still complete in the shards.
+                        return;
+                    }
+                }
+                _ = async { draining.wait_for(|d| *d).await.map(|_| ()) }, if reading => {
+                    // Finish what is in flight, accept nothing new.
+                    reading = false;
+                }
+                _ = tx.closed() => return,
+            }
+            if !reading && inflight.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// What the helpers need of a request: its extensions (peer certificates and address).
+fn clone_request(request: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.extensions_mut() = request.extensions().clone();
+    copy
+}
+
+/// A request's metadata and extensions without its message.
+fn strip<T>(request: Request<T>) -> (Request<()>, T) {
+    let (metadata, extensions, message) = request.into_parts();
+    (Request::from_parts(metadata, extensions, ()), message)
+}
+
+fn to_proto(record: storage::Record) -> Record {
+    Record {
+        offset: record.offset,
+        key: record.key,
+        value: record.value,
+        timestamp_ms: record.timestamp_ms,
+        headers: record.headers.into_iter().collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Log for LogService {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let (request, append) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        Ok(Response::new(self.inner.append(&request, append).await?))
+    }
+
+    type AppendStreamStream = BoxStream<AppendResponse>;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let (request, input) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        self.inner.check_running()?;
+        // The caller must at least be authenticated to open a stream; each request is
+        // then authorized for its own topic.
+        self.inner.principal(&request)?;
+        let capacity = self.inner.config.server.append_stream_inflight_max.max(1) as usize;
+        let (tx, rx) = mpsc::channel(capacity);
+        let guard = self.inner.in_flight.enter();
+        let task = self.inner.clone().append_stream(request, input, tx);
+        tokio::spawn(async move {
+            task.await;
+            drop(guard);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let (request, read) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        self.inner.check_read(&request, &read)?;
+        Ok(Response::new(self.inner.read(&read).await?))
+    }
+
+    type ReadStreamStream = BoxStream<ReadResponse>;
+
+    async fn read_stream(
+        &self,
+        request: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStreamStream>, Status> {
+        let (request, read) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        self.inner.check_read(&request, &read)?;
+        // Fail fast on an unknown topic or partition rather than in the stream.
+        let partitions = self
+            .inner
+            .shards
+            .partitions_of(&read.topic)
+            .map_err(Error::from)?;
+        if read.partition >= partitions {
+            return Err(Error::from(shard::Error::UnknownPartition {
+                topic: read.topic.clone(),
+                partition: read.partition,
+                partitions,
+            })
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
+        let guard = self.inner.in_flight.enter();
+        let task = self.inner.clone().read_stream(read, tx);
+        tokio::spawn(async move {
+            task.await;
+            drop(guard);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn truncate(
+        &self,
+        request: Request<TruncateRequest>,
+    ) -> Result<Response<TruncateResponse>, Status> {
+        let (request, truncate) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        let inner = &self.inner;
+        inner.check_running()?;
+        inner.check_topic_name(&truncate.topic)?;
+        inner.authorize(&request, Action::Admin, &truncate.topic)?;
+        inner
+            .shards
+            .truncate(&truncate.topic, truncate.partition, truncate.before_offset)
+            .await
+            .map_err(Error::from)?;
+        let description = inner
+            .shards
+            .describe_topic(&truncate.topic)
+            .await
+            .map_err(Error::from)?;
+        let start_offset = description
+            .partitions
+            .iter()
+            .find(|p| p.id == truncate.partition)
+            .map_or(0, |p| p.start_offset);
+        Ok(Response::new(TruncateResponse { start_offset }))
+    }
+
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let (request, create) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        let inner = &self.inner;
+        inner.check_running()?;
+        inner.check_topic_name(&create.name)?;
+        let principal = inner.authorize(&request, Action::Admin, &create.name)?;
+        let partitions = inner.create_topic(&create.name, create.partitions).await?;
+        tracing::info!(topic = create.name, partitions, identity = %principal, "topic created");
+        Ok(Response::new(CreateTopicResponse {
+            name: create.name,
+            partitions,
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let (request, delete) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        let inner = &self.inner;
+        inner.check_running()?;
+        inner.check_topic_name(&delete.name)?;
+        let principal = inner.authorize(&request, Action::Admin, &delete.name)?;
+        inner
+            .shards
+            .delete_topic(&delete.name)
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(topic = delete.name, identity = %principal, "topic deleted");
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let (request, _) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        let inner = &self.inner;
+        inner.check_running()?;
+        let principal = inner.principal(&request)?;
+        let mut topics: Vec<TopicInfo> = inner
+            .shards
+            .list_topics()
+            .into_iter()
+            .filter(|t| inner.acl.authorize_any(&principal, &t.name))
+            .map(|t| TopicInfo {
+                name: t.name,
+                partitions: t.partitions,
+            })
+            .collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let (request, describe) = strip(request);
+        let _call = self.inner.in_flight.enter();
+        let inner = &self.inner;
+        inner.check_running()?;
+        inner.check_topic_name(&describe.name)?;
+        let principal = inner.principal(&request)?;
+        if !inner.acl.authorize_any(&principal, &describe.name) {
+            tracing::warn!(
+                peer = ?request.remote_addr(),
+                identity = %principal,
+                topic = describe.name,
+                "describe denied by the ACL"
+            );
+            return Err(Error::Denied {
+                principal,
+                action: Action::Consume,
+                topic: describe.name,
+            }
+            .into());
+        }
+        let description = inner
+            .shards
+            .describe_topic(&describe.name)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(DescribeTopicResponse {
+            name: description.name,
+            partitions: description
+                .partitions
+                .into_iter()
+                .map(|p| PartitionInfo {
+                    id: p.id,
+                    start_offset: p.start_offset,
+                    end_offset: p.end_offset,
+                    high_watermark: p.high_watermark,
+                    shard: p.shard,
+                })
+                .collect(),
+        }))
+    }
+}
