@@ -86,6 +86,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
 /// A running server.
 pub struct Running {
     local_addr: SocketAddr,
+    shards: ShardSet,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -94,6 +95,12 @@ impl Running {
     /// The address the server listens on (the real port when the config said `:0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The shards behind the server, for their counters (`stats`, `total_stats`) and
+    /// engine name; an in-process benchmark reads them.
+    pub fn shards(&self) -> &ShardSet {
+        &self.shards
     }
 
     /// Shuts down gracefully and waits until the shards are closed.
@@ -202,6 +209,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let in_flight = Arc::new(InFlight::default());
+    let running_shards = shards.clone();
     let service = LogService::new(
         shards.clone(),
         config.clone(),
@@ -273,6 +281,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     Ok(Running {
         local_addr,
+        shards: running_shards,
         stop: Some(stop_tx),
         task,
     })
