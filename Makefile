@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-storage bench-shards clean init gencert run
+.PHONY: build test lint fmt bench bench-all bench-storage bench-shards clean init gencert run
 
 build:
 	$(CARGO) build --release
@@ -18,7 +18,17 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-bench: bench-storage bench-shards
+## End-to-end benchmark (walrs bench): in-process server on a temp dir, mutual TLS,
+## 4 producers x 4 partitions, batches of 100 x 1 KiB, 2 consumers, 10 s, with the raw
+## disk and raw RPC baselines; results in target/bench.{json,hgrm,svg}.
+bench:
+	$(CARGO) build --release
+	./target/release/walrs bench --producers 4 --partitions 4 --batch-records 100 \
+		--consumers 2 --duration 10 --json target/bench.json --hgrm target/bench.hgrm \
+		--svg target/bench.svg
+
+## Every benchmark: end-to-end, storage (criterion) and shards.
+bench-all: bench bench-storage bench-shards
 
 bench-storage:
 	$(CARGO) bench --bench storage

@@ -104,7 +104,7 @@ pub fn write_hgrm(out: &mut impl Write, h: &Histogram<u64>) -> std::io::Result<(
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         h.buckets(),
-        h.distinct_values()
+        (2 * 10u32.pow(u32::from(SIGFIGS))).next_power_of_two()
     )?;
     Ok(())
 }
