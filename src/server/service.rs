@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::acl::{Acl, Action, Principal};
 use super::errors::{Error, Result};
 use super::identity;
+use super::listener::PeerInfo;
 use crate::config::{self, Config};
 use crate::proto::v1::log_server::Log;
 use crate::proto::v1::{
@@ -136,10 +137,10 @@ impl Inner {
 
     /// Who is calling: the certificate CN with TLS, anonymous (trusted) without.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal> {
-        let certs = request.peer_certs();
-        let principal = identity::principal(self.tls_enabled(), certs.as_ref().map(|c| &c[..]));
+        let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
+        let principal = identity::principal(self.tls_enabled(), certs);
         if let Err(e) = &principal {
-            tracing::warn!(peer = ?request.remote_addr(), error = %e, "unauthenticated call refused");
+            tracing::warn!(peer = %peer_addr(request), error = %e, "unauthenticated call refused");
         }
         Ok(principal?)
     }
@@ -151,7 +152,7 @@ impl Inner {
             return Ok(principal);
         }
         tracing::warn!(
-            peer = ?request.remote_addr(),
+            peer = %peer_addr(request),
             identity = %principal,
             %action,
             topic,
@@ -450,6 +451,15 @@ impl Inner {
     }
 }
 
+/// The client's address, for logs ("unknown" when the request did not come through the
+/// listener).
+fn peer_addr<T>(request: &Request<T>) -> String {
+    match PeerInfo::of(request).and_then(|p| p.remote_addr) {
+        Some(addr) => addr.to_string(),
+        None => "unknown".to_owned(),
+    }
+}
+
 /// What the helpers need of a request: its extensions (peer certificates and address).
 fn clone_request(request: &Request<()>) -> Request<()> {
     let mut copy = Request::new(());
@@ -647,7 +657,7 @@ impl Log for LogService {
         let principal = inner.principal(&request)?;
         if !inner.acl.authorize_any(&principal, &describe.name) {
             tracing::warn!(
-                peer = ?request.remote_addr(),
+                peer = %peer_addr(&request),
                 identity = %principal,
                 topic = describe.name,
                 "describe denied by the ACL"
