@@ -117,8 +117,15 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A server with `test_config` changed by `change`.
+    async fn start_with(change: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let running = walrs::server::start(test_config(dir.path())).await.unwrap();
+        let mut config = test_config(dir.path());
+        change(&mut config);
+        let running = walrs::server::start(config).await.unwrap();
         let addr = running.local_addr();
         TestServer {
             dir,
@@ -344,6 +351,55 @@ async fn append_stream_echoes_every_correlation_id_once() {
     let description = client.describe_topic("pipe").await.unwrap();
     let total: u64 = description.partitions.iter().map(|p| p.end_offset).sum();
     assert_eq!(total, N);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_past_connections_max_waits_until_one_closes() {
+    let server = TestServer::start_with(|c| c.server.connections_max = 2).await;
+    let first = server.client("root").await;
+    first.create_topic("held", 1).await.unwrap();
+    let mut first_follow = first
+        .read_stream("held", 0, 0, ReadOptions::default(), true)
+        .await
+        .unwrap();
+    first_follow.next().await.unwrap().unwrap();
+    let second = server.client("root").await;
+    let mut second_follow = second
+        .read_stream("held", 0, 0, ReadOptions::default(), true)
+        .await
+        .unwrap();
+    second_follow.next().await.unwrap().unwrap();
+    assert_eq!(server.stats().connections_open, 2);
+
+    let (addr, tls) = (server.addr, ClientTls::from_dir(server.certs(), "root"));
+    let third = tokio::spawn(async move {
+        let client = Client::connect(&addr.to_string(), Some(tls))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        client.list_topics().await.map_err(|s| s.to_string())
+    });
+    // Not a performance bound: only "not served while both places are taken".
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    assert_eq!(server.stats().connections_accepted, 2);
+
+    drop(first_follow);
+    drop(first);
+    let listed = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third connection is served once the first closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.topics.len(), 1);
+    // The second connection was never disturbed.
+    second
+        .append("held", Some(0), vec![record("", "v")])
+        .await
+        .unwrap();
+    let response = second_follow.next().await.unwrap().unwrap();
+    assert_eq!(values(&response), vec![b"v".to_vec()]);
+    assert!(server.stats().connections_open <= 2);
     server.shutdown().await;
 }
 
