@@ -355,6 +355,75 @@ async fn append_stream_echoes_every_correlation_id_once() {
 }
 
 #[tokio::test]
+async fn append_stream_to_one_partition_takes_offsets_in_request_order() {
+    let server = TestServer::start().await;
+    let client = server.client("root").await;
+    client.create_topic("ordered", 1).await.unwrap();
+    const N: u64 = 2_000;
+    let requests = futures::stream::iter((0..N).map(|i| AppendRequest {
+        topic: "ordered".into(),
+        partition: Some(0),
+        records: vec![record("", i.to_string())],
+        correlation_id: i,
+    }));
+    let mut responses = client.append_stream(requests).await.unwrap();
+    let mut next = 0;
+    while let Some(response) = responses.next().await {
+        let response = response.unwrap();
+        assert_eq!(
+            response.correlation_id, next,
+            "answers come in request order"
+        );
+        assert_eq!(response.base_offset, next, "request i is record i");
+        next += 1;
+    }
+    assert_eq!(next, N);
+    let read = client
+        .read("ordered", 0, 0, ReadOptions::default())
+        .await
+        .unwrap();
+    for r in &read.records {
+        assert_eq!(r.value, r.offset.to_string().into_bytes());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn append_stream_ends_at_its_first_failure_and_queues_nothing_after_it() {
+    let server = TestServer::start().await;
+    let client = server.client("root").await;
+    client.create_topic("halt", 1).await.unwrap();
+    let requests = futures::stream::iter((0..20u64).map(|i| AppendRequest {
+        topic: "halt".into(),
+        partition: Some(0),
+        // Request 10 has no records: INVALID_ARGUMENT.
+        records: if i == 10 {
+            vec![]
+        } else {
+            vec![record("", i.to_string())]
+        },
+        correlation_id: i,
+    }));
+    let mut responses = client.append_stream(requests).await.unwrap();
+    for i in 0..10 {
+        let response = responses.next().await.unwrap().unwrap();
+        assert_eq!((response.correlation_id, response.base_offset), (i, i));
+    }
+    let status = responses.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        responses.next().await.is_none(),
+        "the failure ends the stream"
+    );
+    let p = &client.describe_topic("halt").await.unwrap().partitions[0];
+    assert_eq!(
+        p.end_offset, 10,
+        "nothing after the failed request was appended"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_connection_past_connections_max_waits_until_one_closes() {
     let server = TestServer::start_with(|c| c.server.connections_max = 2).await;
     let first = server.client("root").await;

@@ -13,13 +13,14 @@
 //! only when the client has taken what was sent. Both end when the client goes away, and
 //! both end when the server drains (`draining` turns true).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryFutureExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -217,6 +218,18 @@ impl Inner {
 
     /// Validates, authorizes and performs one append.
     async fn append(&self, request: &Request<()>, append: AppendRequest) -> Result<AppendResponse> {
+        self.enqueue_append(request, append).await?.await
+    }
+
+    /// Validates and authorizes one append and puts it in its shard's queue; the returned
+    /// future resolves to the response once the append is acknowledged. When this returns,
+    /// the append's place in its partition is fixed: appends enqueued one after another
+    /// take offsets in that order.
+    async fn enqueue_append(
+        &self,
+        request: &Request<()>,
+        append: AppendRequest,
+    ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
         self.check_running()?;
         let AppendRequest {
             topic,
@@ -280,12 +293,18 @@ impl Inner {
                 }
             },
         };
-        let ack = self.shards.append(&topic, partition, records).await?;
-        Ok(AppendResponse {
-            partition: ack.partition,
-            base_offset: ack.base_offset,
-            count: ack.count,
-            correlation_id,
+        let pending = self
+            .shards
+            .append_enqueue(&topic, partition, records)
+            .await?;
+        Ok(async move {
+            let ack = pending.await?;
+            Ok(AppendResponse {
+                partition: ack.partition,
+                base_offset: ack.base_offset,
+                count: ack.count,
+                correlation_id,
+            })
         })
     }
 
@@ -400,6 +419,10 @@ impl Inner {
     /// Runs an AppendStream: reads requests while fewer than the in-flight limit wait for
     /// their acknowledgements, and answers in request order. The first failure is sent,
     /// after the answers of the requests before it, as the stream's last item.
+    ///
+    /// Each request is put in its shard's queue before the next one is read, so the
+    /// requests of one stream to one partition get offsets in request order by
+    /// construction, not by how the acknowledgements happen to be polled.
     async fn append_stream(
         self: Arc<Self>,
         request: Request<()>,
@@ -415,11 +438,21 @@ impl Inner {
                 next = input.next(), if reading && inflight.len() < inflight_max => {
                     match next {
                         Some(Ok(append)) => {
-                            let this = self.clone();
-                            let request = clone_request(&request);
-                            inflight.push_back(async move {
-                                this.append(&request, append).await.map_err(Status::from)
-                            }.boxed());
+                            // Queued before the next request is read (a short bounded wait
+                            // at most): this is what fixes the order of the offsets.
+                            let queued = self.enqueue_append(&request, append).await;
+                            match queued {
+                                Ok(ack) => {
+                                    inflight.push_back(ack.map_err(Status::from).boxed());
+                                }
+                                Err(e) => {
+                                    // Answered after the requests before it; nothing after
+                                    // it is queued, as the stream ends at its first failure.
+                                    let failed = futures::future::ready(Err(e.into()));
+                                    inflight.push_back(failed.boxed());
+                                    reading = false;
+                                }
+                            }
                         }
                         Some(Err(status)) => {
                             // The client's side of the stream broke; nothing to answer.
@@ -458,13 +491,6 @@ fn peer_addr<T>(request: &Request<T>) -> String {
         Some(addr) => addr.to_string(),
         None => "unknown".to_owned(),
     }
-}
-
-/// What the helpers need of a request: its extensions (peer certificates and address).
-fn clone_request(request: &Request<()>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
 }
 
 /// A request's metadata and extensions without its message.
