@@ -20,7 +20,6 @@ use futures::{Stream, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -34,6 +33,8 @@ use crate::proto::v1::{
 };
 use crate::storage;
 
+/// Connections the raw-RPC baseline accepts at once (one per producer).
+const CONNECTIONS_MAX: usize = 4096;
 /// Alignment and padding of O_DIRECT writes.
 const DIRECT_ALIGN: usize = 4096;
 
@@ -288,23 +289,22 @@ pub async fn serve_drop_log(tls: Option<&crate::config::TlsConfig>) -> Result<Dr
     let addr = listener
         .local_addr()
         .map_err(io_error("binding the raw-RPC baseline"))?;
-    let mut builder = Server::builder().tcp_nodelay(true);
-    if let Some(tls) = tls {
-        let tls = crate::server::tls::server_config(tls).map_err(Error::Tls)?;
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Invalid(format!("raw-RPC baseline TLS: {e}")))?;
-    }
+    let tls = match tls {
+        Some(tls) => Some(crate::server::tls::server_config(tls).map_err(Error::Tls)?),
+        None => None,
+    };
     let service = LogServer::new(DropLog)
         .max_decoding_message_size(crate::client::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::client::MESSAGE_BYTES_MAX);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serve = builder.add_service(service).serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
+    // The real server's listener: the same TLS handshake path and TCP settings.
+    let incoming =
+        crate::server::incoming(listener, tls, CONNECTIONS_MAX, Default::default(), async {
             let _stop_or_drop = stopped.await;
-        },
-    );
+        });
+    let serve = Server::builder()
+        .add_service(service)
+        .serve_with_incoming(incoming);
     tokio::spawn(async move {
         if let Err(e) = serve.await {
             tracing::warn!(error = %e, "raw-RPC baseline server failed");

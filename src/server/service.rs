@@ -13,13 +13,14 @@
 //! only when the client has taken what was sent. Both end when the client goes away, and
 //! both end when the server drains (`draining` turns true).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryFutureExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -27,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::acl::{Acl, Action, Principal};
 use super::errors::{Error, Result};
 use super::identity;
+use super::listener::PeerInfo;
 use crate::config::{self, Config};
 use crate::proto::v1::log_server::Log;
 use crate::proto::v1::{
@@ -136,10 +138,10 @@ impl Inner {
 
     /// Who is calling: the certificate CN with TLS, anonymous (trusted) without.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal> {
-        let certs = request.peer_certs();
-        let principal = identity::principal(self.tls_enabled(), certs.as_ref().map(|c| &c[..]));
+        let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
+        let principal = identity::principal(self.tls_enabled(), certs);
         if let Err(e) = &principal {
-            tracing::warn!(peer = ?request.remote_addr(), error = %e, "unauthenticated call refused");
+            tracing::warn!(peer = %peer_addr(request), error = %e, "unauthenticated call refused");
         }
         Ok(principal?)
     }
@@ -151,7 +153,7 @@ impl Inner {
             return Ok(principal);
         }
         tracing::warn!(
-            peer = ?request.remote_addr(),
+            peer = %peer_addr(request),
             identity = %principal,
             %action,
             topic,
@@ -216,6 +218,18 @@ impl Inner {
 
     /// Validates, authorizes and performs one append.
     async fn append(&self, request: &Request<()>, append: AppendRequest) -> Result<AppendResponse> {
+        self.enqueue_append(request, append).await?.await
+    }
+
+    /// Validates and authorizes one append and puts it in its shard's queue; the returned
+    /// future resolves to the response once the append is acknowledged. When this returns,
+    /// the append's place in its partition is fixed: appends enqueued one after another
+    /// take offsets in that order.
+    async fn enqueue_append(
+        &self,
+        request: &Request<()>,
+        append: AppendRequest,
+    ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
         self.check_running()?;
         let AppendRequest {
             topic,
@@ -279,12 +293,18 @@ impl Inner {
                 }
             },
         };
-        let ack = self.shards.append(&topic, partition, records).await?;
-        Ok(AppendResponse {
-            partition: ack.partition,
-            base_offset: ack.base_offset,
-            count: ack.count,
-            correlation_id,
+        let pending = self
+            .shards
+            .append_enqueue(&topic, partition, records)
+            .await?;
+        Ok(async move {
+            let ack = pending.await?;
+            Ok(AppendResponse {
+                partition: ack.partition,
+                base_offset: ack.base_offset,
+                count: ack.count,
+                correlation_id,
+            })
         })
     }
 
@@ -399,6 +419,10 @@ impl Inner {
     /// Runs an AppendStream: reads requests while fewer than the in-flight limit wait for
     /// their acknowledgements, and answers in request order. The first failure is sent,
     /// after the answers of the requests before it, as the stream's last item.
+    ///
+    /// Each request is put in its shard's queue before the next one is read, so the
+    /// requests of one stream to one partition get offsets in request order by
+    /// construction, not by how the acknowledgements happen to be polled.
     async fn append_stream(
         self: Arc<Self>,
         request: Request<()>,
@@ -414,11 +438,21 @@ impl Inner {
                 next = input.next(), if reading && inflight.len() < inflight_max => {
                     match next {
                         Some(Ok(append)) => {
-                            let this = self.clone();
-                            let request = clone_request(&request);
-                            inflight.push_back(async move {
-                                this.append(&request, append).await.map_err(Status::from)
-                            }.boxed());
+                            // Queued before the next request is read (a short bounded wait
+                            // at most): this is what fixes the order of the offsets.
+                            let queued = self.enqueue_append(&request, append).await;
+                            match queued {
+                                Ok(ack) => {
+                                    inflight.push_back(ack.map_err(Status::from).boxed());
+                                }
+                                Err(e) => {
+                                    // Answered after the requests before it; nothing after
+                                    // it is queued, as the stream ends at its first failure.
+                                    let failed = futures::future::ready(Err(e.into()));
+                                    inflight.push_back(failed.boxed());
+                                    reading = false;
+                                }
+                            }
                         }
                         Some(Err(status)) => {
                             // The client's side of the stream broke; nothing to answer.
@@ -450,11 +484,13 @@ impl Inner {
     }
 }
 
-/// What the helpers need of a request: its extensions (peer certificates and address).
-fn clone_request(request: &Request<()>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
+/// The client's address, for logs ("unknown" when the request did not come through the
+/// listener).
+fn peer_addr<T>(request: &Request<T>) -> String {
+    match PeerInfo::of(request).and_then(|p| p.remote_addr) {
+        Some(addr) => addr.to_string(),
+        None => "unknown".to_owned(),
+    }
 }
 
 /// A request's metadata and extensions without its message.
@@ -647,7 +683,7 @@ impl Log for LogService {
         let principal = inner.principal(&request)?;
         if !inner.acl.authorize_any(&principal, &describe.name) {
             tracing::warn!(
-                peer = ?request.remote_addr(),
+                peer = %peer_addr(&request),
                 identity = %principal,
                 topic = describe.name,
                 "describe denied by the ACL"
