@@ -24,11 +24,17 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_US, SIGFIGS).expect("static histogram bounds are valid")
 }
 
+/// A small histogram for the live progress line's per-tick p99: one minute, two digits
+/// (it is reset every tick, so it must be cheap to clear).
+pub fn window_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("static histogram bounds are valid")
+}
+
 /// Records `latency`, clamped to the trackable range.
 pub fn record(histogram: &mut Histogram<u64>, latency: Duration) {
     let us = u64::try_from(latency.as_micros())
         .unwrap_or(u64::MAX)
-        .clamp(1, HIGHEST_US);
+        .clamp(1, histogram.high());
     histogram.saturating_record(us);
 }
 

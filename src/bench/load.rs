@@ -77,24 +77,27 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Live {
     pub acked_records: AtomicU64,
+    /// Whether anyone reads the windows (no progress line: producers skip them).
+    pub windows_on: bool,
     /// One interval histogram per producer (so producers do not contend on one lock);
     /// the progress ticker takes and resets them.
     pub windows: Vec<Mutex<Histogram<u64>>>,
 }
 
 impl Live {
-    pub fn new(producers: usize) -> Live {
+    pub fn new(producers: usize, windows_on: bool) -> Live {
         Live {
             acked_records: AtomicU64::new(0),
+            windows_on,
             windows: (0..producers)
-                .map(|_| Mutex::new(latency::histogram()))
+                .map(|_| Mutex::new(latency::window_histogram()))
                 .collect(),
         }
     }
 
     /// The append latencies since the last call, merged; resets the windows.
     pub fn take_window(&self) -> Histogram<u64> {
-        let mut merged = latency::histogram();
+        let mut merged = latency::window_histogram();
         for window in &self.windows {
             let mut window = window.lock().expect("a producer panicked");
             merged.add(&*window).expect("same histogram bounds");
@@ -187,10 +190,12 @@ pub async fn produce(
                 outcome.records_total += records;
                 live.acked_records.fetch_add(records, Relaxed);
                 let took = now.saturating_duration_since(request.intended);
-                latency::record(
-                    &mut live.windows[index as usize].lock().expect("ticker panicked"),
-                    took,
-                );
+                if live.windows_on {
+                    latency::record(
+                        &mut live.windows[index as usize].lock().expect("ticker panicked"),
+                        took,
+                    );
+                }
                 if request.measured {
                     latency::record(&mut outcome.latency, took);
                     outcome.records += records;

@@ -18,16 +18,24 @@ const TICK: Duration = Duration::from_millis(500);
 /// A running progress line; [`Progress::finish`] clears it.
 pub struct Progress {
     bar: ProgressBar,
-    ticker: JoinHandle<()>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+/// Whether a progress line would be seen: not `--quiet`, and standard error is a terminal.
+pub fn shown(quiet: bool) -> bool {
+    !quiet && !ProgressBar::new_spinner().is_hidden()
 }
 
 impl Progress {
-    pub fn start(label: String, clock: Clock, live: Arc<Live>, quiet: bool) -> Progress {
-        let bar = if quiet {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new_spinner()
-        };
+    /// Starts the line; with nobody to see it (`live.windows_on` off) no ticker runs.
+    pub fn start(label: String, clock: Clock, live: Arc<Live>) -> Progress {
+        if !live.windows_on {
+            return Progress {
+                bar: ProgressBar::hidden(),
+                ticker: None,
+            };
+        }
+        let bar = ProgressBar::new_spinner();
         bar.set_style(
             ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
                 .expect("the template is valid"),
@@ -59,11 +67,16 @@ impl Progress {
                 ticking.tick();
             }
         });
-        Progress { bar, ticker }
+        Progress {
+            bar,
+            ticker: Some(ticker),
+        }
     }
 
     pub fn finish(self) {
-        self.ticker.abort();
+        if let Some(ticker) = self.ticker {
+            ticker.abort();
+        }
         self.bar.finish_and_clear();
     }
 }

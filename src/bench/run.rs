@@ -22,7 +22,7 @@ use super::latency::{self, Percentiles};
 use super::load::{self, Clock, Live, Plan};
 use super::options::{BenchOptions, EngineArg};
 use super::plot;
-use super::progress::Progress;
+use super::progress::{self, Progress};
 use super::report::{
     AppendReport, Baselines, ConfigReport, ConsumeReport, E2eReport, Machine, Ratios, Report,
     ServerReport,
@@ -276,8 +276,11 @@ async fn drive(
             (Instant::now(), shards.total_stats())
         })
     });
-    let live = Arc::new(Live::new(options.producers as usize));
-    let progress = Progress::start(label.to_string(), clock, live.clone(), options.quiet);
+    let live = Arc::new(Live::new(
+        options.producers as usize,
+        progress::shown(options.quiet),
+    ));
+    let progress = Progress::start(label.to_string(), clock, live.clone());
     let producer_tasks: Vec<_> = producer_clients
         .into_iter()
         .enumerate()
@@ -514,8 +517,11 @@ async fn drive_rpc(
         measure_from: epoch + RPC_WARMUP,
         measure_until: Some(epoch + RPC_WARMUP + seconds),
     };
-    let live = Arc::new(Live::new(options.producers as usize));
-    let progress = Progress::start("raw RPC".into(), clock, live.clone(), options.quiet);
+    let live = Arc::new(Live::new(
+        options.producers as usize,
+        progress::shown(options.quiet),
+    ));
+    let progress = Progress::start("raw RPC".into(), clock, live.clone());
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
