@@ -55,6 +55,33 @@ pub struct Baseline {
     pub histogram: Option<Histogram<u64>>,
 }
 
+impl Baseline {
+    /// Two measurements of the same thing (taken before and after the load) as one.
+    pub fn merge(self, other: Baseline) -> Baseline {
+        let seconds = self.seconds + other.seconds;
+        let ops = self.ops + other.ops;
+        let records = self.records_per_s * self.seconds + other.records_per_s * other.seconds;
+        let mb = self.mb_per_s * self.seconds + other.mb_per_s * other.seconds;
+        let histogram = match (self.histogram, other.histogram) {
+            (Some(mut a), Some(b)) => {
+                a.add(&b).expect("same histogram bounds");
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        Baseline {
+            what: format!("{}; half before the load, half after", self.what),
+            seconds,
+            ops,
+            ops_per_s: ops as f64 / seconds,
+            records_per_s: records / seconds,
+            mb_per_s: mb / seconds,
+            latency_us: histogram.as_ref().and_then(Percentiles::of),
+            histogram,
+        }
+    }
+}
+
 /// The shape of the batch every baseline writes.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchShape {
@@ -327,6 +354,10 @@ mod tests {
         let b = disk_fdatasync(dir.path(), shape, Duration::from_millis(50)).unwrap();
         assert!(b.ops > 0 && b.mb_per_s > 0.0, "{b:?}");
         assert_eq!(b.latency_us.unwrap().count, b.ops);
+        let merged = b.clone().merge(b.clone());
+        assert_eq!(merged.ops, 2 * b.ops);
+        assert!((merged.mb_per_s - b.mb_per_s).abs() < 1e-6 * b.mb_per_s);
+        assert_eq!(merged.latency_us.unwrap().count, 2 * b.ops);
         if let Some(b) = disk_odirect(dir.path(), shape, Duration::from_millis(50)).unwrap() {
             assert!(b.ops > 0, "{b:?}");
         }

@@ -136,7 +136,8 @@ pub struct BenchOptions {
     /// disk baselines). Default: the system's temporary directory.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Seconds each baseline runs (raw fdatasync, O_DIRECT, raw RPC); 0 skips them.
+    /// Seconds each baseline runs (raw fdatasync, O_DIRECT: half before the load, half
+    /// after; raw RPC: after); 0 skips them.
     #[arg(long = "baseline", default_value_t = 3.0)]
     pub baseline_s: f64,
     /// Also run the same load on a second in-process server with engine = portable.

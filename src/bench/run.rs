@@ -2,7 +2,8 @@
 //! server (or reach `--addr`); create the topic; start consumers, then producers; warm up,
 //! measure; wait for the producers' last acks and for consumers to reach the final end
 //! offsets; read DescribeTopic; stop the server; then the baselines, one at a time, with
-//! nothing else running; then the report.
+//! nothing else running (the disk ones half before the load and half after); then the
+//! report.
 //!
 //! Invariant: the bench's `append.records_total` is what the producers had acknowledged;
 //! `server.topic_records_written` is what DescribeTopic says the run added. They are
@@ -80,6 +81,7 @@ pub async fn run(options: &BenchOptions) -> Result<Outcome, Error> {
         Some(records) => Span::Records(records),
         None => Span::Seconds(Duration::from_secs_f64(options.duration_s)),
     };
+    let disk_before = disk_baselines(options, run_dir.path()).await?;
     let target = target::open(options, run_dir.path(), options.engine).await?;
     let tls = target.tls.is_some();
     let target_addr = target.addr.clone();
@@ -96,7 +98,7 @@ pub async fn run(options: &BenchOptions) -> Result<Outcome, Error> {
     let main = main?;
     stopped?;
 
-    let baselines = baselines(options, run_dir.path()).await?;
+    let baselines = baselines(options, run_dir.path(), disk_before).await?;
     let ratios = Ratios::of(&main.append, &main.e2e, &baselines);
     let report = Report {
         config: ConfigReport {
@@ -424,7 +426,34 @@ fn plan(options: &BenchOptions, span: Span) -> Plan {
 }
 
 /// The baselines, one after another, each for `--baseline` seconds.
-async fn baselines(options: &BenchOptions, run_dir: &Path) -> Result<Baselines, Error> {
+/// Half of each disk baseline's time (the other half runs after the load, see [`run`]):
+/// fdatasync latency on a shared virtual disk drifts within minutes, so the baseline is
+/// sampled on both sides of the measurement rather than once beside it.
+type DiskPair = (Option<Baseline>, Option<Baseline>);
+
+async fn disk_baselines(options: &BenchOptions, run_dir: &Path) -> Result<DiskPair, Error> {
+    if options.baseline_s <= 0.0 {
+        return Ok((None, None));
+    }
+    let seconds = Duration::from_secs_f64(options.baseline_s / 2.0);
+    let shape = BatchShape {
+        records: options.batch_records as usize,
+        record_bytes: options.record_bytes as usize,
+    };
+    let dir = run_dir.to_path_buf();
+    join(tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let fdatasync = baseline::disk_fdatasync(&dir, shape, seconds)?;
+        let odirect = baseline::disk_odirect(&dir, shape, seconds)?;
+        Ok((Some(fdatasync), odirect))
+    }))
+    .await
+}
+
+async fn baselines(
+    options: &BenchOptions,
+    run_dir: &Path,
+    disk_before: DiskPair,
+) -> Result<Baselines, Error> {
     let mut baselines = Baselines {
         disk_fdatasync: None,
         disk_odirect: None,
@@ -462,19 +491,15 @@ async fn baselines(options: &BenchOptions, run_dir: &Path) -> Result<Baselines, 
         return Ok(baselines);
     }
     let seconds = Duration::from_secs_f64(options.baseline_s);
-    let shape = BatchShape {
-        records: options.batch_records as usize,
-        record_bytes: options.record_bytes as usize,
+    let (fdatasync, odirect) = disk_baselines(options, run_dir).await?;
+    baselines.disk_fdatasync = match (disk_before.0, fdatasync) {
+        (Some(before), Some(after)) => Some(before.merge(after)),
+        (before, after) => before.or(after),
     };
-    let dir = run_dir.to_path_buf();
-    let disk = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        let fdatasync = baseline::disk_fdatasync(&dir, shape, seconds)?;
-        let odirect = baseline::disk_odirect(&dir, shape, seconds)?;
-        Ok((fdatasync, odirect))
-    });
-    let (fdatasync, odirect) = join(disk).await?;
-    baselines.disk_fdatasync = Some(fdatasync);
-    baselines.disk_odirect = odirect;
+    baselines.disk_odirect = match (disk_before.1, odirect) {
+        (Some(before), Some(after)) => Some(before.merge(after)),
+        (before, after) => before.or(after),
+    };
 
     // Raw RPC: the same producers, closed loop, against a service that drops appends,
     // over TLS made from the same kind of certificates as the real server's.
