@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-all bench-storage bench-shards clean init gencert run
+.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards clean init gencert run
 
 build:
 	$(CARGO) build --release
@@ -26,6 +26,11 @@ bench:
 	./target/release/walrs bench --producers 4 --partitions 4 --batch-records 100 \
 		--consumers 2 --duration 10 --json target/bench.json --hgrm target/bench.hgrm \
 		--svg target/bench.svg
+
+## The four scenarios of BENCHMARKS.md's end-to-end section, into target/bench-runs/.
+bench-scenarios:
+	$(CARGO) build --release
+	bash benches/walrs-bench-scenarios.sh
 
 ## Every benchmark: end-to-end, storage (criterion) and shards.
 bench-all: bench bench-storage bench-shards
