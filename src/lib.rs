@@ -2,10 +2,12 @@
 //!
 //! Layers, bottom up: `storage` (one partition's log on disk, two I/O engines), `shard`
 //! (thread-per-core owners of partitions, group commit, the bridge from tokio), `server`
-//! (gRPC, TLS, ACL). `config`, `certs` and `client` serve the `walrs` command.
+//! (gRPC, TLS, ACL). `observability` (metrics, health, request spans, logging) serves
+//! all three. `config`, `certs` and `client` serve the `walrs` command.
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod observability;
 pub mod proto;
 pub mod server;
 pub mod shard;

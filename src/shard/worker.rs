@@ -417,6 +417,8 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                             end_offset: p.log.end_offset(),
                             high_watermark: p.log.high_watermark(),
                             shard: self.id as u32,
+                            segments: p.log.segment_count() as u32,
+                            size_bytes: p.log.size_bytes(),
                         })
                     })
                     .collect();
