@@ -7,7 +7,8 @@
 //! append latency (hdrhistogram, from send to durable ack).
 //!
 //! Run: `cargo bench --bench shards` (or `make bench-shards`); `WALRS_BENCH_SECS` sets the
-//! seconds per case (default 3).
+//! seconds per case (default 3); `WALRS_BENCH_ONLY=uring/64/100` runs that one shard case
+//! alone (for a profiler).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -177,6 +178,30 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(if benching { 3.0 } else { 0.2 });
+    if let Ok(only) = std::env::var("WALRS_BENCH_ONLY") {
+        let parts: Vec<&str> = only.split('/').collect();
+        let engine = if parts[0] == "uring" {
+            EngineChoice::Uring
+        } else {
+            EngineChoice::Portable
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let row = runtime.block_on(run_shards(
+            engine,
+            parts[1].parse().unwrap(),
+            parts[2].parse().unwrap(),
+            secs,
+        ));
+        println!(
+            "{}: {:.0} appends/s, {:.1} MB/s, {:.1} batches per fdatasync",
+            row.system, row.appends_per_s, row.mb_per_s, row.batches_per_fsync
+        );
+        return;
+    }
     let rounds = if benching { 2000 } else { 20 };
     println!(
         "| storage log (portable), durable append | log µs | raw write+fdatasync µs | log / raw |"

@@ -13,15 +13,20 @@
 //! - `tail_start % align == 0` and `tail_start <= len()`; the tail buffer holds exactly the
 //!   logical bytes `[tail_start, len())`.
 //! - Every byte below `tail_start` has been written to the file (in whole aligned blocks, with
-//!   exactly the logical bytes) and the file is at least `tail_start` bytes long.
+//!   exactly the logical bytes), or is in one of at most [`INFLIGHT_WRITES_MAX`] full-buffer
+//!   writes still in flight; with none in flight the file is at least `tail_start` bytes long.
 //! - After a failed or abandoned (cancelled) write, truncate or `fdatasync` the file is
 //!   *poisoned*: what reached the disk is unknown, so every later call fails until the log
 //!   reopens the file and recovers it.
 //!
 //! # The write-behind scheme
 //! `append` only copies into the tail buffer (capacity [`TAIL_BUFFER_BYTES`] by default, a
-//! multiple of `align`). When the buffer fills, `append` writes it out whole — one large aligned
-//! write — and starts a new one. `sync` writes what the buffer holds, with the last partial
+//! multiple of `align`). When the buffer fills, `append` hands it to a write that runs in the
+//! background — one large aligned write, a glommio task — and starts a new buffer; it waits only
+//! when [`INFLIGHT_WRITES_MAX`] writes are already in flight (the bound on a file's memory).
+//! So a group commit's worth of appends streams to the disk while the shard is still applying
+//! it, and `sync` waits for those writes before its `fdatasync`. Reads of bytes that are only in
+//! flight (never below the high watermark under `fsync` durability) wait for the writes too. `sync` writes what the buffer holds, with the last partial
 //! block zero-padded to `align`, then calls `fdatasync`; it keeps the partial block in memory
 //! and, because `tail_start` only advances by whole blocks, the next `sync` rewrites that block
 //! at the same aligned position with more bytes in it. So the file on disk can run up to
@@ -46,7 +51,7 @@
 //!   sector holding either old or new content, and both agree on the durable prefix.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -61,7 +66,14 @@ use super::io::{Engine, FileStat, StoreFile};
 
 /// Default capacity of a file's tail buffer: the most a file holds in memory before `append`
 /// writes it out. Rounded up to the file's alignment.
-pub const TAIL_BUFFER_BYTES: usize = 128 * 1024;
+pub const TAIL_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Full tail buffers a file may have in flight to the disk at once; an append that would start
+/// one more first waits for the oldest.
+pub const INFLIGHT_WRITES_MAX: usize = 8;
+
+/// A full tail buffer on its way to the disk: (position, length, the write).
+type InflightWrite = (u64, usize, glommio::Task<glommio::Result<usize, ()>>);
 
 /// The glommio io_uring engine. Cheap to clone; clones share the `fdatasync` counter.
 #[derive(Debug, Clone)]
@@ -103,7 +115,9 @@ impl UringEngine {
         let len = dma.file_size().await.map_err(io::Error::from)?;
         let mut file = UringFile {
             path: path.to_path_buf(),
-            file: dma,
+            file: Rc::new(dma),
+            inflight: RefCell::new(VecDeque::new()),
+            write_error: RefCell::new(None),
             align,
             tail_capacity: self.tail_buffer_bytes.next_multiple_of(align),
             tail: None,
@@ -251,7 +265,11 @@ async fn probe_poll_support(dir: &Path) -> io::Result<()> {
 #[derive(Debug)]
 pub struct UringFile {
     path: PathBuf,
-    file: DmaFile,
+    file: Rc<DmaFile>,
+    /// Full-buffer writes in flight, oldest first, all below `tail_start`.
+    inflight: RefCell<VecDeque<InflightWrite>>,
+    /// Why an in-flight write failed, when one did (found by a `&self` read): poisons the file.
+    write_error: RefCell<Option<String>>,
     /// The file's O_DIRECT alignment: every write's position and length is a multiple of it.
     align: usize,
     /// Capacity of a full tail buffer, a multiple of `align`.
@@ -270,7 +288,8 @@ pub struct UringFile {
 
 impl UringFile {
     fn check_poisoned(&self) -> io::Result<()> {
-        match &self.poisoned {
+        let write_error = self.write_error.borrow().clone();
+        match self.poisoned.as_ref().or(write_error.as_ref()) {
             None => Ok(()),
             Some(why) => Err(io::Error::other(format!(
                 "store file {} is poisoned ({why}); its on-disk state is unknown until it is \
@@ -324,6 +343,53 @@ impl UringFile {
         self.tail = tail;
         self.tail_start = start;
         self.tail_used = partial;
+        Ok(())
+    }
+
+    /// Sends the full tail buffer to the disk in the background and starts a new one. Waits for
+    /// the oldest write first when `INFLIGHT_WRITES_MAX` are in flight.
+    async fn write_full_tail_behind(&mut self) -> io::Result<()> {
+        assert_eq!(
+            self.tail_used, self.tail_capacity,
+            "only a full tail is written behind"
+        );
+        if self.inflight.get_mut().len() >= INFLIGHT_WRITES_MAX {
+            self.wait_oldest_write().await?;
+        }
+        let buf = self.tail.take().expect("a full tail has a buffer");
+        let (position, len) = (self.tail_start, self.tail_capacity);
+        let file = self.file.clone();
+        let write = glommio::spawn_local(async move { file.write_at(buf, position).await });
+        self.inflight.get_mut().push_back((position, len, write));
+        self.tail_start += len as u64;
+        self.tail_used = 0;
+        Ok(())
+    }
+
+    /// Waits for the oldest in-flight write; a failed or short one poisons the file.
+    async fn wait_oldest_write(&self) -> io::Result<()> {
+        let Some((position, len, write)) = self.inflight.borrow_mut().pop_front() else {
+            return Ok(());
+        };
+        let failure = match write.await {
+            Ok(written) if written == len => return Ok(()),
+            Ok(written) => format!("short write: {written} of {len} bytes at position {position}"),
+            Err(e) => format!("write of {len} bytes at position {position} failed: {e}"),
+        };
+        // Every later write is suspect too: drop (cancel) them, the file is poisoned.
+        self.inflight.borrow_mut().clear();
+        *self.write_error.borrow_mut() = Some(failure.clone());
+        Err(io::Error::other(format!(
+            "{}: {failure}",
+            self.path.display()
+        )))
+    }
+
+    /// Waits for every in-flight write.
+    async fn wait_writes(&self) -> io::Result<()> {
+        while !self.inflight.borrow().is_empty() {
+            self.wait_oldest_write().await?;
+        }
         Ok(())
     }
 
@@ -422,7 +488,7 @@ impl StoreFile for UringFile {
             self.dirty = true;
             data = &data[taken..];
             if self.tail_used == self.tail_capacity {
-                self.write_tail().await?;
+                self.write_full_tail_behind().await?;
             }
         }
         Ok(())
@@ -443,6 +509,8 @@ impl StoreFile for UringFile {
         }
         let mut out = Vec::with_capacity(len_bytes);
         if position < self.tail_start {
+            // Bytes below `tail_start` may still be on their way to the disk.
+            self.wait_writes().await?;
             // Below `tail_start` the file holds exactly the logical bytes.
             let disk_len = (end.min(self.tail_start) - position) as usize;
             let bytes = self.file.read_at(position, disk_len).await?;
@@ -472,6 +540,7 @@ impl StoreFile for UringFile {
         if !self.dirty {
             return Ok(());
         }
+        self.wait_writes().await?;
         self.write_tail().await?;
         self.fdatasync().await
     }
@@ -484,6 +553,7 @@ impl StoreFile for UringFile {
             self.path.display(),
             self.len()
         );
+        self.wait_writes().await?;
         if len_bytes >= self.tail_start {
             self.tail_used = (len_bytes - self.tail_start) as usize;
         } else {
@@ -504,18 +574,25 @@ impl StoreFile for UringFile {
     async fn close(mut self) -> io::Result<()> {
         if let Err(poisoned) = self.check_poisoned() {
             // Still release the descriptor, but the poison is the error that matters.
-            return match self.file.close().await {
+            // Cancel what is still in flight so this is the last handle to the file.
+            self.inflight.get_mut().clear();
+            return match self.file.close_rc().await.map(|_| ()) {
                 Ok(()) => Err(poisoned),
                 Err(close) => Err(io::Error::other(format!(
                     "{poisoned}; closing also failed: {close}"
                 ))),
             };
         }
+        self.wait_writes().await?;
         self.write_tail().await?;
         // Trim the zero padding of the last block: the file now ends at `len()`.
         let len = self.len();
         guarded(&mut self.poisoned, "truncate", self.file.truncate(len)).await?;
-        self.file.close().await.map_err(io::Error::from)
+        self.file
+            .close_rc()
+            .await
+            .map(|_| ())
+            .map_err(io::Error::from)
     }
 }
 
