@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-storage bench-shards clean init gencert run
+.PHONY: build test lint fmt bench bench-storage bench-shards bench-instrumentation clean init gencert run
 
 build:
 	$(CARGO) build --release
@@ -18,7 +18,7 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-bench: bench-storage bench-shards
+bench: bench-storage bench-shards bench-instrumentation
 
 bench-storage:
 	$(CARGO) bench --bench storage
@@ -28,6 +28,10 @@ clean:
 
 bench-shards:
 	$(CARGO) bench --bench shards
+
+# Durable-append throughput of `walrs serve` with metrics on vs off (issue 6).
+bench-instrumentation:
+	$(CARGO) bench --bench instrumentation
 
 ## Directories the example config uses.
 init:
