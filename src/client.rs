@@ -280,7 +280,6 @@ mod tests {
 
     use futures::{Stream, StreamExt};
     use tokio::net::TcpListener;
-    use tokio_stream::wrappers::TcpListenerStream;
     use tonic::transport::{ClientTlsConfig, Server};
     use tonic::{Request, Response};
 
@@ -289,7 +288,7 @@ mod tests {
     use crate::config::TlsConfig;
     use crate::proto::v1::TopicInfo;
     use crate::proto::v1::log_server::{Log, LogServer};
-    use crate::server::identity;
+    use crate::server::{PeerInfo, identity};
 
     struct Stub {
         tls: bool,
@@ -392,8 +391,8 @@ mod tests {
             &self,
             request: Request<ListTopicsRequest>,
         ) -> Result<Response<ListTopicsResponse>, Status> {
-            let certs = request.peer_certs();
-            let principal = identity::principal(self.tls, certs.as_deref().map(Vec::as_slice))?;
+            let certs = PeerInfo::of(&request).and_then(PeerInfo::certs);
+            let principal = identity::principal(self.tls, certs)?;
             Ok(Response::new(ListTopicsResponse {
                 topics: vec![TopicInfo {
                     name: principal.name().to_string(),
@@ -427,14 +426,16 @@ mod tests {
     async fn serve(tls: Option<&TlsConfig>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut builder = Server::builder();
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(crate::server::tls::server_config(tls).unwrap())
-                .unwrap();
-        }
-        let router = builder.add_service(LogServer::new(Stub { tls: tls.is_some() }));
-        tokio::spawn(router.serve_with_incoming(TcpListenerStream::new(listener)));
+        let tls_config = tls.map(|tls| crate::server::tls::server_config(tls).unwrap());
+        let incoming = crate::server::incoming(
+            listener,
+            tls_config,
+            16,
+            Default::default(),
+            std::future::pending(),
+        );
+        let router = Server::builder().add_service(LogServer::new(Stub { tls: tls.is_some() }));
+        tokio::spawn(router.serve_with_incoming(incoming));
         addr
     }
 

@@ -245,6 +245,31 @@ async fn a_scrape_counts_exactly_the_calls_made() {
     );
     drop(follow);
 
+    // A failed TLS handshake (plain bytes to the TLS port) is counted by the listener.
+    let failures = names::TLS_HANDSHAKE_FAILURES_TOTAL;
+    let before_handshake = Scrape::take(metrics).await.get(failures);
+    let mut plain = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut ignored = Vec::new();
+    let _closed = plain.read_to_end(&mut ignored).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Scrape::take(metrics).await.get(failures) == before_handshake {
+        assert!(Instant::now() < deadline, "{failures} did not move");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        Scrape::take(metrics).await.get(failures),
+        before_handshake + 1.0
+    );
+    assert!(
+        Scrape::take(metrics)
+            .await
+            .get(names::CONNECTIONS_ACCEPTED_TOTAL)
+            >= 3.0
+    );
+
     let (status, body) = http_get(metrics, "/health").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "SERVING\n"));
     assert_eq!(http_get(metrics, "/nope").await.unwrap().0, 404);

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,6 +21,61 @@ use walrs::proto::v1::AppendRequest;
 use walrs::server::acl::Action;
 
 const RECORD_BYTES_MAX: u64 = 16 * 1024;
+
+/// What the server logs at warn and above, from every test of this file (they share the
+/// process, so tests look for lines naming their own peers and identities).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Starts capturing (once per process) and returns the capture.
+    fn capture() -> Logs {
+        static LOGS: OnceLock<Logs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            let writer = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::WARN)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in this test binary");
+            logs
+        })
+        .clone()
+    }
+
+    /// The first line holding every one of `needles`, waiting a while for it to appear.
+    async fn wait_for_line(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+            if let Some(line) = text
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return line.to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line with {needles:?} in:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
 
 fn test_config(dir: &Path) -> Config {
     let certs = dir.join("certs");
@@ -61,8 +117,15 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// A server with `test_config` changed by `change`.
+    async fn start_with(change: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let running = walrs::server::start(test_config(dir.path())).await.unwrap();
+        let mut config = test_config(dir.path());
+        change(&mut config);
+        let running = walrs::server::start(config).await.unwrap();
         let addr = running.local_addr();
         TestServer {
             dir,
@@ -82,6 +145,10 @@ impl TestServer {
         )
         .await
         .unwrap()
+    }
+
+    fn stats(&self) -> walrs::server::ServerStatsSnapshot {
+        self.running.as_ref().unwrap().stats().snapshot()
     }
 
     async fn shutdown(mut self) {
@@ -287,6 +354,124 @@ async fn append_stream_echoes_every_correlation_id_once() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn append_stream_to_one_partition_takes_offsets_in_request_order() {
+    let server = TestServer::start().await;
+    let client = server.client("root").await;
+    client.create_topic("ordered", 1).await.unwrap();
+    const N: u64 = 2_000;
+    let requests = futures::stream::iter((0..N).map(|i| AppendRequest {
+        topic: "ordered".into(),
+        partition: Some(0),
+        records: vec![record("", i.to_string())],
+        correlation_id: i,
+    }));
+    let mut responses = client.append_stream(requests).await.unwrap();
+    let mut next = 0;
+    while let Some(response) = responses.next().await {
+        let response = response.unwrap();
+        assert_eq!(
+            response.correlation_id, next,
+            "answers come in request order"
+        );
+        assert_eq!(response.base_offset, next, "request i is record i");
+        next += 1;
+    }
+    assert_eq!(next, N);
+    let read = client
+        .read("ordered", 0, 0, ReadOptions::default())
+        .await
+        .unwrap();
+    for r in &read.records {
+        assert_eq!(r.value, r.offset.to_string().into_bytes());
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn append_stream_ends_at_its_first_failure_and_queues_nothing_after_it() {
+    let server = TestServer::start().await;
+    let client = server.client("root").await;
+    client.create_topic("halt", 1).await.unwrap();
+    let requests = futures::stream::iter((0..20u64).map(|i| AppendRequest {
+        topic: "halt".into(),
+        partition: Some(0),
+        // Request 10 has no records: INVALID_ARGUMENT.
+        records: if i == 10 {
+            vec![]
+        } else {
+            vec![record("", i.to_string())]
+        },
+        correlation_id: i,
+    }));
+    let mut responses = client.append_stream(requests).await.unwrap();
+    for i in 0..10 {
+        let response = responses.next().await.unwrap().unwrap();
+        assert_eq!((response.correlation_id, response.base_offset), (i, i));
+    }
+    let status = responses.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        responses.next().await.is_none(),
+        "the failure ends the stream"
+    );
+    let p = &client.describe_topic("halt").await.unwrap().partitions[0];
+    assert_eq!(
+        p.end_offset, 10,
+        "nothing after the failed request was appended"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_past_connections_max_waits_until_one_closes() {
+    let server = TestServer::start_with(|c| c.server.connections_max = 2).await;
+    let first = server.client("root").await;
+    first.create_topic("held", 1).await.unwrap();
+    let mut first_follow = first
+        .read_stream("held", 0, 0, ReadOptions::default(), true)
+        .await
+        .unwrap();
+    first_follow.next().await.unwrap().unwrap();
+    let second = server.client("root").await;
+    let mut second_follow = second
+        .read_stream("held", 0, 0, ReadOptions::default(), true)
+        .await
+        .unwrap();
+    second_follow.next().await.unwrap().unwrap();
+    assert_eq!(server.stats().connections_open, 2);
+
+    let (addr, tls) = (server.addr, ClientTls::from_dir(server.certs(), "root"));
+    let third = tokio::spawn(async move {
+        let client = Client::connect(&addr.to_string(), Some(tls))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        client.list_topics().await.map_err(|s| s.to_string())
+    });
+    // Not a performance bound: only "not served while both places are taken".
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    assert_eq!(server.stats().connections_accepted, 2);
+
+    drop(first_follow);
+    drop(first);
+    let listed = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third connection is served once the first closed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.topics.len(), 1);
+    // The second connection was never disturbed.
+    second
+        .append("held", Some(0), vec![record("", "v")])
+        .await
+        .unwrap();
+    let response = second_follow.next().await.unwrap().unwrap();
+    assert_eq!(values(&response), vec![b"v".to_vec()]);
+    assert!(server.stats().connections_open <= 2);
+    server.shutdown().await;
+}
+
 async fn call_with(addr: SocketAddr, tls: ClientTlsConfig) -> Result<(), tonic::Status> {
     let channel = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
@@ -318,6 +503,7 @@ async fn clients_without_a_valid_certificate_are_refused() {
         ))
         .domain_name("localhost");
     assert!(call_with(server.addr, foreign).await.is_err());
+    assert!(server.stats().tls_handshake_failures >= 2);
 
     // A certificate from the right CA but without a common name: UNAUTHENTICATED.
     let no_cn = certificate_without_cn(&server.certs());
@@ -329,6 +515,91 @@ async fn clients_without_a_valid_certificate_are_refused() {
         call_with(server.addr, tls).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+    server.shutdown().await;
+}
+
+/// Makes a raw TLS connection (so the test knows its own address) and returns that
+/// address once the server has answered or hung up.
+async fn raw_handshake(
+    addr: SocketAddr,
+    ca_pem: &[u8],
+    identity: Option<(&Path, &Path)>,
+) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let local = tcp.local_addr().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from("localhost").unwrap();
+    // With TLS 1.3 the client finishes its side before the server has checked the client
+    // certificate; the server's refusal arrives as an alert (or EOF) on the first read.
+    if let Ok(mut tls) = connector.connect(name, tcp).await {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte)).await;
+        assert!(
+            !matches!(read, Ok(Ok(n)) if n > 0),
+            "the server sent data to a client it should have refused"
+        );
+    }
+    local
+}
+
+#[tokio::test]
+async fn failed_handshakes_are_logged_with_the_peer_address_and_counted() {
+    let logs = Logs::capture();
+    let server = TestServer::start().await;
+    let ca = std::fs::read(server.certs().join("ca.pem")).unwrap();
+    assert_eq!(server.stats().tls_handshake_failures, 0);
+
+    let anonymous = raw_handshake(server.addr, &ca, None).await;
+    let line = logs
+        .wait_for_line(&["TLS handshake failed", &format!("peer={anonymous}")])
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+
+    let other = tempfile::tempdir().unwrap();
+    walrs::certs::generate(other.path(), false).unwrap();
+    let (cert, key) = (
+        other.path().join("root.pem"),
+        other.path().join("root-key.pem"),
+    );
+    let foreign = raw_handshake(server.addr, &ca, Some((&cert, &key))).await;
+    let line = logs
+        .wait_for_line(&["TLS handshake failed", &format!("peer={foreign}")])
+        .await;
+    assert!(!line.contains("PRIVATE KEY"), "{line}");
+    assert_eq!(server.stats().tls_handshake_failures, 2);
+
+    // The listener goes on serving, and a good client's handshake is not counted.
+    let client = server.client("root").await;
+    client.list_topics().await.unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.tls_handshake_failures, 2);
+    assert_eq!(stats.connections_accepted, 3);
     server.shutdown().await;
 }
 
@@ -354,6 +625,7 @@ fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> Code {
 
 #[tokio::test]
 async fn nobody_is_denied_and_changes_nothing() {
+    let logs = Logs::capture();
     let server = TestServer::start().await;
     let root = server.client("root").await;
     let nobody = server.client("nobody").await;
@@ -391,6 +663,14 @@ async fn nobody_is_denied_and_changes_nothing() {
         Code::PermissionDenied
     );
     assert!(nobody.list_topics().await.unwrap().topics.is_empty());
+    let denial = logs
+        .wait_for_line(&[
+            "call denied by the ACL",
+            "identity=nobody",
+            "topic=\"kept\"",
+        ])
+        .await;
+    assert!(denial.contains("peer=127.0.0.1:"), "{denial}");
 
     let topics = root.list_topics().await.unwrap().topics;
     assert_eq!(topics.len(), 1, "no topic was auto-created or deleted");

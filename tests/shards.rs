@@ -1,6 +1,7 @@
 //! The shard layer's contract, through its public API: concurrent appends are gap-free and
 //! survive a restart, group commit covers many appends with one fsync, `wait_for` is woken
-//! by commits, full queues answer `Overloaded`, topics are created/described/deleted and keep
+//! by commits, full queues answer `Overloaded`, enqueued appends take offsets in call order,
+//! topics are created/described/deleted and keep
 //! their shard assignment across restarts, and relaxed durability acks and serves reads.
 
 use std::collections::{BTreeMap, HashSet};
@@ -299,6 +300,104 @@ async fn a_full_queue_answers_overloaded_and_the_rest_succeed() {
     );
     let desc = set.describe_topic("o").await.unwrap();
     assert_eq!(desc.partitions[0].end_offset, ok.len() as u64);
+    set.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enqueued_appends_get_offsets_in_call_order_whatever_the_await_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = ShardSet::start(options(dir.path(), 2)).unwrap();
+    set.create_topic("seq", 1).await.unwrap();
+    // Another producer on the same partition, so offsets interleave.
+    let noise = {
+        let set = set.clone();
+        tokio::spawn(async move {
+            for i in 0..300u32 {
+                set.append("seq", 0, vec![record(format!("noise-{i}"))])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    const N: usize = 300;
+    let mut pending = Vec::with_capacity(N);
+    for i in 0..N {
+        let records = vec![record(format!("seq-{i}")), record(format!("seq-{i}b"))];
+        pending.push(set.append_enqueue("seq", 0, records).await.unwrap());
+    }
+    // Awaited last-first: the order was fixed when each was queued.
+    let mut acks = Vec::with_capacity(N);
+    while let Some(p) = pending.pop() {
+        acks.push(p.await.unwrap());
+    }
+    acks.reverse();
+    for pair in acks.windows(2) {
+        assert!(
+            pair[1].base_offset >= pair[0].base_offset + 2,
+            "call order is offset order: {pair:?}"
+        );
+    }
+    noise.await.unwrap();
+    let records = read_all(&set, "seq", 0).await;
+    let ours: Vec<Vec<u8>> = records
+        .iter()
+        .filter(|r| r.value.starts_with(b"seq-"))
+        .map(|r| r.value.clone())
+        .collect();
+    let want: Vec<Vec<u8>> = (0..N)
+        .flat_map(|i| [format!("seq-{i}"), format!("seq-{i}b")])
+        .map(String::into_bytes)
+        .collect();
+    assert_eq!(ours, want);
+    for (i, ack) in acks.iter().enumerate() {
+        let first = &records[ack.base_offset as usize];
+        assert_eq!(first.offset, ack.base_offset);
+        assert_eq!(
+            first.value,
+            format!("seq-{i}").into_bytes(),
+            "ack {i} names its batch"
+        );
+    }
+    set.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_enqueue_on_a_full_queue_is_overloaded_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path(), 1);
+    o.queue_depth_max = 2;
+    o.enqueue_timeout_ms = 5;
+    o.flush_delay_us = 20_000; // a slow shard: every group lingers 20 ms
+    let set = ShardSet::start(o).unwrap();
+    set.create_topic("o", 1).await.unwrap();
+    let mut pending = Vec::new();
+    let overloaded = loop {
+        match set.append_enqueue("o", 0, vec![record("v")]).await {
+            Ok(p) => pending.push(p),
+            Err(e) => break e,
+        }
+        assert!(
+            pending.len() < 1000,
+            "a 2-deep queue behind a slow shard fills up"
+        );
+    };
+    assert!(
+        matches!(overloaded, Error::Overloaded { shard: 0, .. }),
+        "{overloaded}"
+    );
+    let queued = pending.len() as u64;
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.await.unwrap().base_offset, i as u64);
+    }
+    let desc = set.describe_topic("o").await.unwrap();
+    assert_eq!(
+        desc.partitions[0].end_offset, queued,
+        "the refused append changed nothing"
+    );
+    assert!(matches!(
+        set.append_enqueue("nope", 0, vec![record("v")]).await,
+        Err(Error::UnknownTopic { .. })
+    ));
     set.shutdown().await.unwrap();
 }
 

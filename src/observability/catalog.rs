@@ -16,6 +16,7 @@ use metrics::{Unit, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::logging::RateLimit;
+use crate::server::ServerStatsSnapshot;
 use crate::shard::TopicDescription;
 
 /// The metric names.
@@ -56,8 +57,12 @@ pub mod names {
     pub const TOPIC_SIZE_BYTES: &str = "walrs_topic_size_bytes";
     /// Gauge {rpc}: open AppendStream and ReadStream calls.
     pub const ACTIVE_STREAMS: &str = "walrs_active_streams";
-    /// Counter: TLS handshakes that failed.
+    /// Counter: TLS handshakes that failed or timed out (counted by the listener).
     pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "walrs_tls_handshake_failures_total";
+    /// Counter: TCP connections accepted.
+    pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "walrs_connections_accepted_total";
+    /// Gauge: connections open (handshaking or served).
+    pub const CONNECTIONS_OPEN: &str = "walrs_connections_open";
     /// Counter {identity}: calls the ACL refused.
     pub const AUTHORIZATION_DENIALS_TOTAL: &str = "walrs_authorization_denials_total";
     /// Counter: calls without a usable client certificate.
@@ -176,7 +181,15 @@ fn describe_all() {
         "Store-file bytes on disk, all partitions of the topic."
     );
     describe_gauge!(ACTIVE_STREAMS, "Open AppendStream and ReadStream calls.");
-    describe_counter!(TLS_HANDSHAKE_FAILURES_TOTAL, "TLS handshakes that failed.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(CONNECTIONS_ACCEPTED_TOTAL, "TCP connections accepted.");
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Connections open (handshaking or served)."
+    );
     describe_counter!(
         AUTHORIZATION_DENIALS_TOTAL,
         "Calls refused by the ACL, by client identity."
@@ -222,11 +235,6 @@ pub fn authorization_denied(identity: &str) {
 /// A call without a usable client certificate.
 pub fn authentication_failed() {
     counter!(AUTHENTICATION_FAILURES_TOTAL).increment(1);
-}
-
-/// A TLS handshake that failed (called by the accept loop).
-pub fn tls_handshake_failed() {
-    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
 }
 
 /// A request refused because shard `shard`'s queue stayed full; warns, at most once a
@@ -319,6 +327,13 @@ pub(crate) fn shard_gauges(shard: usize, fsyncs: u64, queue_depth: u64) {
     let label = shard.to_string();
     counter!(FSYNCS_TOTAL, "shard" => label.clone()).absolute(fsyncs);
     gauge!(SHARD_QUEUE_DEPTH, "shard" => label).set(queue_depth as f64);
+}
+
+/// The listener's counters, copied at scrape time.
+pub(crate) fn server_counters(stats: &ServerStatsSnapshot) {
+    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(stats.tls_handshake_failures);
+    counter!(CONNECTIONS_ACCEPTED_TOTAL).absolute(stats.connections_accepted);
+    gauge!(CONNECTIONS_OPEN).set(stats.connections_open as f64);
 }
 
 /// The constant build-info series.

@@ -3,8 +3,9 @@
 //! speak gRPC).
 //!
 //! Owns: the listener, at most [`CONNECTIONS_MAX`] connections with a header timeout, and
-//! the refresh of the values kept elsewhere: shard counters and queue depths (copied from
-//! the shards' atomics at each scrape) and the per-topic disk gauges (asked of the shards
+//! the refresh of the values kept elsewhere: shard counters and queue depths, connection
+//! and TLS handshake counts (copied from the shards' and the listener's atomics at each
+//! scrape) and the per-topic disk gauges (asked of the shards
 //! every [`DISK_REFRESH`] and on every DescribeTopic).
 //! Must never: do TLS (this is an operator's port; bind it to loopback or a private network)
 //! or touch the shards' files.
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::health::Health;
+use crate::server::ServerStats;
 use crate::shard::ShardSet;
 
 /// Scrapers and probes connected at once; more wait in the kernel's backlog.
@@ -37,6 +39,7 @@ struct State {
     handle: Option<PrometheusHandle>,
     health: Health,
     shards: OnceLock<ShardSet>,
+    server: OnceLock<Arc<ServerStats>>,
 }
 
 /// A running metrics endpoint. Stops when dropped.
@@ -59,6 +62,7 @@ impl MetricsEndpoint {
             handle,
             health,
             shards: OnceLock::new(),
+            server: OnceLock::new(),
         });
         let task = tokio::spawn(accept(listener, state.clone()));
         Ok(MetricsEndpoint {
@@ -73,9 +77,11 @@ impl MetricsEndpoint {
         self.local_addr
     }
 
-    /// Once the shards run: scrapes report their counters, and the disk gauges refresh.
-    pub fn attach(&mut self, shards: ShardSet) {
+    /// Once the shards run: scrapes report their counters and the listener's connection
+    /// and handshake counters, and the disk gauges refresh.
+    pub fn attach(&mut self, shards: ShardSet, server: Arc<ServerStats>) {
         super::catalog::build_info(shards.engine_name());
+        let _attached_once = self.state.server.set(server);
         if self.state.shards.set(shards.clone()).is_err() {
             return; // attached already
         }
@@ -144,6 +150,9 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => match &state.handle {
             Some(handle) => {
+                if let Some(server) = state.server.get() {
+                    super::catalog::server_counters(&server.snapshot());
+                }
                 if let Some(shards) = state.shards.get() {
                     for shard in 0..shards.shard_count() {
                         let stats = shards.stats(shard);

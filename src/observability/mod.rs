@@ -22,7 +22,7 @@ pub use call::{ActiveStream, Rpc, RpcCall, code_name};
 pub use catalog::{
     ShardMetrics, authentication_failed, authorization_denied, bytes_and_records_in,
     bytes_and_records_out, install_recorder, observe_append, observe_read, shard_overloaded,
-    tls_handshake_failed, topic_deleted, topic_disk_usage,
+    topic_deleted, topic_disk_usage,
 };
 pub use exporter::MetricsEndpoint;
 pub use health::Health;

@@ -54,9 +54,8 @@ pub fn common_name(der: &[u8]) -> Result<String, Error> {
     }
 }
 
-/// The identity of a TLS peer from its certificate chain (as tonic's
-/// `Request::peer_certs()` gives it): the common name of the first (end-entity)
-/// certificate.
+/// The identity of a TLS peer from its certificate chain (as the listener's `PeerInfo`
+/// carries it): the common name of the first (end-entity) certificate.
 pub fn from_peer_certs(certs: Option<&[CertificateDer<'_>]>) -> Result<String, Error> {
     let end_entity = certs
         .and_then(|chain| chain.first())

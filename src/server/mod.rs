@@ -1,15 +1,21 @@
-//! The gRPC front end: TLS, client identity, access control, the `walrs.v1.Log` service
-//! and the server's life cycle.
+//! The gRPC front end: the listener (connection limit, TLS handshakes), client identity,
+//! access control, the `walrs.v1.Log` service and the server's life cycle.
 //! It authenticates, authorizes and validates requests and hands them to the shards; it
 //! never touches the log's files and knows nothing of the on-disk format. Errors become
 //! gRPC statuses in `errors` and nowhere else.
 pub mod acl;
 mod errors;
 pub mod identity;
+mod listener;
 mod run;
 mod service;
+mod stats;
 pub mod tls;
 
 pub use errors::{Error, Result};
+pub use listener::PeerInfo;
+#[cfg(test)]
+pub(crate) use listener::incoming;
 pub use run::{DRAIN_GRACE, Running, log_config, run, shard_options, shutdown_signal, start};
 pub use service::LogService;
+pub use stats::{ServerStats, ServerStatsSnapshot};

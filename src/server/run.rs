@@ -8,27 +8,24 @@
 //! stop accepting connections and let in-flight calls finish (at most [`DRAIN_GRACE`]), then
 //! `ShardSet::shutdown` drains the shard queues, syncs and closes every partition.
 //!
-//! Connections are bounded by `server.connections_max`: past it the listener stops accepting
-//! until one closes (the kernel's backlog holds the rest).
+//! Accepting connections, bounding them by `server.connections_max` and the TLS handshake
+//! are `listener`'s; tonic is handed finished connections only.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::errors::{Error, Result};
+use super::listener;
 use super::service::{InFlight, LogService};
+use super::stats::ServerStats;
 use crate::config::{self, Config};
 use crate::observability::{self, Health, MetricsEndpoint};
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -89,6 +86,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
 pub struct Running {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -103,6 +101,11 @@ impl Running {
     /// `:0`); `None` when `[metrics] enabled = false`.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The server's connection and handshake counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
     }
 
     /// Shuts down gracefully and waits until the shards are closed.
@@ -208,8 +211,9 @@ pub async fn start(config: Config) -> Result<Running> {
         Ok(started) => started?,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
+    let stats = Arc::new(ServerStats::default());
     if let Some(metrics) = &mut metrics {
-        metrics.attach(shards.clone());
+        metrics.attach(shards.clone(), stats.clone());
     }
     let metrics_addr = metrics.as_ref().map(MetricsEndpoint::local_addr);
 
@@ -233,16 +237,23 @@ pub async fn start(config: Config) -> Result<Running> {
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
 
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).map_err(Error::Serve)?;
-    }
-    let router = builder
+    // No `tls_config` here: the listener performs the handshakes.
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(log_server);
 
-    let incoming = incoming(listener, config.server.connections_max as usize);
+    let mut stop_accepting = draining_rx.clone();
+    let incoming = listener::incoming(
+        listener,
+        tls,
+        config.server.connections_max as usize,
+        stats.clone(),
+        async move {
+            // A dropped sender means the server task is gone: stop as well.
+            let _stopping_or_gone = stop_accepting.wait_for(|d| *d).await;
+        },
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let stop_health = health.clone();
     let stopping = async move {
@@ -298,89 +309,8 @@ pub async fn start(config: Config) -> Result<Running> {
     Ok(Running {
         local_addr,
         metrics_addr,
+        stats,
         stop: Some(stop_tx),
         task,
     })
-}
-
-/// Accepted connections, at most `connections_max` open at once: each holds a permit that
-/// its drop returns.
-fn incoming(
-    listener: TcpListener,
-    connections_max: usize,
-) -> impl futures::Stream<Item = std::io::Result<LimitedStream>> {
-    let permits = Arc::new(Semaphore::new(connections_max));
-    futures::stream::unfold((listener, permits), |(listener, permits)| async move {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
-        let accepted = listener.accept().await.map(|(stream, _peer)| {
-            // Small acks must not wait for Nagle.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-            LimitedStream {
-                inner: stream,
-                _permit: permit,
-            }
-        });
-        Some((accepted, (listener, permits)))
-    })
-    .boxed()
-}
-
-/// A TCP connection that holds one of the `connections_max` permits while it is open.
-struct LimitedStream {
-    inner: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for LimitedStream {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
-    }
-}
-
-impl AsyncRead for LimitedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for LimitedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }

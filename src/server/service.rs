@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryFutureExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -29,6 +29,7 @@ use tracing::Instrument;
 use super::acl::{Acl, Action, Principal};
 use super::errors::{Error, Result};
 use super::identity;
+use super::listener::PeerInfo;
 use crate::config::{self, Config};
 use crate::observability::{self, ActiveStream, Rpc, RpcCall};
 use crate::proto::v1::log_server::Log;
@@ -139,11 +140,11 @@ impl Inner {
 
     /// Who is calling: the certificate CN with TLS, anonymous (trusted) without.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal> {
-        let certs = request.peer_certs();
-        let principal = identity::principal(self.tls_enabled(), certs.as_ref().map(|c| &c[..]));
+        let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
+        let principal = identity::principal(self.tls_enabled(), certs);
         if let Err(e) = &principal {
             observability::authentication_failed();
-            tracing::warn!(peer = ?request.remote_addr(), error = %e, "unauthenticated call refused");
+            tracing::warn!(peer = %peer_addr(request), error = %e, "unauthenticated call refused");
         }
         Ok(principal?)
     }
@@ -156,7 +157,7 @@ impl Inner {
         }
         observability::authorization_denied(principal.name());
         tracing::warn!(
-            peer = ?request.remote_addr(),
+            peer = %peer_addr(request),
             identity = %principal,
             %action,
             topic,
@@ -171,8 +172,8 @@ impl Inner {
 
     /// The caller's identity for a log line; `None` when it has no usable certificate.
     fn identity_of<T>(&self, request: &Request<T>) -> Option<String> {
-        let certs = request.peer_certs();
-        identity::principal(self.tls_enabled(), certs.as_ref().map(|c| &c[..]))
+        let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
+        identity::principal(self.tls_enabled(), certs)
             .ok()
             .map(|p| p.name().to_owned())
     }
@@ -229,6 +230,18 @@ impl Inner {
 
     /// Validates, authorizes and performs one append.
     async fn append(&self, request: &Request<()>, append: AppendRequest) -> Result<AppendResponse> {
+        self.enqueue_append(request, append).await?.await
+    }
+
+    /// Validates and authorizes one append and puts it in its shard's queue; the returned
+    /// future resolves to the response once the append is acknowledged. When this returns,
+    /// the append's place in its partition is fixed: appends enqueued one after another
+    /// take offsets in that order.
+    async fn enqueue_append(
+        &self,
+        request: &Request<()>,
+        append: AppendRequest,
+    ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
         let started = Instant::now();
         self.check_running()?;
         let AppendRequest {
@@ -294,14 +307,20 @@ impl Inner {
             },
         };
         let bytes: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
-        let ack = self.shards.append(&topic, partition, records).await?;
-        observability::observe_append(started.elapsed());
-        observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
-        Ok(AppendResponse {
-            partition: ack.partition,
-            base_offset: ack.base_offset,
-            count: ack.count,
-            correlation_id,
+        let pending = self
+            .shards
+            .append_enqueue(&topic, partition, records)
+            .await?;
+        Ok(async move {
+            let ack = pending.await?;
+            observability::observe_append(started.elapsed());
+            observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
+            Ok(AppendResponse {
+                partition: ack.partition,
+                base_offset: ack.base_offset,
+                count: ack.count,
+                correlation_id,
+            })
         })
     }
 
@@ -425,6 +444,10 @@ impl Inner {
     /// their acknowledgements, and answers in request order. The first failure is sent,
     /// after the answers of the requests before it, as the stream's last item. Returns the
     /// stream's final status code.
+    ///
+    /// Each request is put in its shard's queue before the next one is read, so the
+    /// requests of one stream to one partition get offsets in request order by
+    /// construction, not by how the acknowledgements happen to be polled.
     async fn append_stream(
         self: Arc<Self>,
         request: Request<()>,
@@ -441,11 +464,21 @@ impl Inner {
                 next = input.next(), if reading && inflight.len() < inflight_max => {
                     match next {
                         Some(Ok(append)) => {
-                            let this = self.clone();
-                            let request = clone_request(&request);
-                            inflight.push_back(async move {
-                                this.append(&request, append).await.map_err(Status::from)
-                            }.boxed());
+                            // Queued before the next request is read (a short bounded wait
+                            // at most): this is what fixes the order of the offsets.
+                            let queued = self.enqueue_append(&request, append).await;
+                            match queued {
+                                Ok(ack) => {
+                                    inflight.push_back(ack.map_err(Status::from).boxed());
+                                }
+                                Err(e) => {
+                                    // Answered after the requests before it; nothing after
+                                    // it is queued, as the stream ends at its first failure.
+                                    let failed = futures::future::ready(Err(e.into()));
+                                    inflight.push_back(failed.boxed());
+                                    reading = false;
+                                }
+                            }
                         }
                         Some(Err(status)) => {
                             // The client's side of the stream broke; nothing to answer.
@@ -481,11 +514,13 @@ impl Inner {
     }
 }
 
-/// What the helpers need of a request: its extensions (peer certificates and address).
-fn clone_request(request: &Request<()>) -> Request<()> {
-    let mut copy = Request::new(());
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
+/// The client's address, for logs ("unknown" when the request did not come through the
+/// listener).
+fn peer_addr<T>(request: &Request<T>) -> String {
+    match PeerInfo::of(request).and_then(|p| p.remote_addr) {
+        Some(addr) => addr.to_string(),
+        None => "unknown".to_owned(),
+    }
 }
 
 /// A request's metadata and extensions without its message.
@@ -528,15 +563,9 @@ impl LogService {
         &self,
         call: RpcCall,
         rpc: Rpc,
-        request: &Request<()>,
+        identity: Option<String>,
         task: impl Future<Output = Code> + Send + 'static,
     ) {
-        // Asked now, while the request is at hand, and only when it will be logged.
-        let identity = if call.span().is_disabled() {
-            None
-        } else {
-            self.inner.identity_of(request)
-        };
         let guard = self.inner.in_flight.enter();
         let active = ActiveStream::open(rpc);
         let span = call.span();
@@ -546,6 +575,16 @@ impl LogService {
             drop(active);
             drop(guard);
         });
+    }
+
+    /// The caller's identity for a stream's log line: asked while the request is at hand,
+    /// and only when the line will be logged.
+    fn stream_identity(&self, call: &RpcCall, request: &Request<()>) -> Option<String> {
+        if call.span().is_disabled() {
+            None
+        } else {
+            self.inner.identity_of(request)
+        }
     }
 
     /// Finishes a call refused before its stream started.
@@ -589,11 +628,9 @@ impl Log for LogService {
         }
         let capacity = self.inner.config.server.append_stream_inflight_max.max(1) as usize;
         let (tx, rx) = mpsc::channel(capacity);
-        let task = self
-            .inner
-            .clone()
-            .append_stream(clone_request(&request), input, tx);
-        self.spawn_stream(call, Rpc::AppendStream, &request, task);
+        let identity = self.stream_identity(&call, &request);
+        let task = self.inner.clone().append_stream(request, input, tx);
+        self.spawn_stream(call, Rpc::AppendStream, identity, task);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -637,8 +674,9 @@ impl Log for LogService {
             return Err(self.refused(call, &request, e));
         }
         let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
+        let identity = self.stream_identity(&call, &request);
         let task = self.inner.clone().read_stream(read, tx);
-        self.spawn_stream(call, Rpc::ReadStream, &request, task);
+        self.spawn_stream(call, Rpc::ReadStream, identity, task);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -754,7 +792,7 @@ impl Log for LogService {
             if !inner.acl.authorize_any(&principal, &describe.name) {
                 observability::authorization_denied(principal.name());
                 tracing::warn!(
-                    peer = ?request.remote_addr(),
+                    peer = %peer_addr(&request),
                     identity = %principal,
                     topic = describe.name,
                     "describe denied by the ACL"

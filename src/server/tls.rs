@@ -1,30 +1,33 @@
-//! TLS set-up for both ends: tonic's `ServerTlsConfig` (mutual TLS, client certificates
-//! required) from the config's `[tls]` paths, and `ClientTlsConfig` for clients and tests.
+//! TLS set-up for both ends: the server's rustls `ServerConfig` (mutual TLS, client
+//! certificates required, ALPN h2) from the config's `[tls]` paths, which the listener's
+//! own acceptor uses, and tonic's `ClientTlsConfig` for clients and tests.
 //!
 //! Everything is loaded and checked here, at start-up, so that a bad file is reported by
-//! name before the server listens: tonic itself reads the PEM only when it starts serving,
-//! and silently skips CA certificates it cannot parse. Checked: each file reads, holds at
-//! least one PEM item of the right kind, the private key matches its certificate, and the
-//! CA certificates are acceptable trust anchors.
+//! name before the server listens. Checked: each file reads, holds at least one PEM item of
+//! the right kind, the private key matches its certificate, and every CA certificate is an
+//! acceptable trust anchor (none is silently skipped).
 //!
-//! Only rustls' ring crypto provider is ever used: [`install_crypto_provider`] makes it the
-//! process default (tonic's server side builds its rustls config from the process default;
-//! its client side picks ring from the `tls-ring` feature). This module never does I/O
-//! after loading and never decides what a client may do (that is `acl`).
+//! Only rustls' ring crypto provider is ever used: the server config is built with it
+//! explicitly, tonic's client side picks it from the `tls-ring` feature, and
+//! [`install_crypto_provider`] makes it the process default for anything else. This module
+//! never does I/O after loading, never performs a handshake (that is `listener`), and never
+//! decides what a client may do (that is `acl`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use thiserror::Error;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::certs;
 use crate::config::TlsConfig;
 
-/// A TLS handshake that has not finished by then is dropped, so a silent peer cannot hold
-/// a connection slot.
+/// A TLS handshake that has not finished by then is dropped (on both ends), so a silent
+/// peer cannot hold a connection slot.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The name the server certificate made by `certs::generate` is valid for.
 pub const DEFAULT_DOMAIN: &str = "localhost";
@@ -62,7 +65,20 @@ pub enum Error {
         #[source]
         source: rustls::Error,
     },
+    /// The CA certificates cannot verify client certificates.
+    #[error("the client CA certificates in {} cannot verify clients", path.display())]
+    Verifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// rustls refused the server configuration (no common protocol version with ring).
+    #[error("cannot build the TLS server configuration")]
+    Config(#[source] rustls::Error),
 }
+
+/// The ALPN protocol the server offers: gRPC runs on HTTP/2 only.
+const ALPN_H2: &[u8] = b"h2";
 
 /// Makes rustls' ring provider the process-wide default, once. Later calls, and calls
 /// after someone else installed it, do nothing: ring is the only provider compiled in
@@ -120,23 +136,40 @@ impl Pem {
     }
 }
 
+/// A certificate chain and its private key, checked to belong together.
+struct KeyPair {
+    cert: Pem,
+    key: Pem,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: PrivateKeyDer<'static>,
+}
+
 /// Loads a certificate chain and its key, checking that they belong together.
-fn load_identity(cert_path: &Path, key_path: &Path) -> Result<Identity, Error> {
+fn load_key_pair(cert_path: &Path, key_path: &Path) -> Result<KeyPair, Error> {
     let cert = Pem::read(cert_path, "certificate")?;
     let key = Pem::read(key_path, "private key")?;
     let chain = cert.certificates("certificate")?;
     let key_der = key.private_key()?;
-    rustls::sign::CertifiedKey::from_der(chain, key_der, &rustls::crypto::ring::default_provider())
-        .map_err(|source| Error::Key {
-            cert: cert_path.to_path_buf(),
-            key: key_path.to_path_buf(),
-            source,
-        })?;
-    Ok(Identity::from_pem(cert.bytes, key.bytes))
+    rustls::sign::CertifiedKey::from_der(
+        chain.clone(),
+        key_der.clone_key(),
+        &rustls::crypto::ring::default_provider(),
+    )
+    .map_err(|source| Error::Key {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        source,
+    })?;
+    Ok(KeyPair {
+        cert,
+        key,
+        chain,
+        key_der,
+    })
 }
 
 /// Loads CA certificates, checking that each is a usable trust anchor.
-fn load_ca(path: &Path) -> Result<Certificate, Error> {
+fn load_ca(path: &Path) -> Result<(Pem, rustls::RootCertStore), Error> {
     let pem = Pem::read(path, "CA certificate")?;
     let mut roots = rustls::RootCertStore::empty();
     for der in pem.certificates("CA certificate")? {
@@ -145,21 +178,35 @@ fn load_ca(path: &Path) -> Result<Certificate, Error> {
             source,
         })?;
     }
-    Ok(Certificate::from_pem(pem.bytes))
+    Ok((pem, roots))
 }
 
-/// The server side: the server's certificate and key, and the CA that client
-/// certificates must chain to. Client certificates are required (tonic's default with a
-/// client CA root; `client_auth_optional` stays false). Installs the ring provider.
-pub fn server_config(tls: &TlsConfig) -> Result<ServerTlsConfig, Error> {
+/// The server side: the server's certificate and key, and the CA that client certificates
+/// must chain to. A client certificate is required (`WebPkiClientVerifier` without
+/// `allow_unauthenticated`); ALPN offers h2. Built with ring explicitly.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
     install_crypto_provider();
-    let identity = load_identity(&tls.cert, &tls.key)?;
-    let client_ca = load_ca(&tls.client_ca)?;
-    Ok(ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(client_ca)
-        .client_auth_optional(false)
-        .timeout(HANDSHAKE_TIMEOUT))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pair = load_key_pair(&tls.cert, &tls.key)?;
+    let (_, roots) = load_ca(&tls.client_ca)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|source| Error::Verifier {
+            path: tls.client_ca.clone(),
+            source,
+        })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pair.chain, pair.key_der)
+        .map_err(|source| Error::Key {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Where a client finds its TLS files: the CA that signed the server's certificate, the
@@ -206,11 +253,11 @@ impl ClientTls {
     /// Loads and checks the files into tonic's client config. Installs the ring provider.
     pub fn load(&self) -> Result<ClientTlsConfig, Error> {
         install_crypto_provider();
-        let ca = load_ca(&self.ca)?;
-        let identity = load_identity(&self.cert, &self.key)?;
+        let (ca, _) = load_ca(&self.ca)?;
+        let pair = load_key_pair(&self.cert, &self.key)?;
         Ok(ClientTlsConfig::new()
-            .ca_certificate(ca)
-            .identity(identity)
+            .ca_certificate(Certificate::from_pem(ca.bytes))
+            .identity(Identity::from_pem(pair.cert.bytes, pair.key.bytes))
             .domain_name(self.domain.clone())
             .timeout(HANDSHAKE_TIMEOUT))
     }
@@ -233,7 +280,8 @@ mod tests {
     fn generated_files_load_on_both_sides() {
         let dir = tempfile::tempdir().unwrap();
         certs::generate(dir.path(), false).unwrap();
-        server_config(&tls_in(dir.path())).unwrap();
+        let server = server_config(&tls_in(dir.path())).unwrap();
+        assert_eq!(server.alpn_protocols, vec![b"h2".to_vec()]);
         ClientTls::from_dir(dir.path(), "root").load().unwrap();
         ClientTls::from_dir(dir.path(), "nobody").load().unwrap();
         assert!(rustls::crypto::CryptoProvider::get_default().is_some());

@@ -17,7 +17,9 @@ use super::command::Command;
 use super::error::{Error, Result};
 use super::options::EngineChoice;
 use super::worker::{self, LoopRuntime, Received, ShardContext};
-use crate::storage::{Engine, PortableEngine};
+#[cfg(target_os = "linux")]
+use crate::storage::Engine;
+use crate::storage::PortableEngine;
 
 /// Engines that count their `fdatasync` calls, so a shard can report them.
 pub trait FdatasyncCounter {
@@ -201,6 +203,9 @@ pub(crate) fn spawn_shard(
     io_memory_bytes: usize,
     ctx: ShardContext,
 ) -> Result<ShardThread> {
+    // Only the glommio executor takes a registered-buffer pool.
+    #[cfg(not(target_os = "linux"))]
+    let _ = io_memory_bytes;
     let id = ctx.id;
     match engine {
         ResolvedEngine::Portable => std::thread::Builder::new()
@@ -231,6 +236,7 @@ pub(crate) fn spawn_shard(
 }
 
 /// The CPU shard `id` runs on: the `id`-th (mod count) CPU this process may run on.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // Pinning is Linux-only.
 pub(crate) fn cpu_for(id: usize) -> Option<usize> {
     #[cfg(target_os = "linux")]
     {

@@ -26,6 +26,8 @@ mod worker;
 pub use error::{Error, Result};
 pub use executor::FdatasyncCounter;
 pub use options::{Durability, EngineChoice, ShardOptions};
-pub use set::{AppendAck, PartitionInfo, ReadResult, ShardSet, TopicDescription, TopicInfo};
+pub use set::{
+    AppendAck, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription, TopicInfo,
+};
 pub use stats::{ShardStats, ShardStatsSnapshot};
 pub use topics::{TOPIC_NAME_BYTES_MAX, validate_topic_name};

@@ -2,7 +2,8 @@
 //! the shards.
 //!
 //! Owns: routing (topic → partitions → owning shard, with each partition's high-watermark
-//! watch), the bounded send to a shard's queue (a short wait, then `Overloaded`), topic
+//! watch), the bounded send to a shard's queue (a short wait, then `Overloaded`; for appends
+//! the send and the wait for the ack can be separated, see `append_enqueue`), topic
 //! creation and deletion (metadata file first / first removed, see `topics`), and shutdown.
 //! Must never: touch a partition's log or files (only the owning shard does), hold the
 //! routing lock across an await, or wait unboundedly for room in a queue on the request path.
@@ -12,9 +13,12 @@
 //! serialized by one async mutex, off the append path.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -72,6 +76,35 @@ pub struct TopicDescription {
 pub struct TopicInfo {
     pub name: String,
     pub partitions: u32,
+}
+
+/// An append in a shard's queue: resolves to its acknowledgement (see
+/// [`ShardSet::append_enqueue`]). Dropping it does not withdraw the append.
+#[must_use = "the append is queued either way; poll this to learn whether it succeeded"]
+pub struct PendingAppend {
+    ack: oneshot::Receiver<Result<AppendAck>>,
+    shard: usize,
+    set: ShardSet,
+}
+
+impl Future for PendingAppend {
+    type Output = Result<AppendAck>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<AppendAck>> {
+        match ready!(Pin::new(&mut self.ack).poll(cx)) {
+            Ok(acked) => Poll::Ready(acked),
+            // The shard dropped the reply unanswered: it stopped.
+            Err(_) => Poll::Ready(Err(self.set.stopped(self.shard))),
+        }
+    }
+}
+
+impl std::fmt::Debug for PendingAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAppend")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
 }
 
 struct PartitionRoute {
@@ -356,14 +389,48 @@ impl ShardSet {
         partition: u32,
         records: Vec<Record>,
     ) -> Result<AppendAck> {
+        self.append_enqueue(topic, partition, records).await?.await
+    }
+
+    /// Puts one batch in the owning shard's queue and returns its acknowledgement as a
+    /// separate future, so that a caller can have many appends in flight while fixing
+    /// their order itself.
+    ///
+    /// # Correctness
+    /// When this returns `Ok`, the batch is in the shard's queue, behind every batch queued
+    /// before the call began. So appends to one partition that a caller enqueues one after
+    /// another (each `append_enqueue` awaited before the next starts) get increasing offsets
+    /// in that order, and are acknowledged in that order, however the returned futures are
+    /// polled. The ack resolves once the batch is readable and (under `Durability::Fsync`)
+    /// durable; dropping it does not withdraw the batch.
+    ///
+    /// Waits at most `enqueue_timeout_ms` for room in the queue, then fails with
+    /// `Overloaded` having queued nothing. An unknown topic or partition, or shutdown, fail
+    /// here too, before anything is queued.
+    pub async fn append_enqueue(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<PendingAppend> {
+        self.check_running()?;
         let (topic, shard) = self.route(topic, partition)?;
-        self.call(shard, |reply| Command::Append {
-            topic,
-            partition,
-            records,
-            reply,
+        let (reply, ack) = oneshot::channel();
+        self.enqueue(
+            shard,
+            Command::Append {
+                topic,
+                partition,
+                records,
+                reply,
+            },
+        )
+        .await?;
+        Ok(PendingAppend {
+            ack,
+            shard,
+            set: self.clone(),
         })
-        .await
     }
 
     /// Reads from `from_offset`: at least one batch when one is readable, then more up to
