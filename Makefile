@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards clean init gencert run
+.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation clean init gencert run
 
 build:
 	$(CARGO) build --release
@@ -32,8 +32,8 @@ bench-scenarios:
 	$(CARGO) build --release
 	bash benches/walrs-bench-scenarios.sh
 
-## Every benchmark: end-to-end, storage (criterion) and shards.
-bench-all: bench bench-storage bench-shards
+## Every benchmark: end-to-end, storage (criterion), shards and instrumentation.
+bench-all: bench bench-storage bench-shards bench-instrumentation
 
 bench-storage:
 	$(CARGO) bench --bench storage
@@ -43,6 +43,10 @@ clean:
 
 bench-shards:
 	$(CARGO) bench --bench shards
+
+# Durable-append throughput of `walrs serve` with metrics on vs off (issue 6).
+bench-instrumentation:
+	$(CARGO) bench --bench instrumentation
 
 ## Directories the example config uses.
 init:

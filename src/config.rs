@@ -691,7 +691,8 @@ impl AclEntry {
 
 impl MetricsConfig {
     fn validate(&self, grpc_listen: SocketAddr) -> Result<(), Invalid> {
-        if self.enabled && self.listen == grpc_listen {
+        // Port 0 asks the kernel for a free port for each listener: no clash.
+        if self.enabled && self.listen == grpc_listen && self.listen.port() != 0 {
             return Err(Invalid::new(
                 "metrics.listen",
                 self.listen,

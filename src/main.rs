@@ -2,7 +2,8 @@
 //! small client for every RPC (`produce`, `consume`, `topic`, `truncate`), and the load and
 //! latency benchmark (`bench`, implemented in `walrs::bench`).
 //!
-//! This file owns argument parsing, logging set-up and printing; it never implements
+//! This file owns argument parsing and printing (logging is set up by
+//! `walrs::observability::init_logging`); it never implements
 //! server or storage behaviour itself (that is `walrs::server` and below) and it is the only
 //! place besides tests that uses `anyhow`.
 //!
@@ -69,6 +70,22 @@ struct ServeArgs {
     /// Shard count (0 = one per core), overriding `storage.shards`.
     #[arg(long)]
     shards: Option<u32>,
+    /// Log line format, overriding `[log] format`. The filter is `RUST_LOG` when set, else
+    /// `[log] filter` (e.g. `RUST_LOG=walrs=debug` logs one line per request).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Prometheus `/metrics` and `/health` address, overriding `[metrics] listen`.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve no metrics (`[metrics] enabled = false`): no recorder, no HTTP listener.
+    #[arg(long)]
+    no_metrics: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -313,8 +330,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(shards) = args.shards {
         config.storage.shards = shards;
     }
+    if let Some(listen) = args.metrics_listen {
+        config.metrics.listen = listen;
+    }
+    if args.no_metrics {
+        config.metrics.enabled = false;
+    }
+    let log_format = args.log_format.map(|f| match f {
+        LogFormatArg::Text => config::LogFormat::Text,
+        LogFormatArg::Json => config::LogFormat::Json,
+    });
     config.validate()?;
-    init_logging(&config.log)?;
+    walrs::observability::init_logging(&config.log, log_format).map_err(anyhow::Error::msg)?;
     if args.config.is_none() {
         tracing::info!(
             tls = config.tls.is_some(),
@@ -328,23 +355,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     walrs::server::run(config, walrs::server::shutdown_signal()).await?;
     Ok(())
-}
-
-fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(from_env)?,
-        _ => EnvFilter::try_new(&log.filter)?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let installed = match log.format {
-        config::LogFormat::Json => builder.json().try_init(),
-        config::LogFormat::Text => builder.try_init(),
-    };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }
 
 fn record_of(key: &Option<String>, value: String) -> Record {

@@ -64,6 +64,8 @@ pub enum Error {
     },
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    #[error("metrics set-up failed: {0}")]
+    Metrics(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,9 +87,11 @@ impl From<Error> for Status {
             Error::Denied { .. } => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
             Error::Shard(e) => shard_code(e),
-            Error::Config(_) | Error::Tls(_) | Error::Bind { .. } | Error::Serve(_) => {
-                Code::Internal
-            }
+            Error::Config(_)
+            | Error::Tls(_)
+            | Error::Bind { .. }
+            | Error::Serve(_)
+            | Error::Metrics(_) => Code::Internal,
         };
         Status::new(code, err.to_string())
     }

@@ -19,14 +19,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 use super::errors::{Error, Result};
 use super::listener;
 use super::service::{InFlight, LogService};
 use super::stats::ServerStats;
 use crate::config::{self, Config};
+use crate::observability::{self, Health, MetricsEndpoint};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::log_server::LogServer;
 use crate::shard::{self, ShardOptions, ShardSet};
@@ -77,6 +78,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
     };
     options.io_memory_bytes = s.io_memory_bytes as usize;
     options.partitions_max = config.server.partitions_per_topic_max;
+    options.slow_fsync_ms = s.slow_fsync_ms;
     options
 }
 
@@ -84,6 +86,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
 pub struct Running {
     local_addr: SocketAddr,
     shards: ShardSet,
+    metrics_addr: Option<SocketAddr>,
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
@@ -99,6 +102,12 @@ impl Running {
     /// engine name; an in-process benchmark reads them.
     pub fn shards(&self) -> &ShardSet {
         &self.shards
+    }
+
+    /// The address of `/metrics` and `/health` (the real port when `[metrics] listen` said
+    /// `:0`); `None` when `[metrics] enabled = false`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The server's connection and handshake counters.
@@ -185,11 +194,23 @@ pub async fn start(config: Config) -> Result<Running> {
         source,
     })?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<LogServer<LogService>>().await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter, <LogServer<LogService> as NamedService>::NAME).await;
+    // The recorder goes in before the shards start so that their instruments are live.
+    let mut metrics = match config.metrics.enabled {
+        false => None,
+        true => {
+            let handle = observability::install_recorder().map_err(Error::Metrics)?;
+            let endpoint =
+                MetricsEndpoint::start(config.metrics.listen, Some(handle), health.clone())
+                    .await
+                    .map_err(|source| Error::Bind {
+                        address: config.metrics.listen,
+                        source,
+                    })?;
+            Some(endpoint)
+        }
+    };
 
     let options = shard_options(&config);
     // Starting opens and recovers every partition: blocking work, off the runtime.
@@ -197,12 +218,11 @@ pub async fn start(config: Config) -> Result<Running> {
         Ok(started) => started?,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     };
-    tracing::info!(
-        shards = shards.shard_count(),
-        engine = shards.engine_name(),
-        data_dir = %config.data_dir.display(),
-        "shards started"
-    );
+    let stats = Arc::new(ServerStats::default());
+    if let Some(metrics) = &mut metrics {
+        metrics.attach(shards.clone(), stats.clone());
+    }
+    let metrics_addr = metrics.as_ref().map(MetricsEndpoint::local_addr);
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -231,7 +251,6 @@ pub async fn start(config: Config) -> Result<Running> {
         .add_service(reflection)
         .add_service(log_server);
 
-    let stats = Arc::new(ServerStats::default());
     let mut stop_accepting = draining_rx.clone();
     let incoming = listener::incoming(
         listener,
@@ -248,18 +267,21 @@ pub async fn start(config: Config) -> Result<Running> {
     let stopping = async move {
         // A dropped sender (the `Running` handle dropped) also stops the server.
         let _stop_or_drop = stop_rx.await;
-        stop_health.set_not_serving::<LogServer<LogService>>().await;
-        stop_health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        stop_health.set(false).await;
         let _no_receivers_is_fine = draining_tx.send(true);
     };
 
-    health.set_serving::<LogServer<LogService>>().await;
-    health.set_service_status("", ServingStatus::Serving).await;
+    health.set(true).await;
     tracing::info!(
         address = %local_addr,
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        data_dir = %config.data_dir.display(),
+        engine = shards.engine_name(),
+        engine_reason = shards.engine_reason(),
+        shards = shards.shard_count(),
+        durability = ?config.storage.durability,
         tls = config.tls.is_some(),
+        acl_entries = config.acl.len(),
         "walrs serving walrs.v1.Log"
     );
 
@@ -287,12 +309,15 @@ pub async fn start(config: Config) -> Result<Running> {
             (Ok(()), Ok(())) => tracing::info!("shards synced and closed; stopped"),
             _ => tracing::error!(?served, ?closed, "stopped with errors"),
         }
+        // `/health` answers NOT_SERVING until the very end.
+        drop(metrics);
         served.and(closed)
     });
 
     Ok(Running {
         local_addr,
         shards: running_shards,
+        metrics_addr,
         stats,
         stop: Some(stop_tx),
         task,

@@ -17,19 +17,21 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt, TryFutureExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::acl::{Acl, Action, Principal};
 use super::errors::{Error, Result};
 use super::identity;
 use super::listener::PeerInfo;
 use crate::config::{self, Config};
+use crate::observability::{self, ActiveStream, Rpc, RpcCall};
 use crate::proto::v1::log_server::Log;
 use crate::proto::v1::{
     AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
@@ -141,6 +143,7 @@ impl Inner {
         let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
         let principal = identity::principal(self.tls_enabled(), certs);
         if let Err(e) = &principal {
+            observability::authentication_failed();
             tracing::warn!(peer = %peer_addr(request), error = %e, "unauthenticated call refused");
         }
         Ok(principal?)
@@ -152,6 +155,7 @@ impl Inner {
         if self.acl.authorize(&principal, action, topic) {
             return Ok(principal);
         }
+        observability::authorization_denied(principal.name());
         tracing::warn!(
             peer = %peer_addr(request),
             identity = %principal,
@@ -164,6 +168,14 @@ impl Inner {
             action,
             topic: topic.to_string(),
         })
+    }
+
+    /// The caller's identity for a log line; `None` when it has no usable certificate.
+    fn identity_of<T>(&self, request: &Request<T>) -> Option<String> {
+        let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
+        identity::principal(self.tls_enabled(), certs)
+            .ok()
+            .map(|p| p.name().to_owned())
     }
 
     fn check_running(&self) -> Result<()> {
@@ -230,6 +242,7 @@ impl Inner {
         request: &Request<()>,
         append: AppendRequest,
     ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
+        let started = Instant::now();
         self.check_running()?;
         let AppendRequest {
             topic,
@@ -293,12 +306,15 @@ impl Inner {
                 }
             },
         };
+        let bytes: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
         let pending = self
             .shards
             .append_enqueue(&topic, partition, records)
             .await?;
         Ok(async move {
             let ack = pending.await?;
+            observability::observe_append(started.elapsed());
+            observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
             Ok(AppendResponse {
                 partition: ack.partition,
                 base_offset: ack.base_offset,
@@ -337,6 +353,10 @@ impl Inner {
             .shards
             .read(&read.topic, read.partition, offset, bytes, records)
             .await?;
+        if !result.records.is_empty() {
+            let bytes: u64 = result.records.iter().map(|r| r.encoded_len() as u64).sum();
+            observability::bytes_and_records_out(&read.topic, result.records.len() as u64, bytes);
+        }
         Ok(ReadResponse {
             records: result.records.into_iter().map(to_proto).collect(),
             high_watermark: result.high_watermark,
@@ -376,15 +396,17 @@ impl Inner {
         self: Arc<Self>,
         read: ReadRequest,
         tx: mpsc::Sender<Result<ReadResponse, Status>>,
-    ) {
+    ) -> Code {
         let mut offset = read.offset;
         let mut sent_any = false;
         loop {
             let response = match self.read_once(&read, offset).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _client_gone = tx.send(Err(e.into())).await;
-                    return;
+                    let status = Status::from(e);
+                    let code = status.code();
+                    let _client_gone = tx.send(Err(status)).await;
+                    return code;
                 }
             };
             let empty = response.records.is_empty();
@@ -392,33 +414,36 @@ impl Inner {
             if !empty || !sent_any {
                 sent_any = true;
                 if tx.send(Ok(response)).await.is_err() {
-                    return; // the client went away
+                    return Code::Cancelled; // the client went away
                 }
             }
             if !empty {
                 continue;
             }
             if !read.follow || self.is_draining() {
-                return;
+                return Code::Ok;
             }
             tokio::select! {
                 waited = self.wait(&read, offset, FOLLOW_WAIT) => {
                     if let Err(e) = waited {
-                        let _client_gone = tx.send(Err(e.into())).await;
-                        return;
+                        let status = Status::from(e);
+                        let code = status.code();
+                        let _client_gone = tx.send(Err(status)).await;
+                        return code;
                     }
                 }
-                _ = tx.closed() => return,
+                _ = tx.closed() => return Code::Cancelled,
             }
             if self.is_draining() {
-                return;
+                return Code::Ok;
             }
         }
     }
 
     /// Runs an AppendStream: reads requests while fewer than the in-flight limit wait for
     /// their acknowledgements, and answers in request order. The first failure is sent,
-    /// after the answers of the requests before it, as the stream's last item.
+    /// after the answers of the requests before it, as the stream's last item. Returns the
+    /// stream's final status code.
     ///
     /// Each request is put in its shard's queue before the next one is read, so the
     /// requests of one stream to one partition get offsets in request order by
@@ -428,11 +453,12 @@ impl Inner {
         request: Request<()>,
         mut input: Streaming<AppendRequest>,
         tx: mpsc::Sender<Result<AppendResponse, Status>>,
-    ) {
+    ) -> Code {
         let inflight_max = self.config.server.append_stream_inflight_max as usize;
         let mut inflight = FuturesOrdered::new();
         let mut reading = true;
         let mut draining = self.draining.clone();
+        let mut final_code = Code::Ok;
         loop {
             tokio::select! {
                 next = input.next(), if reading && inflight.len() < inflight_max => {
@@ -458,27 +484,31 @@ impl Inner {
                             // The client's side of the stream broke; nothing to answer.
                             tracing::debug!(%status, "append stream input failed");
                             reading = false;
+                            final_code = Code::Cancelled;
                         }
                         None => reading = false,
                     }
                 }
                 done = inflight.next(), if !inflight.is_empty() => {
                     let Some(result) = done else { continue };
-                    let failed = result.is_err();
-                    if tx.send(result).await.is_err() || failed {
-                        // Client gone, or the stream ends at its first failure. Appends
-                        // already queued still complete in the shards.
-                        return;
+                    let failed = result.as_ref().err().map(Status::code);
+                    if tx.send(result).await.is_err() {
+                        // Client gone. Appends already queued still complete in the shards.
+                        return Code::Cancelled;
+                    }
+                    if let Some(code) = failed {
+                        // The stream ends at its first failure.
+                        return code;
                     }
                 }
                 _ = async { draining.wait_for(|d| *d).await.map(|_| ()) }, if reading => {
                     // Finish what is in flight, accept nothing new.
                     reading = false;
                 }
-                _ = tx.closed() => return,
+                _ = tx.closed() => return Code::Cancelled,
             }
             if !reading && inflight.is_empty() {
-                return;
+                return final_code;
             }
         }
     }
@@ -509,6 +539,62 @@ fn to_proto(record: storage::Record) -> Record {
     }
 }
 
+/// The status code of a call's outcome.
+fn code_of<T>(result: &Result<T, Status>) -> Code {
+    result.as_ref().map_or_else(Status::code, |_| Code::Ok)
+}
+
+impl LogService {
+    /// Runs a unary call's work in its span, then counts and (at debug level) logs it.
+    async fn observed<T>(
+        &self,
+        call: RpcCall,
+        request: &Request<()>,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<Response<T>, Status> {
+        let result = work.instrument(call.span()).await.map_err(Status::from);
+        call.finish(code_of(&result), || self.inner.identity_of(request));
+        result.map(Response::new)
+    }
+
+    /// Starts a stream's task, which counts it as active and, when it ends, counts and logs
+    /// the call with the stream's final code.
+    fn spawn_stream(
+        &self,
+        call: RpcCall,
+        rpc: Rpc,
+        identity: Option<String>,
+        task: impl Future<Output = Code> + Send + 'static,
+    ) {
+        let guard = self.inner.in_flight.enter();
+        let active = ActiveStream::open(rpc);
+        let span = call.span();
+        tokio::spawn(async move {
+            let code = task.instrument(span).await;
+            call.finish(code, || identity);
+            drop(active);
+            drop(guard);
+        });
+    }
+
+    /// The caller's identity for a stream's log line: asked while the request is at hand,
+    /// and only when the line will be logged.
+    fn stream_identity(&self, call: &RpcCall, request: &Request<()>) -> Option<String> {
+        if call.span().is_disabled() {
+            None
+        } else {
+            self.inner.identity_of(request)
+        }
+    }
+
+    /// Finishes a call refused before its stream started.
+    fn refused(&self, call: RpcCall, request: &Request<()>, error: Error) -> Status {
+        let status = Status::from(error);
+        call.finish(status.code(), || self.inner.identity_of(request));
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl Log for LogService {
     async fn append(
@@ -517,7 +603,9 @@ impl Log for LogService {
     ) -> Result<Response<AppendResponse>, Status> {
         let (request, append) = strip(request);
         let _call = self.inner.in_flight.enter();
-        Ok(Response::new(self.inner.append(&request, append).await?))
+        let call = RpcCall::start(Rpc::Append, &append.topic, append.partition);
+        self.observed(call, &request, self.inner.append(&request, append))
+            .await
     }
 
     type AppendStreamStream = BoxStream<AppendResponse>;
@@ -528,26 +616,36 @@ impl Log for LogService {
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let (request, input) = strip(request);
         let _call = self.inner.in_flight.enter();
-        self.inner.check_running()?;
+        let call = RpcCall::start(Rpc::AppendStream, "", None);
         // The caller must at least be authenticated to open a stream; each request is
         // then authorized for its own topic.
-        self.inner.principal(&request)?;
+        let opened = self
+            .inner
+            .check_running()
+            .and_then(|()| self.inner.principal(&request).map(drop));
+        if let Err(e) = opened {
+            return Err(self.refused(call, &request, e));
+        }
         let capacity = self.inner.config.server.append_stream_inflight_max.max(1) as usize;
         let (tx, rx) = mpsc::channel(capacity);
-        let guard = self.inner.in_flight.enter();
+        let identity = self.stream_identity(&call, &request);
         let task = self.inner.clone().append_stream(request, input, tx);
-        tokio::spawn(async move {
-            task.await;
-            drop(guard);
-        });
+        self.spawn_stream(call, Rpc::AppendStream, identity, task);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
         let (request, read) = strip(request);
         let _call = self.inner.in_flight.enter();
-        self.inner.check_read(&request, &read)?;
-        Ok(Response::new(self.inner.read(&read).await?))
+        let call = RpcCall::start(Rpc::Read, &read.topic, Some(read.partition));
+        let started = Instant::now();
+        let work = async {
+            self.inner.check_read(&request, &read)?;
+            let response = self.inner.read(&read).await?;
+            observability::observe_read(started.elapsed());
+            Ok(response)
+        };
+        self.observed(call, &request, work).await
     }
 
     type ReadStreamStream = BoxStream<ReadResponse>;
@@ -558,28 +656,27 @@ impl Log for LogService {
     ) -> Result<Response<Self::ReadStreamStream>, Status> {
         let (request, read) = strip(request);
         let _call = self.inner.in_flight.enter();
-        self.inner.check_read(&request, &read)?;
-        // Fail fast on an unknown topic or partition rather than in the stream.
-        let partitions = self
-            .inner
-            .shards
-            .partitions_of(&read.topic)
-            .map_err(Error::from)?;
-        if read.partition >= partitions {
-            return Err(Error::from(shard::Error::UnknownPartition {
-                topic: read.topic.clone(),
-                partition: read.partition,
-                partitions,
-            })
-            .into());
+        let call = RpcCall::start(Rpc::ReadStream, &read.topic, Some(read.partition));
+        let opened = (|| {
+            self.inner.check_read(&request, &read)?;
+            // Fail fast on an unknown topic or partition rather than in the stream.
+            let partitions = self.inner.shards.partitions_of(&read.topic)?;
+            if read.partition >= partitions {
+                return Err(Error::from(shard::Error::UnknownPartition {
+                    topic: read.topic.clone(),
+                    partition: read.partition,
+                    partitions,
+                }));
+            }
+            Ok(())
+        })();
+        if let Err(e) = opened {
+            return Err(self.refused(call, &request, e));
         }
         let (tx, rx) = mpsc::channel(READ_STREAM_BUFFER);
-        let guard = self.inner.in_flight.enter();
+        let identity = self.stream_identity(&call, &request);
         let task = self.inner.clone().read_stream(read, tx);
-        tokio::spawn(async move {
-            task.await;
-            drop(guard);
-        });
+        self.spawn_stream(call, Rpc::ReadStream, identity, task);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -589,26 +686,26 @@ impl Log for LogService {
     ) -> Result<Response<TruncateResponse>, Status> {
         let (request, truncate) = strip(request);
         let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::Truncate, &truncate.topic, Some(truncate.partition));
         let inner = &self.inner;
-        inner.check_running()?;
-        inner.check_topic_name(&truncate.topic)?;
-        inner.authorize(&request, Action::Admin, &truncate.topic)?;
-        inner
-            .shards
-            .truncate(&truncate.topic, truncate.partition, truncate.before_offset)
-            .await
-            .map_err(Error::from)?;
-        let description = inner
-            .shards
-            .describe_topic(&truncate.topic)
-            .await
-            .map_err(Error::from)?;
-        let start_offset = description
-            .partitions
-            .iter()
-            .find(|p| p.id == truncate.partition)
-            .map_or(0, |p| p.start_offset);
-        Ok(Response::new(TruncateResponse { start_offset }))
+        let work = async {
+            inner.check_running()?;
+            inner.check_topic_name(&truncate.topic)?;
+            inner.authorize(&request, Action::Admin, &truncate.topic)?;
+            inner
+                .shards
+                .truncate(&truncate.topic, truncate.partition, truncate.before_offset)
+                .await?;
+            let description = inner.shards.describe_topic(&truncate.topic).await?;
+            observability::topic_disk_usage(&description);
+            let start_offset = description
+                .partitions
+                .iter()
+                .find(|p| p.id == truncate.partition)
+                .map_or(0, |p| p.start_offset);
+            Ok(TruncateResponse { start_offset })
+        };
+        self.observed(call, &request, work).await
     }
 
     async fn create_topic(
@@ -617,16 +714,20 @@ impl Log for LogService {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let (request, create) = strip(request);
         let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::CreateTopic, &create.name, None);
         let inner = &self.inner;
-        inner.check_running()?;
-        inner.check_topic_name(&create.name)?;
-        let principal = inner.authorize(&request, Action::Admin, &create.name)?;
-        let partitions = inner.create_topic(&create.name, create.partitions).await?;
-        tracing::info!(topic = create.name, partitions, identity = %principal, "topic created");
-        Ok(Response::new(CreateTopicResponse {
-            name: create.name,
-            partitions,
-        }))
+        let work = async {
+            inner.check_running()?;
+            inner.check_topic_name(&create.name)?;
+            let principal = inner.authorize(&request, Action::Admin, &create.name)?;
+            let partitions = inner.create_topic(&create.name, create.partitions).await?;
+            tracing::info!(topic = create.name, partitions, identity = %principal, "topic created");
+            Ok(CreateTopicResponse {
+                name: create.name.clone(),
+                partitions,
+            })
+        };
+        self.observed(call, &request, work).await
     }
 
     async fn delete_topic(
@@ -635,17 +736,18 @@ impl Log for LogService {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let (request, delete) = strip(request);
         let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::DeleteTopic, &delete.name, None);
         let inner = &self.inner;
-        inner.check_running()?;
-        inner.check_topic_name(&delete.name)?;
-        let principal = inner.authorize(&request, Action::Admin, &delete.name)?;
-        inner
-            .shards
-            .delete_topic(&delete.name)
-            .await
-            .map_err(Error::from)?;
-        tracing::info!(topic = delete.name, identity = %principal, "topic deleted");
-        Ok(Response::new(DeleteTopicResponse {}))
+        let work = async {
+            inner.check_running()?;
+            inner.check_topic_name(&delete.name)?;
+            let principal = inner.authorize(&request, Action::Admin, &delete.name)?;
+            inner.shards.delete_topic(&delete.name).await?;
+            observability::topic_deleted(&delete.name);
+            tracing::info!(topic = delete.name, identity = %principal, "topic deleted");
+            Ok(DeleteTopicResponse {})
+        };
+        self.observed(call, &request, work).await
     }
 
     async fn list_topics(
@@ -654,21 +756,25 @@ impl Log for LogService {
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let (request, _) = strip(request);
         let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::ListTopics, "", None);
         let inner = &self.inner;
-        inner.check_running()?;
-        let principal = inner.principal(&request)?;
-        let mut topics: Vec<TopicInfo> = inner
-            .shards
-            .list_topics()
-            .into_iter()
-            .filter(|t| inner.acl.authorize_any(&principal, &t.name))
-            .map(|t| TopicInfo {
-                name: t.name,
-                partitions: t.partitions,
-            })
-            .collect();
-        topics.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(ListTopicsResponse { topics }))
+        let work = async {
+            inner.check_running()?;
+            let principal = inner.principal(&request)?;
+            let mut topics: Vec<TopicInfo> = inner
+                .shards
+                .list_topics()
+                .into_iter()
+                .filter(|t| inner.acl.authorize_any(&principal, &t.name))
+                .map(|t| TopicInfo {
+                    name: t.name,
+                    partitions: t.partitions,
+                })
+                .collect();
+            topics.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(ListTopicsResponse { topics })
+        };
+        self.observed(call, &request, work).await
     }
 
     async fn describe_topic(
@@ -677,42 +783,43 @@ impl Log for LogService {
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let (request, describe) = strip(request);
         let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::DescribeTopic, &describe.name, None);
         let inner = &self.inner;
-        inner.check_running()?;
-        inner.check_topic_name(&describe.name)?;
-        let principal = inner.principal(&request)?;
-        if !inner.acl.authorize_any(&principal, &describe.name) {
-            tracing::warn!(
-                peer = %peer_addr(&request),
-                identity = %principal,
-                topic = describe.name,
-                "describe denied by the ACL"
-            );
-            return Err(Error::Denied {
-                principal,
-                action: Action::Consume,
-                topic: describe.name,
+        let work = async {
+            inner.check_running()?;
+            inner.check_topic_name(&describe.name)?;
+            let principal = inner.principal(&request)?;
+            if !inner.acl.authorize_any(&principal, &describe.name) {
+                observability::authorization_denied(principal.name());
+                tracing::warn!(
+                    peer = %peer_addr(&request),
+                    identity = %principal,
+                    topic = describe.name,
+                    "describe denied by the ACL"
+                );
+                return Err(Error::Denied {
+                    principal,
+                    action: Action::Consume,
+                    topic: describe.name.clone(),
+                });
             }
-            .into());
-        }
-        let description = inner
-            .shards
-            .describe_topic(&describe.name)
-            .await
-            .map_err(Error::from)?;
-        Ok(Response::new(DescribeTopicResponse {
-            name: description.name,
-            partitions: description
-                .partitions
-                .into_iter()
-                .map(|p| PartitionInfo {
-                    id: p.id,
-                    start_offset: p.start_offset,
-                    end_offset: p.end_offset,
-                    high_watermark: p.high_watermark,
-                    shard: p.shard,
-                })
-                .collect(),
-        }))
+            let description = inner.shards.describe_topic(&describe.name).await?;
+            observability::topic_disk_usage(&description);
+            Ok(DescribeTopicResponse {
+                name: description.name,
+                partitions: description
+                    .partitions
+                    .into_iter()
+                    .map(|p| PartitionInfo {
+                        id: p.id,
+                        start_offset: p.start_offset,
+                        end_offset: p.end_offset,
+                        high_watermark: p.high_watermark,
+                        shard: p.shard,
+                    })
+                    .collect(),
+            })
+        };
+        self.observed(call, &request, work).await
     }
 }

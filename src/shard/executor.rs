@@ -58,30 +58,42 @@ impl ResolvedEngine {
     }
 }
 
-/// Turns the configured choice into the engine to run. `auto` and `uring` first prove that
-/// io_uring works here: a throwaway glommio executor with the shards' `io_memory_bytes`
-/// starts and writes, syncs and reads back a file in `probe_dir` (the data dir) through the
-/// uring engine. `auto` falls back to the portable engine with one warning saying why;
-/// `uring` fails with that reason.
+/// Turns the configured choice into the engine to run, and says why (for the startup log
+/// line). `auto` and `uring` first prove that io_uring works here: a throwaway glommio
+/// executor with the shards' `io_memory_bytes` starts and writes, syncs and reads back a
+/// file in `probe_dir` (the data dir) through the uring engine. `auto` falls back to the
+/// portable engine with one warning saying why; `uring` fails with that reason.
 pub(crate) fn resolve_engine(
     choice: EngineChoice,
     probe_dir: &std::path::Path,
     io_memory_bytes: usize,
-) -> Result<ResolvedEngine> {
+) -> Result<(ResolvedEngine, String)> {
     match choice {
-        EngineChoice::Portable => Ok(ResolvedEngine::Portable),
+        EngineChoice::Portable => Ok((
+            ResolvedEngine::Portable,
+            "storage.engine = \"portable\"".to_owned(),
+        )),
         EngineChoice::Uring => match probe_uring(probe_dir, io_memory_bytes) {
-            Ok(engine) => Ok(engine),
+            Ok(engine) => Ok((
+                engine,
+                "storage.engine = \"uring\" and the io_uring probe passed".to_owned(),
+            )),
             Err(reason) => Err(Error::UringUnavailable { reason }),
         },
         EngineChoice::Auto => match probe_uring(probe_dir, io_memory_bytes) {
-            Ok(engine) => Ok(engine),
+            Ok(engine) => Ok((
+                engine,
+                "storage.engine = \"auto\" and the io_uring probe passed".to_owned(),
+            )),
             Err(reason) => {
                 tracing::warn!(
                     %reason,
                     "storage engine \"auto\": io_uring unavailable, falling back to the portable engine"
                 );
-                Ok(ResolvedEngine::Portable)
+                Ok((
+                    ResolvedEngine::Portable,
+                    format!("storage.engine = \"auto\" and io_uring is unavailable: {reason}"),
+                ))
             }
         },
     }
@@ -446,7 +458,9 @@ mod tests {
     fn portable_is_taken_as_asked_and_uring_is_probed() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         assert_eq!(
-            resolve_engine(EngineChoice::Portable, dir.path(), 1 << 20).unwrap(),
+            resolve_engine(EngineChoice::Portable, dir.path(), 1 << 20)
+                .unwrap()
+                .0,
             ResolvedEngine::Portable
         );
         #[cfg(target_os = "linux")]
@@ -454,11 +468,15 @@ mod tests {
             // This machine runs io_uring: both `uring` and `auto` pick it, and the probe
             // leaves no file behind.
             assert_eq!(
-                resolve_engine(EngineChoice::Uring, dir.path(), 1 << 20).unwrap(),
+                resolve_engine(EngineChoice::Uring, dir.path(), 1 << 20)
+                    .unwrap()
+                    .0,
                 ResolvedEngine::Uring
             );
             assert_eq!(
-                resolve_engine(EngineChoice::Auto, dir.path(), 1 << 20).unwrap(),
+                resolve_engine(EngineChoice::Auto, dir.path(), 1 << 20)
+                    .unwrap()
+                    .0,
                 ResolvedEngine::Uring
             );
             assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

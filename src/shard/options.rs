@@ -64,6 +64,8 @@ pub struct ShardOptions {
     pub partitions_max: u32,
     /// Pin each portable shard thread to one CPU (glommio shards are always pinned).
     pub pin_threads: bool,
+    /// Warn when one group-commit `fdatasync` takes longer than this; 0 = never.
+    pub slow_fsync_ms: u64,
 }
 
 /// Most shards a set may have.
@@ -87,6 +89,7 @@ impl ShardOptions {
             maintenance_interval_ms: 5_000,
             partitions_max: 10_000,
             pin_threads: true,
+            slow_fsync_ms: 100,
         }
     }
 

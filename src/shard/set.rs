@@ -30,6 +30,7 @@ use super::options::ShardOptions;
 use super::stats::{ShardStats, ShardStatsSnapshot};
 use super::topics::{self, TopicMeta, validate_topic_name};
 use super::worker::ShardContext;
+use crate::observability;
 use crate::storage::Record;
 
 /// An append's acknowledgement: where its records landed.
@@ -59,6 +60,10 @@ pub struct PartitionInfo {
     pub end_offset: u64,
     pub high_watermark: u64,
     pub shard: u32,
+    /// Segments the partition's log holds (for metrics).
+    pub segments: u32,
+    /// Bytes in the partition's store files (for metrics).
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +121,8 @@ struct Inner {
     options: ShardOptions,
     topics_dir: PathBuf,
     engine: ResolvedEngine,
+    /// Why `engine` was chosen (the configured choice and the io_uring probe's outcome).
+    engine_reason: String,
     senders: Vec<flume::Sender<Command>>,
     stats: Vec<Arc<ShardStats>>,
     routes: RwLock<HashMap<Arc<str>, Arc<TopicRoute>>>,
@@ -174,7 +181,7 @@ impl ShardSet {
     /// partition on its shard. Blocks until all are open (call it before serving).
     pub fn start(options: ShardOptions) -> Result<ShardSet> {
         options.validate()?;
-        let engine =
+        let (engine, engine_reason) =
             executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
         let shard_count = options.shard_count;
         let topics_dir = topics::topics_dir(&options.data_dir);
@@ -246,6 +253,7 @@ impl ShardSet {
                 options,
                 topics_dir,
                 engine,
+                engine_reason,
                 senders,
                 stats,
                 routes: RwLock::new(routes),
@@ -263,6 +271,12 @@ impl ShardSet {
     /// The engine the shards run: `"portable"` or `"uring"`.
     pub fn engine_name(&self) -> &'static str {
         self.inner.engine.name()
+    }
+
+    /// Why the shards run [`engine_name`](Self::engine_name): the configured choice and, for
+    /// `auto`, what the io_uring probe found.
+    pub fn engine_reason(&self) -> &str {
+        &self.inner.engine_reason
     }
 
     /// Counters of one shard; the queue depth is read live from its queue.
@@ -331,10 +345,11 @@ impl ShardSet {
                 match tokio::time::timeout(wait, sender.send_async(cmd)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) => Err(self.stopped(shard)),
-                    Err(_) => Err(Error::Overloaded {
-                        shard,
-                        queue_depth: sender.len(),
-                    }),
+                    Err(_) => {
+                        let queue_depth = sender.len();
+                        observability::shard_overloaded(shard, queue_depth);
+                        Err(Error::Overloaded { shard, queue_depth })
+                    }
                 }
             }
         }

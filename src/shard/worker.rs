@@ -29,6 +29,7 @@ use super::executor::FdatasyncCounter;
 use super::options::{Durability, ShardOptions};
 use super::set::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
+use crate::observability::ShardMetrics;
 use crate::storage::{self, Engine, Log, Record, now_ms};
 
 /// What a wait on the queue ended with.
@@ -92,6 +93,8 @@ struct Shard<E: Engine + FdatasyncCounter> {
     engine: E,
     options: ShardOptions,
     stats: Arc<ShardStats>,
+    /// Fsync latency and group size; slow-fsync warnings.
+    metrics: ShardMetrics,
     partitions: HashMap<Key, Partition<E>>,
 }
 
@@ -109,11 +112,13 @@ where
         initial,
         ready,
     } = ctx;
+    let metrics = ShardMetrics::new(id, options.slow_fsync_ms);
     let mut shard = Shard {
         id,
         engine,
         options,
         stats,
+        metrics,
         partitions: HashMap::new(),
     };
     let opened = shard.open(initial).await;
@@ -301,7 +306,19 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                     op,
                 }),
                 None => match self.options.durability {
-                    Durability::Fsync => p.log.sync().await.map(drop),
+                    Durability::Fsync => {
+                        let started = Instant::now();
+                        let synced = p.log.sync().await.map(drop);
+                        let records = pending
+                            .iter()
+                            .filter(|i| i.key == item.key)
+                            .map(|i| u64::from(i.count))
+                            .sum();
+                        let (topic, partition) = (&item.key.0, item.key.1);
+                        self.metrics
+                            .synced(topic, partition, started.elapsed(), records);
+                        synced
+                    }
                     Durability::Interval { .. } => {
                         p.log.commit_unsynced();
                         p.unsynced = true;
@@ -417,6 +434,8 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                             end_offset: p.log.end_offset(),
                             high_watermark: p.log.high_watermark(),
                             shard: self.id as u32,
+                            segments: p.log.segment_count() as u32,
+                            size_bytes: p.log.size_bytes(),
                         })
                     })
                     .collect();

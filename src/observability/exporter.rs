@@ -1,0 +1,207 @@
+//! The plain-HTTP endpoint on `[metrics] listen`: `GET /metrics` (Prometheus text format)
+//! and `GET /health` (200 `SERVING` or 503 `NOT_SERVING`, for load balancers that do not
+//! speak gRPC).
+//!
+//! Owns: the listener, at most [`CONNECTIONS_MAX`] connections with a header timeout, and
+//! the refresh of the values kept elsewhere: shard counters and queue depths, connection
+//! and TLS handshake counts (copied from the shards' and the listener's atomics at each
+//! scrape) and the per-topic disk gauges (asked of the shards
+//! every [`DISK_REFRESH`] and on every DescribeTopic).
+//! Must never: do TLS (this is an operator's port; bind it to loopback or a private network)
+//! or touch the shards' files.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::health::Health;
+use crate::server::ServerStats;
+use crate::shard::ShardSet;
+
+/// Scrapers and probes connected at once; more wait in the kernel's backlog.
+const CONNECTIONS_MAX: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the per-topic disk gauges are refreshed.
+const DISK_REFRESH: Duration = Duration::from_secs(10);
+
+struct State {
+    /// `None` when metrics are off: `/metrics` answers 404, `/health` still works.
+    handle: Option<PrometheusHandle>,
+    health: Health,
+    shards: OnceLock<ShardSet>,
+    server: OnceLock<Arc<ServerStats>>,
+}
+
+/// A running metrics endpoint. Stops when dropped.
+pub struct MetricsEndpoint {
+    local_addr: SocketAddr,
+    state: Arc<State>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl MetricsEndpoint {
+    /// Binds `listen` and serves at once (`/health` says NOT_SERVING until the server is up).
+    pub async fn start(
+        listen: SocketAddr,
+        handle: Option<PrometheusHandle>,
+        health: Health,
+    ) -> std::io::Result<MetricsEndpoint> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            handle,
+            health,
+            shards: OnceLock::new(),
+            server: OnceLock::new(),
+        });
+        let task = tokio::spawn(accept(listener, state.clone()));
+        Ok(MetricsEndpoint {
+            local_addr,
+            state,
+            tasks: vec![task],
+        })
+    }
+
+    /// The bound address (the real port when `listen` said `:0`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Once the shards run: scrapes report their counters and the listener's connection
+    /// and handshake counters, and the disk gauges refresh.
+    pub fn attach(&mut self, shards: ShardSet, server: Arc<ServerStats>) {
+        super::catalog::build_info(shards.engine_name());
+        let _attached_once = self.state.server.set(server);
+        if self.state.shards.set(shards.clone()).is_err() {
+            return; // attached already
+        }
+        if self.state.handle.is_some() {
+            self.tasks.push(tokio::spawn(refresh_disk_usage(shards)));
+        }
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<State>) {
+    let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&state, &request)) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "metrics connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn respond<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a static response is valid")
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n".to_owned());
+    }
+    match request.uri().path() {
+        "/metrics" => match &state.handle {
+            Some(handle) => {
+                if let Some(server) = state.server.get() {
+                    super::catalog::server_counters(&server.snapshot());
+                }
+                if let Some(shards) = state.shards.get() {
+                    for shard in 0..shards.shard_count() {
+                        let stats = shards.stats(shard);
+                        super::catalog::shard_gauges(shard, stats.fsyncs, stats.queue_depth);
+                    }
+                }
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    handle.render(),
+                )
+            }
+            None => reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "metrics are disabled ([metrics] enabled = false)\n".to_owned(),
+            ),
+        },
+        "/health" => {
+            if state.health.is_serving() {
+                reply(StatusCode::OK, TEXT, "SERVING\n".to_owned())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    "NOT_SERVING\n".to_owned(),
+                )
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /metrics or /health\n".to_owned(),
+        ),
+    }
+}
+
+/// Asks the shards for every topic's segments and bytes, every [`DISK_REFRESH`].
+async fn refresh_disk_usage(shards: ShardSet) {
+    let mut tick = tokio::time::interval(DISK_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for topic in shards.list_topics() {
+            match shards.describe_topic(&topic.name).await {
+                Ok(description) => super::catalog::topic_disk_usage(&description),
+                // Deleted meanwhile, shutting down, or a busy shard: try again next tick.
+                Err(e) => tracing::trace!(topic = topic.name, error = %e, "disk usage refresh"),
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Observability: Prometheus metrics, the `/metrics` and `/health` HTTP endpoint, the
+//! health state shared with gRPC health, request spans and log set-up.
+//!
+//! Owns: every metric name (`catalog`, with its help text and buckets), the recorder (one per
+//! process, installed only when `[metrics] enabled`; without it every `metrics` macro is a
+//! no-op), the plain-HTTP listener on `[metrics] listen` (`exporter`), the serving flag that
+//! gRPC health and `/health` both report (`health`), the per-request span and counters
+//! (`call`), and the tracing subscriber with rate-limited warnings (`logging`).
+//! Must never: put a record key or payload in a log line or a label, block a shard thread,
+//! or take a lock on the request path (the `metrics` handles are atomics; the registry's
+//! lookups are lock-free reads once a series exists). Labels are bounded: RPC names, status
+//! codes, shard ids, topic names (bounded by `server.topics_max`) and identities (bounded by
+//! the certificates the CA issued).
+
+mod call;
+mod catalog;
+mod exporter;
+mod health;
+mod logging;
+
+pub use call::{ActiveStream, Rpc, RpcCall, code_name};
+pub use catalog::{
+    ShardMetrics, authentication_failed, authorization_denied, bytes_and_records_in,
+    bytes_and_records_out, install_recorder, observe_append, observe_read, shard_overloaded,
+    topic_deleted, topic_disk_usage,
+};
+pub use exporter::MetricsEndpoint;
+pub use health::Health;
+pub use logging::{RateLimit, init_logging};
+
+/// Metric names, for tests and dashboards.
+pub mod names {
+    pub use super::catalog::names::*;
+}
