@@ -236,7 +236,7 @@ pub async fn produce(
 
 async fn wait_until(due: Option<Instant>) {
     if let Some(due) = due {
-        tokio::time::sleep_until(due.into()).await;
+        super::pacer::global().sleep_until(due).await;
     }
 }
 

@@ -16,6 +16,7 @@ mod baseline;
 mod latency;
 mod load;
 mod options;
+mod pacer;
 mod plot;
 mod progress;
 mod report;
