@@ -78,6 +78,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
     };
     options.io_memory_bytes = s.io_memory_bytes as usize;
     options.partitions_max = config.server.partitions_per_topic_max;
+    options.topics_max = config.server.topics_max;
     options.slow_fsync_ms = s.slow_fsync_ms;
     options
 }

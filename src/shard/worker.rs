@@ -27,6 +27,7 @@ use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
 use super::executor::FdatasyncCounter;
 use super::options::{Durability, ShardOptions};
+use super::queue::{QueueReceiver, Queued};
 use super::set::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
@@ -44,14 +45,15 @@ pub(crate) enum Received {
 #[allow(async_fn_in_trait)] // Shard loops are single-threaded; no Send bound wanted.
 pub(crate) trait LoopRuntime {
     /// The next command, or `Timeout` at `deadline`.
-    async fn recv(&self, rx: &flume::Receiver<Command>, deadline: Instant) -> Received;
+    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received;
     async fn sleep(&self, duration: Duration);
 }
 
 /// Everything a shard thread is started with.
 pub(crate) struct ShardContext {
     pub id: usize,
-    pub rx: flume::Receiver<Command>,
+    /// Dropped (however the shard ends, panics included), it answers what is still queued.
+    pub rx: QueueReceiver,
     pub stats: Arc<ShardStats>,
     pub options: ShardOptions,
     /// Partitions to open before serving anything.
@@ -142,7 +144,7 @@ where
 
     let shutdown_reply = loop {
         let deadline = next_sync.map_or(next_maintenance, |s| s.min(next_maintenance));
-        match runtime.recv(&rx, deadline).await {
+        match runtime.recv(rx.channel(), deadline).await {
             Received::Closed => break None,
             Received::Timeout => {}
             Received::Command(first) => {
@@ -168,11 +170,10 @@ where
         }
     };
 
+    // Whatever raced in behind the shutdown is refused, not dropped silently; the gate closes
+    // first, so nothing can slip in after this drain.
+    rx.close_and_refuse(|| Error::ShuttingDown);
     let closed = shard.close_all().await;
-    // Whatever raced in behind the shutdown is refused, not dropped silently.
-    while let Ok(cmd) = rx.try_recv() {
-        cmd.refuse(|| Error::ShuttingDown);
-    }
     match shutdown_reply {
         Some(reply) => {
             if reply.send(closed).is_err() {
@@ -209,7 +210,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
     async fn serve_group(
         &mut self,
         first: Command,
-        rx: &flume::Receiver<Command>,
+        rx: &QueueReceiver,
     ) -> Option<Reply<()>> {
         self.stats.queue_depth.store(rx.len() as u64, Relaxed);
         let mut pending = Vec::new();
@@ -256,7 +257,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
             {
                 break;
             }
-            next = rx.try_recv().ok();
+            next = rx.try_recv();
         }
         self.flush(pending).await;
         None
@@ -460,19 +461,26 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
         }
     }
 
-    /// Opens partitions; on a failure closes the ones this call opened and reports it.
+    /// Opens partitions; on a failure closes the ones this call opened and reports it. A
+    /// partition already open here is refused (the open log is left as it is): the bridge
+    /// got out of step, and answering beats taking the shard's other partitions down.
     async fn open(&mut self, partitions: Vec<OpenPartition>) -> Result<()> {
         let mut opened: Vec<Key> = Vec::new();
         for open in partitions {
             let key = (open.topic.clone(), open.partition);
-            assert!(
-                !self.partitions.contains_key(&key),
-                "shard {} asked to open {}/{} twice",
-                self.id,
-                key.0,
-                key.1
-            );
-            match Log::open(self.engine.clone(), &open.dir, self.options.log.clone()).await {
+            let opening = if self.partitions.contains_key(&key) {
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "asked to open a partition twice");
+                Err(Error::AlreadyOpen {
+                    topic: key.0.to_string(),
+                    partition: key.1,
+                    shard: self.id,
+                })
+            } else {
+                Log::open(self.engine.clone(), &open.dir, self.options.log.clone())
+                    .await
+                    .map_err(|e| Error::storage(&open.topic, open.partition, e))
+            };
+            match opening {
                 Ok((log, _report)) => {
                     let p = Partition {
                         log,
@@ -491,7 +499,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                             tracing::error!(error = %close_err, "closing a log after a failed open");
                         }
                     }
-                    return Err(Error::storage(&open.topic, open.partition, e));
+                    return Err(e);
                 }
             }
         }
@@ -585,6 +593,7 @@ mod tests {
 
     use super::*;
     use crate::shard::executor::BlockingRuntime;
+    use crate::shard::queue::{QueueSender, queue};
     use crate::storage::PortableEngine;
     use crate::storage::faulty::FaultyEngine;
 
@@ -595,11 +604,11 @@ mod tests {
     }
 
     fn append(
-        tx: &flume::Sender<Command>,
+        tx: &QueueSender,
         value: &str,
     ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = tokio::sync::oneshot::channel();
-        tx.send(Command::Append {
+        tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
             records: vec![Record {
@@ -607,8 +616,7 @@ mod tests {
                 ..Record::default()
             }],
             reply,
-        })
-        .unwrap();
+        });
         ack
     }
 
@@ -617,7 +625,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_its_whole_group_and_poisons_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = flume::bounded(16);
+        let (tx, rx) = queue(0, 16);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (hw_tx, hw_rx) = watch::channel(0);
         let mut options = ShardOptions::new(dir.path());
@@ -660,7 +668,7 @@ mod tests {
             "a poisoned log refuses appends: {later}"
         );
         let (reply, done) = tokio::sync::oneshot::channel();
-        tx.send(Command::Shutdown { reply }).unwrap();
+        tx.send_blocking(Command::Shutdown { reply });
         futures::executor::block_on(done).unwrap().ok();
         thread.join().unwrap();
     }
