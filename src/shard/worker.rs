@@ -9,7 +9,8 @@
 //!
 //! Invariants: within a group, appends are applied in arrival order, so acks of a partition
 //! go out in offset order; every append in a group gets exactly one reply, and a failed sync
-//! fails every append it covered. Anything that changes a log other than an append (truncate,
+//! fails every append it covered that is not already below the high watermark (a roll
+//! mid-group seals, and so commits, the appends before it). Anything that changes a log other than an append (truncate,
 //! open, close, shutdown) first flushes the group before it, so it never sees unflushed data.
 //! Reads never wait for a flush: they see only what is below the high watermark.
 //!
@@ -292,9 +293,11 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
         if pending.is_empty() {
             return;
         }
-        let mut outcomes: Vec<(Key, std::result::Result<(), Arc<storage::Error>>)> = Vec::new();
+        // Per touched partition: the flush's outcome and the log's high watermark after it.
+        let mut outcomes: Vec<(Key, std::result::Result<(), Arc<storage::Error>>, u64)> =
+            Vec::new();
         for item in &pending {
-            if outcomes.iter().any(|(k, _)| *k == item.key) {
+            if outcomes.iter().any(|(k, _, _)| *k == item.key) {
                 continue;
             }
             let p = self
@@ -332,18 +335,35 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                 },
             };
             p.publish();
-            outcomes.push((item.key.clone(), outcome.map_err(Arc::new)));
+            let high_watermark = p.log.high_watermark();
+            outcomes.push((item.key.clone(), outcome.map_err(Arc::new), high_watermark));
         }
         ShardStats::add(&self.stats.flushes, 1);
         self.stats
             .fsyncs
             .store(self.engine.fdatasync_count(), Relaxed);
         for item in pending {
-            let (_, outcome) = outcomes
+            let (_, outcome, high_watermark) = outcomes
                 .iter()
-                .find(|(k, _)| *k == item.key)
+                .find(|(k, _, _)| *k == item.key)
                 .expect("every touched partition has an outcome");
+            // A roll inside the group seals (syncs) the segment and moves the high watermark
+            // past the appends before it: those are durable and readable whatever failed
+            // after, so they are acknowledged, not failed.
+            let committed = item.base_offset + u64::from(item.count) <= *high_watermark;
             let result = match outcome {
+                Ok(()) => {
+                    assert!(
+                        committed,
+                        "append {}..+{} of {}/{} flushed but above the high watermark {high_watermark}",
+                        item.base_offset, item.count, item.key.0, item.key.1
+                    );
+                    Ok(())
+                }
+                Err(_) if committed => Ok(()),
+                Err(e) => Err(e),
+            };
+            let result = match result {
                 Ok(()) => {
                     ShardStats::add(&self.stats.appends, 1);
                     ShardStats::add(&self.stats.records, u64::from(item.count));
@@ -596,6 +616,7 @@ mod tests {
     use crate::shard::queue::{QueueSender, queue};
     use crate::storage::PortableEngine;
     use crate::storage::faulty::FaultyEngine;
+    use crate::storage::format;
 
     impl FdatasyncCounter for FaultyEngine<PortableEngine> {
         fn fdatasync_count(&self) -> u64 {
@@ -671,5 +692,68 @@ mod tests {
         tx.send_blocking(Command::Shutdown { reply });
         futures::executor::block_on(done).unwrap().ok();
         thread.join().unwrap();
+    }
+
+    /// Regression: a roll inside a group seals (syncs) the segment and moves the high
+    /// watermark past the group's earlier appends; when a later write or the group's sync
+    /// then failed, those durable, readable appends were reported failed too. Now an append
+    /// is acknowledged exactly when it is below the high watermark, wherever the fault hits.
+    #[test]
+    fn appends_committed_by_a_roll_mid_group_are_acked_though_the_group_fails() {
+        let mut mixed = 0;
+        for crash_at in 1..=12 {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = queue(0, 16);
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (hw_tx, hw_rx) = watch::channel(0);
+            let mut options = ShardOptions::new(dir.path());
+            options.shard_count = 1;
+            // One batch of one small record per segment: every append after the first rolls.
+            options.log.record_bytes_max = 64;
+            options.log.batch_bytes_max = 64 + format::BATCH_HEADER_LEN as u64;
+            options.log.segment_bytes_max = options.log.batch_bytes_max;
+            let acks: Vec<_> = ["a", "b", "c", "d"].iter().map(|v| append(&tx, v)).collect();
+            let ctx = ShardContext {
+                id: 0,
+                rx,
+                stats: Arc::new(ShardStats::default()),
+                options,
+                initial: vec![OpenPartition {
+                    topic: Arc::from("t"),
+                    partition: 0,
+                    dir: dir.path().join("t").join("0"),
+                    high_watermark: hw_tx,
+                }],
+                ready: ready_tx,
+            };
+            let thread = std::thread::spawn(move || {
+                let engine = FaultyEngine::new(PortableEngine::new());
+                engine.crash_after(crash_at);
+                futures::executor::block_on(run(engine, BlockingRuntime, ctx));
+            });
+            ready_rx.recv().unwrap().unwrap();
+            let results: Vec<Result<AppendAck>> = acks
+                .into_iter()
+                .map(|ack| futures::executor::block_on(ack).unwrap())
+                .collect();
+            let high_watermark = *hw_rx.borrow();
+            let acked = results.iter().take_while(|r| r.is_ok()).count();
+            assert!(
+                results[acked..].iter().all(|r| r.is_err()),
+                "crash at {crash_at}: acks are a prefix in offset order: {results:?}"
+            );
+            assert_eq!(
+                acked as u64, high_watermark,
+                "crash at {crash_at}: acknowledged exactly what is readable: {results:?}"
+            );
+            if acked > 0 && acked < results.len() {
+                mixed += 1;
+            }
+            let (reply, done) = tokio::sync::oneshot::channel();
+            tx.send_blocking(Command::Shutdown { reply });
+            futures::executor::block_on(done).unwrap().ok();
+            thread.join().unwrap();
+        }
+        assert!(mixed > 0, "some crash point fails a group after a roll committed part of it");
     }
 }
