@@ -764,6 +764,21 @@ async fn every_error_code_of_the_table() {
         client.describe_topic("new").await.unwrap_err().code(),
         Code::NotFound
     );
+    // Regression: an append naming a partition the auto-create would not make created the
+    // topic and then failed; now it fails first and creates nothing.
+    let status = code(
+        client
+            .append("auto", Some(999), vec![record("", "x")])
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("0..2"), "{}", status.message());
+    assert_eq!(
+        client.describe_topic("auto").await.unwrap_err().code(),
+        Code::NotFound,
+        "a refused first append auto-creates nothing"
+    );
     // UNAUTHENTICATED and PERMISSION_DENIED are covered by the tests above.
 
     // UNAVAILABLE: a follow open during shutdown ends, and the server refuses new calls.

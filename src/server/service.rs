@@ -283,6 +283,18 @@ impl Inner {
         let partitions = match self.shards.partitions_of(&topic) {
             Ok(n) => n,
             Err(shard::Error::UnknownTopic { .. }) if self.config.auto_create_topics => {
+                // Checked against what the auto-create would make, before making it, so that
+                // a request that must fail creates nothing.
+                if let Some(p) = partition
+                    && p >= self.default_partitions
+                {
+                    return Err(shard::Error::UnknownPartition {
+                        topic,
+                        partition: p,
+                        partitions: self.default_partitions,
+                    }
+                    .into());
+                }
                 match self.create_topic(&topic, 0).await {
                     Ok(n) => {
                         tracing::info!(topic, partitions = n, "topic auto-created on first append");
