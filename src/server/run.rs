@@ -9,7 +9,8 @@
 //! `ShardSet::shutdown` drains the shard queues, syncs and closes every partition.
 //!
 //! Accepting connections, bounding them by `server.connections_max` and the TLS handshake
-//! are `listener`'s; tonic is handed finished connections only.
+//! are `listener`'s; tonic is handed finished connections only, and runs at most
+//! `server.streams_per_connection_max` calls on each.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -239,7 +240,10 @@ pub async fn start(config: Config) -> Result<Running> {
         .max_encoding_message_size(encode_max);
 
     // No `tls_config` here: the listener performs the handshakes.
+    // Bounds the calls one connection runs at once; see `server.streams_per_connection_max`
+    // for the memory this bounds.
     let router = Server::builder()
+        .max_concurrent_streams(Some(config.server.streams_per_connection_max))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(log_server);
