@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-storage bench-shards bench-instrumentation clean init gencert run
+.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation clean init gencert run
 
 build:
 	$(CARGO) build --release
@@ -18,7 +18,22 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-bench: bench-storage bench-shards bench-instrumentation
+## End-to-end benchmark (walrs bench): in-process server on a temp dir, mutual TLS,
+## 4 producers x 4 partitions, batches of 100 x 1 KiB, 2 consumers, 10 s, with the raw
+## disk and raw RPC baselines; results in target/bench.{json,hgrm,svg}.
+bench:
+	$(CARGO) build --release
+	./target/release/walrs bench --producers 4 --partitions 4 --batch-records 100 \
+		--consumers 2 --duration 10 --json target/bench.json --hgrm target/bench.hgrm \
+		--svg target/bench.svg
+
+## The four scenarios of BENCHMARKS.md's end-to-end section, into target/bench-runs/.
+bench-scenarios:
+	$(CARGO) build --release
+	bash benches/walrs-bench-scenarios.sh
+
+## Every benchmark: end-to-end, storage (criterion), shards and instrumentation.
+bench-all: bench bench-storage bench-shards bench-instrumentation
 
 bench-storage:
 	$(CARGO) bench --bench storage

@@ -3,7 +3,9 @@
 //! Layers, bottom up: `storage` (one partition's log on disk, two I/O engines), `shard`
 //! (thread-per-core owners of partitions, group commit, the bridge from tokio), `server`
 //! (gRPC, TLS, ACL). `observability` (metrics, health, request spans, logging) serves
-//! all three. `config`, `certs` and `client` serve the `walrs` command.
+//! all three. `config`, `certs` and `client` serve the `walrs` command; `bench` is its
+//! end-to-end load and latency benchmark.
+pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod config;

@@ -1,5 +1,6 @@
 //! The `walrs` command: the server (`serve`), development certificates (`certs`), and a
-//! small client for every RPC (`produce`, `consume`, `topic`, `truncate`).
+//! small client for every RPC (`produce`, `consume`, `topic`, `truncate`), and the load and
+//! latency benchmark (`bench`, implemented in `walrs::bench`).
 //!
 //! This file owns argument parsing and printing (logging is set up by
 //! `walrs::observability::init_logging`); it never implements
@@ -46,6 +47,9 @@ enum Command {
     Topic(TopicArgs),
     /// Drop a partition's records below an offset (whole segments; a WAL checkpoint).
     Truncate(TruncateArgs),
+    /// Load and latency benchmark: an in-process server (or --addr) driven over gRPC, with
+    /// raw disk and raw RPC baselines measured in the same run.
+    Bench(Box<walrs::bench::BenchOptions>),
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,
         Command::Topic(args) => topic(args.command).await,
+        Command::Bench(options) => bench(&options).await,
         Command::Truncate(args) => {
             let client = args.connection.connect().await?;
             let response = client
@@ -409,6 +414,13 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         )?;
     }
     reader.await??;
+    Ok(())
+}
+
+async fn bench(options: &walrs::bench::BenchOptions) -> anyhow::Result<()> {
+    let outcome = walrs::bench::run(options).await?;
+    outcome.report.write_table(&mut std::io::stdout().lock())?;
+    outcome.write_files(options)?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ pub mod tls;
 
 pub use errors::{Error, Result};
 pub use listener::PeerInfo;
-#[cfg(test)]
+/// Also the raw-RPC baseline's listener (`bench`), so it serves over the same TLS path.
 pub(crate) use listener::incoming;
 pub use run::{DRAIN_GRACE, Running, log_config, run, shard_options, shutdown_signal, start};
 pub use service::LogService;

@@ -87,6 +87,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
 /// A running server.
 pub struct Running {
     local_addr: SocketAddr,
+    shards: ShardSet,
     metrics_addr: Option<SocketAddr>,
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
@@ -97,6 +98,12 @@ impl Running {
     /// The address the server listens on (the real port when the config said `:0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The shards behind the server, for their counters (`stats`, `total_stats`) and
+    /// engine name; an in-process benchmark reads them.
+    pub fn shards(&self) -> &ShardSet {
+        &self.shards
     }
 
     /// The address of `/metrics` and `/health` (the real port when `[metrics] listen` said
@@ -227,6 +234,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let (draining_tx, draining_rx) = watch::channel(false);
     let in_flight = Arc::new(InFlight::default());
+    let running_shards = shards.clone();
     let service = LogService::new(
         shards.clone(),
         config.clone(),
@@ -313,6 +321,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
     Ok(Running {
         local_addr,
+        shards: running_shards,
         metrics_addr,
         stats,
         stop: Some(stop_tx),

@@ -371,8 +371,16 @@ impl UringFile {
         let Some((position, len, write)) = self.inflight.borrow_mut().pop_front() else {
             return Ok(());
         };
+        // If this wait is dropped mid-flight the write is cancelled with it: the file stays
+        // poisoned, as after any abandoned disk operation.
+        *self.write_error.borrow_mut() = Some(format!(
+            "write of {len} bytes at position {position} abandoned mid-flight"
+        ));
         let failure = match write.await {
-            Ok(written) if written == len => return Ok(()),
+            Ok(written) if written == len => {
+                *self.write_error.borrow_mut() = None;
+                return Ok(());
+            }
             Ok(written) => format!("short write: {written} of {len} bytes at position {position}"),
             Err(e) => format!("write of {len} bytes at position {position} failed: {e}"),
         };
@@ -387,7 +395,17 @@ impl UringFile {
 
     /// Waits for every in-flight write.
     async fn wait_writes(&self) -> io::Result<()> {
-        while !self.inflight.borrow().is_empty() {
+        self.wait_writes_below(u64::MAX).await
+    }
+
+    /// Waits for the in-flight writes that start below `end` (they are in position order).
+    async fn wait_writes_below(&self, end: u64) -> io::Result<()> {
+        while self
+            .inflight
+            .borrow()
+            .front()
+            .is_some_and(|(position, _, _)| *position < end)
+        {
             self.wait_oldest_write().await?;
         }
         Ok(())
@@ -403,10 +421,9 @@ impl UringFile {
         }
         let whole = used - used % self.align;
         let write_len = used.next_multiple_of(self.align);
-        // The kept partial block gets a full-capacity buffer: after a write the file is
-        // usually appended to again.
-        let next =
-            (whole < used).then(|| self.new_tail(&self.tail_bytes()[whole..], self.tail_capacity));
+        // The kept partial block gets a one-block buffer: a sealed segment must not hold a
+        // full tail buffer for the rest of its life; the next append grows it again.
+        let next = (whole < used).then(|| self.new_tail(&self.tail_bytes()[whole..], self.align));
         let mut buf = self.tail.take().expect("a non-empty tail has a buffer");
         buf.as_bytes_mut()[used..write_len].fill(0);
         buf.trim_to_size(write_len);
@@ -510,7 +527,7 @@ impl StoreFile for UringFile {
         let mut out = Vec::with_capacity(len_bytes);
         if position < self.tail_start {
             // Bytes below `tail_start` may still be on their way to the disk.
-            self.wait_writes().await?;
+            self.wait_writes_below(end).await?;
             // Below `tail_start` the file holds exactly the logical bytes.
             let disk_len = (end.min(self.tail_start) - position) as usize;
             let bytes = self.file.read_at(position, disk_len).await?;

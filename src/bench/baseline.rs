@@ -1,0 +1,366 @@
+//! Baselines measured in the same run, so every figure can be read as a ratio to a
+//! ceiling measured minutes (not days) apart, on the same disk and the same TLS set-up:
+//!
+//! - `disk_fdatasync`: one thread writing the run's batch (the same encoded bytes the log
+//!   stores) sequentially to a file in the run's directory, `fdatasync` after every write;
+//! - `disk_odirect`: the same with `O_DIRECT` (no page cache; each write padded to 4 KiB)
+//!   and `fdatasync` per write: the durable path the io_uring engine takes;
+//! - `rpc`: the run's producers against an in-process `walrs.v1.Log` service that drops
+//!   every append and acks at once, over the same TLS: the ceiling of the gRPC layer.
+//!
+//! Never: run while the server under test is running (they share the disk and the cores).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+use super::Error;
+use super::latency::{self, Percentiles};
+use crate::proto::v1::log_server::{Log, LogServer};
+use crate::proto::v1::{
+    AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
+    DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest,
+    ListTopicsResponse, ReadRequest, ReadResponse, TruncateRequest, TruncateResponse,
+};
+use crate::storage;
+
+/// Connections the raw-RPC baseline accepts at once (one per producer).
+const CONNECTIONS_MAX: usize = 4096;
+/// Alignment and padding of O_DIRECT writes.
+const DIRECT_ALIGN: usize = 4096;
+
+/// One baseline's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    /// What was measured, in words.
+    pub what: String,
+    pub seconds: f64,
+    /// Writes (disk) or append requests (RPC) completed.
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub records_per_s: f64,
+    /// Payload MB/s (record values only, 10^6 bytes), comparable with `append.mb_per_s`.
+    pub mb_per_s: f64,
+    pub latency_us: Option<Percentiles>,
+    #[serde(skip)]
+    pub histogram: Option<Histogram<u64>>,
+}
+
+impl Baseline {
+    /// Two measurements of the same thing (taken before and after the load) as one.
+    pub fn merge(self, other: Baseline) -> Baseline {
+        let seconds = self.seconds + other.seconds;
+        let ops = self.ops + other.ops;
+        let records = self.records_per_s * self.seconds + other.records_per_s * other.seconds;
+        let mb = self.mb_per_s * self.seconds + other.mb_per_s * other.seconds;
+        let histogram = match (self.histogram, other.histogram) {
+            (Some(mut a), Some(b)) => {
+                a.add(&b).expect("same histogram bounds");
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+        Baseline {
+            what: format!("{}; half before the load, half after", self.what),
+            seconds,
+            ops,
+            ops_per_s: ops as f64 / seconds,
+            records_per_s: records / seconds,
+            mb_per_s: mb / seconds,
+            latency_us: histogram.as_ref().and_then(Percentiles::of),
+            histogram,
+        }
+    }
+}
+
+/// The shape of the batch every baseline writes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchShape {
+    pub records: usize,
+    pub record_bytes: usize,
+}
+
+impl BatchShape {
+    fn payload_bytes(&self) -> u64 {
+        (self.records * self.record_bytes) as u64
+    }
+
+    /// The batch as the log stores it.
+    fn encoded(&self) -> Vec<u8> {
+        let records: Vec<storage::Record> = (0..self.records)
+            .map(|i| storage::Record {
+                value: vec![i as u8; self.record_bytes],
+                ..storage::Record::default()
+            })
+            .collect();
+        storage::format::encode_batch(0, 0, 0, &records)
+    }
+}
+
+fn io_error(what: &'static str) -> impl Fn(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+fn finish(
+    what: String,
+    shape: BatchShape,
+    ops: u64,
+    elapsed: Duration,
+    h: Histogram<u64>,
+) -> Baseline {
+    let seconds = elapsed.as_secs_f64();
+    Baseline {
+        what,
+        seconds,
+        ops,
+        ops_per_s: ops as f64 / seconds,
+        records_per_s: (ops * shape.records as u64) as f64 / seconds,
+        mb_per_s: (ops * shape.payload_bytes()) as f64 / seconds / 1e6,
+        latency_us: Percentiles::of(&h),
+        histogram: Some(h),
+    }
+}
+
+/// Buffered `write` + `fdatasync` of the batch, repeated for `duration` (blocking).
+pub fn disk_fdatasync(
+    dir: &Path,
+    shape: BatchShape,
+    duration: Duration,
+) -> Result<Baseline, Error> {
+    let bytes = shape.encoded();
+    let path = dir.join("baseline-fdatasync");
+    let file = File::create(&path).map_err(io_error("creating the fdatasync baseline file"))?;
+    let mut h = latency::histogram();
+    let mut position = 0u64;
+    let mut ops = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let t = Instant::now();
+        file.write_all_at(&bytes, position)
+            .map_err(io_error("writing the fdatasync baseline"))?;
+        file.sync_data()
+            .map_err(io_error("fdatasync of the baseline file"))?;
+        latency::record(&mut h, t.elapsed());
+        position += bytes.len() as u64;
+        ops += 1;
+    }
+    let elapsed = started.elapsed();
+    std::fs::remove_file(&path).map_err(io_error("removing the fdatasync baseline file"))?;
+    Ok(finish(
+        format!("write {} B + fdatasync per batch, one thread", bytes.len()),
+        shape,
+        ops,
+        elapsed,
+        h,
+    ))
+}
+
+/// `O_DIRECT` write (padded to 4 KiB) + `fdatasync` of the batch, repeated for `duration`
+/// (blocking). `None` when the file system refuses O_DIRECT (tmpfs).
+pub fn disk_odirect(
+    dir: &Path,
+    shape: BatchShape,
+    duration: Duration,
+) -> Result<Option<Baseline>, Error> {
+    let encoded = shape.encoded();
+    let padded_len = encoded.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    // An aligned buffer: over-allocate and start at the first aligned byte.
+    let mut backing = vec![0u8; padded_len + DIRECT_ALIGN];
+    let skip = backing.as_ptr().align_offset(DIRECT_ALIGN);
+    let buffer = &mut backing[skip..skip + padded_len];
+    buffer[..encoded.len()].copy_from_slice(&encoded);
+    let path = dir.join("baseline-odirect");
+    let file = match OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(io_error("opening the O_DIRECT baseline file")(e)),
+    };
+    let mut h = latency::histogram();
+    let mut position = 0u64;
+    let mut ops = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let t = Instant::now();
+        file.write_all_at(buffer, position)
+            .map_err(io_error("writing the O_DIRECT baseline"))?;
+        file.sync_data()
+            .map_err(io_error("fdatasync of the O_DIRECT baseline file"))?;
+        latency::record(&mut h, t.elapsed());
+        position += padded_len as u64;
+        ops += 1;
+    }
+    let elapsed = started.elapsed();
+    std::fs::remove_file(&path).map_err(io_error("removing the O_DIRECT baseline file"))?;
+    Ok(Some(finish(
+        format!("O_DIRECT write {padded_len} B + fdatasync per batch, one thread"),
+        shape,
+        ops,
+        elapsed,
+        h,
+    )))
+}
+
+/// A `walrs.v1.Log` that acknowledges every append without storing it and refuses the
+/// rest: the gRPC + TLS layer with nothing behind it.
+pub struct DropLog;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn ack_of(request: &AppendRequest) -> AppendResponse {
+    AppendResponse {
+        partition: request.partition.unwrap_or(0),
+        base_offset: 0,
+        count: request.records.len() as u32,
+        correlation_id: request.correlation_id,
+    }
+}
+
+fn dropped(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc}: the raw-RPC baseline only takes appends"))
+}
+
+#[tonic::async_trait]
+impl Log for DropLog {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        Ok(Response::new(ack_of(request.get_ref())))
+    }
+
+    type AppendStreamStream = BoxStream<AppendResponse>;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let acks = request.into_inner().map(|r| r.map(|r| ack_of(&r)));
+        Ok(Response::new(Box::pin(acks)))
+    }
+
+    async fn read(&self, _: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        Err(dropped("Read"))
+    }
+
+    type ReadStreamStream = BoxStream<ReadResponse>;
+
+    async fn read_stream(
+        &self,
+        _: Request<ReadRequest>,
+    ) -> Result<Response<Self::ReadStreamStream>, Status> {
+        Err(dropped("ReadStream"))
+    }
+
+    async fn truncate(
+        &self,
+        _: Request<TruncateRequest>,
+    ) -> Result<Response<TruncateResponse>, Status> {
+        Err(dropped("Truncate"))
+    }
+
+    async fn create_topic(
+        &self,
+        _: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        Err(dropped("CreateTopic"))
+    }
+
+    async fn delete_topic(
+        &self,
+        _: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        Err(dropped("DeleteTopic"))
+    }
+
+    async fn list_topics(
+        &self,
+        _: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        Err(dropped("ListTopics"))
+    }
+
+    async fn describe_topic(
+        &self,
+        _: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        Err(dropped("DescribeTopic"))
+    }
+}
+
+/// A running [`DropLog`] server on loopback; dropping it stops the server.
+pub struct DropServer {
+    pub addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves [`DropLog`] on 127.0.0.1:0, with `tls` as the real server would.
+pub async fn serve_drop_log(tls: Option<&crate::config::TlsConfig>) -> Result<DropServer, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io_error("binding the raw-RPC baseline"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_error("binding the raw-RPC baseline"))?;
+    let tls = match tls {
+        Some(tls) => Some(crate::server::tls::server_config(tls).map_err(Error::Tls)?),
+        None => None,
+    };
+    let service = LogServer::new(DropLog)
+        .max_decoding_message_size(crate::client::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::client::MESSAGE_BYTES_MAX);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The real server's listener: the same TLS handshake path and TCP settings.
+    let incoming =
+        crate::server::incoming(listener, tls, CONNECTIONS_MAX, Default::default(), async {
+            let _stop_or_drop = stopped.await;
+        });
+    let serve = Server::builder()
+        .add_service(service)
+        .serve_with_incoming(incoming);
+    tokio::spawn(async move {
+        if let Err(e) = serve.await {
+            tracing::warn!(error = %e, "raw-RPC baseline server failed");
+        }
+    });
+    Ok(DropServer { addr, _stop: stop })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_baselines_write_and_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = BatchShape {
+            records: 2,
+            record_bytes: 100,
+        };
+        let b = disk_fdatasync(dir.path(), shape, Duration::from_millis(50)).unwrap();
+        assert!(b.ops > 0 && b.mb_per_s > 0.0, "{b:?}");
+        assert_eq!(b.latency_us.unwrap().count, b.ops);
+        let merged = b.clone().merge(b.clone());
+        assert_eq!(merged.ops, 2 * b.ops);
+        assert!((merged.mb_per_s - b.mb_per_s).abs() < 1e-6 * b.mb_per_s);
+        assert_eq!(merged.latency_us.unwrap().count, 2 * b.ops);
+        if let Some(b) = disk_odirect(dir.path(), shape, Duration::from_millis(50)).unwrap() {
+            assert!(b.ops > 0, "{b:?}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
