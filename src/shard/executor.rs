@@ -13,9 +13,9 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::queue::Queued;
 use super::error::{Error, Result};
 use super::options::EngineChoice;
+use super::queue::Queued;
 use super::worker::{self, LoopRuntime, Received, ShardContext};
 #[cfg(target_os = "linux")]
 use crate::storage::Engine;
@@ -364,8 +364,8 @@ mod tests {
 
     use super::*;
     use crate::shard::command::{Command, OpenPartition};
-    use crate::shard::queue::{QueueSender, queue};
     use crate::shard::options::ShardOptions;
+    use crate::shard::queue::{QueueSender, queue};
     use crate::shard::stats::ShardStats;
     use crate::storage::Record;
 

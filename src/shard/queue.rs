@@ -67,7 +67,10 @@ pub(crate) struct QueueReceiver {
 
 /// A queue of `capacity` commands for shard `shard`.
 pub(crate) fn queue(shard: usize, capacity: usize) -> (QueueSender, QueueReceiver) {
-    assert!(capacity > 0, "shard {shard} queue capacity must be positive");
+    assert!(
+        capacity > 0,
+        "shard {shard} queue capacity must be positive"
+    );
     let (tx, rx) = flume::bounded(capacity);
     let shared = Arc::new(Shared {
         room: Arc::new(Semaphore::new(capacity)),
@@ -239,7 +242,10 @@ mod tests {
             .send(Command::Shutdown { reply }, Some(Duration::from_millis(5)))
             .await;
         assert!(matches!(full, Err(SendError::Full)));
-        assert!(refused.try_recv().is_err(), "the refused command was dropped");
+        assert!(
+            refused.try_recv().is_err(),
+            "the refused command was dropped"
+        );
         assert_eq!(rx.len(), 2, "the timed-out command was not queued");
         let _first = rx.try_recv().expect("queued");
         let _c = append(&tx);

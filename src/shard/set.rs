@@ -597,7 +597,12 @@ impl ShardSet {
             });
         }
         // Under the admin lock: no other creation can slip in between this count and ours.
-        let topics = self.inner.routes.read().expect("routes lock poisoned").len() as u64;
+        let topics = self
+            .inner
+            .routes
+            .read()
+            .expect("routes lock poisoned")
+            .len() as u64;
         let max = u64::from(self.inner.options.topics_max);
         if topics >= max {
             return Err(Error::TooManyTopics { topics, max });

@@ -208,11 +208,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
     /// Serves `first` and whatever is queued behind it, up to `flush_bytes_max` of append
     /// payload and `queue_depth_max` requests, then flushes. Returns the reply of a
     /// `Shutdown` met on the way (everything before it is served and flushed).
-    async fn serve_group(
-        &mut self,
-        first: Command,
-        rx: &QueueReceiver,
-    ) -> Option<Reply<()>> {
+    async fn serve_group(&mut self, first: Command, rx: &QueueReceiver) -> Option<Reply<()>> {
         self.stats.queue_depth.store(rx.len() as u64, Relaxed);
         let mut pending = Vec::new();
         let mut payload_bytes = 0u64;
@@ -624,10 +620,7 @@ mod tests {
         }
     }
 
-    fn append(
-        tx: &QueueSender,
-        value: &str,
-    ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
+    fn append(tx: &QueueSender, value: &str) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = tokio::sync::oneshot::channel();
         tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
@@ -712,7 +705,10 @@ mod tests {
             options.log.record_bytes_max = 64;
             options.log.batch_bytes_max = 64 + format::BATCH_HEADER_LEN as u64;
             options.log.segment_bytes_max = options.log.batch_bytes_max;
-            let acks: Vec<_> = ["a", "b", "c", "d"].iter().map(|v| append(&tx, v)).collect();
+            let acks: Vec<_> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|v| append(&tx, v))
+                .collect();
             let ctx = ShardContext {
                 id: 0,
                 rx,
@@ -754,6 +750,9 @@ mod tests {
             futures::executor::block_on(done).unwrap().ok();
             thread.join().unwrap();
         }
-        assert!(mixed > 0, "some crash point fails a group after a roll committed part of it");
+        assert!(
+            mixed > 0,
+            "some crash point fails a group after a roll committed part of it"
+        );
     }
 }
