@@ -236,6 +236,10 @@ pub struct ServerConfig {
     pub partitions_per_topic_max: u32,
     /// Concurrent client connections.
     pub connections_max: u32,
+    /// Concurrent HTTP/2 streams (calls) per connection. Each stream may be decoding one
+    /// request of up to `2 × storage.batch_bytes_max`, so buffered requests take at worst
+    /// `connections_max × streams_per_connection_max × 2 × storage.batch_bytes_max`.
+    pub streams_per_connection_max: u32,
     /// Longest topic name; names match `[a-zA-Z0-9._-]+`.
     pub topic_name_bytes_max: u32,
 }
@@ -250,6 +254,7 @@ impl Default for ServerConfig {
             topics_max: 10_000,
             partitions_per_topic_max: 1024,
             connections_max: 1024,
+            streams_per_connection_max: 128,
             topic_name_bytes_max: TOPIC_NAME_BYTES_LIMIT,
         }
     }
@@ -628,6 +633,13 @@ impl ServerConfig {
             " connections",
         )?;
         check_range(
+            "server.streams_per_connection_max",
+            self.streams_per_connection_max,
+            1,
+            1 << 16,
+            " streams",
+        )?;
+        check_range(
             "server.topic_name_bytes_max",
             self.topic_name_bytes_max,
             1,
@@ -872,6 +884,14 @@ mod tests {
                 "server.partitions_per_topic_max",
             ),
             ("[server]\nconnections_max = 0", "server.connections_max"),
+            (
+                "[server]\nstreams_per_connection_max = 0",
+                "server.streams_per_connection_max",
+            ),
+            (
+                "[server]\nstreams_per_connection_max = 65537",
+                "server.streams_per_connection_max",
+            ),
             (
                 "[server]\ntopic_name_bytes_max = 250",
                 "server.topic_name_bytes_max",

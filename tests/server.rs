@@ -322,6 +322,36 @@ async fn read_stream_follow_receives_later_appends() {
     );
 }
 
+/// Regression: one connection could open unboundedly many HTTP/2 streams; now a call past
+/// `server.streams_per_connection_max` waits until one of the connection's calls ends.
+#[tokio::test]
+async fn a_call_past_streams_per_connection_max_waits_until_one_ends() {
+    let server = TestServer::start_with(|c| c.server.streams_per_connection_max = 1).await;
+    // One client is one HTTP/2 connection.
+    let client = server.client("root").await;
+    client.create_topic("s", 1).await.unwrap();
+    let mut follow = client
+        .read_stream("s", 0, 0, ReadOptions::default(), true)
+        .await
+        .unwrap();
+    let _caught_up = follow.next().await.unwrap().unwrap();
+    let second = client.list_topics();
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "a second concurrent call on the connection waits"
+    );
+    drop(follow);
+    let listed = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the call runs once the stream ended")
+        .unwrap();
+    assert_eq!(listed.topics.len(), 1);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn append_stream_echoes_every_correlation_id_once() {
     let server = TestServer::start().await;
@@ -763,6 +793,21 @@ async fn every_error_code_of_the_table() {
     assert_eq!(
         client.describe_topic("new").await.unwrap_err().code(),
         Code::NotFound
+    );
+    // Regression: an append naming a partition the auto-create would not make created the
+    // topic and then failed; now it fails first and creates nothing.
+    let status = code(
+        client
+            .append("auto", Some(999), vec![record("", "x")])
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("0..2"), "{}", status.message());
+    assert_eq!(
+        client.describe_topic("auto").await.unwrap_err().code(),
+        Code::NotFound,
+        "a refused first append auto-creates nothing"
     );
     // UNAUTHENTICATED and PERMISSION_DENIED are covered by the tests above.
 

@@ -101,7 +101,7 @@ fn shard_code(err: &shard::Error) -> Code {
     use shard::Error as E;
     match err {
         E::Storage { source, .. } => storage_code(source),
-        E::Overloaded { .. } => Code::ResourceExhausted,
+        E::Overloaded { .. } | E::TooManyTopics { .. } => Code::ResourceExhausted,
         E::UnknownTopic { .. } | E::UnknownPartition { .. } => Code::NotFound,
         E::TopicExists { .. } => Code::AlreadyExists,
         E::ShuttingDown => Code::Unavailable,
@@ -111,6 +111,7 @@ fn shard_code(err: &shard::Error) -> Code {
         | E::Metadata { .. }
         | E::MetadataCorrupt { .. }
         | E::UringUnavailable { .. }
+        | E::AlreadyOpen { .. }
         | E::ShardFailed { .. } => Code::Internal,
     }
 }

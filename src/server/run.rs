@@ -9,7 +9,8 @@
 //! `ShardSet::shutdown` drains the shard queues, syncs and closes every partition.
 //!
 //! Accepting connections, bounding them by `server.connections_max` and the TLS handshake
-//! are `listener`'s; tonic is handed finished connections only.
+//! are `listener`'s; tonic is handed finished connections only, and runs at most
+//! `server.streams_per_connection_max` calls on each.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -78,6 +79,7 @@ pub fn shard_options(config: &Config) -> ShardOptions {
     };
     options.io_memory_bytes = s.io_memory_bytes as usize;
     options.partitions_max = config.server.partitions_per_topic_max;
+    options.topics_max = config.server.topics_max;
     options.slow_fsync_ms = s.slow_fsync_ms;
     options
 }
@@ -246,7 +248,10 @@ pub async fn start(config: Config) -> Result<Running> {
         .max_encoding_message_size(encode_max);
 
     // No `tls_config` here: the listener performs the handshakes.
+    // Bounds the calls one connection runs at once; see `server.streams_per_connection_max`
+    // for the memory this bounds.
     let router = Server::builder()
+        .max_concurrent_streams(Some(config.server.streams_per_connection_max))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(log_server);

@@ -213,19 +213,19 @@ impl Inner {
         } else {
             partitions
         };
-        let topics = self.shards.list_topics().len() as u64;
-        let topics_max = u64::from(self.config.server.topics_max);
-        if topics >= topics_max {
-            return Err(Error::OverLimit {
+        // `topics_max` is checked by the shard set under its admin lock (passed in its
+        // options), so concurrent creations cannot pass it.
+        match self.shards.create_topic(topic, partitions).await {
+            Ok(()) => Ok(partitions),
+            Err(shard::Error::TooManyTopics { topics, max }) => Err(Error::OverLimit {
                 what: "the number of topics",
                 value: topics,
                 key: "server.topics_max",
-                max: topics_max,
+                max,
                 hint: "delete a topic first",
-            });
+            }),
+            Err(e) => Err(e.into()),
         }
-        self.shards.create_topic(topic, partitions).await?;
-        Ok(partitions)
     }
 
     /// Validates, authorizes and performs one append.
@@ -283,6 +283,18 @@ impl Inner {
         let partitions = match self.shards.partitions_of(&topic) {
             Ok(n) => n,
             Err(shard::Error::UnknownTopic { .. }) if self.config.auto_create_topics => {
+                // Checked against what the auto-create would make, before making it, so that
+                // a request that must fail creates nothing.
+                if let Some(p) = partition
+                    && p >= self.default_partitions
+                {
+                    return Err(shard::Error::UnknownPartition {
+                        topic,
+                        partition: p,
+                        partitions: self.default_partitions,
+                    }
+                    .into());
+                }
                 match self.create_topic(&topic, 0).await {
                     Ok(n) => {
                         tracing::info!(topic, partitions = n, "topic auto-created on first append");

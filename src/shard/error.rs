@@ -51,6 +51,15 @@ pub enum Error {
     MetadataCorrupt { path: PathBuf, reason: String },
     #[error("the io_uring engine is unavailable: {reason}")]
     UringUnavailable { reason: String },
+    /// A bug upstream: the bridge asked a shard to open a partition it already holds.
+    #[error("partition {topic}/{partition} is already open on shard {shard}")]
+    AlreadyOpen {
+        topic: String,
+        partition: u32,
+        shard: usize,
+    },
+    #[error("too many topics: {topics} exist, the limit is {max}; delete a topic first")]
+    TooManyTopics { topics: u64, max: u64 },
     #[error("shard {shard} failed: {reason}")]
     ShardFailed { shard: usize, reason: String },
 }

@@ -13,9 +13,9 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::command::Command;
 use super::error::{Error, Result};
 use super::options::EngineChoice;
+use super::queue::Queued;
 use super::worker::{self, LoopRuntime, Received, ShardContext};
 #[cfg(target_os = "linux")]
 use crate::storage::Engine;
@@ -286,9 +286,9 @@ fn pin_current_thread(id: usize) {
 pub(crate) struct BlockingRuntime;
 
 impl LoopRuntime for BlockingRuntime {
-    async fn recv(&self, rx: &flume::Receiver<Command>, deadline: Instant) -> Received {
+    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received {
         match rx.recv_deadline(deadline) {
-            Ok(cmd) => Received::Command(cmd),
+            Ok(queued) => Received::Command(queued.into_command()),
             Err(flume::RecvTimeoutError::Timeout) => Received::Timeout,
             Err(flume::RecvTimeoutError::Disconnected) => Received::Closed,
         }
@@ -306,13 +306,13 @@ struct GlommioRuntime;
 
 #[cfg(target_os = "linux")]
 impl LoopRuntime for GlommioRuntime {
-    async fn recv(&self, rx: &flume::Receiver<Command>, deadline: Instant) -> Received {
+    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received {
         use futures::future::{Either, select};
         let wait = deadline.saturating_duration_since(Instant::now());
         let recv = std::pin::pin!(rx.recv_async());
         let timer = std::pin::pin!(glommio::timer::sleep(wait));
         match select(recv, timer).await {
-            Either::Left((Ok(cmd), _)) => Received::Command(cmd),
+            Either::Left((Ok(queued), _)) => Received::Command(queued.into_command()),
             Either::Left((Err(flume::RecvError::Disconnected), _)) => Received::Closed,
             Either::Right(((), _)) => Received::Timeout,
         }
@@ -363,8 +363,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::shard::command::OpenPartition;
+    use crate::shard::command::{Command, OpenPartition};
     use crate::shard::options::ShardOptions;
+    use crate::shard::queue::{QueueSender, queue};
     use crate::shard::stats::ShardStats;
     use crate::storage::Record;
 
@@ -372,11 +373,11 @@ mod tests {
         dir: &std::path::Path,
     ) -> (
         ShardContext,
-        flume::Sender<Command>,
+        QueueSender,
         mpsc::Receiver<Result<()>>,
         tokio::sync::watch::Receiver<u64>,
     ) {
-        let (tx, rx) = flume::bounded(8);
+        let (tx, rx) = queue(0, 8);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (hw_tx, hw_rx) = tokio::sync::watch::channel(0);
         let mut options = ShardOptions::new(dir);
@@ -400,13 +401,13 @@ mod tests {
     /// Drives one append and a shutdown through a started shard.
     fn exercise(
         thread: ShardThread,
-        tx: flume::Sender<Command>,
+        tx: QueueSender,
         ready: mpsc::Receiver<Result<()>>,
         hw: tokio::sync::watch::Receiver<u64>,
     ) {
         wait_ready(0, &ready).unwrap();
         let (reply, ack) = tokio::sync::oneshot::channel();
-        tx.send(Command::Append {
+        tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
             records: vec![Record {
@@ -414,13 +415,12 @@ mod tests {
                 ..Record::default()
             }],
             reply,
-        })
-        .unwrap();
+        });
         let ack = futures::executor::block_on(ack).unwrap().unwrap();
         assert_eq!(ack.base_offset, 0);
         assert_eq!(*hw.borrow(), 1);
         let (reply, done) = tokio::sync::oneshot::channel();
-        tx.send(Command::Shutdown { reply }).unwrap();
+        tx.send_blocking(Command::Shutdown { reply });
         futures::executor::block_on(done).unwrap().unwrap();
         thread.join().unwrap();
     }

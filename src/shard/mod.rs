@@ -3,7 +3,8 @@
 //!
 //! Owns: topic metadata on disk and the topic → partition → shard routing (`topics`), the
 //! shard threads and their executors (`executor`), the per-shard loop with group commit
-//! (`worker`), the messages between bridge and shard (`command`), the counters (`stats`), and
+//! (`worker`), the messages between bridge and shard (`command`) and the bounded queue that
+//! carries them (`queue`), the counters (`stats`), and
 //! the `Send + Sync` front door [`ShardSet`] (`set`).
 //! Must never: know about gRPC or file formats. A partition's `Log` is touched only by the one
 //! shard thread that owns it; state on a shard is `!Send` and unlocked, and the only things
@@ -18,6 +19,7 @@ mod command;
 mod error;
 mod executor;
 mod options;
+mod queue;
 mod set;
 mod stats;
 mod topics;

@@ -62,6 +62,9 @@ pub struct ShardOptions {
     pub maintenance_interval_ms: u64,
     /// Most partitions one topic may have.
     pub partitions_max: u32,
+    /// Most topics the set may hold; checked by `create_topic` under its admin lock, so
+    /// concurrent creations cannot pass it.
+    pub topics_max: u32,
     /// Pin each portable shard thread to one CPU (glommio shards are always pinned).
     pub pin_threads: bool,
     /// Warn when one group-commit `fdatasync` takes longer than this; 0 = never.
@@ -88,6 +91,7 @@ impl ShardOptions {
             io_memory_bytes: 10 << 20,
             maintenance_interval_ms: 5_000,
             partitions_max: 10_000,
+            topics_max: 10_000,
             pin_threads: true,
             slow_fsync_ms: 100,
         }
@@ -144,6 +148,9 @@ impl ShardOptions {
         }
         if self.partitions_max == 0 {
             return fail("partitions_max must be positive".into());
+        }
+        if self.topics_max == 0 {
+            return fail("topics_max must be positive".into());
         }
         Ok(())
     }

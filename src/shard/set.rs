@@ -10,7 +10,8 @@
 //!
 //! Invariants: a route is published only after every partition of the topic is open on its
 //! shard, and withdrawn before any is closed; admin operations (create, delete, shutdown) are
-//! serialized by one async mutex, off the append path.
+//! serialized by one async mutex, off the append path, and each runs in a task of its own to
+//! its end, whether or not its caller is still waiting.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +28,7 @@ use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
 use super::executor::{self, ResolvedEngine, ShardThread};
 use super::options::ShardOptions;
+use super::queue::{self, QueueSender, SendError};
 use super::stats::{ShardStats, ShardStatsSnapshot};
 use super::topics::{self, TopicMeta, validate_topic_name};
 use super::worker::ShardContext;
@@ -123,7 +125,7 @@ struct Inner {
     engine: ResolvedEngine,
     /// Why `engine` was chosen (the configured choice and the io_uring probe's outcome).
     engine_reason: String,
-    senders: Vec<flume::Sender<Command>>,
+    senders: Vec<QueueSender>,
     stats: Vec<Arc<ShardStats>>,
     routes: RwLock<HashMap<Arc<str>, Arc<TopicRoute>>>,
     admin: tokio::sync::Mutex<()>,
@@ -169,6 +171,19 @@ fn plan(
     (Arc::new(TopicRoute { name, partitions }), opens)
 }
 
+/// Runs an admin operation to its end in its own task, so that a caller who goes away (a
+/// cancelled RPC drops its handler future at any await) cannot leave it half done.
+async fn to_completion<T: Send + 'static>(
+    op: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    match tokio::spawn(op).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only the runtime shutting down cancels a spawned task.
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}
+
 /// Runs blocking metadata I/O off the async worker threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
@@ -203,7 +218,7 @@ impl ShardSet {
         let mut readies = Vec::with_capacity(shard_count);
         let mut failure = None;
         for (id, initial) in initial.into_iter().enumerate() {
-            let (tx, rx) = flume::bounded(options.queue_depth_max);
+            let (tx, rx) = queue::queue(id, options.queue_depth_max);
             let (ready_tx, ready_rx) = mpsc::channel();
             let shard_stats = Arc::new(ShardStats::default());
             let ctx = ShardContext {
@@ -334,23 +349,18 @@ impl ShardSet {
         Ok((route.name.clone(), p.shard))
     }
 
-    /// Queues a request, waiting at most `enqueue_timeout_ms` for room.
+    /// Queues a request, waiting at most `enqueue_timeout_ms` for room. `Overloaded` means
+    /// nothing was queued: the wait is for room, before the hand-over (see `queue`).
     async fn enqueue(&self, shard: usize, cmd: Command) -> Result<()> {
         let sender = &self.inner.senders[shard];
-        match sender.try_send(cmd) {
+        let wait = Duration::from_millis(self.inner.options.enqueue_timeout_ms);
+        match sender.send(cmd, Some(wait)).await {
             Ok(()) => Ok(()),
-            Err(flume::TrySendError::Disconnected(_)) => Err(self.stopped(shard)),
-            Err(flume::TrySendError::Full(cmd)) => {
-                let wait = Duration::from_millis(self.inner.options.enqueue_timeout_ms);
-                match tokio::time::timeout(wait, sender.send_async(cmd)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(self.stopped(shard)),
-                    Err(_) => {
-                        let queue_depth = sender.len();
-                        observability::shard_overloaded(shard, queue_depth);
-                        Err(Error::Overloaded { shard, queue_depth })
-                    }
-                }
+            Err(SendError::Closed) => Err(self.stopped(shard)),
+            Err(SendError::Full) => {
+                let queue_depth = sender.len();
+                observability::shard_overloaded(shard, queue_depth);
+                Err(Error::Overloaded { shard, queue_depth })
             }
         }
     }
@@ -372,7 +382,7 @@ impl ShardSet {
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.inner.senders[shard]
-            .send_async(make(tx))
+            .send(make(tx), None)
             .await
             .map_err(|_| self.stopped(shard))?;
         rx.await.map_err(|_| self.stopped(shard))?
@@ -565,7 +575,14 @@ impl ShardSet {
     /// # Correctness
     /// `topic.toml` is durable before any partition is opened, and the topic is routable only
     /// once all are open; a failure part-way removes what was made.
+    ///
+    /// Runs to its end even if the caller stops polling it (see `to_completion`).
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        let (this, name) = (self.clone(), name.to_owned());
+        to_completion(async move { this.create_topic_now(&name, partitions).await }).await
+    }
+
+    async fn create_topic_now(&self, name: &str, partitions: u32) -> Result<()> {
         self.check_running()?;
         validate_topic_name(name)?;
         let max = self.inner.options.partitions_max;
@@ -578,6 +595,17 @@ impl ShardSet {
             return Err(Error::TopicExists {
                 topic: name.to_owned(),
             });
+        }
+        // Under the admin lock: no other creation can slip in between this count and ours.
+        let topics = self
+            .inner
+            .routes
+            .read()
+            .expect("routes lock poisoned")
+            .len() as u64;
+        let max = u64::from(self.inner.options.topics_max);
+        if topics >= max {
+            return Err(Error::TooManyTopics { topics, max });
         }
         let meta = TopicMeta::new(name, partitions, self.shard_count());
         let topics_dir = self.inner.topics_dir.clone();
@@ -642,7 +670,14 @@ impl ShardSet {
 
     /// Deletes a topic: it stops being routable, its metadata is removed (the commit point),
     /// then its logs are closed and its directory removed.
+    ///
+    /// Runs to its end even if the caller stops polling it (see `to_completion`).
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let (this, name) = (self.clone(), name.to_owned());
+        to_completion(async move { this.delete_topic_now(&name).await }).await
+    }
+
+    async fn delete_topic_now(&self, name: &str) -> Result<()> {
         self.check_running()?;
         let _admin = self.inner.admin.lock().await;
         self.check_running()?;
@@ -681,8 +716,12 @@ impl ShardSet {
 
     /// Stops accepting requests (new calls get `ShuttingDown`), lets every shard serve what is
     /// already queued, sync and close its logs, and joins the threads. Returns the first
-    /// error met while closing.
+    /// error met while closing. Runs to its end even if the caller stops polling it.
     pub async fn shutdown(self) -> Result<()> {
+        to_completion(self.shutdown_now()).await
+    }
+
+    async fn shutdown_now(self) -> Result<()> {
         if self.inner.shutting_down.swap(true, Ordering::AcqRel) {
             return Ok(());
         }

@@ -9,7 +9,8 @@
 //!
 //! Invariants: within a group, appends are applied in arrival order, so acks of a partition
 //! go out in offset order; every append in a group gets exactly one reply, and a failed sync
-//! fails every append it covered. Anything that changes a log other than an append (truncate,
+//! fails every append it covered that is not already below the high watermark (a roll
+//! mid-group seals, and so commits, the appends before it). Anything that changes a log other than an append (truncate,
 //! open, close, shutdown) first flushes the group before it, so it never sees unflushed data.
 //! Reads never wait for a flush: they see only what is below the high watermark.
 //!
@@ -27,6 +28,7 @@ use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
 use super::executor::FdatasyncCounter;
 use super::options::{Durability, ShardOptions};
+use super::queue::{QueueReceiver, Queued};
 use super::set::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
@@ -44,14 +46,15 @@ pub(crate) enum Received {
 #[allow(async_fn_in_trait)] // Shard loops are single-threaded; no Send bound wanted.
 pub(crate) trait LoopRuntime {
     /// The next command, or `Timeout` at `deadline`.
-    async fn recv(&self, rx: &flume::Receiver<Command>, deadline: Instant) -> Received;
+    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received;
     async fn sleep(&self, duration: Duration);
 }
 
 /// Everything a shard thread is started with.
 pub(crate) struct ShardContext {
     pub id: usize,
-    pub rx: flume::Receiver<Command>,
+    /// Dropped (however the shard ends, panics included), it answers what is still queued.
+    pub rx: QueueReceiver,
     pub stats: Arc<ShardStats>,
     pub options: ShardOptions,
     /// Partitions to open before serving anything.
@@ -142,7 +145,7 @@ where
 
     let shutdown_reply = loop {
         let deadline = next_sync.map_or(next_maintenance, |s| s.min(next_maintenance));
-        match runtime.recv(&rx, deadline).await {
+        match runtime.recv(rx.channel(), deadline).await {
             Received::Closed => break None,
             Received::Timeout => {}
             Received::Command(first) => {
@@ -168,11 +171,10 @@ where
         }
     };
 
+    // Whatever raced in behind the shutdown is refused, not dropped silently; the gate closes
+    // first, so nothing can slip in after this drain.
+    rx.close_and_refuse(|| Error::ShuttingDown);
     let closed = shard.close_all().await;
-    // Whatever raced in behind the shutdown is refused, not dropped silently.
-    while let Ok(cmd) = rx.try_recv() {
-        cmd.refuse(|| Error::ShuttingDown);
-    }
     match shutdown_reply {
         Some(reply) => {
             if reply.send(closed).is_err() {
@@ -206,11 +208,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
     /// Serves `first` and whatever is queued behind it, up to `flush_bytes_max` of append
     /// payload and `queue_depth_max` requests, then flushes. Returns the reply of a
     /// `Shutdown` met on the way (everything before it is served and flushed).
-    async fn serve_group(
-        &mut self,
-        first: Command,
-        rx: &flume::Receiver<Command>,
-    ) -> Option<Reply<()>> {
+    async fn serve_group(&mut self, first: Command, rx: &QueueReceiver) -> Option<Reply<()>> {
         self.stats.queue_depth.store(rx.len() as u64, Relaxed);
         let mut pending = Vec::new();
         let mut payload_bytes = 0u64;
@@ -256,7 +254,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
             {
                 break;
             }
-            next = rx.try_recv().ok();
+            next = rx.try_recv();
         }
         self.flush(pending).await;
         None
@@ -291,9 +289,11 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
         if pending.is_empty() {
             return;
         }
-        let mut outcomes: Vec<(Key, std::result::Result<(), Arc<storage::Error>>)> = Vec::new();
+        // Per touched partition: the flush's outcome and the log's high watermark after it.
+        let mut outcomes: Vec<(Key, std::result::Result<(), Arc<storage::Error>>, u64)> =
+            Vec::new();
         for item in &pending {
-            if outcomes.iter().any(|(k, _)| *k == item.key) {
+            if outcomes.iter().any(|(k, _, _)| *k == item.key) {
                 continue;
             }
             let p = self
@@ -331,18 +331,35 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                 },
             };
             p.publish();
-            outcomes.push((item.key.clone(), outcome.map_err(Arc::new)));
+            let high_watermark = p.log.high_watermark();
+            outcomes.push((item.key.clone(), outcome.map_err(Arc::new), high_watermark));
         }
         ShardStats::add(&self.stats.flushes, 1);
         self.stats
             .fsyncs
             .store(self.engine.fdatasync_count(), Relaxed);
         for item in pending {
-            let (_, outcome) = outcomes
+            let (_, outcome, high_watermark) = outcomes
                 .iter()
-                .find(|(k, _)| *k == item.key)
+                .find(|(k, _, _)| *k == item.key)
                 .expect("every touched partition has an outcome");
+            // A roll inside the group seals (syncs) the segment and moves the high watermark
+            // past the appends before it: those are durable and readable whatever failed
+            // after, so they are acknowledged, not failed.
+            let committed = item.base_offset + u64::from(item.count) <= *high_watermark;
             let result = match outcome {
+                Ok(()) => {
+                    assert!(
+                        committed,
+                        "append {}..+{} of {}/{} flushed but above the high watermark {high_watermark}",
+                        item.base_offset, item.count, item.key.0, item.key.1
+                    );
+                    Ok(())
+                }
+                Err(_) if committed => Ok(()),
+                Err(e) => Err(e),
+            };
+            let result = match result {
                 Ok(()) => {
                     ShardStats::add(&self.stats.appends, 1);
                     ShardStats::add(&self.stats.records, u64::from(item.count));
@@ -460,19 +477,26 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
         }
     }
 
-    /// Opens partitions; on a failure closes the ones this call opened and reports it.
+    /// Opens partitions; on a failure closes the ones this call opened and reports it. A
+    /// partition already open here is refused (the open log is left as it is): the bridge
+    /// got out of step, and answering beats taking the shard's other partitions down.
     async fn open(&mut self, partitions: Vec<OpenPartition>) -> Result<()> {
         let mut opened: Vec<Key> = Vec::new();
         for open in partitions {
             let key = (open.topic.clone(), open.partition);
-            assert!(
-                !self.partitions.contains_key(&key),
-                "shard {} asked to open {}/{} twice",
-                self.id,
-                key.0,
-                key.1
-            );
-            match Log::open(self.engine.clone(), &open.dir, self.options.log.clone()).await {
+            let opening = if self.partitions.contains_key(&key) {
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "asked to open a partition twice");
+                Err(Error::AlreadyOpen {
+                    topic: key.0.to_string(),
+                    partition: key.1,
+                    shard: self.id,
+                })
+            } else {
+                Log::open(self.engine.clone(), &open.dir, self.options.log.clone())
+                    .await
+                    .map_err(|e| Error::storage(&open.topic, open.partition, e))
+            };
+            match opening {
                 Ok((log, _report)) => {
                     let p = Partition {
                         log,
@@ -491,7 +515,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                             tracing::error!(error = %close_err, "closing a log after a failed open");
                         }
                     }
-                    return Err(Error::storage(&open.topic, open.partition, e));
+                    return Err(e);
                 }
             }
         }
@@ -585,8 +609,10 @@ mod tests {
 
     use super::*;
     use crate::shard::executor::BlockingRuntime;
+    use crate::shard::queue::{QueueSender, queue};
     use crate::storage::PortableEngine;
     use crate::storage::faulty::FaultyEngine;
+    use crate::storage::format;
 
     impl FdatasyncCounter for FaultyEngine<PortableEngine> {
         fn fdatasync_count(&self) -> u64 {
@@ -594,12 +620,9 @@ mod tests {
         }
     }
 
-    fn append(
-        tx: &flume::Sender<Command>,
-        value: &str,
-    ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
+    fn append(tx: &QueueSender, value: &str) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = tokio::sync::oneshot::channel();
-        tx.send(Command::Append {
+        tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
             records: vec![Record {
@@ -607,8 +630,7 @@ mod tests {
                 ..Record::default()
             }],
             reply,
-        })
-        .unwrap();
+        });
         ack
     }
 
@@ -617,7 +639,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_its_whole_group_and_poisons_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = flume::bounded(16);
+        let (tx, rx) = queue(0, 16);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (hw_tx, hw_rx) = watch::channel(0);
         let mut options = ShardOptions::new(dir.path());
@@ -660,8 +682,77 @@ mod tests {
             "a poisoned log refuses appends: {later}"
         );
         let (reply, done) = tokio::sync::oneshot::channel();
-        tx.send(Command::Shutdown { reply }).unwrap();
+        tx.send_blocking(Command::Shutdown { reply });
         futures::executor::block_on(done).unwrap().ok();
         thread.join().unwrap();
+    }
+
+    /// Regression: a roll inside a group seals (syncs) the segment and moves the high
+    /// watermark past the group's earlier appends; when a later write or the group's sync
+    /// then failed, those durable, readable appends were reported failed too. Now an append
+    /// is acknowledged exactly when it is below the high watermark, wherever the fault hits.
+    #[test]
+    fn appends_committed_by_a_roll_mid_group_are_acked_though_the_group_fails() {
+        let mut mixed = 0;
+        for crash_at in 1..=12 {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, rx) = queue(0, 16);
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (hw_tx, hw_rx) = watch::channel(0);
+            let mut options = ShardOptions::new(dir.path());
+            options.shard_count = 1;
+            // One batch of one small record per segment: every append after the first rolls.
+            options.log.record_bytes_max = 64;
+            options.log.batch_bytes_max = 64 + format::BATCH_HEADER_LEN as u64;
+            options.log.segment_bytes_max = options.log.batch_bytes_max;
+            let acks: Vec<_> = ["a", "b", "c", "d"]
+                .iter()
+                .map(|v| append(&tx, v))
+                .collect();
+            let ctx = ShardContext {
+                id: 0,
+                rx,
+                stats: Arc::new(ShardStats::default()),
+                options,
+                initial: vec![OpenPartition {
+                    topic: Arc::from("t"),
+                    partition: 0,
+                    dir: dir.path().join("t").join("0"),
+                    high_watermark: hw_tx,
+                }],
+                ready: ready_tx,
+            };
+            let thread = std::thread::spawn(move || {
+                let engine = FaultyEngine::new(PortableEngine::new());
+                engine.crash_after(crash_at);
+                futures::executor::block_on(run(engine, BlockingRuntime, ctx));
+            });
+            ready_rx.recv().unwrap().unwrap();
+            let results: Vec<Result<AppendAck>> = acks
+                .into_iter()
+                .map(|ack| futures::executor::block_on(ack).unwrap())
+                .collect();
+            let high_watermark = *hw_rx.borrow();
+            let acked = results.iter().take_while(|r| r.is_ok()).count();
+            assert!(
+                results[acked..].iter().all(|r| r.is_err()),
+                "crash at {crash_at}: acks are a prefix in offset order: {results:?}"
+            );
+            assert_eq!(
+                acked as u64, high_watermark,
+                "crash at {crash_at}: acknowledged exactly what is readable: {results:?}"
+            );
+            if acked > 0 && acked < results.len() {
+                mixed += 1;
+            }
+            let (reply, done) = tokio::sync::oneshot::channel();
+            tx.send_blocking(Command::Shutdown { reply });
+            futures::executor::block_on(done).unwrap().ok();
+            thread.join().unwrap();
+        }
+        assert!(
+            mixed > 0,
+            "some crash point fails a group after a roll committed part of it"
+        );
     }
 }
