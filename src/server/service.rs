@@ -140,8 +140,10 @@ impl Inner {
 
     /// Who is calling: the certificate CN with TLS, anonymous (trusted) without.
     fn principal<T>(&self, request: &Request<T>) -> Result<Principal> {
-        let certs = PeerInfo::of(request).and_then(PeerInfo::certs);
-        let principal = identity::principal(self.tls_enabled(), certs);
+        let principal = match PeerInfo::of(request) {
+            Some(peer) if self.tls_enabled() => peer.client_name().map(Principal::Client),
+            _ => identity::principal(self.tls_enabled(), None),
+        };
         if let Err(e) = &principal {
             observability::authentication_failed();
             tracing::warn!(peer = %peer_addr(request), error = %e, "unauthenticated call refused");
