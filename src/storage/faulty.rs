@@ -196,6 +196,16 @@ impl<F: StoreFile> StoreFile for FaultyFile<F> {
         if torn { Err(crashed()) } else { Ok(()) }
     }
 
+    async fn append_with(
+        &mut self,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> io::Result<()> {
+        let torn = self.tick()?;
+        self.inner.append_with(len_bytes, fill).await?;
+        if torn { Err(crashed()) } else { Ok(()) }
+    }
+
     async fn read_at(&self, position: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
         self.inner.read_at(position, len_bytes).await
     }

@@ -163,9 +163,34 @@ pub fn encode_batch(
     flags: u16,
     records: &[Record],
 ) -> Vec<u8> {
+    let mut buf = vec![0u8; batch_len(records)];
+    encode_batch_into(&mut buf, base_offset, leader_epoch, flags, records);
+    buf
+}
+
+/// The encoded length of a batch of `records`.
+pub fn batch_len(records: &[Record]) -> usize {
+    BATCH_HEADER_LEN + records.iter().map(Record::encoded_len).sum::<usize>()
+}
+
+/// Encodes a batch into `dst`, which is exactly [`batch_len`] bytes: lets an engine encode
+/// straight into its write buffer (one copy of every record fewer).
+///
+/// Panics when `records` is empty or `dst` has the wrong length.
+pub fn encode_batch_into(
+    dst: &mut [u8],
+    base_offset: u64,
+    leader_epoch: u64,
+    flags: u16,
+    records: &[Record],
+) {
     assert!(!records.is_empty(), "a batch needs at least one record");
-    let body_len: usize = records.iter().map(Record::encoded_len).sum();
-    let batch_len = BATCH_HEADER_LEN + body_len;
+    let batch_len = batch_len(records);
+    assert_eq!(
+        dst.len(),
+        batch_len,
+        "destination of the wrong size for the batch"
+    );
     let batch_len_u32 =
         u32::try_from(batch_len).expect("batch length checked against batch_bytes_max");
     let record_count = u32::try_from(records.len()).expect("record count fits u32");
@@ -176,7 +201,7 @@ pub fn encode_batch(
         .max()
         .unwrap_or(first_timestamp_ms);
 
-    let mut buf = Vec::with_capacity(batch_len);
+    let mut buf = Out { buf: dst, len: 0 };
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&batch_len_u32.to_le_bytes());
     buf.extend_from_slice(&[0; 4]); // CRC, filled in below.
@@ -188,10 +213,10 @@ pub fn encode_batch(
     buf.extend_from_slice(&leader_epoch.to_le_bytes());
     buf.extend_from_slice(&first_timestamp_ms.to_le_bytes());
     buf.extend_from_slice(&max_timestamp_ms.to_le_bytes());
-    debug_assert_eq!(buf.len(), BATCH_HEADER_LEN);
+    debug_assert_eq!(buf.len, BATCH_HEADER_LEN);
 
     for (index, record) in records.iter().enumerate() {
-        let start = buf.len();
+        let start = buf.len;
         let record_len = u32::try_from(record.encoded_len() - 4).expect("record length fits u32");
         buf.extend_from_slice(&record_len.to_le_bytes());
         buf.extend_from_slice(
@@ -212,19 +237,32 @@ pub fn encode_batch(
             put_bytes_u32(&mut buf, value);
         }
         assert_eq!(
-            buf.len() - start,
+            buf.len - start,
             record.encoded_len(),
             "record {index} encoded to the wrong size"
         );
     }
-    assert_eq!(buf.len(), batch_len, "batch encoded to the wrong size");
+    assert_eq!(buf.len, batch_len, "batch encoded to the wrong size");
 
-    let crc = crc32fast::hash(&buf[CRC_START..]);
-    buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_le_bytes());
-    buf
+    let dst = buf.buf;
+    let crc = crc32fast::hash(&dst[CRC_START..]);
+    dst[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn put_bytes_u32(buf: &mut Vec<u8>, bytes: &[u8]) {
+/// Writes forward into a slice of exactly the right size.
+struct Out<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Out<'_> {
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+fn put_bytes_u32(buf: &mut Out<'_>, bytes: &[u8]) {
     let len = u32::try_from(bytes.len()).expect("field length checked by caller");
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(bytes);

@@ -71,6 +71,22 @@ pub trait StoreFile {
     /// later `sync` returns `Ok`.
     async fn append(&mut self, data: &[u8]) -> io::Result<()>;
 
+    /// Appends `len_bytes` bytes that `fill` writes into the slice it is handed (exactly
+    /// `len_bytes` long). An engine with a write buffer lets the caller encode straight into
+    /// it; the default encodes into a temporary buffer and calls `append`.
+    ///
+    /// # Correctness
+    /// As for `append`.
+    async fn append_with(
+        &mut self,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; len_bytes];
+        fill(&mut buf);
+        self.append(&buf).await
+    }
+
     /// Reads exactly `len_bytes` bytes at `position`; `position + len_bytes <= len()`.
     async fn read_at(&self, position: u64, len_bytes: usize) -> io::Result<Vec<u8>>;
 

@@ -372,11 +372,12 @@ impl<E: Engine> Log<E> {
         if must_roll {
             self.roll().await?;
         }
-        let bytes = format::encode_batch(base_offset, 0, 0, records);
-        debug_assert_eq!(bytes.len(), batch_bytes);
+        debug_assert_eq!(format::batch_len(records), batch_bytes);
+        // Encoded straight into the engine's write buffer where it has one.
+        let encode = |dst: &mut [u8]| format::encode_batch_into(dst, base_offset, 0, 0, records);
         let appended = self
             .active_mut()
-            .append(&bytes, base_offset, next_offset)
+            .append(batch_bytes, encode, base_offset, next_offset)
             .await;
         self.poison("append", appended)?;
         assert_eq!(self.end_offset(), next_offset, "end offset after append");

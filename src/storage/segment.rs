@@ -413,7 +413,13 @@ impl<E: Engine> Segment<E> {
     ///
     /// # Correctness
     /// Readable through the store on return; durable after [`Segment::sync`].
-    pub async fn append(&mut self, bytes: &[u8], base_offset: u64, next_offset: u64) -> Result<()> {
+    pub async fn append(
+        &mut self,
+        batch_len: usize,
+        encode: impl FnOnce(&mut [u8]),
+        base_offset: u64,
+        next_offset: u64,
+    ) -> Result<()> {
         assert!(
             base_offset >= self.next_offset,
             "batch base {base_offset} below segment next offset {}",
@@ -429,7 +435,7 @@ impl<E: Engine> Segment<E> {
         let entry = Entry {
             offset: base_offset,
             position: self.size_bytes,
-            batch_len: bytes.len() as u32,
+            batch_len: u32::try_from(batch_len).expect("batch_bytes_max fits u32"),
         };
         if files.index.push(entry) == Err(IndexFull) {
             panic!(
@@ -437,11 +443,11 @@ impl<E: Engine> Segment<E> {
                 self.store_path.display()
             );
         }
-        if let Err(e) = files.store.append(bytes).await {
+        if let Err(e) = files.store.append_with(batch_len, encode).await {
             files.index.truncate(files.index.len() - 1);
             return Err(io_err("append", &self.store_path)(e));
         }
-        self.size_bytes += bytes.len() as u64;
+        self.size_bytes += batch_len as u64;
         self.next_offset = next_offset;
         Ok(())
     }

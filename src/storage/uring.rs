@@ -366,6 +366,32 @@ impl UringFile {
         Ok(())
     }
 
+    /// Sends the whole blocks of the tail behind (as `write_full_tail_behind` does) and keeps
+    /// its partial last block at the start of a fresh full-capacity buffer, making room for a
+    /// batch to be encoded in place.
+    async fn write_whole_blocks_behind(&mut self) -> io::Result<()> {
+        let used = self.tail_used;
+        let whole = used - used % self.align;
+        assert!(
+            whole > 0,
+            "no whole block to write behind ({used} bytes in the tail)"
+        );
+        if self.inflight.get_mut().len() >= INFLIGHT_WRITES_MAX {
+            self.wait_oldest_write().await?;
+        }
+        let next = self.new_tail(&self.tail_bytes()[whole..], self.tail_capacity);
+        let mut buf = self.tail.take().expect("a non-empty tail has a buffer");
+        buf.trim_to_size(whole);
+        let position = self.tail_start;
+        let file = self.file.clone();
+        let write = glommio::spawn_local(async move { file.write_at(buf, position).await });
+        self.inflight.get_mut().push_back((position, whole, write));
+        self.tail = Some(next);
+        self.tail_start += whole as u64;
+        self.tail_used = used - whole;
+        Ok(())
+    }
+
     /// Waits for the oldest in-flight write; a failed or short one poisons the file.
     async fn wait_oldest_write(&self) -> io::Result<()> {
         let Some((position, len, write)) = self.inflight.borrow_mut().pop_front() else {
@@ -507,6 +533,40 @@ impl StoreFile for UringFile {
             if self.tail_used == self.tail_capacity {
                 self.write_full_tail_behind().await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Encodes straight into the tail buffer when the batch fits one (after its partial
+    /// block): the copy from an encoded batch into the DMA buffer is saved.
+    async fn append_with(
+        &mut self,
+        len_bytes: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> io::Result<()> {
+        self.check_poisoned()?;
+        if len_bytes == 0 || len_bytes > self.tail_capacity - self.align {
+            let mut buf = vec![0u8; len_bytes];
+            fill(&mut buf);
+            return self.append(&buf).await;
+        }
+        if self.tail_capacity - self.tail_used < len_bytes {
+            self.write_whole_blocks_behind().await?;
+        }
+        if self
+            .tail
+            .as_ref()
+            .is_none_or(|buf| buf.len() < self.tail_capacity)
+        {
+            self.tail = Some(self.new_tail(self.tail_bytes(), self.tail_capacity));
+        }
+        let used = self.tail_used;
+        let buf = self.tail.as_mut().expect("tail allocated above");
+        fill(&mut buf.as_bytes_mut()[used..used + len_bytes]);
+        self.tail_used += len_bytes;
+        self.dirty = true;
+        if self.tail_used == self.tail_capacity {
+            self.write_full_tail_behind().await?;
         }
         Ok(())
     }
@@ -909,7 +969,13 @@ mod tests {
                         next(1_500)
                     };
                     let chunk = pattern(seed * 1_000 + step, size as usize);
-                    file.append(&chunk).await.unwrap();
+                    if step % 2 == 0 {
+                        // Encoded in place, as the log does.
+                        let fill = |dst: &mut [u8]| dst.copy_from_slice(&chunk);
+                        file.append_with(chunk.len(), fill).await.unwrap();
+                    } else {
+                        file.append(&chunk).await.unwrap();
+                    }
                     std_file.write_all(&chunk).unwrap();
                     model.extend_from_slice(&chunk);
                 }
