@@ -240,6 +240,10 @@ pub struct ServerConfig {
     /// request of up to `2 × storage.batch_bytes_max`, so buffered requests take at worst
     /// `connections_max × streams_per_connection_max × 2 × storage.batch_bytes_max`.
     pub streams_per_connection_max: u32,
+    /// Bytes of record data accepted for appending and not yet acknowledged, over all
+    /// connections: the server-wide bound on what queued appends hold. An append that would
+    /// pass it waits a moment, then gets RESOURCE_EXHAUSTED.
+    pub inflight_append_bytes_max: u64,
     /// Longest topic name; names match `[a-zA-Z0-9._-]+`.
     pub topic_name_bytes_max: u32,
 }
@@ -255,6 +259,7 @@ impl Default for ServerConfig {
             partitions_per_topic_max: 1024,
             connections_max: 1024,
             streams_per_connection_max: 128,
+            inflight_append_bytes_max: 256 * MIB,
             topic_name_bytes_max: TOPIC_NAME_BYTES_LIMIT,
         }
     }
@@ -428,6 +433,16 @@ impl Config {
                 self.server.read_bytes_max,
                 format!(
                     "must be at least storage.batch_bytes_max = {} so one batch fits in one response",
+                    self.storage.batch_bytes_max
+                ),
+            ));
+        }
+        if self.server.inflight_append_bytes_max < self.storage.batch_bytes_max {
+            return Err(Invalid::new(
+                "server.inflight_append_bytes_max",
+                self.server.inflight_append_bytes_max,
+                format!(
+                    "must be at least storage.batch_bytes_max = {} so one batch can be in flight",
                     self.storage.batch_bytes_max
                 ),
             ));
@@ -638,6 +653,13 @@ impl ServerConfig {
             1,
             1 << 16,
             " streams",
+        )?;
+        check_range(
+            "server.inflight_append_bytes_max",
+            self.inflight_append_bytes_max,
+            1,
+            64 * GIB,
+            " bytes",
         )?;
         check_range(
             "server.topic_name_bytes_max",

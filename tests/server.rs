@@ -929,3 +929,51 @@ async fn sigterm_shuts_down_cleanly_with_exit_0() {
     let status = process.child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Regression: the bytes held by queued appends were bounded only per stream and per
+/// connection (1 TiB with the defaults); `server.inflight_append_bytes_max` bounds them
+/// server-wide, and an append past it gets RESOURCE_EXHAUSTED and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_past_the_inflight_byte_budget_are_refused_and_change_nothing() {
+    let server = TestServer::start_with(|c| {
+        c.server.inflight_append_bytes_max = c.storage.batch_bytes_max;
+        // Each flush lingers a second (the most allowed), so the first append holds its
+        // bytes that long.
+        c.storage.flush_delay_us = 1_000_000;
+    })
+    .await;
+    let client = server.client("root").await;
+    client.create_topic("budget", 1).await.unwrap();
+    // Two batches of a little over half the budget each: both cannot be in flight at once.
+    let big = || {
+        (0..12)
+            .map(|i| walrs::client::record(vec![], vec![i as u8; 12 * 1024]))
+            .collect::<Vec<_>>()
+    };
+    let first = {
+        let client = server.client("root").await;
+        let records = big();
+        tokio::spawn(async move { client.append("budget", Some(0), records).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = client.append("budget", Some(0), big()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("server.inflight_append_bytes_max"),
+        "the message names the limit: {}",
+        refused.message()
+    );
+    let acked = first.await.unwrap().unwrap();
+    assert_eq!(acked.base_offset, 0);
+    let described = client.describe_topic("budget").await.unwrap();
+    assert_eq!(
+        described.partitions[0].end_offset, 12,
+        "the refused append left no trace"
+    );
+    // With the budget free again, the same append goes through.
+    let again = client.append("budget", Some(0), big()).await.unwrap();
+    assert_eq!(again.base_offset, 12);
+    server.shutdown().await;
+}

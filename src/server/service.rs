@@ -101,7 +101,13 @@ struct Inner {
     /// Turns true when the server starts draining.
     draining: watch::Receiver<bool>,
     in_flight: Arc<InFlight>,
+    /// Record bytes of appends accepted and not yet acknowledged, one permit per byte:
+    /// `server.inflight_append_bytes_max` bounds what queued appends hold, server-wide.
+    append_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// How long an append waits for room in the in-flight byte budget before it is refused.
+const APPEND_BUDGET_WAIT: Duration = Duration::from_millis(100);
 
 impl LogService {
     pub fn new(
@@ -112,6 +118,10 @@ impl LogService {
     ) -> LogService {
         let default_partitions = config.default_partitions_for(shards.shard_count() as u32);
         let log_limits = super::run::log_config(&config);
+        let budget_bytes = usize::try_from(config.server.inflight_append_bytes_max)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let append_budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
         LogService {
             inner: Arc::new(Inner {
                 acl: Acl::new(&config.acl),
@@ -122,6 +132,7 @@ impl LogService {
                 round_robin: AtomicU64::new(0),
                 draining,
                 in_flight,
+                append_budget,
             }),
         }
     }
@@ -282,6 +293,10 @@ impl Inner {
                 partition: partition.unwrap_or(0),
                 source: Arc::new(e),
             })?;
+        let bytes: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
+        // Room in the server-wide budget first (before any auto-create: a refused request
+        // changes nothing); the permit is held until the append is acknowledged.
+        let budget = self.reserve_append_bytes(bytes).await?;
         let partitions = match self.shards.partitions_of(&topic) {
             Ok(n) => n,
             Err(shard::Error::UnknownTopic { .. }) if self.config.auto_create_topics => {
@@ -320,13 +335,14 @@ impl Inner {
                 }
             },
         };
-        let bytes: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
         let pending = self
             .shards
             .append_enqueue(&topic, partition, records)
             .await?;
         Ok(async move {
-            let ack = pending.await?;
+            let ack = pending.await;
+            drop(budget);
+            let ack = ack?;
             observability::observe_append(started.elapsed());
             observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
             Ok(AppendResponse {
@@ -336,6 +352,26 @@ impl Inner {
                 correlation_id,
             })
         })
+    }
+
+    /// Takes `bytes` from the in-flight append budget, waiting at most `APPEND_BUDGET_WAIT`.
+    async fn reserve_append_bytes(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let over = || Error::OverLimit {
+            what: "record bytes of appends in flight with this one",
+            value: bytes,
+            key: "server.inflight_append_bytes_max",
+            max: self.config.server.inflight_append_bytes_max,
+            hint: "the server is saturated; retry with backoff",
+        };
+        // One batch is at most storage.batch_bytes_max, which validation keeps within both
+        // the budget and u32.
+        let permits = u32::try_from(bytes).map_err(|_| over())?;
+        let acquire = self.append_budget.clone().acquire_many_owned(permits);
+        match tokio::time::timeout(APPEND_BUDGET_WAIT, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(Error::ShuttingDown),
+            Err(_elapsed) => Err(over()),
+        }
     }
 
     /// The record and byte caps of a read: 0 or anything above the server's limit is the limit.
