@@ -318,6 +318,18 @@ impl UringFile {
         buf
     }
 
+    /// Gives the tail a full-capacity buffer before bytes are added to it: files that were
+    /// only read, synced or sealed hold at most a one-block tail.
+    fn grow_tail(&mut self) {
+        if self
+            .tail
+            .as_ref()
+            .is_none_or(|buf| buf.len() < self.tail_capacity)
+        {
+            self.tail = Some(self.new_tail(self.tail_bytes(), self.tail_capacity));
+        }
+    }
+
     /// Points the tail at the last partial block below `len` (which must be on disk) and loads
     /// that block, so the next append continues at an unaligned length.
     async fn load_tail(&mut self, len: u64) -> io::Result<()> {
@@ -346,29 +358,10 @@ impl UringFile {
         Ok(())
     }
 
-    /// Sends the full tail buffer to the disk in the background and starts a new one. Waits for
-    /// the oldest write first when `INFLIGHT_WRITES_MAX` are in flight.
-    async fn write_full_tail_behind(&mut self) -> io::Result<()> {
-        assert_eq!(
-            self.tail_used, self.tail_capacity,
-            "only a full tail is written behind"
-        );
-        if self.inflight.get_mut().len() >= INFLIGHT_WRITES_MAX {
-            self.wait_oldest_write().await?;
-        }
-        let buf = self.tail.take().expect("a full tail has a buffer");
-        let (position, len) = (self.tail_start, self.tail_capacity);
-        let file = self.file.clone();
-        let write = glommio::spawn_local(async move { file.write_at(buf, position).await });
-        self.inflight.get_mut().push_back((position, len, write));
-        self.tail_start += len as u64;
-        self.tail_used = 0;
-        Ok(())
-    }
-
-    /// Sends the whole blocks of the tail behind (as `write_full_tail_behind` does) and keeps
-    /// its partial last block at the start of a fresh full-capacity buffer, making room for a
-    /// batch to be encoded in place.
+    /// Sends the tail's whole blocks to the disk in the background — one aligned write, a
+    /// glommio task — and keeps its partial last block, if any, at the start of a fresh
+    /// full-capacity buffer. Waits for the oldest write first when `INFLIGHT_WRITES_MAX` are
+    /// in flight.
     async fn write_whole_blocks_behind(&mut self) -> io::Result<()> {
         let used = self.tail_used;
         let whole = used - used % self.align;
@@ -379,14 +372,15 @@ impl UringFile {
         if self.inflight.get_mut().len() >= INFLIGHT_WRITES_MAX {
             self.wait_oldest_write().await?;
         }
-        let next = self.new_tail(&self.tail_bytes()[whole..], self.tail_capacity);
+        let next =
+            (whole < used).then(|| self.new_tail(&self.tail_bytes()[whole..], self.tail_capacity));
         let mut buf = self.tail.take().expect("a non-empty tail has a buffer");
         buf.trim_to_size(whole);
         let position = self.tail_start;
         let file = self.file.clone();
         let write = glommio::spawn_local(async move { file.write_at(buf, position).await });
         self.inflight.get_mut().push_back((position, whole, write));
-        self.tail = Some(next);
+        self.tail = next;
         self.tail_start += whole as u64;
         self.tail_used = used - whole;
         Ok(())
@@ -515,14 +509,7 @@ impl StoreFile for UringFile {
     async fn append(&mut self, mut data: &[u8]) -> io::Result<()> {
         self.check_poisoned()?;
         while !data.is_empty() {
-            // Files that were only read hold a one-block tail; grow it on the first append.
-            if self
-                .tail
-                .as_ref()
-                .is_none_or(|buf| buf.len() < self.tail_capacity)
-            {
-                self.tail = Some(self.new_tail(self.tail_bytes(), self.tail_capacity));
-            }
+            self.grow_tail();
             let buf = self.tail.as_mut().expect("tail allocated above");
             let taken = data.len().min(self.tail_capacity - self.tail_used);
             buf.as_bytes_mut()[self.tail_used..self.tail_used + taken]
@@ -531,7 +518,7 @@ impl StoreFile for UringFile {
             self.dirty = true;
             data = &data[taken..];
             if self.tail_used == self.tail_capacity {
-                self.write_full_tail_behind().await?;
+                self.write_whole_blocks_behind().await?;
             }
         }
         Ok(())
@@ -553,20 +540,14 @@ impl StoreFile for UringFile {
         if self.tail_capacity - self.tail_used < len_bytes {
             self.write_whole_blocks_behind().await?;
         }
-        if self
-            .tail
-            .as_ref()
-            .is_none_or(|buf| buf.len() < self.tail_capacity)
-        {
-            self.tail = Some(self.new_tail(self.tail_bytes(), self.tail_capacity));
-        }
+        self.grow_tail();
         let used = self.tail_used;
         let buf = self.tail.as_mut().expect("tail allocated above");
         fill(&mut buf.as_bytes_mut()[used..used + len_bytes]);
         self.tail_used += len_bytes;
         self.dirty = true;
         if self.tail_used == self.tail_capacity {
-            self.write_full_tail_behind().await?;
+            self.write_whole_blocks_behind().await?;
         }
         Ok(())
     }
