@@ -286,14 +286,16 @@ impl Inner {
             ));
         }
         // Checked before a topic is auto-created, so a refused batch changes nothing.
-        self.log_limits
-            .check_batch(&records)
-            .map_err(|e| shard::Error::Storage {
-                topic: topic.clone(),
-                partition: partition.unwrap_or(0),
-                source: Arc::new(e),
-            })?;
-        let bytes: u64 = records.iter().map(|r| r.encoded_len() as u64).sum();
+        let batch_bytes =
+            self.log_limits
+                .check_batch(&records)
+                .map_err(|e| shard::Error::Storage {
+                    topic: topic.clone(),
+                    partition: partition.unwrap_or(0),
+                    source: Arc::new(e),
+                })?;
+        // The records' encoded bytes (the batch without its header).
+        let bytes = (batch_bytes - storage::format::BATCH_HEADER_LEN) as u64;
         // Room in the server-wide budget first (before any auto-create: a refused request
         // changes nothing); the permit is held until the append is acknowledged.
         let budget = self.reserve_append_bytes(bytes).await?;

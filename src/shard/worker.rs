@@ -289,16 +289,18 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
         if pending.is_empty() {
             return;
         }
-        // Per touched partition: the flush's outcome and the log's high watermark after it.
-        let mut outcomes: Vec<(Key, std::result::Result<(), Arc<storage::Error>>, u64)> =
-            Vec::new();
+        // The touched partitions, with the records the group appended to each.
+        let mut touched: HashMap<Key, u64> = HashMap::new();
         for item in &pending {
-            if outcomes.iter().any(|(k, _, _)| *k == item.key) {
-                continue;
-            }
+            *touched.entry(item.key.clone()).or_default() += u64::from(item.count);
+        }
+        // Per touched partition: the flush's outcome and the log's high watermark after it.
+        let mut outcomes: HashMap<Key, (std::result::Result<(), Arc<storage::Error>>, u64)> =
+            HashMap::with_capacity(touched.len());
+        for (key, records) in touched {
             let p = self
                 .partitions
-                .get_mut(&item.key)
+                .get_mut(&key)
                 .expect("a partition with pending appends is open (closes flush first)");
             let outcome = match p.log.poisoned_by() {
                 Some(op) => Err(storage::Error::Poisoned {
@@ -309,14 +311,8 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
                     Durability::Fsync => {
                         let started = Instant::now();
                         let synced = p.log.sync().await.map(drop);
-                        let records = pending
-                            .iter()
-                            .filter(|i| i.key == item.key)
-                            .map(|i| u64::from(i.count))
-                            .sum();
-                        let (topic, partition) = (&item.key.0, item.key.1);
                         self.metrics
-                            .synced(topic, partition, started.elapsed(), records);
+                            .synced(&key.0, key.1, started.elapsed(), records);
                         synced
                     }
                     Durability::Interval { .. } => {
@@ -332,16 +328,15 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
             };
             p.publish();
             let high_watermark = p.log.high_watermark();
-            outcomes.push((item.key.clone(), outcome.map_err(Arc::new), high_watermark));
+            outcomes.insert(key, (outcome.map_err(Arc::new), high_watermark));
         }
         ShardStats::add(&self.stats.flushes, 1);
         self.stats
             .fsyncs
             .store(self.engine.fdatasync_count(), Relaxed);
         for item in pending {
-            let (_, outcome, high_watermark) = outcomes
-                .iter()
-                .find(|(k, _, _)| *k == item.key)
+            let (outcome, high_watermark) = outcomes
+                .get(&item.key)
                 .expect("every touched partition has an outcome");
             // A roll inside the group seals (syncs) the segment and moves the high watermark
             // past the appends before it: those are durable and readable whatever failed
