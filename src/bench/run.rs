@@ -219,6 +219,41 @@ async fn join<T>(handle: tokio::task::JoinHandle<Result<T, Error>>) -> Result<T,
     handle.await.map_err(Error::Task)?
 }
 
+/// Runs one producer task per client under a live progress line and collects their
+/// outcomes (all of them: a failed producer fails the run after the others finish).
+async fn produce_all(
+    options: &BenchOptions,
+    label: &str,
+    clients: Vec<Client>,
+    plan: &Arc<Plan>,
+    clock: Clock,
+) -> Result<Vec<load::ProducerOutcome>, Error> {
+    let live = Arc::new(Live::new(
+        options.producers as usize,
+        progress::shown(options.quiet),
+    ));
+    let progress = Progress::start(label.to_string(), clock, live.clone());
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            tokio::spawn(load::produce(
+                client,
+                plan.clone(),
+                i as u32,
+                clock,
+                live.clone(),
+            ))
+        })
+        .collect();
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(join(task).await);
+    }
+    progress.finish();
+    outcomes.into_iter().collect()
+}
+
 /// Runs producers (and `consumers`) against `target` and measures.
 async fn drive(
     options: &BenchOptions,
@@ -278,30 +313,7 @@ async fn drive(
             (Instant::now(), shards.total_stats())
         })
     });
-    let live = Arc::new(Live::new(
-        options.producers as usize,
-        progress::shown(options.quiet),
-    ));
-    let progress = Progress::start(label.to_string(), clock, live.clone());
-    let producer_tasks: Vec<_> = producer_clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, client)| {
-            tokio::spawn(load::produce(
-                client,
-                plan.clone(),
-                i as u32,
-                clock,
-                live.clone(),
-            ))
-        })
-        .collect();
-    let mut producers = Vec::with_capacity(producer_tasks.len());
-    for task in producer_tasks {
-        producers.push(join(task).await);
-    }
-    progress.finish();
-    let producers = producers.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let producers = produce_all(options, label, producer_clients, &plan, clock).await?;
     let stats_at_end = shards.as_ref().map(|s| (Instant::now(), s.total_stats()));
 
     let ends = end_offsets(&admin, &options.topic).await?;
@@ -542,30 +554,7 @@ async fn drive_rpc(
         measure_from: epoch + RPC_WARMUP,
         measure_until: Some(epoch + RPC_WARMUP + seconds),
     };
-    let live = Arc::new(Live::new(
-        options.producers as usize,
-        progress::shown(options.quiet),
-    ));
-    let progress = Progress::start("raw RPC".into(), clock, live.clone());
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, client)| {
-            tokio::spawn(load::produce(
-                client,
-                plan.clone(),
-                i as u32,
-                clock,
-                live.clone(),
-            ))
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        outcomes.push(join(task).await);
-    }
-    progress.finish();
-    let outcomes = outcomes.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let outcomes = produce_all(options, "raw RPC", clients, &plan, clock).await?;
     let mut h = latency::histogram();
     for o in &outcomes {
         h.add(&o.latency).expect("same bounds");
