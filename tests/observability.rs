@@ -7,6 +7,8 @@
 //! The metrics recorder is global to a process, so the in-process tests take one lock and
 //! compare scrapes before and after.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -20,38 +22,16 @@ use tonic::transport::Endpoint;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use walrs::client::{Client, ClientTls, ReadOptions, record};
-use walrs::config::{AclEntry, Config, Engine, TlsConfig};
+use walrs::config::Config;
 use walrs::observability::names;
-use walrs::server::acl::Action;
 
 /// The in-process tests share the global recorder: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn test_config(dir: &Path) -> Config {
-    let certs = dir.join("certs");
-    if !certs.join("ca.pem").exists() {
-        walrs::certs::generate(&certs, false).unwrap();
-    }
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    config.storage.engine = Engine::Portable;
-    config.storage.shards = 2;
-    config.default_partitions = 2;
+    let mut config = common::mtls_config(dir);
     config.metrics.enabled = true;
     config.metrics.listen = "127.0.0.1:0".parse().unwrap();
-    config.tls = Some(TlsConfig {
-        cert: certs.join("server.pem"),
-        key: certs.join("server-key.pem"),
-        client_ca: certs.join("ca.pem"),
-    });
-    config.acl = vec![AclEntry {
-        identity: "root".into(),
-        topics: vec!["*".into()],
-        actions: Action::ALL.to_vec(),
-    }];
     config
 }
 

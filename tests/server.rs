@@ -4,6 +4,8 @@
 //! Each test runs its own server on its own port (`127.0.0.1:0`) with certificates made
 //! in its own temp dir.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -16,9 +18,8 @@ use futures::StreamExt;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use walrs::client::{Client, ClientTls, ReadOptions, record};
-use walrs::config::{AclEntry, Config, Engine, TlsConfig};
+use walrs::config::Config;
 use walrs::proto::v1::AppendRequest;
-use walrs::server::acl::Action;
 
 const RECORD_BYTES_MAX: u64 = 16 * 1024;
 
@@ -78,34 +79,13 @@ impl Logs {
 }
 
 fn test_config(dir: &Path) -> Config {
-    let certs = dir.join("certs");
-    if !certs.join("ca.pem").exists() {
-        walrs::certs::generate(&certs, false).unwrap();
-    }
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.join("data"),
-        ..Config::default()
-    };
-    config.storage.engine = Engine::Portable;
-    config.storage.shards = 2;
+    let mut config = common::mtls_config(dir);
     config.storage.record_bytes_max = RECORD_BYTES_MAX;
     config.storage.batch_bytes_max = 256 * 1024;
     config.storage.flush_bytes_max = 1024 * 1024;
     config.server.read_bytes_max = 256 * 1024;
     config.server.read_max_wait_ms_max = 2_000;
-    config.default_partitions = 2;
     config.metrics.enabled = false;
-    config.tls = Some(TlsConfig {
-        cert: certs.join("server.pem"),
-        key: certs.join("server-key.pem"),
-        client_ca: certs.join("ca.pem"),
-    });
-    config.acl = vec![AclEntry {
-        identity: "root".into(),
-        topics: vec!["*".into()],
-        actions: Action::ALL.to_vec(),
-    }];
     config
 }
 
