@@ -363,10 +363,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::shard::command::{Command, OpenPartition};
+    use crate::shard::command::Command;
     use crate::shard::options::ShardOptions;
-    use crate::shard::queue::{QueueSender, queue};
-    use crate::shard::stats::ShardStats;
+    use crate::shard::queue::QueueSender;
     use crate::storage::Record;
 
     fn context(
@@ -377,25 +376,9 @@ mod tests {
         mpsc::Receiver<Result<()>>,
         tokio::sync::watch::Receiver<u64>,
     ) {
-        let (tx, rx) = queue(0, 8);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (hw_tx, hw_rx) = tokio::sync::watch::channel(0);
         let mut options = ShardOptions::new(dir);
         options.shard_count = 1;
-        let ctx = ShardContext {
-            id: 0,
-            rx,
-            stats: Arc::new(ShardStats::default()),
-            options,
-            initial: vec![OpenPartition {
-                topic: Arc::from("t"),
-                partition: 0,
-                dir: dir.join("t").join("0"),
-                high_watermark: hw_tx,
-            }],
-            ready: ready_tx,
-        };
-        (ctx, tx, ready_rx, hw_rx)
+        crate::shard::worker::tests::one_partition_context(dir, options, 8)
     }
 
     /// Drives one append and a shutdown through a started shard.

@@ -599,7 +599,7 @@ impl<E: Engine + FdatasyncCounter> Shard<E> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::mpsc;
 
     use super::*;
@@ -613,6 +613,37 @@ mod tests {
         fn fdatasync_count(&self) -> u64 {
             0
         }
+    }
+
+    /// A shard context owning partition `t/0` under `dir`, with its queue's sender, the
+    /// ready report and the partition's high-watermark watch.
+    pub(crate) fn one_partition_context(
+        dir: &std::path::Path,
+        options: ShardOptions,
+        queue_depth: usize,
+    ) -> (
+        ShardContext,
+        QueueSender,
+        mpsc::Receiver<Result<()>>,
+        watch::Receiver<u64>,
+    ) {
+        let (tx, rx) = queue(0, queue_depth);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (hw_tx, hw_rx) = watch::channel(0);
+        let ctx = ShardContext {
+            id: 0,
+            rx,
+            stats: Arc::new(ShardStats::default()),
+            options,
+            initial: vec![OpenPartition {
+                topic: Arc::from("t"),
+                partition: 0,
+                dir: dir.join("t").join("0"),
+                high_watermark: hw_tx,
+            }],
+            ready: ready_tx,
+        };
+        (ctx, tx, ready_rx, hw_rx)
     }
 
     fn append(tx: &QueueSender, value: &str) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
@@ -634,26 +665,11 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_its_whole_group_and_poisons_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = queue(0, 16);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let (hw_tx, hw_rx) = watch::channel(0);
         let mut options = ShardOptions::new(dir.path());
         options.shard_count = 1;
+        let (ctx, tx, ready_rx, hw_rx) = one_partition_context(dir.path(), options, 16);
         // Queued before the shard starts, so the three appends form one group.
         let acks: Vec<_> = ["a", "b", "c"].iter().map(|v| append(&tx, v)).collect();
-        let ctx = ShardContext {
-            id: 0,
-            rx,
-            stats: Arc::new(ShardStats::default()),
-            options,
-            initial: vec![OpenPartition {
-                topic: Arc::from("t"),
-                partition: 0,
-                dir: dir.path().join("t").join("0"),
-                high_watermark: hw_tx,
-            }],
-            ready: ready_tx,
-        };
         let thread = std::thread::spawn(move || {
             let engine = FaultyEngine::new(PortableEngine::new());
             // Three appends succeed; the fourth write, the group's sync, fails.
@@ -691,32 +707,17 @@ mod tests {
         let mut mixed = 0;
         for crash_at in 1..=12 {
             let dir = tempfile::tempdir().unwrap();
-            let (tx, rx) = queue(0, 16);
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let (hw_tx, hw_rx) = watch::channel(0);
             let mut options = ShardOptions::new(dir.path());
             options.shard_count = 1;
             // One batch of one small record per segment: every append after the first rolls.
             options.log.record_bytes_max = 64;
             options.log.batch_bytes_max = 64 + format::BATCH_HEADER_LEN as u64;
             options.log.segment_bytes_max = options.log.batch_bytes_max;
+            let (ctx, tx, ready_rx, hw_rx) = one_partition_context(dir.path(), options, 16);
             let acks: Vec<_> = ["a", "b", "c", "d"]
                 .iter()
                 .map(|v| append(&tx, v))
                 .collect();
-            let ctx = ShardContext {
-                id: 0,
-                rx,
-                stats: Arc::new(ShardStats::default()),
-                options,
-                initial: vec![OpenPartition {
-                    topic: Arc::from("t"),
-                    partition: 0,
-                    dir: dir.path().join("t").join("0"),
-                    high_watermark: hw_tx,
-                }],
-                ready: ready_tx,
-            };
             let thread = std::thread::spawn(move || {
                 let engine = FaultyEngine::new(PortableEngine::new());
                 engine.crash_after(crash_at);
