@@ -258,17 +258,24 @@ async fn wait_for_is_woken_by_a_commit_and_times_out_without_data() {
     set.shutdown().await.unwrap();
 }
 
+/// One slow shard (every group lingers 20 ms) behind a queue of 2 that gives up after 5 ms,
+/// with topic `o` of one partition.
+async fn slow_shard_with_a_tiny_queue(dir: &Path) -> ShardSet {
+    let mut o = options(dir, 1);
+    o.queue_depth_max = 2;
+    o.enqueue_timeout_ms = 5;
+    o.flush_delay_us = 20_000;
+    let set = ShardSet::start(o).unwrap();
+    set.create_topic("o", 1).await.unwrap();
+    set
+}
+
 /// Regression: a send that timed out after the command was handed to the queue reported
 /// `Overloaded` for an append the shard then made; now every refused append changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_overloaded_and_the_rest_succeed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(dir.path(), 1);
-    o.queue_depth_max = 2;
-    o.enqueue_timeout_ms = 5;
-    o.flush_delay_us = 20_000; // a slow shard: every group lingers 20 ms
-    let set = ShardSet::start(o).unwrap();
-    set.create_topic("o", 1).await.unwrap();
+    let set = slow_shard_with_a_tiny_queue(dir.path()).await;
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let set = set.clone();
@@ -366,12 +373,7 @@ async fn enqueued_appends_get_offsets_in_call_order_whatever_the_await_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_enqueue_on_a_full_queue_is_overloaded_and_queues_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = options(dir.path(), 1);
-    o.queue_depth_max = 2;
-    o.enqueue_timeout_ms = 5;
-    o.flush_delay_us = 20_000; // a slow shard: every group lingers 20 ms
-    let set = ShardSet::start(o).unwrap();
-    set.create_topic("o", 1).await.unwrap();
+    let set = slow_shard_with_a_tiny_queue(dir.path()).await;
     let mut pending = Vec::new();
     let overloaded = loop {
         match set.append_enqueue("o", 0, vec![record("v")]).await {
