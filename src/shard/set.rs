@@ -119,6 +119,18 @@ struct TopicRoute {
     partitions: Vec<PartitionRoute>,
 }
 
+impl TopicRoute {
+    fn partition(&self, partition: u32) -> Result<&PartitionRoute> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: self.name.to_string(),
+                partition,
+                partitions: self.partitions.len() as u32,
+            })
+    }
+}
+
 struct Inner {
     options: ShardOptions,
     topics_dir: PathBuf,
@@ -337,16 +349,8 @@ impl ShardSet {
     /// The topic's shared name and the shard owning `partition`.
     fn route(&self, topic: &str, partition: u32) -> Result<(Arc<str>, usize)> {
         let route = self.topic_route(topic)?;
-        let p =
-            route
-                .partitions
-                .get(partition as usize)
-                .ok_or_else(|| Error::UnknownPartition {
-                    topic: topic.to_owned(),
-                    partition,
-                    partitions: route.partitions.len() as u32,
-                })?;
-        Ok((route.name.clone(), p.shard))
+        let shard = route.partition(partition)?.shard;
+        Ok((route.name.clone(), shard))
     }
 
     /// Queues a request, waiting at most `enqueue_timeout_ms` for room. `Overloaded` means
@@ -490,16 +494,7 @@ impl ShardSet {
     ) -> Result<u64> {
         self.check_running()?;
         let route = self.topic_route(topic)?;
-        let mut rx = route
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| Error::UnknownPartition {
-                topic: topic.to_owned(),
-                partition,
-                partitions: route.partitions.len() as u32,
-            })?
-            .high_watermark
-            .clone();
+        let mut rx = route.partition(partition)?.high_watermark.clone();
         drop(route);
         let waited = tokio::time::timeout(timeout, rx.wait_for(|&hw| hw > offset))
             .await

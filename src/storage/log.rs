@@ -324,6 +324,19 @@ impl<E: Engine> Log<E> {
             .expect("a log always has an active segment")
     }
 
+    /// Checks `start_offset <= offset <= end_offset`; returns the end offset.
+    fn check_in_range(&self, offset: u64) -> Result<u64> {
+        let end = self.end_offset();
+        if offset < self.start_offset || offset > end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.start_offset,
+                end,
+            });
+        }
+        Ok(end)
+    }
+
     fn check_writable(&self) -> Result<()> {
         match self.poisoned_by {
             Some(op) => Err(Error::Poisoned {
@@ -452,14 +465,7 @@ impl<E: Engine> Log<E> {
     /// A batch that fails its CRC is never returned: the read fails with an error naming the
     /// segment file and position.
     pub async fn read(&mut self, from_offset: u64, max_bytes: u64) -> Result<Vec<Batch>> {
-        let end = self.end_offset();
-        if from_offset < self.start_offset || from_offset > end {
-            return Err(Error::OffsetOutOfRange {
-                offset: from_offset,
-                start: self.start_offset,
-                end,
-            });
-        }
+        self.check_in_range(from_offset)?;
         let mut from = from_offset;
         let mut i = self
             .segments
@@ -521,14 +527,7 @@ impl<E: Engine> Log<E> {
     /// so a crash part-way leaves a consistent prefix of the old log.
     pub async fn truncate_suffix(&mut self, from_offset: u64) -> Result<()> {
         self.check_writable()?;
-        let end = self.end_offset();
-        if from_offset < self.start_offset || from_offset > end {
-            return Err(Error::OffsetOutOfRange {
-                offset: from_offset,
-                start: self.start_offset,
-                end,
-            });
-        }
+        let end = self.check_in_range(from_offset)?;
         if from_offset == end {
             return Ok(());
         }
