@@ -91,37 +91,37 @@ impl<E: Engine> FaultyEngine<E> {
         Ok(())
     }
 
+    /// Directory operations are not torn: the one the crash lands on just fails.
     fn tick(&self) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
-        if state.crashed {
-            return Err(crashed());
+        match tick(&self.state)? {
+            true => Err(crashed()),
+            false => Ok(()),
         }
-        if let Some(left) = state.writes_left.as_mut() {
-            if *left == 0 {
-                state.crashed = true;
-                return Err(crashed());
-            }
-            *left -= 1;
-        }
-        Ok(())
     }
 }
 
+/// Counts one write-like operation: `Err` once crashed, `Ok(true)` for the operation the
+/// crash lands on (the torn one), `Ok(false)` otherwise.
+fn tick(state: &RefCell<State>) -> io::Result<bool> {
+    let mut state = state.borrow_mut();
+    if state.crashed {
+        return Err(crashed());
+    }
+    if let Some(left) = state.writes_left.as_mut() {
+        if *left == 0 {
+            state.crashed = true;
+            return Ok(true);
+        }
+        *left -= 1;
+    }
+    Ok(false)
+}
+
 impl<F: StoreFile> FaultyFile<F> {
+    /// `Ok(true)` for the operation the crash lands on: an append lets it reach the file and
+    /// then fails (a torn write); a sync or truncate just fails.
     fn tick(&self) -> io::Result<bool> {
-        let mut state = self.state.borrow_mut();
-        if state.crashed {
-            return Err(crashed());
-        }
-        if let Some(left) = state.writes_left.as_mut() {
-            if *left == 0 {
-                state.crashed = true;
-                // This operation is the torn one: let it reach the file, then fail.
-                return Ok(true);
-            }
-            *left -= 1;
-        }
-        Ok(false)
+        tick(&self.state)
     }
 
     fn set_synced(&self, len: u64) {
