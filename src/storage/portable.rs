@@ -47,7 +47,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn parent(path: &Path) -> &Path {
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -57,11 +58,10 @@ fn parent(path: &Path) -> &Path {
 /// `stat` for any engine whose files are plain files on disk.
 pub fn stat_file(path: &Path) -> io::Result<FileStat> {
     let meta = std::fs::metadata(path)?;
-    let modified_ms = meta
-        .modified()?
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let modified_ms = match meta.modified()?.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    };
     Ok(FileStat {
         size_bytes: meta.len(),
         modified_ms,

@@ -58,11 +58,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::io::{Engine, FileStat, StoreFile};
+use super::portable::parent as parent_dir;
 
 /// Default capacity of a file's tail buffer: the most a file holds in memory before `append`
 /// writes it out. Rounded up to the file's alignment.
@@ -169,28 +169,11 @@ impl Engine for UringEngine {
     }
 
     async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        std::fs::read_dir(dir)?
-            .map(|entry| entry.map(|entry| PathBuf::from(entry.file_name())))
-            .collect()
+        super::portable::list_dir(dir)
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileStat> {
-        let meta = std::fs::metadata(path)?;
-        let modified_ms = match meta.modified()?.duration_since(UNIX_EPOCH) {
-            Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-            Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
-        };
-        Ok(FileStat {
-            size_bytes: meta.len(),
-            modified_ms,
-        })
-    }
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
+        super::portable::stat_file(path)
     }
 }
 
@@ -200,7 +183,7 @@ fn parent_dir(path: &Path) -> &Path {
 /// directories, POSIX promises entry durability only for `fsync`, and segments are created and
 /// removed rarely enough that the stall does not matter.
 fn sync_parent_dir(path: &Path) -> io::Result<()> {
-    std::fs::File::open(parent_dir(path))?.sync_all()
+    super::portable::sync_dir(parent_dir(path))
 }
 
 thread_local! {
