@@ -21,25 +21,6 @@ use super::worker::{self, LoopRuntime, Received, ShardContext};
 use crate::storage::Engine;
 use crate::storage::PortableEngine;
 
-/// Engines that count their `fdatasync` calls, so a shard can report them.
-pub trait FdatasyncCounter {
-    /// `fdatasync` calls made so far through this engine and its clones.
-    fn fdatasync_count(&self) -> u64;
-}
-
-impl FdatasyncCounter for PortableEngine {
-    fn fdatasync_count(&self) -> u64 {
-        PortableEngine::fdatasync_count(self)
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl FdatasyncCounter for crate::storage::uring::UringEngine {
-    fn fdatasync_count(&self) -> u64 {
-        crate::storage::uring::UringEngine::fdatasync_count(self)
-    }
-}
-
 /// The engine the shards will actually run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ResolvedEngine {
@@ -334,7 +315,7 @@ pub(crate) fn spawn_glommio_shard<E, F>(
     ctx: ShardContext,
 ) -> Result<ShardThread>
 where
-    E: Engine + FdatasyncCounter,
+    E: Engine,
     F: FnOnce() -> E + Send + 'static,
 {
     let id = ctx.id;

@@ -26,7 +26,6 @@ mod topics;
 mod worker;
 
 pub use error::{Error, Result};
-pub use executor::FdatasyncCounter;
 pub use options::{Durability, EngineChoice, ShardOptions};
 pub use set::{
     AppendAck, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription, TopicInfo,

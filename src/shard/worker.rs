@@ -26,7 +26,6 @@ use tokio::sync::watch;
 
 use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
-use super::executor::FdatasyncCounter;
 use super::options::{Durability, ShardOptions};
 use super::queue::{QueueReceiver, Queued};
 use super::set::{AppendAck, PartitionInfo, ReadResult};
@@ -91,7 +90,7 @@ struct Pending {
     reply: Reply<AppendAck>,
 }
 
-struct Shard<E: Engine + FdatasyncCounter> {
+struct Shard<E: Engine> {
     id: usize,
     engine: E,
     options: ShardOptions,
@@ -104,7 +103,7 @@ struct Shard<E: Engine + FdatasyncCounter> {
 /// Runs a shard until `Shutdown` (or until every sender is dropped).
 pub(crate) async fn run<E, R>(engine: E, runtime: R, ctx: ShardContext)
 where
-    E: Engine + FdatasyncCounter,
+    E: Engine,
     R: LoopRuntime,
 {
     let ShardContext {
@@ -204,7 +203,7 @@ fn unknown(topic: &str) -> Error {
     }
 }
 
-impl<E: Engine + FdatasyncCounter> Shard<E> {
+impl<E: Engine> Shard<E> {
     /// Serves `first` and whatever is queued behind it, up to `flush_bytes_max` of append
     /// payload and `queue_depth_max` requests, then flushes. Returns the reply of a
     /// `Shutdown` met on the way (everything before it is served and flushed).
@@ -608,12 +607,6 @@ pub(crate) mod tests {
     use crate::storage::PortableEngine;
     use crate::storage::faulty::FaultyEngine;
     use crate::storage::format;
-
-    impl FdatasyncCounter for FaultyEngine<PortableEngine> {
-        fn fdatasync_count(&self) -> u64 {
-            0
-        }
-    }
 
     /// A shard context owning partition `t/0` under `dir`, with its queue's sender, the
     /// ready report and the partition's high-watermark watch.

@@ -139,6 +139,10 @@ impl<E: Engine> Engine for FaultyEngine<E> {
         "faulty"
     }
 
+    fn fdatasync_count(&self) -> u64 {
+        self.inner.fdatasync_count()
+    }
+
     async fn create(&self, path: &Path) -> io::Result<Self::File> {
         self.tick()?;
         let inner = self.inner.create(path).await?;

@@ -28,6 +28,10 @@ pub trait Engine: Clone + 'static {
     /// A short name for logs: `"portable"`, `"uring"`, `"faulty"`.
     fn name(&self) -> &'static str;
 
+    /// How many `fdatasync` calls this engine's store files (and its clones') have made,
+    /// failed ones included: group commit shows here.
+    fn fdatasync_count(&self) -> u64;
+
     /// Creates a new, empty file at `path`, failing if it exists. The directory entry is made
     /// durable before this returns.
     async fn create(&self, path: &Path) -> io::Result<Self::File>;

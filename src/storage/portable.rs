@@ -28,11 +28,6 @@ impl PortableEngine {
     pub fn new() -> PortableEngine {
         PortableEngine::default()
     }
-
-    /// How many `fdatasync` calls this engine's files have made (group commit is visible here).
-    pub fn fdatasync_count(&self) -> u64 {
-        self.fdatasyncs.get()
-    }
 }
 
 pub struct PortableFile {
@@ -82,6 +77,10 @@ impl Engine for PortableEngine {
 
     fn name(&self) -> &'static str {
         "portable"
+    }
+
+    fn fdatasync_count(&self) -> u64 {
+        self.fdatasyncs.get()
     }
 
     async fn create(&self, path: &Path) -> io::Result<PortableFile> {

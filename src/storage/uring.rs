@@ -104,12 +104,6 @@ impl UringEngine {
         }
     }
 
-    /// How many `fdatasync`s this engine's files have issued (store files only, not directory
-    /// syncs), counting failed ones.
-    pub fn fdatasync_count(&self) -> u64 {
-        self.fdatasyncs.get()
-    }
-
     async fn file(&self, path: &Path, dma: DmaFile) -> io::Result<UringFile> {
         let align = usize::try_from(dma.alignment()).expect("alignment fits in usize");
         let len = dma.file_size().await.map_err(io::Error::from)?;
@@ -138,6 +132,11 @@ impl Engine for UringEngine {
 
     fn name(&self) -> &'static str {
         "uring"
+    }
+
+    /// Store files only, not directory syncs; a sync with nothing new makes no call.
+    fn fdatasync_count(&self) -> u64 {
+        self.fdatasyncs.get()
     }
 
     async fn create(&self, path: &Path) -> io::Result<UringFile> {
