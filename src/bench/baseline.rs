@@ -35,6 +35,13 @@ use crate::storage;
 
 /// Connections the raw-RPC baseline accepts at once (one per producer).
 const CONNECTIONS_MAX: usize = 4096;
+/// The open flag for unbuffered writes, where the platform has one (macOS has `F_NOCACHE`
+/// instead, which this baseline does not use).
+#[cfg(target_os = "linux")]
+const O_DIRECT: Option<i32> = Some(libc::O_DIRECT);
+#[cfg(not(target_os = "linux"))]
+const O_DIRECT: Option<i32> = None;
+
 /// Alignment and padding of O_DIRECT writes.
 const DIRECT_ALIGN: usize = 4096;
 
@@ -165,12 +172,15 @@ pub fn disk_fdatasync(
 }
 
 /// `O_DIRECT` write (padded to 4 KiB) + `fdatasync` of the batch, repeated for `duration`
-/// (blocking). `None` when the file system refuses O_DIRECT (tmpfs).
+/// (blocking). `None` when the file system (tmpfs) or the platform has no O_DIRECT.
 pub fn disk_odirect(
     dir: &Path,
     shape: BatchShape,
     duration: Duration,
 ) -> Result<Option<Baseline>, Error> {
+    let Some(o_direct) = O_DIRECT else {
+        return Ok(None);
+    };
     let encoded = shape.encoded();
     let padded_len = encoded.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
     // An aligned buffer: over-allocate and start at the first aligned byte.
@@ -183,7 +193,7 @@ pub fn disk_odirect(
         .create(true)
         .truncate(true)
         .write(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(o_direct)
         .open(&path)
     {
         Ok(file) => file,
