@@ -35,7 +35,7 @@ fn records(count: usize) -> Vec<Record> {
     (0..count)
         .map(|i| Record {
             timestamp_ms: 1_700_000_000_000,
-            value: vec![i as u8; RECORD_BYTES],
+            value: vec![i as u8; RECORD_BYTES].into(),
             ..Record::default()
         })
         .collect()

@@ -20,8 +20,8 @@ fn records(count: usize) -> Vec<Record> {
         .map(|i| Record {
             offset: 0,
             timestamp_ms: 1_700_000_000_000,
-            key: vec![],
-            value: vec![i as u8; RECORD_BYTES],
+            key: bytes::Bytes::new(),
+            value: vec![i as u8; RECORD_BYTES].into(),
             headers: vec![],
         })
         .collect()
@@ -106,7 +106,8 @@ fn reads(c: &mut Criterion) {
         for _ in 0..batches {
             log.append(&batch).await.unwrap();
         }
-        log.sync().await.unwrap();
+        let durable = log.sync().await.unwrap();
+        log.set_commit(durable).unwrap();
     });
     let total_bytes = log.size_bytes();
     group.throughput(Throughput::Bytes(total_bytes));

@@ -36,7 +36,7 @@ fn options_on(dir: &Path, shards: usize, engine: EngineChoice) -> ShardOptions {
 
 fn record(value: impl Into<Vec<u8>>) -> Record {
     Record {
-        value: value.into(),
+        value: value.into().into(),
         ..Record::default()
     }
 }
@@ -140,7 +140,7 @@ async fn concurrent_appends(engine: EngineChoice) {
         let records = read_all(&set, "events", partition).await;
         for (i, r) in records.iter().enumerate() {
             assert_eq!(r.offset, i as u64);
-            values.insert(String::from_utf8(r.value.clone()).unwrap());
+            values.insert(String::from_utf8(r.value.to_vec()).unwrap());
         }
     }
     assert_eq!(
@@ -241,7 +241,7 @@ async fn wait_for_is_woken_by_a_commit_and_times_out_without_data() {
     );
     assert_eq!(hw, 1);
     assert_eq!(read.records.len(), 1);
-    assert_eq!(read.records[0].value, b"hello");
+    assert_eq!(&read.records[0].value[..], b"hello");
     assert_eq!((read.next_offset, read.high_watermark), (1, 1));
 
     // Already past: returns at once.
@@ -351,7 +351,7 @@ async fn enqueued_appends_get_offsets_in_call_order_whatever_the_await_order() {
     let ours: Vec<Vec<u8>> = records
         .iter()
         .filter(|r| r.value.starts_with(b"seq-"))
-        .map(|r| r.value.clone())
+        .map(|r| r.value.to_vec())
         .collect();
     let want: Vec<Vec<u8>> = (0..N)
         .flat_map(|i| [format!("seq-{i}"), format!("seq-{i}b")])

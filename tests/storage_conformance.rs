@@ -34,13 +34,13 @@ fn record(seed: u64, value_len: usize) -> Record {
         offset: 0,
         timestamp_ms: 1_700_000_000_000 + seed as i64,
         key: if seed.is_multiple_of(3) {
-            vec![]
+            bytes::Bytes::new()
         } else {
-            format!("k{seed}").into_bytes()
+            format!("k{seed}").into_bytes().into()
         },
         value: (0..value_len).map(|i| (seed as usize + i) as u8).collect(),
         headers: if seed.is_multiple_of(4) {
-            vec![("h".into(), seed.to_le_bytes().to_vec())]
+            vec![("h".into(), bytes::Bytes::copy_from_slice(&seed.to_le_bytes()))]
         } else {
             vec![]
         },
@@ -54,6 +54,12 @@ fn batch(seed: u64, count: usize, value_len: usize) -> Vec<Record> {
 }
 
 /// Reads every readable record from `from` on.
+/// Syncs and commits everything synced, as a shard does under fsync durability.
+async fn sync_commit<E: Engine>(log: &mut Log<E>) {
+    let durable = log.sync().await.unwrap();
+    log.set_commit(durable).unwrap();
+}
+
 async fn read_all<E: Engine>(log: &mut Log<E>, from: u64) -> Result<Vec<Record>, Error> {
     let mut out = Vec::new();
     let mut next = from;
@@ -94,6 +100,7 @@ enum Op {
     TruncateSuffix { batch_permille: u64 },
     Reopen,
     AppendTooLarge,
+    Commit { at_permille: u64 },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -106,6 +113,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0u64..=1000).prop_map(|batch_permille| Op::TruncateSuffix { batch_permille }),
         1 => Just(Op::Reopen),
         1 => Just(Op::AppendTooLarge),
+        2 => (0u64..=1000).prop_map(|at_permille| Op::Commit { at_permille }),
     ]
 }
 
@@ -115,7 +123,10 @@ struct Model {
     /// (base offset, the records of the batch still kept).
     batches: Vec<(u64, Vec<Record>)>,
     start: u64,
+    /// The commit mark, which only the caller (this test) moves.
     high_watermark: u64,
+    /// The durable end, which sync, roll, recovery and suffix truncation move.
+    durable: u64,
 }
 
 impl Model {
@@ -125,11 +136,14 @@ impl Model {
             .map_or(self.start, |(_, b)| b.last().unwrap().offset + 1)
             .max(self.start)
     }
+    /// What a read sees: whole batches below the commit mark (one the mark cuts is not
+    /// readable yet).
     fn records_from(&self, from: u64) -> Vec<Record> {
         self.batches
             .iter()
+            .filter(|(_, b)| b.last().unwrap().offset < self.high_watermark)
             .flat_map(|(_, b)| b)
-            .filter(|r| r.offset >= from && r.offset < self.high_watermark)
+            .filter(|r| r.offset >= from)
             .cloned()
             .collect()
     }
@@ -154,13 +168,24 @@ async fn model_case<E: Engine>(engine: E, dir: &Path, ops: Vec<Op>) {
                     r.offset = base + i as u64;
                 }
                 model.batches.push((base, records));
-                // An append that rolls the segment seals (syncs) what came before it.
-                let hw = log.high_watermark();
+                // An append that rolls the segment seals (syncs) what came before it: that
+                // moves the durable end, never the commit mark.
+                let durable = log.durable_end();
                 assert!(
-                    hw == model.high_watermark || hw == end_before,
-                    "high watermark {hw} after append"
+                    durable == model.durable || durable == end_before,
+                    "durable end {durable} after append"
                 );
-                model.high_watermark = hw;
+                model.durable = durable;
+            }
+            Op::Commit { at_permille } => {
+                let end = model.end();
+                let at = end * at_permille / 1000;
+                assert!(matches!(
+                    log.set_commit(end + 1),
+                    Err(Error::OffsetOutOfRange { .. })
+                ));
+                log.set_commit(at).unwrap();
+                model.high_watermark = at;
             }
             Op::AppendTooLarge => {
                 let end = log.end_offset();
@@ -214,12 +239,16 @@ async fn model_case<E: Engine>(engine: E, dir: &Path, ops: Vec<Op>) {
                 }
             }
             Op::Sync => {
+                let hw = log.high_watermark();
                 assert_eq!(log.sync().await.unwrap(), model.end());
+                assert_eq!(log.high_watermark(), hw, "a sync moves no commit mark");
+                model.durable = model.end();
+                log.set_commit(log.durable_end()).unwrap();
                 model.high_watermark = model.end();
             }
             Op::Roll => {
                 log.roll().await.unwrap();
-                model.high_watermark = model.end();
+                model.durable = model.end();
             }
             Op::TruncatePrefix { at_permille } => {
                 let (start, end) = (model.start, model.end());
@@ -252,6 +281,7 @@ async fn model_case<E: Engine>(engine: E, dir: &Path, ops: Vec<Op>) {
                 log.truncate_suffix(from).await.unwrap();
                 model.batches.truncate(i);
                 model.high_watermark = model.high_watermark.min(from);
+                model.durable = from;
             }
             Op::Reopen => {
                 log.close().await.unwrap();
@@ -260,13 +290,16 @@ async fn model_case<E: Engine>(engine: E, dir: &Path, ops: Vec<Op>) {
                     .unwrap()
                     .0;
                 model.high_watermark = model.end();
+                model.durable = model.end();
             }
         }
         assert_eq!(log.start_offset(), model.start, "start offset");
         assert_eq!(log.end_offset(), model.end(), "end offset");
-        assert_eq!(log.high_watermark(), model.high_watermark, "high watermark");
+        assert_eq!(log.high_watermark(), model.high_watermark, "commit mark");
+        assert_eq!(log.durable_end(), model.durable, "durable end");
     }
     log.sync().await.unwrap();
+    log.set_commit(log.durable_end()).unwrap();
     model.high_watermark = model.end();
     let start = model.start;
     same_records(
@@ -420,7 +453,7 @@ async fn crash_case<E: Engine>(
     // Appends go on at the right offset.
     let base = log.append(&batch(999, 2, 10)).await.unwrap();
     assert_eq!(base, end);
-    log.sync().await.unwrap();
+    sync_commit(&mut log).await;
     assert_eq!(log.read(base, 10_000).await.unwrap()[0].records.len(), 2);
     log.close().await.unwrap();
 }
@@ -438,7 +471,7 @@ async fn write_synced<E: Engine>(engine: &E, dir: &Path, batches: usize) -> Vec<
     for i in 0..batches {
         log.append(&batch(i as u64 + 1, 3, 100)).await.unwrap();
     }
-    log.sync().await.unwrap();
+    sync_commit(&mut log).await;
     let all = read_all(&mut log, 0).await.unwrap();
     log.close().await.unwrap();
     all
@@ -597,7 +630,7 @@ async fn retention_and_rolling<E: Engine>(engine: E, dir: &Path) {
     for i in 0..30 {
         log.append(&batch(i + 1, 3, 100)).await.unwrap();
     }
-    log.sync().await.unwrap();
+    sync_commit(&mut log).await;
     let end = log.end_offset();
     let segments = log.segment_count();
     let deleted = log.apply_retention(walrs::storage::now_ms()).await.unwrap();
@@ -771,7 +804,7 @@ mod cross_engine {
     use super::*;
     use walrs::storage::uring::UringEngine;
 
-    async fn read_back<E: Engine>(engine: E, path: &Path) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+    async fn read_back<E: Engine>(engine: E, path: &Path) -> Vec<(u64, bytes::Bytes, bytes::Bytes)> {
         let (mut log, report) = reopen(&engine, path).await;
         assert_eq!(
             report.recovery,

@@ -105,7 +105,7 @@ impl BatchShape {
     fn encoded(&self) -> Vec<u8> {
         let records: Vec<storage::Record> = (0..self.records)
             .map(|i| storage::Record {
-                value: vec![i as u8; self.record_bytes],
+                value: vec![i as u8; self.record_bytes].into(),
                 ..storage::Record::default()
             })
             .collect();

@@ -126,7 +126,10 @@ fn storage_code(err: &storage::Error) -> Code {
         }
         // The partition refuses writes until a restart recovers it: retry elsewhere/later.
         E::Poisoned { .. } => Code::Unavailable,
-        E::Corrupt { .. } => Code::DataLoss,
+        E::Corrupt { .. } | E::BadStateFile { .. } => Code::DataLoss,
+        // Follower-path refusals (replication's, never a client's).
+        E::BadBatch { .. } => Code::InvalidArgument,
+        E::NotContinuous { .. } | E::TermRegressed { .. } => Code::FailedPrecondition,
         E::Io { .. } | E::Config(_) => Code::Internal,
     }
 }

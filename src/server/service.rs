@@ -275,9 +275,9 @@ impl Inner {
                 } else {
                     r.timestamp_ms
                 },
-                key: r.key,
-                value: r.value,
-                headers: r.headers.into_iter().collect(),
+                key: r.key.into(),
+                value: r.value.into(),
+                headers: r.headers.into_iter().map(|(k, v)| (k, v.into())).collect(),
             })
             .collect();
         if records.is_empty() {
@@ -584,10 +584,14 @@ fn strip<T>(request: Request<T>) -> (Request<()>, T) {
 fn to_proto(record: storage::Record) -> Record {
     Record {
         offset: record.offset,
-        key: record.key,
-        value: record.value,
+        key: record.key.into(),
+        value: record.value.into(),
         timestamp_ms: record.timestamp_ms,
-        headers: record.headers.into_iter().collect(),
+        headers: record
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect(),
     }
 }
 

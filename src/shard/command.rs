@@ -44,6 +44,14 @@ pub(crate) enum Command {
         before_offset: u64,
         reply: Reply<()>,
     },
+    /// Drops the records at and after `from_offset` (a batch boundary): replication's cut of
+    /// a diverged tail.
+    TruncateSuffix {
+        topic: Arc<str>,
+        partition: u32,
+        from_offset: u64,
+        reply: Reply<()>,
+    },
     Describe {
         topic: Arc<str>,
         partitions: Vec<u32>,
@@ -77,6 +85,7 @@ impl Command {
             Command::Append { reply, .. } => send(reply, error()),
             Command::Read { reply, .. } => send(reply, error()),
             Command::Truncate { reply, .. } => send(reply, error()),
+            Command::TruncateSuffix { reply, .. } => send(reply, error()),
             Command::Describe { reply, .. } => send(reply, error()),
             Command::Open { reply, .. } => send(reply, error()),
             Command::Close { reply, .. } => send(reply, error()),

@@ -375,7 +375,7 @@ mod tests {
             topic: Arc::from("t"),
             partition: 0,
             records: vec![Record {
-                value: b"v".to_vec(),
+                value: bytes::Bytes::from_static(b"v"),
                 ..Record::default()
             }],
             reply,

@@ -483,6 +483,25 @@ impl ShardSet {
         .await
     }
 
+    /// Drops the records of a partition at and after `from_offset`, which must be a batch
+    /// boundary (or the end offset): the end offset becomes `from_offset`, durably, and the
+    /// high watermark drops to it if it was above.
+    pub async fn truncate_suffix(
+        &self,
+        topic: &str,
+        partition: u32,
+        from_offset: u64,
+    ) -> Result<()> {
+        let (topic, shard) = self.route(topic, partition)?;
+        self.call(shard, |reply| Command::TruncateSuffix {
+            topic,
+            partition,
+            from_offset,
+            reply,
+        })
+        .await
+    }
+
     /// Waits until the partition's high watermark passes `offset` (a record at `offset` is
     /// readable) or `timeout` expires, and returns the high watermark. Woken by commits.
     pub async fn wait_for(

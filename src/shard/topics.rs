@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result, meta_err};
-use crate::storage::portable::sync_dir;
+use crate::storage::fsutil::sync_dir;
 
 /// Longest topic name, in bytes (Kafka's limit).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;

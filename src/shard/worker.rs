@@ -5,7 +5,8 @@
 //! the flush timers (interval durability) and maintenance (aged rolls, retention).
 //! Must never: be touched from another thread (its state is `!Send` and unlocked), block on
 //! anything but its own queue and its own files, or acknowledge an append before the high
-//! watermark has passed it (after `sync` under `Fsync`, after `commit_unsynced` otherwise).
+//! watermark (the log's commit mark) has passed it: the shard sets it to the durable end after
+//! a sync under `Fsync`, and to the end offset otherwise.
 //!
 //! Invariants: within a group, appends are applied in arrival order, so acks of a partition
 //! go out in offset order; every append in a group gets exactly one reply, and a failed sync
@@ -79,6 +80,15 @@ impl<E: Engine> Partition<E> {
             *current = hw;
             changed
         });
+    }
+}
+
+/// Moves the log's commit mark (what readers see) up to `mark` of the log; never back.
+fn commit_to<E: Engine>(log: &mut Log<E>, mark: fn(&Log<E>) -> u64) {
+    let offset = mark(log);
+    if offset > log.high_watermark() {
+        log.set_commit(offset)
+            .expect("the durable end and the end offset are within the log");
     }
 }
 
@@ -315,16 +325,19 @@ impl<E: Engine> Shard<E> {
                         synced
                     }
                     Durability::Interval { .. } => {
-                        p.log.commit_unsynced();
+                        commit_to(&mut p.log, Log::end_offset);
                         p.unsynced = true;
                         Ok(())
                     }
                     Durability::None => {
-                        p.log.commit_unsynced();
+                        commit_to(&mut p.log, Log::end_offset);
                         Ok(())
                     }
                 },
             };
+            // What a sync, or a roll inside the group, made durable is committed (whatever
+            // failed after it).
+            commit_to(&mut p.log, Log::durable_end);
             p.publish();
             let high_watermark = p.log.high_watermark();
             outcomes.insert(key, (outcome.map_err(Arc::new), high_watermark));
@@ -424,6 +437,23 @@ impl<E: Engine> Shard<E> {
                         .truncate_prefix(before_offset)
                         .await
                         .map_err(|e| Error::storage(&topic, partition, e)),
+                };
+                send(reply, result);
+            }
+            Command::TruncateSuffix {
+                topic,
+                partition,
+                from_offset,
+                reply,
+            } => {
+                let result = match self.partitions.get_mut(&(topic.clone(), partition)) {
+                    None => Err(unknown(&topic)),
+                    Some(p) => {
+                        let cut = p.log.truncate_suffix(from_offset).await;
+                        // The high watermark may have dropped to the cut.
+                        p.publish();
+                        cut.map_err(|e| Error::storage(&topic, partition, e))
+                    }
                 };
                 send(reply, result);
             }
@@ -591,7 +621,8 @@ impl<E: Engine> Shard<E> {
                     tracing::error!(topic = %topic, partition, error = %e, "applying retention");
                 }
             }
-            // A roll seals (syncs) the active segment, which moves the high watermark.
+            // A roll seals (syncs) the active segment, which moves the durable end.
+            commit_to(&mut p.log, Log::durable_end);
             p.publish();
         }
     }
@@ -645,7 +676,7 @@ pub(crate) mod tests {
             topic: Arc::from("t"),
             partition: 0,
             records: vec![Record {
-                value: value.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec().into(),
                 ..Record::default()
             }],
             reply,

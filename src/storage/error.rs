@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::format::DecodeError;
+use super::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,6 +49,23 @@ pub enum Error {
     HeaderNameTooLong { index: usize, bytes: usize },
     #[error("partition log {} is poisoned by an earlier failed {op}; its on-disk state is unknown until a restart recovers it", dir.display())]
     Poisoned { dir: PathBuf, op: &'static str },
+    #[error("encoded batch refused: {source}")]
+    BadBatch {
+        #[source]
+        source: DecodeError,
+    },
+    #[error(
+        "encoded batch starts at offset {base_offset}, but the log ends at {end_offset}; a follower appends only at the end"
+    )]
+    NotContinuous { base_offset: u64, end_offset: u64 },
+    #[error("batch term {term} is below the log's last term {last_term}")]
+    TermRegressed { term: u64, last_term: u64 },
+    #[error("state file {} is unreadable: {source}", path.display())]
+    BadStateFile {
+        path: PathBuf,
+        #[source]
+        source: StateError,
+    },
     #[error("invalid storage config: {0}")]
     Config(String),
 }

@@ -24,6 +24,8 @@ struct State {
     /// Operations left before the crash; `None` = never crash.
     writes_left: Option<u64>,
     crashed: bool,
+    /// The operation the crash landed on.
+    crashed_in: Option<&'static str>,
     /// Durable length of each file this engine has written.
     synced_len: HashMap<PathBuf, u64>,
 }
@@ -64,6 +66,13 @@ impl<E: Engine> FaultyEngine<E> {
         self.state.borrow().crashed
     }
 
+    /// The operation the crash landed on: `"append"`, `"sync"`, `"truncate"`, `"create"`,
+    /// `"remove"`, `"create_dir_all"`, `"remove_if_exists"`, `"replace_file_atomic"`,
+    /// `"open_mapped"` or `"set_mapped_len"`; `None` before the crash.
+    pub fn crashed_in(&self) -> Option<&'static str> {
+        self.state.borrow().crashed_in
+    }
+
     /// Applies the crash to the files on disk: each file keeps its synced bytes plus a random
     /// prefix of the unsynced ones, whose last `garbage_bytes` may be overwritten with noise.
     /// Call after every handle to the files is closed or dropped. `random` supplies numbers
@@ -91,9 +100,10 @@ impl<E: Engine> FaultyEngine<E> {
         Ok(())
     }
 
-    /// Directory operations are not torn: the one the crash lands on just fails.
-    fn tick(&self) -> io::Result<()> {
-        match tick(&self.state)? {
+    /// Engine-level operations are not torn: the one the crash lands on fails having done
+    /// nothing (an atomic replace keeps the old contents; a resize or creation never happened).
+    fn tick(&self, op: &'static str) -> io::Result<()> {
+        match tick(&self.state, op)? {
             true => Err(crashed()),
             false => Ok(()),
         }
@@ -102,7 +112,7 @@ impl<E: Engine> FaultyEngine<E> {
 
 /// Counts one write-like operation: `Err` once crashed, `Ok(true)` for the operation the
 /// crash lands on (the torn one), `Ok(false)` otherwise.
-fn tick(state: &RefCell<State>) -> io::Result<bool> {
+fn tick(state: &RefCell<State>, op: &'static str) -> io::Result<bool> {
     let mut state = state.borrow_mut();
     if state.crashed {
         return Err(crashed());
@@ -110,6 +120,7 @@ fn tick(state: &RefCell<State>) -> io::Result<bool> {
     if let Some(left) = state.writes_left.as_mut() {
         if *left == 0 {
             state.crashed = true;
+            state.crashed_in = Some(op);
             return Ok(true);
         }
         *left -= 1;
@@ -120,8 +131,8 @@ fn tick(state: &RefCell<State>) -> io::Result<bool> {
 impl<F: StoreFile> FaultyFile<F> {
     /// `Ok(true)` for the operation the crash lands on: an append lets it reach the file and
     /// then fails (a torn write); a sync or truncate just fails.
-    fn tick(&self) -> io::Result<bool> {
-        tick(&self.state)
+    fn tick(&self, op: &'static str) -> io::Result<bool> {
+        tick(&self.state, op)
     }
 
     fn set_synced(&self, len: u64) {
@@ -144,7 +155,7 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     }
 
     async fn create(&self, path: &Path) -> io::Result<Self::File> {
-        self.tick()?;
+        self.tick("create")?;
         let inner = self.inner.create(path).await?;
         self.state
             .borrow_mut()
@@ -175,7 +186,7 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        self.tick()?;
+        self.tick("remove")?;
         self.state.borrow_mut().synced_len.remove(path);
         self.inner.remove(path).await
     }
@@ -187,6 +198,44 @@ impl<E: Engine> Engine for FaultyEngine<E> {
     async fn stat(&self, path: &Path) -> io::Result<FileStat> {
         self.inner.stat(path).await
     }
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.tick("create_dir_all")?;
+        self.inner.create_dir_all(dir).await
+    }
+
+    async fn remove_if_exists(&self, path: &Path) -> io::Result<bool> {
+        self.tick("remove_if_exists")?;
+        self.state.borrow_mut().synced_len.remove(path);
+        self.inner.remove_if_exists(path).await
+    }
+
+    async fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        if self.state.borrow().crashed {
+            return Err(crashed());
+        }
+        self.inner.read_small_file(path).await
+    }
+
+    async fn replace_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.tick("replace_file_atomic")?;
+        self.inner.replace_file_atomic(path, bytes).await
+    }
+
+    async fn open_mapped(&self, path: &Path) -> io::Result<std::fs::File> {
+        self.tick("open_mapped")?;
+        self.inner.open_mapped(path).await
+    }
+
+    async fn set_mapped_len(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        len_bytes: u64,
+    ) -> io::Result<()> {
+        self.tick("set_mapped_len")?;
+        self.inner.set_mapped_len(file, path, len_bytes).await
+    }
 }
 
 impl<F: StoreFile> StoreFile for FaultyFile<F> {
@@ -195,7 +244,7 @@ impl<F: StoreFile> StoreFile for FaultyFile<F> {
     }
 
     async fn append(&mut self, data: &[u8]) -> io::Result<()> {
-        let torn = self.tick()?;
+        let torn = self.tick("append")?;
         self.inner.append(data).await?;
         if torn { Err(crashed()) } else { Ok(()) }
     }
@@ -205,7 +254,7 @@ impl<F: StoreFile> StoreFile for FaultyFile<F> {
         len_bytes: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> io::Result<()> {
-        let torn = self.tick()?;
+        let torn = self.tick("append")?;
         self.inner.append_with(len_bytes, fill).await?;
         if torn { Err(crashed()) } else { Ok(()) }
     }
@@ -215,7 +264,7 @@ impl<F: StoreFile> StoreFile for FaultyFile<F> {
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        if self.tick()? {
+        if self.tick("sync")? {
             // Crashed during the fdatasync: nothing more is known to be durable.
             return Err(crashed());
         }
@@ -225,7 +274,7 @@ impl<F: StoreFile> StoreFile for FaultyFile<F> {
     }
 
     async fn truncate(&mut self, len_bytes: u64) -> io::Result<()> {
-        if self.tick()? {
+        if self.tick("truncate")? {
             return Err(crashed());
         }
         self.inner.truncate(len_bytes).await?;

@@ -7,21 +7,29 @@
 //! A store file is a sequence of batches laid end to end. One `append` is one batch. All
 //! integers are little-endian.
 //!
-//! Batch header (`BATCH_HEADER_LEN` = 56 bytes):
+//! Batch header, format version 2 (`BATCH_HEADER_LEN` = 80 bytes; what writers write):
 //!
-//! | offset | size | field               | meaning                                                   |
-//! |-------:|-----:|---------------------|-----------------------------------------------------------|
-//! |      0 |    4 | `magic`             | `b"WALB"`; zero bytes here mean "end of log" (padding)    |
-//! |      4 |    4 | `batch_len`         | whole batch in bytes, header included                     |
-//! |      8 |    4 | `crc`               | CRC32 (crc32fast) of bytes `[12, batch_len)`              |
-//! |     12 |    2 | `version`           | format version, `1`                                       |
-//! |     14 |    2 | `flags`             | bit 0 control batch; bits 1..=3 compression (0 = none)    |
-//! |     16 |    8 | `base_offset`       | offset of the first record                                |
-//! |     24 |    4 | `record_count`      | number of records, >= 1                                   |
-//! |     28 |    4 | `last_offset_delta` | last record's offset minus `base_offset`                  |
-//! |     32 |    8 | `leader_epoch`      | Raft term of the leader that wrote it; 0 until replication |
-//! |     40 |    8 | `first_timestamp_ms`| timestamp of the first record, ms since the Unix epoch    |
-//! |     48 |    8 | `max_timestamp_ms`  | largest record timestamp in the batch                     |
+//! | at | size | field               | meaning                                                   |
+//! |---:|-----:|---------------------|-----------------------------------------------------------|
+//! |  0 |    4 | `magic`             | `b"WALB"`; zero bytes here mean "end of log" (padding)    |
+//! |  4 |    4 | `batch_len`         | whole batch in bytes, header included                     |
+//! |  8 |    4 | `crc`               | CRC32 (crc32fast) of bytes `[12, batch_len)`              |
+//! | 12 |    2 | `version`           | format version: `2` (`1` is still read)                   |
+//! | 14 |    2 | `flags`             | bit 0 control batch; bits 1..=3 compression (0 = none)    |
+//! | 16 |    8 | `base_offset`       | offset of the first record                                |
+//! | 24 |    4 | `record_count`      | number of records, >= 1                                   |
+//! | 28 |    4 | `last_offset_delta` | last record's offset minus `base_offset`                  |
+//! | 32 |    8 | `leader_epoch`      | Raft term of the leader that wrote it; 0 until replication |
+//! | 40 |    8 | `first_timestamp_ms`| timestamp of the first record, ms since the Unix epoch    |
+//! | 48 |    8 | `max_timestamp_ms`  | largest record timestamp in the batch                     |
+//! | 56 |    8 | `raft_index`        | Raft log index of this batch (one batch = one entry); 0 = not replicated |
+//! | 64 |    8 | `producer_id`       | idempotent producer id; 0 = none                          |
+//! | 72 |    4 | `producer_seq`      | sequence number of the first record for that producer     |
+//! | 76 |    4 | `reserved`          | zero                                                      |
+//!
+//! Version 1 (`V1_BATCH_HEADER_LEN` = 56 bytes) is bytes 0..56 of the same table; it is read
+//! as `raft_index = producer_id = producer_seq = 0`. The header length follows from the
+//! version, so records start right after the header in both.
 //!
 //! Record (repeated `record_count` times after the header):
 //!
@@ -35,29 +43,50 @@
 //! |      … |    4 | `header_count`        | then per header: u16 name length, UTF-8 name, |
 //! |        |      |                       | u32 value length, value bytes                 |
 //!
-//! Invariants: `batch_len == BATCH_HEADER_LEN + Σ (4 + record_len)`; offset deltas strictly
+//! Invariants: `batch_len == header_len + Σ (4 + record_len)`; offset deltas strictly
 //! increase inside a batch and the last one equals `last_offset_delta`.
 
+use bytes::Bytes;
 use crc32fast::Hasher;
 
 pub const MAGIC: [u8; 4] = *b"WALB";
-pub const FORMAT_VERSION: u16 = 1;
+/// The version writers write.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest version still read.
+pub const FORMAT_VERSION_V1: u16 = 1;
 
-pub const MAGIC_OFFSET: usize = 0;
-pub const BATCH_LEN_OFFSET: usize = MAGIC_OFFSET + 4;
-pub const CRC_OFFSET: usize = BATCH_LEN_OFFSET + 4;
+pub const MAGIC_AT: usize = 0;
+pub const BATCH_LEN_AT: usize = MAGIC_AT + 4;
+pub const CRC_AT: usize = BATCH_LEN_AT + 4;
 /// The CRC covers every byte from here to the end of the batch.
-pub const CRC_START: usize = CRC_OFFSET + 4;
-pub const VERSION_OFFSET: usize = CRC_START;
-pub const FLAGS_OFFSET: usize = VERSION_OFFSET + 2;
-pub const BASE_OFFSET_OFFSET: usize = FLAGS_OFFSET + 2;
-pub const RECORD_COUNT_OFFSET: usize = BASE_OFFSET_OFFSET + 8;
-pub const LAST_OFFSET_DELTA_OFFSET: usize = RECORD_COUNT_OFFSET + 4;
-pub const LEADER_EPOCH_OFFSET: usize = LAST_OFFSET_DELTA_OFFSET + 4;
-pub const FIRST_TIMESTAMP_OFFSET: usize = LEADER_EPOCH_OFFSET + 8;
-pub const MAX_TIMESTAMP_OFFSET: usize = FIRST_TIMESTAMP_OFFSET + 8;
-pub const BATCH_HEADER_LEN: usize = MAX_TIMESTAMP_OFFSET + 8;
-const _: () = assert!(BATCH_HEADER_LEN == 56);
+pub const CRC_START: usize = CRC_AT + 4;
+pub const VERSION_AT: usize = CRC_START;
+pub const FLAGS_AT: usize = VERSION_AT + 2;
+pub const BASE_OFFSET_AT: usize = FLAGS_AT + 2;
+pub const RECORD_COUNT_AT: usize = BASE_OFFSET_AT + 8;
+pub const LAST_OFFSET_DELTA_AT: usize = RECORD_COUNT_AT + 4;
+pub const LEADER_EPOCH_AT: usize = LAST_OFFSET_DELTA_AT + 4;
+pub const FIRST_TIMESTAMP_AT: usize = LEADER_EPOCH_AT + 8;
+pub const MAX_TIMESTAMP_AT: usize = FIRST_TIMESTAMP_AT + 8;
+/// Length of a version-1 header: the fields up to and including `max_timestamp_ms`.
+pub const V1_BATCH_HEADER_LEN: usize = MAX_TIMESTAMP_AT + 8;
+pub const RAFT_INDEX_AT: usize = V1_BATCH_HEADER_LEN;
+pub const PRODUCER_ID_AT: usize = RAFT_INDEX_AT + 8;
+pub const PRODUCER_SEQ_AT: usize = PRODUCER_ID_AT + 8;
+pub const RESERVED_AT: usize = PRODUCER_SEQ_AT + 4;
+/// Length of the header writers write (version 2).
+pub const BATCH_HEADER_LEN: usize = RESERVED_AT + 4;
+const _: () = assert!(V1_BATCH_HEADER_LEN == 56);
+const _: () = assert!(BATCH_HEADER_LEN == 80);
+
+/// The header length of a format version, or `None` for a version this code cannot read.
+pub fn header_len_of(version: u16) -> Option<usize> {
+    match version {
+        FORMAT_VERSION_V1 => Some(V1_BATCH_HEADER_LEN),
+        FORMAT_VERSION => Some(BATCH_HEADER_LEN),
+        _ => None,
+    }
+}
 
 /// Fixed part of a record: length, timestamp delta, offset delta, key length, value length,
 /// header count.
@@ -75,9 +104,9 @@ pub const FLAGS_COMPRESSION_MASK: u16 = 0b1110;
 pub struct Record {
     pub offset: u64,
     pub timestamp_ms: i64,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
 }
 
 impl Record {
@@ -107,9 +136,30 @@ pub struct BatchHeader {
     pub leader_epoch: u64,
     pub first_timestamp_ms: i64,
     pub max_timestamp_ms: i64,
+    /// Raft log index (version 2; 0 in version 1 and before replication).
+    pub raft_index: u64,
+    /// Idempotent producer id (version 2); 0 = none.
+    pub producer_id: u64,
+    /// Producer sequence of the first record (version 2).
+    pub producer_seq: u32,
+}
+
+/// What a writer puts in a batch header besides what follows from the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchMeta {
+    pub leader_epoch: u64,
+    pub flags: u16,
+    pub raft_index: u64,
+    pub producer_id: u64,
+    pub producer_seq: u32,
 }
 
 impl BatchHeader {
+    /// Length of this header on disk (it depends on the version).
+    pub fn header_len(&self) -> usize {
+        header_len_of(self.version).expect("probe_header refuses unknown versions")
+    }
+
     /// The offset after this batch's last record.
     pub fn next_offset(&self) -> u64 {
         self.base_offset + u64::from(self.last_offset_delta) + 1
@@ -126,11 +176,11 @@ pub struct Batch {
 /// Why bytes are not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("only {available} bytes, a batch header needs {BATCH_HEADER_LEN}")]
+    #[error("only {available} bytes, a batch header needs {V1_BATCH_HEADER_LEN} (version 1) or {BATCH_HEADER_LEN} (version 2)")]
     ShortHeader { available: usize },
     #[error("bad magic {found:02x?}")]
     BadMagic { found: [u8; 4] },
-    #[error("batch length {batch_len} is impossible (header is {BATCH_HEADER_LEN} bytes)")]
+    #[error("batch length {batch_len} is impossible for its header and one record")]
     BadLength { batch_len: u32 },
     #[error("batch claims {batch_len} bytes but only {available} are there")]
     ShortBatch { batch_len: u32, available: usize },
@@ -163,8 +213,13 @@ pub fn encode_batch(
     flags: u16,
     records: &[Record],
 ) -> Vec<u8> {
+    let meta = BatchMeta {
+        leader_epoch,
+        flags,
+        ..BatchMeta::default()
+    };
     let mut buf = vec![0u8; batch_len(records)];
-    encode_batch_into(&mut buf, base_offset, leader_epoch, flags, records);
+    encode_batch_into(&mut buf, base_offset, &meta, records);
     buf
 }
 
@@ -177,13 +232,7 @@ pub fn batch_len(records: &[Record]) -> usize {
 /// straight into its write buffer (one copy of every record fewer).
 ///
 /// Panics when `records` is empty or `dst` has the wrong length.
-pub fn encode_batch_into(
-    dst: &mut [u8],
-    base_offset: u64,
-    leader_epoch: u64,
-    flags: u16,
-    records: &[Record],
-) {
+pub fn encode_batch_into(dst: &mut [u8], base_offset: u64, meta: &BatchMeta, records: &[Record]) {
     assert!(!records.is_empty(), "a batch needs at least one record");
     let batch_len = batch_len(records);
     assert_eq!(
@@ -206,13 +255,17 @@ pub fn encode_batch_into(
     buf.extend_from_slice(&batch_len_u32.to_le_bytes());
     buf.extend_from_slice(&[0; 4]); // CRC, filled in below.
     buf.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    buf.extend_from_slice(&flags.to_le_bytes());
+    buf.extend_from_slice(&meta.flags.to_le_bytes());
     buf.extend_from_slice(&base_offset.to_le_bytes());
     buf.extend_from_slice(&record_count.to_le_bytes());
     buf.extend_from_slice(&(record_count - 1).to_le_bytes());
-    buf.extend_from_slice(&leader_epoch.to_le_bytes());
+    buf.extend_from_slice(&meta.leader_epoch.to_le_bytes());
     buf.extend_from_slice(&first_timestamp_ms.to_le_bytes());
     buf.extend_from_slice(&max_timestamp_ms.to_le_bytes());
+    buf.extend_from_slice(&meta.raft_index.to_le_bytes());
+    buf.extend_from_slice(&meta.producer_id.to_le_bytes());
+    buf.extend_from_slice(&meta.producer_seq.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]); // reserved
     debug_assert_eq!(buf.len, BATCH_HEADER_LEN);
 
     for (index, record) in records.iter().enumerate() {
@@ -246,7 +299,7 @@ pub fn encode_batch_into(
 
     let dst = buf.buf;
     let crc = crc32fast::hash(&dst[CRC_START..]);
-    dst[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_le_bytes());
+    dst[CRC_AT..CRC_START].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Writes forward into a slice of exactly the right size.
@@ -279,30 +332,43 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
     if bytes[..magic_len].iter().all(|&b| b == 0) {
         return Ok(Probe::End);
     }
-    if bytes.len() < BATCH_HEADER_LEN {
+    if bytes.len() < V1_BATCH_HEADER_LEN {
         return Err(DecodeError::ShortHeader {
             available: bytes.len(),
         });
     }
-    let magic: [u8; 4] = bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4]
+    let magic: [u8; 4] = bytes[MAGIC_AT..MAGIC_AT + 4]
         .try_into()
         .expect("4 bytes");
     if magic != MAGIC {
         return Err(DecodeError::BadMagic { found: magic });
     }
-    let header = BatchHeader {
-        batch_len: u32_at(bytes, BATCH_LEN_OFFSET),
-        crc: u32_at(bytes, CRC_OFFSET),
-        version: u16_at(bytes, VERSION_OFFSET),
-        flags: u16_at(bytes, FLAGS_OFFSET),
-        base_offset: u64_at(bytes, BASE_OFFSET_OFFSET),
-        record_count: u32_at(bytes, RECORD_COUNT_OFFSET),
-        last_offset_delta: u32_at(bytes, LAST_OFFSET_DELTA_OFFSET),
-        leader_epoch: u64_at(bytes, LEADER_EPOCH_OFFSET),
-        first_timestamp_ms: u64_at(bytes, FIRST_TIMESTAMP_OFFSET) as i64,
-        max_timestamp_ms: u64_at(bytes, MAX_TIMESTAMP_OFFSET) as i64,
+    let version = u16_at(bytes, VERSION_AT);
+    let Some(header_len) = header_len_of(version) else {
+        return Err(DecodeError::BadVersion { version });
     };
-    if (header.batch_len as usize) < BATCH_HEADER_LEN + RECORD_FIXED_LEN {
+    if bytes.len() < header_len {
+        return Err(DecodeError::ShortHeader {
+            available: bytes.len(),
+        });
+    }
+    let v2 = version >= FORMAT_VERSION;
+    let header = BatchHeader {
+        batch_len: u32_at(bytes, BATCH_LEN_AT),
+        crc: u32_at(bytes, CRC_AT),
+        version,
+        flags: u16_at(bytes, FLAGS_AT),
+        base_offset: u64_at(bytes, BASE_OFFSET_AT),
+        record_count: u32_at(bytes, RECORD_COUNT_AT),
+        last_offset_delta: u32_at(bytes, LAST_OFFSET_DELTA_AT),
+        leader_epoch: u64_at(bytes, LEADER_EPOCH_AT),
+        first_timestamp_ms: u64_at(bytes, FIRST_TIMESTAMP_AT) as i64,
+        max_timestamp_ms: u64_at(bytes, MAX_TIMESTAMP_AT) as i64,
+        raft_index: if v2 { u64_at(bytes, RAFT_INDEX_AT) } else { 0 },
+        producer_id: if v2 { u64_at(bytes, PRODUCER_ID_AT) } else { 0 },
+        producer_seq: if v2 { u32_at(bytes, PRODUCER_SEQ_AT) } else { 0 },
+    };
+    if (header.batch_len as usize) < header_len + RECORD_FIXED_LEN {
         return Err(DecodeError::BadLength {
             batch_len: header.batch_len,
         });
@@ -312,7 +378,7 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
 
 /// Checks a whole batch: header, length and CRC. `bytes` starts at the batch and holds at
 /// least `batch_len` bytes.
-pub fn check_batch(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
+pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
     let header = match probe_header(bytes)? {
         Probe::Header(header) => header,
         Probe::End => return Err(DecodeError::BadMagic { found: [0; 4] }),
@@ -331,21 +397,26 @@ pub fn check_batch(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
             computed,
         });
     }
-    if header.version != FORMAT_VERSION {
-        return Err(DecodeError::BadVersion {
-            version: header.version,
-        });
-    }
     Ok(header)
 }
 
-/// Decodes a whole batch after checking it (see [`check_batch`]).
+/// Decodes a whole batch after checking it (see [`verify_batch`]). Copies the record bytes;
+/// [`decode_batch_shared`] slices a shared buffer instead.
 pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
-    let header = check_batch(bytes)?;
+    decode_batch_shared(&Bytes::copy_from_slice(bytes))
+}
+
+/// Decodes a whole batch after checking it; keys, values and header values are slices of
+/// `bytes` (no copy).
+pub fn decode_batch_shared(bytes: &Bytes) -> Result<Batch, DecodeError> {
+    let header = verify_batch(bytes)?;
+    let body_at = header.header_len();
     let mut cursor = Cursor {
-        bytes: &bytes[BATCH_HEADER_LEN..header.batch_len as usize],
+        bytes: &bytes[body_at..header.batch_len as usize],
         position: 0,
     };
+    // A sub-slice of `cursor.bytes` as a shared `Bytes`.
+    let share = |slice: &[u8]| bytes.slice_ref(slice);
     let mut records = Vec::with_capacity(header.record_count as usize);
     let mut previous_delta: Option<u32> = None;
     for index in 0..header.record_count {
@@ -363,8 +434,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
             return Err(bad("offset delta out of order"));
         }
         previous_delta = Some(offset_delta);
-        let key = cursor.bytes_u32().ok_or(bad("truncated key"))?.to_vec();
-        let value = cursor.bytes_u32().ok_or(bad("truncated value"))?.to_vec();
+        let key = share(cursor.bytes_u32().ok_or(bad("truncated key"))?);
+        let value = share(cursor.bytes_u32().ok_or(bad("truncated value"))?);
         let header_count = cursor.u32().ok_or(bad("truncated header count"))?;
         let mut headers = Vec::new();
         for _ in 0..header_count {
@@ -373,10 +444,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
             let name = std::str::from_utf8(name)
                 .map_err(|_| bad("header name is not UTF-8"))?
                 .to_owned();
-            let value = cursor
-                .bytes_u32()
-                .ok_or(bad("truncated header value"))?
-                .to_vec();
+            let value = share(cursor.bytes_u32().ok_or(bad("truncated header value"))?);
             headers.push((name, value));
         }
         if cursor.position != record_end {
@@ -460,8 +528,8 @@ mod tests {
         Record {
             offset: 0,
             timestamp_ms,
-            key: key.to_vec(),
-            value: value.to_vec(),
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
             headers: vec![],
         }
     }
@@ -472,9 +540,12 @@ mod tests {
             Record {
                 offset: 99, // ignored on encode
                 timestamp_ms: 1_700_000_000_000,
-                key: b"k1".to_vec(),
-                value: b"hello".to_vec(),
-                headers: vec![("trace".into(), b"abc".to_vec()), ("empty".into(), vec![])],
+                key: Bytes::from_static(b"k1"),
+                value: Bytes::from_static(b"hello"),
+                headers: vec![
+                    ("trace".into(), Bytes::from_static(b"abc")),
+                    ("empty".into(), Bytes::new()),
+                ],
             },
             record(b"", b"", 1_699_999_999_000),
             record(b"k3", &[7u8; 1000], 1_700_000_000_500),
@@ -506,13 +577,88 @@ mod tests {
         let bytes = encode_batch(0x0102_0304_0506_0708, 9, 0, &[record(b"k", b"v", -5)]);
         assert_eq!(&bytes[0..4], b"WALB");
         assert_eq!(u32_at(&bytes, 4) as usize, bytes.len());
-        assert_eq!(u16_at(&bytes, 12), 1);
+        assert_eq!(u16_at(&bytes, 12), 2);
         assert_eq!(u64_at(&bytes, 16), 0x0102_0304_0506_0708);
         assert_eq!(u32_at(&bytes, 24), 1);
         assert_eq!(u64_at(&bytes, 32), 9);
         assert_eq!(u64_at(&bytes, 40) as i64, -5);
         assert_eq!(u64_at(&bytes, 48) as i64, -5);
         assert_eq!(bytes.len(), BATCH_HEADER_LEN + RECORD_FIXED_LEN + 2);
+        let meta = BatchMeta {
+            leader_epoch: 3,
+            flags: 0,
+            raft_index: 0x1122,
+            producer_id: 0x3344,
+            producer_seq: 0x55,
+        };
+        let mut bytes = vec![0u8; batch_len(&[record(b"k", b"v", 0)])];
+        encode_batch_into(&mut bytes, 7, &meta, &[record(b"k", b"v", 0)]);
+        assert_eq!(u64_at(&bytes, 56), 0x1122);
+        assert_eq!(u64_at(&bytes, 64), 0x3344);
+        assert_eq!(u32_at(&bytes, 72), 0x55);
+        assert_eq!(u32_at(&bytes, 76), 0);
+        let header = verify_batch(&bytes).unwrap();
+        assert_eq!(
+            (header.raft_index, header.producer_id, header.producer_seq),
+            (0x1122, 0x3344, 0x55)
+        );
+    }
+
+    /// A version-1 batch, laid out by hand from the v1 table: 56-byte header, then records.
+    pub(crate) fn v1_batch(base_offset: u64, values: &[&[u8]]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let record_len = (RECORD_FIXED_LEN - 4 + value.len()) as u32;
+            body.extend_from_slice(&record_len.to_le_bytes());
+            body.extend_from_slice(&0i64.to_le_bytes()); // timestamp delta
+            body.extend_from_slice(&(i as u32).to_le_bytes()); // offset delta
+            body.extend_from_slice(&0u32.to_le_bytes()); // key_len
+            body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            body.extend_from_slice(value);
+            body.extend_from_slice(&0u32.to_le_bytes()); // header_count
+        }
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"WALB");
+        bytes.extend_from_slice(&((56 + body.len()) as u32).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]); // crc
+        bytes.extend_from_slice(&1u16.to_le_bytes()); // version
+        bytes.extend_from_slice(&0u16.to_le_bytes()); // flags
+        bytes.extend_from_slice(&base_offset.to_le_bytes());
+        bytes.extend_from_slice(&(values.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&(values.len() as u32 - 1).to_le_bytes());
+        bytes.extend_from_slice(&4u64.to_le_bytes()); // leader epoch
+        bytes.extend_from_slice(&1000i64.to_le_bytes());
+        bytes.extend_from_slice(&1000i64.to_le_bytes());
+        assert_eq!(bytes.len(), 56);
+        bytes.extend_from_slice(&body);
+        let crc = crc32fast::hash(&bytes[12..]);
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn version_1_batches_still_decode() {
+        let bytes = v1_batch(10, &[b"one", b"two"]);
+        let batch = decode_batch(&bytes).unwrap();
+        assert_eq!(batch.header.version, 1);
+        assert_eq!(batch.header.header_len(), V1_BATCH_HEADER_LEN);
+        assert_eq!(batch.header.leader_epoch, 4);
+        assert_eq!(batch.header.raft_index, 0);
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(batch.records[1].offset, 11);
+        assert_eq!(&batch.records[1].value[..], b"two");
+    }
+
+    #[test]
+    fn unknown_versions_are_refused() {
+        let mut bytes = encode_batch(0, 0, 0, &[record(b"", b"x", 0)]);
+        bytes[12] = 9;
+        let crc = crc32fast::hash(&bytes[12..]);
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode_batch(&bytes),
+            Err(DecodeError::BadVersion { version: 9 })
+        );
     }
 
     #[test]
@@ -560,7 +706,7 @@ mod tests {
             Err(DecodeError::ShortHeader { .. })
         ));
         assert!(matches!(
-            check_batch(&bytes[..bytes.len() - 1]),
+            verify_batch(&bytes[..bytes.len() - 1]),
             Err(DecodeError::ShortBatch { .. })
         ));
     }

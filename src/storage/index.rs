@@ -21,13 +21,14 @@
 //! after a truncation or a torn page never extend the index. An active segment's file is
 //! preallocated to its capacity (sparse); a sealed one is trimmed to its entries.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
 
 use super::format::crc32;
+use super::io::Engine;
 
 pub const ENTRY_LEN: usize = 16;
 const OFFSET_DELTA_AT: usize = 0;
@@ -68,17 +69,18 @@ impl Index {
     /// Opens (creating if missing) the index at `path`, sized for `capacity_bytes` (rounded
     /// down to whole entries; a larger existing file keeps its size), and loads the valid
     /// prefix of entries.
-    pub fn open(path: &Path, base_offset: u64, capacity_bytes: u64) -> io::Result<Index> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+    /// The file is opened and resized through `engine`.
+    pub async fn open<E: Engine>(
+        engine: &E,
+        path: &Path,
+        base_offset: u64,
+        capacity_bytes: u64,
+    ) -> io::Result<Index> {
+        let file = engine.open_mapped(path).await?;
         let wanted_len = capacity_bytes / ENTRY_LEN as u64 * ENTRY_LEN as u64;
         let on_disk_len = file.metadata()?.len();
         if on_disk_len < wanted_len {
-            file.set_len(wanted_len)?;
+            engine.set_mapped_len(&file, path, wanted_len).await?;
         }
         let file_len = on_disk_len.max(wanted_len);
         let mut index = Index {
@@ -230,11 +232,13 @@ impl Index {
 
     /// Makes room for `capacity_bytes` again (a sealed segment that becomes active after a
     /// suffix truncation).
-    pub fn grow(&mut self, capacity_bytes: u64) -> io::Result<()> {
+    pub async fn grow<E: Engine>(&mut self, engine: &E, capacity_bytes: u64) -> io::Result<()> {
         let wanted = capacity_bytes / ENTRY_LEN as u64;
         if wanted as usize > self.capacity_entries {
             self.mmap = None;
-            self.file.set_len(wanted * ENTRY_LEN as u64)?;
+            engine
+                .set_mapped_len(&self.file, &self.path, wanted * ENTRY_LEN as u64)
+                .await?;
             self.capacity_entries = wanted as usize;
             self.map()?;
         }
@@ -242,10 +246,12 @@ impl Index {
     }
 
     /// Writes the entries out and trims the file to them: the index of a sealed segment.
-    pub fn seal(&mut self) -> io::Result<()> {
+    pub async fn seal<E: Engine>(&mut self, engine: &E) -> io::Result<()> {
         self.flush()?;
         self.mmap = None;
-        self.file.set_len((self.entries * ENTRY_LEN) as u64)?;
+        engine
+            .set_mapped_len(&self.file, &self.path, (self.entries * ENTRY_LEN) as u64)
+            .await?;
         self.capacity_entries = self.entries;
         self.map()
     }
@@ -263,6 +269,18 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::PortableEngine;
+    use futures::executor::block_on;
+
+    fn open(path: &Path, base_offset: u64, capacity_bytes: u64) -> Index {
+        block_on(Index::open(
+            &PortableEngine::new(),
+            path,
+            base_offset,
+            capacity_bytes,
+        ))
+        .unwrap()
+    }
 
     fn entry(offset: u64, position: u64, batch_len: u32) -> Entry {
         Entry {
@@ -276,7 +294,7 @@ mod tests {
     fn push_lookup_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.index");
-        let mut index = Index::open(&path, 100, 16 * 8).unwrap();
+        let mut index = open(&path, 100, 16 * 8);
         assert!(index.is_empty());
         index.push(entry(100, 0, 50)).unwrap();
         index.push(entry(103, 50, 70)).unwrap();
@@ -288,7 +306,7 @@ mod tests {
         assert_eq!(index.lookup(1000), Some(2));
         index.flush().unwrap();
         drop(index);
-        let index = Index::open(&path, 100, 16 * 8).unwrap();
+        let index = open(&path, 100, 16 * 8);
         assert_eq!(index.len(), 3);
         assert_eq!(index.last(), Some(entry(110, 120, 10)));
     }
@@ -297,14 +315,14 @@ mod tests {
     fn full_index_refuses_and_seal_trims_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.index");
-        let mut index = Index::open(&path, 0, 32).unwrap();
+        let mut index = open(&path, 0, 32);
         index.push(entry(0, 0, 60)).unwrap();
         index.push(entry(1, 60, 60)).unwrap();
         assert_eq!(index.push(entry(2, 120, 60)), Err(IndexFull));
         index.truncate(1);
-        index.seal().unwrap();
+        block_on(index.seal(&PortableEngine::new())).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
-        index.grow(64).unwrap();
+        block_on(index.grow(&PortableEngine::new(), 64)).unwrap();
         index.push(entry(1, 60, 60)).unwrap();
         assert_eq!(index.len(), 2);
     }
@@ -313,7 +331,7 @@ mod tests {
     fn garbage_and_broken_chains_end_the_valid_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.index");
-        let mut index = Index::open(&path, 0, 16 * 4).unwrap();
+        let mut index = open(&path, 0, 16 * 4);
         index.push(entry(0, 0, 60)).unwrap();
         index.push(entry(1, 60, 60)).unwrap();
         index.flush().unwrap();
@@ -328,10 +346,10 @@ mod tests {
         slot[12..].copy_from_slice(&check.to_le_bytes());
         bytes[16..32].copy_from_slice(&slot);
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Index::open(&path, 0, 64).unwrap().len(), 1);
+        assert_eq!(open(&path, 0, 64).len(), 1);
         // Random garbage in the first slot: nothing is valid.
         bytes[3] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(Index::open(&path, 0, 64).unwrap().len(), 0);
+        assert_eq!(open(&path, 0, 64).len(), 0);
     }
 }

@@ -7,6 +7,11 @@
 //! Must never: know anything about batches or offsets. A store file is an append-only run of
 //! bytes with a logical length; what the bytes mean is `format`'s business.
 //!
+//! Every write the log makes goes through an engine: store files, the memory-mapped index
+//! files (open, resize), small state files (`start_offset`, `leader_epochs`, `raft_state`,
+//! replaced atomically) and directories. So a reactor-based engine decides how each is done
+//! and the fault-injecting engine can crash inside any of them.
+//!
 //! Invariants every engine keeps:
 //! - `len()` is the logical length: every byte appended so far, whether or not it has reached
 //!   the disk. Bytes below `len()` are readable with `read_at` the moment `append` returns.
@@ -48,6 +53,37 @@ pub trait Engine: Clone + 'static {
     /// Size in bytes and last-modified time (ms since the Unix epoch) of a file, without
     /// opening it.
     async fn stat(&self, path: &Path) -> io::Result<FileStat>;
+
+    /// Creates `dir` and its missing parents; the new directory entries are durable on return.
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+
+    /// Removes `path` if it exists, durably (directory sync); `Ok(false)` when there was none.
+    async fn remove_if_exists(&self, path: &Path) -> io::Result<bool>;
+
+    /// The whole contents of a small file (a few KiB at most), or `None` when it is missing.
+    async fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+
+    /// Replaces `path` with `bytes` atomically and durably: writes `<path>.tmp`, fsyncs it,
+    /// renames it over `path`, fsyncs the directory.
+    ///
+    /// # Correctness
+    /// After `Ok` the new contents survive a crash. After an error or a crash, `path` holds
+    /// either the old contents or the new, never a mix; a stale `<path>.tmp` may be left,
+    /// which the owner removes (with [`Engine::remove_if_exists`]) before reading.
+    async fn replace_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+
+    /// Opens, creating when missing, a file that the caller memory-maps (an offset index).
+    /// A creation is durable on return. The mapping itself is the caller's (memmap2).
+    async fn open_mapped(&self, path: &Path) -> io::Result<std::fs::File>;
+
+    /// Sets the length of a file opened with [`Engine::open_mapped`]: grows it (sparse) or
+    /// trims it. The caller has dropped any mapping of the bytes cut off.
+    async fn set_mapped_len(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        len_bytes: u64,
+    ) -> io::Result<()>;
 }
 
 /// What `Engine::stat` reports.

@@ -1,33 +1,50 @@
 //! The partition log: an ordered run of segments with one active segment at the end.
 //!
-//! Owns: offsets (assignment, start, end, high watermark), rolling, retention, prefix and
-//! suffix truncation, recovery on open, the persisted start offset, and the limits on what
-//! may be appended.
+//! Owns: offsets (assignment, start, end, the durable mark and the commit mark), rolling,
+//! retention, prefix and suffix truncation, recovery on open, the leader-epoch map, the
+//! persisted start offset and vote, and the limits on what may be appended.
 //! Must never: be shared. One shard task owns a `Log` and calls it sequentially; nothing in
 //! here locks. Must never reuse an offset: the end offset only moves back through an explicit
-//! `truncate_suffix`.
+//! `truncate_suffix`. Must never write a file except through its engine.
 //!
-//! Invariants: `start_offset <= end_offset`, `high_watermark <= end_offset`; segments are
-//! sorted by base offset, each segment's base is at or above the previous one's next
-//! offset, and only the last (active) segment is ever written. After a failed write or
-//! sync the log is poisoned: every later write fails until a reopen recovers it.
+//! Two marks: the **durable end** (everything below it survived an fdatasync: moved by
+//! `sync`, `roll` and recovery, never by the caller) and the **commit mark**
+//! ([`Log::high_watermark`], what readers see: set only by the caller with
+//! [`Log::set_commit`], e.g. to the durable end under fsync durability, to a Raft commit
+//! index under replication).
 //!
-//! Files in a partition directory: the segments (see `segment`) and `start_offset`, the
-//! log start offset as decimal text, replaced atomically (write, fsync, rename, fsync dir).
+//! Invariants: `start_offset <= end_offset`, `commit <= end_offset`, `durable_end <=
+//! end_offset`; segments are sorted by base offset, each segment's base is at or above the
+//! previous one's next offset, and only the last (active) segment is ever written. Leader
+//! epochs and their start offsets strictly increase, and every start offset is below the end.
+//! After a failed write or sync the log is poisoned: every later write fails until a reopen
+//! recovers it.
+//!
+//! Files in a partition directory: the segments (see `segment`); `start_offset`, the log
+//! start offset as decimal text; `leader_epochs`, the epoch → start-offset map (Kafka's
+//! leader-epoch checkpoint); `raft_state`, the vote (see `state` for both layouts). The three
+//! are replaced atomically through the engine (write tmp, fsync, rename, fsync dir).
+//!
+//! The epoch map is persisted, not rebuilt: a new epoch's entry is durable before the first
+//! batch of that epoch is written, so a durable batch always has its epoch in the map. On open
+//! entries at or past the recovered end (their batch was lost in a crash) are dropped; a
+//! suffix truncation cuts the store first and the map after (a crash between leaves entries
+//! past the end, which open drops). A missing file means every batch has epoch 0.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use super::error::{Error, Result, io_err};
-use super::format::{self, Batch, Record};
+use super::format::{self, BatchHeader, BatchMeta, Batch, Record};
 use super::index::ENTRY_LEN;
 use super::io::Engine;
-use super::portable::sync_dir;
 use super::segment::{self, Recovery, Segment};
+use super::state::{self, EpochStart, Vote};
 
 const START_OFFSET_FILE: &str = "start_offset";
-const START_OFFSET_TMP: &str = "start_offset.tmp";
 
 /// Limits and policies of one partition log. Validated by [`LogConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +179,14 @@ pub struct OpenReport {
     pub recovery: Recovery,
 }
 
+/// One batch as stored, CRC-checked and not decoded: what replication ships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawBatch {
+    pub header: BatchHeader,
+    /// The whole batch, header included (`header.batch_len` bytes).
+    pub bytes: Bytes,
+}
+
 /// One partition's log.
 pub struct Log<E: Engine> {
     engine: E,
@@ -169,7 +194,12 @@ pub struct Log<E: Engine> {
     config: LogConfig,
     segments: VecDeque<Segment<E>>,
     start_offset: u64,
-    high_watermark: u64,
+    /// Everything below is durable.
+    durable_end: u64,
+    /// What readers see; set by the caller.
+    commit: u64,
+    /// The leader-epoch map, as persisted in `leader_epochs`.
+    epochs: Vec<EpochStart>,
     poisoned_by: Option<&'static str>,
 }
 
@@ -178,104 +208,77 @@ impl<E: Engine> Log<E> {
     /// tail cut, index repaired, synced); sealed segments are only listed, not read.
     ///
     /// # Correctness
-    /// Everything in the log after `open` is durable: the high watermark starts at the end.
+    /// Everything in the log after `open` is durable: the durable end and the commit mark
+    /// start at the end offset (a consensus layer lowers the commit mark with
+    /// [`Log::set_commit`] before serving reads).
     pub async fn open(engine: E, dir: &Path, config: LogConfig) -> Result<(Log<E>, OpenReport)> {
         config.validate()?;
-        std::fs::create_dir_all(dir).map_err(io_err("create partition dir", dir))?;
-        // A temp file left by a crash mid-replace is stale: the rename never happened.
-        match std::fs::remove_file(dir.join(START_OFFSET_TMP)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(io_err(
-                    "remove stale start offset",
-                    dir.join(START_OFFSET_TMP),
-                )(e));
-            }
-        }
-        let persisted_start = read_start_offset(dir)?;
-        let mut bases: Vec<u64> = engine
-            .list(dir)
+        engine
+            .create_dir_all(dir)
             .await
-            .map_err(io_err("list partition dir", dir))?
-            .iter()
-            .filter_map(|name| segment::parse_store_file_name(name.to_str()?))
-            .collect();
-        bases.sort_unstable();
-
-        let now = now_ms();
-        let mut segments = VecDeque::with_capacity(bases.len().max(1));
-        let mut report = OpenReport::default();
-        match bases.split_last() {
-            None => {
-                let base = persisted_start.unwrap_or(0);
-                segments.push_back(
-                    Segment::create(&engine, dir, base, config.index_bytes_max, now).await?,
-                );
-            }
-            Some((&active_base, sealed)) => {
-                for (i, &base) in sealed.iter().enumerate() {
-                    let next_base = bases[i + 1];
-                    let path = dir.join(segment::store_file_name(base));
-                    let stat = engine
-                        .stat(&path)
-                        .await
-                        .map_err(io_err("stat segment", &path))?;
-                    segments.push_back(Segment::sealed(
-                        dir,
-                        base,
-                        next_base,
-                        stat.size_bytes,
-                        stat.modified_ms,
-                    ));
-                }
-                let (active, recovery) =
-                    Segment::recover(&engine, dir, active_base, config.index_bytes_max, now)
-                        .await?;
-                if recovery != Recovery::default() {
-                    tracing::warn!(
-                        segment = %active.store_path().display(),
-                        truncated_bytes = recovery.truncated_bytes,
-                        stopped_by = ?recovery.stopped_by,
-                        index_rebuilt = recovery.index_rebuilt,
-                        "recovered the active segment"
-                    );
-                }
-                report.recovery = recovery;
-                segments.push_back(active);
-            }
-        }
-        report.segments = segments.len();
-        let first_base = segments
-            .front()
-            .expect("at least one segment")
-            .base_offset();
+            .map_err(io_err("create partition dir", dir))?;
+        remove_stale_tmp_files(&engine, dir).await?;
+        let persisted_start = read_start_offset(&engine, dir).await?;
+        let (segments, report) = open_segments(&engine, dir, &config, persisted_start).await?;
+        let first_base = segments.front().expect("at least one segment").base_offset();
         let end = segments.back().expect("at least one segment").next_offset();
-        let start_offset = persisted_start
-            .unwrap_or(first_base)
-            .max(first_base)
-            .min(end);
-        let log = Log {
+        let start_offset = persisted_start.unwrap_or(first_base).max(first_base).min(end);
+        let mut log = Log {
             engine,
             dir: dir.to_owned(),
             config,
             segments,
             start_offset,
-            high_watermark: end,
+            durable_end: end,
+            commit: end,
+            epochs: Vec::new(),
             poisoned_by: None,
         };
+        log.recover_epochs().await?;
         log.check_invariants();
         Ok((log, report))
     }
 
+    /// Loads the epoch map and drops the entries a crash left past the end.
+    async fn recover_epochs(&mut self) -> Result<()> {
+        let path = self.dir.join(state::LEADER_EPOCHS_FILE);
+        let Some(bytes) = self
+            .engine
+            .read_small_file(&path)
+            .await
+            .map_err(io_err("read leader epochs", &path))?
+        else {
+            return Ok(());
+        };
+        let mut epochs = state::decode_epochs(&bytes)
+            .map_err(|source| Error::BadStateFile { path, source })?;
+        let end = self.end_offset();
+        let before = epochs.len();
+        epochs.retain(|e| e.start_offset < end);
+        self.epochs = epochs;
+        if self.epochs.len() != before {
+            self.persist_epochs().await?;
+        }
+        Ok(())
+    }
+
     fn check_invariants(&self) {
+        let end = self.end_offset();
         assert!(
-            self.start_offset <= self.end_offset() && self.high_watermark <= self.end_offset(),
-            "{}: start {} / high watermark {} / end {} out of order",
+            self.start_offset <= end && self.commit <= end && self.durable_end <= end,
+            "{}: start {} / commit {} / durable {} / end {end} out of order",
             self.dir.display(),
             self.start_offset,
-            self.high_watermark,
-            self.end_offset()
+            self.commit,
+            self.durable_end,
+        );
+        assert!(
+            self.epochs.windows(2).all(|w| w[0].epoch < w[1].epoch
+                && w[0].start_offset < w[1].start_offset)
+                && self.epochs.last().is_none_or(|e| e.start_offset < end),
+            "{}: leader epochs out of order: {:?} (end {end})",
+            self.dir.display(),
+            self.epochs
         );
     }
 
@@ -297,9 +300,15 @@ impl<E: Engine> Log<E> {
     pub fn end_offset(&self) -> u64 {
         self.active().next_offset()
     }
-    /// The end of what is durable (or, under relaxed durability, acknowledged) and may be read.
+    /// The commit mark: the end of what readers may see. Set by the caller
+    /// ([`Log::set_commit`]); never moved by a sync or a roll.
     pub fn high_watermark(&self) -> u64 {
-        self.high_watermark
+        self.commit
+    }
+    /// The end of what is durable on this node: moved by [`Log::sync`], [`Log::roll`] and
+    /// recovery.
+    pub fn durable_end(&self) -> u64 {
+        self.durable_end
     }
     pub fn segment_count(&self) -> usize {
         self.segments.len()
@@ -356,38 +365,55 @@ impl<E: Engine> Log<E> {
         result
     }
 
-    /// Checks a batch against the limits without touching anything.
-    pub fn check_batch(&self, records: &[Record]) -> Result<usize> {
-        self.config.check_batch(records)
+    /// Sets the commit mark, which bounds reads. The caller decides what is committed: the
+    /// durable end under fsync durability, the end under relaxed durability, the Raft commit
+    /// index under replication. It may move back (after a suffix truncation, or when a
+    /// consensus layer takes over after open), never past the end offset.
+    pub fn set_commit(&mut self, offset: u64) -> Result<()> {
+        let end = self.end_offset();
+        if offset > end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.start_offset,
+                end,
+            });
+        }
+        self.commit = offset;
+        Ok(())
     }
 
-    /// Appends one batch and returns its base offset. Limits are checked before any byte is
-    /// written; a refused batch changes nothing.
+    /// Appends one batch in the log's last term and returns its base offset (see
+    /// [`Log::append_in_term`]).
+    pub async fn append(&mut self, records: &[Record]) -> Result<u64> {
+        self.append_in_term(self.last_term(), records).await
+    }
+
+    /// Appends one batch written by the leader of `term` (>= the last term) and returns its
+    /// base offset. Limits are checked before any byte is written; a refused batch changes
+    /// nothing.
     ///
     /// # Correctness
-    /// On return the batch is in the store but not yet durable and not yet readable: it
-    /// becomes readable when the high watermark passes it, after [`Log::sync`] (durable) or
-    /// [`Log::commit_unsynced`] (acknowledged without durability).
-    pub async fn append(&mut self, records: &[Record]) -> Result<u64> {
+    /// On return the batch is in the store but neither durable nor readable: it becomes
+    /// durable after [`Log::sync`] (or a roll), and readable once the caller moves the
+    /// commit mark past it ([`Log::set_commit`]). A new term's entry in the epoch map is
+    /// durable before the batch is written.
+    pub async fn append_in_term(&mut self, term: u64, records: &[Record]) -> Result<u64> {
         self.check_writable()?;
-        let batch_bytes = self.check_batch(records)?;
+        let batch_bytes = self.config.check_batch(records)?;
+        self.check_term(term)?;
         let base_offset = self.end_offset();
         let next_offset = base_offset
             .checked_add(records.len() as u64)
             .expect("offsets exhausted");
-        let now = now_ms();
-        let active = self.active();
-        let age_ms = now.saturating_sub(active.created_ms());
-        let must_roll = active.size_bytes() > 0
-            && (active.size_bytes() + batch_bytes as u64 > self.config.segment_bytes_max
-                || active.index_is_full()
-                || (self.config.segment_ms > 0 && age_ms >= self.config.segment_ms as i64));
-        if must_roll {
-            self.roll().await?;
-        }
+        self.roll_if_full(batch_bytes).await?;
+        self.note_epoch(term, base_offset).await?;
         debug_assert_eq!(format::batch_len(records), batch_bytes);
+        let meta = BatchMeta {
+            leader_epoch: term,
+            ..BatchMeta::default()
+        };
         // Encoded straight into the engine's write buffer where it has one.
-        let encode = |dst: &mut [u8]| format::encode_batch_into(dst, base_offset, 0, 0, records);
+        let encode = |dst: &mut [u8]| format::encode_batch_into(dst, base_offset, &meta, records);
         let appended = self
             .active_mut()
             .append(batch_bytes, encode, base_offset, next_offset)
@@ -397,11 +423,174 @@ impl<E: Engine> Log<E> {
         Ok(base_offset)
     }
 
+    /// Appends a batch that is already encoded (the follower path) and returns its base
+    /// offset. It must verify (magic, version, CRC, records), fit `batch_bytes_max`, start at
+    /// the end offset and carry a term (`leader_epoch`) at or above the last term. A refused
+    /// batch changes nothing. The bytes are stored as they are.
+    ///
+    /// # Correctness
+    /// As for [`Log::append_in_term`].
+    pub async fn append_encoded(&mut self, bytes: &[u8]) -> Result<u64> {
+        self.check_writable()?;
+        let batch = format::decode_batch(bytes).map_err(|source| Error::BadBatch { source })?;
+        let header = batch.header;
+        if header.batch_len as usize != bytes.len() {
+            return Err(Error::BadBatch {
+                source: format::DecodeError::ShortBatch {
+                    batch_len: header.batch_len,
+                    available: bytes.len(),
+                },
+            });
+        }
+        if u64::from(header.batch_len) > self.config.batch_bytes_max {
+            return Err(Error::BatchTooLarge {
+                bytes: bytes.len(),
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let base_offset = self.end_offset();
+        if header.base_offset != base_offset {
+            return Err(Error::NotContinuous {
+                base_offset: header.base_offset,
+                end_offset: base_offset,
+            });
+        }
+        self.check_term(header.leader_epoch)?;
+        let next_offset = header.next_offset();
+        self.roll_if_full(bytes.len()).await?;
+        self.note_epoch(header.leader_epoch, base_offset).await?;
+        let copy = |dst: &mut [u8]| dst.copy_from_slice(bytes);
+        let appended = self
+            .active_mut()
+            .append(bytes.len(), copy, base_offset, next_offset)
+            .await;
+        self.poison("append", appended)?;
+        assert_eq!(self.end_offset(), next_offset, "end offset after append");
+        Ok(base_offset)
+    }
+
+    fn check_term(&self, term: u64) -> Result<()> {
+        let last_term = self.last_term();
+        if term < last_term {
+            return Err(Error::TermRegressed { term, last_term });
+        }
+        Ok(())
+    }
+
+    /// Rolls first when a batch of `batch_bytes` would overfill or overage the active segment.
+    async fn roll_if_full(&mut self, batch_bytes: usize) -> Result<()> {
+        let active = self.active();
+        let age_ms = now_ms().saturating_sub(active.created_ms());
+        let must_roll = active.size_bytes() > 0
+            && (active.size_bytes() + batch_bytes as u64 > self.config.segment_bytes_max
+                || active.index_is_full()
+                || (self.config.segment_ms > 0 && age_ms >= self.config.segment_ms as i64));
+        if must_roll {
+            self.roll().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts epoch `term` at `base_offset` in the map (durably) when it is new.
+    async fn note_epoch(&mut self, term: u64, base_offset: u64) -> Result<()> {
+        if term == self.last_term() {
+            return Ok(());
+        }
+        self.epochs.push(EpochStart {
+            epoch: term,
+            start_offset: base_offset,
+        });
+        let persisted = self.persist_epochs().await;
+        if persisted.is_err() {
+            self.epochs.pop();
+        }
+        self.poison("persist leader epochs", persisted)
+    }
+
+    async fn persist_epochs(&self) -> Result<()> {
+        let path = self.dir.join(state::LEADER_EPOCHS_FILE);
+        self.engine
+            .replace_file_atomic(&path, &state::encode_epochs(&self.epochs))
+            .await
+            .map_err(io_err("persist leader epochs", &path))
+    }
+
+    /// The term of the last batch (0 for an empty log or one never replicated).
+    pub fn last_term(&self) -> u64 {
+        self.epochs.last().map_or(0, |e| e.epoch)
+    }
+
+    /// The leader epoch (Raft term) of the batch that holds `offset`, which must lie in
+    /// `start_offset..end_offset`.
+    pub fn term_at(&self, offset: u64) -> Result<u64> {
+        let end = self.end_offset();
+        if offset < self.start_offset || offset >= end {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start: self.start_offset,
+                end,
+            });
+        }
+        let i = self.epochs.partition_point(|e| e.start_offset <= offset);
+        Ok(i.checked_sub(1).map_or(0, |i| self.epochs[i].epoch))
+    }
+
+    /// The epoch → start-offset map (Kafka's leader-epoch checkpoint), oldest first.
+    pub fn leader_epochs(&self) -> &[EpochStart] {
+        &self.epochs
+    }
+
+    /// Kafka's `OffsetsForLeaderEpoch`: the end of `epoch` on this log, i.e. the start of the
+    /// first larger epoch, or the end offset when none is larger. A follower truncates its
+    /// suffix there after a leader change. `None` when `epoch` is below every epoch here.
+    pub fn epoch_end_offset(&self, epoch: u64) -> Option<u64> {
+        if self.epochs.first().is_some_and(|first| epoch < first.epoch) {
+            return None;
+        }
+        Some(
+            self.epochs
+                .iter()
+                .find(|e| e.epoch > epoch)
+                .map_or(self.end_offset(), |e| e.start_offset),
+        )
+    }
+
+    /// The durable vote, or the default (term 0, no vote) when none was saved.
+    pub async fn vote(&self) -> Result<Vote> {
+        let path = self.dir.join(state::RAFT_STATE_FILE);
+        match self
+            .engine
+            .read_small_file(&path)
+            .await
+            .map_err(io_err("read raft state", &path))?
+        {
+            None => Ok(Vote::default()),
+            Some(bytes) => {
+                state::decode_vote(&bytes).map_err(|source| Error::BadStateFile { path, source })
+            }
+        }
+    }
+
+    /// Saves the vote (term and voted-for node) in `raft_state`, replaced atomically.
+    ///
+    /// # Correctness
+    /// Durable before this returns `Ok` (a Raft node must not answer a vote request before
+    /// its vote survives a crash). After an error the file holds the old vote or the new one.
+    pub async fn save_vote(&mut self, vote: &Vote) -> Result<()> {
+        self.check_writable()?;
+        let path = self.dir.join(state::RAFT_STATE_FILE);
+        self.engine
+            .replace_file_atomic(&path, &state::encode_vote(vote))
+            .await
+            .map_err(io_err("persist raft state", &path))
+    }
+
     /// Seals the active segment (synced) and starts a new one at the end offset. Does
     /// nothing when the active segment is empty.
     ///
     /// # Correctness
-    /// Everything appended so far is durable on return (the seal syncs it).
+    /// Everything appended so far is durable on return (the seal syncs it): the durable end
+    /// moves to the end. The commit mark does not move.
     pub async fn roll(&mut self) -> Result<()> {
         self.check_writable()?;
         if self.active().size_bytes() == 0 {
@@ -409,9 +598,10 @@ impl<E: Engine> Log<E> {
         }
         let end = self.end_offset();
         let now = now_ms();
-        let sealed = self.active_mut().seal(now).await;
+        let engine = self.engine.clone();
+        let sealed = self.active_mut().seal(&engine, now).await;
         self.poison("seal segment", sealed)?;
-        self.high_watermark = end;
+        self.durable_end = end;
         let created = Segment::create(
             &self.engine,
             &self.dir,
@@ -437,48 +627,71 @@ impl<E: Engine> Log<E> {
         Ok(due)
     }
 
-    /// Makes everything appended durable and moves the high watermark to the end. Returns
-    /// the new high watermark.
+    /// Makes everything appended durable and moves the durable end to the end. Returns the
+    /// new durable end. The commit mark does not move: the caller sets it.
     ///
     /// # Correctness
-    /// Durable and readable on return. A failure poisons the log (never retried).
+    /// Durable on return. A failure poisons the log (never retried).
     pub async fn sync(&mut self) -> Result<u64> {
         self.check_writable()?;
         let end = self.end_offset();
         let synced = self.active_mut().sync().await;
         self.poison("sync", synced)?;
-        self.high_watermark = end;
+        self.durable_end = end;
         Ok(end)
     }
 
-    /// Moves the high watermark to the end without syncing: for `durability = "none"` and
-    /// `"interval"`, where an acknowledged append may be lost in a machine crash.
-    pub fn commit_unsynced(&mut self) -> u64 {
-        self.high_watermark = self.end_offset();
-        self.high_watermark
+    /// The index of the segment that holds `offset` (the last whose base is at or below).
+    fn segment_of(&self, offset: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1)
     }
 
     /// Reads batches from `from_offset` (at least one whole batch when one is readable, then
-    /// more up to `max_bytes`), below the high watermark. Records below `from_offset` are
-    /// trimmed from the first batch. Empty when `from_offset` is at the high watermark.
+    /// more up to `max_bytes`), below the commit mark. Records below `from_offset` are
+    /// trimmed from the first batch. Empty when `from_offset` is at the commit mark.
     ///
     /// A batch that fails its CRC is never returned: the read fails with an error naming the
     /// segment file and position.
     pub async fn read(&mut self, from_offset: u64, max_bytes: u64) -> Result<Vec<Batch>> {
         self.check_in_range(from_offset)?;
         let mut from = from_offset;
-        let mut i = self
-            .segments
-            .partition_point(|s| s.base_offset() <= from)
-            .saturating_sub(1);
-        while from < self.high_watermark && i < self.segments.len() {
+        let mut i = self.segment_of(from);
+        while from < self.commit && i < self.segments.len() {
             let batches = self.segments[i]
-                .read(&self.engine, from, max_bytes, self.high_watermark)
+                .read(&self.engine, from, max_bytes, self.commit)
                 .await?;
             if !batches.is_empty() {
                 return Ok(batches);
             }
             // Nothing at `from` in this segment (offsets may have gaps): go on to the next.
+            i += 1;
+            if let Some(next) = self.segments.get(i) {
+                from = next.base_offset();
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Reads whole batches as stored, CRC-checked and not decoded, for shipping to a
+    /// follower: from the batch that holds `from_offset` (not trimmed), at least one when
+    /// there is one, then more within `max_bytes`. Bounded by the end offset, not the commit
+    /// mark: a leader ships entries before they commit.
+    pub async fn read_raw(&mut self, from_offset: u64, max_bytes: u64) -> Result<Vec<RawBatch>> {
+        let end = self.check_in_range(from_offset)?;
+        let mut from = from_offset;
+        let mut i = self.segment_of(from);
+        while from < end && i < self.segments.len() {
+            let batches = self.segments[i]
+                .read_raw(&self.engine, from, max_bytes, end)
+                .await?;
+            if !batches.is_empty() {
+                return Ok(batches
+                    .into_iter()
+                    .map(|(header, bytes)| RawBatch { header, bytes })
+                    .collect());
+            }
             i += 1;
             if let Some(next) = self.segments.get(i) {
                 from = next.base_offset();
@@ -506,9 +719,7 @@ impl<E: Engine> Log<E> {
         if before_offset <= self.start_offset {
             return Ok(());
         }
-        let persisted = write_start_offset(&self.dir, before_offset);
-        self.poison("persist start offset", persisted)?;
-        self.start_offset = before_offset;
+        self.move_start(before_offset).await?;
         while self.segments.len() > 1 && self.segments[1].base_offset() <= before_offset {
             let oldest = self.segments.pop_front().expect("len > 1");
             let deleted = oldest.delete(&self.engine).await;
@@ -518,23 +729,30 @@ impl<E: Engine> Log<E> {
         Ok(())
     }
 
+    /// Persists a new start offset. Epoch entries wholly below it stay in the map (term_at
+    /// refuses offsets below the start anyway) until the map is next rewritten.
+    async fn move_start(&mut self, start_offset: u64) -> Result<()> {
+        let persisted = write_start_offset(&self.engine, &self.dir, start_offset).await;
+        self.poison("persist start offset", persisted)?;
+        self.start_offset = start_offset;
+        Ok(())
+    }
+
     /// Drops every record at and after `from_offset`, across segments, durably; the end
-    /// offset becomes `from_offset`. It must be a batch boundary (or the end). Replication
-    /// uses this to cut a diverged tail.
+    /// offset becomes `from_offset`, and both marks and the epoch map are cut to it. It must
+    /// be a batch boundary (or the end). Replication uses this to cut a diverged tail.
     ///
     /// # Correctness
     /// Later segments are deleted newest first and the cut is synced before this returns,
-    /// so a crash part-way leaves a consistent prefix of the old log.
+    /// so a crash part-way leaves a consistent prefix of the old log. The epoch map is cut
+    /// after the store (open drops entries past the end, should a crash come between).
     pub async fn truncate_suffix(&mut self, from_offset: u64) -> Result<()> {
         self.check_writable()?;
         let end = self.check_in_range(from_offset)?;
         if from_offset == end {
             return Ok(());
         }
-        let i = self
-            .segments
-            .partition_point(|s| s.base_offset() <= from_offset)
-            .saturating_sub(1);
+        let i = self.segment_of(from_offset);
         // Refuse before changing anything.
         self.segments[i]
             .check_boundary(&self.engine, from_offset)
@@ -551,12 +769,20 @@ impl<E: Engine> Log<E> {
             .truncate_from(&engine, from_offset, index_bytes_max)
             .await;
         self.poison("truncate", cut)?;
-        self.high_watermark = self.high_watermark.min(from_offset);
+        self.commit = self.commit.min(from_offset);
+        // The cut is synced, and everything before it is in synced or sealed segments.
+        self.durable_end = from_offset;
         assert_eq!(
             self.end_offset(),
             from_offset,
             "end offset after suffix truncation"
         );
+        let before = self.epochs.len();
+        self.epochs.retain(|e| e.start_offset < from_offset);
+        if self.epochs.len() != before {
+            let persisted = self.persist_epochs().await;
+            self.poison("persist leader epochs", persisted)?;
+        }
         self.check_invariants();
         Ok(())
     }
@@ -579,9 +805,7 @@ impl<E: Engine> Log<E> {
             }
             let new_start = self.segments[1].base_offset().max(self.start_offset);
             if new_start > self.start_offset {
-                let persisted = write_start_offset(&self.dir, new_start);
-                self.poison("persist start offset", persisted)?;
-                self.start_offset = new_start;
+                self.move_start(new_start).await?;
             }
             let oldest = self.segments.pop_front().expect("len > 1");
             total_bytes -= oldest.size_bytes();
@@ -613,29 +837,98 @@ impl<E: Engine> Log<E> {
     }
 }
 
-fn read_start_offset(dir: &Path) -> Result<Option<u64>> {
-    let path = dir.join(START_OFFSET_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
-            io_err("parse start offset", &path)(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("expected a decimal offset, found {text:?}"),
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read start offset", &path)(e)),
+/// Removes the temp files a crash mid-replace left: the rename never happened, so they are
+/// stale.
+async fn remove_stale_tmp_files<E: Engine>(engine: &E, dir: &Path) -> Result<()> {
+    for name in [START_OFFSET_FILE, state::LEADER_EPOCHS_FILE, state::RAFT_STATE_FILE] {
+        let tmp = super::fsutil::tmp_path(&dir.join(name));
+        engine
+            .remove_if_exists(&tmp)
+            .await
+            .map_err(io_err("remove stale temp file", &tmp))?;
     }
+    Ok(())
 }
 
-fn write_start_offset(dir: &Path, start_offset: u64) -> Result<()> {
-    let tmp = dir.join(START_OFFSET_TMP);
-    let path = dir.join(START_OFFSET_FILE);
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, format!("{start_offset}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(dir)
+/// Lists the segments of `dir` and opens them: the sealed ones from their directory entries
+/// only, the last one recovered. An empty directory gets a first segment at the persisted
+/// start offset.
+async fn open_segments<E: Engine>(
+    engine: &E,
+    dir: &Path,
+    config: &LogConfig,
+    persisted_start: Option<u64>,
+) -> Result<(VecDeque<Segment<E>>, OpenReport)> {
+    let mut bases: Vec<u64> = engine
+        .list(dir)
+        .await
+        .map_err(io_err("list partition dir", dir))?
+        .iter()
+        .filter_map(|name| segment::parse_store_file_name(name.to_str()?))
+        .collect();
+    bases.sort_unstable();
+    let now = now_ms();
+    let mut segments = VecDeque::with_capacity(bases.len().max(1));
+    let mut report = OpenReport::default();
+    let Some((&active_base, sealed)) = bases.split_last() else {
+        let base = persisted_start.unwrap_or(0);
+        segments.push_back(Segment::create(engine, dir, base, config.index_bytes_max, now).await?);
+        report.segments = 1;
+        return Ok((segments, report));
     };
-    write().map_err(io_err("persist start offset", &path))
+    for (i, &base) in sealed.iter().enumerate() {
+        let path = dir.join(segment::store_file_name(base));
+        let stat = engine
+            .stat(&path)
+            .await
+            .map_err(io_err("stat segment", &path))?;
+        segments.push_back(Segment::sealed(
+            dir,
+            base,
+            bases[i + 1],
+            stat.size_bytes,
+            stat.modified_ms,
+        ));
+    }
+    let (active, recovery) =
+        Segment::recover(engine, dir, active_base, config.index_bytes_max, now).await?;
+    if recovery != Recovery::default() {
+        tracing::warn!(
+            segment = %active.store_path().display(),
+            truncated_bytes = recovery.truncated_bytes,
+            stopped_by = ?recovery.stopped_by,
+            index_rebuilt = recovery.index_rebuilt,
+            "recovered the active segment"
+        );
+    }
+    segments.push_back(active);
+    report.recovery = recovery;
+    report.segments = segments.len();
+    Ok((segments, report))
+}
+
+async fn read_start_offset<E: Engine>(engine: &E, dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join(START_OFFSET_FILE);
+    let Some(bytes) = engine
+        .read_small_file(&path)
+        .await
+        .map_err(io_err("read start offset", &path))?
+    else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    text.trim().parse().map(Some).map_err(|_| {
+        io_err("parse start offset", &path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("expected a decimal offset, found {text:?}"),
+        ))
+    })
+}
+
+async fn write_start_offset<E: Engine>(engine: &E, dir: &Path, start_offset: u64) -> Result<()> {
+    let path = dir.join(START_OFFSET_FILE);
+    engine
+        .replace_file_atomic(&path, format!("{start_offset}\n").as_bytes())
+        .await
+        .map_err(io_err("persist start offset", &path))
 }

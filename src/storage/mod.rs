@@ -9,17 +9,20 @@
 mod error;
 pub mod faulty;
 pub mod format;
+pub(crate) mod fsutil;
 mod index;
 pub mod io;
 mod log;
 pub mod portable;
 mod segment;
+mod state;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
 pub use error::{Error, Result};
-pub use format::{Batch, BatchHeader, Record};
+pub use format::{Batch, BatchHeader, BatchMeta, Record};
 pub use io::{Engine, FileStat, StoreFile};
-pub use log::{Log, LogConfig, OpenReport, now_ms};
+pub use log::{Log, LogConfig, OpenReport, RawBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
+pub use state::{EpochStart, StateError, Vote};

@@ -14,8 +14,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
+use super::fsutil::{self, parent, sync_dir};
 use super::io::{Engine, FileStat, StoreFile};
 
 /// Std-file engine. Clones share the fdatasync counter.
@@ -34,42 +34,6 @@ pub struct PortableFile {
     file: File,
     len_bytes: u64,
     fdatasyncs: Rc<Cell<u64>>,
-}
-
-/// Makes a directory entry durable: a created or removed file survives a crash only once its
-/// directory is synced.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The directory holding `path` (`.` for a bare file name).
-pub(crate) fn parent(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// `stat` for any engine whose files are plain files on disk.
-pub fn stat_file(path: &Path) -> io::Result<FileStat> {
-    let meta = std::fs::metadata(path)?;
-    let modified_ms = match meta.modified()?.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
-    };
-    Ok(FileStat {
-        size_bytes: meta.len(),
-        modified_ms,
-    })
-}
-
-/// `list` for any engine whose files are plain files on disk.
-pub fn list_dir(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        names.push(PathBuf::from(entry?.file_name()));
-    }
-    Ok(names)
 }
 
 impl Engine for PortableEngine {
@@ -113,11 +77,35 @@ impl Engine for PortableEngine {
     }
 
     async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        list_dir(dir)
+        fsutil::list_dir(dir)
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileStat> {
-        stat_file(path)
+        fsutil::stat_file(path)
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fsutil::create_dir_all_durable(dir)
+    }
+
+    async fn remove_if_exists(&self, path: &Path) -> io::Result<bool> {
+        fsutil::remove_if_exists(path)
+    }
+
+    async fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        fsutil::read_small_file(path)
+    }
+
+    async fn replace_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        fsutil::replace_file_atomic(path, bytes)
+    }
+
+    async fn open_mapped(&self, path: &Path) -> io::Result<File> {
+        fsutil::open_mapped(path)
+    }
+
+    async fn set_mapped_len(&self, file: &File, _path: &Path, len_bytes: u64) -> io::Result<()> {
+        file.set_len(len_bytes)
     }
 }
 

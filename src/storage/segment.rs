@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, Result, io_err};
-use super::format::{self, BATCH_HEADER_LEN, Batch, DecodeError, Probe};
+use bytes::Bytes;
+
+use super::format::{self, BATCH_HEADER_LEN, Batch, BatchHeader, DecodeError, Probe};
 use super::index::{ENTRY_LEN, Entry, Index, IndexFull};
 use super::io::{Engine, StoreFile};
 
@@ -121,7 +123,7 @@ async fn scan<F: StoreFile>(
             chunk_start = position;
         }
         let at = (position - chunk_start) as usize;
-        let header = match format::check_batch(&chunk[at..at + batch_len]) {
+        let header = match format::verify_batch(&chunk[at..at + batch_len]) {
             Ok(header) => header,
             Err(e) => break Some(e),
         };
@@ -152,6 +154,44 @@ async fn scan<F: StoreFile>(
     })
 }
 
+/// How many index entries of an active segment can be trusted after a crash: those that lie
+/// inside the store and end on a batch that checks out. Returns that count and where the scan
+/// of the rest resumes (store position, offset).
+async fn trusted_index_prefix<F: StoreFile>(
+    store: &F,
+    index: &Index,
+    base_offset: u64,
+) -> std::io::Result<(usize, u64, u64)> {
+    let store_len = store.len();
+    let mut keep = index.len();
+    while keep > 0 && index.get(keep - 1).expect("below len").end_position() > store_len {
+        keep -= 1;
+    }
+    let Some(last) = keep.checked_sub(1).and_then(|i| index.get(i)) else {
+        return Ok((0, 0, base_offset));
+    };
+    let bytes = store.read_at(last.position, last.batch_len as usize).await?;
+    Ok(match format::verify_batch(&bytes) {
+        Ok(header) if header.base_offset == last.offset && header.batch_len == last.batch_len => {
+            (keep, last.end_position(), header.next_offset())
+        }
+        _ => (0, 0, base_offset),
+    })
+}
+
+/// The first batch's timestamp, from its header; `None` for an empty segment or a header
+/// that does not read (the caller falls back to the clock).
+async fn first_timestamp_ms<F: StoreFile>(store: &F, index: &Index) -> std::io::Result<Option<i64>> {
+    let Some(first) = index.get(0) else {
+        return Ok(None);
+    };
+    let bytes = store.read_at(first.position, BATCH_HEADER_LEN).await?;
+    Ok(match format::probe_header(&bytes) {
+        Ok(Probe::Header(header)) => Some(header.first_timestamp_ms),
+        _ => None,
+    })
+}
+
 impl<E: Engine> Segment<E> {
     fn paths(dir: &Path, base_offset: u64) -> (PathBuf, PathBuf) {
         (
@@ -170,16 +210,16 @@ impl<E: Engine> Segment<E> {
     ) -> Result<Self> {
         let (store_path, index_path) = Self::paths(dir, base_offset);
         // A leftover index (of a segment removed before a crash) must not be picked up.
-        match std::fs::remove_file(&index_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove stale index", &index_path)(e)),
-        }
+        engine
+            .remove_if_exists(&index_path)
+            .await
+            .map_err(io_err("remove stale index", &index_path))?;
         let store = engine
             .create(&store_path)
             .await
             .map_err(io_err("create segment", &store_path))?;
-        let index = Index::open(&index_path, base_offset, index_bytes_max)
+        let index = Index::open(engine, &index_path, base_offset, index_bytes_max)
+            .await
             .map_err(io_err("create index", &index_path))?;
         Ok(Segment {
             base_offset,
@@ -234,43 +274,28 @@ impl<E: Engine> Segment<E> {
             .open(&store_path)
             .await
             .map_err(io_err("open segment", &store_path))?;
-        let mut index = Index::open(&index_path, base_offset, index_bytes_max)
+        let mut index = Index::open(engine, &index_path, base_offset, index_bytes_max)
+            .await
             .map_err(io_err("open index", &index_path))?;
         let mut recovery = Recovery::default();
         let store_len = store.len();
 
-        // Keep the index entries that lie inside the store and end on a batch that checks out.
-        let mut keep = index.len();
-        while keep > 0 && index.get(keep - 1).expect("below len").end_position() > store_len {
-            keep -= 1;
-        }
-        let mut resume = (0, base_offset);
-        if let Some(last) = keep.checked_sub(1).and_then(|i| index.get(i)) {
-            let bytes = store
-                .read_at(last.position, last.batch_len as usize)
+        let (keep, resume_position, resume_offset) =
+            trusted_index_prefix(&store, &index, base_offset)
                 .await
                 .map_err(io_err("read segment", &store_path))?;
-            match format::check_batch(&bytes) {
-                Ok(header)
-                    if header.base_offset == last.offset && header.batch_len == last.batch_len =>
-                {
-                    resume = (last.end_position(), header.next_offset());
-                }
-                _ => keep = 0,
-            }
-        }
         if keep < index.len() {
             recovery.index_rebuilt = true;
             index.truncate(keep);
         }
-
-        let scan = scan(&store, resume.0, resume.1)
+        let scan = scan(&store, resume_position, resume_offset)
             .await
             .map_err(io_err("scan segment", &store_path))?;
         let needed = (index.len() + scan.entries.len()) as u64 * ENTRY_LEN as u64;
         if needed > index_bytes_max {
             index
-                .grow(needed)
+                .grow(engine, needed)
+                .await
                 .map_err(io_err("grow index", &index_path))?;
         }
         for entry in scan.entries {
@@ -285,25 +310,16 @@ impl<E: Engine> Segment<E> {
                 .map_err(io_err("truncate torn tail", &store_path))?;
         }
         // Whatever survived may still sit in the page cache only; from here on it counts as
-        // durable (the high watermark starts at the end), so make it so.
+        // durable (the durable mark starts at the end), so make it so.
         store
             .sync()
             .await
             .map_err(io_err("sync segment", &store_path))?;
 
-        let created_ms = match index.get(0) {
-            Some(first) => {
-                let bytes = store
-                    .read_at(first.position, BATCH_HEADER_LEN)
-                    .await
-                    .map_err(io_err("read segment", &store_path))?;
-                match format::probe_header(&bytes) {
-                    Ok(Probe::Header(header)) => header.first_timestamp_ms.min(now_ms),
-                    _ => now_ms,
-                }
-            }
-            None => now_ms,
-        };
+        let created_ms = first_timestamp_ms(&store, &index)
+            .await
+            .map_err(io_err("read segment", &store_path))?
+            .map_or(now_ms, |first| first.min(now_ms));
         let segment = Segment {
             base_offset,
             store_path,
@@ -349,7 +365,8 @@ impl<E: Engine> Segment<E> {
                 .open(&self.store_path)
                 .await
                 .map_err(io_err("open segment", &self.store_path))?;
-            let index = Index::open(&self.index_path, self.base_offset, 0)
+            let index = Index::open(engine, &self.index_path, self.base_offset, 0)
+                .await
                 .map_err(io_err("open index", &self.index_path))?;
             let mut trusted = index
                 .last()
@@ -360,7 +377,7 @@ impl<E: Engine> Segment<E> {
                     .await
                     .map_err(io_err("read segment", &self.store_path))?;
                 trusted =
-                    matches!(format::check_batch(&bytes), Ok(h) if h.base_offset == last.offset);
+                    matches!(format::verify_batch(&bytes), Ok(h) if h.base_offset == last.offset);
             }
             let mut files = Files {
                 store,
@@ -369,7 +386,7 @@ impl<E: Engine> Segment<E> {
             };
             let empty = files.index.is_empty() && files.store.is_empty();
             if !trusted && !empty {
-                self.rebuild_index(&mut files).await?;
+                self.rebuild_index(engine, &mut files).await?;
             }
             self.size_bytes = files.store.len();
             self.files = Some(files);
@@ -380,7 +397,7 @@ impl<E: Engine> Segment<E> {
     /// Replaces a sealed segment's index with one made by scanning the whole store. A tail
     /// that does not decode is remembered (and reported by reads), never cut: sealed data is
     /// not silently dropped.
-    async fn rebuild_index(&self, files: &mut Files<E::File>) -> Result<()> {
+    async fn rebuild_index(&self, engine: &E, files: &mut Files<E::File>) -> Result<()> {
         tracing::warn!(segment = %self.store_path.display(), "index disagrees with the store; rebuilding it");
         let scan = scan(&files.store, 0, self.base_offset)
             .await
@@ -388,14 +405,16 @@ impl<E: Engine> Segment<E> {
         files.index.truncate(0);
         files
             .index
-            .grow((scan.entries.len() * ENTRY_LEN) as u64)
+            .grow(engine, (scan.entries.len() * ENTRY_LEN) as u64)
+            .await
             .map_err(io_err("grow index", &self.index_path))?;
         for entry in &scan.entries {
             files.index.push(*entry).expect("index grown to fit");
         }
         files
             .index
-            .seal()
+            .seal(engine)
+            .await
             .map_err(io_err("seal index", &self.index_path))?;
         files.corrupt_at = match scan.stopped_by {
             Some(e) if scan.end_position < files.store.len() => Some((scan.end_position, e)),
@@ -464,12 +483,13 @@ impl<E: Engine> Segment<E> {
 
     /// Seals the active segment before a roll: the store is synced (so a later segment never
     /// exists beside a torn earlier one) and the index trimmed.
-    pub async fn seal(&mut self, now_ms: i64) -> Result<()> {
+    pub async fn seal(&mut self, engine: &E, now_ms: i64) -> Result<()> {
         self.sync().await?;
         let files = self.files.as_mut().expect("the active segment is open");
         files
             .index
-            .seal()
+            .seal(engine)
+            .await
             .map_err(io_err("seal index", &self.index_path))?;
         self.modified_ms = now_ms;
         Ok(())
@@ -494,7 +514,7 @@ impl<E: Engine> Segment<E> {
                 Some(batches) => return Ok(batches),
                 None if attempt == 0 => {
                     let mut files = self.files.take().expect("opened by try_read");
-                    let rebuilt = self.rebuild_index(&mut files).await;
+                    let rebuilt = self.rebuild_index(engine, &mut files).await;
                     self.files = Some(files);
                     rebuilt?;
                 }
@@ -512,6 +532,56 @@ impl<E: Engine> Segment<E> {
         })
     }
 
+    /// Reads the stored bytes of the batches from the one holding `from_offset` on, that
+    /// start below `limit_offset`, within `max_bytes` after the first. Returns the index
+    /// entries and the bytes they cover (one read), or `None` when nothing is there.
+    async fn read_span(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        max_bytes: u64,
+        limit_offset: u64,
+    ) -> Result<Option<(Vec<Entry>, Bytes)>> {
+        let store_path = self.store_path.clone();
+        let files = self.open_files(engine).await?;
+        let Some(first) = files.index.lookup(from_offset) else {
+            return Ok(None);
+        };
+        let mut entries = Vec::new();
+        let mut total_bytes = 0u64;
+        while let Some(entry) = files.index.get(first + entries.len()) {
+            if entry.offset >= limit_offset
+                || (!entries.is_empty() && total_bytes + u64::from(entry.batch_len) > max_bytes)
+            {
+                break;
+            }
+            total_bytes += u64::from(entry.batch_len);
+            entries.push(entry);
+        }
+        let Some(start) = entries.first().map(|e| e.position) else {
+            return Ok(None);
+        };
+        let bytes = files
+            .store
+            .read_at(start, total_bytes as usize)
+            .await
+            .map_err(io_err("read segment", &store_path))?;
+        Ok(Some((entries, Bytes::from(bytes))))
+    }
+
+    /// The error for a read at `from_offset` past the last indexed batch: the corrupt tail
+    /// when the segment has one, else nothing (offsets may have gaps).
+    fn past_last_batch(&self) -> Result<()> {
+        match self.files.as_ref().and_then(|f| f.corrupt_at.clone()) {
+            Some((position, source)) => Err(Error::Corrupt {
+                segment: self.store_path.clone(),
+                position,
+                source,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// One read attempt; `None` when the index disagrees with the store (rebuild and retry).
     async fn try_read(
         &mut self,
@@ -520,38 +590,19 @@ impl<E: Engine> Segment<E> {
         max_bytes: u64,
         limit_offset: u64,
     ) -> Result<Option<Vec<Batch>>> {
-        let store_path = self.store_path.clone();
-        let files = self.open_files(engine).await?;
-        let Some(first) = files.index.lookup(from_offset) else {
+        let Some((entries, bytes)) = self
+            .read_span(engine, from_offset, max_bytes, limit_offset)
+            .await?
+        else {
             return Ok(Some(Vec::new()));
         };
-        let mut last = first;
-        let mut total_bytes = 0u64;
-        while let Some(entry) = files.index.get(last) {
-            if entry.offset >= limit_offset
-                || (last > first && total_bytes + u64::from(entry.batch_len) > max_bytes)
-            {
-                break;
-            }
-            total_bytes += u64::from(entry.batch_len);
-            last += 1;
-        }
-        if last == first {
-            return Ok(Some(Vec::new()));
-        }
-        let start = files.index.get(first).expect("below len").position;
-        let bytes = files
-            .store
-            .read_at(start, total_bytes as usize)
-            .await
-            .map_err(io_err("read segment", &store_path))?;
-        let mut batches = Vec::with_capacity(last - first);
-        for i in first..last {
-            let entry = files.index.get(i).expect("below len");
+        let start = entries[0].position;
+        let mut batches = Vec::with_capacity(entries.len());
+        for entry in &entries {
             let at = (entry.position - start) as usize;
-            let slice = &bytes[at..at + entry.batch_len as usize];
-            let batch = format::decode_batch(slice).map_err(|source| Error::Corrupt {
-                segment: store_path.clone(),
+            let slice = bytes.slice(at..at + entry.batch_len as usize);
+            let batch = format::decode_batch_shared(&slice).map_err(|source| Error::Corrupt {
+                segment: self.store_path.clone(),
                 position: entry.position,
                 source,
             })?;
@@ -566,20 +617,57 @@ impl<E: Engine> Segment<E> {
         }
         if let Some(first_batch) = batches.first_mut() {
             if first_batch.header.next_offset() <= from_offset {
-                // `from_offset` lies past the last indexed batch.
-                if let Some((position, source)) = files.corrupt_at.clone() {
-                    return Err(Error::Corrupt {
-                        segment: store_path,
-                        position,
-                        source,
-                    });
-                }
-                // Past the last batch of this segment (offsets may have gaps): nothing here.
+                self.past_last_batch()?;
                 return Ok(Some(Vec::new()));
             }
             first_batch.records.retain(|r| r.offset >= from_offset);
         }
         Ok(Some(batches))
+    }
+
+    /// Reads whole batches as stored, CRC-checked but not decoded, from the one holding
+    /// `from_offset` (untrimmed) on, below `limit_offset`: at least one when there is one,
+    /// then more within `max_bytes`.
+    pub async fn read_raw(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        max_bytes: u64,
+        limit_offset: u64,
+    ) -> Result<Vec<(BatchHeader, Bytes)>> {
+        let Some((entries, bytes)) = self
+            .read_span(engine, from_offset, max_bytes, limit_offset)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let start = entries[0].position;
+        let mut batches = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let at = (entry.position - start) as usize;
+            let slice = bytes.slice(at..at + entry.batch_len as usize);
+            let corrupt = |source| Error::Corrupt {
+                segment: self.store_path.clone(),
+                position: entry.position,
+                source,
+            };
+            let header = format::verify_batch(&slice).map_err(corrupt)?;
+            if header.base_offset != entry.offset || header.batch_len != entry.batch_len {
+                return Err(corrupt(DecodeError::OffsetOutOfOrder {
+                    expected: entry.offset,
+                    found: header.base_offset,
+                }));
+            }
+            if header.next_offset() > limit_offset {
+                break;
+            }
+            batches.push((header, slice));
+        }
+        if batches.first().is_some_and(|(h, _)| h.next_offset() <= from_offset) {
+            self.past_last_batch()?;
+            return Ok(Vec::new());
+        }
+        Ok(batches)
     }
 
     /// The index position of the batch starting exactly at `offset`, or why there is none.
@@ -624,7 +712,8 @@ impl<E: Engine> Segment<E> {
         let files = self.files.as_mut().expect("opened by boundary");
         files
             .index
-            .grow(index_bytes_max)
+            .grow(engine, index_bytes_max)
+            .await
             .map_err(io_err("grow index", &index_path))?;
         if let Some(i) = cut {
             let position = files.index.get(i).expect("below len").position;
@@ -671,11 +760,11 @@ impl<E: Engine> Segment<E> {
             .remove(&self.store_path)
             .await
             .map_err(io_err("remove segment", &self.store_path))?;
-        match std::fs::remove_file(&self.index_path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove index", &self.index_path)(e)),
-        }
+        engine
+            .remove_if_exists(&self.index_path)
+            .await
+            .map_err(io_err("remove index", &self.index_path))?;
+        Ok(())
     }
 }
 

@@ -62,7 +62,7 @@ use std::rc::Rc;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::io::{Engine, FileStat, StoreFile};
-use super::portable::parent as parent_dir;
+use super::fsutil::{self, parent as parent_dir};
 
 /// Default capacity of a file's tail buffer: the most a file holds in memory before `append`
 /// writes it out. Rounded up to the file's alignment.
@@ -168,11 +168,92 @@ impl Engine for UringEngine {
     }
 
     async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        super::portable::list_dir(dir)
+        fsutil::list_dir(dir)
     }
 
     async fn stat(&self, path: &Path) -> io::Result<FileStat> {
-        super::portable::stat_file(path)
+        fsutil::stat_file(path)
+    }
+
+    /// Blocking: glommio 0.9's `Directory::create` makes one level and cannot sync with
+    /// `fsync`; a partition directory is made once in its life.
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fsutil::create_dir_all_durable(dir)
+    }
+
+    /// The unlink goes through io_uring; the existence check is a `stat` and the directory
+    /// sync blocks (see [`sync_parent_dir`]).
+    async fn remove_if_exists(&self, path: &Path) -> io::Result<bool> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(false);
+        }
+        glommio::io::remove(path).await.map_err(io::Error::from)?;
+        sync_parent_dir(path)?;
+        Ok(true)
+    }
+
+    async fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(None);
+        }
+        let file = glommio::io::BufferedFile::open(path)
+            .await
+            .map_err(io::Error::from)?;
+        let size = usize::try_from(file.file_size().await.map_err(io::Error::from)?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+        let bytes = file.read_at(0, size).await.map_err(io::Error::from)?;
+        let bytes = bytes.to_vec();
+        file.close().await.map_err(io::Error::from)?;
+        if bytes.len() != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read {} of {size} bytes", bytes.len()),
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Write, fdatasync and rename go through io_uring; the directory sync blocks (see
+    /// [`sync_parent_dir`]).
+    async fn replace_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = fsutil::tmp_path(path);
+        let file = glommio::io::BufferedFile::create(&tmp)
+            .await
+            .map_err(io::Error::from)?;
+        let written = file
+            .write_at(bytes.to_vec(), 0)
+            .await
+            .map_err(io::Error::from)?;
+        if written != bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("wrote {written} of {} bytes to {}", bytes.len(), tmp.display()),
+            ));
+        }
+        file.fdatasync().await.map_err(io::Error::from)?;
+        file.close().await.map_err(io::Error::from)?;
+        glommio::io::rename(&tmp, path)
+            .await
+            .map_err(io::Error::from)?;
+        sync_parent_dir(path)
+    }
+
+    /// Blocking: the caller memory-maps the file, which needs a std `File`; an index is opened
+    /// once per segment.
+    async fn open_mapped(&self, path: &Path) -> io::Result<std::fs::File> {
+        fsutil::open_mapped(path)
+    }
+
+    /// Blocking `ftruncate`: glommio 0.9 truncates only its own file types, and the file here
+    /// is the std `File` behind a memory map. Growth is sparse (metadata only) and happens once
+    /// per segment, as does the trim on seal.
+    async fn set_mapped_len(
+        &self,
+        file: &std::fs::File,
+        _path: &Path,
+        len_bytes: u64,
+    ) -> io::Result<()> {
+        file.set_len(len_bytes)
     }
 }
 
@@ -182,7 +263,7 @@ impl Engine for UringEngine {
 /// directories, POSIX promises entry durability only for `fsync`, and segments are created and
 /// removed rarely enough that the stall does not matter.
 fn sync_parent_dir(path: &Path) -> io::Result<()> {
-    super::portable::sync_dir(parent_dir(path))
+    fsutil::sync_dir(parent_dir(path))
 }
 
 thread_local! {
