@@ -532,6 +532,37 @@ async fn truncate_drops_a_prefix() {
     set.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn truncate_suffix_cuts_the_tail_at_a_batch_boundary_and_appends_go_on_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = ShardSet::start(options(dir.path(), 1)).unwrap();
+    set.create_topic("t", 1).await.unwrap();
+    for i in 0..10u8 {
+        set.append("t", 0, vec![record(vec![i; 100]), record(vec![i; 100])])
+            .await
+            .unwrap();
+    }
+    // Offset 7 lies inside the batch 6..8: refused, nothing changes.
+    let err = set.truncate_suffix("t", 0, 7).await.unwrap_err();
+    assert!(
+        matches!(
+            err.storage_error(),
+            Some(walrs::storage::Error::NotBatchBoundary { .. })
+        ),
+        "{err}"
+    );
+    set.truncate_suffix("t", 0, 6).await.unwrap();
+    let p = set.describe_topic("t").await.unwrap().partitions[0];
+    assert_eq!((p.end_offset, p.high_watermark), (6, 6));
+    let ack = set.append("t", 0, vec![record("after")]).await.unwrap();
+    assert_eq!(ack.base_offset, 6);
+    let records = read_all(&set, "t", 0).await;
+    assert_eq!(records.len(), 7);
+    assert_eq!(&records[6].value[..], b"after");
+    assert!(set.truncate_suffix("nope", 0, 0).await.is_err());
+    set.shutdown().await.unwrap();
+}
+
 /// A `tracing` writer that keeps what it is given.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

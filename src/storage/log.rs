@@ -542,17 +542,12 @@ impl<E: Engine> Log<E> {
 
     /// Kafka's `OffsetsForLeaderEpoch`: the end of `epoch` on this log, i.e. the start of the
     /// first larger epoch, or the end offset when none is larger. A follower truncates its
-    /// suffix there after a leader change. `None` when `epoch` is below every epoch here.
-    pub fn epoch_end_offset(&self, epoch: u64) -> Option<u64> {
-        if self.epochs.first().is_some_and(|first| epoch < first.epoch) {
-            return None;
-        }
-        Some(
-            self.epochs
-                .iter()
-                .find(|e| e.epoch > epoch)
-                .map_or(self.end_offset(), |e| e.start_offset),
-        )
+    /// suffix there after a leader change. Batches before the first entry have epoch 0.
+    pub fn epoch_end_offset(&self, epoch: u64) -> u64 {
+        self.epochs
+            .iter()
+            .find(|e| e.epoch > epoch)
+            .map_or(self.end_offset(), |e| e.start_offset)
     }
 
     /// The durable vote, or the default (term 0, no vote) when none was saved.
