@@ -14,7 +14,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use walrs::storage::faulty::FaultyEngine;
 use walrs::storage::{
-    EpochStart, Engine, Error, Log, LogConfig, PortableEngine, Record, Vote, format,
+    Engine, EpochStart, Error, Log, LogConfig, PortableEngine, Record, Vote, format,
     index_file_name, store_file_name,
 };
 
@@ -41,7 +41,10 @@ fn record(seed: u64, value_len: usize) -> Record {
         },
         value: (0..value_len).map(|i| (seed as usize + i) as u8).collect(),
         headers: if seed.is_multiple_of(4) {
-            vec![("h".into(), bytes::Bytes::copy_from_slice(&seed.to_le_bytes()))]
+            vec![(
+                "h".into(),
+                bytes::Bytes::copy_from_slice(&seed.to_le_bytes()),
+            )]
         } else {
             vec![]
         },
@@ -322,7 +325,9 @@ enum CrashOp {
     },
     Sync,
     Roll,
-    TruncatePrefix { at_permille: u64 },
+    TruncatePrefix {
+        at_permille: u64,
+    },
     SaveVote,
     /// Close and open again through the faulty engine (directory, temp-file and index
     /// operations of open).
@@ -558,12 +563,11 @@ async fn crash_case<E: Engine>(
     faulty.crashed_in()
 }
 
+/// One test body, boxed so that both engines' runners take it.
+type CaseBody = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send>;
+
 /// Runs `cases` crash cases and checks that each of [`CRASH_SITES`] was crashed inside.
-fn crash_suite<E: Engine>(
-    cases: u32,
-    make_engine: fn() -> E,
-    run: fn(Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send>),
-) {
+fn crash_suite<E: Engine>(cases: u32, make_engine: fn() -> E, run: fn(CaseBody)) {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
     let sites: Arc<Mutex<BTreeMap<&'static str, u32>>> = Arc::default();
@@ -590,8 +594,7 @@ fn crash_suite<E: Engine>(
             let sites = sites.clone();
             run(Box::new(move || {
                 Box::pin(async move {
-                    let site =
-                        crash_case(make_engine, &path, ops, crash_at, seed, damage).await;
+                    let site = crash_case(make_engine, &path, ops, crash_at, seed, damage).await;
                     if let Some(site) = site {
                         *sites.lock().unwrap().entry(site).or_default() += 1;
                     }
@@ -872,10 +875,16 @@ async fn follower_appends_and_raw_reads<E: Engine>(engine: E, dir: &Path) {
         next = raw.last().unwrap().header.next_offset();
         shipped.extend(raw);
     }
-    assert!(leader.read(0, 1000).await.unwrap().is_empty(), "reads stop at the commit");
+    assert!(
+        leader.read(0, 1000).await.unwrap().is_empty(),
+        "reads stop at the commit"
+    );
     // A raw read from inside a batch starts at that batch, untrimmed.
     let inside = shipped.iter().find(|b| b.header.record_count > 1).unwrap();
-    let raw = leader.read_raw(inside.header.base_offset + 1, 1).await.unwrap();
+    let raw = leader
+        .read_raw(inside.header.base_offset + 1, 1)
+        .await
+        .unwrap();
     assert_eq!(raw[0].bytes, inside.bytes);
 
     let (mut follower, _) = Log::open(engine.clone(), &dir.join("follower"), small_config())
@@ -909,7 +918,10 @@ async fn follower_appends_and_raw_reads<E: Engine>(engine: E, dir: &Path) {
     let stale = format::encode_batch(follower.end_offset(), 1, 0, &batch(50, 1, 5));
     assert!(matches!(
         follower.append_encoded(&stale).await,
-        Err(Error::TermRegressed { term: 1, last_term: 3 })
+        Err(Error::TermRegressed {
+            term: 1,
+            last_term: 3
+        })
     ));
     assert_eq!(follower.leader_epochs(), leader.leader_epochs());
     sync_commit(&mut follower).await;
@@ -939,9 +951,15 @@ async fn leader_epochs_survive_restart_and_truncation<E: Engine>(engine: E, dir:
             .await
             .unwrap();
     }
-    let want = vec![
-        EpochStart { epoch: 2, start_offset: 4 },
-        EpochStart { epoch: 5, start_offset: 10 },
+    let want = [
+        EpochStart {
+            epoch: 2,
+            start_offset: 4,
+        },
+        EpochStart {
+            epoch: 5,
+            start_offset: 10,
+        },
     ];
     assert_eq!(log.leader_epochs(), &want[..]);
     let terms = |log: &Log<E>| {
@@ -949,15 +967,24 @@ async fn leader_epochs_survive_restart_and_truncation<E: Engine>(engine: E, dir:
             .map(|o| log.term_at(o).unwrap())
             .collect::<Vec<_>>()
     };
-    assert_eq!(terms(&log), [0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 5, 5, 5, 5, 5, 5]);
-    assert!(matches!(log.term_at(16), Err(Error::OffsetOutOfRange { .. })));
+    assert_eq!(
+        terms(&log),
+        [0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 5, 5, 5, 5, 5, 5]
+    );
+    assert!(matches!(
+        log.term_at(16),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
     assert_eq!(log.epoch_end_offset(0), 4);
     assert_eq!(log.epoch_end_offset(3), 10);
     assert_eq!(log.epoch_end_offset(5), 16);
     assert_eq!(log.epoch_end_offset(9), 16);
     assert!(matches!(
         log.append_in_term(4, &batch(1, 1, 1)).await,
-        Err(Error::TermRegressed { term: 4, last_term: 5 })
+        Err(Error::TermRegressed {
+            term: 4,
+            last_term: 5
+        })
     ));
     log.close().await.unwrap();
 
@@ -973,12 +1000,21 @@ async fn leader_epochs_survive_restart_and_truncation<E: Engine>(engine: E, dir:
     let (mut log, _) = reopen(&engine, dir).await;
     assert_eq!(
         log.leader_epochs(),
-        &[want[0], EpochStart { epoch: 6, start_offset: 7 }][..]
+        &[
+            want[0],
+            EpochStart {
+                epoch: 6,
+                start_offset: 7
+            }
+        ][..]
     );
     assert_eq!(terms(&log), [0, 0, 0, 0, 2, 2, 2, 6, 6]);
     // Prefix truncation: offsets below the start have no term; those above keep theirs.
     log.truncate_prefix(5).await.unwrap();
-    assert!(matches!(log.term_at(4), Err(Error::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.term_at(4),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
     assert_eq!(terms(&log), [2, 2, 6, 6]);
     log.close().await.unwrap();
     let (log, _) = reopen(&engine, dir).await;
@@ -990,10 +1026,16 @@ async fn leader_epochs_survive_restart_and_truncation<E: Engine>(engine: E, dir:
 async fn vote_is_durable_and_replaced_atomically<E: Engine>(engine: E, dir: &Path) {
     let (mut log, _) = reopen(&engine, dir).await;
     assert_eq!(log.vote().await.unwrap(), Vote::default());
-    let first = Vote { term: 3, voted_for: Some(7) };
+    let first = Vote {
+        term: 3,
+        voted_for: Some(7),
+    };
     log.save_vote(&first).await.unwrap();
     assert_eq!(log.vote().await.unwrap(), first);
-    let second = Vote { term: 4, voted_for: None };
+    let second = Vote {
+        term: 4,
+        voted_for: None,
+    };
     log.save_vote(&second).await.unwrap();
     // A stale temp file from a crash mid-replace is ignored and removed on open.
     std::fs::write(dir.join("raft_state.tmp"), b"garbage").unwrap();
@@ -1168,15 +1210,42 @@ macro_rules! conformance {
                 };
             }
 
-            case!(torn_tails_are_cut_and_zero_padding_is_the_end, torn_tails_are_cut);
-            case!(missing_short_long_and_garbage_indexes_are_rebuilt, bad_indexes_are_rebuilt);
-            case!(corruption_in_a_sealed_segment_is_never_served, corruption_in_a_sealed_segment_is_reported);
-            case!(retention_by_bytes_and_age_and_rolling_by_age, retention_and_rolling);
-            case!(ten_thousand_segments_open_lazily, many_segments_open_without_reading_them);
-            case!(follower_appends_are_checked_and_raw_reads_ship_stored_bytes, follower_appends_and_raw_reads);
-            case!(leader_epochs_survive_restart_and_truncation, leader_epochs_survive_restart_and_truncation);
-            case!(vote_is_durable_and_replaced_atomically, vote_is_durable_and_replaced_atomically);
-            case!(version_1_segments_still_open_and_read, version_1_segments_still_open_and_read);
+            case!(
+                torn_tails_are_cut_and_zero_padding_is_the_end,
+                torn_tails_are_cut
+            );
+            case!(
+                missing_short_long_and_garbage_indexes_are_rebuilt,
+                bad_indexes_are_rebuilt
+            );
+            case!(
+                corruption_in_a_sealed_segment_is_never_served,
+                corruption_in_a_sealed_segment_is_reported
+            );
+            case!(
+                retention_by_bytes_and_age_and_rolling_by_age,
+                retention_and_rolling
+            );
+            case!(
+                ten_thousand_segments_open_lazily,
+                many_segments_open_without_reading_them
+            );
+            case!(
+                follower_appends_are_checked_and_raw_reads_ship_stored_bytes,
+                follower_appends_and_raw_reads
+            );
+            case!(
+                leader_epochs_survive_restart_and_truncation,
+                leader_epochs_survive_restart_and_truncation
+            );
+            case!(
+                vote_is_durable_and_replaced_atomically,
+                vote_is_durable_and_replaced_atomically
+            );
+            case!(
+                version_1_segments_still_open_and_read,
+                version_1_segments_still_open_and_read
+            );
 
             #[test]
             fn crash() {
@@ -1203,7 +1272,13 @@ macro_rules! conformance {
     };
 }
 
-conformance!(portable, PortableEngine::new(), run_portable, portable_available, 256);
+conformance!(
+    portable,
+    PortableEngine::new(),
+    run_portable,
+    portable_available,
+    256
+);
 #[cfg(target_os = "linux")]
 conformance!(
     uring,
@@ -1219,7 +1294,10 @@ mod cross_engine {
     use super::*;
     use walrs::storage::uring::UringEngine;
 
-    async fn read_back<E: Engine>(engine: E, path: &Path) -> Vec<(u64, bytes::Bytes, bytes::Bytes)> {
+    async fn read_back<E: Engine>(
+        engine: E,
+        path: &Path,
+    ) -> Vec<(u64, bytes::Bytes, bytes::Bytes)> {
         let (mut log, report) = reopen(&engine, path).await;
         assert_eq!(
             report.recovery,

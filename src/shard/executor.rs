@@ -428,7 +428,17 @@ mod tests {
             ResolvedEngine::Portable
         );
         #[cfg(target_os = "linux")]
-        {
+        if let Err(why) = probe_uring(dir.path(), 1 << 20) {
+            // No io_uring here: `auto` falls back to portable and `uring` refuses.
+            println!("skipped the io_uring half: io_uring cannot run here ({why})");
+            assert_eq!(
+                resolve_engine(EngineChoice::Auto, dir.path(), 1 << 20)
+                    .unwrap()
+                    .0,
+                ResolvedEngine::Portable
+            );
+            assert!(resolve_engine(EngineChoice::Uring, dir.path(), 1 << 20).is_err());
+        } else {
             // This machine runs io_uring: both `uring` and `auto` pick it, and the probe
             // leaves no file behind.
             assert_eq!(

@@ -176,7 +176,9 @@ pub struct Batch {
 /// Why bytes are not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("only {available} bytes, a batch header needs {V1_BATCH_HEADER_LEN} (version 1) or {BATCH_HEADER_LEN} (version 2)")]
+    #[error(
+        "only {available} bytes, a batch header needs {V1_BATCH_HEADER_LEN} (version 1) or {BATCH_HEADER_LEN} (version 2)"
+    )]
     ShortHeader { available: usize },
     #[error("bad magic {found:02x?}")]
     BadMagic { found: [u8; 4] },
@@ -337,9 +339,7 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
             available: bytes.len(),
         });
     }
-    let magic: [u8; 4] = bytes[MAGIC_AT..MAGIC_AT + 4]
-        .try_into()
-        .expect("4 bytes");
+    let magic: [u8; 4] = bytes[MAGIC_AT..MAGIC_AT + 4].try_into().expect("4 bytes");
     if magic != MAGIC {
         return Err(DecodeError::BadMagic { found: magic });
     }
@@ -366,7 +366,11 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
         max_timestamp_ms: u64_at(bytes, MAX_TIMESTAMP_AT) as i64,
         raft_index: if v2 { u64_at(bytes, RAFT_INDEX_AT) } else { 0 },
         producer_id: if v2 { u64_at(bytes, PRODUCER_ID_AT) } else { 0 },
-        producer_seq: if v2 { u32_at(bytes, PRODUCER_SEQ_AT) } else { 0 },
+        producer_seq: if v2 {
+            u32_at(bytes, PRODUCER_SEQ_AT)
+        } else {
+            0
+        },
     };
     if (header.batch_len as usize) < header_len + RECORD_FIXED_LEN {
         return Err(DecodeError::BadLength {

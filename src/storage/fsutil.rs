@@ -138,7 +138,10 @@ mod tests {
         assert_eq!(read_small_file(&path).unwrap(), None);
         replace_file_atomic(&path, b"one").unwrap();
         replace_file_atomic(&path, b"two").unwrap();
-        assert_eq!(read_small_file(&path).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(
+            read_small_file(&path).unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
         assert!(!tmp_path(&path).exists());
         assert!(remove_if_exists(&path).unwrap());
         assert!(!remove_if_exists(&path).unwrap());

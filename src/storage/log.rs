@@ -38,7 +38,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::error::{Error, Result, io_err};
-use super::format::{self, BatchHeader, BatchMeta, Batch, Record};
+use super::format::{self, Batch, BatchHeader, BatchMeta, Record};
 use super::index::ENTRY_LEN;
 use super::io::Engine;
 use super::segment::{self, Recovery, Segment};
@@ -220,9 +220,15 @@ impl<E: Engine> Log<E> {
         remove_stale_tmp_files(&engine, dir).await?;
         let persisted_start = read_start_offset(&engine, dir).await?;
         let (segments, report) = open_segments(&engine, dir, &config, persisted_start).await?;
-        let first_base = segments.front().expect("at least one segment").base_offset();
+        let first_base = segments
+            .front()
+            .expect("at least one segment")
+            .base_offset();
         let end = segments.back().expect("at least one segment").next_offset();
-        let start_offset = persisted_start.unwrap_or(first_base).max(first_base).min(end);
+        let start_offset = persisted_start
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(end);
         let mut log = Log {
             engine,
             dir: dir.to_owned(),
@@ -250,8 +256,8 @@ impl<E: Engine> Log<E> {
         else {
             return Ok(());
         };
-        let mut epochs = state::decode_epochs(&bytes)
-            .map_err(|source| Error::BadStateFile { path, source })?;
+        let mut epochs =
+            state::decode_epochs(&bytes).map_err(|source| Error::BadStateFile { path, source })?;
         let end = self.end_offset();
         let before = epochs.len();
         epochs.retain(|e| e.start_offset < end);
@@ -273,8 +279,9 @@ impl<E: Engine> Log<E> {
             self.durable_end,
         );
         assert!(
-            self.epochs.windows(2).all(|w| w[0].epoch < w[1].epoch
-                && w[0].start_offset < w[1].start_offset)
+            self.epochs
+                .windows(2)
+                .all(|w| w[0].epoch < w[1].epoch && w[0].start_offset < w[1].start_offset)
                 && self.epochs.last().is_none_or(|e| e.start_offset < end),
             "{}: leader epochs out of order: {:?} (end {end})",
             self.dir.display(),
@@ -835,7 +842,11 @@ impl<E: Engine> Log<E> {
 /// Removes the temp files a crash mid-replace left: the rename never happened, so they are
 /// stale.
 async fn remove_stale_tmp_files<E: Engine>(engine: &E, dir: &Path) -> Result<()> {
-    for name in [START_OFFSET_FILE, state::LEADER_EPOCHS_FILE, state::RAFT_STATE_FILE] {
+    for name in [
+        START_OFFSET_FILE,
+        state::LEADER_EPOCHS_FILE,
+        state::RAFT_STATE_FILE,
+    ] {
         let tmp = super::fsutil::tmp_path(&dir.join(name));
         engine
             .remove_if_exists(&tmp)

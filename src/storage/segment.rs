@@ -170,7 +170,9 @@ async fn trusted_index_prefix<F: StoreFile>(
     let Some(last) = keep.checked_sub(1).and_then(|i| index.get(i)) else {
         return Ok((0, 0, base_offset));
     };
-    let bytes = store.read_at(last.position, last.batch_len as usize).await?;
+    let bytes = store
+        .read_at(last.position, last.batch_len as usize)
+        .await?;
     Ok(match format::verify_batch(&bytes) {
         Ok(header) if header.base_offset == last.offset && header.batch_len == last.batch_len => {
             (keep, last.end_position(), header.next_offset())
@@ -181,7 +183,10 @@ async fn trusted_index_prefix<F: StoreFile>(
 
 /// The first batch's timestamp, from its header; `None` for an empty segment or a header
 /// that does not read (the caller falls back to the clock).
-async fn first_timestamp_ms<F: StoreFile>(store: &F, index: &Index) -> std::io::Result<Option<i64>> {
+async fn first_timestamp_ms<F: StoreFile>(
+    store: &F,
+    index: &Index,
+) -> std::io::Result<Option<i64>> {
     let Some(first) = index.get(0) else {
         return Ok(None);
     };
@@ -663,7 +668,10 @@ impl<E: Engine> Segment<E> {
             }
             batches.push((header, slice));
         }
-        if batches.first().is_some_and(|(h, _)| h.next_offset() <= from_offset) {
+        if batches
+            .first()
+            .is_some_and(|(h, _)| h.next_offset() <= from_offset)
+        {
             self.past_last_batch()?;
             return Ok(Vec::new());
         }

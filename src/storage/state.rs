@@ -122,7 +122,8 @@ pub fn decode_epochs(bytes: &[u8]) -> Result<Vec<EpochStart>, StateError> {
         })
         .collect();
     if let Some(index) = (1..epochs.len()).find(|&i| {
-        epochs[i].epoch <= epochs[i - 1].epoch || epochs[i].start_offset <= epochs[i - 1].start_offset
+        epochs[i].epoch <= epochs[i - 1].epoch
+            || epochs[i].start_offset <= epochs[i - 1].start_offset
     }) {
         return Err(StateError::OutOfOrder { index });
     }
@@ -134,7 +135,9 @@ pub fn encode_vote(vote: &Vote) -> Vec<u8> {
     bytes.extend_from_slice(&VOTE_MAGIC);
     bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
     bytes.extend_from_slice(&vote.term.to_le_bytes());
-    let voted_for = vote.voted_for.map_or(0, |id| id.checked_add(1).expect("node id < u64::MAX"));
+    let voted_for = vote
+        .voted_for
+        .map_or(0, |id| id.checked_add(1).expect("node id < u64::MAX"));
     bytes.extend_from_slice(&voted_for.to_le_bytes());
     seal(bytes)
 }
@@ -158,16 +161,28 @@ mod tests {
     #[test]
     fn round_trips_and_every_flipped_byte_is_caught() {
         let epochs = vec![
-            EpochStart { epoch: 1, start_offset: 0 },
-            EpochStart { epoch: 4, start_offset: 17 },
+            EpochStart {
+                epoch: 1,
+                start_offset: 0,
+            },
+            EpochStart {
+                epoch: 4,
+                start_offset: 17,
+            },
         ];
         let bytes = encode_epochs(&epochs);
         assert_eq!(decode_epochs(&bytes).unwrap(), epochs);
-        let vote = Vote { term: 9, voted_for: Some(0) };
+        let vote = Vote {
+            term: 9,
+            voted_for: Some(0),
+        };
         let vote_bytes = encode_vote(&vote);
         assert_eq!(vote_bytes.len(), 26);
         assert_eq!(decode_vote(&vote_bytes).unwrap(), vote);
-        assert_eq!(decode_vote(&encode_vote(&Vote::default())).unwrap(), Vote::default());
+        assert_eq!(
+            decode_vote(&encode_vote(&Vote::default())).unwrap(),
+            Vote::default()
+        );
         for at in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
@@ -179,6 +194,9 @@ mod tests {
             assert!(decode_vote(&bad).is_err(), "flip at {at} unnoticed");
         }
         let unordered = encode_epochs(&[epochs[1], epochs[0]]);
-        assert_eq!(decode_epochs(&unordered), Err(StateError::OutOfOrder { index: 1 }));
+        assert_eq!(
+            decode_epochs(&unordered),
+            Err(StateError::OutOfOrder { index: 1 })
+        );
     }
 }
