@@ -684,6 +684,11 @@ pub(crate) mod tests {
         ack
     }
 
+    /// Engine writes that opening a new partition makes before its first append: the
+    /// directory, three stale temp-file removals, the stale index removal, the store's
+    /// creation, and the index file's open and sizing.
+    const NEW_PARTITION_OPEN_WRITES: u64 = 8;
+
     /// A failed sync fails every append of its group with the same cause, and the poisoned
     /// log refuses later appends; the shard itself keeps serving.
     #[test]
@@ -696,8 +701,9 @@ pub(crate) mod tests {
         let acks: Vec<_> = ["a", "b", "c"].iter().map(|v| append(&tx, v)).collect();
         let thread = std::thread::spawn(move || {
             let engine = FaultyEngine::new(PortableEngine::new());
-            // Three appends succeed; the fourth write, the group's sync, fails.
-            engine.crash_after(4);
+            // Opening the partition, then three appends succeed; the next write, the group's
+            // sync, fails.
+            engine.crash_after(NEW_PARTITION_OPEN_WRITES + 3);
             futures::executor::block_on(run(engine, BlockingRuntime, ctx));
         });
         ready_rx.recv().unwrap().unwrap();
@@ -729,7 +735,9 @@ pub(crate) mod tests {
     #[test]
     fn appends_committed_by_a_roll_mid_group_are_acked_though_the_group_fails() {
         let mut mixed = 0;
-        for crash_at in 1..=12 {
+        // Each roll is a seal (sync, index trim) and a new segment (stale index removal,
+        // create, index open and size): about six writes per append.
+        for crash_at in NEW_PARTITION_OPEN_WRITES + 1..=NEW_PARTITION_OPEN_WRITES + 30 {
             let dir = tempfile::tempdir().unwrap();
             let mut options = ShardOptions::new(dir.path());
             options.shard_count = 1;

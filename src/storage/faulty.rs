@@ -9,7 +9,10 @@
 //! The model of a crash: every byte below a file's last successful sync survives; of the bytes
 //! written after it, a prefix of random length survives and the last few surviving bytes may
 //! be garbage (a torn sector). Creations and removals are durable at once (both engines sync
-//! the directory before returning).
+//! the directory before returning). Every write-like engine operation counts towards the
+//! crash, not only store-file writes: directory creation, removals, the index file's open
+//! and resizes, and atomic replaces of the state files; the one the crash lands on fails
+//! having done nothing, and [`FaultyEngine::crashed_in`] names it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -55,9 +58,9 @@ impl<E: Engine> FaultyEngine<E> {
         }
     }
 
-    /// Crash right after `writes` more appends, syncs or truncates have been attempted (the
-    /// last of them is torn: it fails, and whatever of it reached the disk is subject to the
-    /// tear).
+    /// Crash right after `writes` more write-like operations (appends, syncs, truncates and
+    /// the engine's file and directory operations) have been attempted. An append the crash
+    /// lands on is torn: it fails, and whatever of it reached the disk is subject to the tear.
     pub fn crash_after(&self, writes: u64) {
         self.state.borrow_mut().writes_left = Some(writes);
     }

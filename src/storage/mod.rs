@@ -1,8 +1,9 @@
 //! Storage layer: one partition's log on disk, over a pluggable file engine.
 //!
 //! Owns: the on-disk format (`format`), the offset index (`index`), segments (`segment`), the
-//! partition log (`log`), and the engines that do the file I/O (`portable`, `uring`, and the
-//! fault-injecting `faulty` for crash tests).
+//! partition log (`log`), the small state files beside it (`state`: leader epochs, vote), and
+//! the engines that do the file I/O (`portable`, `uring`, and the fault-injecting `faulty`
+//! for crash tests) with their shared std-file helpers (`fsutil`).
 //! Must never: know about gRPC, topics, shards or the network. It is driven by one owner at a
 //! time (a shard task); nothing in it is `Send` or locked.
 

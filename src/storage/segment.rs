@@ -181,6 +181,24 @@ async fn trusted_index_prefix<F: StoreFile>(
     })
 }
 
+/// Adds the entries a recovery scan found to the index, growing it past `index_bytes_max`
+/// when the store holds more batches than it has room for.
+async fn append_to_index<E: Engine>(
+    engine: &E,
+    index: &mut Index,
+    entries: &[Entry],
+    index_bytes_max: u64,
+) -> std::io::Result<()> {
+    let needed = (index.len() + entries.len()) as u64 * ENTRY_LEN as u64;
+    if needed > index_bytes_max {
+        index.grow(engine, needed).await?;
+    }
+    for entry in entries {
+        index.push(*entry).expect("index grown to fit the scan");
+    }
+    Ok(())
+}
+
 /// The first batch's timestamp, from its header; `None` for an empty segment or a header
 /// that does not read (the caller falls back to the clock).
 async fn first_timestamp_ms<F: StoreFile>(
@@ -296,16 +314,9 @@ impl<E: Engine> Segment<E> {
         let scan = scan(&store, resume_position, resume_offset)
             .await
             .map_err(io_err("scan segment", &store_path))?;
-        let needed = (index.len() + scan.entries.len()) as u64 * ENTRY_LEN as u64;
-        if needed > index_bytes_max {
-            index
-                .grow(engine, needed)
-                .await
-                .map_err(io_err("grow index", &index_path))?;
-        }
-        for entry in scan.entries {
-            index.push(entry).expect("index grown to fit the scan");
-        }
+        append_to_index(engine, &mut index, &scan.entries, index_bytes_max)
+            .await
+            .map_err(io_err("grow index", &index_path))?;
         if scan.end_position < store_len {
             recovery.truncated_bytes = store_len - scan.end_position;
             recovery.stopped_by = scan.stopped_by;

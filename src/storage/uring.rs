@@ -162,8 +162,9 @@ impl Engine for UringEngine {
         self.file(path, dma).await
     }
 
+    /// The unlink goes through io_uring; the directory sync blocks (see [`sync_parent_dir`]).
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)?;
+        glommio::io::remove(path).await.map_err(io::Error::from)?;
         sync_parent_dir(path)
     }
 
