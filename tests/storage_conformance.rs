@@ -14,11 +14,11 @@ use std::path::Path;
 use proptest::prelude::*;
 use walrs::storage::faulty::FaultyEngine;
 use walrs::storage::{
-    Engine, Error, Log, LogConfig, PortableEngine, Record, index_file_name, store_file_name,
+    Engine, Error, Log, LogLimits, PortableEngine, Record, index_file_name, store_file_name,
 };
 
-fn small_config() -> LogConfig {
-    LogConfig {
+fn small_config() -> LogLimits {
+    LogLimits {
         record_bytes_max: 300,
         batch_bytes_max: 2000,
         segment_bytes_max: 2500,

@@ -133,9 +133,7 @@ where
 
     let maintenance_every = Duration::from_millis(shard.options.maintenance_interval_ms);
     let sync_every = match shard.options.durability {
-        Durability::Interval { flush_interval_ms } => {
-            Some(Duration::from_millis(flush_interval_ms))
-        }
+        Durability::Interval => Some(Duration::from_millis(shard.options.flush_interval_ms)),
         _ => None,
     };
     let linger = Duration::from_micros(shard.options.flush_delay_us);
@@ -314,7 +312,7 @@ impl<E: Engine> Shard<E> {
                             .synced(&key.0, key.1, started.elapsed(), records);
                         synced
                     }
-                    Durability::Interval { .. } => {
+                    Durability::Interval => {
                         p.log.commit_unsynced();
                         p.unsynced = true;
                         Ok(())

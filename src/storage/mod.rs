@@ -1,8 +1,9 @@
 //! Storage layer: one partition's log on disk, over a pluggable file engine.
 //!
 //! Owns: the on-disk format (`format`), the offset index (`index`), segments (`segment`), the
-//! partition log (`log`), and the engines that do the file I/O (`portable`, `uring`, and the
-//! fault-injecting `faulty` for crash tests).
+//! partition log (`log`) and its limits (`limits`, the one default and check of each), and
+//! the engines that do the file I/O (`portable`, `uring`, and the fault-injecting `faulty`
+//! for crash tests).
 //! Must never: know about gRPC, topics, shards or the network. It is driven by one owner at a
 //! time (a shard task); nothing in it is `Send` or locked.
 
@@ -11,6 +12,7 @@ pub mod faulty;
 pub mod format;
 mod index;
 pub mod io;
+mod limits;
 mod log;
 pub mod portable;
 mod segment;
@@ -19,7 +21,9 @@ pub mod uring;
 
 pub use error::{Error, Result};
 pub use format::{Batch, BatchHeader, Record};
+pub use index::ENTRY_LEN as INDEX_ENTRY_LEN;
 pub use io::{Engine, FileStat, StoreFile};
-pub use log::{Log, LogConfig, OpenReport, now_ms};
+pub use limits::{InvalidLimit, LimitName, LogLimits, check_range};
+pub use log::{Log, OpenReport, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
