@@ -20,6 +20,9 @@
 //!
 //! This module never does I/O and never looks at certificates; it gets an identity string
 //! (see `server::identity`).
+//!
+//! [`Action`] is defined by the config (`config::acl`) and re-exported here, so that the
+//! imports run one way: the server uses the config, never the reverse.
 
 use crate::config::AclEntry;
 pub use crate::config::Action;
