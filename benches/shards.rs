@@ -138,14 +138,14 @@ fn run_raw(batch_records: usize, secs: f64) -> Row {
 /// that the disk's mood (fsync latency swings 10x on a shared machine) hits both alike.
 /// Returns (log µs per durable append, raw µs per write+fdatasync).
 fn paired_storage(batch_records: usize, rounds: usize) -> (f64, f64) {
-    use walrs::storage::{Log, LogConfig, PortableEngine};
+    use walrs::storage::{Log, LogLimits, PortableEngine};
     let dir = bench_dir();
     let batch = records(batch_records);
     let bytes = format::encode_batch(0, 0, 0, &batch);
     let mut raw = std::fs::File::create(dir.path().join("raw")).unwrap();
-    let config = LogConfig {
+    let config = LogLimits {
         segment_bytes_max: 1 << 30,
-        ..LogConfig::default()
+        ..LogLimits::default()
     };
     let (mut log, _) = futures::executor::block_on(Log::open(
         PortableEngine::new(),

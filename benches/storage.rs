@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::executor::block_on;
-use walrs::storage::{Log, LogConfig, PortableEngine, Record, format, store_file_name};
+use walrs::storage::{Log, LogLimits, PortableEngine, Record, format, store_file_name};
 
 const RECORD_BYTES: usize = 1024;
 
@@ -52,9 +52,9 @@ fn appends(c: &mut Criterion) {
                 BenchmarkId::new(format!("log/{mode}"), batch_records),
                 |b| {
                     let dir = bench_dir();
-                    let config = LogConfig {
+                    let config = LogLimits {
                         segment_bytes_max: 1 << 30,
-                        ..LogConfig::default()
+                        ..LogLimits::default()
                     };
                     let (mut log, _) =
                         block_on(Log::open(PortableEngine::new(), dir.path(), config)).unwrap();
@@ -97,7 +97,7 @@ fn reads(c: &mut Criterion) {
     let (mut log, _) = block_on(Log::open(
         PortableEngine::new(),
         dir.path(),
-        LogConfig::default(),
+        LogLimits::default(),
     ))
     .unwrap();
     let batch = records(16);
@@ -157,7 +157,7 @@ fn reopen(c: &mut Criterion) {
                 let (log, report) = block_on(Log::open(
                     PortableEngine::new(),
                     dir.path(),
-                    LogConfig::default(),
+                    LogLimits::default(),
                 ))
                 .unwrap();
                 total += started.elapsed();

@@ -322,9 +322,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(engine) = args.engine {
         config.storage.engine = match engine {
-            EngineArg::Auto => config::Engine::Auto,
-            EngineArg::Uring => config::Engine::Uring,
-            EngineArg::Portable => config::Engine::Portable,
+            EngineArg::Auto => config::EngineChoice::Auto,
+            EngineArg::Uring => config::EngineChoice::Uring,
+            EngineArg::Portable => config::EngineChoice::Portable,
         };
     }
     if let Some(shards) = args.shards {

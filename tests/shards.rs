@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use walrs::shard::{Durability, EngineChoice, Error, ShardOptions, ShardSet};
-use walrs::storage::{self, LogConfig, Record};
+use walrs::storage::{self, LogLimits, Record};
 
 fn options(dir: &Path, shards: usize) -> ShardOptions {
     options_on(dir, shards, EngineChoice::Portable)
@@ -24,12 +24,12 @@ fn options_on(dir: &Path, shards: usize, engine: EngineChoice) -> ShardOptions {
     // Small registered-buffer pools: tests run side by side under an 8 MiB `ulimit -l`.
     o.io_memory_bytes = 512 << 10;
     o.pin_threads = false;
-    o.log = LogConfig {
+    o.log = LogLimits {
         record_bytes_max: 16 << 10,
         batch_bytes_max: 64 << 10,
         segment_bytes_max: 64 << 10,
         index_bytes_max: 16 << 10,
-        ..LogConfig::default()
+        ..LogLimits::default()
     };
     o
 }
@@ -649,10 +649,11 @@ async fn shard_assignment_survives_restart_and_is_reassigned_when_the_count_chan
     set.shutdown().await.unwrap();
 }
 
-async fn relaxed_durability_acks_and_serves(durability: Durability) {
+async fn relaxed_durability_acks_and_serves(durability: Durability, flush_interval_ms: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(dir.path(), 2);
     o.durability = durability;
+    o.flush_interval_ms = flush_interval_ms;
     let set = ShardSet::start(o.clone()).unwrap();
     set.create_topic("r", 2).await.unwrap();
     // Appends under `interval` never sync; only the timer does (it may fire at any point).
@@ -677,7 +678,7 @@ async fn relaxed_durability_acks_and_serves(durability: Durability) {
             25
         );
     }
-    if let Durability::Interval { flush_interval_ms } = durability {
+    if durability == Durability::Interval {
         tokio::time::sleep(Duration::from_millis(flush_interval_ms * 5)).await;
         assert!(
             set.total_stats().fsyncs > fsyncs_before_appends,
@@ -698,15 +699,12 @@ async fn relaxed_durability_acks_and_serves(durability: Durability) {
 
 #[tokio::test]
 async fn durability_none_acks_and_is_readable() {
-    relaxed_durability_acks_and_serves(Durability::None).await;
+    relaxed_durability_acks_and_serves(Durability::None, 0).await;
 }
 
 #[tokio::test]
 async fn durability_interval_acks_is_readable_and_syncs_on_a_timer() {
-    relaxed_durability_acks_and_serves(Durability::Interval {
-        flush_interval_ms: 10,
-    })
-    .await;
+    relaxed_durability_acks_and_serves(Durability::Interval, 10).await;
 }
 
 #[tokio::test]

@@ -14,12 +14,12 @@ use std::path::Path;
 use proptest::prelude::*;
 use walrs::storage::faulty::FaultyEngine;
 use walrs::storage::{
-    Engine, EpochStart, Error, Log, LogConfig, PortableEngine, Record, Vote, format,
+    Engine, EpochStart, Error, Log, LogLimits, PortableEngine, Record, Vote, format,
     index_file_name, store_file_name,
 };
 
-fn small_config() -> LogConfig {
-    LogConfig {
+fn small_config() -> LogLimits {
+    LogLimits {
         record_bytes_max: 300,
         batch_bytes_max: 2000,
         segment_bytes_max: 2500,

@@ -34,12 +34,12 @@ pub enum EngineArg {
     Portable,
 }
 
-impl From<EngineArg> for config::Engine {
-    fn from(engine: EngineArg) -> config::Engine {
+impl From<EngineArg> for config::EngineChoice {
+    fn from(engine: EngineArg) -> config::EngineChoice {
         match engine {
-            EngineArg::Auto => config::Engine::Auto,
-            EngineArg::Uring => config::Engine::Uring,
-            EngineArg::Portable => config::Engine::Portable,
+            EngineArg::Auto => config::EngineChoice::Auto,
+            EngineArg::Uring => config::EngineChoice::Uring,
+            EngineArg::Portable => config::EngineChoice::Portable,
         }
     }
 }
@@ -209,7 +209,7 @@ impl BenchOptions {
         {
             return invalid("--rate must be a positive number of records/s".into());
         }
-        if !config::is_valid_topic_name(&self.topic, config::TOPIC_NAME_BYTES_LIMIT) {
+        if !crate::shard::is_valid_topic_name(&self.topic, crate::shard::TOPIC_NAME_BYTES_MAX) {
             return invalid(format!(
                 "--topic {:?} is not a valid topic name",
                 self.topic

@@ -20,10 +20,12 @@
 //!
 //! This module never does I/O and never looks at certificates; it gets an identity string
 //! (see `server::identity`).
-
-use serde::{Deserialize, Serialize};
+//!
+//! [`Action`] is defined by the config (`config::acl`) and re-exported here, so that the
+//! imports run one way: the server uses the config, never the reverse.
 
 use crate::config::AclEntry;
+pub use crate::config::Action;
 
 /// The name logged for plaintext callers.
 pub const ANONYMOUS: &str = "anonymous";
@@ -50,38 +52,6 @@ impl Principal {
 impl std::fmt::Display for Principal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// What a request does to a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Append records.
-    Produce,
-    /// Read records and describe the topic.
-    Consume,
-    /// Create, delete, truncate and list topics.
-    Admin,
-}
-
-impl Action {
-    /// Every action, in a fixed order.
-    pub const ALL: [Action; 3] = [Action::Produce, Action::Consume, Action::Admin];
-
-    /// The name used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Produce => "produce",
-            Action::Consume => "consume",
-            Action::Admin => "admin",
-        }
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

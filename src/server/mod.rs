@@ -16,6 +16,6 @@ pub use errors::{Error, Result};
 pub use listener::PeerInfo;
 /// Also the raw-RPC baseline's listener (`bench`), so it serves over the same TLS path.
 pub(crate) use listener::incoming;
-pub use run::{DRAIN_GRACE, Running, log_config, run, shard_options, shutdown_signal, start};
+pub use run::{DRAIN_GRACE, Running, run, shutdown_signal, start};
 pub use service::LogService;
 pub use stats::{ServerStats, ServerStatsSnapshot};

@@ -27,12 +27,11 @@ use super::errors::{Error, Result};
 use super::listener;
 use super::service::{InFlight, LogService};
 use super::stats::ServerStats;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::observability::{self, Health, MetricsEndpoint};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::log_server::LogServer;
-use crate::shard::{self, ShardOptions, ShardSet};
-use crate::storage;
+use crate::shard::ShardSet;
 
 /// How long in-flight calls may take to finish once shutdown starts.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -41,48 +40,6 @@ const FLUSH_GRACE: Duration = Duration::from_millis(200);
 /// Room for protobuf framing around a batch or a response's record bytes: each record's
 /// field tags and lengths, generously.
 const FRAMING_BYTES: usize = 1 << 20;
-
-/// The storage limits of every partition, from `[storage]`.
-pub fn log_config(config: &Config) -> storage::LogConfig {
-    let s = &config.storage;
-    storage::LogConfig {
-        record_bytes_max: s.record_bytes_max,
-        batch_bytes_max: s.batch_bytes_max,
-        segment_bytes_max: s.segment_bytes_max,
-        segment_ms: s.segment_ms,
-        index_bytes_max: s.index_bytes_max,
-        retention_bytes: s.retention_bytes,
-        retention_ms: s.retention_ms,
-    }
-}
-
-/// The shard set's options, from the config.
-pub fn shard_options(config: &Config) -> ShardOptions {
-    let s = &config.storage;
-    let mut options = ShardOptions::new(&config.data_dir);
-    options.shard_count = s.shard_count() as usize;
-    options.log = log_config(config);
-    options.durability = match s.durability {
-        config::Durability::Fsync => shard::Durability::Fsync,
-        config::Durability::Interval => shard::Durability::Interval {
-            flush_interval_ms: s.flush_interval_ms,
-        },
-        config::Durability::None => shard::Durability::None,
-    };
-    options.flush_delay_us = s.flush_delay_us;
-    options.flush_bytes_max = s.flush_bytes_max;
-    options.queue_depth_max = s.queue_depth_max as usize;
-    options.engine = match s.engine {
-        config::Engine::Auto => shard::EngineChoice::Auto,
-        config::Engine::Uring => shard::EngineChoice::Uring,
-        config::Engine::Portable => shard::EngineChoice::Portable,
-    };
-    options.io_memory_bytes = s.io_memory_bytes as usize;
-    options.partitions_max = config.server.partitions_per_topic_max;
-    options.topics_max = config.server.topics_max;
-    options.slow_fsync_ms = s.slow_fsync_ms;
-    options
-}
 
 /// A running server.
 pub struct Running {
@@ -214,7 +171,7 @@ pub async fn start(config: Config) -> Result<Running> {
         }
     };
 
-    let options = shard_options(&config);
+    let options = config.shard_options();
     // Starting opens and recovers every partition: blocking work, off the runtime.
     let shards = match tokio::task::spawn_blocking(move || ShardSet::start(options)).await {
         Ok(started) => started?,

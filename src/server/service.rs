@@ -4,7 +4,7 @@
 //! (`acl`), validates every field against the config's limits, and only then calls the
 //! shards; a refused request changes nothing. Errors become statuses in `errors` only.
 //! This module never does file I/O and knows nothing of the on-disk format: record and
-//! batch sizes are measured by `storage::LogConfig::check_batch`.
+//! batch sizes are measured by `storage::LogLimits::measure_batch`.
 //!
 //! Waiting is never polling: a Read at the end of the log and a following ReadStream sleep
 //! on `ShardSet::wait_for`, which commits wake. Every stream is bounded: an AppendStream
@@ -30,7 +30,7 @@ use super::acl::{Acl, Action, Principal};
 use super::errors::{Error, Result};
 use super::identity;
 use super::listener::PeerInfo;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::observability::{self, ActiveStream, Rpc, RpcCall};
 use crate::proto::v1::log_server::Log;
 use crate::proto::v1::{
@@ -95,7 +95,7 @@ struct Inner {
     shards: ShardSet,
     config: Config,
     acl: Acl,
-    log_limits: storage::LogConfig,
+    log_limits: storage::LogLimits,
     default_partitions: u32,
     round_robin: AtomicU64,
     /// Turns true when the server starts draining.
@@ -117,7 +117,7 @@ impl LogService {
         in_flight: Arc<InFlight>,
     ) -> LogService {
         let default_partitions = config.default_partitions_for(shards.shard_count() as u32);
-        let log_limits = super::run::log_config(&config);
+        let log_limits = config.storage.log_limits();
         let budget_bytes = usize::try_from(config.server.inflight_append_bytes_max)
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
@@ -200,7 +200,7 @@ impl Inner {
 
     fn check_topic_name(&self, name: &str) -> Result<()> {
         let max = self.config.server.topic_name_bytes_max;
-        if config::is_valid_topic_name(name, max) {
+        if shard::is_valid_topic_name(name, max as usize) {
             return Ok(());
         }
         let shown: String = name.chars().take(64).collect();
@@ -288,7 +288,7 @@ impl Inner {
         // Checked before a topic is auto-created, so a refused batch changes nothing.
         let batch_bytes =
             self.log_limits
-                .check_batch(&records)
+                .measure_batch(&records)
                 .map_err(|e| shard::Error::Storage {
                     topic: topic.clone(),
                     partition: partition.unwrap_or(0),

@@ -26,9 +26,14 @@ mod topics;
 mod worker;
 
 pub use error::{Error, Result};
-pub use options::{Durability, EngineChoice, ShardOptions};
+pub use options::{
+    Durability, EngineChoice, FLUSH_INTERVAL_MS_MAX, IO_MEMORY_BYTES_MIN, SHARDS_MAX, ShardOptions,
+    default_shard_count,
+};
 pub use set::{
     AppendAck, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription, TopicInfo,
 };
 pub use stats::{ShardStats, ShardStatsSnapshot};
-pub use topics::{TOPIC_NAME_BYTES_MAX, validate_topic_name};
+pub use topics::{
+    TOPIC_NAME_BYTES_MAX, check_topic_name, is_valid_topic_name, validate_topic_name,
+};

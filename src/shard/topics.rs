@@ -20,32 +20,45 @@ use serde::{Deserialize, Serialize};
 use super::error::{Error, Result, meta_err};
 use crate::storage::fsutil::sync_dir;
 
-/// Longest topic name, in bytes (Kafka's limit).
+/// Longest topic name, in bytes. A name is one directory name, `data_dir/topics/<topic>/`,
+/// which a file system bounds at 255 bytes; 249 is Kafka's limit, kept so that names move
+/// between the two.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 const META_FILE: &str = "topic.toml";
 const META_TMP: &str = "topic.toml.tmp";
 
-/// Checks a topic name: 1..=249 bytes of `[a-zA-Z0-9._-]`, and not `.` or `..`.
-pub fn validate_topic_name(name: &str) -> Result<()> {
-    let fail = |reason: &str| {
-        Err(Error::InvalidTopicName {
-            name: name.chars().take(TOPIC_NAME_BYTES_MAX + 8).collect(),
-            reason: reason.to_owned(),
-        })
-    };
-    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return fail("a topic name must be 1 to 249 bytes long");
+/// The topic-name rule, the only copy of it: 1 to `bytes_max` bytes of `[a-zA-Z0-9._-]`,
+/// and not `.` or `..` (they name directories). `bytes_max` is at most
+/// [`TOPIC_NAME_BYTES_MAX`] (the server may configure a lower one). Returns why a name is
+/// refused.
+pub fn check_topic_name(name: &str, bytes_max: usize) -> std::result::Result<(), String> {
+    let bytes_max = bytes_max.min(TOPIC_NAME_BYTES_MAX);
+    if name.is_empty() || name.len() > bytes_max {
+        return Err(format!("a topic name must be 1 to {bytes_max} bytes long"));
     }
     if name == "." || name == ".." {
-        return fail("\".\" and \"..\" are not topic names");
+        return Err("\".\" and \"..\" are not topic names".to_owned());
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
-        return fail("only ASCII letters, digits, '.', '_' and '-' are allowed");
+        return Err("only ASCII letters, digits, '.', '_' and '-' are allowed".to_owned());
     }
     Ok(())
+}
+
+/// True when `name` passes [`check_topic_name`] with `bytes_max`.
+pub fn is_valid_topic_name(name: &str, bytes_max: usize) -> bool {
+    check_topic_name(name, bytes_max).is_ok()
+}
+
+/// Checks a topic name against [`check_topic_name`] with [`TOPIC_NAME_BYTES_MAX`].
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    check_topic_name(name, TOPIC_NAME_BYTES_MAX).map_err(|reason| Error::InvalidTopicName {
+        name: name.chars().take(TOPIC_NAME_BYTES_MAX + 8).collect(),
+        reason,
+    })
 }
 
 /// What `topic.toml` holds.
@@ -229,6 +242,11 @@ mod tests {
                 "{bad:?} must be refused"
             );
         }
+        assert!(is_valid_topic_name("orders.v1_eu-west", 249));
+        assert!(!is_valid_topic_name("abc", 2));
+        assert!(is_valid_topic_name("ab", 2));
+        // A configured maximum never passes the layout's.
+        assert!(!is_valid_topic_name(&"x".repeat(250), 1000));
     }
 
     #[test]

@@ -143,9 +143,7 @@ where
 
     let maintenance_every = Duration::from_millis(shard.options.maintenance_interval_ms);
     let sync_every = match shard.options.durability {
-        Durability::Interval { flush_interval_ms } => {
-            Some(Duration::from_millis(flush_interval_ms))
-        }
+        Durability::Interval => Some(Duration::from_millis(shard.options.flush_interval_ms)),
         _ => None,
     };
     let linger = Duration::from_micros(shard.options.flush_delay_us);
@@ -324,7 +322,7 @@ impl<E: Engine> Shard<E> {
                             .synced(&key.0, key.1, started.elapsed(), records);
                         synced
                     }
-                    Durability::Interval { .. } => {
+                    Durability::Interval => {
                         commit_to(&mut p.log, Log::end_offset);
                         p.unsynced = true;
                         Ok(())

@@ -2,7 +2,8 @@
 //!
 //! Owns: offsets (assignment, start, end, the durable mark and the commit mark), rolling,
 //! retention, prefix and suffix truncation, recovery on open, the leader-epoch map, the
-//! persisted start offset and vote, and the limits on what may be appended.
+//! persisted start offset and vote, and enforcing the limits on what
+//! may be appended (defined and checked in `limits`).
 //! Must never: be shared. One shard task owns a `Log` and calls it sequentially; nothing in
 //! here locks. Must never reuse an offset: the end offset only moves back through an explicit
 //! `truncate_suffix`. Must never write a file except through its engine.
@@ -39,130 +40,12 @@ use bytes::Bytes;
 
 use super::error::{Error, Result, io_err};
 use super::format::{self, Batch, BatchHeader, BatchMeta, Record};
-use super::index::ENTRY_LEN;
 use super::io::Engine;
+use super::limits::LogLimits;
 use super::segment::{self, Recovery, Segment};
 use super::state::{self, EpochStart, Vote};
 
 const START_OFFSET_FILE: &str = "start_offset";
-
-/// Limits and policies of one partition log. Validated by [`LogConfig::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    /// Largest encoded record (key, value, headers and framing).
-    pub record_bytes_max: u64,
-    /// Largest encoded batch (one append).
-    pub batch_bytes_max: u64,
-    /// A segment rolls before an append would take it past this size.
-    pub segment_bytes_max: u64,
-    /// A segment rolls once its first record is this old; 0 = never by age.
-    pub segment_ms: u64,
-    /// Size of a segment's index file; a full index rolls the segment.
-    pub index_bytes_max: u64,
-    /// Old segments are deleted while the log is larger than this; 0 = unlimited.
-    pub retention_bytes: u64,
-    /// Segments last written longer ago than this are deleted; 0 = unlimited.
-    pub retention_ms: u64,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            record_bytes_max: 1 << 20,
-            batch_bytes_max: 4 << 20,
-            segment_bytes_max: 256 << 20,
-            segment_ms: 7 * 24 * 3600 * 1000,
-            index_bytes_max: 10 << 20,
-            retention_bytes: 0,
-            retention_ms: 7 * 24 * 3600 * 1000,
-        }
-    }
-}
-
-impl LogConfig {
-    /// Checks a batch against these limits without touching anything (the server checks
-    /// before it creates a topic, so that a refused first append changes nothing).
-    pub fn check_batch(&self, records: &[Record]) -> Result<usize> {
-        if records.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        let mut batch_bytes = format::BATCH_HEADER_LEN;
-        for (index, record) in records.iter().enumerate() {
-            let bytes = record.encoded_len();
-            if bytes as u64 > self.record_bytes_max {
-                return Err(Error::RecordTooLarge {
-                    index,
-                    bytes,
-                    max: self.record_bytes_max,
-                });
-            }
-            if let Some((name, _)) = record
-                .headers
-                .iter()
-                .find(|(name, _)| name.len() > usize::from(u16::MAX))
-            {
-                return Err(Error::HeaderNameTooLong {
-                    index,
-                    bytes: name.len(),
-                });
-            }
-            batch_bytes += bytes;
-        }
-        if batch_bytes as u64 > self.batch_bytes_max {
-            return Err(Error::BatchTooLarge {
-                bytes: batch_bytes,
-                max: self.batch_bytes_max,
-            });
-        }
-        Ok(batch_bytes)
-    }
-
-    /// Checks the limits against each other and against what the format can hold.
-    pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(Error::Config(msg));
-        let min_record = format::RECORD_FIXED_LEN as u64;
-        let min_batch = (format::BATCH_HEADER_LEN + format::RECORD_FIXED_LEN) as u64;
-        if self.record_bytes_max < min_record {
-            return fail(format!(
-                "record_bytes_max = {} is below the smallest record ({min_record} bytes)",
-                self.record_bytes_max
-            ));
-        }
-        if self.batch_bytes_max < self.record_bytes_max + format::BATCH_HEADER_LEN as u64 {
-            return fail(format!(
-                "batch_bytes_max = {} must hold one record of record_bytes_max = {} plus the {}-byte batch header",
-                self.batch_bytes_max,
-                self.record_bytes_max,
-                format::BATCH_HEADER_LEN
-            ));
-        }
-        if self.batch_bytes_max < min_batch {
-            return fail(format!(
-                "batch_bytes_max = {} is below the smallest batch ({min_batch} bytes)",
-                self.batch_bytes_max
-            ));
-        }
-        if self.segment_bytes_max < self.batch_bytes_max
-            || self.segment_bytes_max > u64::from(u32::MAX)
-        {
-            return fail(format!(
-                "segment_bytes_max = {} must be at least batch_bytes_max = {} and at most {} (positions are 32-bit)",
-                self.segment_bytes_max,
-                self.batch_bytes_max,
-                u32::MAX
-            ));
-        }
-        if self.index_bytes_max < ENTRY_LEN as u64
-            || !self.index_bytes_max.is_multiple_of(ENTRY_LEN as u64)
-        {
-            return fail(format!(
-                "index_bytes_max = {} must be a positive multiple of {ENTRY_LEN}",
-                self.index_bytes_max
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Milliseconds since the Unix epoch, by the wall clock.
 pub fn now_ms() -> i64 {
@@ -191,7 +74,7 @@ pub struct RawBatch {
 pub struct Log<E: Engine> {
     engine: E,
     dir: PathBuf,
-    config: LogConfig,
+    config: LogLimits,
     segments: VecDeque<Segment<E>>,
     start_offset: u64,
     /// Everything below is durable.
@@ -211,7 +94,7 @@ impl<E: Engine> Log<E> {
     /// Everything in the log after `open` is durable: the durable end and the commit mark
     /// start at the end offset (a consensus layer lowers the commit mark with
     /// [`Log::set_commit`] before serving reads).
-    pub async fn open(engine: E, dir: &Path, config: LogConfig) -> Result<(Log<E>, OpenReport)> {
+    pub async fn open(engine: E, dir: &Path, config: LogLimits) -> Result<(Log<E>, OpenReport)> {
         config.validate()?;
         engine
             .create_dir_all(dir)
@@ -292,7 +175,7 @@ impl<E: Engine> Log<E> {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    pub fn config(&self) -> &LogConfig {
+    pub fn config(&self) -> &LogLimits {
         &self.config
     }
     /// The engine this log writes through (for counters such as fdatasyncs).
@@ -406,7 +289,7 @@ impl<E: Engine> Log<E> {
     /// durable before the batch is written.
     pub async fn append_in_term(&mut self, term: u64, records: &[Record]) -> Result<u64> {
         self.check_writable()?;
-        let batch_bytes = self.config.check_batch(records)?;
+        let batch_bytes = self.config.measure_batch(records)?;
         self.check_term(term)?;
         let base_offset = self.end_offset();
         let next_offset = base_offset
@@ -862,7 +745,7 @@ async fn remove_stale_tmp_files<E: Engine>(engine: &E, dir: &Path) -> Result<()>
 async fn open_segments<E: Engine>(
     engine: &E,
     dir: &Path,
-    config: &LogConfig,
+    config: &LogLimits,
     persisted_start: Option<u64>,
 ) -> Result<(VecDeque<Segment<E>>, OpenReport)> {
     let mut bases: Vec<u64> = engine

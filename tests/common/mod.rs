@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use walrs::config::{AclEntry, Config, Engine, TlsConfig};
+use walrs::config::{AclEntry, Config, EngineChoice, TlsConfig};
 use walrs::server::acl::Action;
 
 /// A server config for a test in `dir`: loopback on a port the OS picks, data under
@@ -18,7 +18,7 @@ pub fn mtls_config(dir: &Path) -> Config {
         data_dir: dir.join("data"),
         ..Config::default()
     };
-    config.storage.engine = Engine::Portable;
+    config.storage.engine = EngineChoice::Portable;
     config.storage.shards = 2;
     config.default_partitions = 2;
     config.tls = Some(TlsConfig {

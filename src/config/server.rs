@@ -1,0 +1,119 @@
+//! `[server]`: the gRPC front end's limits.
+//!
+//! The keys that bound the shards (`read_bytes_max`, `topics_max`,
+//! `partitions_per_topic_max`) take their defaults from [`ShardOptions::new`] and are checked
+//! by the shard layer (see `Config::validate`); the rest are the server's own and are
+//! checked here.
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+use crate::shard::{ShardOptions, TOPIC_NAME_BYTES_MAX};
+use crate::storage::check_range;
+
+const SECOND_MS: u64 = 1000;
+const GIB: u64 = 1 << 30;
+
+/// `[server]`: the gRPC front end's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Appends of one AppendStream waiting for their acknowledgement.
+    pub append_stream_inflight_max: u32,
+    /// Cap on a Read's `max_wait_ms`.
+    pub read_max_wait_ms_max: u64,
+    /// Cap on one ReadResponse's record bytes (a single larger batch is still returned).
+    pub read_bytes_max: u64,
+    /// Cap on one ReadResponse's record count.
+    pub read_records_max: u32,
+    pub topics_max: u32,
+    pub partitions_per_topic_max: u32,
+    /// Concurrent client connections.
+    pub connections_max: u32,
+    /// Concurrent HTTP/2 streams (calls) per connection. Each stream may be decoding one
+    /// request of up to `2 × storage.batch_bytes_max`, so buffered requests take at worst
+    /// `connections_max × streams_per_connection_max × 2 × storage.batch_bytes_max`.
+    pub streams_per_connection_max: u32,
+    /// Bytes of record data accepted for appending and not yet acknowledged, over all
+    /// connections: the server-wide bound on what queued appends hold. An append that would
+    /// pass it waits a moment, then gets RESOURCE_EXHAUSTED.
+    pub inflight_append_bytes_max: u64,
+    /// Longest topic name; names match `[a-zA-Z0-9._-]+` (`shard::check_topic_name`).
+    pub topic_name_bytes_max: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let shard = ShardOptions::new("");
+        ServerConfig {
+            append_stream_inflight_max: 128,
+            read_max_wait_ms_max: 30 * SECOND_MS,
+            read_bytes_max: shard.read_bytes_max,
+            read_records_max: 10_000,
+            topics_max: shard.topics_max,
+            partitions_per_topic_max: shard.partitions_max,
+            connections_max: 1024,
+            streams_per_connection_max: 128,
+            inflight_append_bytes_max: 256 << 20,
+            topic_name_bytes_max: TOPIC_NAME_BYTES_MAX as u32,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the server's own limits (the shard layer checks the others).
+    /// `batch_bytes_max` is `storage.batch_bytes_max`.
+    pub(super) fn validate(&self, batch_bytes_max: u64) -> Result<(), Invalid> {
+        let key = |name: &str| format!("server.{name}");
+        check_range(
+            key("append_stream_inflight_max"),
+            self.append_stream_inflight_max,
+            1,
+            1 << 16,
+            " appends",
+        )?;
+        check_range(
+            key("read_max_wait_ms_max"),
+            self.read_max_wait_ms_max,
+            0,
+            3600 * SECOND_MS,
+            " ms",
+        )?;
+        check_range(
+            key("read_records_max"),
+            self.read_records_max,
+            1,
+            1_000_000,
+            " records",
+        )?;
+        check_range(
+            key("connections_max"),
+            self.connections_max,
+            1,
+            1 << 20,
+            " connections",
+        )?;
+        check_range(
+            key("streams_per_connection_max"),
+            self.streams_per_connection_max,
+            1,
+            1 << 16,
+            " streams",
+        )?;
+        check_range(
+            key("inflight_append_bytes_max"),
+            self.inflight_append_bytes_max,
+            batch_bytes_max,
+            64 * GIB,
+            " bytes (at least storage.batch_bytes_max, so one batch can be in flight)",
+        )?;
+        check_range(
+            key("topic_name_bytes_max"),
+            self.topic_name_bytes_max,
+            1,
+            TOPIC_NAME_BYTES_MAX as u32,
+            " bytes",
+        )?;
+        Ok(())
+    }
+}
