@@ -270,4 +270,327 @@ mod tests {
             assert_eq!(rx.try_recv(), Err(futures::channel::oneshot::Canceled));
         });
     }
+
+    /// A single-node openraft group on a glommio executor: initialised, it elects itself and
+    /// commits and applies a client write. The log store and state machine are the least that
+    /// openraft accepts, in memory, for this test only.
+    #[test]
+    fn a_single_node_raft_elects_itself_and_commits_a_write() {
+        if let Err(why) = glommio_available() {
+            eprintln!("skipped: glommio cannot start here: {why}");
+            return;
+        }
+        GlommioRuntime::new(1).block_on(async {
+            let config = openraft::Config {
+                heartbeat_interval: 50,
+                election_timeout_min: 150,
+                election_timeout_max: 300,
+                ..Default::default()
+            };
+            let config = std::sync::Arc::new(config.validate().expect("valid raft config"));
+            let state_machine = single_node::StateMachine::default();
+            let raft = openraft::Raft::<single_node::Config, _>::new(
+                1,
+                config,
+                single_node::NoPeers,
+                single_node::LogStore::default(),
+                state_machine.clone(),
+            )
+            .await
+            .expect("raft starts");
+            raft.initialize(std::collections::BTreeMap::from([(
+                1_u64,
+                openraft::BasicNode::default(),
+            )]))
+            .await
+            .expect("initialize");
+            raft.wait(Some(Duration::from_secs(10)))
+                .current_leader(1, "node 1 elects itself")
+                .await
+                .expect("node 1 leads");
+
+            let written = raft
+                .client_write("first batch".to_owned())
+                .await
+                .expect("the leader commits a write");
+            assert_eq!(written.data, "applied first batch");
+            raft.wait(Some(Duration::from_secs(10)))
+                .applied_index_at_least(Some(written.log_id.index()), "the write is applied")
+                .await
+                .expect("applied");
+            assert_eq!(state_machine.applied(), vec!["first batch".to_owned()]);
+            raft.shutdown().await.expect("raft shuts down");
+        });
+    }
+
+    mod single_node {
+        use std::cell::RefCell;
+        use std::collections::BTreeMap;
+        use std::fmt::Debug;
+        use std::io;
+        use std::ops::RangeBounds;
+        use std::rc::Rc;
+
+        use futures::{Stream, TryStreamExt};
+        use openraft::alias::{
+            EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf, VoteOf,
+        };
+        use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+        use openraft::network::RPCOption;
+        use openraft::raft::{
+            AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest,
+            VoteResponse,
+        };
+        use openraft::storage::{
+            EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine,
+        };
+        use openraft::{
+            EntryPayload, OptionalSend, RaftLogReader, RaftNetworkFactory, RaftNetworkV2,
+            RaftSnapshotBuilder, StoredMembership,
+        };
+
+        openraft::declare_raft_types!(
+            pub(crate) Config:
+                D = String,
+                R = String,
+                AsyncRuntime = super::GlommioRuntime,
+        );
+
+        #[derive(Debug, Default)]
+        struct Log {
+            vote: Option<VoteOf<Config>>,
+            committed: Option<LogIdOf<Config>>,
+            purged: Option<LogIdOf<Config>>,
+            entries: BTreeMap<u64, EntryOf<Config>>,
+        }
+
+        /// The whole log in one `Rc<RefCell>`: this executor is its only thread.
+        #[derive(Debug, Default, Clone)]
+        pub struct LogStore(Rc<RefCell<Log>>);
+
+        impl RaftLogReader<Config> for LogStore {
+            async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+                &mut self,
+                range: RB,
+            ) -> Result<Vec<EntryOf<Config>>, io::Error> {
+                Ok(self
+                    .0
+                    .borrow()
+                    .entries
+                    .range(range)
+                    .map(|(_, e)| e.clone())
+                    .collect())
+            }
+
+            async fn read_vote(&mut self) -> Result<Option<VoteOf<Config>>, io::Error> {
+                Ok(self.0.borrow().vote)
+            }
+        }
+
+        impl RaftLogStorage<Config> for LogStore {
+            type LogReader = Self;
+
+            async fn get_log_state(&mut self) -> Result<LogState<Config>, io::Error> {
+                let log = self.0.borrow();
+                let last = log.entries.values().next_back().map(|e| e.log_id);
+                Ok(LogState {
+                    last_purged_log_id: log.purged,
+                    last_log_id: last.or(log.purged),
+                })
+            }
+
+            async fn get_log_reader(&mut self) -> Self::LogReader {
+                self.clone()
+            }
+
+            async fn save_vote(&mut self, vote: &VoteOf<Config>) -> Result<(), io::Error> {
+                self.0.borrow_mut().vote = Some(*vote);
+                Ok(())
+            }
+
+            async fn save_committed(
+                &mut self,
+                committed: Option<LogIdOf<Config>>,
+            ) -> Result<(), io::Error> {
+                self.0.borrow_mut().committed = committed;
+                Ok(())
+            }
+
+            async fn read_committed(&mut self) -> Result<Option<LogIdOf<Config>>, io::Error> {
+                Ok(self.0.borrow().committed)
+            }
+
+            async fn append<I>(
+                &mut self,
+                entries: I,
+                callback: IOFlushed<Config>,
+            ) -> Result<(), io::Error>
+            where
+                I: IntoIterator<Item = EntryOf<Config>> + OptionalSend,
+                I::IntoIter: OptionalSend,
+            {
+                let mut log = self.0.borrow_mut();
+                for entry in entries {
+                    log.entries.insert(entry.log_id.index(), entry);
+                }
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+
+            async fn truncate_after(
+                &mut self,
+                last_log_id: Option<LogIdOf<Config>>,
+            ) -> Result<(), io::Error> {
+                let from = last_log_id.map_or(0, |id| id.index() + 1);
+                self.0.borrow_mut().entries.split_off(&from);
+                Ok(())
+            }
+
+            async fn purge(&mut self, log_id: LogIdOf<Config>) -> Result<(), io::Error> {
+                let mut log = self.0.borrow_mut();
+                log.entries = log.entries.split_off(&(log_id.index() + 1));
+                log.purged = Some(log_id);
+                Ok(())
+            }
+        }
+
+        #[derive(Debug, Default)]
+        struct Applied {
+            last: Option<LogIdOf<Config>>,
+            membership: StoredMembershipOf<Config>,
+            writes: Vec<String>,
+        }
+
+        /// Records what it applies; its snapshots carry metadata only.
+        #[derive(Debug, Default, Clone)]
+        pub struct StateMachine(Rc<RefCell<Applied>>);
+
+        impl StateMachine {
+            pub fn applied(&self) -> Vec<String> {
+                self.0.borrow().writes.clone()
+            }
+        }
+
+        impl RaftSnapshotBuilder<Config> for StateMachine {
+            type SnapshotData = ();
+
+            async fn build_snapshot(&mut self) -> Result<SnapshotOf<Config, ()>, io::Error> {
+                let applied = self.0.borrow();
+                Ok(SnapshotOf::<Config, ()> {
+                    meta: SnapshotMetaOf::<Config> {
+                        last_log_id: applied.last,
+                        last_membership: applied.membership.clone(),
+                    },
+                    snapshot: (),
+                })
+            }
+        }
+
+        impl RaftStateMachine<Config> for StateMachine {
+            type SnapshotData = ();
+            type SnapshotBuilder = Self;
+
+            async fn applied_state(
+                &mut self,
+            ) -> Result<(Option<LogIdOf<Config>>, StoredMembershipOf<Config>), io::Error>
+            {
+                let applied = self.0.borrow();
+                Ok((applied.last, applied.membership.clone()))
+            }
+
+            async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+            where
+                Strm:
+                    Stream<Item = Result<EntryResponder<Config>, io::Error>> + Unpin + OptionalSend,
+            {
+                while let Some((entry, responder)) = entries.try_next().await? {
+                    let mut applied = self.0.borrow_mut();
+                    applied.last = Some(entry.log_id);
+                    let response = match entry.payload {
+                        EntryPayload::Blank => String::new(),
+                        EntryPayload::Normal(write) => {
+                            let response = format!("applied {write}");
+                            applied.writes.push(write);
+                            response
+                        }
+                        EntryPayload::Membership(membership) => {
+                            applied.membership =
+                                StoredMembership::new(Some(entry.log_id), membership);
+                            String::new()
+                        }
+                    };
+                    if let Some(responder) = responder {
+                        responder.send(response);
+                    }
+                }
+                Ok(())
+            }
+
+            async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+                self.clone()
+            }
+
+            async fn install_snapshot(
+                &mut self,
+                meta: &SnapshotMetaOf<Config>,
+                _snapshot: (),
+            ) -> Result<(), io::Error> {
+                let mut applied = self.0.borrow_mut();
+                applied.last = meta.last_log_id;
+                applied.membership = meta.last_membership.clone();
+                Ok(())
+            }
+
+            async fn get_current_snapshot(
+                &mut self,
+            ) -> Result<Option<SnapshotOf<Config, ()>>, io::Error> {
+                Ok(None)
+            }
+        }
+
+        /// The network of a one-node cluster: there is nobody to reach.
+        pub struct NoPeers;
+
+        fn unreachable() -> Unreachable<Config> {
+            Unreachable::new(&io::Error::other("a single-node cluster has no peers"))
+        }
+
+        impl RaftNetworkFactory<Config> for NoPeers {
+            type Network = NoPeers;
+
+            async fn new_client(&mut self, _target: u64, _node: &openraft::BasicNode) -> NoPeers {
+                NoPeers
+            }
+        }
+
+        impl RaftNetworkV2<Config> for NoPeers {
+            type SnapshotData = ();
+
+            async fn append_entries(
+                &mut self,
+                _rpc: AppendEntriesRequest<Config>,
+                _option: RPCOption,
+            ) -> Result<AppendEntriesResponse<Config>, RPCError<Config>> {
+                Err(RPCError::Unreachable(unreachable()))
+            }
+
+            async fn vote(
+                &mut self,
+                _rpc: VoteRequest<Config>,
+                _option: RPCOption,
+            ) -> Result<VoteResponse<Config>, RPCError<Config>> {
+                Err(RPCError::Unreachable(unreachable()))
+            }
+
+            async fn full_snapshot(
+                &mut self,
+                _vote: VoteOf<Config>,
+                _snapshot: SnapshotOf<Config, ()>,
+                _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+                _option: RPCOption,
+            ) -> Result<SnapshotResponse<Config>, StreamingError<Config>> {
+                Err(StreamingError::Unreachable(unreachable()))
+            }
+        }
+    }
 }
