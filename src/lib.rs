@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod observability;
 pub mod proto;
+pub(crate) mod raft;
 pub mod server;
 pub mod shard;
 pub mod storage;
