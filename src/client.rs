@@ -66,8 +66,8 @@ pub struct ReadOptions {
 /// A record with `key` and `value`, no headers, and the server's clock as timestamp.
 pub fn record(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Record {
     Record {
-        key: key.into(),
-        value: value.into(),
+        key: key.into().into(),
+        value: value.into().into(),
         ..Record::default()
     }
 }

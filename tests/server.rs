@@ -137,7 +137,7 @@ impl TestServer {
 }
 
 fn values(response: &walrs::proto::v1::ReadResponse) -> Vec<Vec<u8>> {
-    response.records.iter().map(|r| r.value.clone()).collect()
+    response.records.iter().map(|r| r.value.to_vec()).collect()
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn every_rpc_round_trips() {
     assert_eq!(values(&read), vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!((read.next_offset, read.high_watermark), (2, 2));
     assert_eq!(read.records[1].offset, 1);
-    assert_eq!(read.records[0].key, b"k");
+    assert_eq!(&read.records[0].key[..], b"k");
     assert!(
         read.records[0].timestamp_ms > 0,
         "0 means the server's clock"

@@ -4,9 +4,13 @@
 //! never touches the log's files and knows nothing of the on-disk format. Errors become
 //! gRPC statuses in `errors` and nowhere else.
 pub mod acl;
+mod admin;
+mod append;
+mod calls;
 mod errors;
 pub mod identity;
 mod listener;
+mod read;
 mod run;
 mod service;
 mod stats;

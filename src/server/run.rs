@@ -23,9 +23,10 @@ use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 
+use super::calls::InFlight;
 use super::errors::{Error, Result};
 use super::listener;
-use super::service::{InFlight, LogService};
+use super::service::LogService;
 use super::stats::ServerStats;
 use crate::config::{self, Config};
 use crate::observability::{self, Health, MetricsEndpoint};

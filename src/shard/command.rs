@@ -28,6 +28,8 @@ pub(crate) enum Command {
         topic: Arc<str>,
         partition: u32,
         records: Vec<Record>,
+        /// The records' encoded bytes, measured once by `ShardSet::check_append`.
+        record_bytes: u64,
         reply: Reply<AppendAck>,
     },
     Read {
@@ -42,7 +44,8 @@ pub(crate) enum Command {
         topic: Arc<str>,
         partition: u32,
         before_offset: u64,
-        reply: Reply<()>,
+        /// The start offset after the truncation.
+        reply: Reply<u64>,
     },
     Describe {
         topic: Arc<str>,

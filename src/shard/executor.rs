@@ -371,13 +371,16 @@ mod tests {
     ) {
         wait_ready(0, &ready).unwrap();
         let (reply, ack) = tokio::sync::oneshot::channel();
+        let records = vec![Record {
+            value: b"v".to_vec().into(),
+            ..Record::default()
+        }];
+        let record_bytes = records.iter().map(|r| r.encoded_len() as u64).sum();
         tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
-            records: vec![Record {
-                value: b"v".to_vec(),
-                ..Record::default()
-            }],
+            records,
+            record_bytes,
             reply,
         });
         let ack = futures::executor::block_on(ack).unwrap().unwrap();

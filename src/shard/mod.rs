@@ -28,7 +28,8 @@ mod worker;
 pub use error::{Error, Result};
 pub use options::{Durability, EngineChoice, ShardOptions};
 pub use set::{
-    AppendAck, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription, TopicInfo,
+    AppendAck, AppendRoute, CheckedBatch, PartitionInfo, PendingAppend, ReadResult, ShardSet,
+    TopicDescription, TopicInfo,
 };
 pub use stats::{ShardStats, ShardStatsSnapshot};
 pub use topics::{TOPIC_NAME_BYTES_MAX, validate_topic_name};

@@ -199,6 +199,7 @@ mod tests {
             topic: Arc::from("t"),
             partition: 0,
             records: Vec::new(),
+            record_bytes: 0,
             reply,
         });
         ack

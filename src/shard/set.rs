@@ -54,6 +54,58 @@ pub struct ReadResult {
     pub start_offset: u64,
 }
 
+/// A batch checked against the partition logs' limits, its size measured once (see
+/// [`ShardSet::check_append`]) and carried with it to the shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedBatch {
+    records: Vec<Record>,
+    /// The records' encoded bytes (the batch without its header).
+    record_bytes: u64,
+}
+
+impl CheckedBatch {
+    /// Number of records; at least one.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Always false: an empty batch does not pass the check.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The records' encoded bytes, without the batch header.
+    pub fn record_bytes(&self) -> u64 {
+        self.record_bytes
+    }
+
+    /// The first record's key (empty when it has none), for choosing a partition.
+    pub fn first_key(&self) -> &[u8] {
+        self.records.first().map_or(&[], |r| &r.key[..])
+    }
+}
+
+/// A topic's route as one append sees it: looked up once, then used to pick the partition
+/// and to send the batch (see [`ShardSet::append_route`]).
+#[derive(Clone)]
+pub struct AppendRoute(Arc<TopicRoute>);
+
+impl AppendRoute {
+    /// Number of partitions of the topic.
+    pub fn partitions(&self) -> u32 {
+        self.0.partitions.len() as u32
+    }
+}
+
+impl std::fmt::Debug for AppendRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRoute")
+            .field("topic", &self.0.name)
+            .field("partitions", &self.0.partitions.len())
+            .finish()
+    }
+}
+
 /// One partition in a topic description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionInfo {
@@ -428,14 +480,73 @@ impl ShardSet {
         records: Vec<Record>,
     ) -> Result<PendingAppend> {
         self.check_running()?;
-        let (topic, shard) = self.route(topic, partition)?;
+        let route = self.append_route(topic)?;
+        let batch = self.check_append(topic, partition, records)?;
+        self.enqueue_batch(&route, partition, batch).await
+    }
+
+    /// Checks a batch against the partition logs' limits (record and batch sizes, header
+    /// names, at least one record) without touching anything, and measures it once; the
+    /// measure travels with the batch. `partition` only names the failure.
+    pub fn check_append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<CheckedBatch> {
+        let batch_bytes = self
+            .inner
+            .options
+            .log
+            .check_batch(&records)
+            .map_err(|e| Error::storage(topic, partition, e))?;
+        let record_bytes = (batch_bytes - crate::storage::format::BATCH_HEADER_LEN) as u64;
+        Ok(CheckedBatch {
+            records,
+            record_bytes,
+        })
+    }
+
+    /// Checks that a topic about to be created with `partitions` partitions would have
+    /// `partition` (so that an append that must fail creates nothing).
+    pub fn check_new_partition(topic: &str, partition: u32, partitions: u32) -> Result<()> {
+        if partition < partitions {
+            return Ok(());
+        }
+        Err(Error::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+            partitions,
+        })
+    }
+
+    /// The topic's route for an append: one lookup serves the partition choice and the send.
+    pub fn append_route(&self, topic: &str) -> Result<AppendRoute> {
+        self.topic_route(topic).map(AppendRoute)
+    }
+
+    /// [`append_enqueue`](Self::append_enqueue) for a batch already checked, on a route
+    /// already looked up.
+    ///
+    /// # Correctness
+    /// As for `append_enqueue`. A route of a topic deleted since it was looked up reaches a
+    /// shard that no longer has the partition, which answers `UnknownTopic`.
+    pub async fn enqueue_batch(
+        &self,
+        route: &AppendRoute,
+        partition: u32,
+        batch: CheckedBatch,
+    ) -> Result<PendingAppend> {
+        self.check_running()?;
+        let shard = route.0.partition(partition)?.shard;
         let (reply, ack) = oneshot::channel();
         self.enqueue(
             shard,
             Command::Append {
-                topic,
+                topic: route.0.name.clone(),
                 partition,
-                records,
+                records: batch.records,
+                record_bytes: batch.record_bytes,
                 reply,
             },
         )
@@ -471,8 +582,9 @@ impl ShardSet {
         .await
     }
 
-    /// Drops the records of a partition below `before_offset` (a WAL checkpoint).
-    pub async fn truncate(&self, topic: &str, partition: u32, before_offset: u64) -> Result<()> {
+    /// Drops the records of a partition below `before_offset` (a WAL checkpoint), and
+    /// returns the partition's start offset after it, as the owning shard saw it.
+    pub async fn truncate(&self, topic: &str, partition: u32, before_offset: u64) -> Result<u64> {
         let (topic, shard) = self.route(topic, partition)?;
         self.call(shard, |reply| Command::Truncate {
             topic,

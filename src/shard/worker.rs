@@ -220,9 +220,10 @@ impl<E: Engine> Shard<E> {
                     topic,
                     partition,
                     records,
+                    record_bytes,
                     reply,
                 } => {
-                    payload_bytes += records.iter().map(|r| r.encoded_len() as u64).sum::<u64>();
+                    payload_bytes += record_bytes;
                     self.append((topic, partition), records, reply, &mut pending)
                         .await;
                 }
@@ -423,6 +424,7 @@ impl<E: Engine> Shard<E> {
                         .log
                         .truncate_prefix(before_offset)
                         .await
+                        .map(|()| p.log.start_offset())
                         .map_err(|e| Error::storage(&topic, partition, e)),
                 };
                 send(reply, result);
@@ -641,13 +643,16 @@ pub(crate) mod tests {
 
     fn append(tx: &QueueSender, value: &str) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = tokio::sync::oneshot::channel();
+        let records = vec![Record {
+            value: value.as_bytes().to_vec().into(),
+            ..Record::default()
+        }];
+        let record_bytes = records.iter().map(|r| r.encoded_len() as u64).sum();
         tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
-            records: vec![Record {
-                value: value.as_bytes().to_vec(),
-                ..Record::default()
-            }],
+            records,
+            record_bytes,
             reply,
         });
         ack
