@@ -154,10 +154,11 @@ mod tests {
     use super::*;
 
     fn limits() -> config::ServerConfig {
-        let mut limits = config::ServerConfig::default();
-        limits.read_bytes_max = 1000;
-        limits.read_records_max = 10;
-        limits
+        config::ServerConfig {
+            read_bytes_max: 1000,
+            read_records_max: 10,
+            ..config::ServerConfig::default()
+        }
     }
 
     #[test]

@@ -372,7 +372,7 @@ mod tests {
         wait_ready(0, &ready).unwrap();
         let (reply, ack) = tokio::sync::oneshot::channel();
         let records = vec![Record {
-            value: b"v".to_vec().into(),
+            value: b"v".to_vec(),
             ..Record::default()
         }];
         let record_bytes = records.iter().map(|r| r.encoded_len() as u64).sum();

@@ -644,7 +644,7 @@ pub(crate) mod tests {
     fn append(tx: &QueueSender, value: &str) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = tokio::sync::oneshot::channel();
         let records = vec![Record {
-            value: value.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec(),
             ..Record::default()
         }];
         let record_bytes = records.iter().map(|r| r.encoded_len() as u64).sum();
