@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Record keys, values and header values are `bytes::Bytes`: decoded as slices of
         // the request buffer, and carried to the shards without a copy.
         .bytes(".")
+        // Decode failures are the sender's mistake: INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::proto::codec::ProtoCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -19,6 +19,71 @@ pub mod walrs {
 
 pub use walrs::v1;
 
+pub mod codec {
+    //! The API's codec: tonic-prost's, except that a message that does not decode (garbage
+    //! bytes, a truncated field, a wrong wire type, invalid UTF-8 in a string) is
+    //! `INVALID_ARGUMENT` with the decoder's message, not `INTERNAL`: the sender sent it.
+    //! The generated client uses it too, so a malformed response also reads as
+    //! `INVALID_ARGUMENT` there.
+
+    use std::marker::PhantomData;
+
+    use tonic::Status;
+    use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+    use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+    /// The status of a message that did not decode.
+    pub fn malformed(error: prost::DecodeError) -> Status {
+        Status::invalid_argument(format!("malformed message: {error}"))
+    }
+
+    /// [`ProstCodec`] with [`malformed`] for decode failures.
+    #[derive(Debug, Clone, Copy)]
+    pub struct ProtoCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for ProtoCodec<T, U> {
+        fn default() -> Self {
+            ProtoCodec(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for ProtoCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProtoDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::default().encoder()
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProtoDecoder(PhantomData)
+        }
+    }
+
+    /// Decodes one message with prost; see [`malformed`].
+    #[derive(Debug)]
+    pub struct ProtoDecoder<U>(PhantomData<U>);
+
+    impl<U: prost::Message + Default> Decoder for ProtoDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            U::decode(buf).map(Some).map_err(malformed)
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            ProstDecoder::<U>::default().buffer_settings()
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of the API, for `tonic_reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/walrs_descriptor.bin"));

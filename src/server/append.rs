@@ -195,10 +195,17 @@ impl Inner {
                             }
                         }
                         Some(Err(status)) => {
-                            // The client's side of the stream broke; nothing to answer.
-                            tracing::debug!(%status, "append stream input failed");
                             reading = false;
-                            final_code = Code::Cancelled;
+                            let status = super::run::request_limit(&self.config).request_status(status);
+                            if matches!(status.code(), Code::InvalidArgument | Code::ResourceExhausted) {
+                                // A request that did not decode or was too large: answered,
+                                // after the requests before it, as the stream's last item.
+                                inflight.push_back(futures::future::ready(Err(status)).boxed());
+                            } else {
+                                // The client's side of the stream broke; nothing to answer.
+                                tracing::debug!(%status, "append stream input failed");
+                                final_code = Code::Cancelled;
+                            }
                         }
                         None => reading = false,
                     }
