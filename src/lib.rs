@@ -14,3 +14,4 @@ pub mod proto;
 pub mod server;
 pub mod shard;
 pub mod storage;
+pub mod tls;

@@ -15,7 +15,7 @@ mod read;
 mod run;
 mod service;
 mod stats;
-pub mod tls;
+pub(crate) mod tls;
 
 pub use errors::{Error, Result};
 pub use listener::PeerInfo;
