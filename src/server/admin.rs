@@ -137,7 +137,7 @@ impl Inner {
             });
         }
         let description = self.shards.describe_topic(&describe.name).await?;
-        observability::topic_disk_usage(&description);
+        observability::topic_disk_usage(&super::metrics::disk_usage(&description));
         Ok(DescribeTopicResponse {
             name: description.name,
             partitions: description

@@ -10,6 +10,7 @@ mod calls;
 mod errors;
 pub mod identity;
 mod listener;
+mod metrics;
 mod oversize;
 mod read;
 mod run;

@@ -233,7 +233,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let stats = Arc::new(ServerStats::default());
     if let Some(metrics) = &mut metrics {
-        metrics.attach(shards.clone(), stats.clone());
+        metrics.attach(Arc::new(super::metrics::ServerMetrics {
+            shards: shards.clone(),
+            stats: stats.clone(),
+        }));
     }
     let metrics_addr = metrics.as_ref().map(MetricsEndpoint::local_addr);
 
