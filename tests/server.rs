@@ -234,6 +234,10 @@ async fn every_rpc_round_trips() {
     assert_eq!(description.partitions.len(), 3);
     let p1 = &description.partitions[1];
     assert_eq!((p1.id, p1.end_offset, p1.high_watermark), (1, 2, 2));
+    assert_eq!(
+        p1.start_offset, truncated.start_offset,
+        "truncate answers the start offset the shard now has"
+    );
 
     client.delete_topic("orders").await.unwrap();
     let gone = client.describe_topic("orders").await.unwrap_err();

@@ -863,3 +863,25 @@ impl ShardSet {
         first_error.map_or(Ok(()), Err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_topic_has_partitions_below_its_count() {
+        assert!(ShardSet::check_new_partition("t", 3, 4).is_ok());
+        let err = ShardSet::check_new_partition("t", 4, 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnknownPartition {
+                    partition: 4,
+                    partitions: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+}
