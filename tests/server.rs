@@ -1094,6 +1094,19 @@ async fn malformed_requests_are_invalid_argument_with_the_decoders_message() {
         assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
         assert!(status.message().contains(needle), "{what}: {status:?}");
     }
+    // In an AppendStream: the malformed request ends the stream with INVALID_ARGUMENT.
+    let mut grpc = tonic::client::Grpc::new(server.channel("root").await);
+    grpc.ready().await.unwrap();
+    let input = futures::stream::iter([bytes::Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe])]);
+    let path = "/walrs.v1.Log/AppendStream".parse().unwrap();
+    let mut responses = grpc
+        .streaming(tonic::Request::new(input), path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = responses.next().await.expect("an answer").unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
     // A well-formed raw request still works over the same path.
     let client = server.client("root").await;
     client.create_topic("t", 1).await.unwrap();
