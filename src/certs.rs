@@ -10,7 +10,7 @@
 //! Invariants: private keys are written with mode 0600; existing files are never
 //! overwritten unless the caller passes `force`, and `generate` checks every target before
 //! writing any, so a refusal leaves the directory as it was. This module never reads or
-//! trusts certificates for the server; that is `server::tls`.
+//! trusts certificates for the server; that is `tls`.
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -20,7 +20,7 @@ use crate::proto::v1::{
     DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest,
     ListTopicsResponse, ReadRequest, ReadResponse, Record, TruncateRequest, TruncateResponse,
 };
-pub use crate::server::tls::ClientTls;
+pub use crate::tls::ClientTls;
 
 /// Largest gRPC message the client sends or accepts by default. tonic's own default for
 /// received messages (4 MiB) is below a full ReadResponse at the server's default
@@ -34,7 +34,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Error {
     /// The client's TLS files could not be loaded.
     #[error("cannot load the client's TLS files")]
-    Tls(#[from] crate::server::tls::Error),
+    Tls(#[from] crate::tls::Error),
     /// The address is not a valid URI.
     #[error("invalid server address {address:?}; expected host:port or http(s)://host:port")]
     Address {
@@ -66,8 +66,8 @@ pub struct ReadOptions {
 /// A record with `key` and `value`, no headers, and the server's clock as timestamp.
 pub fn record(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Record {
     Record {
-        key: key.into(),
-        value: value.into(),
+        key: key.into().into(),
+        value: value.into().into(),
         ..Record::default()
     }
 }

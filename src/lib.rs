@@ -15,3 +15,4 @@ pub(crate) mod raft;
 pub mod server;
 pub mod shard;
 pub mod storage;
+pub mod tls;

@@ -137,7 +137,7 @@ impl TestServer {
 }
 
 fn values(response: &walrs::proto::v1::ReadResponse) -> Vec<Vec<u8>> {
-    response.records.iter().map(|r| r.value.clone()).collect()
+    response.records.iter().map(|r| r.value.to_vec()).collect()
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn every_rpc_round_trips() {
     assert_eq!(values(&read), vec![b"a".to_vec(), b"b".to_vec()]);
     assert_eq!((read.next_offset, read.high_watermark), (2, 2));
     assert_eq!(read.records[1].offset, 1);
-    assert_eq!(read.records[0].key, b"k");
+    assert_eq!(&read.records[0].key[..], b"k");
     assert!(
         read.records[0].timestamp_ms > 0,
         "0 means the server's clock"
@@ -234,6 +234,10 @@ async fn every_rpc_round_trips() {
     assert_eq!(description.partitions.len(), 3);
     let p1 = &description.partitions[1];
     assert_eq!((p1.id, p1.end_offset, p1.high_watermark), (1, 2, 2));
+    assert_eq!(
+        p1.start_offset, truncated.start_offset,
+        "truncate answers the start offset the shard now has"
+    );
 
     client.delete_topic("orders").await.unwrap();
     let gone = client.describe_topic("orders").await.unwrap_err();
@@ -955,5 +959,269 @@ async fn appends_past_the_inflight_byte_budget_are_refused_and_change_nothing() 
     // With the budget free again, the same append goes through.
     let again = client.append("budget", Some(0), big()).await.unwrap();
     assert_eq!(again.base_offset, 12);
+    server.shutdown().await;
+}
+
+/// A codec that sends and receives message bytes as they are, to hand the server requests
+/// no well-behaved client would make.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawCoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len)))
+    }
+}
+
+impl TestServer {
+    /// A TLS channel as `name`, for clients other than `walrs::client`.
+    async fn channel(&self, name: &str) -> tonic::transport::Channel {
+        let tls = ClientTls::from_dir(self.certs(), name).load().unwrap();
+        Endpoint::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Sends `message` as the request of the unary `method` of `walrs.v1.Log`.
+    async fn raw_unary(
+        &self,
+        method: &str,
+        message: Vec<u8>,
+    ) -> Result<bytes::Bytes, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel("root").await);
+        grpc.ready().await.unwrap();
+        let path = format!("/walrs.v1.Log/{method}").parse().unwrap();
+        grpc.unary(
+            tonic::Request::new(bytes::Bytes::from(message)),
+            path,
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
+}
+
+/// An AppendRequest for topic "t" holding one record of `record` bytes.
+fn append_with_record(record: &[u8]) -> Vec<u8> {
+    let mut message = vec![0x0a, 0x01, b't', 0x1a, record.len() as u8];
+    message.extend_from_slice(record);
+    message
+}
+
+#[tokio::test]
+async fn malformed_requests_are_invalid_argument_with_the_decoders_message() {
+    let server = TestServer::start().await;
+    let cases: [(&str, &str, Vec<u8>, &str); 6] = [
+        (
+            "garbage bytes",
+            "Append",
+            vec![0xff; 7],
+            "malformed message",
+        ),
+        // Field 1 (topic) says 5 bytes follow; 2 do.
+        (
+            "a truncated field",
+            "Append",
+            vec![0x0a, 0x05, b'a', b'b'],
+            "malformed message",
+        ),
+        (
+            "invalid UTF-8 in a topic",
+            "Append",
+            vec![0x0a, 0x02, 0xff, 0xfe],
+            "UTF-8",
+        ),
+        (
+            "invalid UTF-8 in a header name",
+            "Append",
+            // Record field 5 (headers), one entry whose key (field 1) is not UTF-8.
+            append_with_record(&[0x2a, 0x04, 0x0a, 0x02, 0xff, 0xfe]),
+            "UTF-8",
+        ),
+        // Field 1 (topic, length-delimited) sent as a varint.
+        ("a wrong wire type", "Append", vec![0x08, 0x01], "wire type"),
+        (
+            "a malformed read",
+            "Read",
+            vec![0x0a, 0x09, b'x'],
+            "malformed message",
+        ),
+    ];
+    for (what, method, message, needle) in cases {
+        let status = server.raw_unary(method, message).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(needle), "{what}: {status:?}");
+    }
+    // In an AppendStream: the malformed request ends the stream with INVALID_ARGUMENT.
+    let mut grpc = tonic::client::Grpc::new(server.channel("root").await);
+    grpc.ready().await.unwrap();
+    let input = futures::stream::iter([bytes::Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe])]);
+    let path = "/walrs.v1.Log/AppendStream".parse().unwrap();
+    let mut responses = grpc
+        .streaming(tonic::Request::new(input), path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = responses.next().await.expect("an answer").unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{status:?}");
+    // A well-formed raw request still works over the same path.
+    let client = server.client("root").await;
+    client.create_topic("t", 1).await.unwrap();
+    let ok = server
+        .raw_unary("Append", append_with_record(&[0x1a, 0x01, b'v']))
+        .await
+        .unwrap();
+    assert!(!ok.is_empty(), "an AppendResponse with a count");
+    // Nothing malformed was appended.
+    let read = client
+        .read("t", 0, 0, ReadOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(values(&read), [b"v".to_vec()]);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_resource_exhausted_naming_the_limit() {
+    let server = TestServer::start().await;
+    // test_config: batch_bytes_max = 256 KiB, so one message may be 512 KiB plus 1 MiB.
+    let mut message = vec![0x0a, 0x01, b't', 0x1a];
+    let record_len = 3 << 20;
+    let mut len = record_len as u64;
+    while len >= 0x80 {
+        message.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    message.push(len as u8);
+    message.resize(message.len() + record_len, 0);
+    let status = server
+        .raw_unary("Append", message.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("storage.batch_bytes_max"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains(&(message.len()).to_string()),
+        "{status:?}"
+    );
+
+    // The same in an AppendStream: answered as the stream's last item.
+    let mut grpc = tonic::client::Grpc::new(server.channel("root").await);
+    grpc.ready().await.unwrap();
+    let good = bytes::Bytes::from(append_with_record(&[0x1a, 0x01, b'v']));
+    let input = futures::stream::iter([good, bytes::Bytes::from(message)]);
+    let path = "/walrs.v1.Log/AppendStream".parse().unwrap();
+    let mut responses = grpc
+        .streaming(tonic::Request::new(input), path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(item) = responses.next().await {
+        last = Some(item);
+    }
+    let status = last.expect("the stream answers").unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn reflection_is_served_as_v1_and_v1alpha() {
+    let server = TestServer::start().await;
+    let channel = server.channel("root").await;
+    {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let mut answers = client
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("v1: not a service list: {answer:?}");
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "walrs.v1.Log"),
+            "{list:?}"
+        );
+    }
+    {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut client = ServerReflectionClient::new(channel);
+        let mut answers = client
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("v1alpha: not a service list: {answer:?}");
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "walrs.v1.Log"),
+            "{list:?}"
+        );
+    }
     server.shutdown().await;
 }

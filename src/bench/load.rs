@@ -211,7 +211,7 @@ pub async fn produce(
                     .map(|_| {
                         let mut value = filler.clone();
                         value[..STAMP_BYTES].copy_from_slice(&stamp);
-                        Record { value, ..Record::default() }
+                        Record { value: value.into(), ..Record::default() }
                     })
                     .collect();
                 let request = AppendRequest {

@@ -54,7 +54,7 @@ pub enum Error {
     #[error("cannot make the run's certificates")]
     Certs(#[source] crate::certs::Error),
     #[error("cannot load TLS files")]
-    Tls(#[source] crate::server::tls::Error),
+    Tls(#[source] crate::tls::Error),
     #[error("{what}")]
     Io {
         what: &'static str,

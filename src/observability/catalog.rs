@@ -7,6 +7,9 @@
 //!
 //! Without an installed recorder (`[metrics] enabled = false`) every call here is a no-op of
 //! a few nanoseconds: the `metrics` macros find the no-op recorder and return.
+//!
+//! Must never import the layers it measures (`shard`, `server`): they call in with plain
+//! values or the small snapshot types defined here (`TopicDiskUsage`, `ListenerCounts`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,8 +19,6 @@ use metrics::{Unit, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::logging::RateLimit;
-use crate::server::ServerStatsSnapshot;
-use crate::shard::TopicDescription;
 
 /// The metric names.
 pub mod names {
@@ -253,18 +254,21 @@ pub fn shard_overloaded(shard: usize, queue_depth: usize) {
     }
 }
 
-/// Sets the disk gauges of a topic from its description.
-pub fn topic_disk_usage(description: &TopicDescription) {
-    let topic = description.name.clone();
-    let segments: u64 = description
-        .partitions
-        .iter()
-        .map(|p| u64::from(p.segments))
-        .sum();
-    let bytes: u64 = description.partitions.iter().map(|p| p.size_bytes).sum();
-    gauge!(TOPIC_PARTITIONS, "topic" => topic.clone()).set(description.partitions.len() as f64);
-    gauge!(TOPIC_SEGMENTS, "topic" => topic.clone()).set(segments as f64);
-    gauge!(TOPIC_SIZE_BYTES, "topic" => topic).set(bytes as f64);
+/// What one topic holds on disk, for its gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDiskUsage {
+    pub topic: String,
+    pub partitions: u32,
+    pub segments: u64,
+    pub size_bytes: u64,
+}
+
+/// Sets the disk gauges of a topic.
+pub fn topic_disk_usage(usage: &TopicDiskUsage) {
+    let topic = usage.topic.clone();
+    gauge!(TOPIC_PARTITIONS, "topic" => topic.clone()).set(f64::from(usage.partitions));
+    gauge!(TOPIC_SEGMENTS, "topic" => topic.clone()).set(usage.segments as f64);
+    gauge!(TOPIC_SIZE_BYTES, "topic" => topic).set(usage.size_bytes as f64);
 }
 
 /// Zeroes the disk gauges of a deleted topic.
@@ -329,8 +333,24 @@ pub(crate) fn shard_gauges(shard: usize, fsyncs: u64, queue_depth: u64) {
     gauge!(SHARD_QUEUE_DEPTH, "shard" => label).set(queue_depth as f64);
 }
 
+/// The listener's counters, as the server keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerCounts {
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub tls_handshake_failures: u64,
+}
+
+/// One shard's counters, as the shard keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardCounts {
+    pub shard: usize,
+    pub fsyncs: u64,
+    pub queue_depth: u64,
+}
+
 /// The listener's counters, copied at scrape time.
-pub(crate) fn server_counters(stats: &ServerStatsSnapshot) {
+pub(crate) fn server_counters(stats: &ListenerCounts) {
     counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(stats.tls_handshake_failures);
     counter!(CONNECTIONS_ACCEPTED_TOTAL).absolute(stats.connections_accepted);
     gauge!(CONNECTIONS_OPEN).set(stats.connections_open as f64);

@@ -7,6 +7,8 @@
 //! and TLS handshake counts (copied from the shards' and the listener's atomics at each
 //! scrape) and the per-topic disk gauges (asked of the shards
 //! every [`DISK_REFRESH`] and on every DescribeTopic).
+//! The values come through [`MetricsSource`], implemented by the layer that owns them
+//! (the server, over its shards and listener): this module imports neither.
 //! Must never: do TLS (this is an operator's port; bind it to loopback or a private network)
 //! or touch the shards' files.
 
@@ -23,9 +25,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
+use futures::future::BoxFuture;
+
+use super::catalog::{ListenerCounts, ShardCounts, TopicDiskUsage};
 use super::health::Health;
-use crate::server::ServerStats;
-use crate::shard::ShardSet;
 
 /// Scrapers and probes connected at once; more wait in the kernel's backlog.
 const CONNECTIONS_MAX: usize = 64;
@@ -38,8 +41,20 @@ struct State {
     /// `None` when metrics are off: `/metrics` answers 404, `/health` still works.
     handle: Option<PrometheusHandle>,
     health: Health,
-    shards: OnceLock<ShardSet>,
-    server: OnceLock<Arc<ServerStats>>,
+    source: OnceLock<Arc<dyn MetricsSource>>,
+}
+
+/// Where the endpoint reads the values that are kept elsewhere, implemented above this
+/// module. Each call is cheap (atomics) except `disk_usage`, which asks the shards.
+pub trait MetricsSource: Send + Sync + 'static {
+    /// The I/O engine, for the build-info series.
+    fn engine_name(&self) -> &'static str;
+    /// The listener's counters now.
+    fn listener_counts(&self) -> ListenerCounts;
+    /// Every shard's counters now.
+    fn shard_counts(&self) -> Vec<ShardCounts>;
+    /// Every topic's disk usage; a topic that cannot be asked now is left out.
+    fn disk_usage(&self) -> BoxFuture<'_, Vec<TopicDiskUsage>>;
 }
 
 /// A running metrics endpoint. Stops when dropped.
@@ -61,8 +76,7 @@ impl MetricsEndpoint {
         let state = Arc::new(State {
             handle,
             health,
-            shards: OnceLock::new(),
-            server: OnceLock::new(),
+            source: OnceLock::new(),
         });
         let task = tokio::spawn(accept(listener, state.clone()));
         Ok(MetricsEndpoint {
@@ -78,15 +92,14 @@ impl MetricsEndpoint {
     }
 
     /// Once the shards run: scrapes report their counters and the listener's connection
-    /// and handshake counters, and the disk gauges refresh.
-    pub fn attach(&mut self, shards: ShardSet, server: Arc<ServerStats>) {
-        super::catalog::build_info(shards.engine_name());
-        let _attached_once = self.state.server.set(server);
-        if self.state.shards.set(shards.clone()).is_err() {
+    /// and handshake counters, and the disk gauges refresh. Only the first call counts.
+    pub fn attach(&mut self, source: Arc<dyn MetricsSource>) {
+        super::catalog::build_info(source.engine_name());
+        if self.state.source.set(source.clone()).is_err() {
             return; // attached already
         }
         if self.state.handle.is_some() {
-            self.tasks.push(tokio::spawn(refresh_disk_usage(shards)));
+            self.tasks.push(tokio::spawn(refresh_disk_usage(source)));
         }
     }
 }
@@ -150,13 +163,10 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => match &state.handle {
             Some(handle) => {
-                if let Some(server) = state.server.get() {
-                    super::catalog::server_counters(&server.snapshot());
-                }
-                if let Some(shards) = state.shards.get() {
-                    for shard in 0..shards.shard_count() {
-                        let stats = shards.stats(shard);
-                        super::catalog::shard_gauges(shard, stats.fsyncs, stats.queue_depth);
+                if let Some(source) = state.source.get() {
+                    super::catalog::server_counters(&source.listener_counts());
+                    for shard in source.shard_counts() {
+                        super::catalog::shard_gauges(shard.shard, shard.fsyncs, shard.queue_depth);
                     }
                 }
                 reply(
@@ -190,18 +200,14 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Asks the shards for every topic's segments and bytes, every [`DISK_REFRESH`].
-async fn refresh_disk_usage(shards: ShardSet) {
+/// Asks the source for every topic's segments and bytes, every [`DISK_REFRESH`].
+async fn refresh_disk_usage(source: Arc<dyn MetricsSource>) {
     let mut tick = tokio::time::interval(DISK_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for topic in shards.list_topics() {
-            match shards.describe_topic(&topic.name).await {
-                Ok(description) => super::catalog::topic_disk_usage(&description),
-                // Deleted meanwhile, shutting down, or a busy shard: try again next tick.
-                Err(e) => tracing::trace!(topic = topic.name, error = %e, "disk usage refresh"),
-            }
+        for usage in source.disk_usage().await {
+            super::catalog::topic_disk_usage(&usage);
         }
     }
 }

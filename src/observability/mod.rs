@@ -6,6 +6,9 @@
 //! no-op), the plain-HTTP listener on `[metrics] listen` (`exporter`), the serving flag that
 //! gRPC health and `/health` both report (`health`), the per-request span and counters
 //! (`call`), and the tracing subscriber with rate-limited warnings (`logging`).
+//! Arrows run one way: `shard` and `server` call the handles in `catalog`; the exporter
+//! reads their values through the `MetricsSource` trait they implement. Nothing here
+//! imports `shard` or `server`.
 //! Must never: put a record key or payload in a log line or a label, block a shard thread,
 //! or take a lock on the request path (the `metrics` handles are atomics; the registry's
 //! lookups are lock-free reads once a series exists). Labels are bounded: RPC names, status
@@ -20,11 +23,11 @@ mod logging;
 
 pub use call::{ActiveStream, Rpc, RpcCall, code_name};
 pub use catalog::{
-    ShardMetrics, authentication_failed, authorization_denied, bytes_and_records_in,
-    bytes_and_records_out, install_recorder, observe_append, observe_read, shard_overloaded,
-    topic_deleted, topic_disk_usage,
+    ListenerCounts, ShardCounts, ShardMetrics, TopicDiskUsage, authentication_failed,
+    authorization_denied, bytes_and_records_in, bytes_and_records_out, install_recorder,
+    observe_append, observe_read, shard_overloaded, topic_deleted, topic_disk_usage,
 };
-pub use exporter::MetricsEndpoint;
+pub use exporter::{MetricsEndpoint, MetricsSource};
 pub use health::Health;
 pub use logging::{RateLimit, init_logging};
 

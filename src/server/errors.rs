@@ -14,7 +14,7 @@ use thiserror::Error;
 use tonic::{Code, Status};
 
 use super::acl::{Action, Principal};
-use super::{identity, tls};
+use super::identity;
 use crate::{config, shard, storage};
 
 #[derive(Debug, Error)]
@@ -55,7 +55,7 @@ pub enum Error {
     #[error("invalid config")]
     Config(#[from] config::Invalid),
     #[error("TLS set-up failed")]
-    Tls(#[from] tls::Error),
+    Tls(#[from] crate::tls::Error),
     #[error("cannot listen on {address}")]
     Bind {
         address: SocketAddr,

@@ -3,19 +3,28 @@
 //! It authenticates, authorizes and validates requests and hands them to the shards; it
 //! never touches the log's files and knows nothing of the on-disk format. Errors become
 //! gRPC statuses in `errors` and nowhere else.
+//!
+//! The service is split by pipeline: `append`, `read`, `admin`, with call tracking in
+//! `calls` and a thin tonic `Log` impl in `service`. Only `acl` (its `Action`) is public
+//! as a module; the rest is re-exported below or crate-internal.
 pub mod acl;
+mod admin;
+mod append;
+mod calls;
 mod errors;
-pub mod identity;
+pub(crate) mod identity;
 mod listener;
+mod metrics;
+mod oversize;
+mod read;
 mod run;
 mod service;
 mod stats;
-pub mod tls;
+pub(crate) mod tls;
 
 pub use errors::{Error, Result};
 pub use listener::PeerInfo;
 /// Also the raw-RPC baseline's listener (`bench`), so it serves over the same TLS path.
 pub(crate) use listener::incoming;
 pub use run::{DRAIN_GRACE, Running, run, shutdown_signal, start};
-pub use service::LogService;
 pub use stats::{ServerStats, ServerStatsSnapshot};

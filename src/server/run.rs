@@ -23,9 +23,11 @@ use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 
+use super::calls::InFlight;
 use super::errors::{Error, Result};
 use super::listener;
-use super::service::{InFlight, LogService};
+use super::oversize::{MessageLimit, RequestSize};
+use super::service::LogService;
 use super::stats::ServerStats;
 use crate::config::Config;
 use crate::observability::{self, Health, MetricsEndpoint};
@@ -40,6 +42,15 @@ const FLUSH_GRACE: Duration = Duration::from_millis(200);
 /// Room for protobuf framing around a batch or a response's record bytes: each record's
 /// field tags and lengths, generously.
 const FRAMING_BYTES: usize = 1 << 20;
+
+/// The limit on one request message (what `LogServer` decodes), with its config key.
+pub(crate) fn request_limit(config: &Config) -> MessageLimit {
+    MessageLimit {
+        bytes_max: config.storage.batch_bytes_max as usize * 2 + FRAMING_BYTES,
+        key: "storage.batch_bytes_max",
+        key_value: config.storage.batch_bytes_max,
+    }
+}
 
 /// A running server.
 pub struct Running {
@@ -179,14 +190,24 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let stats = Arc::new(ServerStats::default());
     if let Some(metrics) = &mut metrics {
-        metrics.attach(shards.clone(), stats.clone());
+        metrics.attach(Arc::new(super::metrics::ServerMetrics {
+            shards: shards.clone(),
+            stats: stats.clone(),
+        }));
     }
     let metrics_addr = metrics.as_ref().map(MetricsEndpoint::local_addr);
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and most tools ask v1, older ones only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .expect("the compiled-in descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .expect("the compiled-in descriptor sets are valid");
 
     let (draining_tx, draining_rx) = watch::channel(false);
@@ -198,11 +219,12 @@ pub async fn start(config: Config) -> Result<Running> {
         draining_rx.clone(),
         in_flight.clone(),
     );
-    let decode_max = config.storage.batch_bytes_max as usize * 2 + FRAMING_BYTES;
+    let decode_max = request_limit(&config).bytes_max;
     let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;
     let log_server = LogServer::new(service)
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
+    let log_server = RequestSize::new(log_server, request_limit(&config));
 
     // No `tls_config` here: the listener performs the handshakes.
     // Bounds the calls one connection runs at once; see `server.streams_per_connection_max`
@@ -210,7 +232,8 @@ pub async fn start(config: Config) -> Result<Running> {
     let router = Server::builder()
         .max_concurrent_streams(Some(config.server.streams_per_connection_max))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(log_server);
 
     let mut stop_accepting = draining_rx.clone();

@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::error::Result;
 use super::set::{AppendAck, PartitionInfo, ReadResult};
-use crate::storage::Record;
+use crate::storage::CheckedBatch;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -27,7 +27,8 @@ pub(crate) enum Command {
     Append {
         topic: Arc<str>,
         partition: u32,
-        records: Vec<Record>,
+        /// Checked and measured once, by `ShardSet::check_append`.
+        batch: CheckedBatch,
         reply: Reply<AppendAck>,
     },
     Read {
@@ -42,7 +43,8 @@ pub(crate) enum Command {
         topic: Arc<str>,
         partition: u32,
         before_offset: u64,
-        reply: Reply<()>,
+        /// The start offset after the truncation.
+        reply: Reply<u64>,
     },
     /// Drops the records at and after `from_offset` (a batch boundary): replication's cut of
     /// a diverged tail.

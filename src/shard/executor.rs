@@ -371,13 +371,15 @@ mod tests {
     ) {
         wait_ready(0, &ready).unwrap();
         let (reply, ack) = tokio::sync::oneshot::channel();
+        let records = vec![Record {
+            value: bytes::Bytes::from_static(b"v"),
+            ..Record::default()
+        }];
+        let batch = crate::storage::LogLimits::default().check(records).unwrap();
         tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
-            records: vec![Record {
-                value: bytes::Bytes::from_static(b"v"),
-                ..Record::default()
-            }],
+            batch,
             reply,
         });
         let ack = futures::executor::block_on(ack).unwrap().unwrap();

@@ -31,7 +31,8 @@ pub use options::{
     default_shard_count,
 };
 pub use set::{
-    AppendAck, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription, TopicInfo,
+    AppendAck, AppendRoute, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription,
+    TopicInfo,
 };
 pub use stats::{ShardStats, ShardStatsSnapshot};
 pub use topics::{

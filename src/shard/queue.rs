@@ -198,7 +198,9 @@ mod tests {
         tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
-            records: Vec::new(),
+            batch: crate::storage::LogLimits::default()
+                .check(vec![crate::storage::Record::default()])
+                .unwrap(),
             reply,
         });
         ack

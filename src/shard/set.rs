@@ -33,7 +33,7 @@ use super::stats::{ShardStats, ShardStatsSnapshot};
 use super::topics::{self, TopicMeta, validate_topic_name};
 use super::worker::ShardContext;
 use crate::observability;
-use crate::storage::Record;
+use crate::storage::{CheckedBatch, Record};
 
 /// An append's acknowledgement: where its records landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,27 @@ pub struct ReadResult {
     pub next_offset: u64,
     pub high_watermark: u64,
     pub start_offset: u64,
+}
+
+/// A topic's route as one append sees it: looked up once, then used to pick the partition
+/// and to send the batch (see [`ShardSet::append_route`]).
+#[derive(Clone)]
+pub struct AppendRoute(Arc<TopicRoute>);
+
+impl AppendRoute {
+    /// Number of partitions of the topic.
+    pub fn partitions(&self) -> u32 {
+        self.0.partitions.len() as u32
+    }
+}
+
+impl std::fmt::Debug for AppendRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRoute")
+            .field("topic", &self.0.name)
+            .field("partitions", &self.0.partitions.len())
+            .finish()
+    }
 }
 
 /// One partition in a topic description.
@@ -428,14 +449,66 @@ impl ShardSet {
         records: Vec<Record>,
     ) -> Result<PendingAppend> {
         self.check_running()?;
-        let (topic, shard) = self.route(topic, partition)?;
+        let route = self.append_route(topic)?;
+        let batch = self.check_append(topic, partition, records)?;
+        self.enqueue_batch(&route, partition, batch).await
+    }
+
+    /// Checks a batch against the partition logs' limits (record and batch sizes, header
+    /// names, at least one record) without touching anything, and measures it once; the
+    /// measure travels with the batch. `partition` only names the failure.
+    pub fn check_append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+    ) -> Result<CheckedBatch> {
+        self.inner
+            .options
+            .log
+            .check(records)
+            .map_err(|e| Error::storage(topic, partition, e))
+    }
+
+    /// Checks that a topic about to be created with `partitions` partitions would have
+    /// `partition` (so that an append that must fail creates nothing).
+    pub fn check_new_partition(topic: &str, partition: u32, partitions: u32) -> Result<()> {
+        if partition < partitions {
+            return Ok(());
+        }
+        Err(Error::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+            partitions,
+        })
+    }
+
+    /// The topic's route for an append: one lookup serves the partition choice and the send.
+    pub fn append_route(&self, topic: &str) -> Result<AppendRoute> {
+        self.topic_route(topic).map(AppendRoute)
+    }
+
+    /// [`append_enqueue`](Self::append_enqueue) for a batch already checked, on a route
+    /// already looked up.
+    ///
+    /// # Correctness
+    /// As for `append_enqueue`. A route of a topic deleted since it was looked up reaches a
+    /// shard that no longer has the partition, which answers `UnknownTopic`.
+    pub async fn enqueue_batch(
+        &self,
+        route: &AppendRoute,
+        partition: u32,
+        batch: CheckedBatch,
+    ) -> Result<PendingAppend> {
+        self.check_running()?;
+        let shard = route.0.partition(partition)?.shard;
         let (reply, ack) = oneshot::channel();
         self.enqueue(
             shard,
             Command::Append {
-                topic,
+                topic: route.0.name.clone(),
                 partition,
-                records,
+                batch,
                 reply,
             },
         )
@@ -471,8 +544,9 @@ impl ShardSet {
         .await
     }
 
-    /// Drops the records of a partition below `before_offset` (a WAL checkpoint).
-    pub async fn truncate(&self, topic: &str, partition: u32, before_offset: u64) -> Result<()> {
+    /// Drops the records of a partition below `before_offset` (a WAL checkpoint), and
+    /// returns the partition's start offset after it, as the owning shard saw it.
+    pub async fn truncate(&self, topic: &str, partition: u32, before_offset: u64) -> Result<u64> {
         let (topic, shard) = self.route(topic, partition)?;
         self.call(shard, |reply| Command::Truncate {
             topic,
@@ -768,5 +842,27 @@ impl ShardSet {
         }
         tracing::info!("shards stopped");
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_topic_has_partitions_below_its_count() {
+        assert!(ShardSet::check_new_partition("t", 3, 4).is_ok());
+        let err = ShardSet::check_new_partition("t", 4, 4).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnknownPartition {
+                    partition: 4,
+                    partitions: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -32,7 +32,7 @@ use super::queue::{QueueReceiver, Queued};
 use super::set::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
-use crate::storage::{self, Engine, Log, Record, now_ms};
+use crate::storage::{self, CheckedBatch, Engine, Log, Record, now_ms};
 
 /// What a wait on the queue ended with.
 pub(crate) enum Received {
@@ -227,11 +227,11 @@ impl<E: Engine> Shard<E> {
                 Command::Append {
                     topic,
                     partition,
-                    records,
+                    batch,
                     reply,
                 } => {
-                    payload_bytes += records.iter().map(|r| r.encoded_len() as u64).sum::<u64>();
-                    self.append((topic, partition), records, reply, &mut pending)
+                    payload_bytes += batch.record_bytes();
+                    self.append((topic, partition), batch, reply, &mut pending)
                         .await;
                 }
                 Command::Read {
@@ -270,18 +270,18 @@ impl<E: Engine> Shard<E> {
     async fn append(
         &mut self,
         key: Key,
-        records: Vec<Record>,
+        batch: CheckedBatch,
         reply: Reply<AppendAck>,
         pending: &mut Vec<Pending>,
     ) {
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
-        match p.log.append(&records).await {
+        match p.log.append_checked(&batch).await {
             Ok(base_offset) => pending.push(Pending {
                 key,
                 base_offset,
-                count: records.len() as u32,
+                count: batch.len() as u32,
                 reply,
             }),
             // Refused by a limit (nothing changed), or failed (the log is now poisoned and
@@ -434,6 +434,7 @@ impl<E: Engine> Shard<E> {
                         .log
                         .truncate_prefix(before_offset)
                         .await
+                        .map(|()| p.log.start_offset())
                         .map_err(|e| Error::storage(&topic, partition, e)),
                 };
                 send(reply, result);
@@ -670,13 +671,15 @@ pub(crate) mod tests {
 
     fn append(tx: &QueueSender, value: &str) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = tokio::sync::oneshot::channel();
+        let records = vec![Record {
+            value: value.as_bytes().to_vec().into(),
+            ..Record::default()
+        }];
+        let batch = storage::LogLimits::default().check(records).unwrap();
         tx.send_blocking(Command::Append {
             topic: Arc::from("t"),
             partition: 0,
-            records: vec![Record {
-                value: value.as_bytes().to_vec().into(),
-                ..Record::default()
-            }],
+            batch,
             reply,
         });
         ack

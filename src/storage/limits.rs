@@ -18,6 +18,41 @@ const DAY_MS: u64 = 24 * 3600 * 1000;
 const SEGMENT_MS_MAX: u64 = 365 * DAY_MS;
 const RETENTION_MS_MAX: u64 = 100 * 365 * DAY_MS;
 
+/// Records that passed [`LogLimits::check`], with their encoded size (header included),
+/// measured once. Only `check` makes one, so a `CheckedBatch` is never empty and never over
+/// the limits it was checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedBatch {
+    records: Vec<Record>,
+    batch_bytes: usize,
+}
+
+impl CheckedBatch {
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+    /// Number of records; at least one.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    /// Always false: an empty batch does not pass the check.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    /// The encoded batch, header included.
+    pub fn batch_bytes(&self) -> usize {
+        self.batch_bytes
+    }
+    /// The records' encoded bytes, without the batch header.
+    pub fn record_bytes(&self) -> u64 {
+        (self.batch_bytes - format::BATCH_HEADER_LEN) as u64
+    }
+    /// The first record's key (empty when it has none), for choosing a partition.
+    pub fn first_key(&self) -> &[u8] {
+        self.records.first().map_or(&[], |r| &r.key[..])
+    }
+}
+
 /// How a caller names a limit in messages: given a field name (`batch_bytes_max`), the name
 /// to show (`storage.batch_bytes_max` in the config file).
 pub type LimitName<'a> = &'a dyn Fn(&str) -> String;
@@ -137,6 +172,17 @@ impl LogLimits {
             });
         }
         Ok(batch_bytes)
+    }
+
+    /// Checks a batch against these limits and measures it once: the returned
+    /// [`CheckedBatch`] carries its encoded size to [`Log::append_checked`](super::Log), so
+    /// nothing on the way measures it again. A refused batch is dropped.
+    pub fn check(&self, records: Vec<Record>) -> Result<CheckedBatch> {
+        let batch_bytes = self.measure_batch(&records)?;
+        Ok(CheckedBatch {
+            records,
+            batch_bytes,
+        })
     }
 
     /// Checks the limits against each other and against what the format can hold; the

@@ -288,8 +288,36 @@ impl<E: Engine> Log<E> {
     /// commit mark past it ([`Log::set_commit`]). A new term's entry in the epoch map is
     /// durable before the batch is written.
     pub async fn append_in_term(&mut self, term: u64, records: &[Record]) -> Result<u64> {
-        self.check_writable()?;
         let batch_bytes = self.config.measure_batch(records)?;
+        self.append_measured(term, records, batch_bytes).await
+    }
+
+    /// Appends a batch that [`LogLimits::check`] measured, in the log's last term, without
+    /// measuring it again (the shard's path: the front end checked it). `batch` must have
+    /// been checked against this log's limits.
+    ///
+    /// # Correctness
+    /// As for [`Log::append_in_term`].
+    pub async fn append_checked(&mut self, batch: &super::CheckedBatch) -> Result<u64> {
+        assert!(
+            batch.batch_bytes() as u64 <= self.config.batch_bytes_max,
+            "{}: a batch of {} bytes was checked against other limits (batch_bytes_max = {})",
+            self.dir.display(),
+            batch.batch_bytes(),
+            self.config.batch_bytes_max
+        );
+        self.append_measured(self.last_term(), batch.records(), batch.batch_bytes())
+            .await
+    }
+
+    /// Appends `records`, whose encoded size is `batch_bytes`, in `term`.
+    async fn append_measured(
+        &mut self,
+        term: u64,
+        records: &[Record],
+        batch_bytes: usize,
+    ) -> Result<u64> {
+        self.check_writable()?;
         self.check_term(term)?;
         let base_offset = self.end_offset();
         let next_offset = base_offset

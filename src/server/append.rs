@@ -1,0 +1,267 @@
+//! The append pipeline: Append and AppendStream.
+//!
+//! An append is checked (running, topic name, ACL, at least one record), converted to
+//! storage records once (`proto::storage_records`), measured once by the shard layer
+//! (`ShardSet::check_append`, whose `CheckedBatch` carries the size to the shard), admitted
+//! into the server-wide byte budget, routed with one lookup (auto-creating the topic when
+//! configured), and queued. A refused append changes nothing: every check runs before a
+//! topic is auto-created or anything is queued. Must never measure records itself or
+//! build shard errors.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt, TryFutureExt};
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Status, Streaming};
+
+use super::acl::Action;
+use super::errors::{Error, Result};
+use super::service::Inner;
+use crate::observability;
+use crate::proto::{self, v1::AppendRequest, v1::AppendResponse};
+use crate::shard::{self, AppendRoute};
+use crate::storage;
+
+/// How long an append waits for room in the in-flight byte budget before it is refused.
+const APPEND_BUDGET_WAIT: Duration = Duration::from_millis(100);
+
+/// The partition an append goes to: the one asked for, else by the first record's key
+/// (crc32 of it), else round robin.
+fn choose_partition(
+    asked: Option<u32>,
+    first_key: &[u8],
+    partitions: u32,
+    round_robin: &AtomicU64,
+) -> u32 {
+    assert!(partitions > 0, "a routable topic has partitions");
+    match asked {
+        Some(p) => p,
+        None if !first_key.is_empty() => crc32fast::hash(first_key) % partitions,
+        None => (round_robin.fetch_add(1, Ordering::Relaxed) % u64::from(partitions)) as u32,
+    }
+}
+
+impl Inner {
+    /// Validates, authorizes and performs one append.
+    pub(super) async fn append(
+        &self,
+        request: &Request<()>,
+        append: AppendRequest,
+    ) -> Result<AppendResponse> {
+        self.enqueue_append(request, append).await?.await
+    }
+
+    /// Validates and authorizes one append and puts it in its shard's queue; the returned
+    /// future resolves to the response once the append is acknowledged. When this returns,
+    /// the append's place in its partition is fixed: appends enqueued one after another
+    /// take offsets in that order.
+    async fn enqueue_append(
+        &self,
+        request: &Request<()>,
+        append: AppendRequest,
+    ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
+        let started = Instant::now();
+        self.check_running()?;
+        let AppendRequest {
+            topic,
+            partition,
+            records,
+            correlation_id,
+        } = append;
+        self.check_topic_name(&topic)?;
+        self.authorize(request, Action::Produce, &topic)?;
+        if records.is_empty() {
+            return Err(Error::invalid(
+                "an AppendRequest needs at least one record in `records`",
+            ));
+        }
+        let records = proto::storage_records(records, storage::now_ms());
+        // Checked before a topic is auto-created, so a refused batch changes nothing.
+        let batch = self
+            .shards
+            .check_append(&topic, partition.unwrap_or(0), records)?;
+        let bytes = batch.record_bytes();
+        // Room in the server-wide budget first (before any auto-create: a refused request
+        // changes nothing); the permit is held until the append is acknowledged.
+        let budget = self.reserve_append_bytes(bytes).await?;
+        let route = self.route_for_append(&topic, partition).await?;
+        let partition = choose_partition(
+            partition,
+            batch.first_key(),
+            route.partitions(),
+            &self.round_robin,
+        );
+        let pending = self.shards.enqueue_batch(&route, partition, batch).await?;
+        Ok(async move {
+            let ack = pending.await;
+            drop(budget);
+            let ack = ack?;
+            observability::observe_append(started.elapsed());
+            observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
+            Ok(AppendResponse {
+                partition: ack.partition,
+                base_offset: ack.base_offset,
+                count: ack.count,
+                correlation_id,
+            })
+        })
+    }
+
+    /// The topic's route, auto-creating the topic (with the default partition count) when
+    /// the config allows it. A partition the new topic would not have is refused before
+    /// anything is created.
+    async fn route_for_append(&self, topic: &str, partition: Option<u32>) -> Result<AppendRoute> {
+        match self.shards.append_route(topic) {
+            Ok(route) => Ok(route),
+            Err(shard::Error::UnknownTopic { .. }) if self.config.auto_create_topics => {
+                if let Some(p) = partition {
+                    shard::ShardSet::check_new_partition(topic, p, self.default_partitions)?;
+                }
+                match self.create_topic(topic, 0).await {
+                    Ok(n) => {
+                        tracing::info!(topic, partitions = n, "topic auto-created on first append");
+                    }
+                    Err(Error::Shard(shard::Error::TopicExists { .. })) => {}
+                    Err(e) => return Err(e),
+                }
+                Ok(self.shards.append_route(topic)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes `bytes` from the in-flight append budget, waiting at most `APPEND_BUDGET_WAIT`.
+    async fn reserve_append_bytes(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let over = || Error::OverLimit {
+            what: "record bytes of appends in flight with this one",
+            value: bytes,
+            key: "server.inflight_append_bytes_max",
+            max: self.config.server.inflight_append_bytes_max,
+            hint: "the server is saturated; retry with backoff",
+        };
+        // One batch is at most storage.batch_bytes_max, which validation keeps within both
+        // the budget and u32.
+        let permits = u32::try_from(bytes).map_err(|_| over())?;
+        let acquire = self.append_budget.clone().acquire_many_owned(permits);
+        match tokio::time::timeout(APPEND_BUDGET_WAIT, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(Error::ShuttingDown),
+            Err(_elapsed) => Err(over()),
+        }
+    }
+
+    /// Runs an AppendStream: reads requests while fewer than the in-flight limit wait for
+    /// their acknowledgements, and answers in request order. The first failure is sent,
+    /// after the answers of the requests before it, as the stream's last item. Returns the
+    /// stream's final status code.
+    ///
+    /// Each request is put in its shard's queue before the next one is read, so the
+    /// requests of one stream to one partition get offsets in request order by
+    /// construction, not by how the acknowledgements happen to be polled.
+    pub(super) async fn append_stream(
+        self: Arc<Self>,
+        request: Request<()>,
+        mut input: Streaming<AppendRequest>,
+        tx: mpsc::Sender<Result<AppendResponse, Status>>,
+    ) -> Code {
+        let inflight_max = self.config.server.append_stream_inflight_max as usize;
+        let mut inflight = FuturesOrdered::new();
+        let mut reading = true;
+        let mut draining = self.draining.clone();
+        let mut final_code = Code::Ok;
+        loop {
+            tokio::select! {
+                next = input.next(), if reading && inflight.len() < inflight_max => {
+                    match next {
+                        Some(Ok(append)) => {
+                            // Queued before the next request is read (a short bounded wait
+                            // at most): this is what fixes the order of the offsets.
+                            let queued = self.enqueue_append(&request, append).await;
+                            match queued {
+                                Ok(ack) => {
+                                    inflight.push_back(ack.map_err(Status::from).boxed());
+                                }
+                                Err(e) => {
+                                    // Answered after the requests before it; nothing after
+                                    // it is queued, as the stream ends at its first failure.
+                                    let failed = futures::future::ready(Err(e.into()));
+                                    inflight.push_back(failed.boxed());
+                                    reading = false;
+                                }
+                            }
+                        }
+                        Some(Err(status)) => {
+                            reading = false;
+                            let status = super::run::request_limit(&self.config).request_status(status);
+                            if matches!(status.code(), Code::InvalidArgument | Code::ResourceExhausted) {
+                                // A request that did not decode or was too large: answered,
+                                // after the requests before it, as the stream's last item.
+                                inflight.push_back(futures::future::ready(Err(status)).boxed());
+                            } else {
+                                // The client's side of the stream broke; nothing to answer.
+                                tracing::debug!(%status, "append stream input failed");
+                                final_code = Code::Cancelled;
+                            }
+                        }
+                        None => reading = false,
+                    }
+                }
+                done = inflight.next(), if !inflight.is_empty() => {
+                    let Some(result) = done else { continue };
+                    let failed = result.as_ref().err().map(Status::code);
+                    if tx.send(result).await.is_err() {
+                        // Client gone. Appends already queued still complete in the shards.
+                        return Code::Cancelled;
+                    }
+                    if let Some(code) = failed {
+                        // The stream ends at its first failure.
+                        return code;
+                    }
+                }
+                _ = async { draining.wait_for(|d| *d).await.map(|_| ()) }, if reading => {
+                    // Finish what is in flight, accept nothing new.
+                    reading = false;
+                }
+                _ = tx.closed() => return Code::Cancelled,
+            }
+            if !reading && inflight.is_empty() {
+                return final_code;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_asked_partition_is_kept() {
+        let rr = AtomicU64::new(0);
+        assert_eq!(choose_partition(Some(3), b"key", 4, &rr), 3);
+        assert_eq!(rr.load(Ordering::Relaxed), 0, "round robin untouched");
+    }
+
+    #[test]
+    fn a_key_always_picks_the_same_partition() {
+        let rr = AtomicU64::new(0);
+        let first = choose_partition(None, b"order-17", 8, &rr);
+        assert_eq!(first, crc32fast::hash(b"order-17") % 8);
+        for _ in 0..4 {
+            assert_eq!(choose_partition(None, b"order-17", 8, &rr), first);
+        }
+    }
+
+    #[test]
+    fn no_key_goes_round_robin() {
+        let rr = AtomicU64::new(0);
+        let picked: Vec<u32> = (0..6)
+            .map(|_| choose_partition(None, b"", 3, &rr))
+            .collect();
+        assert_eq!(picked, [0, 1, 2, 0, 1, 2]);
+    }
+}
