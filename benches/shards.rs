@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use walrs::shard::{EngineChoice, ShardOptions, ShardSet};
-use walrs::storage::{Record, format};
+use walrs::storage::{self, Record};
 
 const RECORD_BYTES: usize = 1024;
 
@@ -109,7 +109,7 @@ async fn run_shards(
 
 fn run_raw(batch_records: usize, secs: f64) -> Row {
     let dir = bench_dir();
-    let bytes = format::encode_batch(0, 0, 0, &records(batch_records));
+    let bytes = storage::encode_batch(0, 0, 0, &records(batch_records));
     let mut file = std::fs::File::create(dir.path().join("raw")).unwrap();
     let mut latency = Histogram::<u64>::new(3).unwrap();
     let started = Instant::now();
@@ -141,7 +141,7 @@ fn paired_storage(batch_records: usize, rounds: usize) -> (f64, f64) {
     use walrs::storage::{Log, LogLimits, PortableEngine};
     let dir = bench_dir();
     let batch = records(batch_records);
-    let bytes = format::encode_batch(0, 0, 0, &batch);
+    let bytes = storage::encode_batch(0, 0, 0, &batch);
     let mut raw = std::fs::File::create(dir.path().join("raw")).unwrap();
     let config = LogLimits {
         segment_bytes_max: 1 << 30,

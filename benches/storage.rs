@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::executor::block_on;
-use walrs::storage::{Log, LogLimits, PortableEngine, Record, format, store_file_name};
+use walrs::storage::{self, Log, LogLimits, PortableEngine, Record, store_file_name};
 
 const RECORD_BYTES: usize = 1024;
 
@@ -44,7 +44,7 @@ fn appends(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     for batch_records in [1usize, 16, 256] {
         let batch = records(batch_records);
-        let encoded = format::encode_batch(0, 0, 0, &batch);
+        let encoded = storage::encode_batch(0, 0, 0, &batch);
         group.throughput(Throughput::Bytes(encoded.len() as u64));
         for sync in [false, true] {
             let mode = if sync { "fdatasync" } else { "nosync" };
@@ -146,7 +146,7 @@ fn reopen(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     let dir = bench_dir();
     for base in 0..10_000u64 {
-        let bytes = format::encode_batch(base, 0, 0, &records(1));
+        let bytes = storage::encode_batch(base, 0, 0, &records(1));
         std::fs::write(dir.path().join(store_file_name(base)), bytes).unwrap();
     }
     group.bench_function("log/10000_segments", |b| {

@@ -21,7 +21,7 @@ const MIB: i64 = 1 << 20;
 const GIB: i64 = 1 << 30;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 /// The batch header that a batch of one record adds to it (the format's `BATCH_HEADER_LEN`).
-const HEADER: i64 = walrs::storage::format::BATCH_HEADER_LEN as i64;
+const HEADER: i64 = walrs::storage::BATCH_HEADER_LEN as i64;
 /// The largest record a case appends; larger limits are still started, with this record.
 const APPEND_BYTES_MAX: u64 = 8 << 20;
 

@@ -12,10 +12,10 @@ use std::future::Future;
 use std::path::Path;
 
 use proptest::prelude::*;
-use walrs::storage::faulty::FaultyEngine;
+use walrs::storage::{self, FaultyEngine};
 use walrs::storage::{
-    Engine, EpochStart, Error, Log, LogLimits, PortableEngine, Record, Vote, format,
-    index_file_name, store_file_name,
+    Engine, EpochStart, Error, Log, LogLimits, PortableEngine, Record, Vote, index_file_name,
+    store_file_name,
 };
 
 fn small_config() -> LogLimits {
@@ -657,7 +657,7 @@ async fn torn_tails_are_cut<E: Engine>(engine: E, dir: &Path) {
     let store = last_store(dir);
     let good_len = std::fs::metadata(&store).unwrap().len();
     // A short batch: the first 30 bytes of a valid one.
-    let valid = walrs::storage::format::encode_batch(all.len() as u64, 0, 0, &batch(7, 1, 10));
+    let valid = walrs::storage::encode_batch(all.len() as u64, 0, 0, &batch(7, 1, 10));
     for tail in [
         valid[..30].to_vec(),
         valid[..valid.len() - 1].to_vec(),
@@ -830,7 +830,7 @@ async fn many_segments_open_without_reading_them<E: Engine>(engine: E, dir: &Pat
     std::fs::create_dir_all(dir).unwrap();
     let segments = 10_000u64;
     for base in 0..segments {
-        let bytes = walrs::storage::format::encode_batch(base, 0, 0, &batch(base, 1, 8));
+        let bytes = walrs::storage::encode_batch(base, 0, 0, &batch(base, 1, 8));
         std::fs::write(dir.join(store_file_name(base)), bytes).unwrap();
     }
     let (mut log, report) = reopen(&engine, dir).await;
@@ -870,7 +870,7 @@ async fn follower_appends_and_raw_reads<E: Engine>(engine: E, dir: &Path) {
         assert!(!raw.is_empty());
         for b in &raw {
             assert_eq!(b.bytes.len(), b.header.batch_len as usize);
-            assert_eq!(format::verify_batch(&b.bytes).unwrap(), b.header);
+            assert_eq!(storage::verify_batch(&b.bytes).unwrap(), b.header);
         }
         next = raw.last().unwrap().header.next_offset();
         shipped.extend(raw);
@@ -915,7 +915,7 @@ async fn follower_appends_and_raw_reads<E: Engine>(engine: E, dir: &Path) {
         assert_eq!(base, b.header.base_offset);
     }
     // A lower term than the last: refused.
-    let stale = format::encode_batch(follower.end_offset(), 1, 0, &batch(50, 1, 5));
+    let stale = storage::encode_batch(follower.end_offset(), 1, 0, &batch(50, 1, 5));
     assert!(matches!(
         follower.append_encoded(&stale).await,
         Err(Error::TermRegressed {
@@ -1073,7 +1073,7 @@ async fn version_1_segments_still_open_and_read<E: Engine>(engine: E, dir: &Path
     let base = log.append(&batch(4, 1, 5)).await.unwrap();
     sync_commit(&mut log).await;
     let batches = log.read(base, 1000).await.unwrap();
-    assert_eq!(batches[0].header.version, format::FORMAT_VERSION);
+    assert_eq!(batches[0].header.version, storage::FORMAT_VERSION);
     log.close().await.unwrap();
     let (mut log, _) = reopen(&engine, dir).await;
     assert_eq!(read_all(&mut log, 0).await.unwrap().len(), 4);
@@ -1138,7 +1138,7 @@ fn uring_available() -> bool {
         let started = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(512 << 10)
             .spawn(move || async move {
-                let engine = walrs::storage::uring::UringEngine::new();
+                let engine = walrs::storage::UringEngine::new();
                 let mut file = engine.create(&path).await.map_err(|e| e.to_string())?;
                 walrs::storage::StoreFile::append(&mut file, b"probe")
                     .await
@@ -1282,7 +1282,7 @@ conformance!(
 #[cfg(target_os = "linux")]
 conformance!(
     uring,
-    walrs::storage::uring::UringEngine::new(),
+    walrs::storage::UringEngine::new(),
     run_uring,
     uring_available,
     128
@@ -1292,7 +1292,7 @@ conformance!(
 #[cfg(target_os = "linux")]
 mod cross_engine {
     use super::*;
-    use walrs::storage::uring::UringEngine;
+    use walrs::storage::UringEngine;
 
     async fn read_back<E: Engine>(
         engine: E,

@@ -109,7 +109,7 @@ impl BatchShape {
                 ..storage::Record::default()
             })
             .collect();
-        storage::format::encode_batch(0, 0, 0, &records)
+        storage::encode_batch(0, 0, 0, &records)
     }
 }
 

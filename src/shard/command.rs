@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
 use super::error::Result;
-use super::set::{AppendAck, PartitionInfo, ReadResult};
+use super::results::{AppendAck, PartitionInfo, ReadResult};
 use crate::storage::CheckedBatch;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;

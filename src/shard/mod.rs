@@ -15,11 +15,13 @@
 //! after its data is durable (under `Durability::Fsync`), and acks of one partition go out in
 //! offset order; every queue is bounded.
 
+mod admin;
 mod command;
 mod error;
 mod executor;
 mod options;
 mod queue;
+mod results;
 mod set;
 mod stats;
 mod topics;
@@ -30,10 +32,10 @@ pub use options::{
     Durability, EngineChoice, FLUSH_INTERVAL_MS_MAX, IO_MEMORY_BYTES_MIN, SHARDS_MAX, ShardOptions,
     default_shard_count,
 };
-pub use set::{
-    AppendAck, AppendRoute, PartitionInfo, PendingAppend, ReadResult, ShardSet, TopicDescription,
-    TopicInfo,
+pub use results::{
+    AppendAck, PartitionInfo, PendingAppend, ReadResult, TopicDescription, TopicInfo,
 };
+pub use set::{AppendRoute, ShardSet};
 pub use stats::{ShardStats, ShardStatsSnapshot};
 pub use topics::{
     TOPIC_NAME_BYTES_MAX, check_topic_name, is_valid_topic_name, validate_topic_name,

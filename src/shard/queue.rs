@@ -191,7 +191,7 @@ mod tests {
 
     use super::*;
     use crate::shard::error::Result;
-    use crate::shard::set::AppendAck;
+    use crate::shard::results::AppendAck;
 
     fn append(tx: &QueueSender) -> oneshot::Receiver<Result<AppendAck>> {
         let (reply, ack) = oneshot::channel();

@@ -3,8 +3,9 @@
 //!
 //! Owns: routing (topic → partitions → owning shard, with each partition's high-watermark
 //! watch), the bounded send to a shard's queue (a short wait, then `Overloaded`; for appends
-//! the send and the wait for the ack can be separated, see `append_enqueue`), topic
-//! creation and deletion (metadata file first / first removed, see `topics`), and shutdown.
+//! the send and the wait for the ack can be separated, see `append_enqueue`), and the set's
+//! lifecycle: start and shutdown. Topic creation and deletion, with their undo, are in
+//! `admin`; the values calls return are in `results`.
 //! Must never: touch a partition's log or files (only the owning shard does), hold the
 //! routing lock across an await, or wait unboundedly for room in a queue on the request path.
 //!
@@ -14,45 +15,27 @@
 //! its end, whether or not its caller is still waiting.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::admin::{blocking, plan, to_completion};
 use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
 use super::executor::{self, ResolvedEngine, ShardThread};
 use super::options::ShardOptions;
 use super::queue::{self, QueueSender, SendError};
+use super::results::{
+    AppendAck, PartitionInfo, PendingAppend, ReadResult, TopicDescription, TopicInfo,
+};
 use super::stats::{ShardStats, ShardStatsSnapshot};
-use super::topics::{self, TopicMeta, validate_topic_name};
+use super::topics::{self, TopicMeta};
 use super::worker::ShardContext;
 use crate::observability;
 use crate::storage::{CheckedBatch, Record};
-
-/// An append's acknowledgement: where its records landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AppendAck {
-    pub partition: u32,
-    /// Offset of the first record; the others follow it.
-    pub base_offset: u64,
-    pub count: u32,
-}
-
-/// What a read returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadResult {
-    pub records: Vec<Record>,
-    /// Where the next read should start.
-    pub next_offset: u64,
-    pub high_watermark: u64,
-    pub start_offset: u64,
-}
 
 /// A topic's route as one append sees it: looked up once, then used to pick the partition
 /// and to send the batch (see [`ShardSet::append_route`]).
@@ -75,73 +58,18 @@ impl std::fmt::Debug for AppendRoute {
     }
 }
 
-/// One partition in a topic description.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartitionInfo {
-    pub id: u32,
-    pub start_offset: u64,
-    pub end_offset: u64,
-    pub high_watermark: u64,
-    pub shard: u32,
-    /// Segments the partition's log holds (for metrics).
-    pub segments: u32,
-    /// Bytes in the partition's store files (for metrics).
-    pub size_bytes: u64,
+pub(super) struct PartitionRoute {
+    pub(super) shard: usize,
+    pub(super) high_watermark: watch::Receiver<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicDescription {
-    pub name: String,
-    pub partitions: Vec<PartitionInfo>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicInfo {
-    pub name: String,
-    pub partitions: u32,
-}
-
-/// An append in a shard's queue: resolves to its acknowledgement (see
-/// [`ShardSet::append_enqueue`]). Dropping it does not withdraw the append.
-#[must_use = "the append is queued either way; poll this to learn whether it succeeded"]
-pub struct PendingAppend {
-    ack: oneshot::Receiver<Result<AppendAck>>,
-    shard: usize,
-    set: ShardSet,
-}
-
-impl Future for PendingAppend {
-    type Output = Result<AppendAck>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<AppendAck>> {
-        match ready!(Pin::new(&mut self.ack).poll(cx)) {
-            Ok(acked) => Poll::Ready(acked),
-            // The shard dropped the reply unanswered: it stopped.
-            Err(_) => Poll::Ready(Err(self.set.stopped(self.shard))),
-        }
-    }
-}
-
-impl std::fmt::Debug for PendingAppend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingAppend")
-            .field("shard", &self.shard)
-            .finish_non_exhaustive()
-    }
-}
-
-struct PartitionRoute {
-    shard: usize,
-    high_watermark: watch::Receiver<u64>,
-}
-
-struct TopicRoute {
-    name: Arc<str>,
-    partitions: Vec<PartitionRoute>,
+pub(super) struct TopicRoute {
+    pub(super) name: Arc<str>,
+    pub(super) partitions: Vec<PartitionRoute>,
 }
 
 impl TopicRoute {
-    fn partition(&self, partition: u32) -> Result<&PartitionRoute> {
+    pub(super) fn partition(&self, partition: u32) -> Result<&PartitionRoute> {
         self.partitions
             .get(partition as usize)
             .ok_or_else(|| Error::UnknownPartition {
@@ -152,76 +80,107 @@ impl TopicRoute {
     }
 }
 
-struct Inner {
-    options: ShardOptions,
-    topics_dir: PathBuf,
-    engine: ResolvedEngine,
+pub(super) struct Inner {
+    pub(super) options: ShardOptions,
+    pub(super) topics_dir: PathBuf,
+    pub(super) engine: ResolvedEngine,
     /// Why `engine` was chosen (the configured choice and the io_uring probe's outcome).
-    engine_reason: String,
-    senders: Vec<QueueSender>,
-    stats: Vec<Arc<ShardStats>>,
-    routes: RwLock<HashMap<Arc<str>, Arc<TopicRoute>>>,
-    admin: tokio::sync::Mutex<()>,
-    shutting_down: AtomicBool,
-    threads: Mutex<Vec<ShardThread>>,
+    pub(super) engine_reason: String,
+    pub(super) senders: Vec<QueueSender>,
+    pub(super) stats: Vec<Arc<ShardStats>>,
+    pub(super) routes: RwLock<Routes>,
+    pub(super) admin: tokio::sync::Mutex<()>,
+    pub(super) shutting_down: AtomicBool,
+    pub(super) threads: Mutex<Vec<ShardThread>>,
 }
 
 /// The shards of one server, callable from any tokio task. Cheap to clone.
 #[derive(Clone)]
 pub struct ShardSet {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-/// Routes for `meta`, and per shard the partitions it must open.
-fn plan(
+type Routes = HashMap<Arc<str>, Arc<TopicRoute>>;
+
+/// The routes of every topic on disk, and per shard the partitions it opens first.
+fn plan_all(
     topics_dir: &std::path::Path,
-    meta: &TopicMeta,
+    metas: &[TopicMeta],
     shard_count: usize,
-) -> (Arc<TopicRoute>, Vec<Vec<OpenPartition>>) {
-    let name: Arc<str> = Arc::from(meta.name.as_str());
-    let mut opens: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
-    let mut partitions = Vec::with_capacity(meta.partitions as usize);
-    for (partition, &shard) in meta.shards.iter().enumerate() {
-        let partition = partition as u32;
-        let shard = shard as usize;
-        assert!(
-            shard < shard_count,
-            "topic {} partition {partition} assigned to shard {shard} of {shard_count}",
-            meta.name
-        );
-        let (tx, rx) = watch::channel(0);
-        opens[shard].push(OpenPartition {
-            topic: name.clone(),
-            partition,
-            dir: topics::partition_dir(topics_dir, &meta.name, partition),
-            high_watermark: tx,
-        });
-        partitions.push(PartitionRoute {
-            shard,
-            high_watermark: rx,
-        });
+) -> (Routes, Vec<Vec<OpenPartition>>) {
+    let mut routes = HashMap::new();
+    let mut initial: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
+    for meta in metas {
+        let (route, opens) = plan(topics_dir, meta, shard_count);
+        routes.insert(route.name.clone(), route);
+        for (shard, mut open) in opens.into_iter().enumerate() {
+            initial[shard].append(&mut open);
+        }
     }
-    (Arc::new(TopicRoute { name, partitions }), opens)
+    (routes, initial)
 }
 
-/// Runs an admin operation to its end in its own task, so that a caller who goes away (a
-/// cancelled RPC drops its handler future at any await) cannot leave it half done.
-async fn to_completion<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    match tokio::spawn(op).await {
-        Ok(done) => done,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        // Only the runtime shutting down cancels a spawned task.
-        Err(_) => Err(Error::ShuttingDown),
-    }
+/// The shards of a set that started: one sender, counter block and thread each.
+struct Started {
+    senders: Vec<QueueSender>,
+    stats: Vec<Arc<ShardStats>>,
+    threads: Vec<ShardThread>,
 }
 
-/// Runs blocking metadata I/O off the async worker threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+/// Starts one thread per shard and waits until each has opened its initial partitions. On
+/// any failure the shards that did start are stopped (they close their logs) and joined.
+fn start_shards(
+    engine: ResolvedEngine,
+    options: &ShardOptions,
+    initial: Vec<Vec<OpenPartition>>,
+) -> Result<Started> {
+    let shard_count = options.shard_count;
+    let mut started = Started {
+        senders: Vec::with_capacity(shard_count),
+        stats: Vec::with_capacity(shard_count),
+        threads: Vec::with_capacity(shard_count),
+    };
+    let mut readies = Vec::with_capacity(shard_count);
+    let mut failure = None;
+    for (id, initial) in initial.into_iter().enumerate() {
+        let (tx, rx) = queue::queue(id, options.queue_depth_max);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let shard_stats = Arc::new(ShardStats::default());
+        let ctx = ShardContext {
+            id,
+            rx,
+            stats: shard_stats.clone(),
+            options: options.clone(),
+            initial,
+            ready: ready_tx,
+        };
+        match executor::spawn_shard(engine, options.pin_threads, options.io_memory_bytes, ctx) {
+            Ok(thread) => started.threads.push(thread),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        started.senders.push(tx);
+        started.stats.push(shard_stats);
+        readies.push(ready_rx);
+    }
+    for (id, ready) in readies.iter().enumerate() {
+        if let Err(e) = executor::wait_ready(id, ready) {
+            failure.get_or_insert(e);
+        }
+    }
+    let Some(e) = failure else {
+        return Ok(started);
+    };
+    // Dropping the senders stops the shards that did start; they close their logs.
+    drop(started.senders);
+    for thread in started.threads {
+        if let Err(panic) = thread.join() {
+            tracing::error!(error = %panic, "joining a shard after a failed start");
+        }
+    }
+    Err(e)
 }
 
 impl ShardSet {
@@ -231,65 +190,12 @@ impl ShardSet {
         options.validate()?;
         let (engine, engine_reason) =
             executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
-        let shard_count = options.shard_count;
         let topics_dir = topics::topics_dir(&options.data_dir);
-        let metas = topics::load_all(&topics_dir, shard_count)?;
-
-        let mut routes = HashMap::new();
-        let mut initial: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
-        for meta in &metas {
-            let (route, opens) = plan(&topics_dir, meta, shard_count);
-            routes.insert(route.name.clone(), route);
-            for (shard, mut open) in opens.into_iter().enumerate() {
-                initial[shard].append(&mut open);
-            }
-        }
-
-        let mut senders = Vec::with_capacity(shard_count);
-        let mut stats = Vec::with_capacity(shard_count);
-        let mut threads = Vec::with_capacity(shard_count);
-        let mut readies = Vec::with_capacity(shard_count);
-        let mut failure = None;
-        for (id, initial) in initial.into_iter().enumerate() {
-            let (tx, rx) = queue::queue(id, options.queue_depth_max);
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let shard_stats = Arc::new(ShardStats::default());
-            let ctx = ShardContext {
-                id,
-                rx,
-                stats: shard_stats.clone(),
-                options: options.clone(),
-                initial,
-                ready: ready_tx,
-            };
-            match executor::spawn_shard(engine, options.pin_threads, options.io_memory_bytes, ctx) {
-                Ok(thread) => threads.push(thread),
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            senders.push(tx);
-            stats.push(shard_stats);
-            readies.push(ready_rx);
-        }
-        for (id, ready) in readies.iter().enumerate() {
-            if let Err(e) = executor::wait_ready(id, ready) {
-                failure.get_or_insert(e);
-            }
-        }
-        if let Some(e) = failure {
-            // Dropping the senders stops the shards that did start; they close their logs.
-            drop(senders);
-            for thread in threads {
-                if let Err(panic) = thread.join() {
-                    tracing::error!(error = %panic, "joining a shard after a failed start");
-                }
-            }
-            return Err(e);
-        }
+        let metas = topics::load_all(&topics_dir, options.shard_count)?;
+        let (routes, initial) = plan_all(&topics_dir, &metas, options.shard_count);
+        let started = start_shards(engine, &options, initial)?;
         tracing::info!(
-            shards = shard_count,
+            shards = options.shard_count,
             engine = engine.name(),
             durability = ?options.durability,
             topics = metas.len(),
@@ -302,12 +208,12 @@ impl ShardSet {
                 topics_dir,
                 engine,
                 engine_reason,
-                senders,
-                stats,
+                senders: started.senders,
+                stats: started.stats,
                 routes: RwLock::new(routes),
                 admin: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
-                threads: Mutex::new(threads),
+                threads: Mutex::new(started.threads),
             }),
         })
     }
@@ -339,14 +245,14 @@ impl ShardSet {
         (0..self.shard_count()).fold(ShardStatsSnapshot::default(), |sum, s| sum + self.stats(s))
     }
 
-    fn check_running(&self) -> Result<()> {
+    pub(super) fn check_running(&self) -> Result<()> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         Ok(())
     }
 
-    fn stopped(&self, shard: usize) -> Error {
+    pub(super) fn stopped(&self, shard: usize) -> Error {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             Error::ShuttingDown
         } else {
@@ -357,7 +263,7 @@ impl ShardSet {
         }
     }
 
-    fn topic_route(&self, topic: &str) -> Result<Arc<TopicRoute>> {
+    pub(super) fn topic_route(&self, topic: &str) -> Result<Arc<TopicRoute>> {
         let routes = self.inner.routes.read().expect("routes lock poisoned");
         routes
             .get(topic)
@@ -400,7 +306,7 @@ impl ShardSet {
 
     /// Sends an admin request, waiting as long as the queue needs (admin work must not be
     /// half done because the queue was busy).
-    async fn call_admin<T>(
+    pub(super) async fn call_admin<T>(
         &self,
         shard: usize,
         make: impl FnOnce(Reply<T>) -> Command,
@@ -656,150 +562,6 @@ impl ShardSet {
             name: route.name.to_string(),
             partitions,
         })
-    }
-
-    /// Creates a topic with `partitions` partitions, spread over the shards.
-    ///
-    /// # Correctness
-    /// `topic.toml` is durable before any partition is opened, and the topic is routable only
-    /// once all are open; a failure part-way removes what was made.
-    ///
-    /// Runs to its end even if the caller stops polling it (see `to_completion`).
-    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        let (this, name) = (self.clone(), name.to_owned());
-        to_completion(async move { this.create_topic_now(&name, partitions).await }).await
-    }
-
-    async fn create_topic_now(&self, name: &str, partitions: u32) -> Result<()> {
-        self.check_running()?;
-        validate_topic_name(name)?;
-        let max = self.inner.options.partitions_max;
-        if !(1..=max).contains(&partitions) {
-            return Err(Error::InvalidPartitionCount { partitions, max });
-        }
-        let _admin = self.inner.admin.lock().await;
-        self.check_running()?;
-        if self.topic_route(name).is_ok() {
-            return Err(Error::TopicExists {
-                topic: name.to_owned(),
-            });
-        }
-        // Under the admin lock: no other creation can slip in between this count and ours.
-        let topics = self
-            .inner
-            .routes
-            .read()
-            .expect("routes lock poisoned")
-            .len() as u64;
-        let max = u64::from(self.inner.options.topics_max);
-        if topics >= max {
-            return Err(Error::TooManyTopics { topics, max });
-        }
-        let meta = TopicMeta::new(name, partitions, self.shard_count());
-        let topics_dir = self.inner.topics_dir.clone();
-        {
-            let (meta, topics_dir) = (meta.clone(), topics_dir.clone());
-            blocking(move || {
-                // Not routable yet exists on disk: the leftover of a failed deletion.
-                topics::remove_topic_dir(&topics_dir, &meta.name)?;
-                topics::write_meta(&topics_dir, &meta)
-            })
-            .await?;
-        }
-        let (route, opens) = plan(&topics_dir, &meta, self.shard_count());
-        let involved: Vec<usize> = (0..opens.len()).filter(|&s| !opens[s].is_empty()).collect();
-        let calls = opens
-            .into_iter()
-            .enumerate()
-            .filter(|(_, open)| !open.is_empty())
-            .map(|(shard, partitions)| {
-                self.call_admin(shard, move |reply| Command::Open { partitions, reply })
-            });
-        if let Err(e) = futures::future::try_join_all(calls).await {
-            self.undo_partitions(&route, &involved).await;
-            let name = name.to_owned();
-            if let Err(cleanup) =
-                blocking(move || topics::remove_topic_dir(&topics_dir, &name)).await
-            {
-                tracing::error!(error = %cleanup, "removing a topic whose creation failed");
-            }
-            return Err(e);
-        }
-        self.inner
-            .routes
-            .write()
-            .expect("routes lock poisoned")
-            .insert(route.name.clone(), route);
-        tracing::info!(topic = name, partitions, "topic created");
-        Ok(())
-    }
-
-    /// Closes and removes the given shards' partitions of a topic, logging failures.
-    async fn undo_partitions(&self, route: &TopicRoute, shards: &[usize]) -> Option<Error> {
-        let all: Vec<u32> = (0..route.partitions.len() as u32).collect();
-        let mut first_error = None;
-        for &shard in shards {
-            let (topic, partitions) = (route.name.clone(), all.clone());
-            let closed = self
-                .call_admin(shard, move |reply| Command::Close {
-                    topic,
-                    partitions,
-                    remove: true,
-                    reply,
-                })
-                .await;
-            if let Err(e) = closed {
-                tracing::error!(topic = %route.name, shard, error = %e, "closing a topic's partitions");
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error
-    }
-
-    /// Deletes a topic: it stops being routable, its metadata is removed (the commit point),
-    /// then its logs are closed and its directory removed.
-    ///
-    /// Runs to its end even if the caller stops polling it (see `to_completion`).
-    pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let (this, name) = (self.clone(), name.to_owned());
-        to_completion(async move { this.delete_topic_now(&name).await }).await
-    }
-
-    async fn delete_topic_now(&self, name: &str) -> Result<()> {
-        self.check_running()?;
-        let _admin = self.inner.admin.lock().await;
-        self.check_running()?;
-        let route = self
-            .inner
-            .routes
-            .write()
-            .expect("routes lock poisoned")
-            .remove(name)
-            .ok_or_else(|| Error::UnknownTopic {
-                topic: name.to_owned(),
-            })?;
-        let topics_dir = self.inner.topics_dir.clone();
-        let removed = {
-            let (topics_dir, name) = (topics_dir.clone(), name.to_owned());
-            blocking(move || topics::remove_meta(&topics_dir, &name)).await
-        };
-        if let Err(e) = removed {
-            // Still on disk, so still a topic.
-            self.inner
-                .routes
-                .write()
-                .expect("routes lock poisoned")
-                .insert(route.name.clone(), route);
-            return Err(e);
-        }
-        let mut shards: Vec<usize> = route.partitions.iter().map(|p| p.shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        let closed = self.undo_partitions(&route, &shards).await;
-        let name_owned = name.to_owned();
-        blocking(move || topics::remove_topic_dir(&topics_dir, &name_owned)).await?;
-        tracing::info!(topic = name, "topic deleted");
-        closed.map_or(Ok(()), Err)
     }
 
     /// Stops accepting requests (new calls get `ShuttingDown`), lets every shard serve what is

@@ -29,7 +29,7 @@ use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
 use super::options::{Durability, ShardOptions};
 use super::queue::{QueueReceiver, Queued};
-use super::set::{AppendAck, PartitionInfo, ReadResult};
+use super::results::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
 use crate::storage::{self, CheckedBatch, Engine, Log, Record, now_ms};
@@ -90,6 +90,13 @@ fn commit_to<E: Engine>(log: &mut Log<E>, mark: fn(&Log<E>) -> u64) {
         log.set_commit(offset)
             .expect("the durable end and the end offset are within the log");
     }
+}
+
+/// How a group's flush went for one touched partition: the sync's result, and the high
+/// watermark after it (which decides which of its appends are acknowledged).
+struct FlushOutcome {
+    result: std::result::Result<(), Arc<storage::Error>>,
+    high_watermark: u64,
 }
 
 /// An append that is in its log but not yet acknowledged.
@@ -301,87 +308,93 @@ impl<E: Engine> Shard<E> {
         for item in &pending {
             *touched.entry(item.key.clone()).or_default() += u64::from(item.count);
         }
-        // Per touched partition: the flush's outcome and the log's high watermark after it.
-        let mut outcomes: HashMap<Key, (std::result::Result<(), Arc<storage::Error>>, u64)> =
-            HashMap::with_capacity(touched.len());
+        let mut outcomes: HashMap<Key, FlushOutcome> = HashMap::with_capacity(touched.len());
         for (key, records) in touched {
-            let p = self
-                .partitions
-                .get_mut(&key)
-                .expect("a partition with pending appends is open (closes flush first)");
-            let outcome = match p.log.poisoned_by() {
-                Some(op) => Err(storage::Error::Poisoned {
-                    dir: p.log.dir().to_owned(),
-                    op,
-                }),
-                None => match self.options.durability {
-                    Durability::Fsync => {
-                        let started = Instant::now();
-                        let synced = p.log.sync().await.map(drop);
-                        self.metrics
-                            .synced(&key.0, key.1, started.elapsed(), records);
-                        synced
-                    }
-                    Durability::Interval => {
-                        commit_to(&mut p.log, Log::end_offset);
-                        p.unsynced = true;
-                        Ok(())
-                    }
-                    Durability::None => {
-                        commit_to(&mut p.log, Log::end_offset);
-                        Ok(())
-                    }
-                },
-            };
-            // What a sync, or a roll inside the group, made durable is committed (whatever
-            // failed after it).
-            commit_to(&mut p.log, Log::durable_end);
-            p.publish();
-            let high_watermark = p.log.high_watermark();
-            outcomes.insert(key, (outcome.map_err(Arc::new), high_watermark));
+            let outcome = self.commit_partition(&key, records).await;
+            outcomes.insert(key, outcome);
         }
         ShardStats::add(&self.stats.flushes, 1);
         self.stats
             .fsyncs
             .store(self.engine.fdatasync_count(), Relaxed);
         for item in pending {
-            let (outcome, high_watermark) = outcomes
+            let outcome = outcomes
                 .get(&item.key)
                 .expect("every touched partition has an outcome");
-            // A roll inside the group seals (syncs) the segment and moves the high watermark
-            // past the appends before it: those are durable and readable whatever failed
-            // after, so they are acknowledged, not failed.
-            let committed = item.base_offset + u64::from(item.count) <= *high_watermark;
-            let result = match outcome {
-                Ok(()) => {
-                    assert!(
-                        committed,
-                        "append {}..+{} of {}/{} flushed but above the high watermark {high_watermark}",
-                        item.base_offset, item.count, item.key.0, item.key.1
-                    );
+            let result = self.acknowledge(&item, outcome);
+            send(item.reply, result);
+        }
+    }
+
+    /// Syncs (under `Fsync`) or just commits one touched partition, publishes its new high
+    /// watermark, and returns how that went.
+    async fn commit_partition(&mut self, key: &Key, records: u64) -> FlushOutcome {
+        let p = self
+            .partitions
+            .get_mut(key)
+            .expect("a partition with pending appends is open (closes flush first)");
+        let outcome = match p.log.poisoned_by() {
+            Some(op) => Err(storage::Error::Poisoned {
+                dir: p.log.dir().to_owned(),
+                op,
+            }),
+            None => match self.options.durability {
+                Durability::Fsync => {
+                    let started = Instant::now();
+                    let synced = p.log.sync().await.map(drop);
+                    self.metrics
+                        .synced(&key.0, key.1, started.elapsed(), records);
+                    synced
+                }
+                Durability::Interval => {
+                    commit_to(&mut p.log, Log::end_offset);
+                    p.unsynced = true;
                     Ok(())
                 }
-                Err(_) if committed => Ok(()),
-                Err(e) => Err(e),
-            };
-            let result = match result {
-                Ok(()) => {
-                    ShardStats::add(&self.stats.appends, 1);
-                    ShardStats::add(&self.stats.records, u64::from(item.count));
-                    Ok(AppendAck {
-                        partition: item.key.1,
-                        base_offset: item.base_offset,
-                        count: item.count,
-                    })
+                Durability::None => {
+                    commit_to(&mut p.log, Log::end_offset);
+                    Ok(())
                 }
-                Err(e) => Err(Error::Storage {
+            },
+        };
+        // What a sync, or a roll inside the group, made durable is committed (whatever
+        // failed after it).
+        commit_to(&mut p.log, Log::durable_end);
+        p.publish();
+        FlushOutcome {
+            result: outcome.map_err(Arc::new),
+            high_watermark: p.log.high_watermark(),
+        }
+    }
+
+    /// The reply to one append of a flushed group. A roll inside the group seals (syncs) the
+    /// segment and commits the appends before it: those are durable and readable whatever
+    /// failed after, so they are acknowledged, not failed.
+    fn acknowledge(&self, item: &Pending, outcome: &FlushOutcome) -> Result<AppendAck> {
+        let high_watermark = outcome.high_watermark;
+        let committed = item.base_offset + u64::from(item.count) <= high_watermark;
+        match &outcome.result {
+            Ok(()) => assert!(
+                committed,
+                "append {}..+{} of {}/{} flushed but above the high watermark {high_watermark}",
+                item.base_offset, item.count, item.key.0, item.key.1
+            ),
+            Err(e) if !committed => {
+                return Err(Error::Storage {
                     topic: item.key.0.to_string(),
                     partition: item.key.1,
                     source: e.clone(),
-                }),
-            };
-            send(item.reply, result);
+                });
+            }
+            Err(_) => {}
         }
+        ShardStats::add(&self.stats.appends, 1);
+        ShardStats::add(&self.stats.records, u64::from(item.count));
+        Ok(AppendAck {
+            partition: item.key.1,
+            base_offset: item.base_offset,
+            count: item.count,
+        })
     }
 
     async fn read(
@@ -634,8 +647,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::shard::executor::BlockingRuntime;
     use crate::shard::queue::{QueueSender, queue};
+    use crate::storage::FaultyEngine;
     use crate::storage::PortableEngine;
-    use crate::storage::faulty::FaultyEngine;
     use crate::storage::format;
 
     /// A shard context owning partition `t/0` under `dir`, with its queue's sender, the

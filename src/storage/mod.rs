@@ -4,25 +4,31 @@
 //! partition log (`log`), the small state files beside it (`state`: leader epochs, vote), and
 //! the engines that do the file I/O (`portable`, `uring`, and the fault-injecting `faulty`
 //! for crash tests) with their shared std-file helpers (`fsutil`).
+//! Its modules are private: what the shard layer, the tests and the benches use is
+//! re-exported here, so the server cannot reach into the file format.
 //! Must never: know about gRPC, topics, shards or the network. It is driven by one owner at a
 //! time (a shard task); nothing in it is `Send` or locked.
 
 mod error;
-pub mod faulty;
-pub mod format;
+mod faulty;
+pub(crate) mod format;
 pub(crate) mod fsutil;
 mod index;
-pub mod io;
+mod io;
 mod limits;
 mod log;
-pub mod portable;
+mod portable;
 mod segment;
 mod state;
 #[cfg(target_os = "linux")]
-pub mod uring;
+pub(crate) mod uring;
 
 pub use error::{Error, Result};
-pub use format::{Batch, BatchHeader, BatchMeta, Record};
+pub use faulty::FaultyEngine;
+pub use format::{
+    BATCH_HEADER_LEN, Batch, BatchHeader, BatchMeta, DecodeError, FLAG_CONTROL,
+    FLAGS_COMPRESSION_MASK, FORMAT_VERSION, Record, encode_batch, verify_batch,
+};
 pub use index::ENTRY_LEN as INDEX_ENTRY_LEN;
 pub use io::{Engine, FileStat, StoreFile};
 pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, check_range};
@@ -30,3 +36,5 @@ pub use log::{Log, OpenReport, RawBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
 pub use state::{EpochStart, StateError, Vote};
+#[cfg(target_os = "linux")]
+pub use uring::UringEngine;

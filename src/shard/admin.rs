@@ -1,0 +1,214 @@
+//! Topic creation and deletion, each with its undo: the admin half of [`ShardSet`].
+//!
+//! Owns: the order of a topic's creation (metadata durable first, then every partition open
+//! on its shard, then routable) and deletion (unroutable, metadata removed: the commit point,
+//! then logs closed and files removed), and undoing a creation that failed part-way.
+//! Must never: run concurrently with another admin operation (the set's admin mutex
+//! serializes them), or stop half done because its caller went away (`to_completion`).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::command::{Command, OpenPartition};
+use super::error::{Error, Result};
+use super::set::{PartitionRoute, ShardSet, TopicRoute};
+use super::topics::{self, TopicMeta, validate_topic_name};
+
+/// Routes for `meta`, and per shard the partitions it must open.
+pub(super) fn plan(
+    topics_dir: &Path,
+    meta: &TopicMeta,
+    shard_count: usize,
+) -> (Arc<TopicRoute>, Vec<Vec<OpenPartition>>) {
+    let name: Arc<str> = Arc::from(meta.name.as_str());
+    let mut opens: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
+    let mut partitions = Vec::with_capacity(meta.partitions as usize);
+    for (partition, &shard) in meta.shards.iter().enumerate() {
+        let partition = partition as u32;
+        let shard = shard as usize;
+        assert!(
+            shard < shard_count,
+            "topic {} partition {partition} assigned to shard {shard} of {shard_count}",
+            meta.name
+        );
+        let (tx, rx) = watch::channel(0);
+        opens[shard].push(OpenPartition {
+            topic: name.clone(),
+            partition,
+            dir: topics::partition_dir(topics_dir, &meta.name, partition),
+            high_watermark: tx,
+        });
+        partitions.push(PartitionRoute {
+            shard,
+            high_watermark: rx,
+        });
+    }
+    (Arc::new(TopicRoute { name, partitions }), opens)
+}
+/// Runs an admin operation to its end in its own task, so that a caller who goes away (a
+/// cancelled RPC drops its handler future at any await) cannot leave it half done.
+pub(super) async fn to_completion<T: Send + 'static>(
+    op: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    match tokio::spawn(op).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only the runtime shutting down cancels a spawned task.
+        Err(_) => Err(Error::ShuttingDown),
+    }
+}
+/// Runs blocking metadata I/O off the async worker threads.
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+impl ShardSet {
+    /// Creates a topic with `partitions` partitions, spread over the shards.
+    ///
+    /// # Correctness
+    /// `topic.toml` is durable before any partition is opened, and the topic is routable only
+    /// once all are open; a failure part-way removes what was made.
+    ///
+    /// Runs to its end even if the caller stops polling it (see `to_completion`).
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        let (this, name) = (self.clone(), name.to_owned());
+        to_completion(async move { this.create_topic_now(&name, partitions).await }).await
+    }
+
+    async fn create_topic_now(&self, name: &str, partitions: u32) -> Result<()> {
+        self.check_running()?;
+        validate_topic_name(name)?;
+        let max = self.inner.options.partitions_max;
+        if !(1..=max).contains(&partitions) {
+            return Err(Error::InvalidPartitionCount { partitions, max });
+        }
+        let _admin = self.inner.admin.lock().await;
+        self.check_running()?;
+        if self.topic_route(name).is_ok() {
+            return Err(Error::TopicExists {
+                topic: name.to_owned(),
+            });
+        }
+        // Under the admin lock: no other creation can slip in between this count and ours.
+        let topics = self
+            .inner
+            .routes
+            .read()
+            .expect("routes lock poisoned")
+            .len() as u64;
+        let max = u64::from(self.inner.options.topics_max);
+        if topics >= max {
+            return Err(Error::TooManyTopics { topics, max });
+        }
+        let meta = TopicMeta::new(name, partitions, self.shard_count());
+        let topics_dir = self.inner.topics_dir.clone();
+        {
+            let (meta, topics_dir) = (meta.clone(), topics_dir.clone());
+            blocking(move || {
+                // Not routable yet exists on disk: the leftover of a failed deletion.
+                topics::remove_topic_dir(&topics_dir, &meta.name)?;
+                topics::write_meta(&topics_dir, &meta)
+            })
+            .await?;
+        }
+        let (route, opens) = plan(&topics_dir, &meta, self.shard_count());
+        let involved: Vec<usize> = (0..opens.len()).filter(|&s| !opens[s].is_empty()).collect();
+        let calls = opens
+            .into_iter()
+            .enumerate()
+            .filter(|(_, open)| !open.is_empty())
+            .map(|(shard, partitions)| {
+                self.call_admin(shard, move |reply| Command::Open { partitions, reply })
+            });
+        if let Err(e) = futures::future::try_join_all(calls).await {
+            self.undo_partitions(&route, &involved).await;
+            let name = name.to_owned();
+            if let Err(cleanup) =
+                blocking(move || topics::remove_topic_dir(&topics_dir, &name)).await
+            {
+                tracing::error!(error = %cleanup, "removing a topic whose creation failed");
+            }
+            return Err(e);
+        }
+        self.inner
+            .routes
+            .write()
+            .expect("routes lock poisoned")
+            .insert(route.name.clone(), route);
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(())
+    }
+
+    /// Closes and removes the given shards' partitions of a topic, logging failures.
+    async fn undo_partitions(&self, route: &TopicRoute, shards: &[usize]) -> Option<Error> {
+        let all: Vec<u32> = (0..route.partitions.len() as u32).collect();
+        let mut first_error = None;
+        for &shard in shards {
+            let (topic, partitions) = (route.name.clone(), all.clone());
+            let closed = self
+                .call_admin(shard, move |reply| Command::Close {
+                    topic,
+                    partitions,
+                    remove: true,
+                    reply,
+                })
+                .await;
+            if let Err(e) = closed {
+                tracing::error!(topic = %route.name, shard, error = %e, "closing a topic's partitions");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error
+    }
+
+    /// Deletes a topic: it stops being routable, its metadata is removed (the commit point),
+    /// then its logs are closed and its directory removed.
+    ///
+    /// Runs to its end even if the caller stops polling it (see `to_completion`).
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let (this, name) = (self.clone(), name.to_owned());
+        to_completion(async move { this.delete_topic_now(&name).await }).await
+    }
+
+    async fn delete_topic_now(&self, name: &str) -> Result<()> {
+        self.check_running()?;
+        let _admin = self.inner.admin.lock().await;
+        self.check_running()?;
+        let route = self
+            .inner
+            .routes
+            .write()
+            .expect("routes lock poisoned")
+            .remove(name)
+            .ok_or_else(|| Error::UnknownTopic {
+                topic: name.to_owned(),
+            })?;
+        let topics_dir = self.inner.topics_dir.clone();
+        let removed = {
+            let (topics_dir, name) = (topics_dir.clone(), name.to_owned());
+            blocking(move || topics::remove_meta(&topics_dir, &name)).await
+        };
+        if let Err(e) = removed {
+            // Still on disk, so still a topic.
+            self.inner
+                .routes
+                .write()
+                .expect("routes lock poisoned")
+                .insert(route.name.clone(), route);
+            return Err(e);
+        }
+        let mut shards: Vec<usize> = route.partitions.iter().map(|p| p.shard).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let closed = self.undo_partitions(&route, &shards).await;
+        let name_owned = name.to_owned();
+        blocking(move || topics::remove_topic_dir(&topics_dir, &name_owned)).await?;
+        tracing::info!(topic = name, "topic deleted");
+        closed.map_or(Ok(()), Err)
+    }
+}
