@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
+use walrs::bench::EngineArg;
 use walrs::client::{Client, ClientTls, ReadOptions};
 use walrs::config::{self, AclEntry, Config, TlsConfig};
 use walrs::proto::v1::{AppendRequest, Record};
@@ -86,13 +87,6 @@ struct ServeArgs {
 enum LogFormatArg {
     Text,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum EngineArg {
-    Auto,
-    Uring,
-    Portable,
 }
 
 #[derive(Debug, Args)]
@@ -321,11 +315,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     if let Some(engine) = args.engine {
-        config.storage.engine = match engine {
-            EngineArg::Auto => config::EngineChoice::Auto,
-            EngineArg::Uring => config::EngineChoice::Uring,
-            EngineArg::Portable => config::EngineChoice::Portable,
-        };
+        config.storage.engine = engine.into();
     }
     if let Some(shards) = args.shards {
         config.storage.shards = shards;

@@ -670,6 +670,10 @@ impl<E: Engine> Log<E> {
         self.segments[i]
             .check_boundary(&self.engine, from_offset)
             .await?;
+        // Lowered before anything is cut: should a step below fail (and poison the log),
+        // no reader is served, and no mark claims, what was ordered cut.
+        self.commit = self.commit.min(from_offset);
+        self.durable_end = self.durable_end.min(from_offset);
         while self.segments.len() > i + 1 {
             let newest = self.segments.pop_back().expect("len > i + 1");
             let deleted = newest.delete(&self.engine).await;
@@ -682,7 +686,6 @@ impl<E: Engine> Log<E> {
             .truncate_from(&engine, from_offset, index_bytes_max)
             .await;
         self.poison("truncate", cut)?;
-        self.commit = self.commit.min(from_offset);
         // The cut is synced, and everything before it is in synced or sealed segments.
         self.durable_end = from_offset;
         assert_eq!(

@@ -522,30 +522,12 @@ impl<E: Engine> Segment<E> {
         max_bytes: u64,
         limit_offset: u64,
     ) -> Result<Vec<Batch>> {
-        for attempt in 0..2 {
-            match self
+        self.retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
+            segment
                 .try_read(engine, from_offset, max_bytes, limit_offset)
-                .await?
-            {
-                Some(batches) => return Ok(batches),
-                None if attempt == 0 => {
-                    let mut files = self.files.take().expect("opened by try_read");
-                    let rebuilt = self.rebuild_index(engine, &mut files).await;
-                    self.files = Some(files);
-                    rebuilt?;
-                }
-                None => {}
-            }
-        }
-        // The index still disagrees after a rebuild: the store itself is inconsistent.
-        Err(Error::Corrupt {
-            segment: self.store_path.clone(),
-            position: 0,
-            source: DecodeError::OffsetOutOfOrder {
-                expected: from_offset,
-                found: self.base_offset,
-            },
+                .await
         })
+        .await
     }
 
     /// Reads the stored bytes of the batches from the one holding `from_offset` on, that
@@ -596,6 +578,37 @@ impl<E: Engine> Segment<E> {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Runs a read attempt; when it finds the index disagreeing with the store (`None`),
+    /// rebuilds the index from the store and tries once more.
+    async fn retry_after_rebuild<T>(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        mut attempt: impl AsyncFnMut(&mut Self) -> Result<Option<T>>,
+    ) -> Result<T> {
+        for round in 0..2 {
+            match attempt(self).await? {
+                Some(found) => return Ok(found),
+                None if round == 0 => {
+                    let mut files = self.files.take().expect("opened by the attempt");
+                    let rebuilt = self.rebuild_index(engine, &mut files).await;
+                    self.files = Some(files);
+                    rebuilt?;
+                }
+                None => {}
+            }
+        }
+        // The index still disagrees after a rebuild: the store itself is inconsistent.
+        Err(Error::Corrupt {
+            segment: self.store_path.clone(),
+            position: 0,
+            source: DecodeError::OffsetOutOfOrder {
+                expected: from_offset,
+                found: self.base_offset,
+            },
+        })
     }
 
     /// One read attempt; `None` when the index disagrees with the store (rebuild and retry).
@@ -651,11 +664,27 @@ impl<E: Engine> Segment<E> {
         max_bytes: u64,
         limit_offset: u64,
     ) -> Result<Vec<(BatchHeader, Bytes)>> {
+        self.retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
+            segment
+                .try_read_raw(engine, from_offset, max_bytes, limit_offset)
+                .await
+        })
+        .await
+    }
+
+    /// One raw read attempt; `None` when the index disagrees with the store.
+    async fn try_read_raw(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        max_bytes: u64,
+        limit_offset: u64,
+    ) -> Result<Option<Vec<(BatchHeader, Bytes)>>> {
         let Some((entries, bytes)) = self
             .read_span(engine, from_offset, max_bytes, limit_offset)
             .await?
         else {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         };
         let start = entries[0].position;
         let mut batches = Vec::with_capacity(entries.len());
@@ -669,10 +698,7 @@ impl<E: Engine> Segment<E> {
             };
             let header = format::verify_batch(&slice).map_err(corrupt)?;
             if header.base_offset != entry.offset || header.batch_len != entry.batch_len {
-                return Err(corrupt(DecodeError::OffsetOutOfOrder {
-                    expected: entry.offset,
-                    found: header.base_offset,
-                }));
+                return Ok(None);
             }
             if header.next_offset() > limit_offset {
                 break;
@@ -684,9 +710,9 @@ impl<E: Engine> Segment<E> {
             .is_some_and(|(h, _)| h.next_offset() <= from_offset)
         {
             self.past_last_batch()?;
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
-        Ok(batches)
+        Ok(Some(batches))
     }
 
     /// The index position of the batch starting exactly at `offset`, or why there is none.

@@ -185,7 +185,7 @@ impl Engine for UringEngine {
     /// The unlink goes through io_uring; the existence check is a `stat` and the directory
     /// sync blocks (see [`sync_parent_dir`]).
     async fn remove_if_exists(&self, path: &Path) -> io::Result<bool> {
-        if std::fs::symlink_metadata(path).is_err() {
+        if !exists(path)? {
             return Ok(false);
         }
         glommio::io::remove(path).await.map_err(io::Error::from)?;
@@ -194,7 +194,7 @@ impl Engine for UringEngine {
     }
 
     async fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        if std::fs::symlink_metadata(path).is_err() {
+        if !exists(path)? {
             return Ok(None);
         }
         let file = glommio::io::BufferedFile::open(path)
@@ -259,6 +259,17 @@ impl Engine for UringEngine {
         len_bytes: u64,
     ) -> io::Result<()> {
         file.set_len(len_bytes)
+    }
+}
+
+/// Whether `path` exists. Only "not found" is a no: any other error (permissions, I/O) is
+/// reported, so that a vote or epoch file that cannot be read is never taken for an absent
+/// one (which would forget a vote, or the epoch history).
+fn exists(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
