@@ -1171,57 +1171,40 @@ async fn an_oversized_message_is_resource_exhausted_naming_the_limit() {
     server.shutdown().await;
 }
 
+/// Asks the reflection service of one protocol version (`v1` or `v1alpha`: the same
+/// messages in two generated modules) for its services, and checks `walrs.v1.Log` is listed.
+macro_rules! assert_reflection_lists_log {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut client = ServerReflectionClient::new($channel);
+        let mut answers = client
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("{}: not a service list: {answer:?}", stringify!($version));
+        };
+        assert!(
+            list.service.iter().any(|s| s.name == "walrs.v1.Log"),
+            "{list:?}"
+        );
+    }};
+}
+
 #[tokio::test]
 async fn reflection_is_served_as_v1_and_v1alpha() {
     let server = TestServer::start().await;
     let channel = server.channel("root").await;
-    {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut client = ServerReflectionClient::new(channel.clone());
-        let mut answers = client
-            .server_reflection_info(futures::stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let answer = answers.next().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-            panic!("v1: not a service list: {answer:?}");
-        };
-        assert!(
-            list.service.iter().any(|s| s.name == "walrs.v1.Log"),
-            "{list:?}"
-        );
-    }
-    {
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut client = ServerReflectionClient::new(channel);
-        let mut answers = client
-            .server_reflection_info(futures::stream::iter([request]))
-            .await
-            .unwrap()
-            .into_inner();
-        let answer = answers.next().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
-            panic!("v1alpha: not a service list: {answer:?}");
-        };
-        assert!(
-            list.service.iter().any(|s| s.name == "walrs.v1.Log"),
-            "{list:?}"
-        );
-    }
+    assert_reflection_lists_log!(v1, channel.clone());
+    assert_reflection_lists_log!(v1alpha, channel);
     server.shutdown().await;
 }
