@@ -220,7 +220,12 @@ async fn every_rpc_round_trips() {
     assert_eq!(streamed, vec![b"a".to_vec(), b"b".to_vec()]);
 
     let truncated = client.truncate("orders", 1, 1).await.unwrap();
-    assert!(truncated.start_offset <= 1);
+    assert_eq!(truncated.start_offset, 1, "the log starts where it was cut");
+    let below = client
+        .read("orders", 1, 0, ReadOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(below.code(), Code::OutOfRange, "{below:?}");
 
     let topics = client.list_topics().await.unwrap().topics;
     let names: Vec<_> = topics
