@@ -678,12 +678,25 @@ async fn relaxed_durability_acks_and_serves(durability: Durability, flush_interv
             25
         );
     }
-    if durability == Durability::Interval {
-        tokio::time::sleep(Duration::from_millis(flush_interval_ms * 5)).await;
-        assert!(
-            set.total_stats().fsyncs > fsyncs_before_appends,
-            "the interval timer syncs"
-        );
+    match durability {
+        Durability::None => assert_eq!(
+            set.total_stats().fsyncs,
+            fsyncs_before_appends,
+            "durability = none: appends make no fdatasync"
+        ),
+        Durability::Interval => {
+            // Waits on the event (the shard's fsync counter), with a deadline far past the
+            // interval, not on a fixed sleep.
+            let deadline = Instant::now() + Duration::from_millis(flush_interval_ms * 1000);
+            while set.total_stats().fsyncs == fsyncs_before_appends {
+                assert!(
+                    Instant::now() < deadline,
+                    "the interval timer never synced ({flush_interval_ms} ms interval)"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Durability::Fsync => unreachable!("relaxed durability only"),
     }
     set.shutdown().await.unwrap();
     let set = ShardSet::start(o).unwrap();
@@ -855,30 +868,59 @@ async fn appends_racing_shutdown_all_resolve() {
         let mut o = options(dir.path(), 2);
         o.queue_depth_max = 8;
         o.enqueue_timeout_ms = 1_000;
-        let set = ShardSet::start(o).unwrap();
+        let set = ShardSet::start(o.clone()).unwrap();
         set.create_topic("r", 4).await.unwrap();
         let tasks: Vec<_> = (0..16u32)
             .map(|i| {
                 let set = set.clone();
                 tokio::spawn(async move {
+                    // Every acknowledged append: (partition, offset, value).
+                    let mut acked = Vec::new();
                     for n in 0..10_000u32 {
-                        match set.append("r", i % 4, vec![record(n.to_le_bytes())]).await {
-                            Ok(_) => {}
-                            Err(Error::ShuttingDown) => return,
+                        let value = (i * 10_000 + n).to_le_bytes();
+                        match set.append("r", i % 4, vec![record(value)]).await {
+                            Ok(ack) => acked.push((i % 4, ack.base_offset, value)),
+                            Err(Error::ShuttingDown) => return acked,
                             Err(e) => panic!("unexpected error: {e}"),
                         }
                     }
+                    acked
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Shut down once appends are flowing (an event, not a sleep).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while set.total_stats().appends < 32 {
+            assert!(Instant::now() < deadline, "no appends were acknowledged");
+            tokio::task::yield_now().await;
+        }
         set.shutdown().await.unwrap();
+        let mut acked = Vec::new();
         for t in tasks {
-            tokio::time::timeout(Duration::from_secs(10), t)
+            let task_acked = tokio::time::timeout(Duration::from_secs(10), t)
                 .await
                 .expect("an append racing shutdown hangs")
                 .unwrap();
+            acked.extend(task_acked);
         }
+        assert!(
+            acked.len() >= 32,
+            "only {} appends acknowledged",
+            acked.len()
+        );
+        // Everything acknowledged before the shutdown is there after a restart.
+        let set = ShardSet::start(o).unwrap();
+        for p in 0..4 {
+            let stored = read_all(&set, "r", p).await;
+            for (_, offset, value) in acked.iter().filter(|(q, _, _)| *q == p) {
+                let record = stored
+                    .iter()
+                    .find(|r| r.offset == *offset)
+                    .unwrap_or_else(|| panic!("acked offset {offset} of r/{p} is lost"));
+                assert_eq!(&record.value[..], &value[..], "r/{p} offset {offset}");
+            }
+        }
+        set.shutdown().await.unwrap();
     }
 }
 
