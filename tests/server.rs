@@ -302,13 +302,17 @@ async fn read_stream_follow_receives_later_appends() {
     }
     let want: Vec<Vec<u8>> = (0..5).map(|i| format!("r{i}").into_bytes()).collect();
     assert_eq!(got, want);
-    // Shutdown ends the follow rather than waiting for it.
+    // Shutdown ends the follow rather than waiting for it: no record comes, the stream ends
+    // (or says UNAVAILABLE).
     server.shutdown().await;
-    assert!(
-        tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .is_ok()
-    );
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("shutdown ends the follow");
+    match end {
+        None => {}
+        Some(Err(status)) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Some(Ok(response)) => panic!("a response after shutdown: {response:?}"),
+    }
 }
 
 /// Regression: one connection could open unboundedly many HTTP/2 streams; now a call past
@@ -807,9 +811,19 @@ async fn every_error_code_of_the_table() {
         .unwrap();
     let _caught_up = follow.next().await;
     server.shutdown().await;
-    while let Some(item) = follow.next().await {
-        let _ = item;
-    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(item) = follow.next().await {
+            match item {
+                Ok(response) => assert!(
+                    response.records.is_empty(),
+                    "no record was appended after offset 1: {response:?}"
+                ),
+                Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "shutdown ends an open follow");
     let status = code(client.list_topics().await.map(|_| ()));
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
