@@ -128,7 +128,11 @@ impl TestServer {
     }
 
     fn stats(&self) -> walrs::server::ServerStatsSnapshot {
-        self.running.as_ref().unwrap().stats().snapshot()
+        self.running().stats().snapshot()
+    }
+
+    fn running(&self) -> &walrs::server::Running {
+        self.running.as_ref().expect("the server is running")
     }
 
     async fn shutdown(mut self) {
@@ -958,7 +962,16 @@ async fn appends_past_the_inflight_byte_budget_are_refused_and_change_nothing() 
         let records = big();
         tokio::spawn(async move { client.append("budget", Some(0), records).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The first append holds its bytes (an event: the server's in-flight byte count), for
+    // as long as its flush lingers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.running().inflight_append_bytes() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first append never got in flight"
+        );
+        tokio::task::yield_now().await;
+    }
     let refused = client.append("budget", Some(0), big()).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(

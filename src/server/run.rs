@@ -60,9 +60,18 @@ pub struct Running {
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
+    /// The append byte budget and its size, for [`Running::inflight_append_bytes`].
+    append_budget: (Arc<tokio::sync::Semaphore>, usize),
 }
 
 impl Running {
+    /// Record bytes of appends accepted and not yet acknowledged, server-wide (what
+    /// `server.inflight_append_bytes_max` bounds).
+    pub fn inflight_append_bytes(&self) -> u64 {
+        let (budget, size) = &self.append_budget;
+        (size - budget.available_permits()) as u64
+    }
+
     /// The address the server listens on (the real port when the config said `:0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -219,6 +228,8 @@ pub async fn start(config: Config) -> Result<Running> {
         draining_rx.clone(),
         in_flight.clone(),
     );
+    let append_budget = service.append_budget();
+    let append_budget = (append_budget.clone(), append_budget.available_permits());
     let decode_max = request_limit(&config).bytes_max;
     let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;
     let log_server = LogServer::new(service)
@@ -306,5 +317,6 @@ pub async fn start(config: Config) -> Result<Running> {
         stats,
         stop: Some(stop_tx),
         task,
+        append_budget,
     })
 }

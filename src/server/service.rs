@@ -84,6 +84,11 @@ impl LogService {
         }
     }
 
+    /// The server-wide budget of record bytes in flight (`server.inflight_append_bytes_max`).
+    pub(crate) fn append_budget(&self) -> Arc<tokio::sync::Semaphore> {
+        self.inner.append_budget.clone()
+    }
+
     /// The caller's identity for a log line, asked only when it is needed.
     fn identity<'a>(&'a self, request: &'a Request<()>) -> impl FnOnce() -> Option<String> + 'a {
         move || self.inner.identity_of(request)
