@@ -19,7 +19,7 @@ use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use walrs::client::{Client, ClientTls, ReadOptions, record};
 use walrs::config::Config;
-use walrs::proto::v1::AppendRequest;
+use walrs::proto::v1::{AppendRequest, Record};
 
 const RECORD_BYTES_MAX: u64 = 16 * 1024;
 
@@ -886,55 +886,163 @@ async fn process_client(dir: &Path, addr: SocketAddr) -> Client {
     .unwrap()
 }
 
-#[tokio::test]
+/// Every record of a partition, from its start, read in as many calls as it takes.
+async fn read_everything(client: &Client, topic: &str, partition: u32) -> Vec<Record> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    loop {
+        let read = client
+            .read(topic, partition, offset, ReadOptions::default())
+            .await
+            .unwrap();
+        if read.records.is_empty() {
+            assert_eq!(offset, read.high_watermark, "an empty read is at the end");
+            return records;
+        }
+        offset = read.next_offset;
+        records.extend(read.records);
+    }
+}
+
+/// Appends from 4 tasks until the server goes away; returns every acknowledged record.
+fn appenders(
+    client: &Client,
+    topic: &'static str,
+) -> Vec<tokio::task::JoinHandle<Vec<(u32, u64, Vec<u8>)>>> {
+    (0..4u32)
+        .map(|task| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..1_000_000u32 {
+                    let value = format!("task-{task}-value-{i}").into_bytes();
+                    let appended = client
+                        .append(topic, Some(task % 2), vec![record("", value.clone())])
+                        .await;
+                    match appended {
+                        Ok(ack) => acked.push((ack.partition, ack.base_offset, value)),
+                        Err(_) => break, // the server is gone
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
+/// kill -9 lands while appenders are running, not between acks: every acknowledged record
+/// is there after the restart, and the next append gets an offset past all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_keeps_every_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut process = spawn_server(dir.path());
     let client = process_client(dir.path(), process.addr).await;
-    let mut acked: BTreeMap<(u32, u64), Vec<u8>> = BTreeMap::new();
-    for i in 0..200u32 {
-        let value = format!("value-{i}").into_bytes();
-        let ack = client
-            .append("crash", Some(i % 2), vec![record("", value.clone())])
-            .await
-            .unwrap();
-        acked.insert((ack.partition, ack.base_offset), value);
+    client.create_topic("crash", 2).await.unwrap();
+    let tasks = appenders(&client, "crash");
+    // Kill once appends are flowing: wait on the server's own count of stored records.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let described = client.describe_topic("crash").await.unwrap();
+        if described
+            .partitions
+            .iter()
+            .map(|p| p.high_watermark)
+            .sum::<u64>()
+            >= 200
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "appends never flowed");
+        tokio::task::yield_now().await;
     }
-    process.child.kill().unwrap(); // SIGKILL
+    process.child.kill().unwrap(); // SIGKILL, with appends in flight
     process.child.wait().unwrap();
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(
+        acked.len() >= 200,
+        "only {} appends acknowledged",
+        acked.len()
+    );
 
     let mut process = spawn_server(dir.path());
     let client = process_client(dir.path(), process.addr).await;
     for partition in 0..2 {
-        let read = client
-            .read("crash", partition, 0, ReadOptions::default())
+        let stored: BTreeMap<u64, Vec<u8>> = read_everything(&client, "crash", partition)
+            .await
+            .into_iter()
+            .map(|r| (r.offset, r.value.to_vec()))
+            .collect();
+        let mut highest = None;
+        for (_, offset, value) in acked.iter().filter(|(p, _, _)| *p == partition) {
+            assert_eq!(
+                stored.get(offset),
+                Some(value),
+                "acknowledged record crash/{partition} @ {offset} lost"
+            );
+            highest = highest.max(Some(*offset));
+        }
+        let next = client
+            .append("crash", Some(partition), vec![record("", "after")])
             .await
             .unwrap();
-        for r in read.records {
-            if let Some(value) = acked.remove(&(partition, r.offset)) {
-                assert_eq!(value, r.value);
-            }
-        }
+        assert!(
+            highest.is_none_or(|h| next.base_offset > h),
+            "offset {} reused after the crash (highest acked {highest:?})",
+            next.base_offset
+        );
     }
-    assert!(acked.is_empty(), "acknowledged records lost: {acked:?}");
     process.child.kill().unwrap();
     process.child.wait().unwrap();
 }
 
+/// SIGTERM drains and exits 0 in bounded time, and a restart finds every record.
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut process = spawn_server(dir.path());
     let client = process_client(dir.path(), process.addr).await;
-    client
-        .append("t", None, vec![record("", "v")])
-        .await
-        .unwrap();
+    client.create_topic("t", 1).await.unwrap();
+    for i in 0..20 {
+        client
+            .append("t", Some(0), vec![record("", format!("v{i}"))])
+            .await
+            .unwrap();
+    }
     let pid = process.child.id() as libc::pid_t;
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = process.child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert!(status.success(), "exit status {status:?}");
+
+    let mut process = spawn_server(dir.path());
+    let client = process_client(dir.path(), process.addr).await;
+    let values: Vec<Vec<u8>> = read_everything(&client, "t", 0)
+        .await
+        .into_iter()
+        .map(|r| r.value.to_vec())
+        .collect();
+    let want: Vec<Vec<u8>> = (0..20).map(|i| format!("v{i}").into_bytes()).collect();
+    assert_eq!(values, want, "a clean shutdown keeps everything");
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
 }
 
 /// Regression: the bytes held by queued appends were bounded only per stream and per
