@@ -904,11 +904,11 @@ async fn read_everything(client: &Client, topic: &str, partition: u32) -> Vec<Re
     }
 }
 
+/// Acknowledged appends: (partition, offset, value).
+type Acked = Vec<(u32, u64, Vec<u8>)>;
+
 /// Appends from 4 tasks until the server goes away; returns every acknowledged record.
-fn appenders(
-    client: &Client,
-    topic: &'static str,
-) -> Vec<tokio::task::JoinHandle<Vec<(u32, u64, Vec<u8>)>>> {
+fn appenders(client: &Client, topic: &'static str) -> Vec<tokio::task::JoinHandle<Acked>> {
     (0..4u32)
         .map(|task| {
             let client = client.clone();
