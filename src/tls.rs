@@ -235,11 +235,25 @@ mod tests {
     use super::*;
     use crate::certs::CertAuthority;
 
+    /// Whoever installed the process default first (this or an earlier test), it must be
+    /// ring's provider: the same cipher suites and key exchange groups, in the same order.
     #[test]
-    fn install_is_idempotent() {
+    fn install_is_idempotent_and_installs_ring() {
         install_crypto_provider();
         install_crypto_provider();
-        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let ring = rustls::crypto::ring::default_provider();
+        let suites = |p: &rustls::crypto::CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .collect::<Vec<_>>()
+        };
+        let groups = |p: &rustls::crypto::CryptoProvider| {
+            p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>()
+        };
+        assert_eq!(suites(installed), suites(&ring));
+        assert_eq!(groups(installed), groups(&ring));
     }
 
     #[test]

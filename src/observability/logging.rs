@@ -65,7 +65,13 @@ impl RateLimit {
     /// `Some(held back since the last one)` when a warning may be logged now, else `None`
     /// (and this one is counted as held back).
     pub fn check(&self) -> Option<u64> {
-        let now = epoch().elapsed().as_millis() as u64 + 1;
+        self.check_at(epoch().elapsed().as_millis() as u64)
+    }
+
+    /// [`RateLimit::check`] at `now_ms`, milliseconds on a monotonic clock (the clock is the
+    /// caller's, so that tests can drive it).
+    fn check_at(&self, now_ms: u64) -> Option<u64> {
+        let now = now_ms + 1;
         let last = self.last_ms.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < self.period_ms {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -92,15 +98,22 @@ mod tests {
     #[test]
     fn a_rate_limit_lets_one_through_per_period_and_counts_the_rest() {
         let limit = RateLimit::new(Duration::from_millis(200));
-        assert_eq!(limit.check(), Some(0));
-        assert_eq!(limit.check(), None);
-        assert_eq!(limit.check(), None);
-        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(limit.check_at(1_000), Some(0));
+        assert_eq!(limit.check_at(1_000), None);
+        assert_eq!(limit.check_at(1_199), None, "still inside the period");
         assert_eq!(
-            limit.check(),
+            limit.check_at(1_200),
             Some(2),
-            "the next one reports the two held back"
+            "one period on, the next one reports the two held back"
         );
-        assert_eq!(limit.check(), None);
+        assert_eq!(limit.check_at(1_201), None);
+        assert_eq!(limit.check_at(5_000), Some(1));
+    }
+
+    #[test]
+    fn the_first_warning_at_time_zero_gets_through() {
+        let limit = RateLimit::new(Duration::from_secs(1));
+        assert_eq!(limit.check_at(0), Some(0));
+        assert_eq!(limit.check_at(999), None);
     }
 }
