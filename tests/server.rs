@@ -1348,3 +1348,70 @@ async fn reflection_is_served_as_v1_and_v1alpha() {
     assert_reflection_lists_log!(v1alpha, channel);
     server.shutdown().await;
 }
+
+/// The read limits of `[server]` hold through the server: `read_bytes_max` caps a
+/// response's bytes (in whole batches), `read_records_max` its records, and
+/// `read_max_wait_ms_max` a long poll's wait, whatever the request asks.
+#[tokio::test]
+async fn read_limits_are_enforced_whatever_the_request_asks() {
+    const KIB: u64 = 1024;
+    let server = TestServer::start_with(|c| {
+        c.storage.record_bytes_max = 16 * KIB;
+        c.storage.batch_bytes_max = 64 * KIB;
+        c.storage.flush_bytes_max = 64 * KIB;
+        c.server.inflight_append_bytes_max = 64 * KIB;
+        c.server.read_bytes_max = 64 * KIB;
+        c.server.read_records_max = 8;
+        c.server.read_max_wait_ms_max = 50;
+    })
+    .await;
+    let client = server.client("root").await;
+    client.create_topic("limits", 2).await.unwrap();
+    let asks_everything = ReadOptions {
+        max_records: u32::MAX,
+        max_bytes: u32::MAX,
+        max_wait_ms: 0,
+    };
+
+    // Partition 0: ten batches of one 10 KiB record. Six batches fit in 64 KiB, seven do
+    // not, and six is below the record cap: the byte cap decides.
+    for _ in 0..10 {
+        client
+            .append("limits", Some(0), vec![record("", vec![7u8; 10 * 1024])])
+            .await
+            .unwrap();
+    }
+    let read = client.read("limits", 0, 0, asks_everything).await.unwrap();
+    assert_eq!(read.records.len(), 6, "read_bytes_max caps the bytes");
+
+    // Partition 1: one batch of twenty small records: the record cap decides.
+    let records = (0..20).map(|i| record("", format!("r{i}"))).collect();
+    client.append("limits", Some(1), records).await.unwrap();
+    let read = client.read("limits", 1, 0, asks_everything).await.unwrap();
+    assert_eq!(read.records.len(), 8, "read_records_max caps the records");
+    assert_eq!(read.next_offset, 8);
+
+    // A long poll at the end waits at most read_max_wait_ms_max, not the hour it asks for.
+    let started = std::time::Instant::now();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.read(
+            "limits",
+            1,
+            20,
+            ReadOptions {
+                max_wait_ms: 3_600_000,
+                ..asks_everything
+            },
+        ),
+    )
+    .await
+    .expect("the wait is capped by read_max_wait_ms_max")
+    .unwrap();
+    assert!(waited.records.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(50),
+        "it did wait"
+    );
+    server.shutdown().await;
+}
