@@ -950,3 +950,40 @@ async fn concurrent_creates_cannot_exceed_topics_max() {
     assert_eq!(set.list_topics().len(), 3);
     set.shutdown().await.unwrap();
 }
+
+/// Background maintenance runs on the shard's own timer, not only when called: an aged
+/// active segment is rolled, and the sealed segment is then deleted by retention, which
+/// moves the start offset. Deadlines derive from the configured intervals.
+#[tokio::test]
+async fn maintenance_rolls_aged_segments_and_applies_retention_on_its_timer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path(), 1);
+    o.maintenance_interval_ms = 10;
+    o.log.segment_ms = 50;
+    o.log.retention_ms = 100;
+    let set = ShardSet::start(o.clone()).unwrap();
+    set.create_topic("m", 1).await.unwrap();
+    set.append("m", 0, vec![record("old")]).await.unwrap();
+    let budget_ms = 200 * (o.maintenance_interval_ms + o.log.segment_ms + o.log.retention_ms);
+    let deadline = Instant::now() + Duration::from_millis(budget_ms);
+    loop {
+        let p = set.describe_topic("m").await.unwrap().partitions[0];
+        if p.start_offset == 1 {
+            assert_eq!(p.end_offset, 1, "offsets are never reused");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no roll and retention within {budget_ms} ms: {p:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(o.maintenance_interval_ms)).await;
+    }
+    assert!(matches!(
+        set.read("m", 0, 0, 1 << 20, 0).await,
+        Err(Error::Storage { .. })
+    ));
+    // The log goes on after the roll.
+    let ack = set.append("m", 0, vec![record("new")]).await.unwrap();
+    assert_eq!(ack.base_offset, 1);
+    set.shutdown().await.unwrap();
+}
