@@ -245,6 +245,14 @@ fn main() {
             drop(server);
             pair[usize::from(metrics_on)] = rate;
         }
+        // A smoke run checks that both servers served appends, not how fast (no timed
+        // asserts: the "under 3%" target is a benchmark figure, see BENCHMARKS.md).
+        assert!(
+            pair[0] > 0.0 && pair[1] > 0.0,
+            "round {round}: a server served no appends (off {}, on {})",
+            pair[0],
+            pair[1]
+        );
         println!(
             "| {round} | {:.0} | {:.0} | {:.3} |",
             pair[0],
@@ -256,6 +264,9 @@ fn main() {
         on.push(pair[1]);
     }
     per_append_cost(smoke);
+    if smoke {
+        println!("smoke run (cargo test): both servers served appends; figures are not measured");
+    }
     if rounds == 0 {
         return;
     }
