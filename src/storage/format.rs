@@ -236,12 +236,9 @@ pub fn batch_len(records: &[Record]) -> usize {
 /// Panics when `records` is empty or `dst` has the wrong length.
 pub fn encode_batch_into(dst: &mut [u8], base_offset: u64, meta: &BatchMeta, records: &[Record]) {
     assert!(!records.is_empty(), "a batch needs at least one record");
-    let batch_len = batch_len(records);
-    assert_eq!(
-        dst.len(),
-        batch_len,
-        "destination of the wrong size for the batch"
-    );
+    // The caller measured the batch (`LogLimits::check`) and sized `dst` by it; the asserts
+    // below catch a wrong size without measuring the batch again.
+    let batch_len = dst.len();
     let batch_len_u32 =
         u32::try_from(batch_len).expect("batch length checked against batch_bytes_max");
     let record_count = u32::try_from(records.len()).expect("record count fits u32");
@@ -272,7 +269,8 @@ pub fn encode_batch_into(dst: &mut [u8], base_offset: u64, meta: &BatchMeta, rec
 
     for (index, record) in records.iter().enumerate() {
         let start = buf.len;
-        let record_len = u32::try_from(record.encoded_len() - 4).expect("record length fits u32");
+        let encoded_len = record.encoded_len();
+        let record_len = u32::try_from(encoded_len - 4).expect("record length fits u32");
         buf.extend_from_slice(&record_len.to_le_bytes());
         buf.extend_from_slice(
             &record
@@ -293,7 +291,7 @@ pub fn encode_batch_into(dst: &mut [u8], base_offset: u64, meta: &BatchMeta, rec
         }
         assert_eq!(
             buf.len - start,
-            record.encoded_len(),
+            encoded_len,
             "record {index} encoded to the wrong size"
         );
     }
@@ -404,24 +402,58 @@ pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
     Ok(header)
 }
 
-/// Decodes a whole batch after checking it (see [`verify_batch`]). Copies the record bytes;
-/// [`decode_batch_shared`] slices a shared buffer instead.
-pub fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
-    decode_batch_shared(&Bytes::copy_from_slice(bytes))
-}
-
 /// Decodes a whole batch after checking it; keys, values and header values are slices of
 /// `bytes` (no copy).
 pub fn decode_batch_shared(bytes: &Bytes) -> Result<Batch, DecodeError> {
     let header = verify_batch(bytes)?;
-    let body_at = header.header_len();
-    let mut cursor = Cursor {
-        bytes: &bytes[body_at..header.batch_len as usize],
-        position: 0,
-    };
-    // A sub-slice of `cursor.bytes` as a shared `Bytes`.
+    // A sub-slice of `bytes` as a shared `Bytes`.
     let share = |slice: &[u8]| bytes.slice_ref(slice);
     let mut records = Vec::with_capacity(header.record_count as usize);
+    walk_records(bytes, &header, |record| {
+        records.push(Record {
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            key: share(record.key),
+            value: share(record.value),
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), share(value)))
+                .collect(),
+        });
+    })?;
+    Ok(Batch { header, records })
+}
+
+/// Checks a whole batch, its records included, without decoding it into records (nothing is
+/// copied or allocated but a header list per record that has headers): what a follower
+/// needs before it stores bytes as they are.
+pub fn verify_batch_records(bytes: &[u8]) -> Result<BatchHeader, DecodeError> {
+    let header = verify_batch(bytes)?;
+    walk_records(bytes, &header, |_| {})?;
+    Ok(header)
+}
+
+/// One record inside a batch, borrowed from the batch's bytes.
+struct RecordView<'a> {
+    offset: u64,
+    timestamp_ms: i64,
+    key: &'a [u8],
+    value: &'a [u8],
+    headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// Walks the records of a verified batch (`header` is `verify_batch`'s), checking each
+/// against the record table, and hands each to `visit`.
+fn walk_records<'a>(
+    bytes: &'a [u8],
+    header: &BatchHeader,
+    mut visit: impl FnMut(RecordView<'a>),
+) -> Result<(), DecodeError> {
+    let mut cursor = Cursor {
+        bytes: &bytes[header.header_len()..header.batch_len as usize],
+        position: 0,
+    };
     let mut previous_delta: Option<u32> = None;
     for index in 0..header.record_count {
         let bad = |what| DecodeError::BadRecord { index, what };
@@ -438,23 +470,21 @@ pub fn decode_batch_shared(bytes: &Bytes) -> Result<Batch, DecodeError> {
             return Err(bad("offset delta out of order"));
         }
         previous_delta = Some(offset_delta);
-        let key = share(cursor.bytes_u32().ok_or(bad("truncated key"))?);
-        let value = share(cursor.bytes_u32().ok_or(bad("truncated value"))?);
+        let key = cursor.bytes_u32().ok_or(bad("truncated key"))?;
+        let value = cursor.bytes_u32().ok_or(bad("truncated value"))?;
         let header_count = cursor.u32().ok_or(bad("truncated header count"))?;
         let mut headers = Vec::new();
         for _ in 0..header_count {
             let name_len = cursor.u16().ok_or(bad("truncated header name length"))? as usize;
             let name = cursor.take(name_len).ok_or(bad("truncated header name"))?;
-            let name = std::str::from_utf8(name)
-                .map_err(|_| bad("header name is not UTF-8"))?
-                .to_owned();
-            let value = share(cursor.bytes_u32().ok_or(bad("truncated header value"))?);
+            let name = std::str::from_utf8(name).map_err(|_| bad("header name is not UTF-8"))?;
+            let value = cursor.bytes_u32().ok_or(bad("truncated header value"))?;
             headers.push((name, value));
         }
         if cursor.position != record_end {
             return Err(bad("length disagrees with contents"));
         }
-        records.push(Record {
+        visit(RecordView {
             offset: header.base_offset + u64::from(offset_delta),
             timestamp_ms: header.first_timestamp_ms.wrapping_add(timestamp_delta_ms),
             key,
@@ -474,7 +504,7 @@ pub fn decode_batch_shared(bytes: &Bytes) -> Result<Batch, DecodeError> {
             what: "last offset delta disagrees with header",
         });
     }
-    Ok(Batch { header, records })
+    Ok(())
 }
 
 struct Cursor<'a> {
@@ -527,6 +557,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decodes a copy of `bytes` (the tests' batches are plain vectors).
+    fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
+        decode_batch_shared(&Bytes::copy_from_slice(bytes))
+    }
 
     fn record(key: &[u8], value: &[u8], timestamp_ms: i64) -> Record {
         Record {

@@ -325,7 +325,6 @@ impl<E: Engine> Log<E> {
             .expect("offsets exhausted");
         self.roll_if_full(batch_bytes).await?;
         self.note_epoch(term, base_offset).await?;
-        debug_assert_eq!(format::batch_len(records), batch_bytes);
         let meta = BatchMeta {
             leader_epoch: term,
             ..BatchMeta::default()
@@ -350,8 +349,8 @@ impl<E: Engine> Log<E> {
     /// As for [`Log::append_in_term`].
     pub async fn append_encoded(&mut self, bytes: &[u8]) -> Result<u64> {
         self.check_writable()?;
-        let batch = format::decode_batch(bytes).map_err(|source| Error::BadBatch { source })?;
-        let header = batch.header;
+        let header =
+            format::verify_batch_records(bytes).map_err(|source| Error::BadBatch { source })?;
         if header.batch_len as usize != bytes.len() {
             return Err(Error::BadBatch {
                 source: format::DecodeError::ShortBatch {
