@@ -27,10 +27,6 @@ const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 
 impl Inner {
     /// The record and byte caps of a read: 0 or anything above the server's limit is the limit.
-    fn read_limits(&self, read: &ReadRequest) -> (u64, usize) {
-        read_limits(read, &self.config.server)
-    }
-
     pub(super) fn check_read(&self, request: &Request<()>, read: &ReadRequest) -> Result<()> {
         self.check_running()?;
         self.check_topic_name(&read.topic)?;
@@ -40,17 +36,26 @@ impl Inner {
 
     /// One read, without waiting.
     async fn read_once(&self, read: &ReadRequest, offset: u64) -> Result<ReadResponse> {
-        let (bytes, records) = self.read_limits(read);
+        let (bytes, records) = read_limits(read, &self.config.server);
         let result = self
             .shards
             .read(&read.topic, read.partition, offset, bytes, records)
             .await?;
-        if !result.records.is_empty() {
-            let bytes: u64 = result.records.iter().map(|r| r.encoded_len() as u64).sum();
-            observability::bytes_and_records_out(&read.topic, result.records.len() as u64, bytes);
+        // One pass: measure (for the bytes-out counter) and convert.
+        let mut bytes = 0u64;
+        let records: Vec<Record> = result
+            .records
+            .into_iter()
+            .map(|r| {
+                bytes += r.encoded_len() as u64;
+                Record::from(r)
+            })
+            .collect();
+        if !records.is_empty() {
+            observability::bytes_and_records_out(&read.topic, records.len() as u64, bytes);
         }
         Ok(ReadResponse {
-            records: result.records.into_iter().map(Record::from).collect(),
+            records,
             high_watermark: result.high_watermark,
             next_offset: result.next_offset,
         })

@@ -60,16 +60,17 @@ pub struct Running {
     stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
-    /// The append byte budget and its size, for [`Running::inflight_append_bytes`].
-    append_budget: (Arc<tokio::sync::Semaphore>, usize),
+    /// The append byte budget (`server.inflight_append_bytes_max`), for
+    /// [`Running::inflight_append_bytes`].
+    append_budget: Arc<tokio::sync::Semaphore>,
+    inflight_append_bytes_max: u64,
 }
 
 impl Running {
     /// Record bytes of appends accepted and not yet acknowledged, server-wide (what
     /// `server.inflight_append_bytes_max` bounds).
     pub fn inflight_append_bytes(&self) -> u64 {
-        let (budget, size) = &self.append_budget;
-        (size - budget.available_permits()) as u64
+        self.inflight_append_bytes_max - self.append_budget.available_permits() as u64
     }
 
     /// The address the server listens on (the real port when the config said `:0`).
@@ -229,13 +230,13 @@ pub async fn start(config: Config) -> Result<Running> {
         in_flight.clone(),
     );
     let append_budget = service.append_budget();
-    let append_budget = (append_budget.clone(), append_budget.available_permits());
-    let decode_max = request_limit(&config).bytes_max;
+    let limit = request_limit(&config);
+    let decode_max = limit.bytes_max;
     let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;
     let log_server = LogServer::new(service)
         .max_decoding_message_size(decode_max)
         .max_encoding_message_size(encode_max);
-    let log_server = RequestSize::new(log_server, request_limit(&config));
+    let log_server = RequestSize::new(log_server, limit);
 
     // No `tls_config` here: the listener performs the handshakes.
     // Bounds the calls one connection runs at once; see `server.streams_per_connection_max`
@@ -318,5 +319,6 @@ pub async fn start(config: Config) -> Result<Running> {
         stop: Some(stop_tx),
         task,
         append_budget,
+        inflight_append_bytes_max: config.server.inflight_append_bytes_max,
     })
 }

@@ -333,33 +333,32 @@ impl<E: Engine> Shard<E> {
             .partitions
             .get_mut(key)
             .expect("a partition with pending appends is open (closes flush first)");
-        let outcome = match p.log.poisoned_by() {
-            Some(op) => Err(storage::Error::Poisoned {
-                dir: p.log.dir().to_owned(),
-                op,
-            }),
+        // What is committed: what a sync (or a roll inside the group) made durable, whatever
+        // failed after it; under relaxed durability, everything appended.
+        let (outcome, committed): (_, fn(&Log<E>) -> u64) = match p.log.poisoned_by() {
+            Some(op) => (
+                Err(storage::Error::Poisoned {
+                    dir: p.log.dir().to_owned(),
+                    op,
+                }),
+                Log::durable_end,
+            ),
             None => match self.options.durability {
                 Durability::Fsync => {
                     let started = Instant::now();
                     let synced = p.log.sync().await.map(drop);
                     self.metrics
                         .synced(&key.0, key.1, started.elapsed(), records);
-                    synced
+                    (synced, Log::durable_end)
                 }
                 Durability::Interval => {
-                    commit_to(&mut p.log, Log::end_offset);
                     p.unsynced = true;
-                    Ok(())
+                    (Ok(()), Log::end_offset)
                 }
-                Durability::None => {
-                    commit_to(&mut p.log, Log::end_offset);
-                    Ok(())
-                }
+                Durability::None => (Ok(()), Log::end_offset),
             },
         };
-        // What a sync, or a roll inside the group, made durable is committed (whatever
-        // failed after it).
-        commit_to(&mut p.log, Log::durable_end);
+        commit_to(&mut p.log, committed);
         p.publish();
         FlushOutcome {
             result: outcome.map_err(Arc::new),
