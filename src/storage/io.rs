@@ -25,6 +25,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::fsutil;
+
 /// Opens, creates and removes store files. Cheap to clone (a handle).
 #[allow(async_fn_in_trait)] // Engines are single-threaded by design; no Send bound wanted.
 pub trait Engine: Clone + 'static {
@@ -47,15 +49,24 @@ pub trait Engine: Clone + 'static {
     /// Removes a file. The removal is made durable (directory sync) before this returns.
     async fn remove(&self, path: &Path) -> io::Result<()>;
 
-    /// The file names (not paths) in `dir`, unsorted.
-    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// The file names (not paths) in `dir`, unsorted. By default a plain `readdir` (the
+    /// engines' files are plain files on disk).
+    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        fsutil::list_dir(dir)
+    }
 
     /// Size in bytes and last-modified time (ms since the Unix epoch) of a file, without
-    /// opening it.
-    async fn stat(&self, path: &Path) -> io::Result<FileStat>;
+    /// opening it. By default a plain `stat`.
+    async fn stat(&self, path: &Path) -> io::Result<FileStat> {
+        fsutil::stat_file(path)
+    }
 
     /// Creates `dir` and its missing parents; the new directory entries are durable on return.
-    async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// By default blocking calls: glommio 0.9's `Directory::create` makes one level and
+    /// cannot `fsync`, and a partition directory is made once in its life.
+    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fsutil::create_dir_all_durable(dir)
+    }
 
     /// Removes `path` if it exists, durably (directory sync); `Ok(false)` when there was none.
     async fn remove_if_exists(&self, path: &Path) -> io::Result<bool>;
@@ -74,16 +85,23 @@ pub trait Engine: Clone + 'static {
 
     /// Opens, creating when missing, a file that the caller memory-maps (an offset index).
     /// A creation is durable on return. The mapping itself is the caller's (memmap2).
-    async fn open_mapped(&self, path: &Path) -> io::Result<std::fs::File>;
+    async fn open_mapped(&self, path: &Path) -> io::Result<std::fs::File> {
+        fsutil::open_mapped(path)
+    }
 
     /// Sets the length of a file opened with [`Engine::open_mapped`]: grows it (sparse) or
-    /// trims it. The caller has dropped any mapping of the bytes cut off.
+    /// trims it. The caller has dropped any mapping of the bytes cut off. By default a
+    /// blocking `ftruncate` (glommio 0.9 truncates only its own file types, and this is the
+    /// std `File` behind a map); it runs once per segment on growth and on seal.
     async fn set_mapped_len(
         &self,
         file: &std::fs::File,
         path: &Path,
         len_bytes: u64,
-    ) -> io::Result<()>;
+    ) -> io::Result<()> {
+        let _ = path; // for engines that account per path (the faulty one)
+        file.set_len(len_bytes)
+    }
 }
 
 /// What `Engine::stat` reports.

@@ -394,14 +394,20 @@ impl<E: Engine> Log<E> {
         Ok(())
     }
 
+    /// True when segments roll by age and the active one is `segment_ms` old. The clock is
+    /// read only when age matters (`segment_ms > 0`), not on every append.
+    fn active_is_aged(&self, now_ms: impl FnOnce() -> i64) -> bool {
+        self.config.segment_ms > 0
+            && now_ms().saturating_sub(self.active().created_ms()) >= self.config.segment_ms as i64
+    }
+
     /// Rolls first when a batch of `batch_bytes` would overfill or overage the active segment.
     async fn roll_if_full(&mut self, batch_bytes: usize) -> Result<()> {
         let active = self.active();
-        let age_ms = now_ms().saturating_sub(active.created_ms());
         let must_roll = active.size_bytes() > 0
             && (active.size_bytes() + batch_bytes as u64 > self.config.segment_bytes_max
                 || active.index_is_full()
-                || (self.config.segment_ms > 0 && age_ms >= self.config.segment_ms as i64));
+                || self.active_is_aged(now_ms));
         if must_roll {
             self.roll().await?;
         }
@@ -529,10 +535,7 @@ impl<E: Engine> Log<E> {
 
     /// Rolls the active segment when it is older than `segment_ms` at `now_ms`.
     pub async fn roll_if_aged(&mut self, now_ms: i64) -> Result<bool> {
-        let active = self.active();
-        let due = self.config.segment_ms > 0
-            && active.size_bytes() > 0
-            && now_ms.saturating_sub(active.created_ms()) >= self.config.segment_ms as i64;
+        let due = self.active().size_bytes() > 0 && self.active_is_aged(|| now_ms);
         if due {
             self.roll().await?;
         }

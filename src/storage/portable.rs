@@ -12,11 +12,11 @@ use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use super::fsutil::{self, parent, sync_dir};
-use super::io::{Engine, FileStat, StoreFile};
+use super::io::{Engine, StoreFile};
 
 /// Std-file engine. Clones share the fdatasync counter.
 #[derive(Clone, Default)]
@@ -76,18 +76,6 @@ impl Engine for PortableEngine {
         sync_dir(parent(path))
     }
 
-    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        fsutil::list_dir(dir)
-    }
-
-    async fn stat(&self, path: &Path) -> io::Result<FileStat> {
-        fsutil::stat_file(path)
-    }
-
-    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fsutil::create_dir_all_durable(dir)
-    }
-
     async fn remove_if_exists(&self, path: &Path) -> io::Result<bool> {
         fsutil::remove_if_exists(path)
     }
@@ -98,14 +86,6 @@ impl Engine for PortableEngine {
 
     async fn replace_file_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         fsutil::replace_file_atomic(path, bytes)
-    }
-
-    async fn open_mapped(&self, path: &Path) -> io::Result<File> {
-        fsutil::open_mapped(path)
-    }
-
-    async fn set_mapped_len(&self, file: &File, _path: &Path, len_bytes: u64) -> io::Result<()> {
-        file.set_len(len_bytes)
     }
 }
 
@@ -170,6 +150,8 @@ impl StoreFile for PortableFile {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use futures::executor::block_on;
 

@@ -62,7 +62,7 @@ use std::rc::Rc;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::fsutil::{self, parent as parent_dir};
-use super::io::{Engine, FileStat, StoreFile};
+use super::io::{Engine, StoreFile};
 
 /// Default capacity of a file's tail buffer: the most a file holds in memory before `append`
 /// writes it out. Rounded up to the file's alignment.
@@ -168,20 +168,6 @@ impl Engine for UringEngine {
         sync_parent_dir(path)
     }
 
-    async fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        fsutil::list_dir(dir)
-    }
-
-    async fn stat(&self, path: &Path) -> io::Result<FileStat> {
-        fsutil::stat_file(path)
-    }
-
-    /// Blocking: glommio 0.9's `Directory::create` makes one level and cannot sync with
-    /// `fsync`; a partition directory is made once in its life.
-    async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fsutil::create_dir_all_durable(dir)
-    }
-
     /// The unlink goes through io_uring; the existence check is a `stat` and the directory
     /// sync blocks (see [`sync_parent_dir`]).
     async fn remove_if_exists(&self, path: &Path) -> io::Result<bool> {
@@ -241,24 +227,6 @@ impl Engine for UringEngine {
             .await
             .map_err(io::Error::from)?;
         sync_parent_dir(path)
-    }
-
-    /// Blocking: the caller memory-maps the file, which needs a std `File`; an index is opened
-    /// once per segment.
-    async fn open_mapped(&self, path: &Path) -> io::Result<std::fs::File> {
-        fsutil::open_mapped(path)
-    }
-
-    /// Blocking `ftruncate`: glommio 0.9 truncates only its own file types, and the file here
-    /// is the std `File` behind a memory map. Growth is sparse (metadata only) and happens once
-    /// per segment, as does the trim on seal.
-    async fn set_mapped_len(
-        &self,
-        file: &std::fs::File,
-        _path: &Path,
-        len_bytes: u64,
-    ) -> io::Result<()> {
-        file.set_len(len_bytes)
     }
 }
 
