@@ -130,13 +130,13 @@ impl<E: Engine> Log<E> {
 
     /// Loads the epoch map and drops the entries a crash left past the end.
     async fn recover_epochs(&mut self) -> Result<()> {
-        let path = self.dir.join(state::LEADER_EPOCHS_FILE);
-        let Some(bytes) = self
-            .engine
-            .read_small_file(&path)
-            .await
-            .map_err(io_err("read leader epochs", &path))?
-        else {
+        let read = read_state(
+            &self.engine,
+            &self.dir,
+            state::LEADER_EPOCHS_FILE,
+            "read leader epochs",
+        );
+        let Some((path, bytes)) = read.await? else {
             return Ok(());
         };
         let mut epochs =
@@ -431,11 +431,15 @@ impl<E: Engine> Log<E> {
     }
 
     async fn persist_epochs(&self) -> Result<()> {
-        let path = self.dir.join(state::LEADER_EPOCHS_FILE);
-        self.engine
-            .replace_file_atomic(&path, &state::encode_epochs(&self.epochs))
-            .await
-            .map_err(io_err("persist leader epochs", &path))
+        let bytes = state::encode_epochs(&self.epochs);
+        replace_state(
+            &self.engine,
+            &self.dir,
+            state::LEADER_EPOCHS_FILE,
+            "persist leader epochs",
+            &bytes,
+        )
+        .await
     }
 
     /// The term of the last batch (0 for an empty log or one never replicated).
@@ -475,15 +479,15 @@ impl<E: Engine> Log<E> {
 
     /// The durable vote, or the default (term 0, no vote) when none was saved.
     pub async fn vote(&self) -> Result<Vote> {
-        let path = self.dir.join(state::RAFT_STATE_FILE);
-        match self
-            .engine
-            .read_small_file(&path)
-            .await
-            .map_err(io_err("read raft state", &path))?
-        {
+        let read = read_state(
+            &self.engine,
+            &self.dir,
+            state::RAFT_STATE_FILE,
+            "read raft state",
+        );
+        match read.await? {
             None => Ok(Vote::default()),
-            Some(bytes) => {
+            Some((path, bytes)) => {
                 state::decode_vote(&bytes).map_err(|source| Error::BadStateFile { path, source })
             }
         }
@@ -496,11 +500,15 @@ impl<E: Engine> Log<E> {
     /// its vote survives a crash). After an error the file holds the old vote or the new one.
     pub async fn save_vote(&mut self, vote: &Vote) -> Result<()> {
         self.check_writable()?;
-        let path = self.dir.join(state::RAFT_STATE_FILE);
-        self.engine
-            .replace_file_atomic(&path, &state::encode_vote(vote))
-            .await
-            .map_err(io_err("persist raft state", &path))
+        let bytes = state::encode_vote(vote);
+        replace_state(
+            &self.engine,
+            &self.dir,
+            state::RAFT_STATE_FILE,
+            "persist raft state",
+            &bytes,
+        )
+        .await
     }
 
     /// Seals the active segment (synced) and starts a new one at the end offset. Does
@@ -830,11 +838,8 @@ async fn open_segments<E: Engine>(
 }
 
 async fn read_start_offset<E: Engine>(engine: &E, dir: &Path) -> Result<Option<u64>> {
-    let path = dir.join(START_OFFSET_FILE);
-    let Some(bytes) = engine
-        .read_small_file(&path)
-        .await
-        .map_err(io_err("read start offset", &path))?
+    let Some((path, bytes)) =
+        read_state(engine, dir, START_OFFSET_FILE, "read start offset").await?
     else {
         return Ok(None);
     };
@@ -848,9 +853,45 @@ async fn read_start_offset<E: Engine>(engine: &E, dir: &Path) -> Result<Option<u
 }
 
 async fn write_start_offset<E: Engine>(engine: &E, dir: &Path, start_offset: u64) -> Result<()> {
-    let path = dir.join(START_OFFSET_FILE);
-    engine
-        .replace_file_atomic(&path, format!("{start_offset}\n").as_bytes())
+    let bytes = format!("{start_offset}\n");
+    replace_state(
+        engine,
+        dir,
+        START_OFFSET_FILE,
+        "persist start offset",
+        bytes.as_bytes(),
+    )
+    .await
+}
+
+/// Reads the state file `name` of the partition in `dir` through the engine: its path and
+/// bytes, or `None` when it does not exist. An I/O error names `op` and the path.
+async fn read_state<E: Engine>(
+    engine: &E,
+    dir: &Path,
+    name: &str,
+    op: &'static str,
+) -> Result<Option<(PathBuf, Vec<u8>)>> {
+    let path = dir.join(name);
+    let bytes = engine
+        .read_small_file(&path)
         .await
-        .map_err(io_err("persist start offset", &path))
+        .map_err(io_err(op, &path))?;
+    Ok(bytes.map(|bytes| (path, bytes)))
+}
+
+/// Replaces the state file `name` of the partition in `dir` atomically through the engine
+/// (durable on return). An I/O error names `op` and the path.
+async fn replace_state<E: Engine>(
+    engine: &E,
+    dir: &Path,
+    name: &str,
+    op: &'static str,
+    bytes: &[u8],
+) -> Result<()> {
+    let path = dir.join(name);
+    engine
+        .replace_file_atomic(&path, bytes)
+        .await
+        .map_err(io_err(op, &path))
 }
