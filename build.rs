@@ -1,15 +1,20 @@
-//! Build script: compiles `proto/walrs/v1/log.proto` into Rust with protox (a pure-Rust
+//! Build script: compiles `proto/walrs/v1/log.proto` and `replication.proto` into Rust with protox (a pure-Rust
 //! protobuf compiler, so no `protoc` install is needed) and tonic-prost-build, and writes
 //! the encoded file descriptor set beside the generated code for tonic-reflection.
 //! It must never depend on tools outside the crate's build-dependencies.
 
 use std::path::PathBuf;
 
-const PROTO: &str = "proto/walrs/v1/log.proto";
+const PROTOS: [&str; 2] = [
+    "proto/walrs/v1/log.proto",
+    "proto/walrs/v1/replication.proto",
+];
 const INCLUDE: &str = "proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed={PROTO}");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     println!("cargo:rerun-if-changed=build.rs");
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -17,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compiler
         .include_source_info(true)
         .include_imports(true)
-        .open_file(PROTO)?;
+        .open_files(PROTOS)?;
     std::fs::write(
         out_dir.join("walrs_descriptor.bin"),
         compiler.encode_file_descriptor_set(),

@@ -418,12 +418,23 @@ impl<E: Engine> Shard<E> {
         } else {
             max_records
         };
-        let records: Vec<Record> = batches
-            .into_iter()
-            .flat_map(|b| b.records)
-            .take(limit)
-            .collect();
-        let next_offset = records.last().map_or(from_offset, |r| r.offset + 1);
+        // Control batches (Raft's own entries) take offsets but are never served: a read
+        // steps over them, so `next_offset` moves past them even when no record comes back.
+        let mut records: Vec<Record> = Vec::new();
+        let mut next_offset = from_offset;
+        'batches: for batch in batches {
+            if batch.header.flags & storage::FLAG_CONTROL != 0 {
+                next_offset = batch.header.next_offset();
+                continue;
+            }
+            for record in batch.records {
+                if records.len() == limit {
+                    break 'batches;
+                }
+                next_offset = record.offset + 1;
+                records.push(record);
+            }
+        }
         Ok(ReadResult {
             records,
             next_offset,

@@ -70,6 +70,16 @@ pub struct RawBatch {
     pub bytes: Bytes,
 }
 
+/// What a consensus layer puts in the header of the batch that holds one Raft entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// The entry's term: the batch's `leader_epoch`.
+    pub term: u64,
+    pub raft_index: u64,
+    /// Raft's own entry (blank or membership): a control batch, never served to consumers.
+    pub control: bool,
+}
+
 /// One partition's log.
 pub struct Log<E: Engine> {
     engine: E,
@@ -289,7 +299,11 @@ impl<E: Engine> Log<E> {
     /// durable before the batch is written.
     pub async fn append_in_term(&mut self, term: u64, records: &[Record]) -> Result<u64> {
         let batch_bytes = self.config.measure_batch(records)?;
-        self.append_measured(term, records, batch_bytes).await
+        let meta = BatchMeta {
+            leader_epoch: term,
+            ..BatchMeta::default()
+        };
+        self.append_measured(meta, records, batch_bytes).await
     }
 
     /// Appends a batch that [`LogLimits::check`] measured, in the log's last term, without
@@ -306,18 +320,80 @@ impl<E: Engine> Log<E> {
             batch.batch_bytes(),
             self.config.batch_bytes_max
         );
-        self.append_measured(self.last_term(), batch.records(), batch.batch_bytes())
+        let meta = BatchMeta {
+            leader_epoch: self.last_term(),
+            ..BatchMeta::default()
+        };
+        self.append_measured(meta, batch.records(), batch.batch_bytes())
             .await
     }
 
-    /// Appends `records`, whose encoded size is `batch_bytes`, in `term`.
+    /// Appends one Raft entry as one batch: `meta` carries its term (the batch's leader
+    /// epoch), its Raft index and whether it is a control batch (Raft's own entries, never
+    /// served to consumers). `batch` must have been checked against this log's limits.
+    ///
+    /// # Correctness
+    /// As for [`Log::append_in_term`].
+    pub async fn append_entry(
+        &mut self,
+        meta: EntryMeta,
+        batch: &super::CheckedBatch,
+    ) -> Result<u64> {
+        let batch_meta = BatchMeta {
+            leader_epoch: meta.term,
+            raft_index: meta.raft_index,
+            flags: if meta.control {
+                format::FLAG_CONTROL
+            } else {
+                0
+            },
+            ..BatchMeta::default()
+        };
+        self.append_measured(batch_meta, batch.records(), batch.batch_bytes())
+            .await
+    }
+
+    /// The base offset of the batch that holds Raft entry `raft_index`, or `None` when the
+    /// log does not hold it (below the start or past the end). Only meaningful in a
+    /// replicated log, where batch `k` of a segment is entry `first + k`: a binary search over
+    /// the segments' first entries, then one index lookup.
+    pub async fn offset_of_raft_index(&mut self, raft_index: u64) -> Result<Option<u64>> {
+        let (mut lo, mut hi) = (0, self.segments.len());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.segments[mid].first_raft_index(&self.engine).await? {
+                Some(first) if first <= raft_index => lo = mid,
+                // Only the active segment can be empty, and it is the last.
+                _ => hi = mid,
+            }
+        }
+        let engine = self.engine.clone();
+        let segment = &mut self.segments[lo];
+        let Some(first) = segment.first_raft_index(&engine).await? else {
+            return Ok(None);
+        };
+        let Some(k) = raft_index.checked_sub(first) else {
+            return Ok(None);
+        };
+        let Ok(k) = usize::try_from(k) else {
+            return Ok(None);
+        };
+        Ok(segment
+            .batch_at(&engine, k)
+            .await?
+            .map(|entry| entry.offset)
+            .filter(|&offset| offset >= self.start_offset))
+    }
+
+    /// Appends `records`, whose encoded size is `batch_bytes`, with `meta` in the header.
     async fn append_measured(
         &mut self,
-        term: u64,
+        meta: BatchMeta,
         records: &[Record],
         batch_bytes: usize,
     ) -> Result<u64> {
         self.check_writable()?;
+        let term = meta.leader_epoch;
         self.check_term(term)?;
         let base_offset = self.end_offset();
         let next_offset = base_offset
@@ -325,10 +401,6 @@ impl<E: Engine> Log<E> {
             .expect("offsets exhausted");
         self.roll_if_full(batch_bytes).await?;
         self.note_epoch(term, base_offset).await?;
-        let meta = BatchMeta {
-            leader_epoch: term,
-            ..BatchMeta::default()
-        };
         // Encoded straight into the engine's write buffer where it has one.
         let encode = |dst: &mut [u8]| format::encode_batch_into(dst, base_offset, &meta, records);
         let appended = self

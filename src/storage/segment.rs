@@ -67,6 +67,8 @@ pub struct Segment<E: Engine> {
     next_offset: u64,
     created_ms: i64,
     modified_ms: i64,
+    /// The first batch's Raft index, once known (see [`Segment::first_raft_index`]).
+    first_raft_index: Option<u64>,
 }
 
 /// Where a scan of a store stopped.
@@ -257,6 +259,7 @@ impl<E: Engine> Segment<E> {
             next_offset: base_offset,
             created_ms: now_ms,
             modified_ms: now_ms,
+            first_raft_index: None,
         })
     }
 
@@ -279,6 +282,7 @@ impl<E: Engine> Segment<E> {
             next_offset,
             created_ms: modified_ms,
             modified_ms,
+            first_raft_index: None,
         }
     }
 
@@ -349,6 +353,7 @@ impl<E: Engine> Segment<E> {
             }),
             created_ms,
             modified_ms: now_ms,
+            first_raft_index: None,
         };
         Ok((segment, recovery))
     }
@@ -371,6 +376,44 @@ impl<E: Engine> Segment<E> {
     }
     pub fn store_path(&self) -> &Path {
         &self.store_path
+    }
+
+    /// The index entry of the `k`-th batch of this segment (0 = the first), or `None` past
+    /// the last. Opens a sealed segment's files on first use.
+    pub async fn batch_at(&mut self, engine: &E, k: usize) -> Result<Option<Entry>> {
+        Ok(self.open_files(engine).await?.index.get(k))
+    }
+
+    /// The Raft index of this segment's first batch (`None` when it has none), read from
+    /// its header once and then remembered. Only meaningful in a replicated log, where every
+    /// batch carries its entry's index and indexes run on by one per batch.
+    pub async fn first_raft_index(&mut self, engine: &E) -> Result<Option<u64>> {
+        if let Some(index) = self.first_raft_index {
+            return Ok(Some(index));
+        }
+        let store_path = self.store_path.clone();
+        let files = self.open_files(engine).await?;
+        let Some(first) = files.index.get(0) else {
+            return Ok(None);
+        };
+        let len = (first.batch_len as usize).min(BATCH_HEADER_LEN);
+        let bytes = files
+            .store
+            .read_at(first.position, len)
+            .await
+            .map_err(io_err("read segment", &store_path))?;
+        let corrupt = |source| Error::Corrupt {
+            segment: store_path.clone(),
+            position: first.position,
+            source,
+        };
+        match format::probe_header(&bytes).map_err(corrupt)? {
+            Probe::Header(header) => {
+                self.first_raft_index = Some(header.raft_index);
+                Ok(Some(header.raft_index))
+            }
+            Probe::End => Err(corrupt(DecodeError::ShortHeader { available: 0 })),
+        }
     }
 
     /// Opens a sealed segment's files on first use and checks its index against its store;
@@ -771,6 +814,9 @@ impl<E: Engine> Segment<E> {
             files.corrupt_at = None;
             self.size_bytes = position;
             self.next_offset = offset;
+            if i == 0 {
+                self.first_raft_index = None;
+            }
         }
         Ok(())
     }
