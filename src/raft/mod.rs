@@ -1,15 +1,18 @@
-//! Consensus: one openraft group per partition, living on the glommio shard that owns it.
+//! Consensus: one openraft group per replicated partition, living on the shard that owns it.
 //!
-//! Owns: the glommio `AsyncRuntime` openraft runs on (`runtime`). Partition storage, the
-//! network and the groups themselves come in later steps of issue 10.
+//! Owns: the runtimes openraft runs on (`runtime`: glommio on the uring shards; the portable
+//! shards use tokio's local set), the type configuration (`types`), the log storage over the
+//! shard-owned `Log` (`store`), the state machine that turns commits into readable offsets
+//! and answers appends (`state_machine`), the wire form of Raft messages (`wire`), and the
+//! network that carries them to other nodes through the shard's transport (`network`).
 //! Must never: move a group's state off its shard thread, or take a lock around it. openraft
-//! is built with `single-threaded`, so its handles and futures are `!Send` and stay put.
+//! is built with `single-threaded`, so its handles and futures are `!Send` and stay put. It
+//! never touches a file: the shard owns the logs and serves this layer's ops.
 #[cfg(target_os = "linux")]
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the partition groups of the next step of issue 10 run on it"
-    )
-)]
 pub(crate) mod runtime;
+pub(crate) mod group;
+pub(crate) mod network;
+pub(crate) mod state_machine;
+pub(crate) mod store;
+pub(crate) mod types;
+pub(crate) mod wire;

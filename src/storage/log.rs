@@ -385,6 +385,28 @@ impl<E: Engine> Log<E> {
             .filter(|&offset| offset >= self.start_offset))
     }
 
+    /// The header of the last batch in the log, `None` when the log holds none: a consensus
+    /// layer learns its last entry's index and term from it.
+    pub async fn last_batch_header(&mut self) -> Result<Option<BatchHeader>> {
+        let engine = self.engine.clone();
+        for i in (0..self.segments.len()).rev() {
+            let Some(entry) = self.segments[i].last_batch(&engine).await? else {
+                continue;
+            };
+            if entry.offset < self.start_offset {
+                return Ok(None);
+            }
+            let batches = self.read_raw(entry.offset, 0).await?;
+            let raw = batches.into_iter().next().ok_or(Error::OffsetOutOfRange {
+                offset: entry.offset,
+                start: self.start_offset,
+                end: self.end_offset(),
+            })?;
+            return Ok(Some(raw.header));
+        }
+        Ok(None)
+    }
+
     /// Appends `records`, whose encoded size is `batch_bytes`, with `meta` in the header.
     async fn append_measured(
         &mut self,

@@ -384,6 +384,12 @@ impl<E: Engine> Segment<E> {
         Ok(self.open_files(engine).await?.index.get(k))
     }
 
+    /// The index entry of this segment's last batch, `None` when it has none. Opens a sealed
+    /// segment's files on first use.
+    pub async fn last_batch(&mut self, engine: &E) -> Result<Option<Entry>> {
+        Ok(self.open_files(engine).await?.index.last())
+    }
+
     /// The Raft index of this segment's first batch (`None` when it has none), read from
     /// its header once and then remembered. Only meaningful in a replicated log, where every
     /// batch carries its entry's index and indexes run on by one per batch.

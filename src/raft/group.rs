@@ -1,0 +1,224 @@
+//! One partition's Raft group on its shard: starting it, proposing appends, delivering the
+//! messages other nodes send it, and saying who leads.
+//!
+//! Owns: the openraft `Raft` handle of one replicated partition, and the group's Raft
+//! configuration (timings from `[cluster]`).
+//! Must never: be awaited by the shard loop. Proposals and deliveries run as tasks on the
+//! shard's executor, so a group waiting on its log (which the shard serves) never stalls the
+//! shard; every answer goes back on the caller's own channel.
+//!
+//! A group is initialized by every replica with the same voter set (the partition's
+//! replicas, chosen the same way on every node), so each writes the same first entry (a
+//! membership at index 0, term 0) and no replica needs to be told by another. A replica
+//! whose log already holds entries is not initialized again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::rt::AsyncRuntime;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Raft, ServerState};
+use tokio::sync::oneshot;
+
+use super::network::{GroupNetwork, RaftTransport};
+use super::state_machine::PartitionStateMachine;
+use super::store::{Key, OpSender, PartitionLog};
+use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
+use super::wire;
+use crate::proto::v1 as pb;
+use crate::storage::CheckedBatch;
+use pb::raft_envelope::Body;
+
+/// The timings of every partition group of a node (`[cluster]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTimings {
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// Entries in one AppendEntries.
+    pub payload_entries_max: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            heartbeat_interval_ms: 250,
+            payload_entries_max: 64,
+        }
+    }
+}
+
+impl RaftTimings {
+    /// The openraft configuration of one partition group.
+    pub(crate) fn openraft_config(&self) -> Result<openraft::Config, String> {
+        let config = openraft::Config {
+            cluster_name: "walrs-partition".to_owned(),
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            heartbeat_interval: self.heartbeat_interval_ms,
+            max_payload_entries: self.payload_entries_max,
+            // The log is the state: nothing to snapshot until metadata snapshots land.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// What a node needs to host partition groups.
+#[derive(Clone)]
+pub(crate) struct RaftContext {
+    pub node_id: NodeId,
+    pub transport: Arc<dyn RaftTransport>,
+    pub config: Arc<openraft::Config>,
+}
+
+/// Why a proposal was not committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProposeError {
+    /// This replica does not lead the group; `leader` is the one it knows of.
+    NotLeader { leader: Option<NodeId> },
+    /// The group stopped (a storage failure or shutdown) before it answered.
+    Stopped { reason: String },
+}
+
+pub(crate) type ProposeReply = Box<dyn FnOnce(Result<Applied, ProposeError>)>;
+
+type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
+
+pub(crate) struct Group<RT: AsyncRuntime> {
+    key: Key,
+    raft: PartitionRaft<RT>,
+}
+
+impl<RT: AsyncRuntime> Group<RT> {
+    /// Starts the group of partition `key` with `replicas` as its voters, on the current
+    /// executor. `fresh` says the log holds no entry yet: the group is initialized then.
+    pub(crate) async fn start(
+        key: Key,
+        replicas: &[NodeId],
+        fresh: bool,
+        context: &RaftContext,
+        ops: OpSender<RT>,
+    ) -> Result<Self, String> {
+        let network = GroupNetwork::new(key.clone(), context.node_id, context.transport.clone());
+        let raft = Raft::new(
+            context.node_id,
+            context.config.clone(),
+            network,
+            PartitionLog::new(key.clone(), ops.clone()),
+            PartitionStateMachine::new(key.clone(), ops),
+        )
+        .await
+        .map_err(|e| format!("the Raft group did not start: {e}"))?;
+        if fresh {
+            let voters: BTreeSet<NodeId> = replicas.iter().copied().collect();
+            raft.initialize(voters)
+                .await
+                .map_err(|e| format!("the Raft group did not initialize: {e}"))?;
+        }
+        Ok(Group { key, raft })
+    }
+
+    /// The leader this replica knows of, and whether it is this replica.
+    pub(crate) fn leader(&self) -> (Option<NodeId>, bool) {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        (m.current_leader, m.state == ServerState::Leader)
+    }
+
+    /// The current term (the leader epoch of what a leader would write now).
+    pub(crate) fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    /// Proposes `batch`; `reply` gets its place once a majority holds it and it is applied.
+    pub(crate) fn propose(&self, batch: CheckedBatch, reply: ProposeReply) {
+        let raft = self.raft.clone();
+        let responder = CallbackResponder::new(
+            move |result: Result<ClientWriteResponse<PartitionTypes<RT>>, ClientWriteError<PartitionTypes<RT>>>| {
+                reply(match result {
+                    Ok(response) => Ok(response.data),
+                    Err(ClientWriteError::ForwardToLeader(f)) => {
+                        Err(ProposeError::NotLeader { leader: f.leader_id })
+                    }
+                    Err(e) => Err(ProposeError::Stopped {
+                        reason: e.to_string(),
+                    }),
+                })
+            },
+        );
+        let key = self.key.clone();
+        drop(RT::spawn(async move {
+            if let Err(e) = raft
+                .client_write_ff(Proposal::Records(batch), Some(responder))
+                .await
+            {
+                // The responder went down with the core and answers nothing more.
+                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "proposal after the group stopped");
+            }
+        }));
+    }
+
+    /// Serves a message from another replica; `reply` gets the answer envelope.
+    pub(crate) fn deliver(
+        &self,
+        envelope: pb::RaftEnvelope,
+        reply: oneshot::Sender<pb::RaftEnvelope>,
+    ) {
+        let raft = self.raft.clone();
+        drop(RT::spawn(async move {
+            let answer = handle(&raft, envelope.body).await;
+            let response = pb::RaftEnvelope {
+                id: envelope.id,
+                topic: envelope.topic,
+                partition: envelope.partition,
+                from_node: envelope.from_node,
+                body: Some(answer.unwrap_or_else(Body::Error)),
+            };
+            if reply.send(response).is_err() {
+                tracing::trace!("the transport left before the answer");
+            }
+        }));
+    }
+
+    /// Stops the group's tasks (its log and state stay where they are).
+    pub(crate) async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(topic = %self.key.0, partition = self.key.1, error = %e, "stopping a Raft group");
+        }
+    }
+}
+
+fn raft_error<RT: AsyncRuntime>(e: RaftError<PartitionTypes<RT>>) -> String {
+    format!("the Raft group could not serve it: {e}")
+}
+
+async fn handle<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    body: Option<Body>,
+) -> Result<Body, String> {
+    match body {
+        Some(Body::Vote(request)) => {
+            let request = wire::vote_request_from(request).map_err(|e| e.to_string())?;
+            let response = raft.vote(request).await.map_err(raft_error)?;
+            Ok(Body::VoteResponse(wire::vote_response_to(&response)))
+        }
+        Some(Body::PreVote(request)) => {
+            let request = wire::vote_request_from(request).map_err(|e| e.to_string())?;
+            let response = raft.pre_vote(request).await.map_err(raft_error)?;
+            Ok(Body::VoteResponse(wire::vote_response_to(&response)))
+        }
+        Some(Body::Append(request)) => {
+            let request = wire::append_request_from(request).map_err(|e| e.to_string())?;
+            let response = raft.append_entries(request).await.map_err(raft_error)?;
+            Ok(Body::AppendResponse(wire::append_response_to(&response)))
+        }
+        Some(other) => Err(format!("not a request: {other:?}")),
+        None => Err("a message without a body".to_owned()),
+    }
+}

@@ -1,0 +1,207 @@
+//! A partition group's network: openraft's `RaftNetworkFactory` and `RaftNetworkV2`, over
+//! the node's [`RaftTransport`], which carries every group's messages to a node together.
+//!
+//! Owns: the [`RaftTransport`] contract (what any carrier of Raft messages between nodes
+//! must do: in-process for tests, gRPC `walrs.v1.Replication` in the server) and the
+//! per-peer clients a group's core and replication tasks call.
+//! Must never: block the shard. A send is queued on the transport at once (a full queue is an
+//! unreachable peer, which openraft backs off from), and the answer is awaited on a oneshot
+//! with the RPC's deadline.
+
+use std::io;
+use std::sync::Arc;
+
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::rt::AsyncRuntime;
+use openraft::{EmptyNode, OptionalSend};
+use tokio::sync::oneshot;
+
+use super::store::Key;
+use super::types::{NodeId, PartitionTypes, Vote};
+use super::wire;
+use crate::proto::v1 as pb;
+use pb::raft_envelope::Body;
+
+/// Why a message got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TransportError {
+    #[error("node {node} is not a known peer")]
+    UnknownNode { node: NodeId },
+    #[error("the queue to node {node} is full ({depth} messages)")]
+    QueueFull { node: NodeId, depth: usize },
+    #[error("node {node} did not answer: {reason}")]
+    Lost { node: NodeId, reason: String },
+    #[error("node {node} refused the message: {reason}")]
+    Refused { node: NodeId, reason: String },
+    #[error("no answer from node {node} within {timeout_ms} ms")]
+    Timeout { node: NodeId, timeout_ms: u64 },
+}
+
+/// What a send yields: the response envelope, or why there is none.
+pub(crate) type TransportReply = oneshot::Receiver<Result<pb::RaftEnvelope, TransportError>>;
+
+/// Carries Raft messages between nodes. Shared by every shard of a node (`Send + Sync`).
+///
+/// Contract: `send` never blocks; every message gets exactly one answer on its receiver
+/// (a response whose `id` matches, or an error), unless the receiver is dropped first.
+/// Messages to one node may be batched and may be answered out of order.
+pub(crate) trait RaftTransport: Send + Sync + 'static {
+    fn send(&self, to: NodeId, message: pb::RaftEnvelope) -> TransportReply;
+}
+
+/// A group's network factory: makes one client per peer.
+pub(crate) struct GroupNetwork {
+    key: Key,
+    node_id: NodeId,
+    transport: Arc<dyn RaftTransport>,
+}
+
+impl GroupNetwork {
+    pub(crate) fn new(key: Key, node_id: NodeId, transport: Arc<dyn RaftTransport>) -> Self {
+        GroupNetwork {
+            key,
+            node_id,
+            transport,
+        }
+    }
+}
+
+impl<RT: AsyncRuntime> RaftNetworkFactory<PartitionTypes<RT>> for GroupNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &EmptyNode) -> PeerClient {
+        PeerClient {
+            key: self.key.clone(),
+            from: self.node_id,
+            target,
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// One group's client to one peer.
+pub(crate) struct PeerClient {
+    key: Key,
+    from: NodeId,
+    target: NodeId,
+    transport: Arc<dyn RaftTransport>,
+}
+
+fn unreachable<RT: AsyncRuntime>(e: &(impl std::error::Error + 'static)) -> RPCError<PartitionTypes<RT>> {
+    RPCError::Unreachable(Unreachable::new(e))
+}
+
+impl PeerClient {
+    /// Sends `body` to the peer and awaits its answer's body, within `option`'s deadline.
+    async fn call<RT: AsyncRuntime>(
+        &self,
+        body: Body,
+        option: &RPCOption,
+    ) -> Result<Body, RPCError<PartitionTypes<RT>>> {
+        let envelope = pb::RaftEnvelope {
+            id: 0, // the transport numbers what it sends
+            topic: self.key.0.to_string(),
+            partition: self.key.1,
+            from_node: u32::try_from(self.from).expect("node ids are u32 in the config"),
+            body: Some(body),
+        };
+        let reply = self.transport.send(self.target, envelope);
+        let ttl = option.hard_ttl();
+        let answer = match RT::timeout(ttl, reply).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_dropped)) => Err(TransportError::Lost {
+                node: self.target,
+                reason: "the transport dropped the message".to_owned(),
+            }),
+            Err(_elapsed) => Err(TransportError::Timeout {
+                node: self.target,
+                timeout_ms: ttl.as_millis() as u64,
+            }),
+        };
+        match answer.map_err(|e| unreachable::<RT>(&e))?.body {
+            Some(Body::Error(reason)) => Err(unreachable::<RT>(&TransportError::Refused {
+                node: self.target,
+                reason,
+            })),
+            Some(body) => Ok(body),
+            None => Err(unreachable::<RT>(&TransportError::Lost {
+                node: self.target,
+                reason: "an answer without a body".to_owned(),
+            })),
+        }
+    }
+}
+
+fn unexpected<RT: AsyncRuntime>(node: NodeId) -> RPCError<PartitionTypes<RT>> {
+    unreachable::<RT>(&TransportError::Lost {
+        node,
+        reason: "an answer of the wrong kind".to_owned(),
+    })
+}
+
+fn bad_answer<RT: AsyncRuntime>(e: io::Error) -> RPCError<PartitionTypes<RT>> {
+    unreachable::<RT>(&e)
+}
+
+impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
+    type SnapshotData = ();
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<PartitionTypes<RT>>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
+        let request = wire::append_request_to(&rpc).map_err(bad_answer::<RT>)?;
+        match self.call::<RT>(Body::Append(request), &option).await? {
+            Body::AppendResponse(r) => wire::append_response_from(r).map_err(bad_answer::<RT>),
+            _ => Err(unexpected::<RT>(self.target)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<PartitionTypes<RT>>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
+        let request = wire::vote_request_to(&rpc);
+        match self.call::<RT>(Body::Vote(request), &option).await? {
+            Body::VoteResponse(r) => wire::vote_response_from(r).map_err(bad_answer::<RT>),
+            _ => Err(unexpected::<RT>(self.target)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<PartitionTypes<RT>>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
+        let request = wire::vote_request_to(&rpc);
+        match self.call::<RT>(Body::PreVote(request), &option).await? {
+            Body::VoteResponse(r) => wire::vote_response_from(r).map_err(bad_answer::<RT>),
+            _ => Err(unexpected::<RT>(self.target)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        _vote: Vote,
+        _snapshot: openraft::storage::Snapshot<
+            super::types::CommittedLeaderId,
+            NodeId,
+            EmptyNode,
+            (),
+        >,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<PartitionTypes<RT>>, StreamingError<PartitionTypes<RT>>> {
+        // Never reached while partitions build no snapshots (see `state_machine`).
+        Err(StreamingError::Unreachable(Unreachable::new(&io::Error::new(
+            io::ErrorKind::Unsupported,
+            "partition snapshots are not built yet",
+        ))))
+    }
+}

@@ -1,0 +1,574 @@
+//! A partition group's log storage: openraft's `RaftLogStorage` and `RaftLogReader` over the
+//! partition's `Log`, which stays owned by the shard.
+//!
+//! Owns: [`LogOp`] (what a group asks of its log), the handles openraft holds
+//! ([`PartitionLog`], [`PartitionLogReader`]) which only send ops to the shard and await the
+//! answer, and [`serve`], which the shard calls to carry an op out on the `Log` it owns.
+//! Must never: touch a `Log` from a Raft task. The shard is the log's one owner; a Raft task
+//! holds a channel to it, so no lock is taken and a group's I/O joins the shard's group
+//! commit: an append is written when served, and its `IOFlushed` is called after the flush
+//! that makes it durable (one fdatasync per touched partition covers many entries).
+//!
+//! Mapping (docs/FORMAT.md): one Raft entry is one batch; the batch's `leader_epoch` is the
+//! entry's term and its `raft_index` the entry's index. Blank and membership entries are
+//! control batches of one record whose key names the kind (`raft.blank`,
+//! `raft.membership`) and whose value is, for a membership, a `walrs.v1.RaftMembership`
+//! message. The vote is the log's `raft_state` file; whether it was committed is not kept (a
+//! restarted node learns it again from the leader, which is safe).
+//!
+//! Not yet: purging (retention and `Truncate` on a replicated partition are refused by the
+//! shard until snapshots of metadata land), and a persisted applied index (a restarted
+//! replica re-applies its committed entries, which only re-reads their headers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::entry::RaftEntry;
+use openraft::rt::AsyncRuntime;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{EmptyNode, EntryPayload, OptionalSend};
+use prost::Message;
+use tokio::sync::oneshot;
+
+use super::types::{Entry, LogId, Membership, NodeId, PartitionTypes, Proposal, Vote, log_id};
+use crate::proto::v1 as pb;
+use crate::storage::{self, CheckedBatch, Engine, EntryMeta, Log, LogLimits, Record};
+
+const BLANK_KEY: &[u8] = b"raft.blank";
+const MEMBERSHIP_KEY: &[u8] = b"raft.membership";
+
+/// Bytes a read of entries asks the log for at a time.
+const READ_CHUNK_BYTES: u64 = 1 << 20;
+
+/// A partition's key on its shard.
+pub(crate) type Key = (Arc<str>, u32);
+
+type Reply<T> = oneshot::Sender<io::Result<T>>;
+
+/// What a group asks of its partition's log. Served by the shard in arrival order.
+pub(crate) enum LogOp<RT: AsyncRuntime> {
+    State {
+        key: Key,
+        reply: Reply<LogState<PartitionTypes<RT>>>,
+    },
+    ReadVote {
+        key: Key,
+        reply: Reply<Option<Vote>>,
+    },
+    SaveVote {
+        key: Key,
+        vote: Vote,
+        reply: Reply<()>,
+    },
+    /// Written when served; `flushed` is called by the shard once they are durable.
+    Append {
+        key: Key,
+        entries: Vec<Entry>,
+        flushed: IOFlushed<PartitionTypes<RT>>,
+    },
+    /// Entries `start..end` (end exclusive), read back from the log.
+    Read {
+        key: Key,
+        start: u64,
+        end: u64,
+        reply: Reply<Vec<Entry>>,
+    },
+    /// Drops every entry after `last` (every entry when `None`).
+    TruncateAfter {
+        key: Key,
+        last: Option<LogId>,
+        reply: Reply<()>,
+    },
+    /// Entries up to `index` are applied: readers may see them. `acks` are answered once
+    /// the commit mark has moved.
+    Commit {
+        key: Key,
+        index: u64,
+        acks: super::state_machine::Acks<RT>,
+    },
+}
+
+impl<RT: AsyncRuntime> LogOp<RT> {
+    pub(crate) fn key(&self) -> &Key {
+        match self {
+            LogOp::State { key, .. }
+            | LogOp::ReadVote { key, .. }
+            | LogOp::SaveVote { key, .. }
+            | LogOp::Append { key, .. }
+            | LogOp::Read { key, .. }
+            | LogOp::TruncateAfter { key, .. }
+            | LogOp::Commit { key, .. } => key,
+        }
+    }
+
+    /// Answers the op with `error` without serving it (the partition is gone or the shard
+    /// is stopping).
+    pub(crate) fn refuse(self, error: impl Fn() -> io::Error) {
+        // A dropped receiver means the group stopped waiting; nobody is left to tell.
+        fn send<T>(reply: Reply<T>, e: io::Error) {
+            if reply.send(Err(e)).is_err() {
+                tracing::trace!("raft task left before the refusal");
+            }
+        }
+        match self {
+            LogOp::State { reply, .. } => send(reply, error()),
+            LogOp::ReadVote { reply, .. } => send(reply, error()),
+            LogOp::SaveVote { reply, .. } => send(reply, error()),
+            LogOp::Append { flushed, .. } => flushed.io_completed(Err(error())),
+            LogOp::Read { reply, .. } => send(reply, error()),
+            LogOp::TruncateAfter { reply, .. } => send(reply, error()),
+            LogOp::Commit { .. } => {}
+        }
+    }
+}
+
+/// The sending side of a shard's op queue. Its depth is bounded by construction, not by a
+/// capacity: each group has at most a few ops outstanding (its core awaits each log I/O, its
+/// state machine one read at a time, each replication stream one read), and a shard holds at
+/// most `storage.partitions_max` groups.
+pub(crate) type OpSender<RT> = flume::Sender<LogOp<RT>>;
+
+/// openraft's log storage for one partition: a handle on the shard's op queue.
+pub(crate) struct PartitionLog<RT: AsyncRuntime> {
+    key: Key,
+    ops: OpSender<RT>,
+}
+
+impl<RT: AsyncRuntime> PartitionLog<RT> {
+    pub(crate) fn new(key: Key, ops: OpSender<RT>) -> Self {
+        PartitionLog { key, ops }
+    }
+}
+
+/// openraft's log reader for one partition (replication streams and the state machine).
+pub(crate) struct PartitionLogReader<RT: AsyncRuntime> {
+    key: Key,
+    ops: OpSender<RT>,
+}
+
+fn stopped() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the shard that owns this partition stopped",
+    )
+}
+
+async fn ask<RT: AsyncRuntime, T>(
+    ops: &OpSender<RT>,
+    make: impl FnOnce(Reply<T>) -> LogOp<RT>,
+) -> io::Result<T> {
+    let (reply, answer) = oneshot::channel();
+    ops.send_async(make(reply)).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+async fn read_vote<RT: AsyncRuntime>(key: &Key, ops: &OpSender<RT>) -> io::Result<Option<Vote>> {
+    ask(ops, |reply| LogOp::ReadVote {
+        key: key.clone(),
+        reply,
+    })
+    .await
+}
+
+fn range_of(range: impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl<RT: AsyncRuntime> RaftLogReader<PartitionTypes<RT>> for PartitionLogReader<RT> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let (start, end) = range_of(range);
+        ask(&self.ops, |reply| LogOp::Read {
+            key: self.key.clone(),
+            start,
+            end,
+            reply,
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        read_vote(&self.key, &self.ops).await
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogReader<PartitionTypes<RT>> for PartitionLog<RT> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.get_log_reader().await.try_get_log_entries(range).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        read_vote(&self.key, &self.ops).await
+    }
+}
+
+impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
+    type LogReader = PartitionLogReader<RT>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<PartitionTypes<RT>>, io::Error> {
+        ask(&self.ops, |reply| LogOp::State {
+            key: self.key.clone(),
+            reply,
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        PartitionLogReader {
+            key: self.key.clone(),
+            ops: self.ops.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        ask(&self.ops, |reply| LogOp::SaveVote {
+            key: self.key.clone(),
+            vote: *vote,
+            reply,
+        })
+        .await
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<PartitionTypes<RT>>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let op = LogOp::Append {
+            key: self.key.clone(),
+            entries: entries.into_iter().collect(),
+            flushed: callback,
+        };
+        // Returns once queued: the shard writes it before anything queued after it, so a
+        // read or truncation that follows sees it (openraft's "readable on return" holds in
+        // queue order), and `callback` reports durability.
+        self.ops.send_async(op).await.map_err(|_| stopped())
+    }
+
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        ask(&self.ops, |reply| LogOp::TruncateAfter {
+            key: self.key.clone(),
+            last,
+            reply,
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The snapshot policy is `Never` and nothing triggers a purge until metadata
+        // snapshots land, so openraft never asks; should it, keeping the entries is safe.
+        tracing::warn!(topic = %self.key.0, partition = self.key.1, %log_id, "purge asked of a partition log; entries kept");
+        Ok(())
+    }
+}
+
+/// A storage error as openraft takes it: the group stops (fatal) on any of these.
+fn io_error(e: storage::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+fn to_storage_vote(vote: &Vote) -> storage::Vote {
+    storage::Vote {
+        term: vote.leader_id.term,
+        voted_for: Some(vote.leader_id.voted_for),
+    }
+}
+
+fn from_storage_vote(vote: storage::Vote) -> Option<Vote> {
+    vote.voted_for.map(|node| Vote::new(vote.term, node))
+}
+
+/// The control record that stands for a blank or membership entry.
+fn control_record(payload: &Payload) -> Record {
+    let (key, value) = match payload {
+        EntryPayload::Blank => (BLANK_KEY, Bytes::new()),
+        EntryPayload::Membership(m) => (MEMBERSHIP_KEY, encode_membership(m).into()),
+        EntryPayload::Normal(_) => unreachable!("normal entries are batches of records"),
+    };
+    Record {
+        key: Bytes::from_static(key),
+        value,
+        timestamp_ms: storage::now_ms(),
+        ..Record::default()
+    }
+}
+
+type Payload = super::types::Payload;
+
+pub(crate) fn encode_membership(m: &Membership) -> Vec<u8> {
+    pb::RaftMembership {
+        configs: m
+            .get_joint_config()
+            .iter()
+            .map(|set| pb::RaftVoterSet {
+                voters: set.iter().copied().collect(),
+            })
+            .collect(),
+        nodes: m.nodes().map(|(id, _)| *id).collect(),
+    }
+    .encode_to_vec()
+}
+
+pub(crate) fn membership_from_pb(m: &pb::RaftMembership) -> io::Result<Membership> {
+    let configs: Vec<BTreeSet<NodeId>> = m
+        .configs
+        .iter()
+        .map(|set| set.voters.iter().copied().collect())
+        .collect();
+    let nodes: BTreeMap<NodeId, EmptyNode> = m.nodes.iter().map(|&id| (id, EmptyNode {})).collect();
+    Membership::new(configs, nodes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a membership entry is invalid: {e}"),
+        )
+    })
+}
+
+fn decode_membership(bytes: &[u8]) -> io::Result<Membership> {
+    let m = pb::RaftMembership::decode(bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a membership entry does not decode: {e}"),
+        )
+    })?;
+    membership_from_pb(&m)
+}
+
+/// Serves one op on the partition's `log`. An `Append` returns its `IOFlushed` for the shard
+/// to call after the flush that covers it; everything else is answered here.
+pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
+    log: &mut Log<E>,
+    op: LogOp<RT>,
+) -> Option<IOFlushed<PartitionTypes<RT>>> {
+    fn send<T>(reply: Reply<T>, result: io::Result<T>) {
+        if reply.send(result).is_err() {
+            tracing::trace!("raft task left before the answer");
+        }
+    }
+    match op {
+        LogOp::State { reply, .. } => send(reply, log_state(log).await),
+        LogOp::ReadVote { reply, .. } => {
+            send(
+                reply,
+                log.vote().await.map(from_storage_vote).map_err(io_error),
+            );
+        }
+        LogOp::SaveVote { vote, reply, .. } => {
+            send(
+                reply,
+                log.save_vote(&to_storage_vote(&vote)).await.map_err(io_error),
+            );
+        }
+        LogOp::Append {
+            entries, flushed, ..
+        } => {
+            for entry in entries {
+                if let Err(e) = append(log, entry).await {
+                    // The group stops on a storage error; what was written before stays
+                    // (not durable, not acknowledged).
+                    flushed.io_completed(Err(e));
+                    return None;
+                }
+            }
+            return Some(flushed);
+        }
+        LogOp::Read {
+            start, end, reply, ..
+        } => send(reply, read(log, start, end).await),
+        LogOp::TruncateAfter { last, reply, .. } => {
+            send(reply, truncate_after(log, last).await);
+        }
+        LogOp::Commit { index, acks, .. } => {
+            if let Err(e) = commit(log, index).await {
+                // Committed by a majority, so the ack stands; only this replica's readers lag.
+                tracing::error!(dir = %log.dir().display(), index, error = %e, "moving the commit mark");
+            }
+            for (responder, applied) in acks {
+                responder.send(applied);
+            }
+        }
+    }
+    None
+}
+
+async fn log_state<E: Engine, RT: AsyncRuntime>(
+    log: &mut Log<E>,
+) -> io::Result<LogState<PartitionTypes<RT>>> {
+    let last = log.last_batch_header().await.map_err(io_error)?;
+    Ok(LogState {
+        last_purged_log_id: None,
+        last_log_id: last.map(|h| log_id(h.leader_epoch, h.raft_index)),
+    })
+}
+
+async fn append<E: Engine>(log: &mut Log<E>, entry: Entry) -> io::Result<()> {
+    let id = entry.log_id();
+    let term = id.committed_leader_id().term;
+    let index = id.index();
+    match entry.payload {
+        EntryPayload::Normal(Proposal::Records(batch)) => {
+            let meta = EntryMeta {
+                term,
+                raft_index: index,
+                control: false,
+            };
+            log.append_entry(meta, &batch).await.map_err(io_error)?;
+        }
+        EntryPayload::Normal(Proposal::Stored { header, bytes }) => {
+            if header.raft_index != index || header.leader_epoch != term {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "entry {id} carries a batch of index {} and term {}",
+                        header.raft_index, header.leader_epoch
+                    ),
+                ));
+            }
+            log.append_encoded(&bytes).await.map_err(io_error)?;
+        }
+        ref control => {
+            let batch = control_batch(log.config(), control)?;
+            let meta = EntryMeta {
+                term,
+                raft_index: index,
+                control: true,
+            };
+            log.append_entry(meta, &batch).await.map_err(io_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn control_batch(limits: &LogLimits, payload: &Payload) -> io::Result<CheckedBatch> {
+    limits
+        .check(vec![control_record(payload)])
+        .map_err(io_error)
+}
+
+/// The entry a stored batch holds.
+fn entry_of(raw: storage::RawBatch) -> io::Result<Entry> {
+    let header = raw.header;
+    let id = log_id(header.leader_epoch, header.raft_index);
+    if header.flags & storage::FLAG_CONTROL == 0 {
+        return Ok(Entry::new(
+            id,
+            EntryPayload::Normal(Proposal::Stored {
+                header,
+                bytes: raw.bytes,
+            }),
+        ));
+    }
+    let batch = storage::format::decode_batch_shared(&raw.bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let record = batch.records.first().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "a control batch has no record")
+    })?;
+    let payload = match &record.key[..] {
+        BLANK_KEY => EntryPayload::Blank,
+        MEMBERSHIP_KEY => EntryPayload::Membership(decode_membership(&record.value)?),
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a control batch of unknown kind {:?}",
+                    String::from_utf8_lossy(other)
+                ),
+            ));
+        }
+    };
+    Ok(Entry::new(id, payload))
+}
+
+fn missing(index: u64, log_dir: &std::path::Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("Raft entry {index} is not in {}", log_dir.display()),
+    )
+}
+
+async fn read<E: Engine>(log: &mut Log<E>, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    if start >= end {
+        return Ok(entries);
+    }
+    let Some(mut offset) = log.offset_of_raft_index(start).await.map_err(io_error)? else {
+        return Err(missing(start, log.dir()));
+    };
+    let mut index = start;
+    while index < end && offset < log.end_offset() {
+        let batches = log
+            .read_raw(offset, READ_CHUNK_BYTES)
+            .await
+            .map_err(io_error)?;
+        if batches.is_empty() {
+            break;
+        }
+        for raw in batches {
+            assert_eq!(
+                raw.header.raft_index,
+                index,
+                "{}: the batch at offset {} holds entry {} where entry {index} belongs",
+                log.dir().display(),
+                raw.header.base_offset,
+                raw.header.raft_index
+            );
+            offset = raw.header.next_offset();
+            entries.push(entry_of(raw)?);
+            index += 1;
+            if index == end {
+                break;
+            }
+        }
+    }
+    if end != u64::MAX && index < end {
+        return Err(missing(index, log.dir()));
+    }
+    Ok(entries)
+}
+
+/// The offset just past entry `index`: where entry `index + 1` starts, or the end.
+async fn end_of_entry<E: Engine>(log: &mut Log<E>, index: u64) -> io::Result<u64> {
+    match log.offset_of_raft_index(index + 1).await.map_err(io_error)? {
+        Some(offset) => Ok(offset),
+        None => Ok(log.end_offset()),
+    }
+}
+
+async fn truncate_after<E: Engine>(log: &mut Log<E>, last: Option<LogId>) -> io::Result<()> {
+    let from_offset = match last {
+        None => log.start_offset(),
+        Some(id) => end_of_entry(log, id.index()).await?,
+    };
+    log.truncate_suffix(from_offset).await.map_err(io_error)
+}
+
+async fn commit<E: Engine>(log: &mut Log<E>, index: u64) -> io::Result<()> {
+    let offset = end_of_entry(log, index).await?;
+    if offset > log.high_watermark() {
+        log.set_commit(offset).map_err(io_error)?;
+    }
+    Ok(())
+}
