@@ -116,7 +116,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                 acks,
             };
             // A stopped shard answers nobody; the group is being torn down with it.
-            if self.ops.send_async(op).await.is_err() {
+            if self.ops.send(op).is_err() {
                 tracing::debug!(topic = %self.key.0, partition = self.key.1, "commit after the shard stopped");
             }
         }

@@ -130,7 +130,30 @@ impl<RT: AsyncRuntime> LogOp<RT> {
 /// capacity: each group has at most a few ops outstanding (its core awaits each log I/O, its
 /// state machine one read at a time, each replication stream one read), and a shard holds at
 /// most `storage.partitions_max` groups.
-pub(crate) type OpSender<RT> = flume::Sender<LogOp<RT>>;
+pub(crate) struct OpSender<RT: AsyncRuntime> {
+    /// Queues an op; false when the shard stopped.
+    send: std::rc::Rc<dyn Fn(LogOp<RT>) -> bool>,
+}
+
+impl<RT: AsyncRuntime> Clone for OpSender<RT> {
+    fn clone(&self) -> Self {
+        OpSender {
+            send: self.send.clone(),
+        }
+    }
+}
+
+impl<RT: AsyncRuntime> OpSender<RT> {
+    pub(crate) fn new(send: impl Fn(LogOp<RT>) -> bool + 'static) -> Self {
+        OpSender {
+            send: std::rc::Rc::new(send),
+        }
+    }
+
+    pub(crate) fn send(&self, op: LogOp<RT>) -> io::Result<()> {
+        if (self.send)(op) { Ok(()) } else { Err(stopped()) }
+    }
+}
 
 /// openraft's log storage for one partition: a handle on the shard's op queue.
 pub(crate) struct PartitionLog<RT: AsyncRuntime> {
@@ -162,7 +185,7 @@ async fn ask<RT: AsyncRuntime, T>(
     make: impl FnOnce(Reply<T>) -> LogOp<RT>,
 ) -> io::Result<T> {
     let (reply, answer) = oneshot::channel();
-    ops.send_async(make(reply)).await.map_err(|_| stopped())?;
+    ops.send(make(reply))?;
     answer.await.map_err(|_| stopped())?
 }
 
@@ -265,7 +288,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
         // Returns once queued: the shard writes it before anything queued after it, so a
         // read or truncation that follows sees it (openraft's "readable on return" holds in
         // queue order), and `callback` reports durability.
-        self.ops.send_async(op).await.map_err(|_| stopped())
+        self.ops.send(op)
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {

@@ -104,7 +104,9 @@ fn shard_code(err: &shard::Error) -> Code {
         E::Overloaded { .. } | E::TooManyTopics { .. } => Code::ResourceExhausted,
         E::UnknownTopic { .. } | E::UnknownPartition { .. } => Code::NotFound,
         E::TopicExists { .. } => Code::AlreadyExists,
-        E::ShuttingDown => Code::Unavailable,
+        // Nothing changed on this node; the client retries on the leader (or after the
+        // election). The leader hint travels in the message (and metadata, with addresses).
+        E::ShuttingDown | E::NotLeader { .. } | E::Replication { .. } => Code::Unavailable,
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
         // The server's own state, not the request: the message and the server log say more.
         E::InvalidOptions(_)

@@ -40,6 +40,11 @@ pub(super) fn plan(
             partition,
             dir: topics::partition_dir(topics_dir, &meta.name, partition),
             high_watermark: tx,
+            replicas: meta
+                .replicas
+                .get(partition as usize)
+                .cloned()
+                .unwrap_or_default(),
         });
         partitions.push(PartitionRoute {
             shard,

@@ -21,6 +21,9 @@ pub(crate) struct OpenPartition {
     pub partition: u32,
     pub dir: PathBuf,
     pub high_watermark: watch::Sender<u64>,
+    /// The nodes that hold the partition (this one among them). Empty or one node: a solo
+    /// partition, committed at its own sync with no Raft group (today's single-node path).
+    pub replicas: Vec<u64>,
 }
 
 pub(crate) enum Command {
@@ -70,6 +73,11 @@ pub(crate) enum Command {
         remove: bool,
         reply: Reply<()>,
     },
+    /// A Raft message from another node for one replicated partition's group.
+    Raft {
+        envelope: crate::proto::v1::RaftEnvelope,
+        reply: oneshot::Sender<crate::proto::v1::RaftEnvelope>,
+    },
     /// Finish what is queued before this, sync and close every log, and stop.
     Shutdown { reply: Reply<()> },
 }
@@ -92,6 +100,14 @@ impl Command {
             Command::Open { reply, .. } => send(reply, error()),
             Command::Close { reply, .. } => send(reply, error()),
             Command::Shutdown { reply } => send(reply, error()),
+            Command::Raft { mut envelope, reply } => {
+                envelope.body = Some(crate::proto::v1::raft_envelope::Body::Error(
+                    error().to_string(),
+                ));
+                if reply.send(envelope).is_err() {
+                    tracing::trace!("transport left before the refusal");
+                }
+            }
         }
     }
 }

@@ -60,6 +60,21 @@ pub enum Error {
     },
     #[error("too many topics: {topics} exist, the limit is {max}; delete a topic first")]
     TooManyTopics { topics: u64, max: u64 },
+    /// A replicated partition refused a write because this node does not lead it.
+    #[error("{}", not_leader_message(topic, *partition, *leader))]
+    NotLeader {
+        topic: String,
+        partition: u32,
+        /// The leader this node knows of (node id), if any.
+        leader: Option<u64>,
+    },
+    /// A replicated partition's group failed or stopped before it answered.
+    #[error("partition {topic}/{partition}: replication failed: {reason}; retry")]
+    Replication {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
     #[error("shard {shard} failed: {reason}")]
     ShardFailed { shard: usize, reason: String },
 }
@@ -91,4 +106,15 @@ pub(crate) fn meta_err(
 ) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Metadata { op, path, source }
+}
+
+fn not_leader_message(topic: &str, partition: u32, leader: Option<u64>) -> String {
+    match leader {
+        Some(id) => format!(
+            "this node does not lead partition {topic}/{partition}; node {id} does: send it there"
+        ),
+        None => format!(
+            "this node does not lead partition {topic}/{partition} and no leader is known yet (an election is under way); retry shortly"
+        ),
+    }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::error::{Error, Result};
 use super::options::EngineChoice;
 use super::queue::Queued;
-use super::worker::{self, LoopRuntime, Received, ShardContext};
+use super::worker::{self, Local, LoopRuntime, Received, ShardContext};
 #[cfg(target_os = "linux")]
 use crate::storage::Engine;
 use crate::storage::PortableEngine;
@@ -195,11 +195,7 @@ pub(crate) fn spawn_shard(
                 if pin_threads {
                     pin_current_thread(id);
                 }
-                futures::executor::block_on(worker::run(
-                    PortableEngine::new(),
-                    BlockingRuntime,
-                    ctx,
-                ));
+                run_portable(ctx);
             })
             .map(ShardThread::Std)
             .map_err(|e| Error::ShardFailed {
@@ -263,11 +259,23 @@ fn pin_current_thread(id: usize) {
     let _ = id;
 }
 
-/// The portable shard's runtime: the thread is the shard's own, so waiting blocks it.
+/// A plain-thread runtime for tests: the thread is the shard's own, so waiting blocks it.
+/// It cannot spawn tasks, so it hosts no Raft group (every partition is solo on it).
 pub(crate) struct BlockingRuntime;
 
 impl LoopRuntime for BlockingRuntime {
-    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received {
+    type Rt = openraft_rt_tokio::TokioRuntime;
+    const HOSTS_RAFT: bool = false;
+
+    async fn recv(
+        &self,
+        rx: &flume::Receiver<Queued>,
+        local: &flume::Receiver<Local<Self::Rt>>,
+        deadline: Instant,
+    ) -> Received<Self::Rt> {
+        if let Ok(message) = local.try_recv() {
+            return Received::Local(message);
+        }
         match rx.recv_deadline(deadline) {
             Ok(queued) => Received::Command(queued.into_command()),
             Err(flume::RecvTimeoutError::Timeout) => Received::Timeout,
@@ -280,6 +288,78 @@ impl LoopRuntime for BlockingRuntime {
     }
 }
 
+/// Waits on the shard's two queues and a timer, local messages first.
+async fn recv_either<RT: openraft::rt::AsyncRuntime>(
+    rx: &flume::Receiver<Queued>,
+    local: &flume::Receiver<Local<RT>>,
+    timer: impl std::future::Future<Output = ()>,
+) -> Received<RT> {
+    use futures::future::{Either, select};
+    if let Ok(message) = local.try_recv() {
+        return Received::Local(message);
+    }
+    let queues = async {
+        let recv = std::pin::pin!(rx.recv_async());
+        let local = std::pin::pin!(local.recv_async());
+        match select(local, recv).await {
+            Either::Left((Ok(message), _)) => Received::Local(message),
+            // The shard holds a sender of its own local queue, so it never disconnects.
+            Either::Left((Err(flume::RecvError::Disconnected), _)) => Received::Closed,
+            Either::Right((Ok(queued), _)) => Received::Command(queued.into_command()),
+            Either::Right((Err(flume::RecvError::Disconnected), _)) => Received::Closed,
+        }
+    };
+    match select(std::pin::pin!(queues), std::pin::pin!(timer)).await {
+        Either::Left((received, _)) => received,
+        Either::Right(((), _)) => Received::Timeout,
+    }
+}
+
+/// The portable shard's runtime: a current-thread tokio runtime with a local set on the
+/// shard's own thread, so Raft groups can run their tasks beside the shard loop.
+pub(crate) struct TokioLocalRuntime;
+
+impl LoopRuntime for TokioLocalRuntime {
+    type Rt = openraft_rt_tokio::TokioRuntime;
+    const HOSTS_RAFT: bool = true;
+
+    async fn recv(
+        &self,
+        rx: &flume::Receiver<Queued>,
+        local: &flume::Receiver<Local<Self::Rt>>,
+        deadline: Instant,
+    ) -> Received<Self::Rt> {
+        let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        recv_either(rx, local, timer).await
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+/// Runs a portable shard on the calling thread, on a current-thread tokio runtime.
+fn run_portable(ctx: ShardContext) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let reason = format!("cannot build its tokio runtime: {e}");
+            if ctx.ready.send(Err(Error::ShardFailed { shard: ctx.id, reason })).is_err() {
+                tracing::error!(shard = ctx.id, "the shard set left before the shard failed");
+            }
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(
+        &runtime,
+        worker::run(PortableEngine::new(), TokioLocalRuntime, ctx),
+    );
+}
+
 /// The glommio shard's runtime: waits yield to the executor, so io_uring completions and
 /// timers keep running.
 #[cfg(target_os = "linux")]
@@ -287,16 +367,17 @@ struct GlommioRuntime;
 
 #[cfg(target_os = "linux")]
 impl LoopRuntime for GlommioRuntime {
-    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received {
-        use futures::future::{Either, select};
+    type Rt = crate::raft::runtime::GlommioRuntime;
+    const HOSTS_RAFT: bool = true;
+
+    async fn recv(
+        &self,
+        rx: &flume::Receiver<Queued>,
+        local: &flume::Receiver<Local<Self::Rt>>,
+        deadline: Instant,
+    ) -> Received<Self::Rt> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        let recv = std::pin::pin!(rx.recv_async());
-        let timer = std::pin::pin!(glommio::timer::sleep(wait));
-        match select(recv, timer).await {
-            Either::Left((Ok(queued), _)) => Received::Command(queued.into_command()),
-            Either::Left((Err(flume::RecvError::Disconnected), _)) => Received::Closed,
-            Either::Right(((), _)) => Received::Timeout,
-        }
+        recv_either(rx, local, glommio::timer::sleep(wait)).await
     }
 
     async fn sleep(&self, duration: Duration) {

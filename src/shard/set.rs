@@ -35,6 +35,8 @@ use super::stats::{ShardStats, ShardStatsSnapshot};
 use super::topics::{self, TopicMeta};
 use super::worker::ShardContext;
 use crate::observability;
+use crate::proto::v1 as pb;
+use crate::raft::group::RaftContext;
 use crate::storage::{CheckedBatch, Record};
 
 /// A topic's route as one append sees it: looked up once, then used to pick the partition
@@ -133,6 +135,7 @@ fn start_shards(
     engine: ResolvedEngine,
     options: &ShardOptions,
     initial: Vec<Vec<OpenPartition>>,
+    raft: Option<&RaftContext>,
 ) -> Result<Started> {
     let shard_count = options.shard_count;
     let mut started = Started {
@@ -153,6 +156,7 @@ fn start_shards(
             options: options.clone(),
             initial,
             ready: ready_tx,
+            raft: raft.cloned(),
         };
         match executor::spawn_shard(engine, options.pin_threads, options.io_memory_bytes, ctx) {
             Ok(thread) => started.threads.push(thread),
@@ -187,13 +191,19 @@ impl ShardSet {
     /// Validates the options, loads the topics, starts one thread per shard and opens every
     /// partition on its shard. Blocks until all are open (call it before serving).
     pub fn start(options: ShardOptions) -> Result<ShardSet> {
+        Self::start_with(options, None)
+    }
+
+    /// As [`ShardSet::start`], on a node of a cluster: partitions with more than one replica
+    /// run a Raft group that reaches the other nodes through `raft`'s transport.
+    pub(crate) fn start_with(options: ShardOptions, raft: Option<RaftContext>) -> Result<ShardSet> {
         options.validate()?;
         let (engine, engine_reason) =
             executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
         let topics_dir = topics::topics_dir(&options.data_dir);
         let metas = topics::load_all(&topics_dir, options.shard_count)?;
         let (routes, initial) = plan_all(&topics_dir, &metas, options.shard_count);
-        let started = start_shards(engine, &options, initial)?;
+        let started = start_shards(engine, &options, initial, raft.as_ref())?;
         tracing::info!(
             shards = options.shard_count,
             engine = engine.name(),
@@ -513,6 +523,36 @@ impl ShardSet {
     }
 
     /// Number of partitions of a topic.
+    /// Hands a Raft message from another node to the shard that owns its partition; the
+    /// answer (or a refusal, as an envelope with an error body) comes back on the receiver.
+    pub async fn deliver_raft(&self, envelope: pb::RaftEnvelope) -> pb::RaftEnvelope {
+        let refuse = |mut envelope: pb::RaftEnvelope, reason: String| {
+            envelope.body = Some(pb::raft_envelope::Body::Error(reason));
+            envelope
+        };
+        let shard = match self.shard_of(&envelope.topic, envelope.partition) {
+            Ok(shard) => shard,
+            Err(e) => return refuse(envelope, e.to_string()),
+        };
+        let (reply, answer) = oneshot::channel();
+        let sent = self.inner.senders[shard]
+            .send(
+                Command::Raft {
+                    envelope: envelope.clone(),
+                    reply,
+                },
+                Some(Duration::from_millis(self.inner.options.enqueue_timeout_ms)),
+            )
+            .await;
+        if let Err(e) = sent {
+            return refuse(envelope, format!("{e:?}"));
+        }
+        match answer.await {
+            Ok(answer) => answer,
+            Err(_) => refuse(envelope, "the shard stopped".to_owned()),
+        }
+    }
+
     pub fn partitions_of(&self, topic: &str) -> Result<u32> {
         Ok(self.topic_route(topic)?.partitions.len() as u32)
     }

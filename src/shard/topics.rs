@@ -71,6 +71,10 @@ pub(crate) struct TopicMeta {
     /// The owning shard of each partition, indexed by partition id.
     pub shards: Vec<u32>,
     pub created_ms: i64,
+    /// The nodes holding each partition, indexed by partition id; empty (a topic of a
+    /// single node, or made before replication) means every partition is solo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<u64>>,
 }
 
 impl TopicMeta {
@@ -81,6 +85,7 @@ impl TopicMeta {
             shard_count: shard_count as u32,
             shards: assign(name, partitions, shard_count),
             created_ms: crate::storage::now_ms(),
+            replicas: Vec::new(),
         }
     }
 }

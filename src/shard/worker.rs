@@ -32,21 +32,49 @@ use super::queue::{QueueReceiver, Queued};
 use super::results::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
+use crate::proto::v1 as pb;
+use crate::raft::group::{Group, ProposeError, RaftContext};
+use crate::raft::store::{self as raft_store, LogOp};
 use crate::storage::{self, CheckedBatch, Engine, Log, Record, now_ms};
+use openraft::rt::AsyncRuntime;
+use openraft::storage::IOFlushed;
 
-/// What a wait on the queue ended with.
-pub(crate) enum Received {
+/// What the shard's own tasks (its Raft groups) ask of it, on the shard's local queue.
+pub(crate) enum Local<RT: AsyncRuntime> {
+    /// A group's log operation.
+    Op(LogOp<RT>),
+    /// A group finished starting (it starts in a task of its own: starting reads its log,
+    /// which the shard serves, so the shard must not wait for it).
+    Started {
+        key: Key,
+        group: std::result::Result<Group<RT>, String>,
+    },
+}
+
+/// What a wait on the queues ended with.
+pub(crate) enum Received<RT: AsyncRuntime> {
     Command(Command),
+    Local(Local<RT>),
     Timeout,
     /// Every sender is gone: the shard set was dropped without `shutdown`.
     Closed,
 }
 
-/// How a shard waits: on a plain thread it blocks; on glommio it yields to the reactor.
+/// How a shard waits: on a plain thread it blocks; on an executor it yields, so the Raft
+/// groups' tasks, io_uring completions and timers keep running.
 #[allow(async_fn_in_trait)] // Shard loops are single-threaded; no Send bound wanted.
 pub(crate) trait LoopRuntime {
-    /// The next command, or `Timeout` at `deadline`.
-    async fn recv(&self, rx: &flume::Receiver<Queued>, deadline: Instant) -> Received;
+    /// The runtime the shard's Raft groups run on (its tasks and timers).
+    type Rt: AsyncRuntime;
+    /// Whether tasks can be spawned here, which replicated partitions need.
+    const HOSTS_RAFT: bool;
+    /// The next command or local message, or `Timeout` at `deadline`. Local messages first.
+    async fn recv(
+        &self,
+        rx: &flume::Receiver<Queued>,
+        local: &flume::Receiver<Local<Self::Rt>>,
+        deadline: Instant,
+    ) -> Received<Self::Rt>;
     async fn sleep(&self, duration: Duration);
 }
 
@@ -61,18 +89,35 @@ pub(crate) struct ShardContext {
     pub initial: Vec<OpenPartition>,
     /// Told once whether the initial partitions opened.
     pub ready: std::sync::mpsc::Sender<Result<()>>,
+    /// How this node's replicated partitions reach the other nodes; `None` on a node that is
+    /// not in a cluster (its partitions are all solo).
+    pub raft: Option<RaftContext>,
 }
 
 type Key = (Arc<str>, u32);
 
-struct Partition<E: Engine> {
+/// A partition's place in replication.
+enum Replication<RT: AsyncRuntime> {
+    /// One replica: committed at its own sync, no Raft group.
+    Solo,
+    /// Its group is starting: it serves reads of what it knows is committed, no writes.
+    Starting,
+    Running(Group<RT>),
+}
+
+struct Partition<E: Engine, RT: AsyncRuntime> {
     log: Log<E>,
     high_watermark: watch::Sender<u64>,
     /// Committed without a sync (interval durability): the timer must sync it.
     unsynced: bool,
+    replication: Replication<RT>,
 }
 
-impl<E: Engine> Partition<E> {
+impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
+    fn is_solo(&self) -> bool {
+        matches!(self.replication, Replication::Solo)
+    }
+
     fn publish(&self) {
         let hw = self.log.high_watermark();
         self.high_watermark.send_if_modified(|current| {
@@ -107,14 +152,20 @@ struct Pending {
     reply: Reply<AppendAck>,
 }
 
-struct Shard<E: Engine> {
+/// Raft appends written in the current group, waiting for the flush that makes them durable.
+type RaftFlushes<RT> = Vec<(Key, IOFlushed<crate::raft::types::PartitionTypes<RT>>)>;
+
+struct Shard<E: Engine, RT: AsyncRuntime> {
     id: usize,
     engine: E,
     options: ShardOptions,
     stats: Arc<ShardStats>,
     /// Fsync latency and group size; slow-fsync warnings.
     metrics: ShardMetrics,
-    partitions: HashMap<Key, Partition<E>>,
+    partitions: HashMap<Key, Partition<E, RT>>,
+    raft: Option<RaftContext>,
+    /// The shard's own queue, for its groups' tasks (see [`Local`]).
+    local: flume::Sender<Local<RT>>,
 }
 
 /// Runs a shard until `Shutdown` (or until every sender is dropped).
@@ -130,8 +181,10 @@ where
         options,
         initial,
         ready,
+        raft,
     } = ctx;
     let metrics = ShardMetrics::new(id, options.slow_fsync_ms);
+    let (local, local_rx) = flume::unbounded();
     let mut shard = Shard {
         id,
         engine,
@@ -139,6 +192,8 @@ where
         stats,
         metrics,
         partitions: HashMap::new(),
+        raft: if R::HOSTS_RAFT { raft } else { None },
+        local,
     };
     let opened = shard.open(initial).await;
     let failed = opened.is_err();
@@ -159,14 +214,20 @@ where
 
     let shutdown_reply = loop {
         let deadline = next_sync.map_or(next_maintenance, |s| s.min(next_maintenance));
-        match runtime.recv(rx.channel(), deadline).await {
+        match runtime.recv(rx.channel(), &local_rx, deadline).await {
             Received::Closed => break None,
             Received::Timeout => {}
             Received::Command(first) => {
                 if !linger.is_zero() && matches!(first, Command::Append { .. }) {
                     runtime.sleep(linger).await;
                 }
-                if let Some(reply) = shard.serve_group(first, &rx).await {
+                if let Some(reply) = shard.serve_group(Some(first), &rx, &local_rx).await {
+                    break Some(reply);
+                }
+            }
+            Received::Local(first) => {
+                shard.serve_local(first, &mut Vec::new()).await;
+                if let Some(reply) = shard.serve_group(None, &rx, &local_rx).await {
                     break Some(reply);
                 }
             }
@@ -189,6 +250,11 @@ where
     // first, so nothing can slip in after this drain.
     rx.close_and_refuse(|| Error::ShuttingDown);
     let closed = shard.close_all().await;
+    while let Ok(local) = local_rx.try_recv() {
+        if let Local::Op(op) = local {
+            op.refuse(shard_stopped);
+        }
+    }
     match shutdown_reply {
         Some(reply) => {
             if reply.send(closed).is_err() {
@@ -211,6 +277,13 @@ fn send<T>(reply: Reply<T>, result: Result<T>) {
     }
 }
 
+fn shard_stopped() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "the partition was closed on its shard",
+    )
+}
+
 fn unknown(topic: &str) -> Error {
     // The bridge routed it here, so the partition existed: the topic was deleted meanwhile.
     Error::UnknownTopic {
@@ -218,17 +291,32 @@ fn unknown(topic: &str) -> Error {
     }
 }
 
-impl<E: Engine> Shard<E> {
-    /// Serves `first` and whatever is queued behind it, up to `flush_bytes_max` of append
-    /// payload and `queue_depth_max` requests, then flushes. Returns the reply of a
-    /// `Shutdown` met on the way (everything before it is served and flushed).
-    async fn serve_group(&mut self, first: Command, rx: &QueueReceiver) -> Option<Reply<()>> {
+impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
+    /// Serves `first` and whatever is queued behind it on both queues (the shard's local
+    /// messages first), up to `flush_bytes_max` of append payload and `queue_depth_max`
+    /// requests, then flushes: client appends and Raft appends share the flush's syncs.
+    /// Returns the reply of a `Shutdown` met on the way (everything before it is served and
+    /// flushed).
+    async fn serve_group(
+        &mut self,
+        first: Option<Command>,
+        rx: &QueueReceiver,
+        local_rx: &flume::Receiver<Local<RT>>,
+    ) -> Option<Reply<()>> {
         self.stats.queue_depth.store(rx.len() as u64, Relaxed);
         let mut pending = Vec::new();
+        let mut raft_flushes: RaftFlushes<RT> = Vec::new();
         let mut payload_bytes = 0u64;
         let mut served = 0usize;
-        let mut next = Some(first);
-        while let Some(cmd) = next {
+        let mut next = first;
+        loop {
+            while let Ok(local) = local_rx.try_recv() {
+                served += 1;
+                self.serve_local(local, &mut raft_flushes).await;
+            }
+            let Some(cmd) = next else {
+                break;
+            };
             served += 1;
             match cmd {
                 Command::Append {
@@ -254,12 +342,14 @@ impl<E: Engine> Shard<E> {
                         .await;
                     send(reply, result);
                 }
+                Command::Raft { envelope, reply } => self.deliver(envelope, reply),
                 Command::Shutdown { reply } => {
-                    self.flush(pending).await;
+                    self.flush(pending, raft_flushes).await;
                     return Some(reply);
                 }
                 other => {
-                    self.flush(std::mem::take(&mut pending)).await;
+                    self.flush(std::mem::take(&mut pending), std::mem::take(&mut raft_flushes))
+                        .await;
                     self.serve_admin(other).await;
                 }
             }
@@ -270,8 +360,64 @@ impl<E: Engine> Shard<E> {
             }
             next = rx.try_recv();
         }
-        self.flush(pending).await;
+        self.flush(pending, raft_flushes).await;
         None
+    }
+
+    /// Serves one message of the shard's own tasks. A Raft append is written here and its
+    /// `IOFlushed` joins `raft_flushes`, called after the flush that makes it durable.
+    async fn serve_local(&mut self, local: Local<RT>, raft_flushes: &mut RaftFlushes<RT>) {
+        match local {
+            Local::Op(op) => {
+                let key = op.key().clone();
+                let Some(p) = self.partitions.get_mut(&key) else {
+                    op.refuse(shard_stopped);
+                    return;
+                };
+                let committed_before = p.log.high_watermark();
+                if let Some(flushed) = raft_store::serve(&mut p.log, op).await {
+                    raft_flushes.push((key, flushed));
+                } else if p.log.high_watermark() != committed_before {
+                    p.publish();
+                }
+                // A truncation may lower the commit mark.
+                p.publish();
+            }
+            Local::Started { key, group } => {
+                let Some(p) = self.partitions.get_mut(&key) else {
+                    // Closed while it started: stop it again.
+                    if let Ok(group) = group {
+                        drop(RT::spawn(async move { group.shutdown().await }));
+                    }
+                    return;
+                };
+                match group {
+                    Ok(group) => p.replication = Replication::Running(group),
+                    Err(reason) => {
+                        tracing::error!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start; the partition stays read-only");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a Raft message from another node to its partition's group.
+    fn deliver(&mut self, mut envelope: pb::RaftEnvelope, reply: tokio::sync::oneshot::Sender<pb::RaftEnvelope>) {
+        let key: Key = (Arc::from(envelope.topic.as_str()), envelope.partition);
+        match self.partitions.get(&key).map(|p| &p.replication) {
+            Some(Replication::Running(group)) => group.deliver(envelope, reply),
+            other => {
+                let reason = match other {
+                    None => "no replica of this partition here",
+                    Some(Replication::Starting) => "the replica is starting",
+                    _ => "the partition is not replicated here",
+                };
+                envelope.body = Some(pb::raft_envelope::Body::Error(reason.to_owned()));
+                if reply.send(envelope).is_err() {
+                    tracing::trace!("transport left before the refusal");
+                }
+            }
+        }
     }
 
     async fn append(
@@ -284,6 +430,63 @@ impl<E: Engine> Shard<E> {
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
+        match &p.replication {
+            Replication::Solo => {}
+            Replication::Starting => {
+                return send(
+                    reply,
+                    Err(Error::NotLeader {
+                        topic: key.0.to_string(),
+                        partition: key.1,
+                        leader: None,
+                    }),
+                );
+            }
+            Replication::Running(group) => {
+                let (leader, is_me) = group.leader();
+                if !is_me {
+                    // Refused before anything changes; the client follows the hint.
+                    return send(
+                        reply,
+                        Err(Error::NotLeader {
+                            topic: key.0.to_string(),
+                            partition: key.1,
+                            leader,
+                        }),
+                    );
+                }
+                let stats = self.stats.clone();
+                let (topic, partition) = key;
+                group.propose(
+                    batch,
+                    Box::new(move |result| {
+                        let answer = match result {
+                            Ok(applied) => {
+                                ShardStats::add(&stats.appends, 1);
+                                ShardStats::add(&stats.records, u64::from(applied.count));
+                                Ok(AppendAck {
+                                    partition,
+                                    base_offset: applied.base_offset,
+                                    count: applied.count,
+                                })
+                            }
+                            Err(ProposeError::NotLeader { leader }) => Err(Error::NotLeader {
+                                topic: topic.to_string(),
+                                partition,
+                                leader,
+                            }),
+                            Err(ProposeError::Stopped { reason }) => Err(Error::Replication {
+                                topic: topic.to_string(),
+                                partition,
+                                reason,
+                            }),
+                        };
+                        send(reply, answer);
+                    }),
+                );
+                return;
+            }
+        }
         match p.log.append_checked(&batch).await {
             Ok(base_offset) => pending.push(Pending {
                 key,
@@ -299,14 +502,17 @@ impl<E: Engine> Shard<E> {
 
     /// Makes the group's appends readable (and durable under `Fsync`) with one sync per
     /// touched partition, then acknowledges them in arrival order.
-    async fn flush(&mut self, pending: Vec<Pending>) {
-        if pending.is_empty() {
+    async fn flush(&mut self, pending: Vec<Pending>, raft_flushes: RaftFlushes<RT>) {
+        if pending.is_empty() && raft_flushes.is_empty() {
             return;
         }
         // The touched partitions, with the records the group appended to each.
         let mut touched: HashMap<Key, u64> = HashMap::new();
         for item in &pending {
             *touched.entry(item.key.clone()).or_default() += u64::from(item.count);
+        }
+        for (key, _) in &raft_flushes {
+            touched.entry(key.clone()).or_default();
         }
         let mut outcomes: HashMap<Key, FlushOutcome> = HashMap::with_capacity(touched.len());
         for (key, records) in touched {
@@ -323,6 +529,18 @@ impl<E: Engine> Shard<E> {
                 .expect("every touched partition has an outcome");
             let result = self.acknowledge(&item, outcome);
             send(item.reply, result);
+        }
+        // Raft learns its entries are durable here, after the sync, all of a group at once.
+        for (key, flushed) in raft_flushes {
+            let outcome = outcomes
+                .get(&key)
+                .expect("every touched partition has an outcome");
+            flushed.io_completed(
+                outcome
+                    .result
+                    .clone()
+                    .map_err(|e| std::io::Error::other(e.to_string())),
+            );
         }
     }
 
@@ -358,8 +576,11 @@ impl<E: Engine> Shard<E> {
                 Durability::None => (Ok(()), Log::end_offset),
             },
         };
-        commit_to(&mut p.log, committed);
-        p.publish();
+        // A replicated partition's commit mark is Raft's (moved when entries apply).
+        if p.is_solo() {
+            commit_to(&mut p.log, committed);
+            p.publish();
+        }
         FlushOutcome {
             result: outcome.map_err(Arc::new),
             high_watermark: p.log.high_watermark(),
@@ -517,7 +738,10 @@ impl<E: Engine> Shard<E> {
                 let result = self.close(&topic, &partitions, remove).await;
                 send(reply, result);
             }
-            Command::Append { .. } | Command::Read { .. } | Command::Shutdown { .. } => {
+            Command::Append { .. }
+            | Command::Read { .. }
+            | Command::Raft { .. }
+            | Command::Shutdown { .. } => {
                 unreachable!("served by serve_group")
             }
         }
@@ -543,11 +767,13 @@ impl<E: Engine> Shard<E> {
                     .map_err(|e| Error::storage(&open.topic, open.partition, e))
             };
             match opening {
-                Ok((log, _report)) => {
+                Ok((mut log, _report)) => {
+                    let replication = self.start_group(&key, &open.replicas, &mut log);
                     let p = Partition {
                         log,
                         high_watermark: open.high_watermark,
                         unsynced: false,
+                        replication,
                     };
                     p.publish();
                     self.partitions.insert(key.clone(), p);
@@ -566,6 +792,33 @@ impl<E: Engine> Shard<E> {
             }
         }
         Ok(())
+    }
+
+    /// Starts the Raft group of a replicated partition in a task of its own (it reports back
+    /// on the local queue), and lowers the commit mark to the start: readers see only what
+    /// the group applies. A solo partition (one replica, or no cluster) starts nothing.
+    fn start_group(&self, key: &Key, replicas: &[u64], log: &mut Log<E>) -> Replication<RT> {
+        let Some(raft) = self.raft.clone().filter(|_| replicas.len() > 1) else {
+            if replicas.len() > 1 {
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "a replicated partition on a node outside a cluster; serving it alone");
+            }
+            return Replication::Solo;
+        };
+        log.set_commit(log.start_offset())
+            .expect("the start offset is within the log");
+        let fresh = log.end_offset() == 0;
+        let (key, replicas, local) = (key.clone(), replicas.to_vec(), self.local.clone());
+        let ops = {
+            let local = local.clone();
+            raft_store::OpSender::new(move |op| local.send(Local::Op(op)).is_ok())
+        };
+        drop(RT::spawn(async move {
+            let group = Group::start(key.clone(), &replicas, fresh, &raft, ops).await;
+            if local.send(Local::Started { key, group }).is_err() {
+                tracing::debug!("a Raft group started after its shard stopped");
+            }
+        }));
+        Replication::Starting
     }
 
     /// Closes (syncing) the given partitions of `topic`, removing their directories when
@@ -686,6 +939,7 @@ pub(crate) mod tests {
                 partition: 0,
                 dir: dir.join("t").join("0"),
                 high_watermark: hw_tx,
+                replicas: Vec::new(),
             }],
             ready: ready_tx,
         };
