@@ -15,10 +15,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::rt::AsyncRuntime;
-use openraft::async_runtime::WatchReceiver;
 use openraft::{Raft, ServerState};
 use tokio::sync::oneshot;
 
@@ -131,21 +131,19 @@ impl<RT: AsyncRuntime> Group<RT> {
         (m.current_leader, m.state == ServerState::Leader)
     }
 
-    /// The current term (the leader epoch of what a leader would write now).
-    pub(crate) fn term(&self) -> u64 {
-        self.raft.metrics().borrow_watched().current_term
-    }
-
     /// Proposes `batch`; `reply` gets its place once a majority holds it and it is applied.
     pub(crate) fn propose(&self, batch: CheckedBatch, reply: ProposeReply) {
         let raft = self.raft.clone();
         let responder = CallbackResponder::new(
-            move |result: Result<ClientWriteResponse<PartitionTypes<RT>>, ClientWriteError<PartitionTypes<RT>>>| {
+            move |result: Result<
+                ClientWriteResponse<PartitionTypes<RT>>,
+                ClientWriteError<PartitionTypes<RT>>,
+            >| {
                 reply(match result {
                     Ok(response) => Ok(response.data),
-                    Err(ClientWriteError::ForwardToLeader(f)) => {
-                        Err(ProposeError::NotLeader { leader: f.leader_id })
-                    }
+                    Err(ClientWriteError::ForwardToLeader(f)) => Err(ProposeError::NotLeader {
+                        leader: f.leader_id,
+                    }),
                     Err(e) => Err(ProposeError::Stopped {
                         reason: e.to_string(),
                     }),

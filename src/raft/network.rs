@@ -31,8 +31,6 @@ use pb::raft_envelope::Body;
 pub(crate) enum TransportError {
     #[error("node {node} is not a known peer")]
     UnknownNode { node: NodeId },
-    #[error("the queue to node {node} is full ({depth} messages)")]
-    QueueFull { node: NodeId, depth: usize },
     #[error("node {node} did not answer: {reason}")]
     Lost { node: NodeId, reason: String },
     #[error("node {node} refused the message: {reason}")]
@@ -91,7 +89,9 @@ pub(crate) struct PeerClient {
     transport: Arc<dyn RaftTransport>,
 }
 
-fn unreachable<RT: AsyncRuntime>(e: &(impl std::error::Error + 'static)) -> RPCError<PartitionTypes<RT>> {
+fn unreachable<RT: AsyncRuntime>(
+    e: &(impl std::error::Error + 'static),
+) -> RPCError<PartitionTypes<RT>> {
     RPCError::Unreachable(Unreachable::new(e))
 }
 
@@ -199,9 +199,11 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<PartitionTypes<RT>>, StreamingError<PartitionTypes<RT>>> {
         // Never reached while partitions build no snapshots (see `state_machine`).
-        Err(StreamingError::Unreachable(Unreachable::new(&io::Error::new(
-            io::ErrorKind::Unsupported,
-            "partition snapshots are not built yet",
-        ))))
+        Err(StreamingError::Unreachable(Unreachable::new(
+            &io::Error::new(
+                io::ErrorKind::Unsupported,
+                "partition snapshots are not built yet",
+            ),
+        )))
     }
 }

@@ -127,7 +127,11 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
         NoSnapshots
     }
 
-    async fn install_snapshot(&mut self, _meta: &SnapshotMeta, _snapshot: ()) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta,
+        _snapshot: (),
+    ) -> Result<(), io::Error> {
         Err(unsupported("install_snapshot"))
     }
 

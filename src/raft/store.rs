@@ -151,7 +151,11 @@ impl<RT: AsyncRuntime> OpSender<RT> {
     }
 
     pub(crate) fn send(&self, op: LogOp<RT>) -> io::Result<()> {
-        if (self.send)(op) { Ok(()) } else { Err(stopped()) }
+        if (self.send)(op) {
+            Ok(())
+        } else {
+            Err(stopped())
+        }
     }
 }
 
@@ -402,7 +406,9 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
         LogOp::SaveVote { vote, reply, .. } => {
             send(
                 reply,
-                log.save_vote(&to_storage_vote(&vote)).await.map_err(io_error),
+                log.save_vote(&to_storage_vote(&vote))
+                    .await
+                    .map_err(io_error),
             );
         }
         LogOp::Append {
@@ -574,7 +580,11 @@ async fn read<E: Engine>(log: &mut Log<E>, start: u64, end: u64) -> io::Result<V
 
 /// The offset just past entry `index`: where entry `index + 1` starts, or the end.
 async fn end_of_entry<E: Engine>(log: &mut Log<E>, index: u64) -> io::Result<u64> {
-    match log.offset_of_raft_index(index + 1).await.map_err(io_error)? {
+    match log
+        .offset_of_raft_index(index + 1)
+        .await
+        .map_err(io_error)?
+    {
         Some(offset) => Ok(offset),
         None => Ok(log.end_offset()),
     }

@@ -76,7 +76,10 @@ fn entry_to(entry: &Entry) -> io::Result<pb::RaftEntry> {
 
 fn entry_from(entry: pb::RaftEntry) -> io::Result<Entry> {
     let id = log_id_from(entry.log_id).ok_or_else(|| malformed("an entry has no log id"))?;
-    let payload = match entry.payload.ok_or_else(|| malformed("an entry has no payload"))? {
+    let payload = match entry
+        .payload
+        .ok_or_else(|| malformed("an entry has no payload"))?
+    {
         WirePayload::Blank(_) => EntryPayload::Blank,
         WirePayload::Batch(bytes) => {
             let header = storage::verify_batch(&bytes)
@@ -132,7 +135,11 @@ pub(crate) fn append_request_to<RT: AsyncRuntime>(
     Ok(pb::RaftAppendRequest {
         vote: Some(vote_to(&rpc.vote)),
         prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to),
-        entries: rpc.entries.iter().map(entry_to).collect::<io::Result<_>>()?,
+        entries: rpc
+            .entries
+            .iter()
+            .map(entry_to)
+            .collect::<io::Result<_>>()?,
         leader_commit: rpc.leader_commit.as_ref().map(log_id_to),
     })
 }
@@ -174,7 +181,10 @@ pub(crate) fn append_response_from<RT: AsyncRuntime>(
     r: pb::RaftAppendResponse,
 ) -> io::Result<AppendEntriesResponse<PartitionTypes<RT>>> {
     Ok(
-        match r.result.ok_or_else(|| malformed("an append response has no result"))? {
+        match r
+            .result
+            .ok_or_else(|| malformed("an append response has no result"))?
+        {
             AppendResult::Success(_) => AppendEntriesResponse::Success,
             AppendResult::PartialSuccess(p) => {
                 AppendEntriesResponse::PartialSuccess(log_id_from(p.log_id))

@@ -81,11 +81,33 @@ impl ShardSet {
     ///
     /// Runs to its end even if the caller stops polling it (see `to_completion`).
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        let (this, name) = (self.clone(), name.to_owned());
-        to_completion(async move { this.create_topic_now(&name, partitions).await }).await
+        self.create_topic_on(name, partitions, Vec::new()).await
     }
 
-    async fn create_topic_now(&self, name: &str, partitions: u32) -> Result<()> {
+    /// Creates a topic whose partition `p` is held by the nodes `replicas[p]` (this node
+    /// among them); an empty list makes every partition solo. Every replica must be told
+    /// the same list: each then starts the same Raft group.
+    pub(crate) async fn create_topic_on(
+        &self,
+        name: &str,
+        partitions: u32,
+        replicas: Vec<Vec<u64>>,
+    ) -> Result<()> {
+        assert!(
+            replicas.is_empty() || replicas.len() == partitions as usize,
+            "{} replica sets for {partitions} partitions",
+            replicas.len()
+        );
+        let (this, name) = (self.clone(), name.to_owned());
+        to_completion(async move { this.create_topic_now(&name, partitions, replicas).await }).await
+    }
+
+    async fn create_topic_now(
+        &self,
+        name: &str,
+        partitions: u32,
+        replicas: Vec<Vec<u64>>,
+    ) -> Result<()> {
         self.check_running()?;
         validate_topic_name(name)?;
         let max = self.inner.options.partitions_max;
@@ -110,7 +132,8 @@ impl ShardSet {
         if topics >= max {
             return Err(Error::TooManyTopics { topics, max });
         }
-        let meta = TopicMeta::new(name, partitions, self.shard_count());
+        let mut meta = TopicMeta::new(name, partitions, self.shard_count());
+        meta.replicas = replicas;
         let topics_dir = self.inner.topics_dir.clone();
         {
             let (meta, topics_dir) = (meta.clone(), topics_dir.clone());

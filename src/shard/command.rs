@@ -100,7 +100,10 @@ impl Command {
             Command::Open { reply, .. } => send(reply, error()),
             Command::Close { reply, .. } => send(reply, error()),
             Command::Shutdown { reply } => send(reply, error()),
-            Command::Raft { mut envelope, reply } => {
+            Command::Raft {
+                mut envelope,
+                reply,
+            } => {
                 envelope.body = Some(crate::proto::v1::raft_envelope::Body::Error(
                     error().to_string(),
                 ));

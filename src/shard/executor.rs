@@ -261,8 +261,10 @@ fn pin_current_thread(id: usize) {
 
 /// A plain-thread runtime for tests: the thread is the shard's own, so waiting blocks it.
 /// It cannot spawn tasks, so it hosts no Raft group (every partition is solo on it).
+#[cfg(test)]
 pub(crate) struct BlockingRuntime;
 
+#[cfg(test)]
 impl LoopRuntime for BlockingRuntime {
     type Rt = openraft_rt_tokio::TokioRuntime;
     const HOSTS_RAFT: bool = false;
@@ -347,7 +349,14 @@ fn run_portable(ctx: ShardContext) {
         Ok(runtime) => runtime,
         Err(e) => {
             let reason = format!("cannot build its tokio runtime: {e}");
-            if ctx.ready.send(Err(Error::ShardFailed { shard: ctx.id, reason })).is_err() {
+            if ctx
+                .ready
+                .send(Err(Error::ShardFailed {
+                    shard: ctx.id,
+                    reason,
+                }))
+                .is_err()
+            {
                 tracing::error!(shard = ctx.id, "the shard set left before the shard failed");
             }
             return;

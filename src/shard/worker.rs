@@ -51,6 +51,12 @@ pub(crate) enum Local<RT: AsyncRuntime> {
     },
 }
 
+/// What starts a group of work: a command from the bridge or a message of the shard's own.
+enum First<RT: AsyncRuntime> {
+    Command(Command),
+    Local(Local<RT>),
+}
+
 /// What a wait on the queues ended with.
 pub(crate) enum Received<RT: AsyncRuntime> {
     Command(Command),
@@ -221,13 +227,15 @@ where
                 if !linger.is_zero() && matches!(first, Command::Append { .. }) {
                     runtime.sleep(linger).await;
                 }
-                if let Some(reply) = shard.serve_group(Some(first), &rx, &local_rx).await {
+                if let Some(reply) = shard
+                    .serve_group(First::Command(first), &rx, &local_rx)
+                    .await
+                {
                     break Some(reply);
                 }
             }
             Received::Local(first) => {
-                shard.serve_local(first, &mut Vec::new()).await;
-                if let Some(reply) = shard.serve_group(None, &rx, &local_rx).await {
+                if let Some(reply) = shard.serve_group(First::Local(first), &rx, &local_rx).await {
                     break Some(reply);
                 }
             }
@@ -299,7 +307,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// flushed).
     async fn serve_group(
         &mut self,
-        first: Option<Command>,
+        first: First<RT>,
         rx: &QueueReceiver,
         local_rx: &flume::Receiver<Local<RT>>,
     ) -> Option<Reply<()>> {
@@ -308,7 +316,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         let mut raft_flushes: RaftFlushes<RT> = Vec::new();
         let mut payload_bytes = 0u64;
         let mut served = 0usize;
-        let mut next = first;
+        let mut next = match first {
+            First::Command(cmd) => Some(cmd),
+            First::Local(local) => {
+                served += 1;
+                self.serve_local(local, &mut raft_flushes).await;
+                rx.try_recv()
+            }
+        };
         loop {
             while let Ok(local) = local_rx.try_recv() {
                 served += 1;
@@ -348,8 +363,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     return Some(reply);
                 }
                 other => {
-                    self.flush(std::mem::take(&mut pending), std::mem::take(&mut raft_flushes))
-                        .await;
+                    self.flush(
+                        std::mem::take(&mut pending),
+                        std::mem::take(&mut raft_flushes),
+                    )
+                    .await;
                     self.serve_admin(other).await;
                 }
             }
@@ -402,7 +420,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     }
 
     /// Hands a Raft message from another node to its partition's group.
-    fn deliver(&mut self, mut envelope: pb::RaftEnvelope, reply: tokio::sync::oneshot::Sender<pb::RaftEnvelope>) {
+    fn deliver(
+        &mut self,
+        mut envelope: pb::RaftEnvelope,
+        reply: tokio::sync::oneshot::Sender<pb::RaftEnvelope>,
+    ) {
         let key: Key = (Arc::from(envelope.topic.as_str()), envelope.partition);
         match self.partitions.get(&key).map(|p| &p.replication) {
             Some(Replication::Running(group)) => group.deliver(envelope, reply),
@@ -942,6 +964,7 @@ pub(crate) mod tests {
                 replicas: Vec::new(),
             }],
             ready: ready_tx,
+            raft: None,
         };
         (ctx, tx, ready_rx, hw_rx)
     }
