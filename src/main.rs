@@ -399,6 +399,8 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 partition,
                 records: vec![record_of(&key, line)],
                 correlation_id: i as u64,
+                producer_id: 0,
+                sequence: 0,
             };
             if tx.blocking_send(request).is_err() {
                 break; // the stream ended early; its error is reported below
@@ -529,11 +531,27 @@ async fn topic(command: TopicCommand) -> anyhow::Result<()> {
             let client = connection.connect().await?;
             let description = client.describe_topic(&name).await?;
             println!("topic {}", description.name);
-            println!("partition\tstart\tend\thigh_watermark\tshard");
+            println!(
+                "partition\tstart\tend\thigh_watermark\tshard\tleader\treplicas\tleader_epoch"
+            );
             for p in description.partitions {
+                // Node ids, comma-separated; "-" when none are known (a single node).
+                let replicas = if p.replicas.is_empty() {
+                    "-".to_owned()
+                } else {
+                    let ids: Vec<String> = p.replicas.iter().map(u32::to_string).collect();
+                    ids.join(",")
+                };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    p.id, p.start_offset, p.end_offset, p.high_watermark, p.shard
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    p.id,
+                    p.start_offset,
+                    p.end_offset,
+                    p.high_watermark,
+                    p.shard,
+                    p.leader,
+                    replicas,
+                    p.leader_epoch
                 );
             }
         }

@@ -9,7 +9,8 @@
 //! to auto-create a topic on its first append: the topic globs bound the names);
 //! `Read`/`ReadStream` need `consume`; `CreateTopic`, `DeleteTopic` and `Truncate` need
 //! `admin`; `DescribeTopic` needs any action on the topic ([`Acl::allows_any`]), and
-//! `ListTopics` lists only the topics the caller has some action on.
+//! `ListTopics` lists only the topics the caller has some action on. `DescribeCluster` needs
+//! no action, only an authenticated caller (like `ListTopics`, which any client may call).
 //! `replicate` is for cluster nodes (certificates with CN `node-<id>`), for the node-to-node
 //! `walrs.v1.Replication` service; like any action, it also lets a node describe and list the
 //! topics it covers, which a replica needs to know its partitions. No client RPC of
