@@ -7,6 +7,11 @@
 //! [`CertAuthority`] issues more: a client with any common name, or a whole new, unrelated
 //! CA (tests of "certificate from another CA").
 //!
+//! [`generate_node`] writes a cluster node's pair, `node-<id>.pem`/`node-<id>-key.pem` (CN
+//! `node-<id>`, the identity the ACL grants `replicate`), valid for both server and client
+//! authentication because a node serves and dials with that one pair; it is signed by the
+//! directory's CA, made first when the directory has none.
+//!
 //! Invariants: private keys are written with mode 0600; existing files are never
 //! overwritten unless the caller passes `force`, and `generate` checks every target before
 //! writing any, so a refusal leaves the directory as it was. This module never reads or
@@ -34,6 +39,8 @@ pub const ROOT_CLIENT: &str = "root";
 pub const NOBODY_CLIENT: &str = "nobody";
 /// Names the server certificate is valid for.
 pub const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+/// Prefix of a cluster node's common name and file stem: `node-<id>`.
+pub const NODE_PREFIX: &str = "node-";
 /// Common name of the CA that [`generate`] makes.
 pub const CA_COMMON_NAME: &str = "wal.rs development CA";
 
@@ -83,6 +90,9 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// Node ids start at 1: 0 is a single node outside any cluster.
+    #[error("node id 0 is not allowed: a node's id is its [cluster] node_id, above 0")]
+    NodeId,
     /// The system clock is outside what a certificate can encode.
     #[error("the system clock cannot be encoded in a certificate")]
     Clock,
@@ -256,6 +266,36 @@ impl CertAuthority {
         self.sign_leaf(params, what)
     }
 
+    /// A cluster node's certificate: common name `node-<id>`, SANs `localhost`,
+    /// `127.0.0.1` and `extra_names` (DNS names or IP addresses), with both the server-auth
+    /// and the client-auth extended key usages, since a node serves and dials with one pair.
+    pub fn issue_node(&self, node_id: u32, extra_names: &[&str]) -> Result<CertPair, Error> {
+        if node_id == 0 {
+            return Err(Error::NodeId);
+        }
+        let common_name = node_name(node_id);
+        let what = format!("node certificate {common_name:?}");
+        let mut sans: Vec<String> = SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        for name in extra_names {
+            if !sans.iter().any(|s| s == name) {
+                sans.push(name.to_string());
+            }
+        }
+        let mut params = CertificateParams::new(sans).map_err(|source| Error::Generate {
+            what: what.clone(),
+            source,
+        })?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign_leaf(params, what)
+    }
+
     fn sign_leaf(&self, mut params: CertificateParams, what: String) -> Result<CertPair, Error> {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -312,6 +352,52 @@ pub fn add_client(
 ) -> Result<PairPaths, Error> {
     let ca = CertAuthority::load_dir(dir)?;
     ca.issue_client(common_name)?.write(dir, stem, force)
+}
+
+/// The common name and file stem of node `node_id`: `node-<id>`.
+pub fn node_name(node_id: u32) -> String {
+    format!("{NODE_PREFIX}{node_id}")
+}
+
+/// Writes node `node_id`'s pair, `<out_dir>/node-<id>.pem` and `<out_dir>/node-<id>-key.pem`
+/// (see [`CertAuthority::issue_node`]; `extra_names` are SANs beside localhost and
+/// 127.0.0.1), signed by `<out_dir>/ca.pem` and `ca-key.pem`. When neither CA file exists,
+/// a new CA is made and written first, as [`generate`] does; when only one does, that is an
+/// error naming the missing one. Refuses, before writing anything, when the node's files
+/// exist, unless `force` (which never replaces an existing CA). Returns the paths written.
+pub fn generate_node(
+    out_dir: &Path,
+    node_id: u32,
+    extra_names: &[&str],
+    force: bool,
+) -> Result<Vec<PathBuf>, Error> {
+    if node_id == 0 {
+        return Err(Error::NodeId);
+    }
+    let node = PairPaths::new(out_dir, &node_name(node_id));
+    if !force {
+        refuse_existing(&[&node.cert, &node.key])?;
+    }
+    let ca_paths = PairPaths::new(out_dir, "ca");
+    let ca_missing =
+        ca_paths.cert.symlink_metadata().is_err() && ca_paths.key.symlink_metadata().is_err();
+    let mut written = Vec::with_capacity(4);
+    let ca = if ca_missing {
+        CertAuthority::new(CA_COMMON_NAME)?
+    } else {
+        CertAuthority::load(&ca_paths.cert, &ca_paths.key)?
+    };
+    // Issued before anything is written, so a refused name leaves the directory as it was.
+    let pair = ca.issue_node(node_id, extra_names)?;
+    if ca_missing {
+        let paths = ca.write(out_dir, false)?;
+        written.push(paths.cert);
+        written.push(paths.key);
+    }
+    let paths = pair.write(out_dir, &node_name(node_id), force)?;
+    written.push(paths.cert);
+    written.push(paths.key);
+    Ok(written)
 }
 
 fn set_validity(params: &mut CertificateParams, days: i64) -> Result<(), Error> {
@@ -583,6 +669,90 @@ mod tests {
         with_cert(&cert, |c| assert_eq!(common_name(c), "alice@example"));
         let err = add_client(dir.path(), "alice", "alice", false).unwrap_err();
         assert!(matches!(err, Error::Exists { .. }));
+    }
+
+    #[test]
+    fn a_node_certificate_serves_and_dials_as_node_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let written =
+            generate_node(dir.path(), 3, &["node-3.walrs.internal", "10.0.0.3"], false).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["ca.pem", "ca-key.pem", "node-3.pem", "node-3-key.pem"]
+        );
+        let ca = read(&dir.path().join(CA_CERT));
+        let node = read(&dir.path().join("node-3.pem"));
+        assert!(signed_by(&node, &ca));
+        with_cert(&node, |cert| {
+            assert_eq!(common_name(cert), "node-3");
+            assert!(!cert.is_ca());
+            assert!(cert.validity().is_valid());
+            let eku = cert.extended_key_usage().unwrap().expect("EKU").value;
+            assert!(eku.server_auth && eku.client_auth, "{eku:?}");
+            let san = cert.subject_alternative_name().unwrap().expect("SAN");
+            let names = &san.value.general_names;
+            for expected in [
+                GeneralName::DNSName("localhost"),
+                GeneralName::IPAddress(&[127, 0, 0, 1]),
+                GeneralName::DNSName("node-3.walrs.internal"),
+                GeneralName::IPAddress(&[10, 0, 0, 3]),
+            ] {
+                assert!(names.contains(&expected), "{expected:?} in {names:?}");
+            }
+            assert_eq!(names.len(), 4, "{names:?}");
+        });
+        let key = KeyPair::from_pem(&read(&dir.path().join("node-3-key.pem"))).unwrap();
+        with_cert(&node, |cert| {
+            assert_eq!(
+                cert.public_key().subject_public_key.data.as_ref(),
+                key.public_key_raw()
+            );
+        });
+    }
+
+    #[test]
+    fn node_certificates_share_the_existing_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), false).unwrap();
+        let ca = read(&dir.path().join(CA_CERT));
+        let written = generate_node(dir.path(), 1, &[], false).unwrap();
+        assert_eq!(
+            written.len(),
+            2,
+            "the CA is reused, not rewritten: {written:?}"
+        );
+        assert_eq!(read(&dir.path().join(CA_CERT)), ca);
+        let node = read(&dir.path().join("node-1.pem"));
+        assert!(signed_by(&node, &ca));
+        // A second node, same CA: the two can verify each other.
+        generate_node(dir.path(), 2, &[], false).unwrap();
+        assert!(signed_by(&read(&dir.path().join("node-2.pem")), &ca));
+    }
+
+    #[test]
+    fn node_certificates_refuse_overwrite_and_node_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_node(dir.path(), 1, &[], false).unwrap();
+        let before = read(&dir.path().join("node-1.pem"));
+        let err = generate_node(dir.path(), 1, &[], false).unwrap_err();
+        assert!(matches!(err, Error::Exists { .. }), "{err}");
+        assert!(err.to_string().contains("node-1.pem"), "{err}");
+        assert_eq!(read(&dir.path().join("node-1.pem")), before);
+        let ca = read(&dir.path().join(CA_CERT));
+        generate_node(dir.path(), 1, &[], true).unwrap();
+        assert_ne!(read(&dir.path().join("node-1.pem")), before);
+        assert_eq!(read(&dir.path().join(CA_CERT)), ca, "force keeps the CA");
+        let err = generate_node(dir.path(), 0, &[], false).unwrap_err();
+        assert!(matches!(err, Error::NodeId), "{err}");
+        // Half a CA is an error naming the missing file, not a silent new CA.
+        std::fs::remove_file(dir.path().join(CA_KEY)).unwrap();
+        let err = generate_node(dir.path(), 2, &[], false).unwrap_err();
+        assert!(err.to_string().contains("ca-key.pem"), "{err}");
+        assert!(!dir.path().join("node-2.pem").exists());
     }
 
     #[test]

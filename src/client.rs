@@ -17,8 +17,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::proto::v1::log_client::LogClient;
 use crate::proto::v1::{
     AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest,
-    ListTopicsResponse, ReadRequest, ReadResponse, Record, TruncateRequest, TruncateResponse,
+    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, ReadRequest, ReadResponse,
+    Record, TruncateRequest, TruncateResponse,
 };
 pub use crate::tls::ClientTls;
 
@@ -148,6 +149,9 @@ impl Client {
             partition,
             records,
             correlation_id: 0,
+            // Not idempotent (issue 12).
+            producer_id: 0,
+            sequence: 0,
         };
         Ok(self.inner.clone().append(request).await?.into_inner())
     }
@@ -214,6 +218,8 @@ impl Client {
         let request = CreateTopicRequest {
             name: name.to_string(),
             partitions,
+            // The cluster's default.
+            replication_factor: 0,
         };
         Ok(self.inner.clone().create_topic(request).await?.into_inner())
     }
@@ -245,6 +251,16 @@ impl Client {
             .inner
             .clone()
             .describe_topic(request)
+            .await?
+            .into_inner())
+    }
+
+    /// The cluster's nodes as the answering node knows them.
+    pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .describe_cluster(DescribeClusterRequest {})
             .await?
             .into_inner())
     }
@@ -286,8 +302,8 @@ mod tests {
     use super::*;
     use crate::certs;
     use crate::config::TlsConfig;
-    use crate::proto::v1::TopicInfo;
     use crate::proto::v1::log_server::{Log, LogServer};
+    use crate::proto::v1::{NodeInfo, TopicInfo};
     use crate::server::{PeerInfo, identity};
 
     struct Stub {
@@ -410,6 +426,21 @@ mod tests {
                 partitions: vec![],
             }))
         }
+
+        async fn describe_cluster(
+            &self,
+            _: Request<DescribeClusterRequest>,
+        ) -> Result<Response<DescribeClusterResponse>, Status> {
+            Ok(Response::new(DescribeClusterResponse {
+                node_id: 4,
+                nodes: vec![NodeInfo {
+                    id: 4,
+                    addr: "node-4:7070".into(),
+                    alive: true,
+                }],
+                controller: 0,
+            }))
+        }
     }
 
     /// Echoes every request field into the response, so the test can check each.
@@ -490,6 +521,8 @@ mod tests {
             partition: Some(1),
             records: vec![record("k", "v")],
             correlation_id: 100 + i,
+            producer_id: 0,
+            sequence: 0,
         }));
         let ids: Vec<u64> = client
             .append_stream(requests)
@@ -509,6 +542,11 @@ mod tests {
         );
         let err = client.delete_topic("orders").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let cluster = client.describe_cluster().await.unwrap();
+        assert_eq!(
+            (cluster.node_id, cluster.nodes[0].addr.as_str()),
+            (4, "node-4:7070")
+        );
         assert_eq!(whoami(&client).await.unwrap(), "anonymous");
     }
 

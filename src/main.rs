@@ -38,7 +38,8 @@ struct Cli {
 enum Command {
     /// Run the server until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Make development certificates: a CA, a server pair and the `root` and `nobody` clients.
+    /// Make development certificates: a CA, a server pair and the `root` and `nobody` clients;
+    /// with --node ID, a cluster node's pair (`node-ID.pem`) signed by the same CA.
     Certs(CertsArgs),
     /// Append records: the VALUES given, else one record per line of standard input.
     Produce(ProduceArgs),
@@ -94,9 +95,17 @@ struct CertsArgs {
     /// Directory to write the PEM files to (created if missing).
     #[arg(long, default_value = "certs")]
     out: PathBuf,
-    /// Overwrite existing files.
+    /// Overwrite existing files (with --node: the node's pair; an existing CA is kept).
     #[arg(long)]
     force: bool,
+    /// Write only cluster node ID's pair, `node-ID.pem` and `node-ID-key.pem` (CN `node-ID`,
+    /// for serving and dialing alike), signed by `ca.pem` in --out (made first when missing).
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u32).range(1..))]
+    node: Option<u32>,
+    /// Another name the node certificate is valid for, beside localhost and 127.0.0.1 (a DNS
+    /// name or an IP address); repeat for more.
+    #[arg(long = "san", value_name = "NAME", requires = "node")]
+    sans: Vec<String>,
 }
 
 /// How a client command reaches the server.
@@ -262,7 +271,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Certs(args) => {
-            let written = walrs::certs::generate(&args.out, args.force)?;
+            let written = match args.node {
+                Some(node_id) => {
+                    let sans: Vec<&str> = args.sans.iter().map(String::as_str).collect();
+                    walrs::certs::generate_node(&args.out, node_id, &sans, args.force)?
+                }
+                None => walrs::certs::generate(&args.out, args.force)?,
+            };
             for path in written {
                 println!("{}", path.display());
             }
@@ -384,6 +399,8 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 partition,
                 records: vec![record_of(&key, line)],
                 correlation_id: i as u64,
+                producer_id: 0,
+                sequence: 0,
             };
             if tx.blocking_send(request).is_err() {
                 break; // the stream ended early; its error is reported below
@@ -514,11 +531,27 @@ async fn topic(command: TopicCommand) -> anyhow::Result<()> {
             let client = connection.connect().await?;
             let description = client.describe_topic(&name).await?;
             println!("topic {}", description.name);
-            println!("partition\tstart\tend\thigh_watermark\tshard");
+            println!(
+                "partition\tstart\tend\thigh_watermark\tshard\tleader\treplicas\tleader_epoch"
+            );
             for p in description.partitions {
+                // Node ids, comma-separated; "-" when none are known (a single node).
+                let replicas = if p.replicas.is_empty() {
+                    "-".to_owned()
+                } else {
+                    let ids: Vec<String> = p.replicas.iter().map(u32::to_string).collect();
+                    ids.join(",")
+                };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    p.id, p.start_offset, p.end_offset, p.high_watermark, p.shard
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    p.id,
+                    p.start_offset,
+                    p.end_offset,
+                    p.high_watermark,
+                    p.shard,
+                    p.leader,
+                    replicas,
+                    p.leader_epoch
                 );
             }
         }

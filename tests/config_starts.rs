@@ -8,6 +8,10 @@
 //! the whole server (`walrs::server::start`, portable engine, one shard, small I/O memory,
 //! a temp dir), and its shards take an append of the largest record the config allows and
 //! read it back. The test fails when the example gains a key without a case here.
+//!
+//! `[cluster]` cases stay single-node (no peers, replication factor 1): the server does not
+//! act on `[cluster]` yet, and a case with peers would, once it does, wait for nodes that
+//! never come. Its multi-node rules are unit-tested in `config::cluster`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -119,6 +123,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         ("storage.flush_bytes_max", int(GIB)),
         ("server.read_bytes_max", int(GIB)),
         ("server.inflight_append_bytes_max", int(GIB)),
+        ("cluster.replication_batch_bytes_max", int(GIB)),
     ]);
     cases.extend(single(
         "storage.segment_bytes_max",
@@ -190,6 +195,48 @@ fn cases(dir: &Path) -> Vec<Case> {
         Value::Array(vec![text("produce"), text("consume"), text("admin")]),
     );
     cases.push(vec![("acl", Value::Array(vec![Value::Table(root)]))]);
+    // [cluster], single-node (see the module docs).
+    cases.extend(single(
+        "cluster.node_id",
+        vec![int(0), int(1), int(i64::from(u32::MAX))],
+    ));
+    cases.extend(single(
+        "cluster.advertise_addr",
+        vec![text(""), text("127.0.0.1:7070"), text("localhost:65535")],
+    ));
+    cases.extend(single("cluster.replication_factor", vec![int(1)]));
+    cases.push(vec![
+        ("cluster.node_id", int(1)),
+        ("cluster.replication_factor", int(1)),
+        ("cluster.peers", Value::Array(Vec::new())),
+    ]);
+    cases.extend(single("cluster.heartbeat_interval_ms", vec![int(10)]));
+    cases.push(vec![
+        ("cluster.heartbeat_interval_ms", int(10_000)),
+        ("cluster.election_timeout_min_ms", int(10_001)),
+        ("cluster.election_timeout_max_ms", int(10_002)),
+    ]);
+    cases.push(vec![
+        ("cluster.heartbeat_interval_ms", int(10)),
+        ("cluster.election_timeout_min_ms", int(50)),
+        ("cluster.election_timeout_max_ms", int(51)),
+    ]);
+    cases.push(vec![
+        ("cluster.election_timeout_min_ms", int(60_000)),
+        ("cluster.election_timeout_max_ms", int(120_000)),
+    ]);
+    cases.extend(single(
+        "cluster.replication_batch_bytes_max",
+        vec![int(4 * MIB), int(GIB)],
+    ));
+    cases.extend(single(
+        "cluster.replication_queue_depth_max",
+        vec![int(1), int(1 << 20)],
+    ));
+    cases.extend(single(
+        "cluster.raft_payload_entries_max",
+        vec![int(1), int(1 << 16)],
+    ));
     // [metrics]: the only case that installs the (process-wide) recorder.
     cases.push(vec![
         ("metrics.enabled", Value::Boolean(true)),

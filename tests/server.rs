@@ -277,6 +277,80 @@ async fn every_rpc_round_trips() {
     server.shutdown().await;
 }
 
+/// DescribeCluster on a node outside any cluster (`[cluster] node_id = 0`): no node id, no
+/// nodes, and partitions report no leader and no replicas. Any authenticated caller may ask.
+#[tokio::test]
+async fn describe_cluster_answers_on_a_single_node() {
+    let server = TestServer::start().await;
+    for name in ["root", "nobody"] {
+        let cluster = server.client(name).await.describe_cluster().await.unwrap();
+        assert_eq!((cluster.node_id, cluster.controller), (0, 0), "{name}");
+        assert!(cluster.nodes.is_empty(), "{name}: {cluster:?}");
+    }
+    let client = server.client("root").await;
+    client.create_topic("solo", 1).await.unwrap();
+    let partition = &client.describe_topic("solo").await.unwrap().partitions[0];
+    assert_eq!((partition.leader, partition.leader_epoch), (0, 0));
+    assert!(partition.replicas.is_empty());
+    server.shutdown().await;
+}
+
+/// With `[cluster]` set, DescribeCluster lists the static membership (self alive, peers not
+/// known to be until gossip), partitions name this node as leader and only replica, and a
+/// replication factor above the nodes known is refused.
+#[tokio::test]
+async fn describe_cluster_lists_the_configured_nodes() {
+    let server = TestServer::start_with(|config| {
+        config.cluster.node_id = 7;
+        config.cluster.advertise_addr = "node-7.test:7070".into();
+        config.cluster.peers = vec![walrs::config::NodeAddr {
+            id: 2,
+            addr: "10.0.0.2:7070".into(),
+        }];
+    })
+    .await;
+    let client = server.client("root").await;
+    let cluster = client.describe_cluster().await.unwrap();
+    assert_eq!(cluster.node_id, 7);
+    let nodes: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.addr.as_str(), n.alive))
+        .collect();
+    assert_eq!(
+        nodes,
+        [(2, "10.0.0.2:7070", false), (7, "node-7.test:7070", true)]
+    );
+
+    client.create_topic("replicated", 2).await.unwrap();
+    for partition in client
+        .describe_topic("replicated")
+        .await
+        .unwrap()
+        .partitions
+    {
+        assert_eq!((partition.leader, partition.leader_epoch), (7, 0));
+        assert_eq!(partition.replicas, [7]);
+    }
+    let too_many = client
+        .log_client()
+        .create_topic(walrs::proto::v1::CreateTopicRequest {
+            name: "three".into(),
+            partitions: 1,
+            replication_factor: 3,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
+    assert!(too_many.message().contains("2 node(s)"), "{too_many:?}");
+    assert_eq!(
+        client.describe_topic("three").await.unwrap_err().code(),
+        Code::NotFound,
+        "a refused creation changes nothing"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn read_stream_follow_receives_later_appends() {
     let server = TestServer::start().await;
@@ -360,6 +434,7 @@ async fn append_stream_echoes_every_correlation_id_once() {
         partition: Some((i % 2) as u32),
         records: vec![record("", i.to_string())],
         correlation_id: i,
+        ..AppendRequest::default()
     }));
     let mut responses = client.append_stream(requests).await.unwrap();
     let mut seen = HashSet::new();
@@ -392,6 +467,7 @@ async fn append_stream_to_one_partition_takes_offsets_in_request_order() {
         partition: Some(0),
         records: vec![record("", i.to_string())],
         correlation_id: i,
+        ..AppendRequest::default()
     }));
     let mut responses = client.append_stream(requests).await.unwrap();
     let mut next = 0;
@@ -430,6 +506,7 @@ async fn append_stream_ends_at_its_first_failure_and_queues_nothing_after_it() {
             vec![record("", i.to_string())]
         },
         correlation_id: i,
+        ..AppendRequest::default()
     }));
     let mut responses = client.append_stream(requests).await.unwrap();
     for i in 0..10 {

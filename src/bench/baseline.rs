@@ -28,8 +28,9 @@ use super::latency::{self, Percentiles};
 use crate::proto::v1::log_server::{Log, LogServer};
 use crate::proto::v1::{
     AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest,
-    ListTopicsResponse, ReadRequest, ReadResponse, TruncateRequest, TruncateResponse,
+    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, ReadRequest, ReadResponse,
+    TruncateRequest, TruncateResponse,
 };
 use crate::storage;
 
@@ -309,6 +310,13 @@ impl Log for DropLog {
         _: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         Err(dropped("DescribeTopic"))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _: Request<DescribeClusterRequest>,
+    ) -> Result<Response<DescribeClusterResponse>, Status> {
+        Err(dropped("DescribeCluster"))
     }
 }
 

@@ -219,6 +219,8 @@ pub async fn produce(
                     partition: Some(partition),
                     records,
                     correlation_id: sent,
+                    producer_id: 0,
+                    sequence: 0,
                 };
                 if tx.send(request).await.is_err() {
                     return Err(Error::StreamEnded { what: "AppendStream" });

@@ -20,11 +20,24 @@ pub enum Action {
     Consume,
     /// Create, delete, truncate and list topics.
     Admin,
+    /// Replicate partitions between cluster nodes (`walrs.v1.Replication`): what a node's
+    /// certificate (CN `node-<id>`) is granted, and no client needs.
+    Replicate,
 }
 
 impl Action {
-    /// Every action, in a fixed order.
+    /// Every client action, in a fixed order: what a client with every right (the
+    /// development `root` identity) is granted. Not [`Action::Replicate`], which only nodes
+    /// get, so that a client certificate cannot pass for a replica.
     pub const ALL: [Action; 3] = [Action::Produce, Action::Consume, Action::Admin];
+
+    /// Every action the config can name, [`Action::Replicate`] included.
+    pub const EVERY: [Action; 4] = [
+        Action::Produce,
+        Action::Consume,
+        Action::Admin,
+        Action::Replicate,
+    ];
 
     /// The name used in the config file.
     pub fn as_str(self) -> &'static str {
@@ -32,6 +45,7 @@ impl Action {
             Action::Produce => "produce",
             Action::Consume => "consume",
             Action::Admin => "admin",
+            Action::Replicate => "replicate",
         }
     }
 }
@@ -42,7 +56,8 @@ impl std::fmt::Display for Action {
     }
 }
 
-/// One `[[acl]]` entry: `identity` may do `actions` on `topics`.
+/// One `[[acl]]` entry: `identity` may do `actions` on `topics`. Identities are exact
+/// names (or `*`), not globs: a cluster's nodes are listed one by one (`node-1`, `node-2`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclEntry {
@@ -94,7 +109,7 @@ impl AclEntry {
             return Err(Invalid::new(
                 format!("acl[{index}].actions"),
                 "[]",
-                "must list at least one of \"produce\", \"consume\", \"admin\"",
+                "must list at least one of \"produce\", \"consume\", \"admin\", \"replicate\"",
             ));
         }
         Ok(())

@@ -14,7 +14,8 @@
 //! config keys; so a config that validates is one the shards accept. Only what the server
 //! alone uses (connections, streams, ACL, TLS paths, ...) is checked here.
 //!
-//! One module per table: `storage`, `server`, `tls`, `acl`, `metrics`, `log`; this one holds
+//! One module per table: `storage`, `server`, `tls`, `acl`, `metrics`, `log`, `cluster`; this
+//! one holds
 //! the top-level keys, loading and the errors.
 //!
 //! This module only parses and checks. It never opens sockets, never reads certificate or
@@ -22,6 +23,7 @@
 //! imports the layers it configures (`shard`, `storage`), never the server.
 
 mod acl;
+mod cluster;
 mod log;
 mod metrics;
 mod server;
@@ -38,6 +40,7 @@ use crate::shard::ShardOptions;
 use crate::storage::InvalidLimit;
 
 pub use acl::{AclEntry, Action};
+pub use cluster::{CLUSTER_NODES_MAX, ClusterConfig, NodeAddr};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
 pub use server::ServerConfig;
@@ -136,6 +139,8 @@ pub struct Config {
     pub acl: Vec<AclEntry>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// This node's place in a cluster; the default is a single node.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -152,6 +157,7 @@ impl Default for Config {
             acl: Vec::new(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -193,6 +199,19 @@ impl Config {
         } else {
             self.default_partitions
         }
+    }
+
+    /// Every node of the cluster with the address it serves gRPC at, sorted by id: the
+    /// `[[cluster.peers]]` and, when `cluster.node_id > 0`, this node at its advertised
+    /// address (`cluster.advertise_addr`, else `listen`). Empty for a single node.
+    pub fn cluster_nodes(&self) -> Vec<NodeAddr> {
+        self.cluster.nodes(self.listen)
+    }
+
+    /// The address this node tells others to reach it at: `cluster.advertise_addr`, else
+    /// `listen`.
+    pub fn advertise_addr(&self) -> String {
+        self.cluster.advertise_addr_or(self.listen)
     }
 
     /// The shard set's options: `data_dir`, every `[storage]` key, and the `[server]` keys
@@ -253,6 +272,8 @@ impl Config {
         }
         self.metrics.validate(self.listen)?;
         self.log.validate()?;
+        self.cluster
+            .validate(self.listen, self.storage.batch_bytes_max)?;
         Ok(())
     }
 
@@ -308,6 +329,8 @@ mod tests {
             "[[acl]]\nidentity = \"a\"\ntopics = [\"*\"]\nactions = [\"admin\"]\nrole = \"x\"",
             "[metrics]\nport = 1",
             "[log]\nlevel = \"info\"",
+            "[cluster]\nnode = 1",
+            "[cluster]\nnode_id = 1\n[[cluster.peers]]\nid = 2\naddr = \"a:1\"\nname = \"b\"",
             "[nope]",
         ] {
             let err = Config::parse(text).expect_err(text).to_string();
@@ -480,6 +503,24 @@ mod tests {
             ),
             ("[metrics]\nlisten = \"127.0.0.1:7070\"", "metrics.listen"),
             ("[log]\nfilter = \"walrs=loud\"", "log.filter"),
+            ("[[cluster.peers]]\nid = 2\naddr = \"a:1\"", "cluster.peers"),
+            (
+                "[cluster]\nreplication_factor = 2",
+                "cluster.replication_factor",
+            ),
+            (
+                "[cluster]\nheartbeat_interval_ms = 5000",
+                "cluster.heartbeat_interval_ms",
+            ),
+            (
+                "[cluster]\nadvertise_addr = \"nowhere\"",
+                "cluster.advertise_addr",
+            ),
+            (
+                "[storage]\nbatch_bytes_max = 8388608\nflush_bytes_max = 8388608\n\
+                 [server]\nread_bytes_max = 8388608\ninflight_append_bytes_max = 8388608",
+                "cluster.replication_batch_bytes_max",
+            ),
         ];
         for (text, key) in cases {
             let err = invalid(text);
@@ -561,6 +602,23 @@ mod tests {
         .unwrap()
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn cluster_nodes_include_self_at_its_advertised_address() {
+        let alone = Config::default();
+        assert!(alone.cluster_nodes().is_empty());
+        assert_eq!(alone.advertise_addr(), "127.0.0.1:7070");
+        let config = Config::parse(
+            "[cluster]\nnode_id = 2\n[[cluster.peers]]\nid = 3\naddr = \"c:7070\"\n\
+             [[cluster.peers]]\nid = 1\naddr = \"a:7070\"",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let nodes = config.cluster_nodes();
+        let nodes: Vec<(u32, &str)> = nodes.iter().map(|n| (n.id, n.addr.as_str())).collect();
+        assert_eq!(nodes, [(1, "a:7070"), (2, "127.0.0.1:7070"), (3, "c:7070")]);
+        assert_eq!(config.cluster.effective_replication_factor(), 3);
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub enum Rpc {
     DeleteTopic,
     ListTopics,
     DescribeTopic,
+    DescribeCluster,
 }
 
 impl Rpc {
@@ -38,6 +39,7 @@ impl Rpc {
             Rpc::DeleteTopic => "DeleteTopic",
             Rpc::ListTopics => "ListTopics",
             Rpc::DescribeTopic => "DescribeTopic",
+            Rpc::DescribeCluster => "DescribeCluster",
         }
     }
 }

@@ -9,7 +9,12 @@
 //! to auto-create a topic on its first append: the topic globs bound the names);
 //! `Read`/`ReadStream` need `consume`; `CreateTopic`, `DeleteTopic` and `Truncate` need
 //! `admin`; `DescribeTopic` needs any action on the topic ([`Acl::allows_any`]), and
-//! `ListTopics` lists only the topics the caller has some action on.
+//! `ListTopics` lists only the topics the caller has some action on. `DescribeCluster` needs
+//! no action, only an authenticated caller (like `ListTopics`, which any client may call).
+//! `replicate` is for cluster nodes (certificates with CN `node-<id>`), for the node-to-node
+//! `walrs.v1.Replication` service; like any action, it also lets a node describe and list the
+//! topics it covers, which a replica needs to know its partitions. No client RPC of
+//! `walrs.v1.Log` needs it, and [`Action::ALL`] (every right of a client) leaves it out.
 //!
 //! Plaintext: without TLS there is no client certificate, every caller is
 //! [`Principal::Anonymous`] (shown as [`ANONYMOUS`]), and the server treats plaintext as
@@ -175,7 +180,7 @@ mod tests {
     #[test]
     fn empty_acl_denies_everything() {
         let acl = Acl::new(&[]);
-        for action in Action::ALL {
+        for action in Action::EVERY {
             assert!(!acl.allows("root", action, "t"));
         }
         assert!(!acl.allows_any("root", "t"));
@@ -247,6 +252,28 @@ mod tests {
     }
 
     #[test]
+    fn replicate_is_granted_only_where_listed() {
+        let acl = Acl::new(&[
+            entry("root", &["*"], &Action::ALL),
+            entry("node-1", &["*"], &[Action::Replicate]),
+        ]);
+        assert!(
+            !acl.allows("root", Action::Replicate, "t"),
+            "root is a client"
+        );
+        assert!(acl.allows("node-1", Action::Replicate, "t"));
+        assert!(
+            !acl.allows("node-2", Action::Replicate, "t"),
+            "identities are exact"
+        );
+        assert!(!acl.allows("node-1", Action::Produce, "t"));
+        assert!(
+            acl.allows_any("node-1", "t"),
+            "a replica may describe its topics"
+        );
+    }
+
+    #[test]
     fn the_example_config_grants_root_everything_and_nobody_nothing() {
         let example =
             crate::config::Config::parse(include_str!("../../walrs.example.toml")).unwrap();
@@ -257,11 +284,12 @@ mod tests {
             assert!(acl.authorize(&root, action, "any-topic"));
             assert!(!acl.authorize(&nobody, action, "any-topic"));
         }
+        assert!(!acl.authorize(&root, Action::Replicate, "any-topic"));
     }
 
     #[test]
     fn action_names_match_the_config() {
-        for action in Action::ALL {
+        for action in Action::EVERY {
             let text =
                 format!("[[acl]]\nidentity = \"a\"\ntopics = [\"*\"]\nactions = [\"{action}\"]");
             let config = crate::config::Config::parse(&text).unwrap();

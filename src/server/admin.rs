@@ -1,4 +1,9 @@
-//! Admin calls: create, delete, list and describe topics, and truncate a partition.
+//! Admin calls: create, delete, list and describe topics, truncate a partition, and
+//! describe the cluster.
+//!
+//! Until replication lands, the cluster is what `[cluster]` says (static membership) and this
+//! node holds every partition alone: a partition's leader is this node (`cluster.node_id`,
+//! 0 outside a cluster, where no replicas are reported) at leader epoch 0.
 //!
 //! Each is checked (running, topic name, ACL) before the shard set is called; creation is
 //! bounded by `server.partitions_per_topic_max` here and `server.topics_max` in the shard
@@ -12,8 +17,8 @@ use super::service::{Inner, peer_addr};
 use crate::observability;
 use crate::proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeTopicRequest, DescribeTopicResponse, ListTopicsResponse, PartitionInfo, TopicInfo,
-    TruncateRequest, TruncateResponse,
+    DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsResponse,
+    NodeInfo, PartitionInfo, TopicInfo, TruncateRequest, TruncateResponse,
 };
 use crate::shard;
 
@@ -26,6 +31,19 @@ fn partitions_for(asked: u32, default: u32, max: u32) -> Result<u32> {
         )));
     }
     Ok(if asked == 0 { default } else { asked })
+}
+
+/// Checks a creation's replication factor (0: the cluster's default) against the nodes
+/// known. The shards hold every partition alone until replication lands, so a factor the
+/// cluster could hold is accepted and, for now, has one replica.
+fn check_replication_factor(asked: u32, nodes: u32) -> Result<()> {
+    if asked > nodes {
+        return Err(Error::invalid(format!(
+            "replication_factor {asked} requested, but the cluster knows {nodes} node(s): \
+             ask for 1 to {nodes}, or 0 for the cluster's default (cluster.replication_factor)"
+        )));
+    }
+    Ok(())
 }
 
 impl Inner {
@@ -74,6 +92,7 @@ impl Inner {
         self.check_running()?;
         self.check_topic_name(&create.name)?;
         let principal = self.authorize(request, Action::Admin, &create.name)?;
+        check_replication_factor(create.replication_factor, self.config.cluster.node_count())?;
         let partitions = self.create_topic(&create.name, create.partitions).await?;
         tracing::info!(topic = create.name, partitions, identity = %principal, "topic created");
         Ok(CreateTopicResponse {
@@ -138,6 +157,14 @@ impl Inner {
         }
         let description = self.shards.describe_topic(&describe.name).await?;
         observability::topic_disk_usage(&super::metrics::disk_usage(&description));
+        // This node holds every partition alone (see the module docs); outside a cluster
+        // (node_id 0) it has no node id to report.
+        let node_id = self.config.cluster.node_id;
+        let replicas = if node_id == 0 {
+            Vec::new()
+        } else {
+            vec![node_id]
+        };
         Ok(DescribeTopicResponse {
             name: description.name,
             partitions: description
@@ -149,8 +176,44 @@ impl Inner {
                     end_offset: p.end_offset,
                     high_watermark: p.high_watermark,
                     shard: p.shard,
+                    leader: node_id,
+                    replicas: replicas.clone(),
+                    leader_epoch: 0,
                 })
                 .collect(),
+        })
+    }
+}
+
+impl Inner {
+    /// The static membership of `[cluster]`: this node and its peers, sorted by id. Any
+    /// authenticated caller may ask, as for ListTopics; nothing here is secret beyond what
+    /// a client must know to find a partition's leader.
+    pub(super) fn describe_cluster(
+        &self,
+        request: &Request<()>,
+    ) -> Result<DescribeClusterResponse> {
+        self.check_running()?;
+        self.principal(request)?;
+        let node_id = self.config.cluster.node_id;
+        let nodes = self
+            .config
+            .cluster_nodes()
+            .into_iter()
+            .map(|node| NodeInfo {
+                // This node answers, so it is alive. Peers' liveness comes with gossip
+                // (issue 11); until then nothing is known of them, so they are not claimed
+                // alive.
+                alive: node.id == node_id,
+                id: node.id,
+                addr: node.addr,
+            })
+            .collect();
+        Ok(DescribeClusterResponse {
+            node_id,
+            nodes,
+            // No controller group yet: none known.
+            controller: 0,
         })
     }
 }
@@ -163,6 +226,16 @@ mod tests {
     fn zero_partitions_is_the_default() {
         assert_eq!(partitions_for(0, 4, 16).unwrap(), 4);
         assert_eq!(partitions_for(16, 4, 16).unwrap(), 16);
+    }
+
+    #[test]
+    fn a_replication_factor_beyond_the_nodes_known_is_refused() {
+        check_replication_factor(0, 1).unwrap();
+        check_replication_factor(1, 1).unwrap();
+        check_replication_factor(3, 3).unwrap();
+        let e = check_replication_factor(2, 1).unwrap_err();
+        assert!(e.to_string().contains("cluster.replication_factor"), "{e}");
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
     }
 
     #[test]

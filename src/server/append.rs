@@ -66,11 +66,15 @@ impl Inner {
     ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
         let started = Instant::now();
         self.check_running()?;
+        // `producer_id` and `sequence` (idempotent producers, issue 12) are accepted and not
+        // yet acted on: a retry is written again, as before the fields existed.
         let AppendRequest {
             topic,
             partition,
             records,
             correlation_id,
+            producer_id: _,
+            sequence: _,
         } = append;
         self.check_topic_name(&topic)?;
         self.authorize(request, Action::Produce, &topic)?;

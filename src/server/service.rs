@@ -4,7 +4,8 @@
 //! Each RPC authenticates (the caller's certificate CN, see `identity`), authorizes
 //! (`acl`), validates every field against the config's limits, and only then calls the
 //! shards; a refused request changes nothing. The work is in `append` (Append,
-//! AppendStream), `read` (Read, ReadStream) and `admin` (topics, truncate); call tracking
+//! AppendStream), `read` (Read, ReadStream) and `admin` (topics, truncate, the cluster's
+//! static membership); call tracking
 //! is in `calls`. Errors become statuses in `errors` only. This module never does file I/O
 //! and knows nothing of the on-disk format.
 //!
@@ -32,8 +33,9 @@ use crate::observability::{self, Rpc, RpcCall};
 use crate::proto::v1::log_server::Log;
 use crate::proto::v1::{
     AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest,
-    ListTopicsResponse, ReadRequest, ReadResponse, TruncateRequest, TruncateResponse,
+    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
+    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, ReadRequest, ReadResponse,
+    TruncateRequest, TruncateResponse,
 };
 use crate::shard::{self, ShardSet};
 
@@ -327,6 +329,17 @@ impl Log for LogService {
         let _call = self.inner.in_flight.enter();
         let call = RpcCall::start(Rpc::DescribeTopic, &describe.name, None);
         let work = self.inner.describe(&request, &describe);
+        calls::observed(call, self.identity(&request), work).await
+    }
+
+    async fn describe_cluster(
+        &self,
+        request: Request<DescribeClusterRequest>,
+    ) -> Result<Response<DescribeClusterResponse>, Status> {
+        let (request, _) = calls::strip(request);
+        let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::DescribeCluster, "", None);
+        let work = async { self.inner.describe_cluster(&request) };
         calls::observed(call, self.identity(&request), work).await
     }
 }

@@ -1,0 +1,579 @@
+//! `[cluster]`: who this node is, which other nodes it knows (static membership, before
+//! gossip lands), and the limits and timing of replication between them.
+//!
+//! `node_id = 0` (the default) is a single node outside any cluster: no peers are allowed,
+//! and the replication factor is 1. A node in a cluster has an id > 0, distinct from every
+//! peer's. This module only parses and checks; it never resolves a host name nor opens a
+//! socket, so a peer's address is checked for its shape (`ip:port` or `host:port`), not for
+//! being reachable.
+//!
+//! The replication limits are defined and checked here until the replication layer
+//! (`src/raft/`) owns them; then their defaults and checks move there, as the shard limits
+//! live in `ShardOptions`, and this table only maps the file's keys onto them.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+use crate::storage::check_range;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+/// Most nodes a static membership may list (self included). A bound, not a target: the
+/// controller and gossip are what make large clusters practical.
+pub const CLUSTER_NODES_MAX: usize = 1024;
+/// Replicas of a topic created without a replication factor in a cluster, when the
+/// cluster has at least that many nodes (Kafka's and Redpanda's usual choice).
+const CLUSTER_REPLICATION_FACTOR_DEFAULT: u32 = 3;
+
+/// One other node of the cluster: `[[cluster.peers]] id = 2, addr = "10.0.0.2:7070"`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddr {
+    /// The node's id (> 0), its `[cluster] node_id`.
+    pub id: u32,
+    /// Where the node serves gRPC (`host:port` or `ip:port`), its advertised address.
+    pub addr: String,
+}
+
+/// `[cluster]`: this node's id and address, the static peers, and replication's limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's id; 0 = a single node, not in a cluster.
+    pub node_id: u32,
+    /// The `host:port` other nodes and clients reach this node at; empty = `listen`.
+    pub advertise_addr: String,
+    /// Replicas of a topic created with `replication_factor = 0`. Absent: 1 for a single
+    /// node, `min(3, nodes)` with peers (see [`ClusterConfig::effective_replication_factor`]).
+    pub replication_factor: Option<u32>,
+    /// The other nodes (static membership).
+    pub peers: Vec<NodeAddr>,
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How often a leader sends heartbeats (shared by all groups between two nodes).
+    pub heartbeat_interval_ms: u64,
+    /// Largest node-to-node replication frame (entries' bytes, not counting the frame's own
+    /// header); one largest batch (`storage.batch_bytes_max`) must fit in one.
+    pub replication_batch_bytes_max: u64,
+    /// Messages that may wait for one destination node; past it the sender waits.
+    pub replication_queue_depth_max: u32,
+    /// Entries (batches) in one AppendEntries message.
+    pub raft_payload_entries_max: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 0,
+            advertise_addr: String::new(),
+            replication_factor: None,
+            peers: Vec::new(),
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            heartbeat_interval_ms: 250,
+            replication_batch_bytes_max: 4 * MIB,
+            replication_queue_depth_max: 4096,
+            raft_payload_entries_max: 64,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Nodes this node knows: itself and its peers (1 for a single node).
+    pub fn node_count(&self) -> u32 {
+        // Bounded by CLUSTER_NODES_MAX once validated; saturate rather than wrap before.
+        u32::try_from(self.peers.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+
+    /// The replication factor of a topic created with `replication_factor = 0`: the
+    /// configured one, else 1 alone and `min(3, nodes)` with peers.
+    pub fn effective_replication_factor(&self) -> u32 {
+        match self.replication_factor {
+            Some(factor) => factor,
+            None if self.peers.is_empty() => 1,
+            None => CLUSTER_REPLICATION_FACTOR_DEFAULT.min(self.node_count()),
+        }
+    }
+
+    /// Every node with its address, self included when `node_id > 0`, sorted by id.
+    /// `listen` is this node's address when `advertise_addr` is empty.
+    pub fn nodes(&self, listen: SocketAddr) -> Vec<NodeAddr> {
+        let mut nodes = self.peers.clone();
+        if self.node_id > 0 {
+            nodes.push(NodeAddr {
+                id: self.node_id,
+                addr: self.advertise_addr_or(listen),
+            });
+        }
+        nodes.sort();
+        nodes
+    }
+
+    /// `advertise_addr`, or `listen` when it is empty.
+    pub fn advertise_addr_or(&self, listen: SocketAddr) -> String {
+        if self.advertise_addr.is_empty() {
+            listen.to_string()
+        } else {
+            self.advertise_addr.clone()
+        }
+    }
+
+    /// Checks every key. `listen` is the gRPC address (the default advertised one) and
+    /// `batch_bytes_max` is `storage.batch_bytes_max` (one batch must fit a frame).
+    pub(super) fn validate(&self, listen: SocketAddr, batch_bytes_max: u64) -> Result<(), Invalid> {
+        self.validate_membership(listen)?;
+        self.validate_replication_factor()?;
+        self.validate_timing()?;
+        let key = |name: &str| format!("cluster.{name}");
+        check_range(
+            key("replication_batch_bytes_max"),
+            self.replication_batch_bytes_max,
+            batch_bytes_max,
+            GIB,
+            " bytes (at least storage.batch_bytes_max, so one batch fits a frame)",
+        )?;
+        check_range(
+            key("replication_queue_depth_max"),
+            self.replication_queue_depth_max,
+            1,
+            1 << 20,
+            " messages",
+        )?;
+        check_range(
+            key("raft_payload_entries_max"),
+            self.raft_payload_entries_max,
+            1,
+            1 << 16,
+            " entries",
+        )?;
+        Ok(())
+    }
+
+    fn validate_membership(&self, listen: SocketAddr) -> Result<(), Invalid> {
+        if !self.advertise_addr.is_empty() && !is_host_port(&self.advertise_addr) {
+            return Err(Invalid::new(
+                "cluster.advertise_addr",
+                format!("{:?}", self.advertise_addr),
+                "must be \"host:port\" or \"ip:port\" with a port above 0, \
+                 or empty for the `listen` address",
+            ));
+        }
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        if self.node_id == 0 {
+            return Err(Invalid::new(
+                "cluster.peers",
+                format!("{} entries", self.peers.len()),
+                "need this node's own id: set `cluster.node_id` (> 0, distinct from every \
+                 peer's), or remove [[cluster.peers]] to run a single node",
+            ));
+        }
+        if self.peers.len() >= CLUSTER_NODES_MAX {
+            return Err(Invalid::new(
+                "cluster.peers",
+                format!("{} entries", self.peers.len()),
+                format!("must list at most {} other nodes", CLUSTER_NODES_MAX - 1),
+            ));
+        }
+        // Peers dial this address: a wildcard `listen` says nothing about where to reach us.
+        if self.advertise_addr.is_empty() && listen.ip().is_unspecified() {
+            return Err(Invalid::new(
+                "cluster.advertise_addr",
+                "\"\"",
+                format!(
+                    "must be set when peers are configured and `listen` ({listen}) is a \
+                     wildcard address: the host:port the other nodes can reach this one at"
+                ),
+            ));
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = |field: &str| format!("cluster.peers[{i}].{field}");
+            if peer.id == 0 {
+                return Err(Invalid::new(key("id"), 0, "must be a node id above 0"));
+            }
+            if peer.id == self.node_id {
+                return Err(Invalid::new(
+                    key("id"),
+                    peer.id,
+                    "must differ from this node's `cluster.node_id`: list only the other nodes",
+                ));
+            }
+            if let Some(j) = self.peers[..i].iter().position(|p| p.id == peer.id) {
+                return Err(Invalid::new(
+                    key("id"),
+                    peer.id,
+                    format!("must be distinct: cluster.peers[{j}] has the same id"),
+                ));
+            }
+            if !is_host_port(&peer.addr) {
+                return Err(Invalid::new(
+                    key("addr"),
+                    format!("{:?}", peer.addr),
+                    "must be \"host:port\" or \"ip:port\" with a port above 0",
+                ));
+            }
+            if let Some(j) = self.peers[..i].iter().position(|p| p.addr == peer.addr) {
+                return Err(Invalid::new(
+                    key("addr"),
+                    format!("{:?}", peer.addr),
+                    format!("must be distinct: cluster.peers[{j}] has the same address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_replication_factor(&self) -> Result<(), Invalid> {
+        let Some(factor) = self.replication_factor else {
+            return Ok(());
+        };
+        let nodes = self.node_count();
+        if factor == 0 || factor > nodes {
+            return Err(Invalid::new(
+                "cluster.replication_factor",
+                factor,
+                format!(
+                    "must be between 1 and the {nodes} node(s) known (this one and \
+                     [[cluster.peers]]), or absent for the default"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_timing(&self) -> Result<(), Invalid> {
+        check_range(
+            "cluster.heartbeat_interval_ms".to_owned(),
+            self.heartbeat_interval_ms,
+            10,
+            10_000,
+            " ms",
+        )?;
+        check_range(
+            "cluster.election_timeout_min_ms".to_owned(),
+            self.election_timeout_min_ms,
+            50,
+            60_000,
+            " ms",
+        )?;
+        check_range(
+            "cluster.election_timeout_max_ms".to_owned(),
+            self.election_timeout_max_ms,
+            51,
+            120_000,
+            " ms",
+        )?;
+        // A leader must be heard from more than once per election timeout, or followers
+        // start elections against a healthy leader.
+        if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
+            return Err(Invalid::new(
+                "cluster.heartbeat_interval_ms",
+                self.heartbeat_interval_ms,
+                format!(
+                    "must be below cluster.election_timeout_min_ms = {}",
+                    self.election_timeout_min_ms
+                ),
+            ));
+        }
+        // The random range must not be empty, or nodes time out together and split votes.
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(Invalid::new(
+                "cluster.election_timeout_max_ms",
+                self.election_timeout_max_ms,
+                format!(
+                    "must be above cluster.election_timeout_min_ms = {}",
+                    self.election_timeout_min_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// True for `ip:port` (`[::1]:7070` for IPv6) or `host:port` with a DNS-shaped host; the
+/// port must be above 0, since another node cannot dial port 0.
+fn is_host_port(text: &str) -> bool {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return addr.port() != 0;
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    port_ok && host_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTEN: &str = "127.0.0.1:7070";
+
+    fn parse(text: &str) -> ClusterConfig {
+        toml::from_str(text).expect("parses")
+    }
+
+    fn check(text: &str) -> Result<(), Invalid> {
+        parse(text).validate(LISTEN.parse().unwrap(), 4 * MIB)
+    }
+
+    fn refused(text: &str) -> Invalid {
+        check(text).expect_err(text)
+    }
+
+    const THREE: &str = "node_id = 1\n\
+        [[peers]]\nid = 2\naddr = \"10.0.0.2:7070\"\n\
+        [[peers]]\nid = 3\naddr = \"node-3.example:7070\"\n";
+
+    #[test]
+    fn defaults_are_a_single_node() {
+        let config = ClusterConfig::default();
+        check("").unwrap();
+        assert_eq!(parse(""), config);
+        assert_eq!(config.effective_replication_factor(), 1);
+        assert_eq!(config.nodes(LISTEN.parse().unwrap()), []);
+    }
+
+    #[test]
+    fn a_node_id_alone_is_a_one_node_cluster() {
+        check("node_id = 7").unwrap();
+        check("node_id = 4294967295").unwrap();
+        let config = parse("node_id = 7");
+        assert_eq!(config.effective_replication_factor(), 1);
+        assert_eq!(
+            config.nodes(LISTEN.parse().unwrap()),
+            [NodeAddr {
+                id: 7,
+                addr: LISTEN.to_owned()
+            }]
+        );
+    }
+
+    #[test]
+    fn peers_without_a_node_id_are_refused() {
+        let err = refused("[[peers]]\nid = 2\naddr = \"10.0.0.2:7070\"");
+        assert_eq!(err.key, "cluster.peers");
+        assert!(err.allowed.contains("cluster.node_id"), "{err}");
+    }
+
+    #[test]
+    fn peer_ids_are_above_zero_distinct_and_not_ours() {
+        let peer = |id: u32, addr: &str| format!("[[peers]]\nid = {id}\naddr = \"{addr}\"\n");
+        let cases = [
+            (
+                format!("node_id = 1\n{}", peer(0, "a:1")),
+                "cluster.peers[0].id",
+            ),
+            (
+                format!("node_id = 1\n{}", peer(1, "a:1")),
+                "cluster.peers[0].id",
+            ),
+            (
+                format!("node_id = 1\n{}{}", peer(2, "a:1"), peer(2, "b:1")),
+                "cluster.peers[1].id",
+            ),
+            (
+                format!("node_id = 1\n{}{}", peer(2, "a:1"), peer(3, "a:1")),
+                "cluster.peers[1].addr",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(refused(&text).key, key, "{text}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_host_port() {
+        for good in [
+            "10.0.0.2:7070",
+            "[::1]:7070",
+            "localhost:1",
+            "node-2.walrs.internal:65535",
+        ] {
+            assert!(is_host_port(good), "{good}");
+            check(&format!(
+                "node_id = 1\n[[peers]]\nid = 2\naddr = \"{good}\""
+            ))
+            .unwrap();
+            check(&format!("advertise_addr = \"{good}\"")).unwrap();
+        }
+        for bad in [
+            "",
+            "node-2",
+            "node-2:",
+            "node-2:0",
+            "10.0.0.2:0",
+            "node-2:70000",
+            ":7070",
+            "::1:7070",
+            "a..b:1",
+            "-a:1",
+            "http://a:1",
+            "a b:1",
+        ] {
+            assert!(!is_host_port(bad), "{bad:?}");
+            let err = refused(&format!("node_id = 1\n[[peers]]\nid = 2\naddr = \"{bad}\""));
+            assert_eq!(err.key, "cluster.peers[0].addr", "{bad:?}");
+            if !bad.is_empty() {
+                let err = refused(&format!("advertise_addr = \"{bad}\""));
+                assert_eq!(err.key, "cluster.advertise_addr", "{bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listen_needs_an_advertised_address_in_a_cluster() {
+        let wildcard: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let err = parse(THREE).validate(wildcard, 4 * MIB).unwrap_err();
+        assert_eq!(err.key, "cluster.advertise_addr");
+        let advertised = format!("advertise_addr = \"10.0.0.1:7070\"\n{THREE}");
+        parse(&advertised).validate(wildcard, 4 * MIB).unwrap();
+        // Alone, nobody dials it.
+        parse("node_id = 1").validate(wildcard, 4 * MIB).unwrap();
+    }
+
+    #[test]
+    fn nodes_are_sorted_and_include_self() {
+        let config = parse(
+            &format!("advertise_addr = \"10.0.0.1:7070\"\n{THREE}")
+                .replace("node_id = 1", "node_id = 5"),
+        );
+        let nodes = config.nodes(LISTEN.parse().unwrap());
+        let ids: Vec<u32> = nodes.iter().map(|n| n.id).collect();
+        assert_eq!(ids, [2, 3, 5]);
+        assert_eq!(nodes[2].addr, "10.0.0.1:7070");
+        assert_eq!(nodes[1].addr, "node-3.example:7070");
+    }
+
+    #[test]
+    fn replication_factor_defaults_and_bounds() {
+        assert_eq!(parse(THREE).effective_replication_factor(), 3);
+        let two = "node_id = 1\n[[peers]]\nid = 2\naddr = \"a:1\"";
+        assert_eq!(parse(two).effective_replication_factor(), 2);
+        let mut five = THREE.to_owned();
+        for id in [4, 5] {
+            five.push_str(&format!("[[peers]]\nid = {id}\naddr = \"n{id}:1\"\n"));
+        }
+        assert_eq!(parse(&five).effective_replication_factor(), 3);
+        check(&format!("replication_factor = 5\n{five}")).unwrap();
+        assert_eq!(
+            parse(&format!("replication_factor = 1\n{five}")).effective_replication_factor(),
+            1
+        );
+        check("replication_factor = 1").unwrap();
+        for text in [
+            "replication_factor = 0".to_owned(),
+            "replication_factor = 2".to_owned(),
+            "node_id = 1\nreplication_factor = 2".to_owned(),
+            format!("replication_factor = 4\n{THREE}"),
+        ] {
+            let err = refused(&text);
+            assert_eq!(err.key, "cluster.replication_factor", "{text}");
+        }
+    }
+
+    #[test]
+    fn timing_is_ordered_and_bounded() {
+        check("heartbeat_interval_ms = 10").unwrap();
+        check("heartbeat_interval_ms = 49\nelection_timeout_min_ms = 50\nelection_timeout_max_ms = 51")
+            .unwrap();
+        check(
+            "heartbeat_interval_ms = 10000\nelection_timeout_min_ms = 60000\n\
+             election_timeout_max_ms = 120000",
+        )
+        .unwrap();
+        let cases = [
+            ("heartbeat_interval_ms = 9", "cluster.heartbeat_interval_ms"),
+            (
+                "heartbeat_interval_ms = 10001",
+                "cluster.heartbeat_interval_ms",
+            ),
+            (
+                "heartbeat_interval_ms = 1000",
+                "cluster.heartbeat_interval_ms",
+            ),
+            (
+                "election_timeout_min_ms = 49",
+                "cluster.election_timeout_min_ms",
+            ),
+            (
+                "election_timeout_min_ms = 60001\nelection_timeout_max_ms = 70000",
+                "cluster.election_timeout_min_ms",
+            ),
+            (
+                "election_timeout_max_ms = 1000",
+                "cluster.election_timeout_max_ms",
+            ),
+            (
+                "election_timeout_max_ms = 120001",
+                "cluster.election_timeout_max_ms",
+            ),
+        ];
+        for (text, key) in cases {
+            assert_eq!(refused(text).key, key, "{text}");
+        }
+    }
+
+    #[test]
+    fn replication_limits_are_bounded() {
+        check("replication_batch_bytes_max = 1073741824").unwrap();
+        check("replication_queue_depth_max = 1\nraft_payload_entries_max = 1").unwrap();
+        let cases = [
+            (
+                "replication_batch_bytes_max = 4194303",
+                "cluster.replication_batch_bytes_max",
+            ),
+            (
+                "replication_batch_bytes_max = 1073741825",
+                "cluster.replication_batch_bytes_max",
+            ),
+            (
+                "replication_queue_depth_max = 0",
+                "cluster.replication_queue_depth_max",
+            ),
+            (
+                "replication_queue_depth_max = 1048577",
+                "cluster.replication_queue_depth_max",
+            ),
+            (
+                "raft_payload_entries_max = 0",
+                "cluster.raft_payload_entries_max",
+            ),
+            (
+                "raft_payload_entries_max = 65537",
+                "cluster.raft_payload_entries_max",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = refused(text);
+            assert_eq!(err.key, key, "{text}");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        for text in ["nodeid = 1", "[[peers]]\nid = 2\naddr = \"a:1\"\nport = 3"] {
+            let err = toml::from_str::<ClusterConfig>(text).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+    }
+}
