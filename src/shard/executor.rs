@@ -8,7 +8,9 @@
 //!
 //! The uring engine runs the same generic shard loop on a glommio `LocalExecutor` pinned to
 //! the shard's CPU, with `io_memory_bytes` of registered buffers; the portable engine runs it
-//! on a plain thread. `resolve_engine` proves io_uring works before choosing it.
+//! on a thread of its own, on a current-thread tokio runtime with a local set. Both can spawn
+//! the tasks of the shard's Raft groups. `resolve_engine` proves io_uring works before
+//! choosing it.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -17,7 +19,6 @@ use super::error::{Error, Result};
 use super::options::EngineChoice;
 use super::queue::Queued;
 use super::worker::{self, Local, LoopRuntime, Received, ShardContext};
-#[cfg(target_os = "linux")]
 use crate::storage::Engine;
 use crate::storage::PortableEngine;
 
@@ -195,7 +196,7 @@ pub(crate) fn spawn_shard(
                 if pin_threads {
                     pin_current_thread(id);
                 }
-                run_portable(ctx);
+                run_local(PortableEngine::new(), ctx);
             })
             .map(ShardThread::Std)
             .map_err(|e| Error::ShardFailed {
@@ -259,37 +260,6 @@ fn pin_current_thread(id: usize) {
     let _ = id;
 }
 
-/// A plain-thread runtime for tests: the thread is the shard's own, so waiting blocks it.
-/// It cannot spawn tasks, so it hosts no Raft group (every partition is solo on it).
-#[cfg(test)]
-pub(crate) struct BlockingRuntime;
-
-#[cfg(test)]
-impl LoopRuntime for BlockingRuntime {
-    type Rt = openraft_rt_tokio::TokioRuntime;
-    const HOSTS_RAFT: bool = false;
-
-    async fn recv(
-        &self,
-        rx: &flume::Receiver<Queued>,
-        local: &flume::Receiver<Local<Self::Rt>>,
-        deadline: Instant,
-    ) -> Received<Self::Rt> {
-        if let Ok(message) = local.try_recv() {
-            return Received::Local(message);
-        }
-        match rx.recv_deadline(deadline) {
-            Ok(queued) => Received::Command(queued.into_command()),
-            Err(flume::RecvTimeoutError::Timeout) => Received::Timeout,
-            Err(flume::RecvTimeoutError::Disconnected) => Received::Closed,
-        }
-    }
-
-    async fn sleep(&self, duration: Duration) {
-        std::thread::sleep(duration);
-    }
-}
-
 /// Waits on the shard's two queues and a timer, local messages first.
 async fn recv_either<RT: openraft::rt::AsyncRuntime>(
     rx: &flume::Receiver<Queued>,
@@ -323,7 +293,6 @@ pub(crate) struct TokioLocalRuntime;
 
 impl LoopRuntime for TokioLocalRuntime {
     type Rt = openraft_rt_tokio::TokioRuntime;
-    const HOSTS_RAFT: bool = true;
 
     async fn recv(
         &self,
@@ -340,8 +309,9 @@ impl LoopRuntime for TokioLocalRuntime {
     }
 }
 
-/// Runs a portable shard on the calling thread, on a current-thread tokio runtime.
-fn run_portable(ctx: ShardContext) {
+/// Runs a shard on `engine` on the calling thread, on a current-thread tokio runtime with a
+/// local set: the portable shards, and the shard tests that bring an engine of their own.
+pub(crate) fn run_local<E: Engine>(engine: E, ctx: ShardContext) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -363,10 +333,7 @@ fn run_portable(ctx: ShardContext) {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(
-        &runtime,
-        worker::run(PortableEngine::new(), TokioLocalRuntime, ctx),
-    );
+    local.block_on(&runtime, worker::run(engine, TokioLocalRuntime, ctx));
 }
 
 /// The glommio shard's runtime: waits yield to the executor, so io_uring completions and
@@ -377,7 +344,6 @@ struct GlommioRuntime;
 #[cfg(target_os = "linux")]
 impl LoopRuntime for GlommioRuntime {
     type Rt = crate::raft::runtime::GlommioRuntime;
-    const HOSTS_RAFT: bool = true;
 
     async fn recv(
         &self,

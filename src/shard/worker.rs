@@ -66,14 +66,12 @@ pub(crate) enum Received<RT: AsyncRuntime> {
     Closed,
 }
 
-/// How a shard waits: on a plain thread it blocks; on an executor it yields, so the Raft
+/// How a shard waits: it yields to its executor (glommio, or tokio's local set), so the Raft
 /// groups' tasks, io_uring completions and timers keep running.
 #[allow(async_fn_in_trait)] // Shard loops are single-threaded; no Send bound wanted.
 pub(crate) trait LoopRuntime {
     /// The runtime the shard's Raft groups run on (its tasks and timers).
     type Rt: AsyncRuntime;
-    /// Whether tasks can be spawned here, which replicated partitions need.
-    const HOSTS_RAFT: bool;
     /// The next command or local message, or `Timeout` at `deadline`. Local messages first.
     async fn recv(
         &self,
@@ -198,7 +196,7 @@ where
         stats,
         metrics,
         partitions: HashMap::new(),
-        raft: if R::HOSTS_RAFT { raft } else { None },
+        raft,
         local,
     };
     let opened = shard.open(initial).await;
@@ -930,7 +928,7 @@ pub(crate) mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::shard::executor::BlockingRuntime;
+    use crate::shard::executor::run_local;
     use crate::shard::queue::{QueueSender, queue};
     use crate::storage::FaultyEngine;
     use crate::storage::PortableEngine;
@@ -1005,7 +1003,7 @@ pub(crate) mod tests {
             // Opening the partition, then three appends succeed; the next write, the group's
             // sync, fails.
             engine.crash_after(NEW_PARTITION_OPEN_WRITES + 3);
-            futures::executor::block_on(run(engine, BlockingRuntime, ctx));
+            run_local(engine, ctx);
         });
         ready_rx.recv().unwrap().unwrap();
         for ack in acks {
@@ -1054,7 +1052,7 @@ pub(crate) mod tests {
             let thread = std::thread::spawn(move || {
                 let engine = FaultyEngine::new(PortableEngine::new());
                 engine.crash_after(crash_at);
-                futures::executor::block_on(run(engine, BlockingRuntime, ctx));
+                run_local(engine, ctx);
             });
             ready_rx.recv().unwrap().unwrap();
             let results: Vec<Result<AppendAck>> = acks
