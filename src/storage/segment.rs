@@ -58,6 +58,13 @@ struct Files<F> {
     corrupt_at: Option<(u64, DecodeError)>,
 }
 
+/// One batch as a read found it: where it is, its checked header, and its bytes.
+struct StoredBatch {
+    position: u64,
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
 pub struct Segment<E: Engine> {
     base_offset: u64,
     store_path: PathBuf,
@@ -563,7 +570,7 @@ impl<E: Engine> Segment<E> {
     /// Reads whole batches that hold offsets at or after `from_offset` and below
     /// `limit_offset`: at least one batch when there is one (even if larger than
     /// `max_bytes`), then more while the total stays within `max_bytes`. Records below
-    /// `from_offset` are trimmed from the first batch.
+    /// `from_offset` are trimmed from the first batch. The raw read, then decoded.
     pub async fn read(
         &mut self,
         engine: &E,
@@ -571,12 +578,29 @@ impl<E: Engine> Segment<E> {
         max_bytes: u64,
         limit_offset: u64,
     ) -> Result<Vec<Batch>> {
-        self.retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
-            segment
-                .try_read(engine, from_offset, max_bytes, limit_offset)
-                .await
-        })
-        .await
+        let stored = self
+            .retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
+                segment
+                    .try_read_stored(engine, from_offset, max_bytes, limit_offset)
+                    .await
+            })
+            .await?;
+        let mut batches = Vec::with_capacity(stored.len());
+        for batch in stored {
+            let decoded =
+                format::decode_verified(&batch.bytes, batch.header).map_err(|source| {
+                    Error::Corrupt {
+                        segment: self.store_path.clone(),
+                        position: batch.position,
+                        source,
+                    }
+                })?;
+            batches.push(decoded);
+        }
+        if let Some(first_batch) = batches.first_mut() {
+            first_batch.records.retain(|r| r.offset >= from_offset);
+        }
+        Ok(batches)
     }
 
     /// Reads the stored bytes of the batches from the one holding `from_offset` on, that
@@ -660,49 +684,6 @@ impl<E: Engine> Segment<E> {
         })
     }
 
-    /// One read attempt; `None` when the index disagrees with the store (rebuild and retry).
-    async fn try_read(
-        &mut self,
-        engine: &E,
-        from_offset: u64,
-        max_bytes: u64,
-        limit_offset: u64,
-    ) -> Result<Option<Vec<Batch>>> {
-        let Some((entries, bytes)) = self
-            .read_span(engine, from_offset, max_bytes, limit_offset)
-            .await?
-        else {
-            return Ok(Some(Vec::new()));
-        };
-        let start = entries[0].position;
-        let mut batches = Vec::with_capacity(entries.len());
-        for entry in &entries {
-            let at = (entry.position - start) as usize;
-            let slice = bytes.slice(at..at + entry.batch_len as usize);
-            let batch = format::decode_batch_shared(&slice).map_err(|source| Error::Corrupt {
-                segment: self.store_path.clone(),
-                position: entry.position,
-                source,
-            })?;
-            if batch.header.base_offset != entry.offset || batch.header.batch_len != entry.batch_len
-            {
-                return Ok(None);
-            }
-            if batch.header.next_offset() > limit_offset {
-                break;
-            }
-            batches.push(batch);
-        }
-        if let Some(first_batch) = batches.first_mut() {
-            if first_batch.header.next_offset() <= from_offset {
-                self.past_last_batch()?;
-                return Ok(Some(Vec::new()));
-            }
-            first_batch.records.retain(|r| r.offset >= from_offset);
-        }
-        Ok(Some(batches))
-    }
-
     /// Reads whole batches as stored, CRC-checked but not decoded, from the one holding
     /// `from_offset` (untrimmed) on, below `limit_offset`: at least one when there is one,
     /// then more within `max_bytes`.
@@ -713,22 +694,26 @@ impl<E: Engine> Segment<E> {
         max_bytes: u64,
         limit_offset: u64,
     ) -> Result<Vec<(BatchHeader, Bytes)>> {
-        self.retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
-            segment
-                .try_read_raw(engine, from_offset, max_bytes, limit_offset)
-                .await
-        })
-        .await
+        let stored = self
+            .retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
+                segment
+                    .try_read_stored(engine, from_offset, max_bytes, limit_offset)
+                    .await
+            })
+            .await?;
+        Ok(stored.into_iter().map(|b| (b.header, b.bytes)).collect())
     }
 
-    /// One raw read attempt; `None` when the index disagrees with the store.
-    async fn try_read_raw(
+    /// One read attempt of the batches as stored, each CRC-checked; `None` when the index
+    /// disagrees with the store (rebuild and retry). Empty when the only batch found lies
+    /// wholly below `from_offset` (a gap, or the corrupt tail, which fails the read).
+    async fn try_read_stored(
         &mut self,
         engine: &E,
         from_offset: u64,
         max_bytes: u64,
         limit_offset: u64,
-    ) -> Result<Option<Vec<(BatchHeader, Bytes)>>> {
+    ) -> Result<Option<Vec<StoredBatch>>> {
         let Some((entries, bytes)) = self
             .read_span(engine, from_offset, max_bytes, limit_offset)
             .await?
@@ -752,11 +737,15 @@ impl<E: Engine> Segment<E> {
             if header.next_offset() > limit_offset {
                 break;
             }
-            batches.push((header, slice));
+            batches.push(StoredBatch {
+                position: entry.position,
+                header,
+                bytes: slice,
+            });
         }
         if batches
             .first()
-            .is_some_and(|(h, _)| h.next_offset() <= from_offset)
+            .is_some_and(|b| b.header.next_offset() <= from_offset)
         {
             self.past_last_batch()?;
             return Ok(Some(Vec::new()));
