@@ -15,11 +15,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use openraft::alias::WatchReceiverOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::rt::AsyncRuntime;
-use openraft::{Raft, ServerState};
+use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::sync::oneshot;
 
 use super::network::{GroupNetwork, RaftTransport};
@@ -93,6 +94,8 @@ type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
 pub(crate) struct Group<RT: AsyncRuntime> {
     key: Key,
     raft: PartitionRaft<RT>,
+    /// The group's metrics, kept so an append asks who leads without a new subscription.
+    metrics: WatchReceiverOf<PartitionTypes<RT>, RaftMetrics<PartitionTypes<RT>>>,
 }
 
 impl<RT: AsyncRuntime> Group<RT> {
@@ -121,13 +124,13 @@ impl<RT: AsyncRuntime> Group<RT> {
                 .await
                 .map_err(|e| format!("the Raft group did not initialize: {e}"))?;
         }
-        Ok(Group { key, raft })
+        let metrics = raft.metrics();
+        Ok(Group { key, raft, metrics })
     }
 
     /// The leader this replica knows of, and whether it is this replica.
     pub(crate) fn leader(&self) -> (Option<NodeId>, bool) {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
+        let m = self.metrics.borrow_watched();
         (m.current_leader, m.state == ServerState::Leader)
     }
 
@@ -165,20 +168,14 @@ impl<RT: AsyncRuntime> Group<RT> {
     /// Serves a message from another replica; `reply` gets the answer envelope.
     pub(crate) fn deliver(
         &self,
-        envelope: pb::RaftEnvelope,
+        mut envelope: pb::RaftEnvelope,
         reply: oneshot::Sender<pb::RaftEnvelope>,
     ) {
         let raft = self.raft.clone();
         drop(RT::spawn(async move {
-            let answer = handle(&raft, envelope.body).await;
-            let response = pb::RaftEnvelope {
-                id: envelope.id,
-                topic: envelope.topic,
-                partition: envelope.partition,
-                from_node: envelope.from_node,
-                body: Some(answer.unwrap_or_else(Body::Error)),
-            };
-            if reply.send(response).is_err() {
+            let request = envelope.body.take();
+            let body = handle(&raft, request).await.unwrap_or_else(Body::Error);
+            if reply.send(wire::answer(envelope, body)).is_err() {
                 tracing::trace!("the transport left before the answer");
             }
         }));

@@ -136,6 +136,20 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// A vote or pre-vote request (`request`), and the vote response it must get.
+    async fn ask_vote<RT: AsyncRuntime>(
+        &self,
+        request: Body,
+        option: &RPCOption,
+    ) -> Result<VoteResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
+        match self.call::<RT>(request, option).await? {
+            Body::VoteResponse(r) => wire::vote_response_from(r).map_err(bad_answer::<RT>),
+            _ => Err(unexpected::<RT>(self.target)),
+        }
+    }
+}
+
 fn unexpected<RT: AsyncRuntime>(node: NodeId) -> RPCError<PartitionTypes<RT>> {
     unreachable::<RT>(&TransportError::Lost {
         node,
@@ -167,11 +181,8 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
         rpc: VoteRequest<PartitionTypes<RT>>,
         option: RPCOption,
     ) -> Result<VoteResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
-        let request = wire::vote_request_to(&rpc);
-        match self.call::<RT>(Body::Vote(request), &option).await? {
-            Body::VoteResponse(r) => wire::vote_response_from(r).map_err(bad_answer::<RT>),
-            _ => Err(unexpected::<RT>(self.target)),
-        }
+        self.ask_vote(Body::Vote(wire::vote_request_to(&rpc)), &option)
+            .await
     }
 
     async fn pre_vote(
@@ -179,11 +190,8 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
         rpc: VoteRequest<PartitionTypes<RT>>,
         option: RPCOption,
     ) -> Result<VoteResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
-        let request = wire::vote_request_to(&rpc);
-        match self.call::<RT>(Body::PreVote(request), &option).await? {
-            Body::VoteResponse(r) => wire::vote_response_from(r).map_err(bad_answer::<RT>),
-            _ => Err(unexpected::<RT>(self.target)),
-        }
+        self.ask_vote(Body::PreVote(wire::vote_request_to(&rpc)), &option)
+            .await
     }
 
     async fn full_snapshot(

@@ -94,7 +94,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                         acks.push((responder, applied));
                     }
                 }
-                EntryPayload::Normal(Proposal::Records(_)) => {
+                EntryPayload::Normal(Proposal::Records(_) | Proposal::Received(_)) => {
                     // Entries are applied as read back from the log, which stores them.
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,

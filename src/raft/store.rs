@@ -34,7 +34,9 @@ use openraft::{EmptyNode, EntryPayload, OptionalSend};
 use prost::Message;
 use tokio::sync::oneshot;
 
-use super::types::{Entry, LogId, Membership, NodeId, PartitionTypes, Proposal, Vote, log_id};
+use super::types::{
+    Entry, LogId, Membership, NodeId, PartitionTypes, Payload, Proposal, Vote, log_id,
+};
 use crate::proto::v1 as pb;
 use crate::storage::{self, CheckedBatch, Engine, EntryMeta, Log, LogLimits, Record};
 
@@ -343,8 +345,6 @@ fn control_record(payload: &Payload) -> Record {
     }
 }
 
-type Payload = super::types::Payload;
-
 pub(crate) fn encode_membership(m: &Membership) -> Vec<u8> {
     pb::RaftMembership {
         configs: m
@@ -466,7 +466,8 @@ async fn append<E: Engine>(log: &mut Log<E>, entry: Entry) -> io::Result<()> {
             };
             log.append_entry(meta, &batch).await.map_err(io_error)?;
         }
-        EntryPayload::Normal(Proposal::Stored { header, bytes }) => {
+        EntryPayload::Normal(Proposal::Received(batch)) => {
+            let header = batch.header();
             if header.raft_index != index || header.leader_epoch != term {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -476,7 +477,14 @@ async fn append<E: Engine>(log: &mut Log<E>, entry: Entry) -> io::Result<()> {
                     ),
                 ));
             }
-            log.append_encoded(&bytes).await.map_err(io_error)?;
+            log.append_verified(&batch).await.map_err(io_error)?;
+        }
+        EntryPayload::Normal(Proposal::Stored { .. }) => {
+            // Read back from this log: it is there already, and never appended twice.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("entry {id} was read from the log and handed back to append"),
+            ));
         }
         ref control => {
             let batch = control_batch(log.config(), control)?;

@@ -16,7 +16,7 @@ use openraft::RaftTypeConfig;
 use openraft::raft::responder::Responder;
 use openraft::rt::AsyncRuntime;
 
-use crate::storage::{BatchHeader, CheckedBatch};
+use crate::storage::{BatchHeader, CheckedBatch, VerifiedBatch};
 
 /// A node of the cluster, as Raft names it (`[cluster] node_id`).
 pub(crate) type NodeId = u64;
@@ -27,9 +27,12 @@ pub(crate) enum Proposal {
     /// Records a client appended on the leader, checked against the log's limits; the log
     /// encodes them when the entry is appended (offsets, term and index are known only then).
     Records(CheckedBatch),
-    /// A batch as a log stored it (header included): read back for replication or applying,
-    /// or received from the leader. Its header says where it sits.
+    /// A batch as this replica's log stored it (header included), read back for shipping
+    /// to followers or for applying. Its header says where it sits.
     Stored { header: BatchHeader, bytes: Bytes },
+    /// A batch as the leader stored it, received and checked whole on arrival: a follower
+    /// stores it as it is.
+    Received(VerifiedBatch),
 }
 
 impl fmt::Debug for Proposal {
@@ -42,13 +45,23 @@ impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Proposal::Records(batch) => write!(f, "records({})", batch.len()),
-            Proposal::Stored { header, .. } => write!(
-                f,
-                "batch(offsets {}..{})",
-                header.base_offset,
-                header.next_offset()
-            ),
+            Proposal::Stored { header, .. } => write!(f, "stored{}", Offsets(header)),
+            Proposal::Received(batch) => write!(f, "received{}", Offsets(batch.header())),
         }
+    }
+}
+
+/// The offsets a batch holds, for messages.
+struct Offsets<'a>(&'a BatchHeader);
+
+impl fmt::Display for Offsets<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "(offsets {}..{})",
+            self.0.base_offset,
+            self.0.next_offset()
+        )
     }
 }
 

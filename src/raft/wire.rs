@@ -20,6 +20,19 @@ use crate::storage;
 use pb::raft_append_response::Result as AppendResult;
 use pb::raft_entry::Payload as WirePayload;
 
+/// The answer to `request`: its id, partition and sender, carrying `body`.
+pub(crate) fn answer(request: pb::RaftEnvelope, body: pb::raft_envelope::Body) -> pb::RaftEnvelope {
+    pb::RaftEnvelope {
+        body: Some(body),
+        ..request
+    }
+}
+
+/// The answer to a `request` that could not be delivered or served, saying why.
+pub(crate) fn refusal(request: pb::RaftEnvelope, reason: impl Into<String>) -> pb::RaftEnvelope {
+    answer(request, pb::raft_envelope::Body::Error(reason.into()))
+}
+
 fn malformed(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -59,9 +72,9 @@ fn entry_to(entry: &Entry) -> io::Result<pb::RaftEntry> {
     let payload = match &entry.payload {
         EntryPayload::Blank => WirePayload::Blank(true),
         EntryPayload::Normal(Proposal::Stored { bytes, .. }) => WirePayload::Batch(bytes.clone()),
-        EntryPayload::Normal(Proposal::Records(_)) => {
-            // Replication reads entries back from the log, which stores them first.
-            return Err(malformed("an entry to ship is not stored yet"));
+        EntryPayload::Normal(Proposal::Records(_) | Proposal::Received(_)) => {
+            // Replication reads entries back from this replica's log, which stores them first.
+            return Err(malformed("an entry to ship is not read from the log"));
         }
         EntryPayload::Membership(m) => WirePayload::Membership(
             prost::Message::decode(&encode_membership(m)[..])
@@ -81,11 +94,11 @@ fn entry_from(entry: pb::RaftEntry) -> io::Result<Entry> {
         .ok_or_else(|| malformed("an entry has no payload"))?
     {
         WirePayload::Blank(_) => EntryPayload::Blank,
-        WirePayload::Batch(bytes) => {
-            let header = storage::verify_batch(&bytes)
-                .map_err(|e| malformed(&format!("entry {id}: {e}")))?;
-            EntryPayload::Normal(Proposal::Stored { header, bytes })
-        }
+        // Checked whole here, once: the follower's log stores it without checking again.
+        WirePayload::Batch(bytes) => EntryPayload::Normal(Proposal::Received(
+            storage::VerifiedBatch::new(bytes)
+                .map_err(|e| malformed(&format!("entry {id}: {e}")))?,
+        )),
         WirePayload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
     };
     Ok(Entry::new(id, payload))

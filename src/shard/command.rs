@@ -100,14 +100,9 @@ impl Command {
             Command::Open { reply, .. } => send(reply, error()),
             Command::Close { reply, .. } => send(reply, error()),
             Command::Shutdown { reply } => send(reply, error()),
-            Command::Raft {
-                mut envelope,
-                reply,
-            } => {
-                envelope.body = Some(crate::proto::v1::raft_envelope::Body::Error(
-                    error().to_string(),
-                ));
-                if reply.send(envelope).is_err() {
+            Command::Raft { envelope, reply } => {
+                let refused = crate::raft::wire::refusal(envelope, error().to_string());
+                if reply.send(refused).is_err() {
                     tracing::trace!("transport left before the refusal");
                 }
             }

@@ -37,6 +37,7 @@ use super::worker::ShardContext;
 use crate::observability;
 use crate::proto::v1 as pb;
 use crate::raft::group::RaftContext;
+use crate::raft::wire;
 use crate::storage::{CheckedBatch, Record};
 
 /// A topic's route as one append sees it: looked up once, then used to pick the partition
@@ -525,31 +526,34 @@ impl ShardSet {
     /// Number of partitions of a topic.
     /// Hands a Raft message from another node to the shard that owns its partition; the
     /// answer (or a refusal, as an envelope with an error body) comes back on the receiver.
-    pub async fn deliver_raft(&self, envelope: pb::RaftEnvelope) -> pb::RaftEnvelope {
-        let refuse = |mut envelope: pb::RaftEnvelope, reason: String| {
-            envelope.body = Some(pb::raft_envelope::Body::Error(reason));
-            envelope
-        };
+    pub async fn deliver_raft(&self, mut envelope: pb::RaftEnvelope) -> pb::RaftEnvelope {
+        // A refusal answers with the request's addressing only, so the body (the entries)
+        // travels on without a copy.
+        let body = envelope.body.take();
         let shard = match self.shard_of(&envelope.topic, envelope.partition) {
             Ok(shard) => shard,
-            Err(e) => return refuse(envelope, e.to_string()),
+            Err(e) => return wire::refusal(envelope, e.to_string()),
         };
         let (reply, answer) = oneshot::channel();
-        let sent = self.inner.senders[shard]
-            .send(
+        let request = pb::RaftEnvelope {
+            body,
+            ..envelope.clone()
+        };
+        if let Err(e) = self
+            .enqueue(
+                shard,
                 Command::Raft {
-                    envelope: envelope.clone(),
+                    envelope: request,
                     reply,
                 },
-                Some(Duration::from_millis(self.inner.options.enqueue_timeout_ms)),
             )
-            .await;
-        if let Err(e) = sent {
-            return refuse(envelope, format!("{e:?}"));
+            .await
+        {
+            return wire::refusal(envelope, e.to_string());
         }
         match answer.await {
             Ok(answer) => answer,
-            Err(_) => refuse(envelope, "the shard stopped".to_owned()),
+            Err(_) => wire::refusal(envelope, self.stopped(shard).to_string()),
         }
     }
 

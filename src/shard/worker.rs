@@ -390,13 +390,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     op.refuse(shard_stopped);
                     return;
                 };
-                let committed_before = p.log.high_watermark();
                 if let Some(flushed) = raft_store::serve(&mut p.log, op).await {
                     raft_flushes.push((key, flushed));
-                } else if p.log.high_watermark() != committed_before {
-                    p.publish();
                 }
-                // A truncation may lower the commit mark.
+                // A commit raises the mark, a truncation may lower it; publishing an
+                // unchanged mark wakes nobody.
                 p.publish();
             }
             Local::Started { key, group } => {
@@ -420,23 +418,21 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// Hands a Raft message from another node to its partition's group.
     fn deliver(
         &mut self,
-        mut envelope: pb::RaftEnvelope,
+        envelope: pb::RaftEnvelope,
         reply: tokio::sync::oneshot::Sender<pb::RaftEnvelope>,
     ) {
         let key: Key = (Arc::from(envelope.topic.as_str()), envelope.partition);
-        match self.partitions.get(&key).map(|p| &p.replication) {
-            Some(Replication::Running(group)) => group.deliver(envelope, reply),
-            other => {
-                let reason = match other {
-                    None => "no replica of this partition here",
-                    Some(Replication::Starting) => "the replica is starting",
-                    _ => "the partition is not replicated here",
-                };
-                envelope.body = Some(pb::raft_envelope::Body::Error(reason.to_owned()));
-                if reply.send(envelope).is_err() {
-                    tracing::trace!("transport left before the refusal");
-                }
-            }
+        let reason = match self.partitions.get(&key).map(|p| &p.replication) {
+            Some(Replication::Running(group)) => return group.deliver(envelope, reply),
+            None => "no replica of this partition here",
+            Some(Replication::Starting) => "the replica is starting",
+            Some(Replication::Solo) => "the partition is not replicated here",
+        };
+        if reply
+            .send(crate::raft::wire::refusal(envelope, reason))
+            .is_err()
+        {
+            tracing::trace!("transport left before the refusal");
         }
     }
 

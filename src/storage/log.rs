@@ -70,6 +70,33 @@ pub struct RawBatch {
     pub bytes: Bytes,
 }
 
+/// An encoded batch whose bytes were checked whole (magic, version, length, CRC, every
+/// record): what a follower receives and may store as it is. Made only by
+/// [`VerifiedBatch::new`], so [`Log::append_verified`] does not check the bytes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBatch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl VerifiedBatch {
+    /// Checks `bytes` as exactly one batch, its records included.
+    pub fn new(bytes: Bytes) -> std::result::Result<VerifiedBatch, format::DecodeError> {
+        let header = format::verify_batch_records(&bytes)?;
+        if header.batch_len as usize != bytes.len() {
+            return Err(format::DecodeError::ShortBatch {
+                batch_len: header.batch_len,
+                available: bytes.len(),
+            });
+        }
+        Ok(VerifiedBatch { header, bytes })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+}
+
 /// What a consensus layer puts in the header of the batch that holds one Raft entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -437,22 +464,26 @@ impl<E: Engine> Log<E> {
     /// Appends a batch that is already encoded (the follower path) and returns its base
     /// offset. It must verify (magic, version, CRC, records), fit `batch_bytes_max`, start at
     /// the end offset and carry a term (`leader_epoch`) at or above the last term. A refused
-    /// batch changes nothing. The bytes are stored as they are.
+    /// batch changes nothing. The bytes are stored as they are (after one copy: replication
+    /// checks what it receives where it receives it, and calls [`Log::append_verified`]).
     ///
     /// # Correctness
     /// As for [`Log::append_in_term`].
     pub async fn append_encoded(&mut self, bytes: &[u8]) -> Result<u64> {
         self.check_writable()?;
-        let header =
-            format::verify_batch_records(bytes).map_err(|source| Error::BadBatch { source })?;
-        if header.batch_len as usize != bytes.len() {
-            return Err(Error::BadBatch {
-                source: format::DecodeError::ShortBatch {
-                    batch_len: header.batch_len,
-                    available: bytes.len(),
-                },
-            });
-        }
+        let batch = VerifiedBatch::new(Bytes::copy_from_slice(bytes))
+            .map_err(|source| Error::BadBatch { source })?;
+        self.append_verified(&batch).await
+    }
+
+    /// [`Log::append_encoded`] for a batch whose bytes were checked already (where it was
+    /// received): only what depends on this log is checked (size limit, continuity, term).
+    ///
+    /// # Correctness
+    /// As for [`Log::append_in_term`].
+    pub async fn append_verified(&mut self, batch: &VerifiedBatch) -> Result<u64> {
+        self.check_writable()?;
+        let (header, bytes) = (&batch.header, &batch.bytes[..]);
         if u64::from(header.batch_len) > self.config.batch_bytes_max {
             return Err(Error::BatchTooLarge {
                 bytes: bytes.len(),
