@@ -226,4 +226,18 @@ async fn three_replicas_elect_replicate_commit_and_survive_the_leader() {
         let served = cluster.records(id, "t", end).await;
         assert_eq!(served, acked, "node {id} after the failover");
     }
+
+    // A prefix truncation would cut the Raft log behind its group: refused, nothing changed.
+    for id in cluster.live() {
+        let refused = cluster.node(id).truncate("t", 0, end).await;
+        assert!(
+            matches!(refused, Err(Error::NotOnReplicated { .. })),
+            "node {id}: {refused:?}"
+        );
+        assert_eq!(
+            cluster.records(id, "t", end).await,
+            acked,
+            "node {id} after the refusal"
+        );
+    }
 }

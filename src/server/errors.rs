@@ -108,6 +108,7 @@ fn shard_code(err: &shard::Error) -> Code {
         // election). The leader hint travels in the message (and metadata, with addresses).
         E::ShuttingDown | E::NotLeader { .. } | E::Replication { .. } => Code::Unavailable,
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
+        E::NotOnReplicated { .. } => Code::FailedPrecondition,
         // The server's own state, not the request: the message and the server log say more.
         E::InvalidOptions(_)
         | E::Metadata { .. }

@@ -68,6 +68,15 @@ pub enum Error {
         /// The leader this node knows of (node id), if any.
         leader: Option<u64>,
     },
+    /// An operation that would change a replicated partition's log behind its Raft group.
+    #[error(
+        "partition {topic}/{partition} is replicated: {what} is not supported on it yet (it needs metadata snapshots); nothing was changed"
+    )]
+    NotOnReplicated {
+        topic: String,
+        partition: u32,
+        what: &'static str,
+    },
     /// A replicated partition's group failed or stopped before it answered.
     #[error("partition {topic}/{partition}: replication failed: {reason}; retry")]
     Replication {

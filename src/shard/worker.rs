@@ -122,6 +122,23 @@ impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
         matches!(self.replication, Replication::Solo)
     }
 
+    /// Moves the commit mark (what readers see) up to `mark` of the log, never back, and
+    /// publishes it; only for a solo partition, which commits what it alone holds. A
+    /// replicated partition's mark is Raft's: it moves when entries apply, whatever the
+    /// local sync did.
+    fn commit_solo(&mut self, mark: fn(&Log<E>) -> u64) {
+        if !self.is_solo() {
+            return;
+        }
+        let offset = mark(&self.log);
+        if offset > self.log.high_watermark() {
+            self.log
+                .set_commit(offset)
+                .expect("the durable end and the end offset are within the log");
+        }
+        self.publish();
+    }
+
     fn publish(&self) {
         let hw = self.log.high_watermark();
         self.high_watermark.send_if_modified(|current| {
@@ -129,15 +146,6 @@ impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
             *current = hw;
             changed
         });
-    }
-}
-
-/// Moves the log's commit mark (what readers see) up to `mark` of the log; never back.
-fn commit_to<E: Engine>(log: &mut Log<E>, mark: fn(&Log<E>) -> u64) {
-    let offset = mark(log);
-    if offset > log.high_watermark() {
-        log.set_commit(offset)
-            .expect("the durable end and the end offset are within the log");
     }
 }
 
@@ -288,6 +296,14 @@ fn shard_stopped() -> std::io::Error {
         std::io::ErrorKind::BrokenPipe,
         "the partition was closed on its shard",
     )
+}
+
+fn not_on_replicated(topic: &str, partition: u32, what: &'static str) -> Error {
+    Error::NotOnReplicated {
+        topic: topic.to_owned(),
+        partition,
+        what,
+    }
 }
 
 fn unknown(topic: &str) -> Error {
@@ -592,11 +608,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 Durability::None => (Ok(()), Log::end_offset),
             },
         };
-        // A replicated partition's commit mark is Raft's (moved when entries apply).
-        if p.is_solo() {
-            commit_to(&mut p.log, committed);
-            p.publish();
-        }
+        p.commit_solo(committed);
         FlushOutcome {
             result: outcome.map_err(Arc::new),
             high_watermark: p.log.high_watermark(),
@@ -690,6 +702,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             } => {
                 let result = match self.partitions.get_mut(&(topic.clone(), partition)) {
                     None => Err(unknown(&topic)),
+                    Some(p) if !p.is_solo() => {
+                        Err(not_on_replicated(&topic, partition, "Truncate"))
+                    }
                     Some(p) => p
                         .log
                         .truncate_prefix(before_offset)
@@ -707,6 +722,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             } => {
                 let result = match self.partitions.get_mut(&(topic.clone(), partition)) {
                     None => Err(unknown(&topic)),
+                    Some(p) if !p.is_solo() => {
+                        Err(not_on_replicated(&topic, partition, "a suffix truncation"))
+                    }
                     Some(p) => {
                         let cut = p.log.truncate_suffix(from_offset).await;
                         // The high watermark may have dropped to the cut.
@@ -903,6 +921,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 tracing::error!(topic = %topic, partition, error = %e, "rolling an aged segment");
                 continue;
             }
+            if !p.is_solo() {
+                // Retention would drop entries behind the Raft group's back; it goes through
+                // the group once metadata snapshots and purging land.
+                continue;
+            }
             match p.log.apply_retention(now).await {
                 Ok(0) => {}
                 Ok(deleted) => {
@@ -913,8 +936,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 }
             }
             // A roll seals (syncs) the active segment, which moves the durable end.
-            commit_to(&mut p.log, Log::durable_end);
-            p.publish();
+            p.commit_solo(Log::durable_end);
         }
     }
 }
