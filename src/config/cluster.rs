@@ -7,15 +7,17 @@
 //! socket, so a peer's address is checked for its shape (`ip:port` or `host:port`), not for
 //! being reachable.
 //!
-//! The replication limits are defined and checked here until the replication layer
-//! (`src/raft/`) owns them; then their defaults and checks move there, as the shard limits
-//! live in `ShardOptions`, and this table only maps the file's keys onto them.
+//! The Raft timings (elections, heartbeats, entries per message) are defined and checked by
+//! the replication layer (`RaftTimings`); this table maps its keys onto them, as the shard
+//! limits live in `ShardOptions`. The node-to-node limits are still defined here until the
+//! replication service that enforces them lands.
 
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use super::Invalid;
+use crate::raft::group::RaftTimings;
 use crate::storage::check_range;
 
 const MIB: u64 = 1 << 20;
@@ -67,17 +69,18 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
+        let timings = RaftTimings::default();
         ClusterConfig {
             node_id: 0,
             advertise_addr: String::new(),
             replication_factor: None,
             peers: Vec::new(),
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
-            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: timings.election_timeout_min_ms,
+            election_timeout_max_ms: timings.election_timeout_max_ms,
+            heartbeat_interval_ms: timings.heartbeat_interval_ms,
             replication_batch_bytes_max: 4 * MIB,
             replication_queue_depth_max: 4096,
-            raft_payload_entries_max: 64,
+            raft_payload_entries_max: timings.raft_payload_entries_max,
         }
     }
 }
@@ -124,13 +127,23 @@ impl ClusterConfig {
         }
     }
 
+    /// The Raft timings these keys set.
+    pub(crate) fn raft_timings(&self) -> RaftTimings {
+        RaftTimings {
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            raft_payload_entries_max: self.raft_payload_entries_max,
+        }
+    }
+
     /// Checks every key. `listen` is the gRPC address (the default advertised one) and
     /// `batch_bytes_max` is `storage.batch_bytes_max` (one batch must fit a frame).
     pub(super) fn validate(&self, listen: SocketAddr, batch_bytes_max: u64) -> Result<(), Invalid> {
         self.validate_membership(listen)?;
         self.validate_replication_factor()?;
-        self.validate_timing()?;
         let key = |name: &str| format!("cluster.{name}");
+        self.raft_timings().validate_as(&key)?;
         check_range(
             key("replication_batch_bytes_max"),
             self.replication_batch_bytes_max,
@@ -144,13 +157,6 @@ impl ClusterConfig {
             1,
             1 << 20,
             " messages",
-        )?;
-        check_range(
-            key("raft_payload_entries_max"),
-            self.raft_payload_entries_max,
-            1,
-            1 << 16,
-            " entries",
         )?;
         Ok(())
     }
@@ -242,54 +248,6 @@ impl ClusterConfig {
                 format!(
                     "must be between 1 and the {nodes} node(s) known (this one and \
                      [[cluster.peers]]), or absent for the default"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_timing(&self) -> Result<(), Invalid> {
-        check_range(
-            "cluster.heartbeat_interval_ms".to_owned(),
-            self.heartbeat_interval_ms,
-            10,
-            10_000,
-            " ms",
-        )?;
-        check_range(
-            "cluster.election_timeout_min_ms".to_owned(),
-            self.election_timeout_min_ms,
-            50,
-            60_000,
-            " ms",
-        )?;
-        check_range(
-            "cluster.election_timeout_max_ms".to_owned(),
-            self.election_timeout_max_ms,
-            51,
-            120_000,
-            " ms",
-        )?;
-        // A leader must be heard from more than once per election timeout, or followers
-        // start elections against a healthy leader.
-        if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
-            return Err(Invalid::new(
-                "cluster.heartbeat_interval_ms",
-                self.heartbeat_interval_ms,
-                format!(
-                    "must be below cluster.election_timeout_min_ms = {}",
-                    self.election_timeout_min_ms
-                ),
-            ));
-        }
-        // The random range must not be empty, or nodes time out together and split votes.
-        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err(Invalid::new(
-                "cluster.election_timeout_max_ms",
-                self.election_timeout_max_ms,
-                format!(
-                    "must be above cluster.election_timeout_min_ms = {}",
-                    self.election_timeout_min_ms
                 ),
             ));
         }

@@ -29,17 +29,21 @@ use super::store::{Key, OpSender, PartitionLog};
 use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
 use super::wire;
 use crate::proto::v1 as pb;
-use crate::storage::CheckedBatch;
+use crate::storage::{CheckedBatch, InvalidLimit, LimitName, check_range};
 use pb::raft_envelope::Body;
 
-/// The timings of every partition group of a node (`[cluster]`).
+/// The timings of every partition group of a node: defined and checked here, mapped onto
+/// by the config's `[cluster]` keys of the same names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTimings {
+    /// A follower that hears no leader for a random time in
+    /// `[election_timeout_min_ms, election_timeout_max_ms)` starts an election.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// How often a leader sends heartbeats.
     pub heartbeat_interval_ms: u64,
-    /// Entries in one AppendEntries.
-    pub payload_entries_max: u64,
+    /// Entries (batches) in one AppendEntries message.
+    pub raft_payload_entries_max: u32,
 }
 
 impl Default for RaftTimings {
@@ -48,12 +52,70 @@ impl Default for RaftTimings {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             heartbeat_interval_ms: 250,
-            payload_entries_max: 64,
+            raft_payload_entries_max: 64,
         }
     }
 }
 
 impl RaftTimings {
+    /// Checks each timing and how they relate, naming each `key(field)`.
+    pub fn validate_as(&self, key: LimitName<'_>) -> Result<(), InvalidLimit> {
+        check_range(
+            key("heartbeat_interval_ms"),
+            self.heartbeat_interval_ms,
+            10,
+            10_000,
+            " ms",
+        )?;
+        check_range(
+            key("election_timeout_min_ms"),
+            self.election_timeout_min_ms,
+            50,
+            60_000,
+            " ms",
+        )?;
+        check_range(
+            key("election_timeout_max_ms"),
+            self.election_timeout_max_ms,
+            51,
+            120_000,
+            " ms",
+        )?;
+        check_range(
+            key("raft_payload_entries_max"),
+            self.raft_payload_entries_max,
+            1,
+            1 << 16,
+            " entries",
+        )?;
+        // A leader must be heard from more than once per election timeout, or followers
+        // start elections against a healthy leader.
+        if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
+            return Err(InvalidLimit::new(
+                key("heartbeat_interval_ms"),
+                self.heartbeat_interval_ms,
+                format!(
+                    "must be below {} = {}",
+                    key("election_timeout_min_ms"),
+                    self.election_timeout_min_ms
+                ),
+            ));
+        }
+        // The random range must not be empty, or nodes time out together and split votes.
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(InvalidLimit::new(
+                key("election_timeout_max_ms"),
+                self.election_timeout_max_ms,
+                format!(
+                    "must be above {} = {}",
+                    key("election_timeout_min_ms"),
+                    self.election_timeout_min_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The openraft configuration of one partition group.
     pub(crate) fn openraft_config(&self) -> Result<openraft::Config, String> {
         let config = openraft::Config {
@@ -61,7 +123,7 @@ impl RaftTimings {
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
             heartbeat_interval: self.heartbeat_interval_ms,
-            max_payload_entries: self.payload_entries_max,
+            max_payload_entries: u64::from(self.raft_payload_entries_max),
             // The log is the state: nothing to snapshot until metadata snapshots land.
             snapshot_policy: openraft::SnapshotPolicy::Never,
             ..openraft::Config::default()

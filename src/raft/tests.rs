@@ -56,7 +56,7 @@ const TIMINGS: RaftTimings = RaftTimings {
     election_timeout_min_ms: 300,
     election_timeout_max_ms: 600,
     heartbeat_interval_ms: 100,
-    payload_entries_max: 64,
+    raft_payload_entries_max: 64,
 };
 
 /// How long an election may take here: many election timeouts (two busy cores).
