@@ -1258,6 +1258,24 @@ impl TestServer {
         .await
         .map(tonic::Response::into_inner)
     }
+
+    /// Opens an AppendStream of raw request messages as root; its responses, raw.
+    async fn raw_append_stream(
+        &self,
+        messages: Vec<bytes::Bytes>,
+    ) -> tonic::Streaming<bytes::Bytes> {
+        let mut grpc = tonic::client::Grpc::new(self.channel("root").await);
+        grpc.ready().await.unwrap();
+        let path = "/walrs.v1.Log/AppendStream".parse().unwrap();
+        grpc.streaming(
+            tonic::Request::new(futures::stream::iter(messages)),
+            path,
+            RawCodec,
+        )
+        .await
+        .unwrap()
+        .into_inner()
+    }
 }
 
 /// An AppendRequest for topic "t" holding one record of `record` bytes.
@@ -1312,15 +1330,9 @@ async fn malformed_requests_are_invalid_argument_with_the_decoders_message() {
         assert!(status.message().contains(needle), "{what}: {status:?}");
     }
     // In an AppendStream: the malformed request ends the stream with INVALID_ARGUMENT.
-    let mut grpc = tonic::client::Grpc::new(server.channel("root").await);
-    grpc.ready().await.unwrap();
-    let input = futures::stream::iter([bytes::Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe])]);
-    let path = "/walrs.v1.Log/AppendStream".parse().unwrap();
-    let mut responses = grpc
-        .streaming(tonic::Request::new(input), path, RawCodec)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = server
+        .raw_append_stream(vec![bytes::Bytes::from_static(&[0x0a, 0x02, 0xff, 0xfe])])
+        .await;
     let status = responses.next().await.expect("an answer").unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("UTF-8"), "{status:?}");
@@ -1369,16 +1381,10 @@ async fn an_oversized_message_is_resource_exhausted_naming_the_limit() {
     );
 
     // The same in an AppendStream: answered as the stream's last item.
-    let mut grpc = tonic::client::Grpc::new(server.channel("root").await);
-    grpc.ready().await.unwrap();
     let good = bytes::Bytes::from(append_with_record(&[0x1a, 0x01, b'v']));
-    let input = futures::stream::iter([good, bytes::Bytes::from(message)]);
-    let path = "/walrs.v1.Log/AppendStream".parse().unwrap();
-    let mut responses = grpc
-        .streaming(tonic::Request::new(input), path, RawCodec)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = server
+        .raw_append_stream(vec![good, bytes::Bytes::from(message)])
+        .await;
     let mut last = None;
     while let Some(item) = responses.next().await {
         last = Some(item);
