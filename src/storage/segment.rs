@@ -579,11 +579,7 @@ impl<E: Engine> Segment<E> {
         limit_offset: u64,
     ) -> Result<Vec<Batch>> {
         let stored = self
-            .retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
-                segment
-                    .try_read_stored(engine, from_offset, max_bytes, limit_offset)
-                    .await
-            })
+            .read_stored(engine, from_offset, max_bytes, limit_offset)
             .await?;
         let mut batches = Vec::with_capacity(stored.len());
         for batch in stored {
@@ -695,13 +691,26 @@ impl<E: Engine> Segment<E> {
         limit_offset: u64,
     ) -> Result<Vec<(BatchHeader, Bytes)>> {
         let stored = self
-            .retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
-                segment
-                    .try_read_stored(engine, from_offset, max_bytes, limit_offset)
-                    .await
-            })
+            .read_stored(engine, from_offset, max_bytes, limit_offset)
             .await?;
         Ok(stored.into_iter().map(|b| (b.header, b.bytes)).collect())
+    }
+
+    /// The batches as stored (see [`Segment::read_raw`]), with their positions; an index that
+    /// disagrees with the store is rebuilt once.
+    async fn read_stored(
+        &mut self,
+        engine: &E,
+        from_offset: u64,
+        max_bytes: u64,
+        limit_offset: u64,
+    ) -> Result<Vec<StoredBatch>> {
+        self.retry_after_rebuild(engine, from_offset, async |segment: &mut Self| {
+            segment
+                .try_read_stored(engine, from_offset, max_bytes, limit_offset)
+                .await
+        })
+        .await
     }
 
     /// One read attempt of the batches as stored, each CRC-checked; `None` when the index
