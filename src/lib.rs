@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod certs;
 pub mod client;
+pub(crate) mod cluster;
 pub mod config;
 pub mod observability;
 pub mod proto;

@@ -305,7 +305,7 @@ async fn describe_cluster_lists_the_configured_nodes() {
         config.cluster.advertise_addr = "node-7.test:7070".into();
         config.cluster.peers = vec![walrs::config::NodeAddr {
             id: 2,
-            addr: "10.0.0.2:7070".into(),
+            addr: "127.0.0.1:1".into(),
         }];
     })
     .await;
@@ -319,18 +319,29 @@ async fn describe_cluster_lists_the_configured_nodes() {
         .collect();
     assert_eq!(
         nodes,
-        [(2, "10.0.0.2:7070", false), (7, "node-7.test:7070", true)]
+        [(2, "127.0.0.1:1", false), (7, "node-7.test:7070", true)]
     );
 
-    client.create_topic("replicated", 2).await.unwrap();
+    // Node 2 is down (nothing listens at its address): a creation is placed on this node
+    // only, and the refusal says so and what to do.
+    let partial = client.create_topic("replicated", 2).await.unwrap_err();
+    assert_eq!(partial.code(), Code::Unavailable, "{partial:?}");
+    assert!(
+        partial.message().contains("node 2") && partial.message().contains("retry CreateTopic"),
+        "{partial:?}"
+    );
     for partition in client
         .describe_topic("replicated")
         .await
         .unwrap()
         .partitions
     {
-        assert_eq!((partition.leader, partition.leader_epoch), (7, 0));
-        assert_eq!(partition.replicas, [7]);
+        // Two nodes, the default factor min(3, 2): both hold every partition. With node 2
+        // down, no leader can be elected.
+        let mut replicas = partition.replicas.clone();
+        replicas.sort();
+        assert_eq!(replicas, [2, 7]);
+        assert_eq!(partition.leader, 0);
     }
     let too_many = client
         .log_client()

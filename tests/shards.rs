@@ -441,7 +441,7 @@ async fn topics_create_list_describe_delete_and_errors() {
     let desc = set.describe_topic("a").await.unwrap();
     assert_eq!(desc.name, "a");
     assert_eq!(desc.partitions.len(), 3);
-    let p2 = desc.partitions[2];
+    let p2 = desc.partitions[2].clone();
     assert_eq!(
         (p2.id, p2.start_offset, p2.end_offset, p2.high_watermark),
         (2, 0, 2, 2)
@@ -552,7 +552,7 @@ async fn truncate_suffix_cuts_the_tail_at_a_batch_boundary_and_appends_go_on_the
         "{err}"
     );
     set.truncate_suffix("t", 0, 6).await.unwrap();
-    let p = set.describe_topic("t").await.unwrap().partitions[0];
+    let p = set.describe_topic("t").await.unwrap().partitions[0].clone();
     assert_eq!((p.end_offset, p.high_watermark), (6, 6));
     let ack = set.append("t", 0, vec![record("after")]).await.unwrap();
     assert_eq!(ack.base_offset, 6);
@@ -967,7 +967,7 @@ async fn maintenance_rolls_aged_segments_and_applies_retention_on_its_timer() {
     let budget_ms = 200 * (o.maintenance_interval_ms + o.log.segment_ms + o.log.retention_ms);
     let deadline = Instant::now() + Duration::from_millis(budget_ms);
     loop {
-        let p = set.describe_topic("m").await.unwrap().partitions[0];
+        let p = set.describe_topic("m").await.unwrap().partitions[0].clone();
         if p.start_offset == 1 {
             assert_eq!(p.end_offset, 1, "offsets are never reused");
             break;

@@ -136,6 +136,8 @@ impl RaftTimings {
 #[derive(Clone)]
 pub(crate) struct RaftContext {
     pub node_id: NodeId,
+    /// Where each node serves gRPC, for the leader hints refusals carry.
+    pub addrs: Arc<std::collections::HashMap<NodeId, String>>,
     pub transport: Arc<dyn RaftTransport>,
     pub config: Arc<openraft::Config>,
 }
@@ -194,6 +196,12 @@ impl<RT: AsyncRuntime> Group<RT> {
     pub(crate) fn leader(&self) -> (Option<NodeId>, bool) {
         let m = self.metrics.borrow_watched();
         (m.current_leader, m.state == ServerState::Leader)
+    }
+
+    /// The leader this replica knows of, and the term it is in.
+    pub(crate) fn leader_and_term(&self) -> (Option<NodeId>, u64) {
+        let m = self.metrics.borrow_watched();
+        (m.current_leader, m.current_term)
     }
 
     /// Proposes `batch`; `reply` gets its place once a majority holds it and it is applied.

@@ -8,11 +8,7 @@
 //! Must never: move a group's state off its shard thread, or take a lock around it. openraft
 //! is built with `single-threaded`, so its handles and futures are `!Send` and stay put. It
 //! never touches a file: the shard owns the logs and serves this layer's ops.
-// The server starts shard sets with a `RaftContext` and carries `walrs.v1.Replication` in the
-// next step of issue 10; until then only the in-process cluster tests build one.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod group;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod network;
 #[cfg(target_os = "linux")]
 #[allow(dead_code)] // `with_io_memory` and `abort` serve the runtime's own tests and tools.

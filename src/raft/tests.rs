@@ -85,6 +85,7 @@ impl Cluster {
             options.engine = EngineChoice::Portable;
             let context = RaftContext {
                 node_id: id,
+                addrs: Arc::new((1..=n).map(|i| (i, format!("node-{i}.test:1"))).collect()),
                 transport: transport.clone(),
                 config: config.clone(),
             };

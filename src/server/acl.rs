@@ -156,6 +156,21 @@ impl Acl {
         }
     }
 
+    /// True when some entry grants `action` to `principal` on some topic (plaintext: always).
+    /// The node-to-node stream is refused at once to a caller this is false for.
+    pub fn authorize_somewhere(&self, principal: &Principal, action: Action) -> bool {
+        match principal {
+            Principal::Anonymous => true,
+            Principal::Client(identity) => self.rules.iter().any(|rule| {
+                rule.actions.contains(&action)
+                    && match &rule.identity {
+                        IdentityMatch::Any => true,
+                        IdentityMatch::Exactly(name) => name == identity,
+                    }
+            }),
+        }
+    }
+
     /// [`Acl::allows_any`] with the plaintext rule of [`Acl::authorize`].
     pub fn authorize_any(&self, principal: &Principal, topic: &str) -> bool {
         match principal {
@@ -262,6 +277,10 @@ mod tests {
             "root is a client"
         );
         assert!(acl.allows("node-1", Action::Replicate, "t"));
+        let node = |name: &str| Principal::Client(name.to_owned());
+        assert!(acl.authorize_somewhere(&node("node-1"), Action::Replicate));
+        assert!(!acl.authorize_somewhere(&node("node-2"), Action::Replicate));
+        assert!(!acl.authorize_somewhere(&node("root"), Action::Replicate));
         assert!(
             !acl.allows("node-2", Action::Replicate, "t"),
             "identities are exact"

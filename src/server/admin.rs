@@ -14,7 +14,10 @@ use tonic::Request;
 use super::acl::Action;
 use super::errors::{Error, Result};
 use super::service::{Inner, peer_addr};
+use crate::cluster::peers::{PeerAdmin, PeerError};
+use crate::cluster::placement;
 use crate::observability;
+use crate::proto::v1 as pb;
 use crate::proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
     DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsResponse,
@@ -34,30 +37,158 @@ fn partitions_for(asked: u32, default: u32, max: u32) -> Result<u32> {
 }
 
 /// Checks a creation's replication factor (0: the cluster's default) against the nodes
-/// known. The shards hold every partition alone until replication lands, so a factor the
-/// cluster could hold is accepted and, for now, has one replica.
-fn check_replication_factor(asked: u32, nodes: u32) -> Result<()> {
+/// known, and returns the factor to use.
+fn replication_factor_for(asked: u32, default: u32, nodes: u32) -> Result<u32> {
     if asked > nodes {
         return Err(Error::invalid(format!(
             "replication_factor {asked} requested, but the cluster knows {nodes} node(s): \
              ask for 1 to {nodes}, or 0 for the cluster's default (cluster.replication_factor)"
         )));
     }
+    Ok(if asked == 0 {
+        default.min(nodes)
+    } else {
+        asked
+    })
+}
+
+/// What one node answered to a topic's placement.
+type Placed = std::result::Result<bool, String>;
+
+/// The outcome of placing a topic on every node: created somewhere and failed nowhere is
+/// success; existing everywhere is ALREADY_EXISTS; any failure names the nodes.
+fn placement_outcome(topic: &str, answers: &[(u64, Placed)]) -> Result<()> {
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|(node, a)| a.as_ref().err().map(|e| format!("node {node}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        let done: Vec<u64> = answers
+            .iter()
+            .filter(|(_, a)| a.is_ok())
+            .map(|(node, _)| *node)
+            .collect();
+        return Err(Error::Cluster {
+            message: format!(
+                "topic {topic:?} is placed on nodes {done:?} but not everywhere ({}); \
+                 retry CreateTopic once the nodes are up: it completes the placement",
+                failed.join("; ")
+            ),
+        });
+    }
+    if answers.iter().all(|(_, a)| matches!(a, Ok(false))) {
+        return Err(shard::Error::TopicExists {
+            topic: topic.to_owned(),
+        }
+        .into());
+    }
     Ok(())
 }
 
 impl Inner {
-    /// Creates `topic` with `partitions` partitions (0: the default), within `topics_max`.
-    pub(super) async fn create_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
+    /// Creates `topic` with `partitions` partitions (0: the default), within `topics_max`:
+    /// on this node alone, or in a cluster on every node with the same placement.
+    pub(super) async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Result<u32> {
         let partitions = partitions_for(
             partitions,
             self.default_partitions,
             self.config.server.partitions_per_topic_max,
         )?;
+        let cluster = &self.config.cluster;
+        let factor = replication_factor_for(
+            replication_factor,
+            cluster.effective_replication_factor(),
+            cluster.node_count(),
+        )?;
+        if let Some(peers) = &self.peers {
+            let membership = peers.membership();
+            let replicas = placement::place(topic, partitions, factor, &membership.ids());
+            let request = pb::PlaceTopicRequest {
+                name: topic.to_owned(),
+                partitions,
+                replicas: replicas
+                    .iter()
+                    .map(|nodes| pb::ReplicaSet {
+                        nodes: nodes.clone(),
+                    })
+                    .collect(),
+            };
+            let node_id = u64::from(membership.node_id);
+            let calls = membership.ids().into_iter().map(|node| {
+                let request = request.clone();
+                async move {
+                    let placed = if node == node_id {
+                        self.place_topic(request).await.map_err(|e| e.to_string())
+                    } else {
+                        peers
+                            .place_topic(node, request)
+                            .await
+                            .map_err(|e| e.to_string())
+                    };
+                    (node, placed)
+                }
+            });
+            let answers = futures::future::join_all(calls).await;
+            placement_outcome(topic, &answers)?;
+            return Ok(partitions);
+        }
         // `topics_max` is checked by the shard set under its admin lock (passed in its
         // options), so concurrent creations cannot pass it.
-        match self.shards.create_topic(topic, partitions).await {
-            Ok(()) => Ok(partitions),
+        self.create_local(topic, partitions, Vec::new())
+            .await
+            .map(|()| partitions)
+    }
+
+    /// Creates this node's replicas of a topic placed by the node asked (this one or
+    /// another): `Ok(false)` when it exists here already with the same layout.
+    pub(super) async fn place_topic(&self, request: pb::PlaceTopicRequest) -> Result<bool> {
+        let replicas: Vec<Vec<u64>> = request.replicas.into_iter().map(|r| r.nodes).collect();
+        if replicas.len() != request.partitions as usize {
+            return Err(Error::invalid(format!(
+                "{} replica sets for {} partitions",
+                replicas.len(),
+                request.partitions
+            )));
+        }
+        match self
+            .create_local(&request.name, request.partitions, replicas.clone())
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::Shard(shard::Error::TopicExists { topic })) => {
+                let here = self.shards.replicas_of(&topic)?;
+                if here == replicas {
+                    Ok(false)
+                } else {
+                    Err(Error::Cluster {
+                        message: format!(
+                            "topic {topic:?} exists on this node with replicas {here:?}, not \
+                             {replicas:?}; delete it first"
+                        ),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_local(
+        &self,
+        topic: &str,
+        partitions: u32,
+        replicas: Vec<Vec<u64>>,
+    ) -> Result<()> {
+        match self
+            .shards
+            .create_topic_on(topic, partitions, replicas)
+            .await
+        {
+            Ok(()) => Ok(()),
             Err(shard::Error::TooManyTopics { topics, max }) => Err(Error::OverLimit {
                 what: "the number of topics",
                 value: topics,
@@ -92,8 +223,9 @@ impl Inner {
         self.check_running()?;
         self.check_topic_name(&create.name)?;
         let principal = self.authorize(request, Action::Admin, &create.name)?;
-        check_replication_factor(create.replication_factor, self.config.cluster.node_count())?;
-        let partitions = self.create_topic(&create.name, create.partitions).await?;
+        let partitions = self
+            .create_topic(&create.name, create.partitions, create.replication_factor)
+            .await?;
         tracing::info!(topic = create.name, partitions, identity = %principal, "topic created");
         Ok(CreateTopicResponse {
             name: create.name.clone(),
@@ -109,10 +241,60 @@ impl Inner {
         self.check_running()?;
         self.check_topic_name(&delete.name)?;
         let principal = self.authorize(request, Action::Admin, &delete.name)?;
-        self.shards.delete_topic(&delete.name).await?;
+        match &self.peers {
+            None => self.shards.delete_topic(&delete.name).await?,
+            Some(peers) => self.delete_everywhere(peers, &delete.name).await?,
+        }
         observability::topic_deleted(&delete.name);
         tracing::info!(topic = delete.name, identity = %principal, "topic deleted");
         Ok(DeleteTopicResponse {})
+    }
+
+    /// Deletes a topic on every node: NOT_FOUND when no node had it; a node that could not
+    /// be reached is named (the topic is gone wherever it was reached).
+    async fn delete_everywhere(&self, peers: &PeerAdmin, name: &str) -> Result<()> {
+        let node_id = u64::from(peers.membership().node_id);
+        let calls = peers.membership().ids().into_iter().map(|node| async move {
+            let dropped = if node == node_id {
+                match self.shards.delete_topic(name).await {
+                    Ok(()) => Ok(true),
+                    Err(shard::Error::UnknownTopic { .. }) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                match peers.drop_topic(node, name).await {
+                    Ok(()) => Ok(true),
+                    Err(PeerError::Refused { status, .. })
+                        if status.code() == tonic::Code::NotFound =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            (node, dropped)
+        });
+        let answers = futures::future::join_all(calls).await;
+        let failed: Vec<String> = answers
+            .iter()
+            .filter_map(|(node, a)| a.as_ref().err().map(|e| format!("node {node}: {e}")))
+            .collect();
+        if !failed.is_empty() {
+            return Err(Error::Cluster {
+                message: format!(
+                    "topic {name:?} was not deleted everywhere ({}); retry DeleteTopic once the \
+                     nodes are up",
+                    failed.join("; ")
+                ),
+            });
+        }
+        if answers.iter().all(|(_, a)| matches!(a, Ok(false))) {
+            return Err(shard::Error::UnknownTopic {
+                topic: name.to_owned(),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// The topics the caller may use in any way, sorted by name.
@@ -157,28 +339,32 @@ impl Inner {
         }
         let description = self.shards.describe_topic(&describe.name).await?;
         observability::topic_disk_usage(&super::metrics::disk_usage(&description));
-        // This node holds every partition alone (see the module docs); outside a cluster
-        // (node_id 0) it has no node id to report.
+        // A solo partition is led by this node at epoch 0; outside a cluster (node_id 0) it
+        // has no node id to report. A replicated one reports what its group knows.
         let node_id = self.config.cluster.node_id;
-        let replicas = if node_id == 0 {
-            Vec::new()
-        } else {
-            vec![node_id]
-        };
         Ok(DescribeTopicResponse {
             name: description.name,
             partitions: description
                 .partitions
                 .into_iter()
-                .map(|p| PartitionInfo {
-                    id: p.id,
-                    start_offset: p.start_offset,
-                    end_offset: p.end_offset,
-                    high_watermark: p.high_watermark,
-                    shard: p.shard,
-                    leader: node_id,
-                    replicas: replicas.clone(),
-                    leader_epoch: 0,
+                .map(|p| {
+                    let (leader, replicas) = if p.replicas.is_empty() {
+                        let solo = if node_id == 0 { vec![] } else { vec![node_id] };
+                        (node_id, solo)
+                    } else {
+                        let replicas = p.replicas.iter().map(|&r| r as u32).collect();
+                        (p.leader.map_or(0, |l| l as u32), replicas)
+                    };
+                    PartitionInfo {
+                        id: p.id,
+                        start_offset: p.start_offset,
+                        end_offset: p.end_offset,
+                        high_watermark: p.high_watermark,
+                        shard: p.shard,
+                        leader,
+                        replicas,
+                        leader_epoch: p.leader_epoch,
+                    }
                 })
                 .collect(),
         })
@@ -230,12 +416,31 @@ mod tests {
 
     #[test]
     fn a_replication_factor_beyond_the_nodes_known_is_refused() {
-        check_replication_factor(0, 1).unwrap();
-        check_replication_factor(1, 1).unwrap();
-        check_replication_factor(3, 3).unwrap();
-        let e = check_replication_factor(2, 1).unwrap_err();
+        assert_eq!(replication_factor_for(0, 1, 1).unwrap(), 1);
+        assert_eq!(replication_factor_for(1, 3, 1).unwrap(), 1);
+        assert_eq!(replication_factor_for(0, 3, 3).unwrap(), 3);
+        assert_eq!(replication_factor_for(2, 3, 3).unwrap(), 2);
+        let e = replication_factor_for(2, 1, 1).unwrap_err();
         assert!(e.to_string().contains("cluster.replication_factor"), "{e}");
         assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_placement_succeeds_only_when_every_node_has_it() {
+        let ok = |created| Ok(created);
+        placement_outcome("t", &[(1, ok(true)), (2, ok(false))]).unwrap();
+        let exists = placement_outcome("t", &[(1, ok(false)), (2, ok(false))]).unwrap_err();
+        assert_eq!(
+            tonic::Status::from(exists).code(),
+            tonic::Code::AlreadyExists
+        );
+        let e = placement_outcome("t", &[(1, ok(true)), (2, Err("down".to_owned()))]).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("node 2: down") && message.contains("[1]"),
+            "{message}"
+        );
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
     }
 
     #[test]

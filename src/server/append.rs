@@ -125,7 +125,7 @@ impl Inner {
                 if let Some(p) = partition {
                     shard::ShardSet::check_new_partition(topic, p, self.default_partitions)?;
                 }
-                match self.create_topic(topic, 0).await {
+                match self.create_topic(topic, 0, 0).await {
                     Ok(n) => {
                         tracing::info!(topic, partitions = n, "topic auto-created on first append");
                     }

@@ -44,6 +44,10 @@ pub enum Error {
         action: Action,
         topic: String,
     },
+    /// A cluster-wide operation did not reach every node it must; `message` says which and
+    /// what to do.
+    #[error("{message}")]
+    Cluster { message: String },
     /// The server is draining.
     #[error("the server is shutting down; retry against another server or after it restarts")]
     ShuttingDown,
@@ -66,6 +70,8 @@ pub enum Error {
     Serve(#[source] tonic::transport::Error),
     #[error("metrics set-up failed: {0}")]
     Metrics(String),
+    #[error("cluster set-up failed: {0}")]
+    ClusterSetup(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,15 +91,44 @@ impl From<Error> for Status {
             Error::OverLimit { .. } => Code::ResourceExhausted,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Denied { .. } => Code::PermissionDenied,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::Cluster { .. } => Code::Unavailable,
             Error::Shard(e) => shard_code(e),
             Error::Config(_)
             | Error::Tls(_)
             | Error::Bind { .. }
             | Error::Serve(_)
-            | Error::Metrics(_) => Code::Internal,
+            | Error::Metrics(_)
+            | Error::ClusterSetup(_) => Code::Internal,
         };
-        Status::new(code, err.to_string())
+        let hint = leader_hint(&err);
+        let mut status = Status::new(code, err.to_string());
+        if let Some(hint) = hint
+            && let Ok(value) = hint.parse()
+        {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+        status
+    }
+}
+
+/// The metadata key of a refusal's leader hint: `walrs-leader: <id>=<host:port>`.
+pub const LEADER_METADATA: &str = "walrs-leader";
+
+/// The node a refused request should go to instead, as `<id>=<host:port>`: the leader this
+/// node knows of, or (for a partition this node does not hold) its preferred leader.
+fn leader_hint(err: &Error) -> Option<String> {
+    match err {
+        Error::Shard(shard::Error::NotLeader {
+            leader: Some(id),
+            leader_addr: Some(addr),
+            ..
+        }) => Some(format!("{id}={addr}")),
+        Error::Shard(shard::Error::NotReplica {
+            replicas,
+            first_addr: Some(addr),
+            ..
+        }) => replicas.first().map(|id| format!("{id}={addr}")),
+        _ => None,
     }
 }
 
@@ -106,7 +141,9 @@ fn shard_code(err: &shard::Error) -> Code {
         E::TopicExists { .. } => Code::AlreadyExists,
         // Nothing changed on this node; the client retries on the leader (or after the
         // election). The leader hint travels in the message (and metadata, with addresses).
-        E::ShuttingDown | E::NotLeader { .. } | E::Replication { .. } => Code::Unavailable,
+        E::ShuttingDown | E::NotLeader { .. } | E::NotReplica { .. } | E::Replication { .. } => {
+            Code::Unavailable
+        }
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
         E::NotOnReplicated { .. } => Code::FailedPrecondition,
         // The server's own state, not the request: the message and the server log say more.

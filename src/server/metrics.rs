@@ -87,6 +87,8 @@ mod tests {
             shard: 0,
             segments,
             size_bytes,
+            local: true,
+            ..PartitionInfo::default()
         };
         let description = TopicDescription {
             name: "t".to_owned(),

@@ -17,12 +17,13 @@ mod listener;
 mod metrics;
 mod oversize;
 mod read;
+mod replication;
 mod run;
 mod service;
 mod stats;
 pub(crate) mod tls;
 
-pub use errors::{Error, Result};
+pub use errors::{Error, LEADER_METADATA, Result};
 pub use listener::PeerInfo;
 /// Also the raw-RPC baseline's listener (`bench`), so it serves over the same TLS path.
 pub(crate) use listener::incoming;

@@ -29,10 +29,16 @@ use super::listener;
 use super::oversize::{MessageLimit, RequestSize};
 use super::service::LogService;
 use super::stats::ServerStats;
+use crate::client::ClientTls;
+use crate::cluster::Membership;
+use crate::cluster::peers::PeerAdmin;
+use crate::cluster::transport::{GrpcTransport, LinkOptions};
 use crate::config::Config;
 use crate::observability::{self, Health, MetricsEndpoint};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::log_server::LogServer;
+use crate::proto::v1::replication_server::ReplicationServer;
+use crate::raft::group::RaftContext;
 use crate::shard::ShardSet;
 
 /// How long in-flight calls may take to finish once shutdown starts.
@@ -50,6 +56,67 @@ pub(crate) fn request_limit(config: &Config) -> MessageLimit {
         key: "storage.batch_bytes_max",
         key_value: config.storage.batch_bytes_max,
     }
+}
+
+/// Largest message of the node-to-node service: one frame of `replication_batch_bytes_max`,
+/// or one AppendEntries of `raft_payload_entries_max` batches at `storage.batch_bytes_max`
+/// (sent alone in its frame), with room for each entry's framing.
+fn replication_message_limit(config: &Config) -> usize {
+    const ENTRY_FRAMING_BYTES: u64 = 64 * 1024;
+    let entries = u64::from(config.cluster.raft_payload_entries_max);
+    let append_bytes = entries * (config.storage.batch_bytes_max + ENTRY_FRAMING_BYTES);
+    let frame_bytes = config.cluster.replication_batch_bytes_max;
+    usize::try_from(append_bytes.max(frame_bytes)).unwrap_or(usize::MAX) + FRAMING_BYTES
+}
+
+/// The membership and the link settings of a node in a cluster; `None` for a single node.
+fn cluster_links(config: &Config) -> Result<Option<(Membership, LinkOptions)>> {
+    let cluster = &config.cluster;
+    if cluster.node_id == 0 {
+        return Ok(None);
+    }
+    let membership = Membership::new(cluster.node_id, config.cluster_nodes());
+    // A node dials its peers with its own certificate (CN `node-<id>`), which the peers'
+    // ACLs grant `replicate`, and checks theirs against the same CA as its clients'.
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => Some(ClientTls::new(&tls.client_ca, &tls.cert, &tls.key).load()?),
+    };
+    let links = LinkOptions {
+        tls,
+        queue_depth_max: cluster.replication_queue_depth_max as usize,
+        frame_bytes_max: cluster.replication_batch_bytes_max as usize,
+        message_bytes_max: replication_message_limit(config),
+        keepalive_interval: Duration::from_millis(cluster.election_timeout_min_ms),
+        keepalive_timeout: Duration::from_millis(cluster.election_timeout_max_ms),
+    };
+    Ok(Some((membership, links)))
+}
+
+/// What the shards need to run partition groups: this node, the links to the others and
+/// the groups' Raft settings. Starts the links (they connect in the background).
+fn raft_context(
+    config: &Config,
+    membership: &Membership,
+    links: LinkOptions,
+) -> Result<RaftContext> {
+    let raft_config = config
+        .cluster
+        .raft_timings()
+        .openraft_config()
+        .map_err(Error::ClusterSetup)?;
+    let transport = GrpcTransport::start(membership, links).map_err(Error::ClusterSetup)?;
+    let addrs = membership
+        .nodes
+        .iter()
+        .map(|n| (u64::from(n.id), n.addr.clone()))
+        .collect();
+    Ok(RaftContext {
+        node_id: u64::from(membership.node_id),
+        addrs: Arc::new(addrs),
+        transport: Arc::new(transport),
+        config: Arc::new(raft_config),
+    })
 }
 
 /// A running server.
@@ -193,11 +260,17 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     let options = config.shard_options();
-    // Starting opens and recovers every partition: blocking work, off the runtime.
-    let shards = match tokio::task::spawn_blocking(move || ShardSet::start(options)).await {
-        Ok(started) => started?,
-        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    let cluster = cluster_links(&config)?;
+    let raft = match &cluster {
+        None => None,
+        Some((membership, links)) => Some(raft_context(&config, membership, links.clone())?),
     };
+    // Starting opens and recovers every partition: blocking work, off the runtime.
+    let shards =
+        match tokio::task::spawn_blocking(move || ShardSet::start_with(options, raft)).await {
+            Ok(started) => started?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
     let stats = Arc::new(ServerStats::default());
     if let Some(metrics) = &mut metrics {
         metrics.attach(Arc::new(super::metrics::ServerMetrics {
@@ -228,7 +301,12 @@ pub async fn start(config: Config) -> Result<Running> {
         config.clone(),
         draining_rx.clone(),
         in_flight.clone(),
+        cluster.map(|(membership, links)| PeerAdmin::new(membership, links)),
     );
+    let replication_limit = replication_message_limit(&config);
+    let replication_server = ReplicationServer::new(service.replication())
+        .max_decoding_message_size(replication_limit)
+        .max_encoding_message_size(replication_limit);
     let append_budget = service.append_budget();
     let limit = request_limit(&config);
     let decode_max = limit.bytes_max;
@@ -246,7 +324,8 @@ pub async fn start(config: Config) -> Result<Running> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(log_server);
+        .add_service(log_server)
+        .add_service(replication_server);
 
     let mut stop_accepting = draining_rx.clone();
     let incoming = listener::incoming(

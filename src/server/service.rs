@@ -28,6 +28,7 @@ use super::errors::{Error, Result};
 use super::identity;
 use super::listener::PeerInfo;
 use super::read::READ_STREAM_BUFFER;
+use crate::cluster::peers::PeerAdmin;
 use crate::config::Config;
 use crate::observability::{self, Rpc, RpcCall};
 use crate::proto::v1::log_server::Log;
@@ -58,6 +59,8 @@ pub(super) struct Inner {
     /// Record bytes of appends accepted and not yet acknowledged, one permit per byte:
     /// `server.inflight_append_bytes_max` bounds what queued appends hold, server-wide.
     pub(super) append_budget: Arc<tokio::sync::Semaphore>,
+    /// The other nodes, for the admin calls that reach every node; `None` outside a cluster.
+    pub(super) peers: Option<PeerAdmin>,
 }
 
 impl LogService {
@@ -66,6 +69,7 @@ impl LogService {
         config: Config,
         draining: watch::Receiver<bool>,
         in_flight: Arc<InFlight>,
+        peers: Option<PeerAdmin>,
     ) -> LogService {
         let default_partitions = config.default_partitions_for(shards.shard_count() as u32);
         let budget_bytes = usize::try_from(config.server.inflight_append_bytes_max)
@@ -82,8 +86,14 @@ impl LogService {
                 draining,
                 in_flight,
                 append_budget,
+                peers,
             }),
         }
+    }
+
+    /// The node-to-node service over the same state.
+    pub(crate) fn replication(&self) -> super::replication::ReplicationService {
+        super::replication::ReplicationService::new(self.inner.clone())
     }
 
     /// The server-wide budget of record bytes in flight (`server.inflight_append_bytes_max`).

@@ -16,12 +16,14 @@ use super::command::{Command, OpenPartition};
 use super::error::{Error, Result};
 use super::set::{PartitionRoute, ShardSet, TopicRoute};
 use super::topics::{self, TopicMeta, validate_topic_name};
+use crate::raft::group::RaftContext;
 
 /// Routes for `meta`, and per shard the partitions it must open.
 pub(super) fn plan(
     topics_dir: &Path,
     meta: &TopicMeta,
     shard_count: usize,
+    raft: Option<&RaftContext>,
 ) -> (Arc<TopicRoute>, Vec<Vec<OpenPartition>>) {
     let name: Arc<str> = Arc::from(meta.name.as_str());
     let mut opens: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
@@ -35,20 +37,28 @@ pub(super) fn plan(
             meta.name
         );
         let (tx, rx) = watch::channel(0);
-        opens[shard].push(OpenPartition {
-            topic: name.clone(),
-            partition,
-            dir: topics::partition_dir(topics_dir, &meta.name, partition),
-            high_watermark: tx,
-            replicas: meta
-                .replicas
-                .get(partition as usize)
-                .cloned()
-                .unwrap_or_default(),
-        });
+        let replicas = meta
+            .replicas
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default();
+        let local = replicas.is_empty() || raft.is_some_and(|r| replicas.contains(&r.node_id));
+        let first_addr = replicas.first().and_then(|id| raft?.addrs.get(id).cloned());
+        if local {
+            opens[shard].push(OpenPartition {
+                topic: name.clone(),
+                partition,
+                dir: topics::partition_dir(topics_dir, &meta.name, partition),
+                high_watermark: tx,
+                replicas: replicas.clone(),
+            });
+        }
         partitions.push(PartitionRoute {
             shard,
             high_watermark: rx,
+            replicas,
+            local,
+            first_addr,
         });
     }
     (Arc::new(TopicRoute { name, partitions }), opens)
@@ -144,7 +154,12 @@ impl ShardSet {
             })
             .await?;
         }
-        let (route, opens) = plan(&topics_dir, &meta, self.shard_count());
+        let (route, opens) = plan(
+            &topics_dir,
+            &meta,
+            self.shard_count(),
+            self.inner.raft.as_ref(),
+        );
         let involved: Vec<usize> = (0..opens.len()).filter(|&s| !opens[s].is_empty()).collect();
         let calls = opens
             .into_iter()

@@ -67,6 +67,20 @@ pub enum Error {
         partition: u32,
         /// The leader this node knows of (node id), if any.
         leader: Option<u64>,
+        /// Where the leader serves, when its address is known.
+        leader_addr: Option<String>,
+    },
+    /// The partition's replicas are on other nodes; this node holds none of it.
+    #[error(
+        "this node holds no replica of partition {topic}/{partition}; its replicas are on nodes {replicas:?}: send it to one of them"
+    )]
+    NotReplica {
+        topic: String,
+        partition: u32,
+        /// The nodes that hold it, preferred leader first.
+        replicas: Vec<u64>,
+        /// Where the preferred leader serves, when its address is known.
+        first_addr: Option<String>,
     },
     /// An operation that would change a replicated partition's log behind its Raft group.
     #[error(

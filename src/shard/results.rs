@@ -32,7 +32,7 @@ pub struct ReadResult {
     pub start_offset: u64,
 }
 /// One partition in a topic description.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PartitionInfo {
     pub id: u32,
     pub start_offset: u64,
@@ -43,6 +43,14 @@ pub struct PartitionInfo {
     pub segments: u32,
     /// Bytes in the partition's store files (for metrics).
     pub size_bytes: u64,
+    /// The nodes holding the partition, preferred leader first; empty = solo (this node).
+    pub replicas: Vec<u64>,
+    /// The leader this node knows of (replicated partitions only).
+    pub leader: Option<u64>,
+    /// The Raft term this node is in for the partition (0 for a solo partition).
+    pub leader_epoch: u64,
+    /// False when this node holds no replica: the offsets are unknown here (zeros).
+    pub local: bool,
 }
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {

@@ -64,6 +64,13 @@ impl std::fmt::Debug for AppendRoute {
 pub(super) struct PartitionRoute {
     pub(super) shard: usize,
     pub(super) high_watermark: watch::Receiver<u64>,
+    /// The nodes holding the partition, preferred leader first; empty = solo.
+    pub(super) replicas: Vec<u64>,
+    /// This node holds a replica (always, for a solo partition). A partition held elsewhere
+    /// is known, for its replicas, and refused with [`Error::NotReplica`].
+    pub(super) local: bool,
+    /// Where the first replica serves, for a partition held elsewhere.
+    pub(super) first_addr: Option<String>,
 }
 
 pub(super) struct TopicRoute {
@@ -72,7 +79,22 @@ pub(super) struct TopicRoute {
 }
 
 impl TopicRoute {
+    /// The route of a partition this node holds.
     pub(super) fn partition(&self, partition: u32) -> Result<&PartitionRoute> {
+        let route = self.any_partition(partition)?;
+        if !route.local {
+            return Err(Error::NotReplica {
+                topic: self.name.to_string(),
+                partition,
+                replicas: route.replicas.clone(),
+                first_addr: route.first_addr.clone(),
+            });
+        }
+        Ok(route)
+    }
+
+    /// The route of a partition, held here or not.
+    pub(super) fn any_partition(&self, partition: u32) -> Result<&PartitionRoute> {
         self.partitions
             .get(partition as usize)
             .ok_or_else(|| Error::UnknownPartition {
@@ -95,6 +117,8 @@ pub(super) struct Inner {
     pub(super) admin: tokio::sync::Mutex<()>,
     pub(super) shutting_down: AtomicBool,
     pub(super) threads: Mutex<Vec<ShardThread>>,
+    /// This node's place in its cluster; `None` outside one (every partition is local).
+    pub(super) raft: Option<RaftContext>,
 }
 
 /// The shards of one server, callable from any tokio task. Cheap to clone.
@@ -110,11 +134,12 @@ fn plan_all(
     topics_dir: &std::path::Path,
     metas: &[TopicMeta],
     shard_count: usize,
+    raft: Option<&RaftContext>,
 ) -> (Routes, Vec<Vec<OpenPartition>>) {
     let mut routes = HashMap::new();
     let mut initial: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
     for meta in metas {
-        let (route, opens) = plan(topics_dir, meta, shard_count);
+        let (route, opens) = plan(topics_dir, meta, shard_count, raft);
         routes.insert(route.name.clone(), route);
         for (shard, mut open) in opens.into_iter().enumerate() {
             initial[shard].append(&mut open);
@@ -203,7 +228,7 @@ impl ShardSet {
             executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
         let topics_dir = topics::topics_dir(&options.data_dir);
         let metas = topics::load_all(&topics_dir, options.shard_count)?;
-        let (routes, initial) = plan_all(&topics_dir, &metas, options.shard_count);
+        let (routes, initial) = plan_all(&topics_dir, &metas, options.shard_count, raft.as_ref());
         let started = start_shards(engine, &options, initial, raft.as_ref())?;
         tracing::info!(
             shards = options.shard_count,
@@ -225,6 +250,7 @@ impl ShardSet {
                 admin: tokio::sync::Mutex::new(()),
                 shutting_down: AtomicBool::new(false),
                 threads: Mutex::new(started.threads),
+                raft,
             }),
         })
     }
@@ -561,6 +587,17 @@ impl ShardSet {
         Ok(self.topic_route(topic)?.partitions.len() as u32)
     }
 
+    /// The nodes holding each partition of a topic, indexed by partition (an empty set: the
+    /// partition is solo on this node).
+    pub fn replicas_of(&self, topic: &str) -> Result<Vec<Vec<u64>>> {
+        let route = self.topic_route(topic)?;
+        Ok(route
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect())
+    }
+
     /// The shard that owns a partition.
     pub fn shard_of(&self, topic: &str, partition: u32) -> Result<usize> {
         Ok(self.route(topic, partition)?.1)
@@ -580,13 +617,16 @@ impl ShardSet {
         topics
     }
 
-    /// Offsets and owning shard of every partition of a topic.
+    /// Offsets, owning shard, replicas and leader of every partition of a topic. A
+    /// partition this node holds no replica of is described by its replicas alone.
     pub async fn describe_topic(&self, topic: &str) -> Result<TopicDescription> {
         self.check_running()?;
         let route = self.topic_route(topic)?;
         let mut by_shard: HashMap<usize, Vec<u32>> = HashMap::new();
         for (id, p) in route.partitions.iter().enumerate() {
-            by_shard.entry(p.shard).or_default().push(id as u32);
+            if p.local {
+                by_shard.entry(p.shard).or_default().push(id as u32);
+            }
         }
         let calls = by_shard.into_iter().map(|(shard, partitions)| {
             let topic = route.name.clone();
@@ -601,7 +641,19 @@ impl ShardSet {
             .into_iter()
             .flatten()
             .collect();
+        for (id, p) in route.partitions.iter().enumerate() {
+            if !p.local {
+                partitions.push(PartitionInfo {
+                    id: id as u32,
+                    shard: p.shard as u32,
+                    ..PartitionInfo::default()
+                });
+            }
+        }
         partitions.sort_by_key(|p| p.id);
+        for info in &mut partitions {
+            info.replicas = route.partitions[info.id as usize].replicas.clone();
+        }
         Ok(TopicDescription {
             name: route.name.to_string(),
             partitions,

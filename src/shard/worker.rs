@@ -298,6 +298,16 @@ fn shard_stopped() -> std::io::Error {
     )
 }
 
+/// A refusal naming the leader this node knows of, with its address when known.
+fn not_leader(raft: Option<&RaftContext>, key: &Key, leader: Option<u64>) -> Error {
+    Error::NotLeader {
+        topic: key.0.to_string(),
+        partition: key.1,
+        leader,
+        leader_addr: leader.and_then(|id| raft?.addrs.get(&id).cloned()),
+    }
+}
+
 fn not_on_replicated(topic: &str, partition: u32, what: &'static str) -> Error {
     Error::NotOnReplicated {
         topic: topic.to_owned(),
@@ -465,29 +475,16 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         match &p.replication {
             Replication::Solo => {}
             Replication::Starting => {
-                return send(
-                    reply,
-                    Err(Error::NotLeader {
-                        topic: key.0.to_string(),
-                        partition: key.1,
-                        leader: None,
-                    }),
-                );
+                return send(reply, Err(not_leader(self.raft.as_ref(), &key, None)));
             }
             Replication::Running(group) => {
                 let (leader, is_me) = group.leader();
                 if !is_me {
                     // Refused before anything changes; the client follows the hint.
-                    return send(
-                        reply,
-                        Err(Error::NotLeader {
-                            topic: key.0.to_string(),
-                            partition: key.1,
-                            leader,
-                        }),
-                    );
+                    return send(reply, Err(not_leader(self.raft.as_ref(), &key, leader)));
                 }
                 let stats = self.stats.clone();
+                let raft = self.raft.clone();
                 let (topic, partition) = key;
                 group.propose(
                     batch,
@@ -502,11 +499,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                                     count: applied.count,
                                 })
                             }
-                            Err(ProposeError::NotLeader { leader }) => Err(Error::NotLeader {
-                                topic: topic.to_string(),
-                                partition,
-                                leader,
-                            }),
+                            Err(ProposeError::NotLeader { leader }) => {
+                                Err(not_leader(raft.as_ref(), &(topic, partition), leader))
+                            }
                             Err(ProposeError::Stopped { reason }) => Err(Error::Replication {
                                 topic: topic.to_string(),
                                 partition,
@@ -746,6 +741,10 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             .partitions
                             .get(&(topic.clone(), id))
                             .ok_or_else(|| unknown(&topic))?;
+                        let (leader, leader_epoch) = match &p.replication {
+                            Replication::Running(group) => group.leader_and_term(),
+                            Replication::Solo | Replication::Starting => (None, 0),
+                        };
                         Ok(PartitionInfo {
                             id,
                             start_offset: p.log.start_offset(),
@@ -754,6 +753,10 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             shard: self.id as u32,
                             segments: p.log.segment_count() as u32,
                             size_bytes: p.log.size_bytes(),
+                            replicas: Vec::new(),
+                            leader,
+                            leader_epoch,
+                            local: true,
                         })
                     })
                     .collect();

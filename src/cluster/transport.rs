@@ -1,0 +1,397 @@
+//! The gRPC carrier of Raft messages between nodes: one [`Link`] per peer, each keeping one
+//! `walrs.v1.Replication/Exchange` stream open and packing every group's messages to that
+//! peer into shared frames.
+//!
+//! Owns: the connections to the peers (mutual TLS with this node's certificate, which names
+//! it `node-<id>`), the numbering of requests, and matching answers to them.
+//! Must never: block the caller (a shard thread): [`RaftTransport::send`] only queues, and a
+//! full queue is an answer at once (an unreachable peer, which openraft backs off from).
+//!
+//! Bounds: each link queues at most `cluster.replication_queue_depth_max` messages and has at
+//! most as many awaiting an answer; a frame carries at most
+//! `cluster.replication_batch_bytes_max` bytes of messages (one larger message goes alone).
+//! A message's sender waits for its answer with its own deadline; a link forgets the answers
+//! nobody waits for any more when it is at its bound, and all of them when its stream ends.
+//!
+//! Life of a link: connect (bounded by [`CONNECT_TIMEOUT`]), open the stream, then send
+//! frames and read answers until the stream fails; fail everything awaiting an answer, and
+//! reconnect after a back-off that doubles from [`BACKOFF_MIN`] to [`BACKOFF_MAX`]. While
+//! disconnected, queued messages are answered "lost" at once rather than left to time out.
+//! HTTP/2 keep-alive pings find a peer that went silent (a cut network, a paused process).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::Membership;
+use crate::proto::v1 as pb;
+use crate::proto::v1::replication_client::ReplicationClient;
+use crate::raft::network::{RaftTransport, TransportError, TransportReply};
+use crate::raft::types::NodeId;
+
+/// How long connecting to a peer (TCP and TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First wait before reconnecting to a peer; doubles per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Frames built but not yet taken by the HTTP/2 stream, per link.
+const FRAMES_QUEUED: usize = 4;
+/// Protobuf framing of one message inside a frame (tag and length), at most.
+const MESSAGE_FRAMING_BYTES: usize = 6;
+
+/// The limits and identity a node's links share.
+#[derive(Clone)]
+pub struct LinkOptions {
+    /// Mutual TLS with this node's certificate; `None` = plaintext (loopback development).
+    pub tls: Option<ClientTlsConfig>,
+    /// `cluster.replication_queue_depth_max`.
+    pub queue_depth_max: usize,
+    /// `cluster.replication_batch_bytes_max`.
+    pub frame_bytes_max: usize,
+    /// Largest message either side encodes or decodes (one AppendEntries at its bounds).
+    pub message_bytes_max: usize,
+    /// How often an idle connection is pinged, and how long a ping may go unanswered.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// Links to every peer of a static membership. Shared by every shard of the node.
+pub(crate) struct GrpcTransport {
+    links: HashMap<NodeId, Link>,
+}
+
+impl GrpcTransport {
+    /// Starts one link per peer, on the current tokio runtime. Links connect on their own,
+    /// in the background; a peer that is down is retried for as long as the node runs.
+    pub(crate) fn start(
+        membership: &Membership,
+        options: LinkOptions,
+    ) -> Result<GrpcTransport, String> {
+        let mut links = HashMap::new();
+        for peer in membership.peers() {
+            let link = Link::start(peer.id, &peer.addr, options.clone())?;
+            links.insert(u64::from(peer.id), link);
+        }
+        Ok(GrpcTransport { links })
+    }
+}
+
+impl RaftTransport for GrpcTransport {
+    fn send(&self, to: NodeId, message: pb::RaftEnvelope) -> TransportReply {
+        let (tx, rx) = oneshot::channel();
+        match self.links.get(&to) {
+            Some(link) => link.send(message, tx),
+            None => drop(tx.send(Err(TransportError::UnknownNode { node: to }))),
+        }
+        rx
+    }
+}
+
+type Answer = oneshot::Sender<Result<pb::RaftEnvelope, TransportError>>;
+
+/// One message waiting for its frame.
+struct Outgoing {
+    message: pb::RaftEnvelope,
+    answer: Answer,
+}
+
+/// The sending half of one peer's link; the link's task owns the rest.
+struct Link {
+    node: NodeId,
+    queue: mpsc::Sender<Outgoing>,
+    queue_depth_max: usize,
+}
+
+impl Link {
+    fn start(node: u32, addr: &str, options: LinkOptions) -> Result<Link, String> {
+        let endpoint = endpoint(addr, &options)?;
+        let (queue, queued) = mpsc::channel(options.queue_depth_max);
+        let queue_depth_max = options.queue_depth_max;
+        let task = LinkTask {
+            node: u64::from(node),
+            addr: addr.to_owned(),
+            endpoint,
+            options,
+            queued,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            next_id: 1,
+            overflow: None,
+        };
+        tokio::spawn(task.run());
+        Ok(Link {
+            node: u64::from(node),
+            queue,
+            queue_depth_max,
+        })
+    }
+
+    fn send(&self, message: pb::RaftEnvelope, answer: Answer) {
+        use mpsc::error::TrySendError;
+        match self.queue.try_send(Outgoing { message, answer }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(out)) => drop(out.answer.send(Err(TransportError::Lost {
+                node: self.node,
+                reason: format!(
+                    "{} messages already queued for it (cluster.replication_queue_depth_max)",
+                    self.queue_depth_max
+                ),
+            }))),
+            Err(TrySendError::Closed(out)) => drop(out.answer.send(Err(TransportError::Lost {
+                node: self.node,
+                reason: "the node's link has stopped".to_owned(),
+            }))),
+        }
+    }
+}
+
+/// The endpoint of a peer's gRPC address, with the links' TLS, timeouts and keep-alive.
+pub(crate) fn endpoint(addr: &str, options: &LinkOptions) -> Result<Endpoint, String> {
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| format!("peer address {addr:?} is not usable: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(options.keepalive_interval)
+        .keep_alive_timeout(options.keepalive_timeout)
+        .keep_alive_while_idle(true);
+    if let Some(tls) = &options.tls {
+        // The peer's certificate is checked for the host dialled (node certificates carry
+        // their addresses as SANs: `walrs certs --node ID --san HOST`).
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoint = endpoint
+            .tls_config(tls.clone().domain_name(host))
+            .map_err(|e| format!("TLS to peer {addr:?}: {e}"))?;
+    }
+    Ok(endpoint)
+}
+
+/// Answers awaited from one peer, by request id.
+type Pending = Arc<Mutex<HashMap<u64, Answer>>>;
+
+struct LinkTask {
+    node: NodeId,
+    addr: String,
+    endpoint: Endpoint,
+    options: LinkOptions,
+    queued: mpsc::Receiver<Outgoing>,
+    pending: Pending,
+    next_id: u64,
+    /// A message taken from the queue that did not fit the last frame: the next one's first.
+    overflow: Option<Outgoing>,
+}
+
+/// Why a connected stream ended.
+enum Ended {
+    /// Every sender is gone: the node is stopping.
+    Stopped,
+    /// The stream or connection failed.
+    Failed(String),
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let failure = match self.connect().await {
+                Ok((client, channel)) => {
+                    backoff = BACKOFF_MIN;
+                    match self.exchange(client).await {
+                        Ended::Stopped => return,
+                        Ended::Failed(reason) => {
+                            drop(channel);
+                            reason
+                        }
+                    }
+                }
+                Err(reason) => reason,
+            };
+            if let Some(out) = self.overflow.take() {
+                drop(out.answer.send(Err(self.lost(&failure))));
+            }
+            let lost = self.fail_pending(&failure);
+            tracing::debug!(node = self.node, addr = %self.addr, error = %failure, lost, ?backoff, "link to a peer down; reconnecting");
+            // Answer what queues meanwhile at once: the peer is known to be unreachable.
+            let wait = tokio::time::sleep(backoff);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    next = self.queued.recv() => match next {
+                        Some(out) => drop(out.answer.send(Err(self.lost(&failure)))),
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn lost(&self, reason: &str) -> TransportError {
+        TransportError::Lost {
+            node: self.node,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Fails every answer awaited; returns how many there were.
+    fn fail_pending(&self, reason: &str) -> usize {
+        let pending: Vec<Answer> = self
+            .pending
+            .lock()
+            .expect("pending lock poisoned")
+            .drain()
+            .map(|(_, answer)| answer)
+            .collect();
+        let lost = pending.len();
+        for answer in pending {
+            drop(answer.send(Err(self.lost(reason))));
+        }
+        lost
+    }
+
+    async fn connect(&self) -> Result<(ReplicationClient<Channel>, Channel), String> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {}: {}", self.addr, error_chain(&e)))?;
+        let client = ReplicationClient::new(channel.clone())
+            .max_decoding_message_size(self.options.message_bytes_max)
+            .max_encoding_message_size(self.options.message_bytes_max);
+        Ok((client, channel))
+    }
+
+    /// Runs one Exchange stream until it fails or the node stops.
+    async fn exchange(&mut self, mut client: ReplicationClient<Channel>) -> Ended {
+        let (frames, outbound) = mpsc::channel::<pb::RaftFrame>(FRAMES_QUEUED);
+        let call = client.exchange(ReceiverStream::new(outbound));
+        // The call answers once the peer accepted the stream; frames may queue meanwhile.
+        let mut inbound = tokio::select! {
+            opened = call => match opened {
+                Ok(response) => response.into_inner(),
+                Err(status) => return Ended::Failed(format!("{}: the peer refused the stream: {}", self.addr, status.message())),
+            },
+            () = tokio::time::sleep(CONNECT_TIMEOUT) => {
+                return Ended::Failed(format!("{}: the peer did not open the stream within {CONNECT_TIMEOUT:?}", self.addr));
+            }
+        };
+        let pending = self.pending.clone();
+        let node = self.node;
+        let reader = tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(frame)) => {
+                        let mut pending = pending.lock().expect("pending lock poisoned");
+                        for answer in frame.messages {
+                            match pending.remove(&answer.id) {
+                                Some(waiting) => drop(waiting.send(Ok(answer))),
+                                // Its sender gave up and the entry was pruned.
+                                None => tracing::trace!(node, id = answer.id, "late answer"),
+                            }
+                        }
+                    }
+                    Ok(None) => return "the peer ended the stream".to_owned(),
+                    Err(status) => return format!("the stream failed: {}", status.message()),
+                }
+            }
+        });
+        let mut reader = AbortOnDrop(reader);
+        loop {
+            let first = match self.overflow.take() {
+                Some(out) => out,
+                None => tokio::select! {
+                next = self.queued.recv() => match next {
+                    Some(out) => out,
+                    None => return Ended::Stopped,
+                },
+                read = &mut reader.0 => {
+                    let reason = read.unwrap_or_else(|e| format!("the reader stopped: {e}"));
+                    return Ended::Failed(format!("{}: {reason}", self.addr));
+                }
+                },
+            };
+            let frame = self.frame(first);
+            if frame.messages.is_empty() {
+                continue;
+            }
+            if frames.send(frame).await.is_err() {
+                return Ended::Failed(format!("{}: the stream closed", self.addr));
+            }
+        }
+    }
+
+    /// Packs `first` and whatever else is queued, up to the frame's byte bound, registering
+    /// each message's answer. A queued message that would overflow the frame is kept for the
+    /// next one (`overflow`).
+    fn frame(&mut self, first: Outgoing) -> pb::RaftFrame {
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        let mut pending = self.pending.lock().expect("pending lock poisoned");
+        while let Some(mut out) = next.take() {
+            if pending.len() >= self.options.queue_depth_max {
+                // Forget answers whose senders stopped waiting (they timed out).
+                pending.retain(|_, answer| !answer.is_closed());
+            }
+            if pending.len() >= self.options.queue_depth_max {
+                drop(out.answer.send(Err(TransportError::Lost {
+                    node: self.node,
+                    reason: format!(
+                        "{} messages await its answers (cluster.replication_queue_depth_max)",
+                        pending.len()
+                    ),
+                })));
+            } else if !out.answer.is_closed() {
+                out.message.id = self.next_id;
+                self.next_id += 1;
+                bytes += out.message.encoded_len() + MESSAGE_FRAMING_BYTES;
+                pending.insert(out.message.id, out.answer);
+                messages.push(out.message);
+            }
+            if bytes >= self.options.frame_bytes_max {
+                break;
+            }
+            let Ok(queued) = self.queued.try_recv() else {
+                break;
+            };
+            let size = queued.message.encoded_len() + MESSAGE_FRAMING_BYTES;
+            if !messages.is_empty() && bytes + size > self.options.frame_bytes_max {
+                self.overflow = Some(queued);
+                break;
+            }
+            next = Some(queued);
+        }
+        pb::RaftFrame { messages }
+    }
+}
+
+/// Aborts a task when dropped, so a link's reader never outlives its stream.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An error and its sources, for a log line (tonic's transport errors say little at the top).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,226 @@
+//! The node-to-node service `walrs.v1.Replication`: another node's Raft messages for the
+//! partition groups this node holds, in and out over one `Exchange` stream per peer.
+//!
+//! Owns: who may replicate (a caller whose ACL grants `replicate`: node certificates,
+//! CN `node-<id>`; a client certificate without it is refused `PERMISSION_DENIED` when it
+//! opens the stream), that a node speaks only for itself (an envelope's `from_node` must be
+//! the id in its certificate), and the bounds of one stream: at most
+//! `cluster.replication_queue_depth_max` messages being served at once (past it the stream is
+//! not read, and HTTP/2 flow control holds the sender), answers packed into frames as they
+//! complete, in any order.
+//! Must never: interpret a message (the group does, on its shard), or keep a stream open
+//! once the server drains.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::acl::{Action, Principal};
+use super::errors::Error;
+use super::service::{Inner, peer_addr};
+use crate::observability;
+use crate::proto::v1 as pb;
+use crate::proto::v1::replication_server::Replication;
+use crate::raft::wire;
+
+/// Answer frames built but not yet taken by the HTTP/2 stream, per stream.
+const FRAMES_QUEUED: usize = 4;
+
+/// The service; cheap to clone (tonic clones it per connection).
+#[derive(Clone)]
+pub struct ReplicationService {
+    inner: Arc<Inner>,
+    /// `cluster.replication_queue_depth_max`: messages one stream serves at once.
+    in_service_max: usize,
+}
+
+impl ReplicationService {
+    pub(super) fn new(inner: Arc<Inner>) -> ReplicationService {
+        let in_service_max = inner.config.cluster.replication_queue_depth_max as usize;
+        ReplicationService {
+            inner,
+            in_service_max,
+        }
+    }
+}
+
+/// The node id a caller may speak for: its certificate's `node-<id>`; `None` = any
+/// (plaintext, fully trusted, or an identity the ACL grants `replicate` by name).
+fn speaks_for(principal: &Principal) -> Option<u32> {
+    match principal {
+        Principal::Anonymous => None,
+        Principal::Client(name) => name
+            .strip_prefix(crate::certs::NODE_PREFIX)
+            .and_then(|id| id.parse().ok()),
+    }
+}
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::RaftFrame, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type ExchangeStream = FrameStream;
+
+    async fn exchange(
+        &self,
+        request: Request<Streaming<pb::RaftFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        let inner = &self.inner;
+        inner.check_running()?;
+        let principal = inner.principal(&request)?;
+        if !inner.acl.authorize_somewhere(&principal, Action::Replicate) {
+            observability::authorization_denied(principal.name());
+            tracing::warn!(peer = %peer_addr(&request), identity = %principal, "replication stream refused by the ACL");
+            return Err(Error::Denied {
+                principal,
+                action: Action::Replicate,
+                topic: "*".to_owned(),
+            }
+            .into());
+        }
+        tracing::debug!(peer = %peer_addr(&request), identity = %principal, "replication stream opened");
+        let (answers, stream) = mpsc::channel(FRAMES_QUEUED);
+        let serve = Exchange {
+            inner: inner.clone(),
+            node: speaks_for(&principal),
+            principal,
+            in_service_max: self.in_service_max,
+        };
+        tokio::spawn(serve.run(request.into_inner(), answers));
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn place_topic(
+        &self,
+        request: Request<pb::PlaceTopicRequest>,
+    ) -> Result<Response<pb::PlaceTopicResponse>, Status> {
+        let inner = &self.inner;
+        inner.check_running()?;
+        inner.check_topic_name(&request.get_ref().name)?;
+        let principal = inner.authorize(&request, Action::Replicate, &request.get_ref().name)?;
+        let place = request.into_inner();
+        let (name, partitions) = (place.name.clone(), place.partitions);
+        let created = inner.place_topic(place).await?;
+        if created {
+            tracing::info!(topic = name, partitions, by = %principal, "topic placed by a peer");
+        }
+        Ok(Response::new(pb::PlaceTopicResponse { created }))
+    }
+
+    async fn drop_topic(
+        &self,
+        request: Request<pb::DropTopicRequest>,
+    ) -> Result<Response<pb::DropTopicResponse>, Status> {
+        let inner = &self.inner;
+        inner.check_running()?;
+        inner.check_topic_name(&request.get_ref().name)?;
+        let principal = inner.authorize(&request, Action::Replicate, &request.get_ref().name)?;
+        let name = request.into_inner().name;
+        inner
+            .shards
+            .delete_topic(&name)
+            .await
+            .map_err(Error::from)?;
+        observability::topic_deleted(&name);
+        tracing::info!(topic = name, by = %principal, "topic deleted by a peer");
+        Ok(Response::new(pb::DropTopicResponse {}))
+    }
+}
+
+/// One open Exchange stream.
+struct Exchange {
+    inner: Arc<Inner>,
+    principal: Principal,
+    node: Option<u32>,
+    in_service_max: usize,
+}
+
+impl Exchange {
+    async fn run(
+        self,
+        mut inbound: Streaming<pb::RaftFrame>,
+        answers: mpsc::Sender<Result<pb::RaftFrame, Status>>,
+    ) {
+        let mut serving = FuturesUnordered::new();
+        let mut draining = self.inner.draining.clone();
+        loop {
+            tokio::select! {
+                frame = inbound.message(), if serving.len() < self.in_service_max => {
+                    match frame {
+                        Ok(Some(frame)) => {
+                            for message in frame.messages {
+                                serving.push(self.serve(message));
+                            }
+                        }
+                        // The peer closed its side, or the connection broke.
+                        Ok(None) | Err(_) => return,
+                    }
+                }
+                Some(answer) = serving.next(), if !serving.is_empty() => {
+                    let mut messages = vec![answer];
+                    while let Some(Some(answer)) = serving.next().now_or_never() {
+                        messages.push(answer);
+                    }
+                    if answers.send(Ok(pb::RaftFrame { messages })).await.is_err() {
+                        return;
+                    }
+                }
+                () = async { drop(draining.wait_for(|d| *d).await.map(|_| ())) } => {
+                    drop(answers.try_send(Err(Status::unavailable(
+                        "the node is shutting down; reconnect to it after it restarts",
+                    ))));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serves one message on its partition's shard, or refuses it here.
+    fn serve(
+        &self,
+        message: pb::RaftEnvelope,
+    ) -> impl std::future::Future<Output = pb::RaftEnvelope> + use<> {
+        let refusal = if self.node.is_some_and(|id| id != message.from_node) {
+            Some(format!(
+                "{} may not speak for node {}",
+                self.principal, message.from_node
+            ))
+        } else if !self
+            .inner
+            .acl
+            .authorize(&self.principal, Action::Replicate, &message.topic)
+        {
+            Some(format!(
+                "{} may not replicate topic {:?}",
+                self.principal, message.topic
+            ))
+        } else {
+            None
+        };
+        let shards = self.inner.shards.clone();
+        async move {
+            match refusal {
+                Some(reason) => wire::refusal(message, reason),
+                None => shards.deliver_raft(message).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_speaks_for_its_id_only() {
+        assert_eq!(speaks_for(&Principal::Client("node-3".to_owned())), Some(3));
+        assert_eq!(speaks_for(&Principal::Client("root".to_owned())), None);
+        assert_eq!(speaks_for(&Principal::Client("node-x".to_owned())), None);
+        assert_eq!(speaks_for(&Principal::Anonymous), None);
+    }
+}

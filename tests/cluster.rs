@@ -1,0 +1,452 @@
+//! Clusters of real `walrs` servers in one process: three nodes on loopback, each with its own
+//! data dir, listener and node certificate, talking `walrs.v1.Replication` over mutual TLS.
+//! Every wait is on an event (a leader known, a high watermark reached) polled against a
+//! deadline derived from the election timings below, never a fixed sleep.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use walrs::client::{Client, ClientTls, ReadOptions, record};
+use walrs::config::{AclEntry, Config, NodeAddr, TlsConfig};
+use walrs::proto::v1::{self as pb, AppendResponse};
+use walrs::server::acl::Action;
+use walrs::server::{LEADER_METADATA, Running};
+
+const ELECTION_MIN_MS: u64 = 500;
+const ELECTION_MAX_MS: u64 = 1000;
+const HEARTBEAT_MS: u64 = 100;
+
+/// How long an election (or a catch-up) may take on two busy cores: many election timeouts.
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_millis(ELECTION_MAX_MS * 30)
+}
+
+/// The pause between two polls of a condition.
+const POLL: Duration = Duration::from_millis(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node {
+    id: u32,
+    config: Config,
+    running: Option<Running>,
+}
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+fn node_config(dir: &Path, id: u32, addrs: &[(u32, String)]) -> Config {
+    let certs = dir.join("certs");
+    let mut config = common::mtls_config(dir);
+    config.data_dir = dir.join(format!("node-{id}"));
+    let own = &addrs.iter().find(|(i, _)| *i == id).unwrap().1;
+    config.listen = own.parse().unwrap();
+    config.cluster.node_id = id;
+    config.metrics.enabled = false;
+    config.cluster.peers = addrs
+        .iter()
+        .filter(|(i, _)| *i != id)
+        .map(|(i, addr)| NodeAddr {
+            id: *i,
+            addr: addr.clone(),
+        })
+        .collect();
+    config.cluster.election_timeout_min_ms = ELECTION_MIN_MS;
+    config.cluster.election_timeout_max_ms = ELECTION_MAX_MS;
+    config.cluster.heartbeat_interval_ms = HEARTBEAT_MS;
+    config.tls = Some(TlsConfig {
+        cert: certs.join(format!("node-{id}.pem")),
+        key: certs.join(format!("node-{id}-key.pem")),
+        client_ca: certs.join("ca.pem"),
+    });
+    for (peer, _) in addrs {
+        config.acl.push(AclEntry {
+            identity: format!("node-{peer}"),
+            topics: vec!["*".into()],
+            actions: vec![Action::Replicate],
+        });
+    }
+    config
+}
+
+impl TestCluster {
+    async fn start(n: u32) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addrs: Vec<(u32, String)> = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        // The CA and the clients first (mtls_config), then a certificate per node.
+        common::mtls_config(dir.path());
+        for id in 1..=n {
+            walrs::certs::generate_node(&dir.path().join("certs"), id, &[], false).unwrap();
+        }
+        let mut cluster = TestCluster {
+            nodes: (1..=n)
+                .map(|id| Node {
+                    id,
+                    config: node_config(dir.path(), id, &addrs),
+                    running: None,
+                })
+                .collect(),
+            dir,
+        };
+        for id in 1..=n {
+            cluster.restart(id).await;
+        }
+        cluster
+    }
+
+    fn node(&mut self, id: u32) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    fn addr(&self, id: u32) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap()
+            .config
+            .listen
+            .to_string()
+    }
+
+    async fn restart(&mut self, id: u32) {
+        let config = self.node(id).config.clone();
+        let running = walrs::server::start(config).await.unwrap();
+        self.node(id).running = Some(running);
+    }
+
+    async fn stop(&mut self, id: u32) {
+        let running = self.node(id).running.take().expect("running");
+        running.shutdown().await.unwrap();
+    }
+
+    fn live(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter(|n| n.running.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    async fn client(&self, id: u32, name: &str) -> Client {
+        Client::connect(
+            &self.addr(id),
+            Some(ClientTls::from_dir(self.dir.path().join("certs"), name)),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The leader the live nodes agree on for `topic`/`partition`, once one is known.
+    async fn leader(&self, topic: &str, partition: u32) -> u32 {
+        let until = deadline();
+        loop {
+            let mut seen = Vec::new();
+            for id in self.live() {
+                let client = self.client(id, "root").await;
+                if let Ok(d) = client.describe_topic(topic).await {
+                    seen.push(d.partitions[partition as usize].leader);
+                }
+            }
+            let live = self.live();
+            if let Some(&leader) = seen.first()
+                && leader != 0
+                && live.contains(&leader)
+                && seen.len() == live.len()
+                && seen.iter().all(|&l| l == leader)
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < until,
+                "no leader of {topic}/{partition} agreed by nodes {live:?}: {seen:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Appends through whichever node leads, following the refusals' leader hints.
+    async fn append(&self, topic: &str, values: &[String]) -> AppendResponse {
+        let until = deadline();
+        let mut target = self.live()[0];
+        loop {
+            let client = self.client(target, "root").await;
+            let records = values.iter().map(|v| record("", v.clone())).collect();
+            match client.append(topic, Some(0), records).await {
+                Ok(ack) => return ack,
+                Err(status) if status.code() == Code::Unavailable => {
+                    match status.metadata().get(LEADER_METADATA) {
+                        Some(hint) => {
+                            let hint = hint.to_str().unwrap();
+                            let (id, addr) = hint.split_once('=').expect("id=addr");
+                            let id: u32 = id.parse().unwrap();
+                            assert_eq!(addr, self.addr(id), "the hint names the leader's address");
+                            if self.live().contains(&id) {
+                                target = id;
+                            }
+                        }
+                        None => {
+                            let live = self.live();
+                            let next = live.iter().position(|&i| i == target).map_or(0, |p| p + 1);
+                            target = live[next % live.len()];
+                            tokio::time::sleep(POLL).await;
+                        }
+                    }
+                }
+                Err(status) => panic!("append refused: {status:?}"),
+            }
+            assert!(Instant::now() < until, "no leader took the append");
+        }
+    }
+
+    /// Every record of partition 0 as node `id` serves it, once its high watermark reaches
+    /// `count`.
+    async fn read_all(&self, id: u32, topic: &str, count: u64) -> Vec<Vec<u8>> {
+        let until = deadline();
+        let client = self.client(id, "root").await;
+        loop {
+            let d = client.describe_topic(topic).await.unwrap();
+            if d.partitions[0].high_watermark >= count {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "node {id} did not reach {count} records: {d:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let mut values = Vec::new();
+        let mut offset = 0;
+        while offset < count {
+            let r = client
+                .read(topic, 0, offset, ReadOptions::default())
+                .await
+                .unwrap();
+            values.extend(r.records.iter().map(|rec| rec.value.to_vec()));
+            offset = r.next_offset;
+        }
+        values
+    }
+
+    async fn shutdown(mut self) {
+        for id in self.live() {
+            self.stop(id).await;
+        }
+    }
+}
+
+fn batch(from: usize, n: usize) -> Vec<String> {
+    (from..from + n).map(|i| format!("record-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_keep_every_ack_across_a_leader_stop() {
+    let mut cluster = TestCluster::start(3).await;
+    let admin = cluster.client(1, "root").await;
+    let created = admin
+        .log_client()
+        .create_topic(pb::CreateTopicRequest {
+            name: "orders".into(),
+            partitions: 1,
+            replication_factor: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.partitions, 1);
+    // Every node holds the topic, with the same replicas.
+    for id in 1..=3 {
+        let d = cluster
+            .client(id, "root")
+            .await
+            .describe_topic("orders")
+            .await
+            .unwrap();
+        let mut replicas = d.partitions[0].replicas.clone();
+        replicas.sort();
+        assert_eq!(replicas, [1, 2, 3], "node {id}");
+    }
+    let leader = cluster.leader("orders", 0).await;
+
+    // A follower refuses an append, naming the leader in the metadata, and writes nothing.
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let refused = cluster
+        .client(follower, "root")
+        .await
+        .append("orders", Some(0), vec![record("", "no")])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused
+            .metadata()
+            .get(LEADER_METADATA)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!("{leader}={}", cluster.addr(leader))
+    );
+
+    // Offsets may have gaps (Raft's own entries are control batches consumers never see),
+    // so acks only grow; what a consumer reads is exactly what was acknowledged.
+    let mut expected = Vec::new();
+    let mut end = 0;
+    for i in 0..10 {
+        let values = batch(i * 3, 3);
+        let ack = cluster.append("orders", &values).await;
+        assert!(ack.base_offset >= end, "{ack:?} below {end}");
+        end = ack.base_offset + u64::from(ack.count);
+        expected.extend(values.into_iter().map(String::into_bytes));
+    }
+    // Every replica holds exactly what was acknowledged, byte for byte.
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.read_all(id, "orders", end).await,
+            expected,
+            "node {id}"
+        );
+    }
+
+    // The leader stops; the other two elect a new one and keep every acknowledged record.
+    cluster.stop(leader).await;
+    let new_leader = cluster.leader("orders", 0).await;
+    assert_ne!(new_leader, leader);
+    for i in 10..15 {
+        let values = batch(i * 3, 3);
+        let ack = cluster.append("orders", &values).await;
+        assert!(ack.base_offset >= end, "{ack:?} below {end}");
+        end = ack.base_offset + u64::from(ack.count);
+        expected.extend(values.into_iter().map(String::into_bytes));
+    }
+    assert_eq!(cluster.read_all(new_leader, "orders", end).await, expected);
+
+    // The old leader comes back and catches up by itself.
+    cluster.restart(leader).await;
+    assert_eq!(cluster.read_all(leader, "orders", end).await, expected);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
+    let cluster = TestCluster::start(3).await;
+    let admin = cluster.client(2, "root").await;
+    let create = |name: &str, partitions, replication_factor| pb::CreateTopicRequest {
+        name: name.into(),
+        partitions,
+        replication_factor,
+    };
+    let too_many = admin
+        .log_client()
+        .create_topic(create("wide", 1, 4))
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
+    assert_eq!(
+        admin.describe_topic("wide").await.unwrap_err().code(),
+        Code::NotFound,
+        "a refused creation changes nothing"
+    );
+
+    // Factor 1 over 3 nodes, 6 partitions: each node holds and leads 2 of them, and the
+    // others refuse with a hint to the node that does.
+    admin
+        .log_client()
+        .create_topic(create("spread", 6, 1))
+        .await
+        .unwrap();
+    let again = admin
+        .log_client()
+        .create_topic(create("spread", 6, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+    let d = admin.describe_topic("spread").await.unwrap();
+    let mut per_node = std::collections::HashMap::new();
+    for p in &d.partitions {
+        assert_eq!(p.replicas.len(), 1);
+        *per_node.entry(p.replicas[0]).or_insert(0) += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{d:?}");
+    assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
+    let elsewhere = d.partitions.iter().find(|p| p.replicas[0] != 2).unwrap();
+    let refused = admin
+        .append("spread", Some(elsewhere.id), vec![record("", "x")])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let holder = elsewhere.replicas[0];
+    assert_eq!(
+        refused
+            .metadata()
+            .get(LEADER_METADATA)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!("{holder}={}", cluster.addr(holder))
+    );
+    let ack = cluster
+        .client(holder, "root")
+        .await
+        .append("spread", Some(elsewhere.id), vec![record("", "x")])
+        .await
+        .unwrap();
+    assert_eq!(ack.base_offset, 0);
+
+    admin.delete_topic("spread").await.unwrap();
+    for id in 1..=3 {
+        let gone = cluster
+            .client(id, "root")
+            .await
+            .describe_topic("spread")
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound, "node {id}");
+    }
+    assert_eq!(
+        admin.delete_topic("spread").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
+    let cluster = TestCluster::start(1).await;
+    let tls = ClientTls::from_dir(cluster.dir.path().join("certs"), "root")
+        .load()
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.addr(1)))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::replication_client::ReplicationClient::new(channel);
+    let frames = tokio_stream::iter(vec![pb::RaftFrame { messages: vec![] }]);
+    let refused = client.exchange(frames).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("replicate"), "{refused:?}");
+    let place = client
+        .place_topic(pb::PlaceTopicRequest {
+            name: "sneaky".into(),
+            partitions: 1,
+            replicas: vec![pb::ReplicaSet { nodes: vec![1] }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(place.code(), Code::PermissionDenied, "{place:?}");
+    cluster.shutdown().await;
+}
