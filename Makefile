@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation clean init gencert run
+.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation clean init gencert run run-cluster
 
 build:
 	$(CARGO) build --release
@@ -61,3 +61,9 @@ run: init
 	$(CARGO) build --release
 	@if [ ! -f certs/ca.pem ]; then ./target/release/walrs certs --out certs; fi
 	./target/release/walrs serve --config walrs.example.toml
+
+## Build, and start three nodes on 127.0.0.1:7071-7073 (cluster/node-N.toml): dev and node
+## certificates under certs/ on first run, data under data/cluster/; Ctrl-C stops them all.
+run-cluster:
+	$(CARGO) build --release
+	./cluster/run.sh

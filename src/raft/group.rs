@@ -187,6 +187,16 @@ impl<RT: AsyncRuntime> Group<RT> {
             raft.initialize(voters)
                 .await
                 .map_err(|e| format!("the Raft group did not initialize: {e}"))?;
+            // The first replica is the placement's preferred leader: it stands at once, so
+            // leaders spread as placed and a new group does not wait out an election timeout
+            // (nor split its first vote). Only for a new group: a restarted replica must not
+            // depose a healthy leader.
+            if replicas.first() == Some(&context.node_id) {
+                raft.trigger()
+                    .elect(false)
+                    .await
+                    .map_err(|e| format!("the Raft group did not start an election: {e}"))?;
+            }
         }
         let metrics = raft.metrics();
         Ok(Group { key, raft, metrics })
