@@ -321,6 +321,6 @@ fn read_request(
 }
 
 #[cfg(test)]
-mod routing_tests;
+pub(crate) mod routing_tests;
 #[cfg(test)]
 mod tests;

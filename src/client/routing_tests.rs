@@ -1,6 +1,7 @@
 //! The routing client against fake `Log` nodes that refuse as a cluster's nodes do (with
 //! and without the `walrs-leader` hint, with final codes) or accept, counting the calls
-//! they get: this pins when the client follows, moves on, retries and gives up.
+//! they get: this pins when the client follows, moves on, retries and gives up. The fake
+//! nodes ([`start`]) also serve the bench's routed-producer test.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,7 +22,7 @@ use crate::proto::v1::log_server::{Log, LogServer};
 
 /// How a fake node answers appends (unary and streamed) and truncations.
 #[derive(Debug, Clone)]
-enum Answer {
+pub(crate) enum Answer {
     Accept,
     /// This code, with this `walrs-leader` value when given.
     Refuse(Code, Option<String>),
@@ -209,23 +210,23 @@ impl Log for Fake {
     }
 }
 
-struct FakeNode {
-    addr: SocketAddr,
+pub(crate) struct FakeNode {
+    pub(crate) addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
     appends: Arc<AtomicU32>,
     cluster: Arc<Mutex<Vec<NodeInfo>>>,
 }
 
 impl FakeNode {
-    fn answer(&self, answer: Answer) {
+    pub(crate) fn answer(&self, answer: Answer) {
         *self.answer.lock().unwrap() = answer;
     }
 
-    fn appends(&self) -> u32 {
+    pub(crate) fn appends(&self) -> u32 {
         self.appends.load(SeqCst)
     }
 
-    fn hint(&self, node_id: u32) -> Option<String> {
+    pub(crate) fn hint(&self, node_id: u32) -> Option<String> {
         Some(format!("{node_id}={}", self.addr))
     }
 
@@ -238,7 +239,9 @@ impl FakeNode {
     }
 }
 
-async fn start(node_id: u32, answer: Answer, read_fail_after: Option<u64>) -> FakeNode {
+/// A fake node `node_id` on 127.0.0.1 that answers appends with `answer` and ends read
+/// streams with UNAVAILABLE after `read_fail_after` responses.
+pub(crate) async fn start(node_id: u32, answer: Answer, read_fail_after: Option<u64>) -> FakeNode {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let appends = Arc::new(AtomicU32::new(0));
