@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use walrs::bench::EngineArg;
-use walrs::client::{Client, ClientTls, ReadOptions};
+use walrs::client::{ClientTls, ReadOptions, RetryOptions, RoutingClient};
 use walrs::config::{self, AclEntry, Config, TlsConfig};
 use walrs::proto::v1::{AppendRequest, Record};
 use walrs::server::acl::Action;
@@ -42,8 +42,19 @@ enum Command {
     /// with --node ID, a cluster node's pair (`node-ID.pem`) signed by the same CA.
     Certs(CertsArgs),
     /// Append records: the VALUES given, else one record per line of standard input.
+    ///
+    /// In a cluster the records go to the partition's leader. A node that does not lead it
+    /// answers with the leader's address and the command follows it; during an election, or
+    /// when a node is down, it pauses (backoff from 50 ms to 1 s) and tries the other nodes,
+    /// for up to --retry-for-ms, then fails with what it tried. Until idempotent producers
+    /// land (issue 12), an append retried after a lost connection may be written twice; an
+    /// append a node refused with the leader's address was not written.
     Produce(ProduceArgs),
     /// Print records, one per line.
+    ///
+    /// Reads go to any replica (a follower serves what it knows is committed). When the node
+    /// fails or refuses, the command reconnects to another node and resumes after the last
+    /// record it printed, for up to --retry-for-ms per outage.
     Consume(ConsumeArgs),
     /// Create, list, describe or delete topics.
     Topic(TopicArgs),
@@ -134,10 +145,18 @@ struct Connection {
     /// Connect without TLS (only a plaintext server accepts this).
     #[arg(long)]
     plaintext: bool,
+    /// How long to keep retrying, in milliseconds, when a node is not the partition's
+    /// leader (the command follows it), an election is under way, or a node cannot be
+    /// reached (the command tries the others, backing off from 50 ms to 1 s). Also the
+    /// longest one attempt may wait for its answer. 0: one attempt, no retry (it may wait 30 s).
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    retry_for_ms: u64,
 }
 
 impl Connection {
-    async fn connect(&self) -> anyhow::Result<Client> {
+    /// A client that starts at the address given and follows the cluster from there
+    /// (nothing connects until the first call).
+    fn connect(&self) -> anyhow::Result<RoutingClient> {
         let addr = match (&self.addr, &self.config) {
             (Some(addr), _) => addr.clone(),
             (None, Some(path)) => Config::load(path)?.listen.to_string(),
@@ -146,9 +165,11 @@ impl Connection {
         let tls = (!self.plaintext).then(|| {
             ClientTls::new(&self.ca, &self.cert, &self.tls_key).with_domain(self.domain.clone())
         });
-        Client::connect(&addr, tls)
-            .await
-            .with_context(|| format!("connecting to {addr}"))
+        let options = match self.retry_for_ms {
+            0 => RetryOptions::no_retry(),
+            ms => RetryOptions::with_budget(std::time::Duration::from_millis(ms)),
+        };
+        RoutingClient::new(&addr, tls, options).with_context(|| format!("connecting to {addr}"))
     }
 }
 
@@ -288,7 +309,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(args) => topic(args.command).await,
         Command::Bench(options) => bench(&options).await,
         Command::Truncate(args) => {
-            let client = args.connection.connect().await?;
+            let client = args.connection.connect()?;
             let response = client
                 .truncate(&args.topic, args.partition, args.before)
                 .await?;
@@ -366,8 +387,11 @@ fn record_of(key: &Option<String>, value: String) -> Record {
     walrs::client::record(key.clone().unwrap_or_default(), value)
 }
 
+/// Lines `produce` sends before their acknowledgements come back.
+const PRODUCE_WINDOW: usize = 256;
+
 async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
-    let client = args.connection.connect().await?;
+    let client = args.connection.connect()?;
     if !args.values.is_empty() {
         let records = args
             .values
@@ -384,9 +408,10 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    // One request per line, pipelined over one AppendStream, so a pipe of a million lines
+    // One request per line, pipelined over an AppendStream (a new one on the leader after a
+    // leader change, resending what was not acknowledged), so a pipe of a million lines
     // and a person typing both work. Lines are read on a blocking thread.
-    let (tx, rx) = tokio::sync::mpsc::channel::<AppendRequest>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<AppendRequest>(PRODUCE_WINDOW);
     let topic = args.topic.clone();
     let key = args.key.clone();
     let partition = args.partition;
@@ -408,9 +433,8 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         Ok(())
     });
-    let mut responses = client
-        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?;
+    let mut responses =
+        std::pin::pin!(client.append_pipelined(&args.topic, args.partition, rx, PRODUCE_WINDOW));
     let mut stdout = std::io::stdout().lock();
     while let Some(ack) = responses.next().await {
         let ack = ack?;
@@ -432,7 +456,7 @@ async fn bench(options: &walrs::bench::BenchOptions) -> anyhow::Result<()> {
 }
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let client = args.connection.connect().await?;
+    let client = args.connection.connect()?;
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
         None => {
@@ -443,18 +467,17 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     if partitions.is_empty() {
         bail!("topic {} has no partitions", args.topic);
     }
+    // Each stream resumes on another node, after the last offset it delivered.
     let mut streams = Vec::with_capacity(partitions.len());
     for partition in partitions {
-        let stream = client
-            .read_stream(
-                &args.topic,
-                partition,
-                args.from,
-                ReadOptions::default(),
-                args.follow,
-            )
-            .await?;
-        streams.push(stream.map(move |r| (partition, r)));
+        let stream = client.read_stream(
+            &args.topic,
+            partition,
+            args.from,
+            ReadOptions::default(),
+            args.follow,
+        );
+        streams.push(Box::pin(stream.map(move |r| (partition, r))));
     }
     let mut merged = futures::stream::select_all(streams);
     let mut printed = 0u64;
@@ -517,18 +540,18 @@ async fn topic(command: TopicCommand) -> anyhow::Result<()> {
             name,
             partitions,
         } => {
-            let client = connection.connect().await?;
+            let client = connection.connect()?;
             let created = client.create_topic(&name, partitions).await?;
             println!("{} partitions {}", created.name, created.partitions);
         }
         TopicCommand::List { connection } => {
-            let client = connection.connect().await?;
+            let client = connection.connect()?;
             for topic in client.list_topics().await?.topics {
                 println!("{}\t{}", topic.name, topic.partitions);
             }
         }
         TopicCommand::Describe { connection, name } => {
-            let client = connection.connect().await?;
+            let client = connection.connect()?;
             let description = client.describe_topic(&name).await?;
             println!("topic {}", description.name);
             println!(
@@ -556,7 +579,7 @@ async fn topic(command: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Delete { connection, name } => {
-            let client = connection.connect().await?;
+            let client = connection.connect()?;
             client.delete_topic(&name).await?;
             println!("deleted {name}");
         }

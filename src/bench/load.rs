@@ -13,8 +13,15 @@
 //! - A request intended before the warm-up ends, or after the measured window, is sent but
 //!   not measured; its acks still count in `records_total` (what the server stores).
 //!
-//! Never: retry an append (a failed append ends the run with its status), or reorder acks
-//! (the server answers a stream in request order; this is asserted).
+//! Retries: against the in-process server a failed append ends the run with its status.
+//! Against `--addr` (a cluster) a producer's stream that fails with a leader change or a
+//! lost node is reopened where the routing client says, and the requests not yet
+//! acknowledged are sent again, rebuilt from their schedule (no copy is kept, so the path
+//! without errors costs what it did). Their latency counts from the first intended send,
+//! pause included; each retry is counted and reported. A request resent after a transport
+//! failure may be written twice (issue 12): DescribeTopic's count then exceeds the acks.
+//!
+//! Never: reorder acks (the server answers a stream in request order; this is asserted).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::future::Either;
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +38,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Error;
 use super::latency;
 use super::options::STAMP_BYTES;
-use crate::client::{Client, ReadOptions};
+use crate::client::{Attempts, Client, ReadOptions, Route, RoutingClient};
 use crate::proto::v1::{AppendRequest, Record};
 
 /// The run's time line, shared by every producer and consumer.
@@ -107,6 +115,37 @@ impl Live {
     }
 }
 
+/// How a producer or consumer reaches the server.
+pub enum Link {
+    /// One connection, no retry (the in-process server).
+    Direct(Client),
+    /// The cluster at `--addr`: follow leaders, retry through failures.
+    Routed(RoutingClient),
+}
+
+impl Link {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<crate::proto::v1::CreateTopicResponse, tonic::Status> {
+        match self {
+            Link::Direct(client) => client.create_topic(name, partitions).await,
+            Link::Routed(routing) => routing.create_topic(name, partitions).await,
+        }
+    }
+
+    pub async fn describe_topic(
+        &self,
+        name: &str,
+    ) -> Result<crate::proto::v1::DescribeTopicResponse, tonic::Status> {
+        match self {
+            Link::Direct(client) => client.describe_topic(name).await,
+            Link::Routed(routing) => routing.describe_topic(name).await,
+        }
+    }
+}
+
 /// One producer's results.
 #[derive(Debug)]
 pub struct ProducerOutcome {
@@ -117,6 +156,8 @@ pub struct ProducerOutcome {
     pub requests: u64,
     pub latency: Histogram<u64>,
     pub last_ack: Option<Instant>,
+    /// Streams reopened and requests resent after failures (routed producers only).
+    pub retries: u64,
 }
 
 struct Pending {
@@ -127,18 +168,23 @@ struct Pending {
 
 /// Runs producer `index` until its share is done, then waits for its last acks.
 pub async fn produce(
-    client: Client,
+    link: Link,
     plan: Arc<Plan>,
     index: u32,
     clock: Clock,
     live: Arc<Live>,
 ) -> Result<ProducerOutcome, Error> {
     let partition = index % plan.partitions;
-    let (tx, rx) = mpsc::channel::<AppendRequest>(plan.depth);
-    let mut acks = client
-        .append_stream(ReceiverStream::new(rx))
-        .await
-        .map_err(Error::rpc("AppendStream"))?;
+    let route = Route::Leader {
+        topic: &plan.topic,
+        partition: Some(partition),
+    };
+    let mut attempts = match &link {
+        Link::Routed(routing) => Some(routing.attempts()),
+        Link::Direct(_) => None,
+    };
+    let (mut addr, mut tx, mut acks) =
+        open_append_stream(&link, route, plan.depth, attempts.as_mut()).await?;
     // Spread the producers' schedules over one interval so they do not fire in step.
     let schedule_start = plan.request_interval.map(|interval| {
         clock.epoch + interval.mul_f64(f64::from(index) / f64::from(plan.producers))
@@ -151,6 +197,7 @@ pub async fn produce(
         requests: 0,
         latency: latency::histogram(),
         last_ack: None,
+        retries: 0,
     };
     let mut sent: u64 = 0;
     let mut measured_sent: u64 = 0;
@@ -175,9 +222,38 @@ pub async fn produce(
         tokio::select! {
             biased;
             ack = acks.next(), if !pending.is_empty() => {
-                let ack = match ack {
-                    Some(ack) => ack.map_err(Error::rpc("AppendStream"))?,
-                    None => return Err(Error::StreamEnded { what: "AppendStream" }),
+                let failure = match ack {
+                    Some(Ok(ack)) => Ok(ack),
+                    Some(Err(status)) => Err(Some(status)),
+                    None => Err(None),
+                };
+                let ack = match (failure, &link, &mut attempts) {
+                    (Ok(ack), _, attempts) => {
+                        if let Some(attempts) = attempts {
+                            attempts.reset();
+                        }
+                        ack
+                    }
+                    (Err(failure), Link::Routed(routing), Some(attempts)) => {
+                        let status = failure.unwrap_or_else(|| {
+                            tonic::Status::unavailable(format!("{addr} ended the AppendStream"))
+                        });
+                        routing
+                            .recover(route, &addr, status, attempts)
+                            .await
+                            .map_err(Error::rpc("AppendStream"))?;
+                        (addr, tx, acks) =
+                            open_append_stream(&link, route, plan.depth, Some(attempts)).await?;
+                        for request in &pending {
+                            let stamp = clock.stamp(request.intended);
+                            let batch = batch(&plan, &filler, partition, stamp, request.correlation_id);
+                            // The channel holds `depth` requests and at most `depth` are pending.
+                            tx.try_send(batch).expect("room for every pending request");
+                        }
+                        continue;
+                    }
+                    (Err(Some(status)), _, _) => return Err(Error::rpc("AppendStream")(status)),
+                    (Err(None), _, _) => return Err(Error::StreamEnded { what: "AppendStream" }),
                 };
                 let now = Instant::now();
                 let request = pending.pop_front().expect("an ack answers a pending request");
@@ -206,23 +282,10 @@ pub async fn produce(
             () = wait_until(due), if may_send => {
                 let intended = due.unwrap_or_else(Instant::now);
                 let measured = clock.is_measured(intended);
-                let stamp = clock.stamp(intended).to_le_bytes();
-                let records = (0..plan.batch_records)
-                    .map(|_| {
-                        let mut value = filler.clone();
-                        value[..STAMP_BYTES].copy_from_slice(&stamp);
-                        Record { value: value.into(), ..Record::default() }
-                    })
-                    .collect();
-                let request = AppendRequest {
-                    topic: plan.topic.clone(),
-                    partition: Some(partition),
-                    records,
-                    correlation_id: sent,
-                    producer_id: 0,
-                    sequence: 0,
-                };
-                if tx.send(request).await.is_err() {
+                let request = batch(&plan, &filler, partition, clock.stamp(intended), sent);
+                // Routed: a closed request side means the stream failed; its error comes
+                // on `acks` and this request is resent with the other pending ones.
+                if tx.send(request).await.is_err() && matches!(link, Link::Direct(_)) {
                     return Err(Error::StreamEnded { what: "AppendStream" });
                 }
                 pending.push_back(Pending { correlation_id: sent, intended, measured });
@@ -233,7 +296,85 @@ pub async fn produce(
             }
         }
     }
+    if let Link::Routed(routing) = &link {
+        outcome.retries = routing.retries();
+    }
     Ok(outcome)
+}
+
+/// The request a producer sends `correlation_id`-th, stamped `stamp` (a pure function of
+/// its arguments, so a resent request is rebuilt rather than kept).
+fn batch(
+    plan: &Plan,
+    filler: &[u8],
+    partition: u32,
+    stamp: u64,
+    correlation_id: u64,
+) -> AppendRequest {
+    let stamp = stamp.to_le_bytes();
+    let records = (0..plan.batch_records)
+        .map(|_| {
+            let mut value = filler.to_vec();
+            value[..STAMP_BYTES].copy_from_slice(&stamp);
+            Record {
+                value: value.into(),
+                ..Record::default()
+            }
+        })
+        .collect();
+    AppendRequest {
+        topic: plan.topic.clone(),
+        partition: Some(partition),
+        records,
+        correlation_id,
+        producer_id: 0,
+        sequence: 0,
+    }
+}
+
+type AppendStream = (
+    String,
+    mpsc::Sender<AppendRequest>,
+    tonic::codec::Streaming<crate::proto::v1::AppendResponse>,
+);
+
+/// Opens an AppendStream: on the one connection (`Direct`), or where `route` goes,
+/// retrying within `attempts` (`Routed`). Returns the address it went to.
+async fn open_append_stream(
+    link: &Link,
+    route: Route<'_>,
+    depth: usize,
+    attempts: Option<&mut Attempts>,
+) -> Result<AppendStream, Error> {
+    let failed = Error::rpc("AppendStream");
+    match (link, attempts) {
+        (Link::Direct(client), _) => {
+            let (tx, rx) = mpsc::channel::<AppendRequest>(depth);
+            let acks = client
+                .append_stream(ReceiverStream::new(rx))
+                .await
+                .map_err(failed)?;
+            Ok((String::new(), tx, acks))
+        }
+        (Link::Routed(routing), Some(attempts)) => {
+            // Bounded: `connect_for` and `recover` give up after the attempts or the budget.
+            loop {
+                let (addr, client) = routing
+                    .connect_for(route, attempts)
+                    .await
+                    .map_err(&failed)?;
+                let (tx, rx) = mpsc::channel::<AppendRequest>(depth);
+                match client.append_stream(ReceiverStream::new(rx)).await {
+                    Ok(acks) => return Ok((addr, tx, acks)),
+                    Err(status) => routing
+                        .recover(route, &addr, status, attempts)
+                        .await
+                        .map_err(&failed)?,
+                }
+            }
+        }
+        (Link::Routed(_), None) => unreachable!("a routed producer keeps its attempts"),
+    }
 }
 
 async fn wait_until(due: Option<Instant>) {
@@ -256,8 +397,10 @@ pub struct ConsumerOutcome {
 pub type Targets = watch::Receiver<Option<HashMap<u32, u64>>>;
 
 /// Follows `partitions` (id, first offset) of `topic` until every one reaches its target.
+/// Routed, each partition's stream resumes on another replica after the last offset it
+/// delivered.
 pub async fn consume(
-    client: Client,
+    link: Link,
     topic: String,
     partitions: Vec<(u32, u64)>,
     clock: Clock,
@@ -266,10 +409,21 @@ pub async fn consume(
     let mut next: HashMap<u32, u64> = partitions.iter().copied().collect();
     let mut streams = Vec::with_capacity(partitions.len());
     for &(partition, from) in &partitions {
-        let stream = client
-            .read_stream(&topic, partition, from, ReadOptions::default(), true)
-            .await
-            .map_err(Error::rpc("ReadStream"))?;
+        let stream = match &link {
+            Link::Direct(client) => Either::Left(
+                client
+                    .read_stream(&topic, partition, from, ReadOptions::default(), true)
+                    .await
+                    .map_err(Error::rpc("ReadStream"))?,
+            ),
+            Link::Routed(routing) => Either::Right(Box::pin(routing.read_stream(
+                &topic,
+                partition,
+                from,
+                ReadOptions::default(),
+                true,
+            ))),
+        };
         streams.push(stream.map(move |response| (partition, response)));
     }
     let mut merged = futures::stream::select_all(streams);
@@ -322,6 +476,8 @@ pub async fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::RetryOptions;
+    use crate::client::routing_tests::{Answer, start};
 
     #[test]
     fn stamps_round_trip_and_the_window_is_half_open() {
@@ -337,5 +493,43 @@ mod tests {
         assert!(clock.is_measured(clock.measure_from));
         assert!(clock.is_measured(at));
         assert!(!clock.is_measured(epoch + Duration::from_secs(2)));
+    }
+
+    #[tokio::test]
+    async fn a_routed_producer_follows_the_leader_and_counts_its_retries() {
+        let leader = start(2, Answer::Accept, None).await;
+        let follower = start(
+            1,
+            Answer::Refuse(tonic::Code::Unavailable, leader.hint(2)),
+            None,
+        )
+        .await;
+        let options = RetryOptions::with_budget(Duration::from_secs(10));
+        let routing = RoutingClient::new(&follower.addr.to_string(), None, options).unwrap();
+        let plan = Arc::new(Plan {
+            topic: "t".into(),
+            partitions: 1,
+            producers: 1,
+            record_bytes: 16,
+            batch_records: 2,
+            depth: 4,
+            request_interval: None,
+            records_per_producer: Some(20),
+        });
+        let epoch = Instant::now();
+        let clock = Clock {
+            epoch,
+            measure_from: epoch,
+            measure_until: None,
+        };
+        let live = Arc::new(Live::new(1, false));
+        let outcome = produce(Link::Routed(routing), plan, 0, clock, live)
+            .await
+            .unwrap();
+        assert_eq!((outcome.records, outcome.requests), (20, 10));
+        assert!(outcome.retries >= 1, "the refusal was retried");
+        assert!(follower.appends() >= 1);
+        // What the follower refused went to the leader, each request once.
+        assert_eq!(leader.appends(), 10);
     }
 }

@@ -9,8 +9,11 @@
 //! table), `plot` (`--svg`), and `run`, which puts them in order.
 //!
 //! The bench is a client: it never reaches into the server beyond reading the shards'
-//! counters of a server it started itself. It never retries a failed request: a figure
-//! from a run that lost requests would be a lie, so such a run fails.
+//! counters of a server it started itself. Against its in-process server it never retries
+//! a failed request: a figure from a run that lost requests would be a lie, so such a run
+//! fails. Against `--addr` (a cluster, where leaders change) its producers and consumers
+//! use the routing client: a leader change pauses the run, the pause shows in the
+//! latencies, and every retry is counted in the report (`append.retries`).
 
 mod baseline;
 mod latency;

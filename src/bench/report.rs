@@ -52,6 +52,9 @@ pub struct AppendReport {
     pub mb_per_s: f64,
     /// From (intended) send to durable acknowledgement.
     pub latency_us: Option<Percentiles>,
+    /// Times a producer retried after a leader change or a lost node (with `--addr`;
+    /// always 0 in-process, where a failure ends the run).
+    pub retries: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,8 +296,8 @@ impl Report {
         } else {
             writeln!(
                 out,
-                "DescribeTopic: {} records written (bench acked {})",
-                s.topic_records_written, a.records_total
+                "DescribeTopic: {} records written (bench acked {}); append retries {}",
+                s.topic_records_written, a.records_total, a.retries
             )?;
         }
         let r = &self.ratios;

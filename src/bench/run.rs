@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::Error;
 use super::baseline::{self, Baseline, BatchShape};
 use super::latency::{self, Percentiles};
+use super::load::Link;
 use super::load::{self, Clock, Live, Plan};
 use super::options::{BenchOptions, EngineArg};
 use super::plot;
@@ -29,7 +30,6 @@ use super::report::{
     ServerReport,
 };
 use super::target::{self, Target};
-use crate::client::Client;
 
 /// How long consumers may take to catch up once the producers are done.
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -185,7 +185,7 @@ impl Outcome {
     }
 }
 
-async fn ensure_topic(admin: &Client, options: &BenchOptions) -> Result<HashMap<u32, u64>, Error> {
+async fn ensure_topic(admin: &Link, options: &BenchOptions) -> Result<HashMap<u32, u64>, Error> {
     match admin.create_topic(&options.topic, options.partitions).await {
         Ok(_) => {}
         Err(status) if status.code() == tonic::Code::AlreadyExists => {}
@@ -203,7 +203,7 @@ async fn ensure_topic(admin: &Client, options: &BenchOptions) -> Result<HashMap<
     Ok(ends)
 }
 
-async fn end_offsets(admin: &Client, topic: &str) -> Result<HashMap<u32, u64>, Error> {
+async fn end_offsets(admin: &Link, topic: &str) -> Result<HashMap<u32, u64>, Error> {
     let description = admin
         .describe_topic(topic)
         .await
@@ -224,7 +224,7 @@ async fn join<T>(handle: tokio::task::JoinHandle<Result<T, Error>>) -> Result<T,
 async fn produce_all(
     options: &BenchOptions,
     label: &str,
-    clients: Vec<Client>,
+    clients: Vec<Link>,
     plan: &Arc<Plan>,
     clock: Clock,
 ) -> Result<Vec<load::ProducerOutcome>, Error> {
@@ -263,18 +263,18 @@ async fn drive(
     span: Span,
     label: &str,
 ) -> Result<Measured, Error> {
-    let admin = target.connect().await?;
+    let admin = target.link().await?;
     let starts = ensure_topic(&admin, options).await?;
     let plan = Arc::new(plan(options, span));
 
     // Connections first: connecting is not part of any latency.
     let mut producer_clients = Vec::with_capacity(options.producers as usize);
     for _ in 0..options.producers {
-        producer_clients.push(target.connect().await?);
+        producer_clients.push(target.link().await?);
     }
     let mut consumer_clients = Vec::with_capacity(consumers as usize);
     for _ in 0..consumers {
-        consumer_clients.push(target.connect().await?);
+        consumer_clients.push(target.link().await?);
     }
 
     let epoch = Instant::now();
@@ -368,6 +368,7 @@ async fn drive(
         records_per_s: per_s(records, append_seconds),
         mb_per_s: per_s(records, append_seconds) * record_bytes / 1e6,
         latency_us: Percentiles::of(&append_h),
+        retries: producers.iter().map(|p| p.retries).sum(),
     };
     let consume_seconds = since_start(consumed.iter().filter_map(|c| c.last_delivery).max());
     let consumed_records: u64 = consumed.iter().map(|c| c.records).sum();
@@ -526,6 +527,7 @@ async fn baselines(
         addr: drop_server.addr.to_string(),
         tls: certs.map(|dir| crate::client::ClientTls::from_dir(dir, crate::certs::ROOT_CLIENT)),
         server: None,
+        retry: None,
     };
     let rpc_options = BenchOptions {
         rate_records_per_s: None,
@@ -546,7 +548,7 @@ async fn drive_rpc(
     let plan = Arc::new(plan(options, Span::Seconds(seconds)));
     let mut clients = Vec::with_capacity(options.producers as usize);
     for _ in 0..options.producers {
-        clients.push(target.connect().await?);
+        clients.push(target.link().await?);
     }
     let epoch = Instant::now();
     let clock = Clock {

@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use super::Error;
+use super::load::Link;
 use super::options::{BenchOptions, EngineArg};
 use crate::certs;
-use crate::client::{Client, ClientTls};
+use crate::client::{Client, ClientTls, RetryOptions, RoutingClient};
 use crate::config::{AclEntry, Config, TlsConfig};
 use crate::server::acl::Action;
 use crate::server::{self, Running};
@@ -21,6 +22,8 @@ pub struct Target {
     pub tls: Option<ClientTls>,
     /// The in-process server (absent with `--addr`).
     pub server: Option<Running>,
+    /// With `--addr`: how its clients retry (they follow leaders); `None`: they never do.
+    pub retry: Option<RetryOptions>,
 }
 
 impl Target {
@@ -29,6 +32,17 @@ impl Target {
         Client::connect(&self.addr, self.tls.clone())
             .await
             .map_err(Error::Connect)
+    }
+
+    /// A new link to the server: a plain connection, or with `--addr` a routing client
+    /// (its own connections) that follows leaders and retries.
+    pub async fn link(&self) -> Result<Link, Error> {
+        match self.retry {
+            None => Ok(Link::Direct(self.connect().await?)),
+            Some(options) => RoutingClient::new(&self.addr, self.tls.clone(), options)
+                .map(Link::Routed)
+                .map_err(Error::Connect),
+        }
     }
 
     /// The storage engine's name, when in-process.
@@ -112,10 +126,15 @@ pub async fn open(
             ClientTls::new(&options.ca, &options.cert, &options.tls_key)
                 .with_domain(options.domain.clone())
         });
+        let retry = match options.retry_for_ms {
+            0 => RetryOptions::no_retry(),
+            ms => RetryOptions::with_budget(std::time::Duration::from_millis(ms)),
+        };
         return Ok(Target {
             addr: addr.clone(),
             tls,
             server: None,
+            retry: Some(retry),
         });
     }
     let certs = if options.no_tls {
@@ -130,5 +149,6 @@ pub async fn open(
         addr: server.local_addr().to_string(),
         tls: certs.map(|dir| ClientTls::from_dir(dir, certs::ROOT_CLIENT)),
         server: Some(server),
+        retry: None,
     })
 }
