@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts the three-node local cluster of cluster/node-{1,2,3}.toml and stops every node on
-# Ctrl-C (or when any node exits). Run from the repository root (`make run-cluster` does).
+# Ctrl-C. A node that dies (kill -9 it to see a leader change) stays down while the others
+# serve; start it again by hand with `walrs serve --config cluster/node-N.toml`. Run from the
+# repository root (`make run-cluster` does).
 # Makes the development CA and the clients' certificates (certs/) and each node's
 # certificate (certs/node-N.pem) on first run; data lives in data/cluster/node-N.
 set -euo pipefail
@@ -24,5 +26,5 @@ for n in 1 2 3; do
   pids+=($!)
 done
 echo "three nodes serving on 127.0.0.1:7071, :7072 and :7073; Ctrl-C stops them all"
-# Returns when the first node exits; the trap stops the others.
-wait -n "${pids[@]}"
+# Returns once every node has exited (Ctrl-C, or each killed); the trap stops the rest.
+wait "${pids[@]}" || true

@@ -55,11 +55,13 @@ impl Rng {
 fn seed() -> u64 {
     match std::env::var("WALRS_TEST_SEED") {
         Ok(s) => s.parse().expect("WALRS_TEST_SEED is a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1,
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        }
     }
 }
 
@@ -84,7 +86,9 @@ fn write_config(dir: &Path, id: u32, addrs: &[String]) -> PathBuf {
     for (i, addr) in addrs.iter().enumerate() {
         let peer = i as u32 + 1;
         if peer != id {
-            peers.push_str(&format!("[[cluster.peers]]\nid = {peer}\naddr = \"{addr}\"\n"));
+            peers.push_str(&format!(
+                "[[cluster.peers]]\nid = {peer}\naddr = \"{addr}\"\n"
+            ));
         }
     }
     let mut acl = String::from(
@@ -201,10 +205,11 @@ async fn produce(addrs: Vec<String>, certs: PathBuf, acked: Acked, stop: Arc<tok
             }
         }
         let value = format!("value-{n}");
-        let append = client
-            .as_ref()
-            .unwrap()
-            .append(TOPIC, Some(0), vec![record("", value.clone())]);
+        let append =
+            client
+                .as_ref()
+                .unwrap()
+                .append(TOPIC, Some(0), vec![record("", value.clone())]);
         let result = tokio::select! {
             result = append => result,
             () = &mut stopping => return,
@@ -212,7 +217,11 @@ async fn produce(addrs: Vec<String>, certs: PathBuf, acked: Acked, stop: Arc<tok
         match result {
             Ok(ack) => {
                 let previous = acked.lock().unwrap().insert(ack.base_offset, value);
-                assert!(previous.is_none(), "offset {} acknowledged twice", ack.base_offset);
+                assert!(
+                    previous.is_none(),
+                    "offset {} acknowledged twice",
+                    ack.base_offset
+                );
                 n += 1;
             }
             Err(status) => {
@@ -287,7 +296,10 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
         {
             break;
         }
-        assert!(Instant::now() < until, "seed {seed}: the topic was never created");
+        assert!(
+            Instant::now() < until,
+            "seed {seed}: the topic was never created"
+        );
         tokio::time::sleep(POLL).await;
     }
 
@@ -308,7 +320,10 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
             if leader != 0 {
                 break leader;
             }
-            assert!(Instant::now() < until, "seed {seed}: cycle {cycle}: no leader");
+            assert!(
+                Instant::now() < until,
+                "seed {seed}: cycle {cycle}: no leader"
+            );
             tokio::time::sleep(POLL).await;
         };
         let wanted = acked.lock().unwrap().len() + 5 + rng.below(40) as usize;
@@ -334,7 +349,12 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
         processes.spawn(leader);
         // The restarted node must catch up to what was acknowledged before the next kill,
         // or the next kill could leave a majority without a node that has it all.
-        let target_hw = acked.lock().unwrap().keys().next_back().map_or(0, |o| o + 1);
+        let target_hw = acked
+            .lock()
+            .unwrap()
+            .keys()
+            .next_back()
+            .map_or(0, |o| o + 1);
         let until = Instant::now() + patience();
         loop {
             if let Some(client) = connect(processes.addr(leader), &processes.certs()).await
@@ -354,7 +374,11 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
     producer.await.unwrap();
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > CYCLES as usize * 5, "seed {seed}: too few acks: {}", acked.len());
+    assert!(
+        acked.len() > CYCLES as usize * 5,
+        "seed {seed}: too few acks: {}",
+        acked.len()
+    );
     let end = acked.keys().next_back().unwrap() + 1;
     for id in 1..=NODES {
         // Each node serves at least everything acknowledged, at the acknowledged offsets.
@@ -364,7 +388,10 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
             if hw >= end {
                 break (records, hw);
             }
-            assert!(Instant::now() < until, "seed {seed}: node {id} stuck at {hw} < {end}");
+            assert!(
+                Instant::now() < until,
+                "seed {seed}: node {id} stuck at {hw} < {end}"
+            );
             tokio::time::sleep(POLL).await;
         };
         for (offset, value) in &acked {
@@ -379,7 +406,10 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
             let (first, _) = read_all(&processes, 1).await;
             for (offset, value) in &records {
                 if let Some(other) = first.get(offset) {
-                    assert_eq!(other, value, "seed {seed}: offset {offset} differs between nodes 1 and {id}");
+                    assert_eq!(
+                        other, value,
+                        "seed {seed}: offset {offset} differs between nodes 1 and {id}"
+                    );
                 }
             }
         }

@@ -201,10 +201,17 @@ enum Ended {
 impl LinkTask {
     async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
+        // Whether the last attempt reached the peer (`None`: no attempt yet). A change is logged
+        // once: at warn when the peer goes down, at info when it is up; repeats at debug.
+        let mut up: Option<bool> = None;
         loop {
             let failure = match self.connect().await {
                 Ok((client, channel)) => {
                     backoff = BACKOFF_MIN;
+                    if up != Some(true) {
+                        tracing::info!(node = self.node, addr = %self.addr, "link to a peer up");
+                    }
+                    up = Some(true);
                     match self.exchange(client).await {
                         Ended::Stopped => return,
                         Ended::Failed(reason) => {
@@ -219,7 +226,18 @@ impl LinkTask {
                 drop(out.answer.send(Err(self.lost(&failure))));
             }
             let lost = self.fail_pending(&failure);
-            tracing::debug!(node = self.node, addr = %self.addr, error = %failure, lost, ?backoff, "link to a peer down; reconnecting");
+            match up {
+                Some(true) => {
+                    tracing::warn!(node = self.node, addr = %self.addr, error = %failure, lost, "link to a peer down; reconnecting until it is back");
+                }
+                None => {
+                    tracing::info!(node = self.node, addr = %self.addr, error = %failure, "peer not reachable yet; retrying until it is");
+                }
+                Some(false) => {
+                    tracing::debug!(node = self.node, addr = %self.addr, error = %failure, lost, ?backoff, "link to a peer still down");
+                }
+            }
+            up = Some(false);
             // Answer what queues meanwhile at once: the peer is known to be unreachable.
             let wait = tokio::time::sleep(backoff);
             tokio::pin!(wait);

@@ -23,11 +23,16 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// The default filter: `info`, except openraft's per-group warnings (one line per partition
+/// per heartbeat while a peer is down: thousands a second on a busy node), which the
+/// replication links' own lines cover once per peer.
+pub const DEFAULT_FILTER: &str = "info,openraft=error";
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            filter: "info".to_string(),
+            filter: DEFAULT_FILTER.to_string(),
         }
     }
 }
