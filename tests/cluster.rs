@@ -217,8 +217,11 @@ impl TestCluster {
         let until = deadline();
         let client = self.client(id, "root").await;
         loop {
-            let d = client.describe_topic(topic).await.unwrap();
-            if d.partitions[0].high_watermark >= count {
+            // NOT_FOUND until a rejoining node has re-created the topic.
+            let d = client.describe_topic(topic).await;
+            if let Ok(d) = &d
+                && d.partitions[0].high_watermark >= count
+            {
                 break;
             }
             assert!(
@@ -448,5 +451,52 @@ async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
         .await
         .unwrap_err();
     assert_eq!(place.code(), Code::PermissionDenied, "{place:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_disk_or_missed_a_creation_rejoins_by_itself() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.stop(3).await;
+    // Created while node 3 is down: placed on 1 and 2, and the refusal says node 3 lacks it.
+    let partial = cluster
+        .client(1, "root")
+        .await
+        .log_client()
+        .create_topic(pb::CreateTopicRequest {
+            name: "late".into(),
+            partitions: 1,
+            replication_factor: 3,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(partial.code(), Code::Unavailable, "{partial:?}");
+    assert!(partial.message().contains("node 3"), "{partial:?}");
+    let mut expected = Vec::new();
+    let mut end = 0;
+    for i in 0..5 {
+        let values = batch(i * 2, 2);
+        let ack = cluster.append("late", &values).await;
+        end = ack.base_offset + u64::from(ack.count);
+        expected.extend(values.into_iter().map(String::into_bytes));
+    }
+    // Node 3 returns, learns the topic from a peer and catches up.
+    cluster.restart(3).await;
+    assert_eq!(cluster.read_all(3, "late", end).await, expected);
+
+    // Node 2 loses its whole data dir: it rejoins the same way, and serves every ack.
+    cluster.stop(2).await;
+    let data_dir = cluster.node(2).config.data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    cluster.restart(2).await;
+    assert_eq!(cluster.read_all(2, "late", end).await, expected);
+    // And the group still takes appends with any one node down.
+    cluster.stop(1).await;
+    let values = batch(100, 1);
+    let ack = cluster.append("late", &values).await;
+    expected.extend(values.into_iter().map(String::into_bytes));
+    let end = ack.base_offset + 1;
+    assert_eq!(cluster.read_all(2, "late", end).await, expected);
+    assert_eq!(cluster.read_all(3, "late", end).await, expected);
     cluster.shutdown().await;
 }

@@ -107,6 +107,18 @@ impl PeerAdmin {
         }
     }
 
+    /// Every topic `node` knows, with its placement.
+    pub async fn list_placements(
+        &self,
+        node: u64,
+    ) -> Result<Vec<pb::PlaceTopicRequest>, PeerError> {
+        let (mut client, addr) = self.client(node).await?;
+        match client.list_placements(pb::ListPlacementsRequest {}).await {
+            Ok(response) => Ok(response.into_inner().topics),
+            Err(status) => Err(Self::refused(node, addr, status)),
+        }
+    }
+
     /// Asks `node` to delete its replicas of a topic.
     pub async fn drop_topic(&self, node: u64, name: &str) -> Result<(), PeerError> {
         let (mut client, addr) = self.client(node).await?;

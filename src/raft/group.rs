@@ -12,7 +12,9 @@
 //! membership at index 0, term 0) and no replica needs to be told by another. A replica
 //! whose log already holds entries is not initialized again.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use openraft::alias::WatchReceiverOf;
@@ -126,6 +128,11 @@ impl RaftTimings {
             max_payload_entries: u64::from(self.raft_payload_entries_max),
             // The log is the state: nothing to snapshot until metadata snapshots land.
             snapshot_policy: openraft::SnapshotPolicy::Never,
+            // A replica whose disk was wiped comes back with an empty log; its leader must
+            // start it over rather than stop (openraft panics on a reverted follower
+            // otherwise). Safe here because such a replica does not vote until it has caught
+            // up (`GroupStart::Rejoin`).
+            allow_log_reversion: Some(true),
             ..openraft::Config::default()
         };
         config.validate().map_err(|e| e.to_string())
@@ -153,6 +160,21 @@ pub(crate) enum ProposeError {
 
 pub(crate) type ProposeReply = Box<dyn FnOnce(Result<Applied, ProposeError>)>;
 
+/// How a replica's group starts, from its log and how the partition came to be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupStart {
+    /// Created just now, empty: every replica initializes the same voters, and the preferred
+    /// leader stands at once.
+    New,
+    /// The log holds entries: the group resumes from them.
+    Existing,
+    /// Empty, but not new: this replica lost its data (a wiped disk or directory). It must
+    /// not vote, nor stand, until it holds what the leader had committed: a voter without the
+    /// committed entries could elect a leader that lacks them. It waits for a leader to send
+    /// it the log (membership first), as a learner would.
+    Rejoin,
+}
+
 type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
 
 pub(crate) struct Group<RT: AsyncRuntime> {
@@ -160,15 +182,19 @@ pub(crate) struct Group<RT: AsyncRuntime> {
     raft: PartitionRaft<RT>,
     /// The group's metrics, kept so an append asks who leads without a new subscription.
     metrics: WatchReceiverOf<PartitionTypes<RT>, RaftMetrics<PartitionTypes<RT>>>,
+    /// A rejoining replica that does not yet hold what the leader committed: it refuses
+    /// votes and does not stand (see [`GroupStart::Rejoin`]). Cleared once it has applied the
+    /// leader's commit index of an AppendEntries it received; never set again.
+    catching_up: Rc<Cell<bool>>,
 }
 
 impl<RT: AsyncRuntime> Group<RT> {
     /// Starts the group of partition `key` with `replicas` as its voters, on the current
-    /// executor. `fresh` says the log holds no entry yet: the group is initialized then.
+    /// executor, as `start` says.
     pub(crate) async fn start(
         key: Key,
         replicas: &[NodeId],
-        fresh: bool,
+        start: GroupStart,
         context: &RaftContext,
         ops: OpSender<RT>,
     ) -> Result<Self, String> {
@@ -182,7 +208,11 @@ impl<RT: AsyncRuntime> Group<RT> {
         )
         .await
         .map_err(|e| format!("the Raft group did not start: {e}"))?;
-        if fresh {
+        let catching_up = Rc::new(Cell::new(start == GroupStart::Rejoin));
+        if start == GroupStart::Rejoin {
+            raft.runtime_config().elect(false);
+        }
+        if start == GroupStart::New {
             let voters: BTreeSet<NodeId> = replicas.iter().copied().collect();
             raft.initialize(voters)
                 .await
@@ -199,7 +229,12 @@ impl<RT: AsyncRuntime> Group<RT> {
             }
         }
         let metrics = raft.metrics();
-        Ok(Group { key, raft, metrics })
+        Ok(Group {
+            key,
+            raft,
+            metrics,
+            catching_up,
+        })
     }
 
     /// The leader this replica knows of, and whether it is this replica.
@@ -252,9 +287,16 @@ impl<RT: AsyncRuntime> Group<RT> {
         reply: oneshot::Sender<pb::RaftEnvelope>,
     ) {
         let raft = self.raft.clone();
+        let catching_up = self.catching_up.clone();
+        let key = self.key.clone();
         drop(RT::spawn(async move {
             let request = envelope.body.take();
-            let body = handle(&raft, request).await.unwrap_or_else(Body::Error);
+            let body = if catching_up.get() {
+                catch_up(&key, &raft, &catching_up, request).await
+            } else {
+                handle(&raft, request).await
+            };
+            let body = body.unwrap_or_else(Body::Error);
             if reply.send(wire::answer(envelope, body)).is_err() {
                 tracing::trace!("the transport left before the answer");
             }
@@ -267,6 +309,42 @@ impl<RT: AsyncRuntime> Group<RT> {
             tracing::warn!(topic = %self.key.0, partition = self.key.1, error = %e, "stopping a Raft group");
         }
     }
+}
+
+/// Serves a message on a replica that is catching up after losing its data: no vote is
+/// granted; an AppendEntries is served, and once this replica has applied the commit index it
+/// carries, it holds everything the leader had committed then, and votes again.
+async fn catch_up<RT: AsyncRuntime>(
+    key: &Key,
+    raft: &PartitionRaft<RT>,
+    catching_up: &Cell<bool>,
+    request: Option<Body>,
+) -> Result<Body, String> {
+    let leader_commit = match &request {
+        Some(Body::Vote(_) | Body::PreVote(_)) => {
+            return Err(
+                "this replica lost its data and is catching up; it votes once it holds what the leader committed"
+                    .to_owned(),
+            );
+        }
+        Some(Body::Append(append)) => append.leader_commit.as_ref().map(|id| id.index),
+        _ => None,
+    };
+    let answer = handle(raft, request).await;
+    let applied = raft
+        .metrics()
+        .borrow_watched()
+        .last_applied
+        .as_ref()
+        .map(|id| id.index());
+    if let (Some(commit), Some(applied)) = (leader_commit, applied)
+        && applied >= commit
+        && catching_up.replace(false)
+    {
+        raft.runtime_config().elect(true);
+        tracing::info!(topic = %key.0, partition = key.1, applied, "a rejoining replica caught up; it votes again");
+    }
+    answer
 }
 
 fn raft_error<RT: AsyncRuntime>(e: RaftError<PartitionTypes<RT>>) -> String {

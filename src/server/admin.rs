@@ -123,7 +123,9 @@ impl Inner {
                 let request = request.clone();
                 async move {
                     let placed = if node == node_id {
-                        self.place_topic(request).await.map_err(|e| e.to_string())
+                        self.place_topic(request, true)
+                            .await
+                            .map_err(|e| e.to_string())
                     } else {
                         peers
                             .place_topic(node, request)
@@ -139,14 +141,19 @@ impl Inner {
         }
         // `topics_max` is checked by the shard set under its admin lock (passed in its
         // options), so concurrent creations cannot pass it.
-        self.create_local(topic, partitions, Vec::new())
+        self.create_local(topic, partitions, Vec::new(), true)
             .await
             .map(|()| partitions)
     }
 
     /// Creates this node's replicas of a topic placed by the node asked (this one or
-    /// another): `Ok(false)` when it exists here already with the same layout.
-    pub(super) async fn place_topic(&self, request: pb::PlaceTopicRequest) -> Result<bool> {
+    /// another): `Ok(false)` when it exists here already with the same layout. `new_group`
+    /// as for `ShardSet::create_topic_on`.
+    pub(super) async fn place_topic(
+        &self,
+        request: pb::PlaceTopicRequest,
+        new_group: bool,
+    ) -> Result<bool> {
         let replicas: Vec<Vec<u64>> = request.replicas.into_iter().map(|r| r.nodes).collect();
         if replicas.len() != request.partitions as usize {
             return Err(Error::invalid(format!(
@@ -156,7 +163,12 @@ impl Inner {
             )));
         }
         match self
-            .create_local(&request.name, request.partitions, replicas.clone())
+            .create_local(
+                &request.name,
+                request.partitions,
+                replicas.clone(),
+                new_group,
+            )
             .await
         {
             Ok(()) => Ok(true),
@@ -182,10 +194,11 @@ impl Inner {
         topic: &str,
         partitions: u32,
         replicas: Vec<Vec<u64>>,
+        new_group: bool,
     ) -> Result<()> {
         match self
             .shards
-            .create_topic_on(topic, partitions, replicas)
+            .create_topic_on(topic, partitions, replicas, new_group)
             .await
         {
             Ok(()) => Ok(()),
@@ -248,6 +261,66 @@ impl Inner {
         observability::topic_deleted(&delete.name);
         tracing::info!(topic = delete.name, identity = %principal, "topic deleted");
         Ok(DeleteTopicResponse {})
+    }
+
+    /// Every topic this node knows, with its placement (for a peer that rejoins).
+    pub(super) fn placements(&self) -> Vec<pb::PlaceTopicRequest> {
+        self.shards
+            .list_topics()
+            .into_iter()
+            .filter_map(|t| {
+                let replicas = self.shards.replicas_of(&t.name).ok()?;
+                Some(pb::PlaceTopicRequest {
+                    name: t.name,
+                    partitions: t.partitions,
+                    replicas: replicas
+                        .into_iter()
+                        .map(|nodes| pb::ReplicaSet { nodes })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Re-creates the topics this node should hold and lacks, from the first peer that
+    /// answers: after a wiped data dir, or when this node was down at a CreateTopic. Their
+    /// groups exist already, so these replicas catch up before they vote. Returns how many
+    /// topics were re-created, or `None` when no peer answered.
+    pub(super) async fn rejoin_topics(&self) -> Option<usize> {
+        let peers = self.peers.as_ref()?;
+        let me = u64::from(peers.membership().node_id);
+        for peer in peers.membership().peers() {
+            let placements = match peers.list_placements(u64::from(peer.id)).await {
+                Ok(placements) => placements,
+                Err(e) => {
+                    tracing::debug!(error = %e, "asking a peer for its topics");
+                    continue;
+                }
+            };
+            let mut rejoined = 0;
+            for placement in placements {
+                let holds = placement.replicas.iter().any(|r| r.nodes.contains(&me));
+                if !holds || self.shards.replicas_of(&placement.name).is_ok() {
+                    continue;
+                }
+                let name = placement.name.clone();
+                match self.place_topic(placement, false).await {
+                    Ok(_) => {
+                        rejoined += 1;
+                        tracing::info!(
+                            topic = name,
+                            from = peer.id,
+                            "topic re-created here to rejoin its groups"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = name, error = %e, "re-creating a topic to rejoin its groups")
+                    }
+                }
+            }
+            return Some(rejoined);
+        }
+        None
     }
 
     /// Deletes a topic on every node: NOT_FOUND when no node had it; a node that could not

@@ -105,11 +105,31 @@ impl Replication for ReplicationService {
         let principal = inner.authorize(&request, Action::Replicate, &request.get_ref().name)?;
         let place = request.into_inner();
         let (name, partitions) = (place.name.clone(), place.partitions);
-        let created = inner.place_topic(place).await?;
+        let created = inner.place_topic(place, true).await?;
         if created {
             tracing::info!(topic = name, partitions, by = %principal, "topic placed by a peer");
         }
         Ok(Response::new(pb::PlaceTopicResponse { created }))
+    }
+
+    async fn list_placements(
+        &self,
+        request: Request<pb::ListPlacementsRequest>,
+    ) -> Result<Response<pb::ListPlacementsResponse>, Status> {
+        let inner = &self.inner;
+        inner.check_running()?;
+        let principal = inner.principal(&request)?;
+        if !inner.acl.authorize_somewhere(&principal, Action::Replicate) {
+            return Err(Error::Denied {
+                principal,
+                action: Action::Replicate,
+                topic: "*".to_owned(),
+            }
+            .into());
+        }
+        Ok(Response::new(pb::ListPlacementsResponse {
+            topics: inner.placements(),
+        }))
     }
 
     async fn drop_topic(

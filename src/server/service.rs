@@ -40,6 +40,9 @@ use crate::proto::v1::{
 };
 use crate::shard::{self, ShardSet};
 
+/// How often a starting node asks its peers for their topics while none answers.
+pub(crate) const REJOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The service; cheap to clone (tonic clones it per connection).
 #[derive(Clone)]
 pub struct LogService {
@@ -94,6 +97,34 @@ impl LogService {
     /// The node-to-node service over the same state.
     pub(crate) fn replication(&self) -> super::replication::ReplicationService {
         super::replication::ReplicationService::new(self.inner.clone())
+    }
+
+    /// In a cluster: asks the peers, once one answers, for the topics this node should hold
+    /// and lacks, and re-creates them (see `Inner::rejoin_topics`). Retries every
+    /// [`REJOIN_RETRY`] while no peer answers, until the server drains.
+    pub(crate) fn spawn_rejoin(&self) {
+        if self.inner.peers.is_none() {
+            return;
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut draining = inner.draining.clone();
+            loop {
+                if let Some(rejoined) = inner.rejoin_topics().await {
+                    if rejoined > 0 {
+                        tracing::info!(
+                            topics = rejoined,
+                            "re-created topics to rejoin their groups"
+                        );
+                    }
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(REJOIN_RETRY) => {}
+                    _ = draining.changed() => return,
+                }
+            }
+        });
     }
 
     /// The server-wide budget of record bytes in flight (`server.inflight_append_bytes_max`).

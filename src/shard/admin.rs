@@ -24,6 +24,7 @@ pub(super) fn plan(
     meta: &TopicMeta,
     shard_count: usize,
     raft: Option<&RaftContext>,
+    new_group: bool,
 ) -> (Arc<TopicRoute>, Vec<Vec<OpenPartition>>) {
     let name: Arc<str> = Arc::from(meta.name.as_str());
     let mut opens: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
@@ -51,6 +52,7 @@ pub(super) fn plan(
                 dir: topics::partition_dir(topics_dir, &meta.name, partition),
                 high_watermark: tx,
                 replicas: replicas.clone(),
+                new_group,
             });
         }
         partitions.push(PartitionRoute {
@@ -91,17 +93,22 @@ impl ShardSet {
     ///
     /// Runs to its end even if the caller stops polling it (see `to_completion`).
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        self.create_topic_on(name, partitions, Vec::new()).await
+        self.create_topic_on(name, partitions, Vec::new(), true)
+            .await
     }
 
     /// Creates a topic whose partition `p` is held by the nodes `replicas[p]` (this node
-    /// among them); an empty list makes every partition solo. Every replica must be told
-    /// the same list: each then starts the same Raft group.
+    /// among them, or not: a partition held elsewhere is only known); an empty list makes
+    /// every partition solo. Every replica must be told the same list: each then starts the
+    /// same Raft group. `new_group`: the topic is being created cluster-wide now (its groups
+    /// initialize), rather than re-created here to rejoin groups that exist (they catch up
+    /// without voting first; see `raft::group::GroupStart`).
     pub(crate) async fn create_topic_on(
         &self,
         name: &str,
         partitions: u32,
         replicas: Vec<Vec<u64>>,
+        new_group: bool,
     ) -> Result<()> {
         assert!(
             replicas.is_empty() || replicas.len() == partitions as usize,
@@ -109,7 +116,11 @@ impl ShardSet {
             replicas.len()
         );
         let (this, name) = (self.clone(), name.to_owned());
-        to_completion(async move { this.create_topic_now(&name, partitions, replicas).await }).await
+        to_completion(async move {
+            this.create_topic_now(&name, partitions, replicas, new_group)
+                .await
+        })
+        .await
     }
 
     async fn create_topic_now(
@@ -117,6 +128,7 @@ impl ShardSet {
         name: &str,
         partitions: u32,
         replicas: Vec<Vec<u64>>,
+        new_group: bool,
     ) -> Result<()> {
         self.check_running()?;
         validate_topic_name(name)?;
@@ -159,6 +171,7 @@ impl ShardSet {
             &meta,
             self.shard_count(),
             self.inner.raft.as_ref(),
+            new_group,
         );
         let involved: Vec<usize> = (0..opens.len()).filter(|&s| !opens[s].is_empty()).collect();
         let calls = opens

@@ -24,6 +24,11 @@ pub(crate) struct OpenPartition {
     /// The nodes that hold the partition (this one among them). Empty or one node: a solo
     /// partition, committed at its own sync with no Raft group (today's single-node path).
     pub replicas: Vec<u64>,
+    /// The partition is being created (CreateTopic placed it here just now), rather than
+    /// reopened or re-created to rejoin its group: only then may a replicated partition with
+    /// an empty log initialize its Raft group. An empty log otherwise means lost data, and
+    /// the replica catches up without voting (see `raft::group::Start`).
+    pub new_group: bool,
 }
 
 pub(crate) enum Command {

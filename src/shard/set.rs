@@ -139,7 +139,7 @@ fn plan_all(
     let mut routes = HashMap::new();
     let mut initial: Vec<Vec<OpenPartition>> = (0..shard_count).map(|_| Vec::new()).collect();
     for meta in metas {
-        let (route, opens) = plan(topics_dir, meta, shard_count, raft);
+        let (route, opens) = plan(topics_dir, meta, shard_count, raft, false);
         routes.insert(route.name.clone(), route);
         for (shard, mut open) in opens.into_iter().enumerate() {
             initial[shard].append(&mut open);

@@ -33,7 +33,7 @@ use super::results::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
 use crate::proto::v1 as pb;
-use crate::raft::group::{Group, ProposeError, RaftContext};
+use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp};
 use crate::storage::{self, CheckedBatch, Engine, Log, Record, now_ms};
 use openraft::rt::AsyncRuntime;
@@ -805,7 +805,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             };
             match opening {
                 Ok((mut log, _report)) => {
-                    let replication = self.start_group(&key, &open.replicas, &mut log);
+                    let replication =
+                        self.start_group(&key, &open.replicas, open.new_group, &mut log);
                     let p = Partition {
                         log,
                         high_watermark: open.high_watermark,
@@ -834,7 +835,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// Starts the Raft group of a replicated partition in a task of its own (it reports back
     /// on the local queue), and lowers the commit mark to the start: readers see only what
     /// the group applies. A solo partition (one replica, or no cluster) starts nothing.
-    fn start_group(&self, key: &Key, replicas: &[u64], log: &mut Log<E>) -> Replication<RT> {
+    fn start_group(
+        &self,
+        key: &Key,
+        replicas: &[u64],
+        new_group: bool,
+        log: &mut Log<E>,
+    ) -> Replication<RT> {
         let Some(raft) = self.raft.clone().filter(|_| replicas.len() > 1) else {
             if replicas.len() > 1 {
                 tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "a replicated partition on a node outside a cluster; serving it alone");
@@ -843,14 +850,21 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         };
         log.set_commit(log.start_offset())
             .expect("the start offset is within the log");
-        let fresh = log.end_offset() == 0;
+        let start = match (log.end_offset() == 0, new_group) {
+            (false, _) => GroupStart::Existing,
+            (true, true) => GroupStart::New,
+            (true, false) => {
+                tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a replica with an empty log outside its creation (lost or wiped data): catching up from the leader before it may vote");
+                GroupStart::Rejoin
+            }
+        };
         let (key, replicas, local) = (key.clone(), replicas.to_vec(), self.local.clone());
         let ops = {
             let local = local.clone();
             raft_store::OpSender::new(move |op| local.send(Local::Op(op)).is_ok())
         };
         drop(RT::spawn(async move {
-            let group = Group::start(key.clone(), &replicas, fresh, &raft, ops).await;
+            let group = Group::start(key.clone(), &replicas, start, &raft, ops).await;
             if local.send(Local::Started { key, group }).is_err() {
                 tracing::debug!("a Raft group started after its shard stopped");
             }
@@ -981,6 +995,7 @@ pub(crate) mod tests {
                 dir: dir.join("t").join("0"),
                 high_watermark: hw_tx,
                 replicas: Vec::new(),
+                new_group: true,
             }],
             ready: ready_tx,
             raft: None,
