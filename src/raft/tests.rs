@@ -354,6 +354,15 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
     }
     let end = acked.last().unwrap().0 + 1;
     cluster.records(wiped, "w", end).await;
+    // The lagging replica refuses a read past its end: it is behind, not the reader wrong.
+    let behind = cluster
+        .node(lagging)
+        .read("w", 0, end - 1, 1 << 20, 0)
+        .await;
+    assert!(
+        matches!(behind, Err(Error::ReplicaBehind { .. })),
+        "{behind:?}"
+    );
 
     // `wiped` loses its disk and restarts; `leader` is cut off; `lagging` comes back.
     cluster.restart(wiped, Some("w")).await;

@@ -118,11 +118,18 @@ pub const LEADER_METADATA: &str = "walrs-leader";
 /// node knows of, or (for a partition this node does not hold) its preferred leader.
 fn leader_hint(err: &Error) -> Option<String> {
     match err {
-        Error::Shard(shard::Error::NotLeader {
-            leader: Some(id),
-            leader_addr: Some(addr),
-            ..
-        }) => Some(format!("{id}={addr}")),
+        Error::Shard(
+            shard::Error::NotLeader {
+                leader: Some(id),
+                leader_addr: Some(addr),
+                ..
+            }
+            | shard::Error::ReplicaBehind {
+                leader: Some(id),
+                leader_addr: Some(addr),
+                ..
+            },
+        ) => Some(format!("{id}={addr}")),
         Error::Shard(shard::Error::NotReplica {
             replicas,
             first_addr: Some(addr),
@@ -141,9 +148,11 @@ fn shard_code(err: &shard::Error) -> Code {
         E::TopicExists { .. } => Code::AlreadyExists,
         // Nothing changed on this node; the client retries on the leader (or after the
         // election). The leader hint travels in the message (and metadata, with addresses).
-        E::ShuttingDown | E::NotLeader { .. } | E::NotReplica { .. } | E::Replication { .. } => {
-            Code::Unavailable
-        }
+        E::ShuttingDown
+        | E::NotLeader { .. }
+        | E::NotReplica { .. }
+        | E::ReplicaBehind { .. }
+        | E::Replication { .. } => Code::Unavailable,
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
         E::NotOnReplicated { .. } => Code::FailedPrecondition,
         // The server's own state, not the request: the message and the server log say more.

@@ -82,6 +82,16 @@ pub enum Error {
         /// Where the preferred leader serves, when its address is known.
         first_addr: Option<String>,
     },
+    /// A read past the end of this replica's log: another replica may hold it (this one is
+    /// behind, or lost its data and is catching up).
+    #[error("partition {topic}/{partition}: this replica ends at offset {end_offset} and may be behind; read from the leader{}", leader.map_or(String::new(), |l| format!(" (node {l})")))]
+    ReplicaBehind {
+        topic: String,
+        partition: u32,
+        end_offset: u64,
+        leader: Option<u64>,
+        leader_addr: Option<String>,
+    },
     /// An operation that would change a replicated partition's log behind its Raft group.
     #[error(
         "partition {topic}/{partition} is replicated: {what} is not supported on it yet (it needs metadata snapshots); nothing was changed"

@@ -652,6 +652,20 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .partitions
             .get_mut(key)
             .ok_or_else(|| unknown(&key.0))?;
+        if !p.is_solo() && from_offset > p.log.end_offset() {
+            // Another replica may hold that offset: this one is behind, not the reader wrong.
+            let leader = match &p.replication {
+                Replication::Running(group) => group.leader().0,
+                Replication::Solo | Replication::Starting => None,
+            };
+            return Err(Error::ReplicaBehind {
+                topic: key.0.to_string(),
+                partition: key.1,
+                end_offset: p.log.end_offset(),
+                leader,
+                leader_addr: leader.and_then(|id| self.raft.as_ref()?.addrs.get(&id).cloned()),
+            });
+        }
         let batches = p
             .log
             .read(from_offset, max_bytes.min(self.options.read_bytes_max))
