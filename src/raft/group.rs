@@ -237,7 +237,9 @@ impl<RT: AsyncRuntime> Group<RT> {
         })
     }
 
-    /// The leader this replica knows of, and whether it is this replica.
+    /// The leader this replica knows of, and whether it is this replica. (A leader cut off
+    /// from the majority steps down by itself once its lease runs out, openraft's
+    /// CheckQuorum: it then names no leader, and clients go and find the new one.)
     pub(crate) fn leader(&self) -> (Option<NodeId>, bool) {
         let m = self.metrics.borrow_watched();
         (m.current_leader, m.state == ServerState::Leader)

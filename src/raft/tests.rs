@@ -449,3 +449,74 @@ async fn lost_duplicated_and_reordered_messages_lose_no_ack() {
         }
     }
 }
+
+/// A leader cut off from the others: what it appends alone is never acknowledged; once it
+/// has gone a lease without a majority it refuses appends (no leader known), so clients find
+/// the new one; when it rejoins, its uncommitted suffix is replaced by what the new leader
+/// committed at those offsets, and it serves exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_stops_taking_appends_and_its_suffix_is_replaced() {
+    let cluster = Cluster::start(3);
+    cluster.create("p", &[1, 2, 3]).await;
+    let mut acked = Vec::new();
+    let mut old = 0;
+    for i in 0..5 {
+        let value = format!("before-{i}").into_bytes();
+        let (at, offset) = cluster.append("p", &value).await;
+        old = at;
+        acked.push((offset, value));
+    }
+    cluster.transport.down.lock().unwrap().insert(old);
+    // Appended on the cut-off leader alone: it can never be acknowledged.
+    let stranded = {
+        let set = cluster.node(old);
+        tokio::spawn(async move {
+            let record = Record {
+                value: b"stranded".to_vec().into(),
+                ..Record::default()
+            };
+            set.append("p", 0, vec![record]).await
+        })
+    };
+    for i in 0..5 {
+        let value = format!("after-{i}").into_bytes();
+        let (at, offset) = cluster.append("p", &value).await;
+        assert_ne!(at, old);
+        acked.push((offset, value));
+    }
+    // Past its lease the old leader refuses appends at once, naming no leader.
+    let deadline = Instant::now() + election_deadline();
+    loop {
+        let record = Record {
+            value: b"refused".to_vec().into(),
+            ..Record::default()
+        };
+        let tried = tokio::time::timeout(
+            Duration::from_millis(TIMINGS.heartbeat_interval_ms),
+            cluster.node(old).append("p", 0, vec![record]),
+        )
+        .await;
+        if let Ok(Err(Error::NotLeader { leader: None, .. })) = tried {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off leader still takes appends: {tried:?}"
+        );
+    }
+    cluster.transport.down.lock().unwrap().remove(&old);
+    let (_, offset) = cluster.append("p", b"healed").await;
+    acked.push((offset, b"healed".to_vec()));
+    let end = offset + 1;
+    for id in 1..=3 {
+        assert_eq!(cluster.records(id, "p", end).await, acked, "node {id}");
+    }
+    let stranded = tokio::time::timeout(election_deadline(), stranded)
+        .await
+        .expect("the stranded append is answered once its leader rejoins")
+        .unwrap();
+    assert!(
+        stranded.is_err(),
+        "an append only the cut-off leader held was acknowledged: {stranded:?}"
+    );
+}
