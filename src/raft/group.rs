@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::network::{GroupNetwork, RaftTransport};
 use super::state_machine::PartitionStateMachine;
-use super::store::{Key, OpSender, PartitionLog};
+use super::store::{self, Key, OpSender, PartitionLog};
 use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
 use super::wire;
 use crate::proto::v1 as pb;
@@ -190,11 +190,13 @@ pub(crate) struct Group<RT: AsyncRuntime> {
 
 impl<RT: AsyncRuntime> Group<RT> {
     /// Starts the group of partition `key` with `replicas` as its voters, on the current
-    /// executor, as `start` says.
+    /// executor, as `start` says; its state machine resumes from `applied` (the applied mark
+    /// the shard saved) when there is one.
     pub(crate) async fn start(
         key: Key,
         replicas: &[NodeId],
         start: GroupStart,
+        applied: Option<&crate::storage::AppliedMark>,
         context: &RaftContext,
         ops: OpSender<RT>,
     ) -> Result<Self, String> {
@@ -204,7 +206,7 @@ impl<RT: AsyncRuntime> Group<RT> {
             context.config.clone(),
             network,
             PartitionLog::new(key.clone(), ops.clone()),
-            PartitionStateMachine::new(key.clone(), ops),
+            PartitionStateMachine::new(key.clone(), ops, applied.and_then(store::resume_from)),
         )
         .await
         .map_err(|e| format!("the Raft group did not start: {e}"))?;

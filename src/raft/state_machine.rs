@@ -7,6 +7,10 @@
 //! commit mark and only then answers the appends, so an acknowledged record is readable
 //! on the leader before its producer hears of it.
 //!
+//! Its applied log id and membership survive a restart through the shard's applied mark
+//! (storage's `raft_applied`, saved lazily): a restarted replica resumes from it instead of
+//! replaying its whole log, and a mark older than the truth only means replaying a little.
+//!
 //! Snapshots are not built yet: the policy is `Never`, so openraft never asks for one.
 //! A snapshot of a replicated log is metadata only (last log id, membership, start
 //! offset); it comes with purging.
@@ -34,15 +38,24 @@ pub(crate) struct PartitionStateMachine<RT: AsyncRuntime> {
     ops: OpSender<RT>,
     applied: Option<LogId>,
     membership: Stored,
+    /// The membership changed since the shard last heard it: the next commit carries it.
+    membership_unsent: bool,
 }
 
 impl<RT: AsyncRuntime> PartitionStateMachine<RT> {
-    pub(crate) fn new(key: Key, ops: OpSender<RT>) -> Self {
+    /// A state machine resuming from `resume` (the applied mark the shard saved: applied log
+    /// id and membership), or from nothing (the log is replayed).
+    pub(crate) fn new(key: Key, ops: OpSender<RT>, resume: Option<(LogId, Stored)>) -> Self {
+        let (applied, membership) = match resume {
+            Some((applied, membership)) => (Some(applied), membership),
+            None => (None, Stored::default()),
+        };
         PartitionStateMachine {
             key,
             ops,
-            applied: None,
-            membership: Stored::default(),
+            applied,
+            membership,
+            membership_unsent: true,
         }
     }
 }
@@ -103,6 +116,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = Stored::new(Some(id), m.clone());
+                    self.membership_unsent = true;
                 }
                 EntryPayload::Blank => {}
             }
@@ -110,9 +124,13 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
         }
         if let Some(id) = last {
             self.applied = Some(id);
+            let context = std::mem::take(&mut self.membership_unsent)
+                .then(|| super::store::applied_context(&self.membership));
             let op = LogOp::Commit {
                 key: self.key.clone(),
                 index: id.index(),
+                term: id.committed_leader_id().term,
+                context,
                 acks,
             };
             // A stopped shard answers nobody; the group is being torn down with it.

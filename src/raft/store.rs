@@ -40,6 +40,10 @@ use super::types::{
 use crate::proto::v1 as pb;
 use crate::storage::{self, CheckedBatch, Engine, EntryMeta, Log, LogLimits, Record};
 
+/// A group's membership with the id of the entry that set it.
+pub(crate) type StoredMembership =
+    openraft::StoredMembership<super::types::CommittedLeaderId, NodeId, EmptyNode>;
+
 const BLANK_KEY: &[u8] = b"raft.blank";
 const MEMBERSHIP_KEY: &[u8] = b"raft.membership";
 
@@ -85,11 +89,14 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         last: Option<LogId>,
         reply: Reply<()>,
     },
-    /// Entries up to `index` are applied: readers may see them. `acks` are answered once
-    /// the commit mark has moved.
+    /// Entries up to `index` (of `term`) are applied: readers may see them. `acks` are
+    /// answered once the commit mark has moved. `context` is the state machine's record of
+    /// its membership when it changed (see [`applied_context`]), for the applied mark.
     Commit {
         key: Key,
         index: u64,
+        term: u64,
+        context: Option<Vec<u8>>,
         acks: super::state_machine::Acks<RT>,
     },
 }
@@ -384,12 +391,62 @@ fn decode_membership(bytes: &[u8]) -> io::Result<Membership> {
     membership_from_pb(&m)
 }
 
+/// The membership as of the applied entry, encoded for the applied mark.
+pub(crate) fn applied_context(membership: &StoredMembership) -> Vec<u8> {
+    pb::RaftAppliedContext {
+        membership_log_id: membership.log_id().as_ref().map(|id| pb::RaftLogId {
+            term: id.committed_leader_id().term,
+            index: id.index(),
+        }),
+        membership: Some(
+            pb::RaftMembership::decode(&encode_membership(membership.membership())[..])
+                .expect("just encoded"),
+        ),
+    }
+    .encode_to_vec()
+}
+
+/// The applied log id and membership an applied mark records, as a state machine resumes
+/// from them; `None` (replay the log) when the context does not decode.
+pub(crate) fn resume_from(mark: &storage::AppliedMark) -> Option<(LogId, StoredMembership)> {
+    let decoded = pb::RaftAppliedContext::decode(&mark.context[..])
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            let membership = c.membership.as_ref().ok_or("no membership")?;
+            let membership = membership_from_pb(membership).map_err(|e| e.to_string())?;
+            let membership_id = c.membership_log_id.map(|id| log_id(id.term, id.index));
+            Ok(StoredMembership::new(membership_id, membership))
+        });
+    match decoded {
+        Ok(membership) => Some((log_id(mark.term, mark.index), membership)),
+        Err(reason) => {
+            tracing::warn!(%reason, "an applied mark's context does not decode; replaying the log");
+            None
+        }
+    }
+}
+
+/// What serving an op leaves for the shard to do.
+pub(crate) enum Served<RT: AsyncRuntime> {
+    Done,
+    /// An append: call its `IOFlushed` after the flush that covers it.
+    Flush(IOFlushed<PartitionTypes<RT>>),
+    /// A commit moved the applied mark to `index` of `term`, whose batch ends at
+    /// `next_offset`; `context` when the membership changed. The shard saves it lazily.
+    Applied {
+        term: u64,
+        index: u64,
+        next_offset: u64,
+        context: Option<Vec<u8>>,
+    },
+}
+
 /// Serves one op on the partition's `log`. An `Append` returns its `IOFlushed` for the shard
 /// to call after the flush that covers it; everything else is answered here.
 pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
     log: &mut Log<E>,
     op: LogOp<RT>,
-) -> Option<IOFlushed<PartitionTypes<RT>>> {
+) -> Served<RT> {
     fn send<T>(reply: Reply<T>, result: io::Result<T>) {
         if reply.send(result).is_err() {
             tracing::trace!("raft task left before the answer");
@@ -419,10 +476,10 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
                     // The group stops on a storage error; what was written before stays
                     // (not durable, not acknowledged).
                     flushed.io_completed(Err(e));
-                    return None;
+                    return Served::Done;
                 }
             }
-            return Some(flushed);
+            return Served::Flush(flushed);
         }
         LogOp::Read {
             start, end, reply, ..
@@ -430,17 +487,34 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
         LogOp::TruncateAfter { last, reply, .. } => {
             send(reply, truncate_after(log, last).await);
         }
-        LogOp::Commit { index, acks, .. } => {
-            if let Err(e) = commit(log, index).await {
-                // Committed by a majority, so the ack stands; only this replica's readers lag.
-                tracing::error!(dir = %log.dir().display(), index, error = %e, "moving the commit mark");
-            }
+        LogOp::Commit {
+            index,
+            term,
+            context,
+            acks,
+            ..
+        } => {
+            let committed = commit(log, index).await;
             for (responder, applied) in acks {
                 responder.send(applied);
             }
+            match committed {
+                Ok(next_offset) => {
+                    return Served::Applied {
+                        term,
+                        index,
+                        next_offset,
+                        context,
+                    };
+                }
+                // Committed by a majority, so the ack stands; only this replica's readers lag.
+                Err(e) => {
+                    tracing::error!(dir = %log.dir().display(), index, error = %e, "moving the commit mark");
+                }
+            }
         }
     }
-    None
+    Served::Done
 }
 
 async fn log_state<E: Engine, RT: AsyncRuntime>(
@@ -606,10 +680,11 @@ async fn truncate_after<E: Engine>(log: &mut Log<E>, last: Option<LogId>) -> io:
     log.truncate_suffix(from_offset).await.map_err(io_error)
 }
 
-async fn commit<E: Engine>(log: &mut Log<E>, index: u64) -> io::Result<()> {
+/// Raises the commit mark past entry `index`; returns the offset after that entry's batch.
+async fn commit<E: Engine>(log: &mut Log<E>, index: u64) -> io::Result<u64> {
     let offset = end_of_entry(log, index).await?;
     if offset > log.high_watermark() {
         log.set_commit(offset).map_err(io_error)?;
     }
-    Ok(())
+    Ok(offset)
 }

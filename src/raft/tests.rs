@@ -520,3 +520,35 @@ async fn a_cut_off_leader_stops_taking_appends_and_its_suffix_is_replaced() {
         "an append only the cut-off leader held was acknowledged: {stranded:?}"
     );
 }
+
+/// A restarted replica resumes from its saved applied mark: cut off from the others, it
+/// still serves everything it had applied, without replaying its log through a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_serves_what_it_had_applied_before_any_leader_contact() {
+    let cluster = Cluster::start(3);
+    cluster.create("r", &[1, 2, 3]).await;
+    let mut acked = Vec::new();
+    let mut leader = 0;
+    for i in 0..10 {
+        let value = format!("r-{i}").into_bytes();
+        let (at, offset) = cluster.append("r", &value).await;
+        leader = at;
+        acked.push((offset, value));
+    }
+    let end = acked.last().unwrap().0 + 1;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    assert_eq!(cluster.records(follower, "r", end).await, acked);
+    // Restarted and cut off at once: no leader can tell it what is committed.
+    cluster.transport.down.lock().unwrap().insert(follower);
+    cluster.restart(follower, None).await;
+    let read = cluster
+        .node(follower)
+        .read("r", 0, 0, 1 << 20, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.high_watermark, end,
+        "the commit mark came back with the replica"
+    );
+    assert_eq!(cluster.records(follower, "r", end).await, acked);
+}

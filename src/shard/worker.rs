@@ -34,8 +34,8 @@ use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
 use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
-use crate::raft::store::{self as raft_store, LogOp};
-use crate::storage::{self, CheckedBatch, Engine, Log, Record, now_ms};
+use crate::raft::store::{self as raft_store, LogOp, Served};
+use crate::storage::{self, AppliedMark, CheckedBatch, Engine, Log, Record, now_ms};
 use openraft::rt::AsyncRuntime;
 use openraft::storage::IOFlushed;
 
@@ -115,11 +115,32 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     /// Committed without a sync (interval durability): the timer must sync it.
     unsynced: bool,
     replication: Replication<RT>,
+    /// How far a replicated partition's group has applied its log, and whether that moved
+    /// since it was last saved (`raft_applied`, at maintenance and close).
+    applied: Option<AppliedMark>,
+    applied_unsaved: bool,
 }
 
 impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
     fn is_solo(&self) -> bool {
         matches!(self.replication, Replication::Solo)
+    }
+
+    /// Saves the applied mark when it moved; a failure only means a longer replay after a
+    /// restart, so it is logged, not raised.
+    async fn save_applied(&mut self, key: &Key) {
+        if !self.applied_unsaved || self.log.poisoned_by().is_some() {
+            return;
+        }
+        let Some(mark) = &self.applied else {
+            return;
+        };
+        match self.log.save_applied_mark(mark).await {
+            Ok(()) => self.applied_unsaved = false,
+            Err(e) => {
+                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "saving the applied mark");
+            }
+        }
     }
 
     /// Moves the commit mark (what readers see) up to `mark` of the log, never back, and
@@ -416,8 +437,22 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     op.refuse(shard_stopped);
                     return;
                 };
-                if let Some(flushed) = raft_store::serve(&mut p.log, op).await {
-                    raft_flushes.push((key, flushed));
+                match raft_store::serve(&mut p.log, op).await {
+                    Served::Done => {}
+                    Served::Flush(flushed) => raft_flushes.push((key, flushed)),
+                    Served::Applied {
+                        term,
+                        index,
+                        next_offset,
+                        context,
+                    } => {
+                        let mark = p.applied.get_or_insert_with(AppliedMark::default);
+                        (mark.term, mark.index, mark.next_offset) = (term, index, next_offset);
+                        if let Some(context) = context {
+                            mark.context = context;
+                        }
+                        p.applied_unsaved = true;
+                    }
                 }
                 // A commit raises the mark, a truncation may lower it; publishing an
                 // unchanged mark wakes nobody.
@@ -819,13 +854,27 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             };
             match opening {
                 Ok((mut log, _report)) => {
-                    let replication =
-                        self.start_group(&key, &open.replicas, open.new_group, &mut log);
+                    let applied = match log.applied_mark().await {
+                        Ok(mark) => mark,
+                        Err(e) => {
+                            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "an unreadable applied mark; replaying the log");
+                            None
+                        }
+                    };
+                    let replication = self.start_group(
+                        &key,
+                        &open.replicas,
+                        open.new_group,
+                        applied.clone(),
+                        &mut log,
+                    );
                     let p = Partition {
                         log,
                         high_watermark: open.high_watermark,
                         unsynced: false,
                         replication,
+                        applied,
+                        applied_unsaved: false,
                     };
                     p.publish();
                     self.partitions.insert(key.clone(), p);
@@ -854,6 +903,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         key: &Key,
         replicas: &[u64],
         new_group: bool,
+        applied: Option<AppliedMark>,
         log: &mut Log<E>,
     ) -> Replication<RT> {
         let Some(raft) = self.raft.clone().filter(|_| replicas.len() > 1) else {
@@ -862,8 +912,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
             return Replication::Solo;
         };
-        log.set_commit(log.start_offset())
-            .expect("the start offset is within the log");
+        // Readers see what the group had applied before the restart (committed entries never
+        // change), and nothing more until it applies again.
+        let commit = applied
+            .as_ref()
+            .map_or(log.start_offset(), |mark| mark.next_offset);
+        log.set_commit(commit)
+            .expect("an applied mark is checked to be within the log");
         let start = match (log.end_offset() == 0, new_group) {
             (false, _) => GroupStart::Existing,
             (true, true) => GroupStart::New,
@@ -878,7 +933,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             raft_store::OpSender::new(move |op| local.send(Local::Op(op)).is_ok())
         };
         drop(RT::spawn(async move {
-            let group = Group::start(key.clone(), &replicas, start, &raft, ops).await;
+            let group =
+                Group::start(key.clone(), &replicas, start, applied.as_ref(), &raft, ops).await;
             if local.send(Local::Started { key, group }).is_err() {
                 tracing::debug!("a Raft group started after its shard stopped");
             }
@@ -891,9 +947,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     async fn close(&mut self, topic: &Arc<str>, partitions: &[u32], remove: bool) -> Result<()> {
         let mut first_error = None;
         for &partition in partitions {
-            let Some(p) = self.partitions.remove(&(topic.clone(), partition)) else {
+            let key = (topic.clone(), partition);
+            let Some(mut p) = self.partitions.remove(&key) else {
                 continue;
             };
+            if !remove {
+                p.save_applied(&key).await;
+            }
             let dir = p.log.dir().to_owned();
             if let Err(e) = p.log.close().await {
                 first_error.get_or_insert(Error::storage(topic, partition, e));
@@ -911,7 +971,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
 
     async fn close_all(&mut self) -> Result<()> {
         let mut first_error = None;
-        for ((topic, partition), p) in self.partitions.drain() {
+        for (key, mut p) in self.partitions.drain() {
+            p.save_applied(&key).await;
+            let (topic, partition) = key;
             if let Err(e) = p.log.close().await {
                 tracing::error!(topic = %topic, partition, error = %e, "closing a log");
                 first_error.get_or_insert(Error::storage(&topic, partition, e));
@@ -953,6 +1015,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 continue;
             }
             if !p.is_solo() {
+                p.save_applied(&(topic.clone(), *partition)).await;
                 // Retention would drop entries behind the Raft group's back; it goes through
                 // the group once metadata snapshots and purging land.
                 continue;

@@ -43,7 +43,7 @@ use super::format::{self, Batch, BatchHeader, BatchMeta, Record};
 use super::io::Engine;
 use super::limits::LogLimits;
 use super::segment::{self, Recovery, Segment};
-use super::state::{self, EpochStart, Vote};
+use super::state::{self, AppliedMark, EpochStart, Vote};
 
 const START_OFFSET_FILE: &str = "start_offset";
 
@@ -631,6 +631,43 @@ impl<E: Engine> Log<E> {
             &self.dir,
             state::RAFT_STATE_FILE,
             "persist raft state",
+            &bytes,
+        )
+        .await
+    }
+
+    /// The applied mark a consensus layer saved ([`Log::save_applied_mark`]), if any, and if
+    /// it still fits this log: a mark past the end (the log lost entries it had applied,
+    /// which only a damaged disk does) or below the start is ignored, with a warning.
+    pub async fn applied_mark(&self) -> Result<Option<AppliedMark>> {
+        let read = read_state(
+            &self.engine,
+            &self.dir,
+            state::RAFT_APPLIED_FILE,
+            "read applied mark",
+        );
+        let Some((path, bytes)) = read.await? else {
+            return Ok(None);
+        };
+        let mark =
+            state::decode_applied(&bytes).map_err(|source| Error::BadStateFile { path, source })?;
+        if mark.next_offset > self.end_offset() || mark.next_offset < self.start_offset {
+            tracing::warn!(dir = %self.dir.display(), next_offset = mark.next_offset, start = self.start_offset, end = self.end_offset(), "an applied mark outside the log; ignored (the log will be replayed)");
+            return Ok(None);
+        }
+        Ok(Some(mark))
+    }
+
+    /// Saves how far a consensus layer has applied this log, replaced atomically (not
+    /// synced: a mark lost to a crash only means replaying from an older one).
+    pub async fn save_applied_mark(&mut self, mark: &AppliedMark) -> Result<()> {
+        self.check_writable()?;
+        let bytes = state::encode_applied(mark);
+        replace_state(
+            &self.engine,
+            &self.dir,
+            state::RAFT_APPLIED_FILE,
+            "persist applied mark",
             &bytes,
         )
         .await

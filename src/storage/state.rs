@@ -12,14 +12,23 @@
 //!
 //! `leader_epochs` body: `count` (u32), then `count` × (`epoch` u64, `start_offset` u64).
 //! `raft_state` body: `term` (u64), `voted_for` (u64, the node id + 1; 0 = no vote).
+//! `raft_applied` body: `term` (u64) and `index` (u64) of the last applied entry, `next_offset`
+//! (u64, the offset after its batch: the commit mark it restores), then `context_len` (u32)
+//! and that many opaque bytes (the consensus layer's own record of its membership; at most
+//! [`APPLIED_CONTEXT_BYTES_MAX`]).
 
 use super::format::crc32;
 
 pub const LEADER_EPOCHS_FILE: &str = "leader_epochs";
 pub const RAFT_STATE_FILE: &str = "raft_state";
+pub const RAFT_APPLIED_FILE: &str = "raft_applied";
+/// Largest opaque context an applied mark carries.
+pub const APPLIED_CONTEXT_BYTES_MAX: usize = 64 * 1024;
 
 const EPOCHS_MAGIC: [u8; 4] = *b"WALE";
 const VOTE_MAGIC: [u8; 4] = *b"WALV";
+const APPLIED_MAGIC: [u8; 4] = *b"WALA";
+const APPLIED_FIXED_LEN: usize = 8 + 8 + 8 + 4;
 const STATE_VERSION: u16 = 1;
 const PREAMBLE_LEN: usize = 4 + 2;
 const CRC_LEN: usize = 4;
@@ -42,6 +51,18 @@ pub struct Vote {
     pub term: u64,
     /// The node it voted for in `term`, if any.
     pub voted_for: Option<u64>,
+}
+
+/// How far a replicated partition's consensus layer has applied its log: the commit mark
+/// a restart restores without replaying the log, with the layer's opaque context.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AppliedMark {
+    pub term: u64,
+    pub index: u64,
+    /// The offset after the applied entry's batch.
+    pub next_offset: u64,
+    /// Opaque to storage (at most [`APPLIED_CONTEXT_BYTES_MAX`] bytes).
+    pub context: Vec<u8>,
 }
 
 /// Why a state file's bytes were refused.
@@ -154,9 +175,62 @@ pub fn decode_vote(bytes: &[u8]) -> Result<Vote, StateError> {
     })
 }
 
+pub fn encode_applied(mark: &AppliedMark) -> Vec<u8> {
+    assert!(
+        mark.context.len() <= APPLIED_CONTEXT_BYTES_MAX,
+        "an applied mark's context of {} bytes",
+        mark.context.len()
+    );
+    let mut bytes =
+        Vec::with_capacity(PREAMBLE_LEN + APPLIED_FIXED_LEN + mark.context.len() + CRC_LEN);
+    bytes.extend_from_slice(&APPLIED_MAGIC);
+    bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&mark.term.to_le_bytes());
+    bytes.extend_from_slice(&mark.index.to_le_bytes());
+    bytes.extend_from_slice(&mark.next_offset.to_le_bytes());
+    bytes.extend_from_slice(&(mark.context.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&mark.context);
+    seal(bytes)
+}
+
+pub fn decode_applied(bytes: &[u8]) -> Result<AppliedMark, StateError> {
+    let body = open(bytes, APPLIED_MAGIC)?;
+    if body.len() < APPLIED_FIXED_LEN {
+        return Err(StateError::BadLength { len: bytes.len() });
+    }
+    let context_len = u32::from_le_bytes(body[24..28].try_into().expect("4 bytes")) as usize;
+    if context_len > APPLIED_CONTEXT_BYTES_MAX || body.len() != APPLIED_FIXED_LEN + context_len {
+        return Err(StateError::BadLength { len: bytes.len() });
+    }
+    Ok(AppliedMark {
+        term: u64_at(body, 0),
+        index: u64_at(body, 8),
+        next_offset: u64_at(body, 16),
+        context: body[APPLIED_FIXED_LEN..].to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_applied_mark_round_trips_and_every_flipped_byte_is_caught() {
+        let mark = AppliedMark {
+            term: 7,
+            index: 1234,
+            next_offset: 99_000,
+            context: b"membership".to_vec(),
+        };
+        let bytes = encode_applied(&mark);
+        assert_eq!(decode_applied(&bytes).unwrap(), mark);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(decode_applied(&bad).is_err(), "flipped byte {i} accepted");
+        }
+        assert!(decode_applied(&bytes[..bytes.len() - 1]).is_err());
+    }
 
     #[test]
     fn round_trips_and_every_flipped_byte_is_caught() {
