@@ -186,6 +186,12 @@ pub(crate) struct Group<RT: AsyncRuntime> {
     /// votes and does not stand (see [`GroupStart::Rejoin`]). Cleared once it has applied the
     /// leader's commit index of an AppendEntries it received; never set again.
     catching_up: Rc<Cell<bool>>,
+    /// A purge is under way (see [`Group::purge`]).
+    purging: Rc<Cell<bool>>,
+    /// Where the next snapshot should end, shared with the state machine's builder.
+    snapshot_target: Rc<Cell<Option<u64>>>,
+    /// How long a purge waits for its snapshot: the longest election timeout.
+    purge_wait: std::time::Duration,
 }
 
 impl<RT: AsyncRuntime> Group<RT> {
@@ -201,12 +207,18 @@ impl<RT: AsyncRuntime> Group<RT> {
         ops: OpSender<RT>,
     ) -> Result<Self, String> {
         let network = GroupNetwork::new(key.clone(), context.node_id, context.transport.clone());
+        let snapshot_target = Rc::new(Cell::new(None));
         let raft = Raft::new(
             context.node_id,
             context.config.clone(),
             network,
             PartitionLog::new(key.clone(), ops.clone()),
-            PartitionStateMachine::new(key.clone(), ops, applied.and_then(store::resume_from)),
+            PartitionStateMachine::new(
+                key.clone(),
+                ops,
+                applied.and_then(store::resume_from),
+                snapshot_target.clone(),
+            ),
         )
         .await
         .map_err(|e| format!("the Raft group did not start: {e}"))?;
@@ -236,6 +248,9 @@ impl<RT: AsyncRuntime> Group<RT> {
             raft,
             metrics,
             catching_up,
+            purging: Rc::new(Cell::new(false)),
+            snapshot_target,
+            purge_wait: std::time::Duration::from_millis(context.config.election_timeout_max),
         })
     }
 
@@ -281,6 +296,42 @@ impl<RT: AsyncRuntime> Group<RT> {
                 // The responder went down with the core and answers nothing more.
                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "proposal after the group stopped");
             }
+        }));
+    }
+
+    /// Purges the log up to entry `upto` (retention): openraft builds a snapshot (metadata
+    /// only) that covers it, then drops the entries, once no follower's replication still
+    /// reads them; a follower that is behind the new start gets the snapshot instead. At most
+    /// one purge runs at a time; a purge that finds no snapshot in time purges what the last
+    /// one covers, and the next maintenance tick tries again.
+    pub(crate) fn purge(&self, upto: u64) {
+        if self.purging.replace(true) {
+            return;
+        }
+        self.snapshot_target.set(Some(upto));
+        let (raft, purging, key) = (self.raft.clone(), self.purging.clone(), self.key.clone());
+        let timeout = self.purge_wait;
+        drop(RT::spawn(async move {
+            let covered = |m: &RaftMetrics<PartitionTypes<RT>>| {
+                m.snapshot.as_ref().is_some_and(|s| s.index() >= upto)
+            };
+            let done = async {
+                if !covered(&raft.metrics().borrow_watched()) {
+                    raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+                    raft.wait(Some(timeout))
+                        .metrics(covered, "a snapshot covering the purge")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                raft.trigger()
+                    .purge_log(upto)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(reason) = done.await {
+                tracing::warn!(topic = %key.0, partition = key.1, upto, %reason, "a retention purge did not complete; retried at the next maintenance");
+            }
+            purging.set(false);
         }));
     }
 
@@ -374,6 +425,16 @@ async fn handle<RT: AsyncRuntime>(
             let request = wire::append_request_from(request).map_err(|e| e.to_string())?;
             let response = raft.append_entries(request).await.map_err(raft_error)?;
             Ok(Body::AppendResponse(wire::append_response_to(&response)))
+        }
+        Some(Body::InstallSnapshot(snapshot)) => {
+            let (vote, snapshot) = wire::snapshot_from(snapshot).map_err(|e| e.to_string())?;
+            let response = raft
+                .install_full_snapshot(vote, snapshot)
+                .await
+                .map_err(|e| format!("the snapshot was not installed: {e}"))?;
+            Ok(Body::SnapshotResponse(wire::snapshot_response_to(
+                &response.vote,
+            )))
         }
         Some(other) => Err(format!("not a request: {other:?}")),
         None => Err("a message without a body".to_owned()),

@@ -162,7 +162,7 @@ fn bad_answer<RT: AsyncRuntime>(e: io::Error) -> RPCError<PartitionTypes<RT>> {
 }
 
 impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
-    type SnapshotData = ();
+    type SnapshotData = super::state_machine::PartitionSnapshot;
 
     async fn append_entries(
         &mut self,
@@ -196,22 +196,28 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: openraft::storage::Snapshot<
-            super::types::CommittedLeaderId,
-            NodeId,
-            EmptyNode,
-            (),
-        >,
+        vote: Vote,
+        snapshot: super::state_machine::Snapshot,
         _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<PartitionTypes<RT>>, StreamingError<PartitionTypes<RT>>> {
-        // Never reached while partitions build no snapshots (see `state_machine`).
-        Err(StreamingError::Unreachable(Unreachable::new(
-            &io::Error::new(
-                io::ErrorKind::Unsupported,
-                "partition snapshots are not built yet",
-            ),
-        )))
+        let unreachable = |e: &dyn std::error::Error| {
+            StreamingError::Unreachable(Unreachable::new(&io::Error::other(e.to_string())))
+        };
+        let request = wire::snapshot_to(&vote, &snapshot).map_err(|e| unreachable(&e))?;
+        let answer = self
+            .call::<RT>(Body::InstallSnapshot(request), &option)
+            .await;
+        match answer {
+            Ok(Body::SnapshotResponse(vote)) => {
+                let vote = wire::snapshot_response_from(vote).map_err(|e| unreachable(&e))?;
+                Ok(SnapshotResponse::new(vote))
+            }
+            Ok(_) => Err(unreachable(&io::Error::other(format!(
+                "node {} answered a snapshot with the wrong kind",
+                self.target
+            )))),
+            Err(e) => Err(unreachable(&e)),
+        }
     }
 }

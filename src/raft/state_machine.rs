@@ -11,11 +11,15 @@
 //! (storage's `raft_applied`, saved lazily): a restarted replica resumes from it instead of
 //! replaying its whole log, and a mark older than the truth only means replaying a little.
 //!
-//! Snapshots are not built yet: the policy is `Never`, so openraft never asks for one.
-//! A snapshot of a replicated log is metadata only (last log id, membership, start
-//! offset); it comes with purging.
+//! A snapshot is metadata only (the entry it covers up to, the membership, the offset the log
+//! goes on at): the records are the log. openraft builds one when the shard asks it to purge
+//! (retention), never by itself (the policy is `Never`), and sends it to a follower that is
+//! behind the leader's log start; installing it empties that follower's log and starts it
+//! again at the snapshot's offset.
 
+use std::cell::Cell;
 use std::io;
+use std::rc::Rc;
 
 use futures::StreamExt;
 use openraft::entry::RaftEntry;
@@ -27,8 +31,31 @@ use super::store::{Key, LogOp, OpSender};
 use super::types::{Applied, CommittedLeaderId, LogId, NodeId, PartitionTypes, Proposal};
 
 type Stored = StoredMembership<CommittedLeaderId, NodeId, openraft::EmptyNode>;
-type Snapshot = openraft::storage::Snapshot<CommittedLeaderId, NodeId, openraft::EmptyNode, ()>;
-type SnapshotMeta = openraft::storage::SnapshotMeta<CommittedLeaderId, NodeId, openraft::EmptyNode>;
+pub(crate) type Snapshot =
+    openraft::storage::Snapshot<CommittedLeaderId, NodeId, openraft::EmptyNode, PartitionSnapshot>;
+pub(crate) type SnapshotMeta =
+    openraft::storage::SnapshotMeta<CommittedLeaderId, NodeId, openraft::EmptyNode>;
+
+/// A partition snapshot's data: only where the log goes on after it. The records are the
+/// log itself; a follower installing the snapshot empties its log and starts it here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartitionSnapshot {
+    pub next_offset: u64,
+}
+
+/// The openraft snapshot a saved snapshot mark describes.
+pub(crate) fn snapshot_of(mark: &crate::storage::AppliedMark) -> Option<Snapshot> {
+    let (last, membership) = super::store::resume_from(mark)?;
+    Some(Snapshot {
+        meta: SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: membership,
+        },
+        snapshot: PartitionSnapshot {
+            next_offset: mark.next_offset,
+        },
+    })
+}
 
 /// The answers a commit sends once the commit mark has passed their entries.
 pub(crate) type Acks<RT> = Vec<(ApplyResponder<PartitionTypes<RT>>, Applied)>;
@@ -40,12 +67,19 @@ pub(crate) struct PartitionStateMachine<RT: AsyncRuntime> {
     membership: Stored,
     /// The membership changed since the shard last heard it: the next commit carries it.
     membership_unsent: bool,
+    /// Where the next snapshot should end: set by the group before it asks for one to purge.
+    snapshot_target: Rc<Cell<Option<u64>>>,
 }
 
 impl<RT: AsyncRuntime> PartitionStateMachine<RT> {
     /// A state machine resuming from `resume` (the applied mark the shard saved: applied log
     /// id and membership), or from nothing (the log is replayed).
-    pub(crate) fn new(key: Key, ops: OpSender<RT>, resume: Option<(LogId, Stored)>) -> Self {
+    pub(crate) fn new(
+        key: Key,
+        ops: OpSender<RT>,
+        resume: Option<(LogId, Stored)>,
+        snapshot_target: Rc<Cell<Option<u64>>>,
+    ) -> Self {
         let (applied, membership) = match resume {
             Some((applied, membership)) => (Some(applied), membership),
             None => (None, Stored::default()),
@@ -56,31 +90,60 @@ impl<RT: AsyncRuntime> PartitionStateMachine<RT> {
             applied,
             membership,
             membership_unsent: true,
+            snapshot_target,
         }
     }
 }
 
 fn unsupported(what: &str) -> io::Error {
     io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("{what}: partition snapshots are not built yet (snapshot policy is Never)"),
+        io::ErrorKind::InvalidData,
+        format!("partition snapshot: {what}"),
     )
 }
 
-/// Builds no snapshot: see the module doc.
-pub(crate) struct NoSnapshots;
+/// Builds a snapshot of what the state machine had applied when it was asked: saves the
+/// snapshot mark through the shard.
+pub(crate) struct SnapshotBuilder<RT: AsyncRuntime> {
+    key: Key,
+    ops: OpSender<RT>,
+    applied: Option<LogId>,
+    membership: Stored,
+    /// Where the snapshot should end (the purge it is for), when below `applied`.
+    target: Option<u64>,
+}
 
-impl<RT: AsyncRuntime> RaftSnapshotBuilder<PartitionTypes<RT>> for NoSnapshots {
-    type SnapshotData = ();
+impl<RT: AsyncRuntime> RaftSnapshotBuilder<PartitionTypes<RT>> for SnapshotBuilder<RT> {
+    type SnapshotData = PartitionSnapshot;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        Err(unsupported("build_snapshot"))
+        let applied = self
+            .applied
+            .ok_or_else(|| unsupported("a snapshot before anything is applied"))?;
+        // A snapshot ends at the purge it is for, so that a follower installing it starts
+        // its log where the leader's starts, not past records the leader still serves. It
+        // must cover the membership it carries.
+        let membership_index = self.membership.log_id().as_ref().map_or(0, |id| id.index());
+        let index = self
+            .target
+            .map_or(applied.index(), |t| t.min(applied.index()))
+            .max(membership_index);
+        let context = super::store::applied_context(&self.membership);
+        let key = self.key.clone();
+        let mark = super::store::ask(&self.ops, |reply| LogOp::Snapshot {
+            key,
+            index,
+            context,
+            reply,
+        })
+        .await?;
+        snapshot_of(&mark).ok_or_else(|| unsupported("a snapshot mark that does not decode"))
     }
 }
 
 impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMachine<RT> {
-    type SnapshotData = ();
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotData = PartitionSnapshot;
+    type SnapshotBuilder = SnapshotBuilder<RT>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Stored), io::Error> {
         Ok((self.applied, self.membership.clone()))
@@ -142,18 +205,42 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        NoSnapshots
+        SnapshotBuilder {
+            key: self.key.clone(),
+            ops: self.ops.clone(),
+            applied: self.applied,
+            membership: self.membership.clone(),
+            target: self.snapshot_target.get(),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta,
-        _snapshot: (),
+        meta: &SnapshotMeta,
+        snapshot: PartitionSnapshot,
     ) -> Result<(), io::Error> {
-        Err(unsupported("install_snapshot"))
+        let last = meta
+            .last_log_id
+            .ok_or_else(|| unsupported("a snapshot that covers no entry"))?;
+        let mark = crate::storage::AppliedMark {
+            term: last.committed_leader_id().term,
+            index: last.index(),
+            next_offset: snapshot.next_offset,
+            context: super::store::applied_context(&meta.last_membership),
+        };
+        let key = self.key.clone();
+        super::store::ask(&self.ops, |reply| LogOp::Install { key, mark, reply }).await?;
+        self.applied = Some(last);
+        self.membership = meta.last_membership.clone();
+        self.membership_unsent = true;
+        tracing::info!(topic = %self.key.0, partition = self.key.1, %last, next_offset = snapshot.next_offset, "installed a snapshot: the log starts again after it");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(None)
+        let key = self.key.clone();
+        let mark =
+            super::store::ask(&self.ops, |reply| LogOp::CurrentSnapshot { key, reply }).await?;
+        Ok(mark.as_ref().and_then(snapshot_of))
     }
 }

@@ -16,9 +16,12 @@
 //! message. The vote is the log's `raft_state` file; whether it was committed is not kept (a
 //! restarted node learns it again from the leader, which is safe).
 //!
-//! Not yet: purging (retention and `Truncate` on a replicated partition are refused by the
-//! shard until snapshots of metadata land), and a persisted applied index (a restarted
-//! replica re-applies its committed entries, which only re-reads their headers).
+//! Purging drops whole segments below the entry after the purged one, after saving the purge
+//! mark (`raft_purged`), which tells openraft where the log starts. A snapshot is metadata
+//! only (`raft_snapshot`: the entry it covers up to, the offset after it, the membership);
+//! installing one empties the log and starts it again at that offset. Not yet: `Truncate`
+//! on a replicated partition (refused by the shard: it must go through the group as an
+//! entry, so that every replica purges at the same place).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -89,6 +92,32 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         last: Option<LogId>,
         reply: Reply<()>,
     },
+    /// Saves a snapshot that covers the entries up to `index` (`context`: the membership as
+    /// of it) and answers its mark (with that entry's term and the offset after its batch).
+    Snapshot {
+        key: Key,
+        index: u64,
+        context: Vec<u8>,
+        reply: Reply<storage::AppliedMark>,
+    },
+    /// The last snapshot's mark, if any.
+    CurrentSnapshot {
+        key: Key,
+        reply: Reply<Option<storage::AppliedMark>>,
+    },
+    /// Installs a leader's snapshot: the log is emptied and starts again at the mark's
+    /// `next_offset`, where the entry after the snapshot goes.
+    Install {
+        key: Key,
+        mark: storage::AppliedMark,
+        reply: Reply<()>,
+    },
+    /// Purges the entries up to `log_id`, inclusive (whole segments; see [`purge`]).
+    Purge {
+        key: Key,
+        log_id: LogId,
+        reply: Reply<()>,
+    },
     /// Entries up to `index` (of `term`) are applied: readers may see them. `acks` are
     /// answered once the commit mark has moved. `context` is the state machine's record of
     /// its membership when it changed (see [`applied_context`]), for the applied mark.
@@ -110,6 +139,10 @@ impl<RT: AsyncRuntime> LogOp<RT> {
             | LogOp::Append { key, .. }
             | LogOp::Read { key, .. }
             | LogOp::TruncateAfter { key, .. }
+            | LogOp::Snapshot { key, .. }
+            | LogOp::CurrentSnapshot { key, .. }
+            | LogOp::Install { key, .. }
+            | LogOp::Purge { key, .. }
             | LogOp::Commit { key, .. } => key,
         }
     }
@@ -130,6 +163,10 @@ impl<RT: AsyncRuntime> LogOp<RT> {
             LogOp::Append { flushed, .. } => flushed.io_completed(Err(error())),
             LogOp::Read { reply, .. } => send(reply, error()),
             LogOp::TruncateAfter { reply, .. } => send(reply, error()),
+            LogOp::Snapshot { reply, .. } => send(reply, error()),
+            LogOp::CurrentSnapshot { reply, .. } => send(reply, error()),
+            LogOp::Install { reply, .. } => send(reply, error()),
+            LogOp::Purge { reply, .. } => send(reply, error()),
             LogOp::Commit { .. } => {}
         }
     }
@@ -193,7 +230,7 @@ fn stopped() -> io::Error {
     )
 }
 
-async fn ask<RT: AsyncRuntime, T>(
+pub(crate) async fn ask<RT: AsyncRuntime, T>(
     ops: &OpSender<RT>,
     make: impl FnOnce(Reply<T>) -> LogOp<RT>,
 ) -> io::Result<T> {
@@ -314,10 +351,8 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        // The snapshot policy is `Never` and nothing triggers a purge until metadata
-        // snapshots land, so openraft never asks; should it, keeping the entries is safe.
-        tracing::warn!(topic = %self.key.0, partition = self.key.1, %log_id, "purge asked of a partition log; entries kept");
-        Ok(())
+        let key = self.key.clone();
+        ask(&self.ops, |reply| LogOp::Purge { key, log_id, reply }).await
     }
 }
 
@@ -487,6 +522,34 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
         LogOp::TruncateAfter { last, reply, .. } => {
             send(reply, truncate_after(log, last).await);
         }
+        LogOp::Snapshot {
+            index,
+            context,
+            reply,
+            ..
+        } => send(reply, snapshot(log, index, context).await),
+        LogOp::CurrentSnapshot { reply, .. } => {
+            send(
+                reply,
+                log.mark(storage::MarkFile::Snapshot)
+                    .await
+                    .map_err(io_error),
+            );
+        }
+        LogOp::Install { mark, reply, .. } => {
+            let installed = install(log, &mark).await;
+            let ok = installed.is_ok();
+            send(reply, installed);
+            if ok {
+                return Served::Applied {
+                    term: mark.term,
+                    index: mark.index,
+                    next_offset: mark.next_offset,
+                    context: Some(mark.context),
+                };
+            }
+        }
+        LogOp::Purge { log_id, reply, .. } => send(reply, purge(log, log_id).await),
         LogOp::Commit {
             index,
             term,
@@ -520,11 +583,90 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
 async fn log_state<E: Engine, RT: AsyncRuntime>(
     log: &mut Log<E>,
 ) -> io::Result<LogState<PartitionTypes<RT>>> {
-    let last = log.last_batch_header().await.map_err(io_error)?;
+    let purged = log
+        .mark(storage::MarkFile::Purged)
+        .await
+        .map_err(io_error)?
+        .map(|m| log_id(m.term, m.index));
+    let last = log
+        .last_batch_header()
+        .await
+        .map_err(io_error)?
+        .map(|h| log_id(h.leader_epoch, h.raft_index));
     Ok(LogState {
-        last_purged_log_id: None,
-        last_log_id: last.map(|h| log_id(h.leader_epoch, h.raft_index)),
+        last_purged_log_id: purged,
+        // An empty log after a purge or a snapshot ends where the purge did.
+        last_log_id: last.or(purged),
     })
+}
+
+/// Saves the mark of a snapshot that covers the entries up to `index`, which this log holds.
+async fn snapshot<E: Engine>(
+    log: &mut Log<E>,
+    index: u64,
+    context: Vec<u8>,
+) -> io::Result<storage::AppliedMark> {
+    let Some(offset) = log.offset_of_raft_index(index).await.map_err(io_error)? else {
+        return Err(missing(index, log.dir()));
+    };
+    let header = log
+        .read_raw(offset, 0)
+        .await
+        .map_err(io_error)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| missing(index, log.dir()))?
+        .header;
+    let mark = storage::AppliedMark {
+        term: header.leader_epoch,
+        index,
+        next_offset: header.next_offset(),
+        context,
+    };
+    log.save_mark(storage::MarkFile::Snapshot, &mark)
+        .await
+        .map_err(io_error)?;
+    Ok(mark)
+}
+
+/// Installs a leader's snapshot: its marks first (a crash part-way installs it again from
+/// them: the log's start is already there), then the log is emptied to start at its end.
+async fn install<E: Engine>(log: &mut Log<E>, mark: &storage::AppliedMark) -> io::Result<()> {
+    for file in [storage::MarkFile::Snapshot, storage::MarkFile::Purged] {
+        log.save_mark(file, mark).await.map_err(io_error)?;
+    }
+    log.reset_to(mark.next_offset).await.map_err(io_error)?;
+    log.save_applied_mark(mark).await.map_err(io_error)
+}
+
+/// Purges entries up to `log_id`: the purge mark is saved first, then whole segments below
+/// the entry after it are deleted and the log's start moves there. An entry this log does
+/// not hold (purged already, or before an installed snapshot) only moves the mark.
+async fn purge<E: Engine>(log: &mut Log<E>, log_id: LogId) -> io::Result<()> {
+    let index = log_id.index();
+    let next_offset = match log.offset_of_raft_index(index).await.map_err(io_error)? {
+        Some(_) => Some(end_of_entry(log, index).await?),
+        None => None,
+    };
+    let previous = log
+        .mark(storage::MarkFile::Purged)
+        .await
+        .map_err(io_error)?;
+    if previous.as_ref().is_none_or(|p| p.index < index) {
+        let mark = storage::AppliedMark {
+            term: log_id.committed_leader_id().term,
+            index,
+            next_offset: next_offset.unwrap_or(log.start_offset()),
+            context: Vec::new(),
+        };
+        log.save_mark(storage::MarkFile::Purged, &mark)
+            .await
+            .map_err(io_error)?;
+    }
+    if let Some(offset) = next_offset {
+        log.truncate_prefix(offset).await.map_err(io_error)?;
+    }
+    Ok(())
 }
 
 async fn append<E: Engine>(log: &mut Log<E>, entry: Entry) -> io::Result<()> {

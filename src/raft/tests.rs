@@ -121,17 +121,24 @@ struct Cluster {
     transport: Arc<InProcess>,
     dirs: Vec<tempfile::TempDir>,
     contexts: HashMap<NodeId, RaftContext>,
+    tune: fn(&mut ShardOptions),
 }
 
-fn node_options(dir: &std::path::Path) -> ShardOptions {
+fn node_options(dir: &std::path::Path, tune: fn(&mut ShardOptions)) -> ShardOptions {
     let mut options = ShardOptions::new(dir);
     options.shard_count = 1;
     options.engine = EngineChoice::Portable;
+    tune(&mut options);
     options
 }
 
 impl Cluster {
     fn start(n: u64) -> Cluster {
+        Cluster::start_with(n, |_| {})
+    }
+
+    /// `n` nodes whose shard options `tune` adjusts.
+    fn start_with(n: u64, tune: fn(&mut ShardOptions)) -> Cluster {
         let transport = Arc::new(InProcess {
             runtime: tokio::runtime::Handle::current(),
             nodes: RwLock::new(HashMap::new()),
@@ -143,7 +150,7 @@ impl Cluster {
         let mut contexts = HashMap::new();
         for id in 1..=n {
             let dir = tempfile::tempdir().unwrap();
-            let options = node_options(dir.path());
+            let options = node_options(dir.path(), tune);
             let context = RaftContext {
                 node_id: id,
                 addrs: Arc::new((1..=n).map(|i| (i, format!("node-{i}.test:1"))).collect()),
@@ -159,6 +166,7 @@ impl Cluster {
             transport,
             dirs,
             contexts,
+            tune,
         }
     }
 
@@ -174,8 +182,9 @@ impl Cluster {
             std::fs::remove_dir_all(&partition).unwrap();
         }
         let context = self.contexts[&id].clone();
+        let tune = self.tune;
         let set = tokio::task::spawn_blocking(move || {
-            ShardSet::start_with(node_options(&dir), Some(context)).unwrap()
+            ShardSet::start_with(node_options(&dir, tune), Some(context)).unwrap()
         })
         .await
         .unwrap();
@@ -551,4 +560,97 @@ async fn a_restarted_replica_serves_what_it_had_applied_before_any_leader_contac
         "the commit mark came back with the replica"
     );
     assert_eq!(cluster.records(follower, "r", end).await, acked);
+}
+
+/// Retention on a replicated partition goes through its group: the leader purges what
+/// retention would delete (after a metadata snapshot covers it), and a follower that was
+/// away while the leader's log start passed its end installs that snapshot, starts its log
+/// again there, and serves exactly what the leader serves from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_leaders_log_start_installs_a_snapshot() {
+    let cluster = Cluster::start_with(3, |options| {
+        options.log.record_bytes_max = 512;
+        options.log.batch_bytes_max = 1024;
+        options.log.segment_bytes_max = 4096;
+        options.log.retention_bytes = 8192;
+        options.maintenance_interval_ms = 50;
+    });
+    cluster.create("s", &[1, 2, 3]).await;
+    let (leader, _) = cluster.append("s", b"first").await;
+    let away = (1..=3).find(|&id| id != leader).unwrap();
+    let away_end = cluster
+        .node(away)
+        .describe_topic("s")
+        .await
+        .unwrap()
+        .partitions[0]
+        .end_offset;
+    cluster.transport.down.lock().unwrap().insert(away);
+
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let value = format!("retained-{i:04}-{}", "x".repeat(40)).into_bytes();
+        let (_, offset) = cluster.append("s", &value).await;
+        acked.push((offset, value));
+    }
+    // The leader's retention purges past the away follower's end.
+    let deadline = Instant::now() + election_deadline();
+    let leader_now = loop {
+        let mut starts = Vec::new();
+        for id in cluster.live() {
+            let d = cluster.node(id).describe_topic("s").await.unwrap();
+            starts.push((id, d.partitions[0].start_offset));
+        }
+        if starts.iter().all(|&(_, start)| start > away_end) {
+            break starts[0].0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not purge: starts {starts:?}, away end {away_end}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    cluster.transport.down.lock().unwrap().remove(&away);
+    let (_, offset) = cluster.append("s", b"after").await;
+    acked.push((offset, b"after".to_vec()));
+    let end = offset + 1;
+    // The follower installs the snapshot and catches up; from its new start on it serves
+    // exactly what the leader serves, and every ack from there.
+    let deadline = Instant::now() + election_deadline();
+    let (start, served) = loop {
+        let d = cluster
+            .node(away)
+            .describe_topic("s")
+            .await
+            .unwrap()
+            .partitions[0]
+            .clone();
+        if d.high_watermark >= end && d.start_offset > away_end {
+            let mut served = Vec::new();
+            let mut at = d.start_offset;
+            while at < end {
+                let read = cluster
+                    .node(away)
+                    .read("s", 0, at, 1 << 20, 0)
+                    .await
+                    .unwrap();
+                served.extend(read.records.iter().map(|r| (r.offset, r.value.to_vec())));
+                at = read.next_offset;
+            }
+            break (d.start_offset, served);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the away follower did not catch up: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let expected: Vec<(u64, Vec<u8>)> =
+        acked.iter().filter(|(o, _)| *o >= start).cloned().collect();
+    assert!(!expected.is_empty());
+    assert_eq!(
+        served, expected,
+        "the follower after its snapshot (leader {leader_now})"
+    );
 }

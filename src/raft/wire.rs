@@ -207,3 +207,66 @@ pub(crate) fn append_response_from<RT: AsyncRuntime>(
         },
     )
 }
+
+/// A leader's snapshot for a follower behind its log start, with the leader's vote.
+pub(crate) fn snapshot_to(
+    vote: &Vote,
+    snapshot: &super::state_machine::Snapshot,
+) -> io::Result<pb::RaftSnapshot> {
+    let meta = &snapshot.meta;
+    let last = meta
+        .last_log_id
+        .as_ref()
+        .ok_or_else(|| malformed("a snapshot that covers no entry"))?;
+    let membership = <pb::RaftMembership as prost::Message>::decode(
+        &encode_membership(meta.last_membership.membership())[..],
+    )
+    .map_err(|e| malformed(&e.to_string()))?;
+    Ok(pb::RaftSnapshot {
+        vote: Some(vote_to(vote)),
+        last_log_id: Some(log_id_to(last)),
+        membership_log_id: meta.last_membership.log_id().as_ref().map(log_id_to),
+        membership: Some(membership),
+        snapshot_id: format!(
+            "{}-{}-{}",
+            last.committed_leader_id().term,
+            last.index(),
+            snapshot.snapshot.next_offset
+        ),
+        next_offset: snapshot.snapshot.next_offset,
+    })
+}
+
+/// The vote and snapshot a leader sent.
+pub(crate) fn snapshot_from(
+    s: pb::RaftSnapshot,
+) -> io::Result<(Vote, super::state_machine::Snapshot)> {
+    let vote = vote_from(s.vote)?;
+    let last = log_id_from(s.last_log_id).ok_or_else(|| malformed("no last log id"))?;
+    let membership = membership_from_pb(
+        s.membership
+            .as_ref()
+            .ok_or_else(|| malformed("no membership"))?,
+    )?;
+    let stored = super::store::StoredMembership::new(log_id_from(s.membership_log_id), membership);
+    Ok((
+        vote,
+        super::state_machine::Snapshot {
+            meta: super::state_machine::SnapshotMeta {
+                last_log_id: Some(last),
+                last_membership: stored,
+            },
+            snapshot: super::state_machine::PartitionSnapshot {
+                next_offset: s.next_offset,
+            },
+        },
+    ))
+}
+
+pub(crate) fn snapshot_response_to(vote: &Vote) -> pb::RaftVote {
+    vote_to(vote)
+}
+
+pub(crate) fn snapshot_response_from(vote: pb::RaftVote) -> io::Result<Vote> {
+    vote_from(Some(vote))
+}

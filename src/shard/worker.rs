@@ -1016,8 +1016,23 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
             if !p.is_solo() {
                 p.save_applied(&(topic.clone(), *partition)).await;
-                // Retention would drop entries behind the Raft group's back; it goes through
-                // the group once metadata snapshots and purging land.
+                // Retention goes through the group: it purges up to the last entry retention
+                // would delete that is applied here (openraft snapshots, then purges).
+                let Replication::Running(group) = &p.replication else {
+                    continue;
+                };
+                let applied = p.applied.as_ref().map(|m| m.index);
+                match p.log.retention_cut(now).await {
+                    Ok(Some(cut)) => {
+                        if let Some(upto) = applied.map(|a| a.min(cut.raft_index)) {
+                            group.purge(upto);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(topic = %topic, partition, error = %e, "finding what retention would delete");
+                    }
+                }
                 continue;
             }
             match p.log.apply_retention(now).await {
@@ -1097,9 +1112,9 @@ pub(crate) mod tests {
     }
 
     /// Engine writes that opening a new partition makes before its first append: the
-    /// directory, three stale temp-file removals, the stale index removal, the store's
+    /// directory, six stale temp-file removals, the stale index removal, the store's
     /// creation, and the index file's open and sizing.
-    const NEW_PARTITION_OPEN_WRITES: u64 = 8;
+    const NEW_PARTITION_OPEN_WRITES: u64 = 11;
 
     /// A failed sync fails every append of its group with the same cause, and the poisoned
     /// log refuses later appends; the shard itself keeps serving.

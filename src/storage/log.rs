@@ -43,7 +43,7 @@ use super::format::{self, Batch, BatchHeader, BatchMeta, Record};
 use super::io::Engine;
 use super::limits::LogLimits;
 use super::segment::{self, Recovery, Segment};
-use super::state::{self, AppliedMark, EpochStart, Vote};
+use super::state::{self, AppliedMark, EpochStart, MarkFile, Vote};
 
 const START_OFFSET_FILE: &str = "start_offset";
 
@@ -636,21 +636,73 @@ impl<E: Engine> Log<E> {
         .await
     }
 
+    /// The mark `file` holds, if it exists.
+    pub async fn mark(&self, file: MarkFile) -> Result<Option<AppliedMark>> {
+        let read = read_state(&self.engine, &self.dir, file.name(), "read a raft mark");
+        let Some((path, bytes)) = read.await? else {
+            return Ok(None);
+        };
+        state::decode_applied(&bytes)
+            .map(Some)
+            .map_err(|source| Error::BadStateFile { path, source })
+    }
+
+    /// Replaces the mark `file` holds, atomically and durably.
+    pub async fn save_mark(&mut self, file: MarkFile, mark: &AppliedMark) -> Result<()> {
+        self.check_writable()?;
+        let bytes = state::encode_applied(mark);
+        replace_state(
+            &self.engine,
+            &self.dir,
+            file.name(),
+            "persist a raft mark",
+            &bytes,
+        )
+        .await
+    }
+
+    /// Empties the log and starts it again at `offset` (a consensus layer installing a
+    /// snapshot that covers everything before it): every segment is deleted, the start, end,
+    /// durable end and commit mark all become `offset`, and the epoch map is cleared.
+    ///
+    /// # Correctness
+    /// The new start offset is persisted first, then the segments are deleted oldest first
+    /// and the new one created. A crash part-way leaves segments below the new start, which
+    /// reads refuse; the consensus layer saved its snapshot mark before calling this, and
+    /// installs the snapshot again if it is asked to.
+    pub async fn reset_to(&mut self, offset: u64) -> Result<()> {
+        self.check_writable()?;
+        self.move_start(offset).await?;
+        while let Some(segment) = self.segments.pop_front() {
+            let deleted = segment.delete(&self.engine).await;
+            self.poison("delete segment", deleted)?;
+        }
+        let created = Segment::create(
+            &self.engine,
+            &self.dir,
+            offset,
+            self.config.index_bytes_max,
+            now_ms(),
+        )
+        .await;
+        let segment = self.poison("create segment", created)?;
+        self.segments.push_back(segment);
+        self.durable_end = offset;
+        self.commit = offset;
+        self.epochs.clear();
+        let persisted = self.persist_epochs().await;
+        self.poison("persist leader epochs", persisted)?;
+        self.check_invariants();
+        Ok(())
+    }
+
     /// The applied mark a consensus layer saved ([`Log::save_applied_mark`]), if any, and if
     /// it still fits this log: a mark past the end (the log lost entries it had applied,
     /// which only a damaged disk does) or below the start is ignored, with a warning.
     pub async fn applied_mark(&self) -> Result<Option<AppliedMark>> {
-        let read = read_state(
-            &self.engine,
-            &self.dir,
-            state::RAFT_APPLIED_FILE,
-            "read applied mark",
-        );
-        let Some((path, bytes)) = read.await? else {
+        let Some(mark) = self.mark(MarkFile::Applied).await? else {
             return Ok(None);
         };
-        let mark =
-            state::decode_applied(&bytes).map_err(|source| Error::BadStateFile { path, source })?;
         if mark.next_offset > self.end_offset() || mark.next_offset < self.start_offset {
             tracing::warn!(dir = %self.dir.display(), next_offset = mark.next_offset, start = self.start_offset, end = self.end_offset(), "an applied mark outside the log; ignored (the log will be replayed)");
             return Ok(None);
@@ -658,19 +710,9 @@ impl<E: Engine> Log<E> {
         Ok(Some(mark))
     }
 
-    /// Saves how far a consensus layer has applied this log, replaced atomically (not
-    /// synced: a mark lost to a crash only means replaying from an older one).
+    /// Saves how far a consensus layer has applied this log, replaced atomically.
     pub async fn save_applied_mark(&mut self, mark: &AppliedMark) -> Result<()> {
-        self.check_writable()?;
-        let bytes = state::encode_applied(mark);
-        replace_state(
-            &self.engine,
-            &self.dir,
-            state::RAFT_APPLIED_FILE,
-            "persist applied mark",
-            &bytes,
-        )
-        .await
+        self.save_mark(MarkFile::Applied, mark).await
     }
 
     /// Seals the active segment (synced) and starts a new one at the end offset. Does
@@ -880,10 +922,30 @@ impl<E: Engine> Log<E> {
     /// Returns how many segments went.
     pub async fn apply_retention(&mut self, now_ms: i64) -> Result<usize> {
         self.check_writable()?;
+        let due = self.retention_due(now_ms);
+        for _ in 0..due {
+            let new_start = self.segments[1].base_offset().max(self.start_offset);
+            if new_start > self.start_offset {
+                self.move_start(new_start).await?;
+            }
+            let oldest = self
+                .segments
+                .pop_front()
+                .expect("retention keeps the active segment");
+            let removed = oldest.delete(&self.engine).await;
+            self.poison("delete segment", removed)?;
+        }
+        self.check_invariants();
+        Ok(due)
+    }
+
+    /// How many of the oldest segments retention would delete at `now_ms`: past
+    /// `retention_bytes` in total, or older than `retention_ms`; never the active one.
+    fn retention_due(&self, now_ms: i64) -> usize {
         let mut total_bytes = self.size_bytes();
-        let mut deleted = 0;
-        while self.segments.len() > 1 {
-            let oldest = &self.segments[0];
+        let mut due = 0;
+        while due + 1 < self.segments.len() {
+            let oldest = &self.segments[due];
             let over_bytes =
                 self.config.retention_bytes > 0 && total_bytes > self.config.retention_bytes;
             let too_old = self.config.retention_ms > 0
@@ -891,18 +953,28 @@ impl<E: Engine> Log<E> {
             if !over_bytes && !too_old {
                 break;
             }
-            let new_start = self.segments[1].base_offset().max(self.start_offset);
-            if new_start > self.start_offset {
-                self.move_start(new_start).await?;
-            }
-            let oldest = self.segments.pop_front().expect("len > 1");
             total_bytes -= oldest.size_bytes();
-            let removed = oldest.delete(&self.engine).await;
-            self.poison("delete segment", removed)?;
-            deleted += 1;
+            due += 1;
         }
-        self.check_invariants();
-        Ok(deleted)
+        due
+    }
+
+    /// The header of the last batch retention would delete at `now_ms`, if any: a consensus
+    /// layer purges up to its entry instead of deleting behind its back.
+    pub async fn retention_cut(&mut self, now_ms: i64) -> Result<Option<BatchHeader>> {
+        let due = self.retention_due(now_ms);
+        if due == 0 {
+            return Ok(None);
+        }
+        let engine = self.engine.clone();
+        let Some(entry) = self.segments[due - 1].last_batch(&engine).await? else {
+            return Ok(None);
+        };
+        if entry.offset < self.start_offset {
+            return Ok(None);
+        }
+        let batches = self.read_raw(entry.offset, 0).await?;
+        Ok(batches.into_iter().next().map(|raw| raw.header))
     }
 
     /// Syncs (unless poisoned) and closes every file.
@@ -932,6 +1004,9 @@ async fn remove_stale_tmp_files<E: Engine>(engine: &E, dir: &Path) -> Result<()>
         START_OFFSET_FILE,
         state::LEADER_EPOCHS_FILE,
         state::RAFT_STATE_FILE,
+        state::RAFT_APPLIED_FILE,
+        state::RAFT_SNAPSHOT_FILE,
+        state::RAFT_PURGED_FILE,
     ] {
         let tmp = super::fsutil::tmp_path(&dir.join(name));
         engine

@@ -35,6 +35,6 @@ pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, check_range};
 pub use log::{EntryMeta, Log, OpenReport, RawBatch, VerifiedBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
-pub use state::{AppliedMark, EpochStart, StateError, Vote};
+pub use state::{AppliedMark, EpochStart, MarkFile, StateError, Vote};
 #[cfg(target_os = "linux")]
 pub use uring::UringEngine;

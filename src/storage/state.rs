@@ -22,6 +22,31 @@ use super::format::crc32;
 pub const LEADER_EPOCHS_FILE: &str = "leader_epochs";
 pub const RAFT_STATE_FILE: &str = "raft_state";
 pub const RAFT_APPLIED_FILE: &str = "raft_applied";
+pub const RAFT_SNAPSHOT_FILE: &str = "raft_snapshot";
+pub const RAFT_PURGED_FILE: &str = "raft_purged";
+
+/// The marks a replicated log keeps for its consensus layer, each in its own file with the
+/// `raft_applied` layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkFile {
+    /// How far the log is applied (saved lazily; may lag).
+    Applied,
+    /// The last snapshot: the entry it covers up to, where the log goes on after it, and the
+    /// membership as of it (saved before the log is purged or reset to it).
+    Snapshot,
+    /// The last entry purged from the log's front (saved before the purge).
+    Purged,
+}
+
+impl MarkFile {
+    pub fn name(self) -> &'static str {
+        match self {
+            MarkFile::Applied => RAFT_APPLIED_FILE,
+            MarkFile::Snapshot => RAFT_SNAPSHOT_FILE,
+            MarkFile::Purged => RAFT_PURGED_FILE,
+        }
+    }
+}
 /// Largest opaque context an applied mark carries.
 pub const APPLIED_CONTEXT_BYTES_MAX: usize = 64 * 1024;
 
