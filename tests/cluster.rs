@@ -250,6 +250,17 @@ impl TestCluster {
     }
 }
 
+/// The offset of the first record node `id` serves from partition 0 of "orders".
+async fn first_acked_offset(cluster: &TestCluster, id: u32) -> u64 {
+    let read = cluster
+        .client(id, "root")
+        .await
+        .read("orders", 0, 0, ReadOptions::default())
+        .await
+        .unwrap();
+    read.records[0].offset
+}
+
 fn batch(from: usize, n: usize) -> Vec<String> {
     (from..from + n).map(|i| format!("record-{i}")).collect()
 }
@@ -338,6 +349,34 @@ async fn three_nodes_replicate_and_keep_every_ack_across_a_leader_stop() {
     // The old leader comes back and catches up by itself.
     cluster.restart(leader).await;
     assert_eq!(cluster.read_all(leader, "orders", end).await, expected);
+
+    // Truncate on a replicated partition goes through its leader: every node then starts
+    // its log at the cut, and a read below it is OUT_OF_RANGE.
+    let cut = first_acked_offset(&cluster, new_leader).await + 3;
+    let start = cluster
+        .client(new_leader, "root")
+        .await
+        .truncate("orders", 0, cut)
+        .await
+        .unwrap()
+        .start_offset;
+    assert!(start <= cut && start > 0, "start {start}, cut {cut}");
+    for id in 1..=3 {
+        let client = cluster.client(id, "root").await;
+        let until = deadline();
+        while client.describe_topic("orders").await.unwrap().partitions[0].start_offset != start {
+            assert!(
+                Instant::now() < until,
+                "node {id} did not truncate to {start}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let below = client
+            .read("orders", 0, start - 1, ReadOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(below.code(), Code::OutOfRange, "node {id}: {below:?}");
+    }
     cluster.shutdown().await;
 }
 

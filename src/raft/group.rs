@@ -31,7 +31,7 @@ use super::store::{self, Key, OpSender, PartitionLog};
 use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
 use super::wire;
 use crate::proto::v1 as pb;
-use crate::storage::{CheckedBatch, InvalidLimit, LimitName, check_range};
+use crate::storage::{InvalidLimit, LimitName, check_range};
 use pb::raft_envelope::Body;
 
 /// The timings of every partition group of a node: defined and checked here, mapped onto
@@ -186,8 +186,9 @@ pub(crate) struct Group<RT: AsyncRuntime> {
     /// votes and does not stand (see [`GroupStart::Rejoin`]). Cleared once it has applied the
     /// leader's commit index of an AppendEntries it received; never set again.
     catching_up: Rc<Cell<bool>>,
-    /// A purge is under way (see [`Group::purge`]).
+    /// A purge is under way (see [`Group::purge`]), and the highest entry asked for.
     purging: Rc<Cell<bool>>,
+    purge_wanted: Rc<Cell<u64>>,
     /// Where the next snapshot should end, shared with the state machine's builder.
     snapshot_target: Rc<Cell<Option<u64>>>,
     /// How long a purge waits for its snapshot: the longest election timeout.
@@ -249,6 +250,7 @@ impl<RT: AsyncRuntime> Group<RT> {
             metrics,
             catching_up,
             purging: Rc::new(Cell::new(false)),
+            purge_wanted: Rc::new(Cell::new(0)),
             snapshot_target,
             purge_wait: std::time::Duration::from_millis(context.config.election_timeout_max),
         })
@@ -268,8 +270,9 @@ impl<RT: AsyncRuntime> Group<RT> {
         (m.current_leader, m.current_term)
     }
 
-    /// Proposes `batch`; `reply` gets its place once a majority holds it and it is applied.
-    pub(crate) fn propose(&self, batch: CheckedBatch, reply: ProposeReply) {
+    /// Proposes `proposal` (a client's records, or a command); `reply` gets its place once a
+    /// majority holds it and it is applied.
+    pub(crate) fn propose(&self, proposal: Proposal, reply: ProposeReply) {
         let raft = self.raft.clone();
         let responder = CallbackResponder::new(
             move |result: Result<
@@ -289,47 +292,42 @@ impl<RT: AsyncRuntime> Group<RT> {
         );
         let key = self.key.clone();
         drop(RT::spawn(async move {
-            if let Err(e) = raft
-                .client_write_ff(Proposal::Records(batch), Some(responder))
-                .await
-            {
+            if let Err(e) = raft.client_write_ff(proposal, Some(responder)).await {
                 // The responder went down with the core and answers nothing more.
                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "proposal after the group stopped");
             }
         }));
     }
 
-    /// Purges the log up to entry `upto` (retention): openraft builds a snapshot (metadata
-    /// only) that covers it, then drops the entries, once no follower's replication still
-    /// reads them; a follower that is behind the new start gets the snapshot instead. At most
-    /// one purge runs at a time; a purge that finds no snapshot in time purges what the last
-    /// one covers, and the next maintenance tick tries again.
+    /// Purges the log up to entry `upto` (retention, or a truncate command): openraft builds
+    /// a snapshot (metadata only) that ends there, then drops the entries once no follower's
+    /// replication still reads them; a follower behind the new start gets the snapshot
+    /// instead. One purge runs at a time and takes the highest entry asked for meanwhile; a
+    /// purge that fails is logged, and retention asks again at the next maintenance.
     pub(crate) fn purge(&self, upto: u64) {
+        self.purge_wanted.set(self.purge_wanted.get().max(upto));
         if self.purging.replace(true) {
             return;
         }
-        self.snapshot_target.set(Some(upto));
-        let (raft, purging, key) = (self.raft.clone(), self.purging.clone(), self.key.clone());
+        let (raft, key) = (self.raft.clone(), self.key.clone());
+        let (purging, wanted, target) = (
+            self.purging.clone(),
+            self.purge_wanted.clone(),
+            self.snapshot_target.clone(),
+        );
         let timeout = self.purge_wait;
         drop(RT::spawn(async move {
-            let covered = |m: &RaftMetrics<PartitionTypes<RT>>| {
-                m.snapshot.as_ref().is_some_and(|s| s.index() >= upto)
-            };
-            let done = async {
-                if !covered(&raft.metrics().borrow_watched()) {
-                    raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
-                    raft.wait(Some(timeout))
-                        .metrics(covered, "a snapshot covering the purge")
-                        .await
-                        .map_err(|e| e.to_string())?;
+            let mut done = None;
+            // No await between the check and clearing `purging`: a purge asked for after the
+            // last check finds `purging` false and starts its own task.
+            while done.is_none_or(|d| wanted.get() > d) {
+                let upto = wanted.get();
+                target.set(Some(upto));
+                if let Err(reason) = purge_to(&raft, upto, timeout).await {
+                    tracing::warn!(topic = %key.0, partition = key.1, upto, %reason, "a purge did not complete; retention retries it at the next maintenance");
+                    break;
                 }
-                raft.trigger()
-                    .purge_log(upto)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            if let Err(reason) = done.await {
-                tracing::warn!(topic = %key.0, partition = key.1, upto, %reason, "a retention purge did not complete; retried at the next maintenance");
+                done = Some(upto);
             }
             purging.set(false);
         }));
@@ -400,6 +398,28 @@ async fn catch_up<RT: AsyncRuntime>(
         tracing::info!(topic = %key.0, partition = key.1, applied, "a rejoining replica caught up; it votes again");
     }
     answer
+}
+
+/// Has openraft snapshot up to `upto` (unless a snapshot covers it already) and purge.
+async fn purge_to<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    upto: u64,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let covered = |m: &RaftMetrics<PartitionTypes<RT>>| {
+        m.snapshot.as_ref().is_some_and(|s| s.index() >= upto)
+    };
+    if !covered(&raft.metrics().borrow_watched()) {
+        raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        raft.wait(Some(timeout))
+            .metrics(covered, "a snapshot covering the purge")
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    raft.trigger()
+        .purge_log(upto)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn raft_error<RT: AsyncRuntime>(e: RaftError<PartitionTypes<RT>>) -> String {

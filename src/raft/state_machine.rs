@@ -157,11 +157,17 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
     {
         let mut acks: Acks<RT> = Vec::new();
         let mut last = None;
+        let mut truncate_before: Option<u64> = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let id = entry.log_id();
             match &entry.payload {
-                EntryPayload::Normal(Proposal::Stored { header, .. }) => {
+                EntryPayload::Normal(Proposal::Stored { header, bytes }) => {
+                    if header.flags & crate::storage::FLAG_CONTROL != 0
+                        && let Some(before) = super::store::truncate_of(bytes)?
+                    {
+                        truncate_before = Some(truncate_before.map_or(before, |t| t.max(before)));
+                    }
                     let applied = Applied {
                         base_offset: header.base_offset,
                         count: header.record_count,
@@ -170,7 +176,9 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                         acks.push((responder, applied));
                     }
                 }
-                EntryPayload::Normal(Proposal::Records(_) | Proposal::Received(_)) => {
+                EntryPayload::Normal(
+                    Proposal::Records(_) | Proposal::Received(_) | Proposal::Command(_),
+                ) => {
                     // Entries are applied as read back from the log, which stores them.
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -194,6 +202,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                 index: id.index(),
                 term: id.committed_leader_id().term,
                 context,
+                truncate_before,
                 acks,
             };
             // A stopped shard answers nobody; the group is being torn down with it.

@@ -19,9 +19,9 @@
 //! Purging drops whole segments below the entry after the purged one, after saving the purge
 //! mark (`raft_purged`), which tells openraft where the log starts. A snapshot is metadata
 //! only (`raft_snapshot`: the entry it covers up to, the offset after it, the membership);
-//! installing one empties the log and starts it again at that offset. Not yet: `Truncate`
-//! on a replicated partition (refused by the shard: it must go through the group as an
-//! entry, so that every replica purges at the same place).
+//! installing one empties the log and starts it again at that offset. `Truncate` is a
+//! command entry (`raft.truncate`, a control batch): each replica purges below the cut when
+//! it applies it, so every replica's log starts at the same batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -49,6 +49,32 @@ pub(crate) type StoredMembership =
 
 const BLANK_KEY: &[u8] = b"raft.blank";
 const MEMBERSHIP_KEY: &[u8] = b"raft.membership";
+/// A command entry: drop the records below the offset in the value (u64, little-endian).
+/// Stored and shipped as a control batch; each replica purges up to it when it applies it.
+const TRUNCATE_KEY: &[u8] = b"raft.truncate";
+
+/// The command entry that truncates a replicated partition below `before_offset`.
+pub(crate) fn truncate_command(limits: &LogLimits, before_offset: u64) -> io::Result<CheckedBatch> {
+    let record = Record {
+        key: Bytes::from_static(TRUNCATE_KEY),
+        value: Bytes::copy_from_slice(&before_offset.to_le_bytes()),
+        timestamp_ms: storage::now_ms(),
+        ..Record::default()
+    };
+    limits.check(vec![record]).map_err(io_error)
+}
+
+/// The offset a stored command batch truncates below, if it is a truncate command.
+pub(crate) fn truncate_of(bytes: &Bytes) -> io::Result<Option<u64>> {
+    let batch = storage::format::decode_batch_shared(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(batch
+        .records
+        .first()
+        .filter(|r| &r.key[..] == TRUNCATE_KEY)
+        .and_then(|r| <[u8; 8]>::try_from(&r.value[..]).ok())
+        .map(u64::from_le_bytes))
+}
 
 /// Bytes a read of entries asks the log for at a time.
 const READ_CHUNK_BYTES: u64 = 1 << 20;
@@ -126,6 +152,8 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         index: u64,
         term: u64,
         context: Option<Vec<u8>>,
+        /// The highest offset a truncate command among the applied entries cuts below.
+        truncate_before: Option<u64>,
         acks: super::state_machine::Acks<RT>,
     },
 }
@@ -473,6 +501,8 @@ pub(crate) enum Served<RT: AsyncRuntime> {
         index: u64,
         next_offset: u64,
         context: Option<Vec<u8>>,
+        /// A truncate command was applied: purge the entries wholly below this offset.
+        truncate_before: Option<u64>,
     },
 }
 
@@ -546,6 +576,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
                     index: mark.index,
                     next_offset: mark.next_offset,
                     context: Some(mark.context),
+                    truncate_before: None,
                 };
             }
         }
@@ -554,6 +585,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             index,
             term,
             context,
+            truncate_before,
             acks,
             ..
         } => {
@@ -568,6 +600,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
                         index,
                         next_offset,
                         context,
+                        truncate_before,
                     };
                 }
                 // Committed by a majority, so the ack stands; only this replica's readers lag.
@@ -598,6 +631,36 @@ async fn log_state<E: Engine, RT: AsyncRuntime>(
         // An empty log after a purge or a snapshot ends where the purge did.
         last_log_id: last.or(purged),
     })
+}
+
+/// The last entry whose batch lies wholly below `before_offset`, and the offset after it
+/// (where the log will start once purged up to it); `None` when nothing below it is left.
+pub(crate) async fn cut_below<E: Engine>(
+    log: &mut Log<E>,
+    before_offset: u64,
+) -> io::Result<Option<(u64, u64)>> {
+    let before_offset = before_offset.min(log.end_offset());
+    if before_offset <= log.start_offset() {
+        return Ok(None);
+    }
+    let containing = log
+        .read_raw(before_offset - 1, 0)
+        .await
+        .map_err(io_error)?
+        .into_iter()
+        .next()
+        .map(|raw| raw.header);
+    let Some(header) = containing else {
+        return Ok(None);
+    };
+    if header.next_offset() <= before_offset {
+        return Ok(Some((header.raft_index, header.next_offset())));
+    }
+    // `before_offset` falls inside this batch: keep it whole, cut before it.
+    if header.base_offset <= log.start_offset() || header.raft_index == 0 {
+        return Ok(None);
+    }
+    Ok(Some((header.raft_index - 1, header.base_offset)))
 }
 
 /// Saves the mark of a snapshot that covers the entries up to `index`, which this log holds.
@@ -682,6 +745,14 @@ async fn append<E: Engine>(log: &mut Log<E>, entry: Entry) -> io::Result<()> {
             };
             log.append_entry(meta, &batch).await.map_err(io_error)?;
         }
+        EntryPayload::Normal(Proposal::Command(batch)) => {
+            let meta = EntryMeta {
+                term,
+                raft_index: index,
+                control: true,
+            };
+            log.append_entry(meta, &batch).await.map_err(io_error)?;
+        }
         EntryPayload::Normal(Proposal::Received(batch)) => {
             let header = batch.header();
             if header.raft_index != index || header.leader_epoch != term {
@@ -742,6 +813,11 @@ fn entry_of(raw: storage::RawBatch) -> io::Result<Entry> {
     let payload = match &record.key[..] {
         BLANK_KEY => EntryPayload::Blank,
         MEMBERSHIP_KEY => EntryPayload::Membership(decode_membership(&record.value)?),
+        // A command travels and applies as the batch it is stored as.
+        TRUNCATE_KEY => EntryPayload::Normal(Proposal::Stored {
+            header,
+            bytes: raw.bytes.clone(),
+        }),
         other => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

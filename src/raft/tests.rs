@@ -326,18 +326,56 @@ async fn three_replicas_elect_replicate_commit_and_survive_the_leader() {
         assert_eq!(served, acked, "node {id} after the failover");
     }
 
-    // A prefix truncation would cut the Raft log behind its group: refused, nothing changed.
+    // Truncate goes through the group: refused on a follower (naming the leader), and on
+    // the leader it commits a command every replica applies by purging below the cut.
+    let (new_leader, probe) = cluster.append("t", b"probe").await;
+    acked.push((probe, b"probe".to_vec()));
+    let end = probe + 1;
+    let follower = cluster
+        .live()
+        .into_iter()
+        .find(|&id| id != new_leader)
+        .unwrap();
+    let refused = cluster.node(follower).truncate("t", 0, end).await;
+    assert!(
+        matches!(refused, Err(Error::NotLeader { leader: Some(l), .. }) if l == new_leader),
+        "{refused:?}"
+    );
+    let cut = acked[acked.len() / 2].0;
+    let start = cluster
+        .node(new_leader)
+        .truncate("t", 0, cut)
+        .await
+        .unwrap();
+    assert_eq!(start, cut, "a cut at a batch boundary starts the log there");
     for id in cluster.live() {
-        let refused = cluster.node(id).truncate("t", 0, end).await;
-        assert!(
-            matches!(refused, Err(Error::NotOnReplicated { .. })),
-            "node {id}: {refused:?}"
-        );
-        assert_eq!(
-            cluster.records(id, "t", end).await,
-            acked,
-            "node {id} after the refusal"
-        );
+        let deadline = Instant::now() + election_deadline();
+        loop {
+            let d = cluster
+                .node(id)
+                .describe_topic("t")
+                .await
+                .unwrap()
+                .partitions[0]
+                .clone();
+            if d.start_offset == start {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not purge to {start}: {d:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
+        }
+        let mut served = Vec::new();
+        let mut at = start;
+        while at < end {
+            let read = cluster.node(id).read("t", 0, at, 1 << 20, 0).await.unwrap();
+            served.extend(read.records.iter().map(|r| (r.offset, r.value.to_vec())));
+            at = read.next_offset;
+        }
+        let expected: Vec<_> = acked.iter().filter(|(o, _)| *o >= start).cloned().collect();
+        assert_eq!(served, expected, "node {id} after the truncate");
     }
 }
 

@@ -33,6 +33,9 @@ pub(crate) enum Proposal {
     /// A batch as the leader stored it, received and checked whole on arrival: a follower
     /// stores it as it is.
     Received(VerifiedBatch),
+    /// A command to every replica (a control batch of one record, never served to
+    /// consumers; see `store::truncate_command`), proposed on the leader.
+    Command(CheckedBatch),
 }
 
 impl fmt::Debug for Proposal {
@@ -47,6 +50,7 @@ impl fmt::Display for Proposal {
             Proposal::Records(batch) => write!(f, "records({})", batch.len()),
             Proposal::Stored { header, .. } => write!(f, "stored{}", Offsets(header)),
             Proposal::Received(batch) => write!(f, "received{}", Offsets(batch.header())),
+            Proposal::Command(_) => write!(f, "command"),
         }
     }
 }

@@ -72,7 +72,9 @@ fn entry_to(entry: &Entry) -> io::Result<pb::RaftEntry> {
     let payload = match &entry.payload {
         EntryPayload::Blank => WirePayload::Blank(true),
         EntryPayload::Normal(Proposal::Stored { bytes, .. }) => WirePayload::Batch(bytes.clone()),
-        EntryPayload::Normal(Proposal::Records(_) | Proposal::Received(_)) => {
+        EntryPayload::Normal(
+            Proposal::Records(_) | Proposal::Received(_) | Proposal::Command(_),
+        ) => {
             // Replication reads entries back from this replica's log, which stores them first.
             return Err(malformed("an entry to ship is not read from the log"));
         }

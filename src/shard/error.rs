@@ -94,7 +94,7 @@ pub enum Error {
     },
     /// An operation that would change a replicated partition's log behind its Raft group.
     #[error(
-        "partition {topic}/{partition} is replicated: {what} is not supported on it yet (it needs metadata snapshots); nothing was changed"
+        "partition {topic}/{partition} is replicated: {what} would change its log behind its Raft group, and is not supported on it; nothing was changed"
     )]
     NotOnReplicated {
         topic: String,

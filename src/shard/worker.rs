@@ -35,6 +35,7 @@ use crate::observability::ShardMetrics;
 use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
+use crate::raft::types::Proposal;
 use crate::storage::{self, AppliedMark, CheckedBatch, Engine, Log, Record, now_ms};
 use openraft::rt::AsyncRuntime;
 use openraft::storage::IOFlushed;
@@ -124,6 +125,22 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
 impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
     fn is_solo(&self) -> bool {
         matches!(self.replication, Replication::Solo)
+    }
+
+    /// A truncate command applied here: purges, through the group, every entry wholly below
+    /// `before_offset` (the log then starts at the first batch that holds an offset at or
+    /// past it).
+    async fn purge_below(&mut self, key: &Key, before_offset: u64) {
+        let Replication::Running(group) = &self.replication else {
+            return;
+        };
+        match raft_store::cut_below(&mut self.log, before_offset).await {
+            Ok(Some((index, _start))) => group.purge(index),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(topic = %key.0, partition = key.1, before_offset, error = %e, "finding where a truncate cuts");
+            }
+        }
     }
 
     /// Saves the applied mark when it moved; a failure only means a longer replay after a
@@ -329,6 +346,18 @@ fn not_leader(raft: Option<&RaftContext>, key: &Key, leader: Option<u64>) -> Err
     }
 }
 
+/// Why a proposal failed, as the shard reports it.
+fn propose_error(raft: Option<&RaftContext>, key: &Key, e: ProposeError) -> Error {
+    match e {
+        ProposeError::NotLeader { leader } => not_leader(raft, key, leader),
+        ProposeError::Stopped { reason } => Error::Replication {
+            topic: key.0.to_string(),
+            partition: key.1,
+            reason,
+        },
+    }
+}
+
 fn not_on_replicated(topic: &str, partition: u32, what: &'static str) -> Error {
     Error::NotOnReplicated {
         topic: topic.to_owned(),
@@ -445,6 +474,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         index,
                         next_offset,
                         context,
+                        truncate_before,
                     } => {
                         let mark = p.applied.get_or_insert_with(AppliedMark::default);
                         (mark.term, mark.index, mark.next_offset) = (term, index, next_offset);
@@ -452,6 +482,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             mark.context = context;
                         }
                         p.applied_unsaved = true;
+                        if let Some(before) = truncate_before {
+                            p.purge_below(&key, before).await;
+                        }
                     }
                 }
                 // A commit raises the mark, a truncation may lower it; publishing an
@@ -522,7 +555,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 let raft = self.raft.clone();
                 let (topic, partition) = key;
                 group.propose(
-                    batch,
+                    Proposal::Records(batch),
                     Box::new(move |result| {
                         let answer = match result {
                             Ok(applied) => {
@@ -534,14 +567,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                                     count: applied.count,
                                 })
                             }
-                            Err(ProposeError::NotLeader { leader }) => {
-                                Err(not_leader(raft.as_ref(), &(topic, partition), leader))
-                            }
-                            Err(ProposeError::Stopped { reason }) => Err(Error::Replication {
-                                topic: topic.to_string(),
-                                partition,
-                                reason,
-                            }),
+                            Err(e) => Err(propose_error(raft.as_ref(), &(topic, partition), e)),
                         };
                         send(reply, answer);
                     }),
@@ -736,6 +762,59 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         })
     }
 
+    /// Truncates a replicated partition below `before_offset` through its group: on the
+    /// leader, a truncate command is proposed, and `reply` gets the offset the log will start
+    /// at (the first batch that holds an offset at or past `before_offset`) once the command
+    /// is committed; every replica then purges up to there as it applies it. Elsewhere it is
+    /// refused with the leader's name, changing nothing.
+    async fn truncate_replicated(&mut self, key: Key, before_offset: u64, reply: Reply<u64>) {
+        let Some(p) = self.partitions.get_mut(&key) else {
+            return send(reply, Err(unknown(&key.0)));
+        };
+        let group = match &p.replication {
+            Replication::Running(group) => group,
+            _ => return send(reply, Err(not_leader(self.raft.as_ref(), &key, None))),
+        };
+        let (leader, is_me) = group.leader();
+        if !is_me {
+            return send(reply, Err(not_leader(self.raft.as_ref(), &key, leader)));
+        }
+        let (start, end) = (p.log.start_offset(), p.log.high_watermark());
+        if before_offset > end {
+            let e = storage::Error::OffsetOutOfRange {
+                offset: before_offset,
+                start,
+                end,
+            };
+            return send(reply, Err(Error::storage(&key.0, key.1, e)));
+        }
+        let replication_error = |reason: String| Error::Replication {
+            topic: key.0.to_string(),
+            partition: key.1,
+            reason,
+        };
+        let new_start = match raft_store::cut_below(&mut p.log, before_offset).await {
+            Ok(cut) => cut.map_or(start, |(_, next)| next),
+            Err(e) => return send(reply, Err(replication_error(e.to_string()))),
+        };
+        let command = match raft_store::truncate_command(p.log.config(), before_offset) {
+            Ok(command) => command,
+            Err(e) => return send(reply, Err(replication_error(e.to_string()))),
+        };
+        let raft = self.raft.clone();
+        group.propose(
+            Proposal::Command(command),
+            Box::new(move |result| {
+                send(
+                    reply,
+                    result
+                        .map(|_| new_start)
+                        .map_err(|e| propose_error(raft.as_ref(), &key, e)),
+                );
+            }),
+        );
+    }
+
     async fn serve_admin(&mut self, cmd: Command) {
         match cmd {
             Command::Truncate {
@@ -744,10 +823,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 before_offset,
                 reply,
             } => {
-                let result = match self.partitions.get_mut(&(topic.clone(), partition)) {
+                let key = (topic.clone(), partition);
+                let result = match self.partitions.get_mut(&key) {
                     None => Err(unknown(&topic)),
                     Some(p) if !p.is_solo() => {
-                        Err(not_on_replicated(&topic, partition, "Truncate"))
+                        // Through the group, as a command every replica applies; answered
+                        // once it is committed.
+                        return self.truncate_replicated(key, before_offset, reply).await;
                     }
                     Some(p) => p
                         .log
