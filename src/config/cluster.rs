@@ -61,8 +61,15 @@ pub struct ClusterConfig {
     /// Largest node-to-node replication frame (entries' bytes, not counting the frame's own
     /// header); one largest batch (`storage.batch_bytes_max`) must fit in one.
     pub replication_batch_bytes_max: u64,
-    /// Messages that may wait for one destination node; past it the sender waits.
+    /// Messages that may wait for (or await an answer from) one destination node; past it a
+    /// message is refused at once, as if the node were unreachable, and Raft retries it. Also
+    /// the messages one incoming stream serves at once.
     pub replication_queue_depth_max: u32,
+    /// Bytes of each replicated partition's newest batches kept in memory, so that the leader
+    /// ships them and every replica applies them without reading them back from disk;
+    /// 0 = off. A bound per partition: the worst case is this times the partitions a node
+    /// holds.
+    pub replication_cache_bytes_max: u64,
     /// Entries (batches) in one AppendEntries message.
     pub raft_payload_entries_max: u32,
 }
@@ -80,6 +87,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: timings.heartbeat_interval_ms,
             replication_batch_bytes_max: 4 * MIB,
             replication_queue_depth_max: 4096,
+            replication_cache_bytes_max: 4 * MIB,
             raft_payload_entries_max: timings.raft_payload_entries_max,
         }
     }
@@ -157,6 +165,13 @@ impl ClusterConfig {
             1,
             1 << 20,
             " messages",
+        )?;
+        check_range(
+            key("replication_cache_bytes_max"),
+            self.replication_cache_bytes_max,
+            0,
+            GIB,
+            " bytes",
         )?;
         Ok(())
     }
@@ -510,6 +525,10 @@ mod tests {
             (
                 "replication_queue_depth_max = 1048577",
                 "cluster.replication_queue_depth_max",
+            ),
+            (
+                "replication_cache_bytes_max = 1073741825",
+                "cluster.replication_cache_bytes_max",
             ),
             (
                 "raft_payload_entries_max = 0",

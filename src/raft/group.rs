@@ -145,6 +145,9 @@ pub(crate) struct RaftContext {
     pub node_id: NodeId,
     /// Where each node serves gRPC, for the leader hints refusals carry.
     pub addrs: Arc<std::collections::HashMap<NodeId, String>>,
+    /// Bytes of each replicated partition's newest batches kept in memory
+    /// (`cluster.replication_cache_bytes_max`).
+    pub tail_cache_bytes_max: usize,
     pub transport: Arc<dyn RaftTransport>,
     pub config: Arc<openraft::Config>,
 }

@@ -156,6 +156,7 @@ impl Cluster {
                 addrs: Arc::new((1..=n).map(|i| (i, format!("node-{i}.test:1"))).collect()),
                 transport: transport.clone(),
                 config: config.clone(),
+                tail_cache_bytes_max: 1 << 20,
             };
             let set = ShardSet::start_with(options, Some(context.clone())).unwrap();
             transport.nodes.write().unwrap().insert(id, set);

@@ -114,6 +114,7 @@ fn raft_context(
     Ok(RaftContext {
         node_id: u64::from(membership.node_id),
         addrs: Arc::new(addrs),
+        tail_cache_bytes_max: config.cluster.replication_cache_bytes_max as usize,
         transport: Arc::new(transport),
         config: Arc::new(raft_config),
     })

@@ -996,6 +996,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         };
         // Readers see what the group had applied before the restart (committed entries never
         // change), and nothing more until it applies again.
+        log.keep_tail(raft.tail_cache_bytes_max);
         let commit = applied
             .as_ref()
             .map_or(log.start_offset(), |mark| mark.next_offset);

@@ -44,6 +44,7 @@ use super::io::Engine;
 use super::limits::LogLimits;
 use super::segment::{self, Recovery, Segment};
 use super::state::{self, AppliedMark, EpochStart, MarkFile, Vote};
+use super::tail::TailCache;
 
 const START_OFFSET_FILE: &str = "start_offset";
 
@@ -120,6 +121,9 @@ pub struct Log<E: Engine> {
     commit: u64,
     /// The leader-epoch map, as persisted in `leader_epochs`.
     epochs: Vec<EpochStart>,
+    /// The newest batches as stored, for [`Log::read_raw`]; `None` = off (see
+    /// [`Log::keep_tail`]).
+    tail: Option<TailCache>,
     poisoned_by: Option<&'static str>,
 }
 
@@ -158,6 +162,7 @@ impl<E: Engine> Log<E> {
             durable_end: end,
             commit: end,
             epochs: Vec::new(),
+            tail: None,
             poisoned_by: None,
         };
         log.recover_epochs().await?;
@@ -207,6 +212,13 @@ impl<E: Engine> Log<E> {
             self.dir.display(),
             self.epochs
         );
+    }
+
+    /// Keeps the newest batches, up to `bytes_max`, in memory as they are appended, so that
+    /// [`Log::read_raw`] serves them without a disk read (a replicated log reads its tail back
+    /// to ship and to apply it). Costs one copy per append on the leader's path.
+    pub fn keep_tail(&mut self, bytes_max: usize) {
+        self.tail = (bytes_max > 0).then(|| TailCache::new(bytes_max));
     }
 
     pub fn dir(&self) -> &Path {
@@ -450,14 +462,28 @@ impl<E: Engine> Log<E> {
             .expect("offsets exhausted");
         self.roll_if_full(batch_bytes).await?;
         self.note_epoch(term, base_offset).await?;
-        // Encoded straight into the engine's write buffer where it has one.
-        let encode = |dst: &mut [u8]| format::encode_batch_into(dst, base_offset, &meta, records);
+        // Encoded straight into the engine's write buffer where it has one (and copied out for
+        // the tail cache when it is on).
+        let keep = self.tail.is_some();
+        let mut kept: Option<Bytes> = None;
+        let encode = |dst: &mut [u8]| {
+            format::encode_batch_into(dst, base_offset, &meta, records);
+            if keep {
+                kept = Some(Bytes::copy_from_slice(dst));
+            }
+        };
         let appended = self
             .active_mut()
             .append(batch_bytes, encode, base_offset, next_offset)
             .await;
         self.poison("append", appended)?;
         assert_eq!(self.end_offset(), next_offset, "end offset after append");
+        if let (Some(tail), Some(bytes)) = (self.tail.as_mut(), kept) {
+            match format::probe_header(&bytes) {
+                Ok(format::Probe::Header(header)) => tail.push(RawBatch { header, bytes }),
+                _ => unreachable!("a batch just encoded has a header"),
+            }
+        }
         Ok(base_offset)
     }
 
@@ -508,6 +534,12 @@ impl<E: Engine> Log<E> {
             .await;
         self.poison("append", appended)?;
         assert_eq!(self.end_offset(), next_offset, "end offset after append");
+        if let Some(tail) = self.tail.as_mut() {
+            tail.push(RawBatch {
+                header: *header,
+                bytes: batch.bytes.clone(),
+            });
+        }
         Ok(base_offset)
     }
 
@@ -673,6 +705,9 @@ impl<E: Engine> Log<E> {
     pub async fn reset_to(&mut self, offset: u64) -> Result<()> {
         self.check_writable()?;
         self.move_start(offset).await?;
+        if let Some(tail) = self.tail.as_mut() {
+            tail.clear();
+        }
         while let Some(segment) = self.segments.pop_front() {
             let deleted = segment.delete(&self.engine).await;
             self.poison("delete segment", deleted)?;
@@ -807,6 +842,13 @@ impl<E: Engine> Log<E> {
     /// mark: a leader ships entries before they commit.
     pub async fn read_raw(&mut self, from_offset: u64, max_bytes: u64) -> Result<Vec<RawBatch>> {
         let end = self.check_in_range(from_offset)?;
+        if let Some(batches) = self
+            .tail
+            .as_ref()
+            .and_then(|t| t.read(from_offset, max_bytes))
+        {
+            return Ok(batches);
+        }
         let mut from = from_offset;
         let mut i = self.segment_of(from);
         while from < end && i < self.segments.len() {
@@ -847,6 +889,9 @@ impl<E: Engine> Log<E> {
             return Ok(());
         }
         self.move_start(before_offset).await?;
+        if let Some(tail) = self.tail.as_mut() {
+            tail.drop_below(before_offset);
+        }
         while self.segments.len() > 1 && self.segments[1].base_offset() <= before_offset {
             let oldest = self.segments.pop_front().expect("len > 1");
             let deleted = oldest.delete(&self.engine).await;
@@ -888,6 +933,9 @@ impl<E: Engine> Log<E> {
         // no reader is served, and no mark claims, what was ordered cut.
         self.commit = self.commit.min(from_offset);
         self.durable_end = self.durable_end.min(from_offset);
+        if let Some(tail) = self.tail.as_mut() {
+            tail.truncate_from(from_offset);
+        }
         while self.segments.len() > i + 1 {
             let newest = self.segments.pop_back().expect("len > i + 1");
             let deleted = newest.delete(&self.engine).await;
@@ -927,6 +975,9 @@ impl<E: Engine> Log<E> {
             let new_start = self.segments[1].base_offset().max(self.start_offset);
             if new_start > self.start_offset {
                 self.move_start(new_start).await?;
+                if let Some(tail) = self.tail.as_mut() {
+                    tail.drop_below(new_start);
+                }
             }
             let oldest = self
                 .segments

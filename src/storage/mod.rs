@@ -20,6 +20,7 @@ mod log;
 mod portable;
 mod segment;
 mod state;
+mod tail;
 #[cfg(target_os = "linux")]
 pub(crate) mod uring;
 
