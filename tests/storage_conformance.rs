@@ -222,12 +222,30 @@ async fn model_case<E: Engine>(engine: E, dir: &Path, ops: Vec<Op>) {
                     want.is_empty(),
                     "read at {from}: empty iff nothing readable"
                 );
+                let bytes: u64 = batches.iter().map(|b| u64::from(b.header.batch_len)).sum();
                 if batches.len() > 1 {
-                    let bytes: u64 = batches.iter().map(|b| u64::from(b.header.batch_len)).sum();
                     assert!(
                         bytes <= max_bytes,
                         "read of {bytes} bytes exceeded max_bytes {max_bytes}"
                     );
+                }
+                // It stopped only where it had to: at the commit mark, or where the next
+                // batch would not have fit.
+                if let Some(last) = batches.last() {
+                    let next = last.header.next_offset();
+                    if next < log.high_watermark() {
+                        // Empty when the next batch is not wholly below the commit mark
+                        // (the model's commits may fall inside a batch).
+                        let following = log.read(next, 1).await.unwrap();
+                        let next_len = following
+                            .first()
+                            .map_or(u64::MAX / 2, |b| u64::from(b.header.batch_len));
+                        assert!(
+                            bytes + next_len > max_bytes,
+                            "read at {from} stopped at {next} with {bytes} bytes, though the next \
+                             batch ({next_len} bytes) fit max_bytes {max_bytes}"
+                        );
+                    }
                 }
                 same_records(&got, &want[..got.len()]);
                 // The read ends on a batch boundary.

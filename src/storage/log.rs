@@ -820,20 +820,45 @@ impl<E: Engine> Log<E> {
         self.check_in_range(from_offset)?;
         let mut from = from_offset;
         let mut i = self.segment_of(from);
+        let mut out: Vec<Batch> = Vec::new();
+        let mut total = 0u64;
+        // Across segments: a read stops where the next batch would not fit, not where a
+        // segment ends.
         while from < self.commit && i < self.segments.len() {
-            let batches = self.segments[i]
-                .read(&self.engine, from, max_bytes, self.commit)
-                .await?;
-            if !batches.is_empty() {
-                return Ok(batches);
+            let budget = max_bytes.saturating_sub(total);
+            let read = self.segments[i]
+                .read(&self.engine, from, budget, self.commit)
+                .await;
+            let batches = match read {
+                Ok(batches) => batches,
+                // What was read stands; the next read meets the error at its start.
+                Err(_) if !out.is_empty() => return Ok(out),
+                Err(e) => return Err(e),
+            };
+            for batch in batches {
+                let len = u64::from(batch.header.batch_len);
+                // The first batch always comes back; later ones only when they fit.
+                if !out.is_empty() && total + len > max_bytes {
+                    return Ok(out);
+                }
+                total += len;
+                from = batch.header.next_offset();
+                out.push(batch);
             }
-            // Nothing at `from` in this segment (offsets may have gaps): go on to the next.
+            if total >= max_bytes {
+                break;
+            }
+            // On to the next segment only when this one has nothing more (what it still holds
+            // did not fit otherwise).
             i += 1;
-            if let Some(next) = self.segments.get(i) {
-                from = next.base_offset();
+            match self.segments.get(i) {
+                Some(next) if from >= next.base_offset() || out.is_empty() => {
+                    from = from.max(next.base_offset());
+                }
+                _ => break,
             }
         }
-        Ok(Vec::new())
+        Ok(out)
     }
 
     /// Reads whole batches as stored, CRC-checked and not decoded, for shipping to a
