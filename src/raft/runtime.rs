@@ -94,8 +94,28 @@ pub(crate) struct GlommioSleep {
     timer: Timer,
 }
 
+/// Timer slack: every deadline is rounded up to the next multiple of this, counted from one
+/// process-wide origin, so that the timers of many groups on a shard (each group's tick every
+/// `heartbeat_interval_ms * 13 / 64`, its heartbeats and election timers) fall due together
+/// and the shard wakes once for all of them instead of once for each. A few milliseconds
+/// late is nothing to a Raft timer.
+pub(crate) const TIMER_SLACK: Duration = Duration::from_millis(5);
+
+/// `deadline` rounded up to the next multiple of [`TIMER_SLACK`] since the process origin.
+fn coalesced(deadline: Instant) -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let Some(since) = deadline.checked_duration_since(origin) else {
+        return deadline;
+    };
+    let slack = TIMER_SLACK.as_nanos();
+    let rounded = since.as_nanos().div_ceil(slack) * slack;
+    origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+}
+
 impl GlommioSleep {
     fn until(deadline: Instant) -> Self {
+        let deadline = coalesced(deadline);
         GlommioSleep {
             timer: Timer::new(deadline.saturating_duration_since(Instant::now())),
         }
@@ -159,9 +179,7 @@ impl AsyncRuntime for GlommioRuntime {
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
-        GlommioSleep {
-            timer: Timer::new(duration),
-        }
+        GlommioSleep::until(Instant::now() + duration)
     }
 
     fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
@@ -221,6 +239,26 @@ impl AsyncRuntime for GlommioRuntime {
         F: Future<Output = T>,
     {
         self.executor.run(future)
+    }
+}
+
+#[cfg(test)]
+mod coalescing_tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_shared_slack_boundaries() {
+        let now = Instant::now();
+        let a = coalesced(now + Duration::from_micros(1_100));
+        let b = coalesced(now + Duration::from_micros(1_900));
+        assert!(a >= now + Duration::from_micros(1_100));
+        assert!(a - (now + Duration::from_micros(1_100)) <= TIMER_SLACK);
+        // Deadlines within one slack of each other mostly share a boundary; ones a whole
+        // slack apart never do.
+        let c = coalesced(now + Duration::from_micros(1_100) + TIMER_SLACK);
+        assert!(c > a);
+        assert!(b == a || b == c);
+        assert_eq!(coalesced(a), a, "a boundary stays where it is");
     }
 }
 
