@@ -351,10 +351,10 @@ print(f"{label}: {secs:.1f}s, % of one core: {per}; mean {sum(pcts) / 3:.2f}%; l
 PY
 }
 
-# leaders_known N PARTITIONS: how many partitions node N sees without a leader ("?" when
+# leaderless N PARTITIONS: how many partitions node N sees without a leader ("?" when
 # DescribeTopic fails or does not list them all).
 leaderless() {
-  client topic describe idle --addr "127.0.0.1:$((PORT_BASE + $1))" --retry-for-ms 2000 2>/dev/null |
+  { client topic describe idle --addr "127.0.0.1:$((PORT_BASE + $1))" --retry-for-ms 2000 2>/dev/null || true; } |
     awk -v want="$2" '$1 ~ /^[0-9]+$/ { total++; if ($6 == 0) m++ }
       END { if (total == want) print m + 0; else print "?" }'
 }
@@ -386,7 +386,7 @@ idle() {
       done
       say "node-$n: partitions without a leader: $missing (\"?\" = DescribeTopic failed) at $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s after the create"
     done
-    client topic describe idle --addr "127.0.0.1:$((PORT_BASE + 1))" --retry-for-ms 2000 2>/dev/null |
+    { client topic describe idle --addr "127.0.0.1:$((PORT_BASE + 1))" --retry-for-ms 2000 2>/dev/null || true; } |
       awk '$1 ~ /^[0-9]+$/ { c[$6]++ } END { for (l in c) printf "leader %s: %d partitions; ", l, c[l]; print "" }' |
       tee -a "$RESULTS"
     sleep 5
@@ -398,7 +398,7 @@ idle() {
         -g none >"$OUT/idle-$count.perf.txt" 2>/dev/null || true
       say "perf profile of node-1 ($count partitions): $OUT/idle-$count.perf.txt"
     fi
-    grep -hc 'shard queue saturated' "$RUN"/node-?.log | paste -sd' ' |
+    { grep -hc 'shard queue saturated' "$RUN"/node-?.log || true; } | paste -sd' ' |
       sed 's/^/"shard queue saturated" warnings so far, nodes 1-3: /' | tee -a "$RESULTS"
   done
   stop node-1 node-2 node-3
