@@ -16,8 +16,12 @@ use super::transport::{LinkOptions, endpoint};
 use crate::proto::v1 as pb;
 use crate::proto::v1::replication_client::ReplicationClient;
 
-/// How long one admin call to a peer may take, connecting included.
+/// How long one admin call to a peer may take, connecting included, before the work it asks
+/// for: a placement opens every partition on the peer's disk, which takes its time with
+/// many partitions (see [`PeerAdmin::place_topic`]).
 pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// More time a placement may take per partition it creates.
+pub const PLACE_TIME_PER_PARTITION: Duration = Duration::from_millis(100);
 
 /// Why a peer did not do what it was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,6 +64,7 @@ impl PeerAdmin {
     async fn client(
         &self,
         node: u64,
+        timeout: Duration,
     ) -> Result<(ReplicationClient<tonic::transport::Channel>, String), PeerError> {
         let addr = self
             .membership
@@ -73,7 +78,7 @@ impl PeerAdmin {
         };
         let channel = endpoint(&addr, &self.options)
             .map_err(unreachable)?
-            .timeout(ADMIN_CALL_TIMEOUT)
+            .timeout(timeout)
             .connect()
             .await
             .map_err(|e| unreachable(super::transport::error_chain(&e)))?;
@@ -100,7 +105,10 @@ impl PeerAdmin {
         node: u64,
         request: pb::PlaceTopicRequest,
     ) -> Result<bool, PeerError> {
-        let (mut client, addr) = self.client(node).await?;
+        // 1,000 partitions take seconds to open on a busy disk; a timeout here would report
+        // a creation that goes on to succeed as failed.
+        let timeout = ADMIN_CALL_TIMEOUT + PLACE_TIME_PER_PARTITION * request.partitions;
+        let (mut client, addr) = self.client(node, timeout).await?;
         match client.place_topic(request).await {
             Ok(response) => Ok(response.into_inner().created),
             Err(status) => Err(Self::refused(node, addr, status)),
@@ -112,7 +120,7 @@ impl PeerAdmin {
         &self,
         node: u64,
     ) -> Result<Vec<pb::PlaceTopicRequest>, PeerError> {
-        let (mut client, addr) = self.client(node).await?;
+        let (mut client, addr) = self.client(node, ADMIN_CALL_TIMEOUT).await?;
         match client.list_placements(pb::ListPlacementsRequest {}).await {
             Ok(response) => Ok(response.into_inner().topics),
             Err(status) => Err(Self::refused(node, addr, status)),
@@ -121,7 +129,7 @@ impl PeerAdmin {
 
     /// Asks `node` to delete its replicas of a topic.
     pub async fn drop_topic(&self, node: u64, name: &str) -> Result<(), PeerError> {
-        let (mut client, addr) = self.client(node).await?;
+        let (mut client, addr) = self.client(node, ADMIN_CALL_TIMEOUT).await?;
         let request = pb::DropTopicRequest {
             name: name.to_owned(),
         };

@@ -492,7 +492,7 @@ mod tests {
                 "cluster.election_timeout_min_ms",
             ),
             (
-                "election_timeout_max_ms = 1000",
+                "election_timeout_max_ms = 500",
                 "cluster.election_timeout_max_ms",
             ),
             (

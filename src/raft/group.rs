@@ -51,9 +51,12 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            election_timeout_min_ms: 1000,
-            election_timeout_max_ms: 2000,
-            heartbeat_interval_ms: 250,
+            // openraft lets a follower stand only once its leader's lease (the longest
+            // election timeout) and then an election timeout have passed since the last
+            // heartbeat: failover takes max + [min, max), 1.5-2 s with these.
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            heartbeat_interval_ms: 150,
             raft_payload_entries_max: 64,
         }
     }
@@ -232,18 +235,39 @@ impl<RT: AsyncRuntime> Group<RT> {
         }
         if start == GroupStart::New {
             let voters: BTreeSet<NodeId> = replicas.iter().copied().collect();
-            raft.initialize(voters)
-                .await
-                .map_err(|e| format!("the Raft group did not initialize: {e}"))?;
-            // The first replica is the placement's preferred leader: it stands at once, so
-            // leaders spread as placed and a new group does not wait out an election timeout
-            // (nor split its first vote). Only for a new group: a restarted replica must not
-            // depose a healthy leader.
             if replicas.first() == Some(&context.node_id) {
+                // The placement's preferred leader initializes the group and stands at once,
+                // so leaders spread as placed and a new group neither waits out an election
+                // timeout nor splits its first vote. The others wait uninitialized (no
+                // membership, so they cannot stand) and learn the membership from it.
+                raft.initialize(voters)
+                    .await
+                    .map_err(|e| format!("the Raft group did not initialize: {e}"))?;
                 raft.trigger()
                     .elect(false)
                     .await
                     .map_err(|e| format!("the Raft group did not start an election: {e}"))?;
+            } else {
+                // Should the preferred leader not be there (down at the creation), the others
+                // initialize the same voters themselves after a few election timeouts; every
+                // replica writes the same first entry, so whichever initializes agrees.
+                let wait =
+                    std::time::Duration::from_millis(context.config.election_timeout_max * 3);
+                let (raft, key) = (raft.clone(), key.clone());
+                drop(RT::spawn(async move {
+                    RT::sleep(wait).await;
+                    let uninitialized = raft
+                        .metrics()
+                        .borrow_watched()
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .next()
+                        .is_none();
+                    if uninitialized && let Err(e) = raft.initialize(voters).await {
+                        tracing::debug!(topic = %key.0, partition = key.1, error = %e, "a late initialize of a new group");
+                    }
+                }));
             }
         }
         let metrics = raft.metrics();
