@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation clean init gencert run run-cluster
+.PHONY: build test lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster clean init gencert run run-cluster
 
 build:
 	$(CARGO) build --release
@@ -31,6 +31,13 @@ bench:
 bench-scenarios:
 	$(CARGO) build --release
 	bash benches/walrs-bench-scenarios.sh
+
+## Replication on three nodes against a single node (BENCHMARKS.md, issue 10): W1-W3,
+## failover over 20 kills, idle CPU per partition; about 15 minutes, results in
+## target/bench-cluster/. Needs python3 (the failover driver makes its own venv).
+bench-cluster:
+	$(CARGO) build --release
+	bash benches/cluster-bench.sh
 
 ## Every benchmark: end-to-end, storage (criterion), shards and instrumentation.
 bench-all: bench bench-storage bench-shards bench-instrumentation

@@ -382,8 +382,18 @@ async fn three_nodes_replicate_and_keep_every_ack_across_a_leader_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
-    let cluster = TestCluster::start(3).await;
+    let mut cluster = TestCluster::start(3).await;
     let admin = cluster.client(2, "root").await;
+    // Every node is alive once node 2's links to its peers are up.
+    let until = deadline();
+    loop {
+        let nodes = admin.describe_cluster().await.unwrap().nodes;
+        if nodes.iter().all(|n| n.alive) {
+            break;
+        }
+        assert!(Instant::now() < until, "not all alive: {nodes:?}");
+        tokio::time::sleep(POLL).await;
+    }
     let create = |name: &str, partitions, replication_factor| pb::CreateTopicRequest {
         name: name.into(),
         partitions,
@@ -460,6 +470,17 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
         admin.delete_topic("spread").await.unwrap_err().code(),
         Code::NotFound
     );
+    // A stopped node is no longer alive to the others.
+    cluster.stop(3).await;
+    let until = deadline();
+    loop {
+        let nodes = admin.describe_cluster().await.unwrap().nodes;
+        if nodes.iter().any(|n| n.id == 3 && !n.alive) {
+            break;
+        }
+        assert!(Instant::now() < until, "node 3 still alive: {nodes:?}");
+        tokio::time::sleep(POLL).await;
+    }
     cluster.shutdown().await;
 }
 

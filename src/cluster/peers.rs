@@ -47,14 +47,25 @@ pub enum PeerError {
 pub struct PeerAdmin {
     membership: Membership,
     options: LinkOptions,
+    liveness: super::transport::PeerLiveness,
 }
 
 impl PeerAdmin {
-    pub fn new(membership: Membership, options: LinkOptions) -> PeerAdmin {
+    pub fn new(
+        membership: Membership,
+        options: LinkOptions,
+        liveness: super::transport::PeerLiveness,
+    ) -> PeerAdmin {
         PeerAdmin {
             membership,
             options,
+            liveness,
         }
+    }
+
+    /// True when the replication link to `node` is connected now.
+    pub fn is_up(&self, node: u64) -> bool {
+        self.liveness.is_up(node)
     }
 
     pub fn membership(&self) -> &Membership {

@@ -65,6 +65,22 @@ pub(crate) struct GrpcTransport {
     links: HashMap<NodeId, Link>,
 }
 
+/// Which peers' links are connected now, for `DescribeCluster` (until gossip says who is
+/// alive). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct PeerLiveness {
+    up: Arc<HashMap<NodeId, Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+impl PeerLiveness {
+    /// True when this node's link to `node` is connected.
+    pub fn is_up(&self, node: u64) -> bool {
+        self.up
+            .get(&node)
+            .is_some_and(|up| up.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 impl GrpcTransport {
     /// Starts one link per peer, on the current tokio runtime. Links connect on their own,
     /// in the background; a peer that is down is retried for as long as the node runs.
@@ -78,6 +94,18 @@ impl GrpcTransport {
             links.insert(u64::from(peer.id), link);
         }
         Ok(GrpcTransport { links })
+    }
+
+    /// The links' connection states.
+    pub(crate) fn liveness(&self) -> PeerLiveness {
+        PeerLiveness {
+            up: Arc::new(
+                self.links
+                    .iter()
+                    .map(|(&node, link)| (node, link.up.clone()))
+                    .collect(),
+            ),
+        }
     }
 }
 
@@ -105,6 +133,8 @@ struct Link {
     node: NodeId,
     queue: mpsc::Sender<Outgoing>,
     queue_depth_max: usize,
+    /// The stream to the peer is open.
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Link {
@@ -112,7 +142,9 @@ impl Link {
         let endpoint = endpoint(addr, &options)?;
         let (queue, queued) = mpsc::channel(options.queue_depth_max);
         let queue_depth_max = options.queue_depth_max;
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = LinkTask {
+            connected: up.clone(),
             node: u64::from(node),
             addr: addr.to_owned(),
             endpoint,
@@ -127,6 +159,7 @@ impl Link {
             node: u64::from(node),
             queue,
             queue_depth_max,
+            up,
         })
     }
 
@@ -188,6 +221,8 @@ struct LinkTask {
     next_id: u64,
     /// A message taken from the queue that did not fit the last frame: the next one's first.
     overflow: Option<Outgoing>,
+    /// Set while a stream to the peer is open (read by [`PeerLiveness`]).
+    connected: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a connected stream ended.
@@ -212,7 +247,10 @@ impl LinkTask {
                         tracing::info!(node = self.node, addr = %self.addr, "link to a peer up");
                     }
                     up = Some(true);
-                    match self.exchange(client).await {
+                    let exchanged = self.exchange(client).await;
+                    self.connected
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    match exchanged {
                         Ended::Stopped => return,
                         Ended::Failed(reason) => {
                             drop(channel);
@@ -324,6 +362,8 @@ impl LinkTask {
             }
         });
         let mut reader = AbortOnDrop(reader);
+        self.connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         loop {
             let first = match self.overflow.take() {
                 Some(out) => out,

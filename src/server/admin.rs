@@ -1,9 +1,10 @@
 //! Admin calls: create, delete, list and describe topics, truncate a partition, and
 //! describe the cluster.
 //!
-//! Until replication lands, the cluster is what `[cluster]` says (static membership) and this
-//! node holds every partition alone: a partition's leader is this node (`cluster.node_id`,
-//! 0 outside a cluster, where no replicas are reported) at leader epoch 0.
+//! The cluster is what `[cluster]` says (static membership, until gossip). In a cluster a
+//! creation is placed on every node (`cluster::placement`, then `Replication/PlaceTopic` to
+//! each peer) and a deletion reaches every node; a solo partition's leader is this node at
+//! epoch 0, a replicated one's is whoever its group names, at its term.
 //!
 //! Each is checked (running, topic name, ACL) before the shard set is called; creation is
 //! bounded by `server.partitions_per_topic_max` here and `server.topics_max` in the shard
@@ -460,10 +461,13 @@ impl Inner {
             .cluster_nodes()
             .into_iter()
             .map(|node| NodeInfo {
-                // This node answers, so it is alive. Peers' liveness comes with gossip
-                // (issue 11); until then nothing is known of them, so they are not claimed
-                // alive.
-                alive: node.id == node_id,
+                // This node answers, so it is alive; a peer is alive when this node's
+                // replication link to it is connected (gossip, issue 11, will say more).
+                alive: node.id == node_id
+                    || self
+                        .peers
+                        .as_ref()
+                        .is_some_and(|peers| peers.is_up(u64::from(node.id))),
                 id: node.id,
                 addr: node.addr,
             })

@@ -32,7 +32,7 @@ use super::stats::ServerStats;
 use crate::client::ClientTls;
 use crate::cluster::Membership;
 use crate::cluster::peers::PeerAdmin;
-use crate::cluster::transport::{GrpcTransport, LinkOptions};
+use crate::cluster::transport::{GrpcTransport, LinkOptions, PeerLiveness};
 use crate::config::Config;
 use crate::observability::{self, Health, MetricsEndpoint};
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -99,25 +99,27 @@ fn raft_context(
     config: &Config,
     membership: &Membership,
     links: LinkOptions,
-) -> Result<RaftContext> {
+) -> Result<(RaftContext, PeerLiveness)> {
     let raft_config = config
         .cluster
         .raft_timings()
         .openraft_config()
         .map_err(Error::ClusterSetup)?;
     let transport = GrpcTransport::start(membership, links).map_err(Error::ClusterSetup)?;
+    let liveness = transport.liveness();
     let addrs = membership
         .nodes
         .iter()
         .map(|n| (u64::from(n.id), n.addr.clone()))
         .collect();
-    Ok(RaftContext {
+    let context = RaftContext {
         node_id: u64::from(membership.node_id),
         addrs: Arc::new(addrs),
         tail_cache_bytes_max: config.cluster.replication_cache_bytes_max as usize,
         transport: Arc::new(transport),
         config: Arc::new(raft_config),
-    })
+    };
+    Ok((context, liveness))
 }
 
 /// A running server.
@@ -262,9 +264,12 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let options = config.shard_options();
     let cluster = cluster_links(&config)?;
-    let raft = match &cluster {
-        None => None,
-        Some((membership, links)) => Some(raft_context(&config, membership, links.clone())?),
+    let (raft, liveness) = match &cluster {
+        None => (None, PeerLiveness::default()),
+        Some((membership, links)) => {
+            let (context, liveness) = raft_context(&config, membership, links.clone())?;
+            (Some(context), liveness)
+        }
     };
     // Starting opens and recovers every partition: blocking work, off the runtime.
     let shards =
@@ -302,7 +307,7 @@ pub async fn start(config: Config) -> Result<Running> {
         config.clone(),
         draining_rx.clone(),
         in_flight.clone(),
-        cluster.map(|(membership, links)| PeerAdmin::new(membership, links)),
+        cluster.map(|(membership, links)| PeerAdmin::new(membership, links, liveness)),
     );
     let replication_limit = replication_message_limit(&config);
     let replication_server = ReplicationServer::new(service.replication())

@@ -535,9 +535,11 @@ impl<E: Engine> Log<E> {
         self.poison("append", appended)?;
         assert_eq!(self.end_offset(), next_offset, "end offset after append");
         if let Some(tail) = self.tail.as_mut() {
+            // A copy: the received bytes may be a slice of a whole network frame, which the
+            // cache would otherwise keep alive beyond its bound.
             tail.push(RawBatch {
                 header: *header,
-                bytes: batch.bytes.clone(),
+                bytes: Bytes::copy_from_slice(&batch.bytes),
             });
         }
         Ok(base_offset)
