@@ -261,6 +261,19 @@ async fn first_acked_offset(cluster: &TestCluster, id: u32) -> u64 {
     read.records[0].offset
 }
 
+/// Polls `client`'s DescribeCluster until `seen` holds of its nodes (`what` names it).
+async fn until_described(client: &Client, what: &str, seen: impl Fn(&[pb::NodeInfo]) -> bool) {
+    let until = deadline();
+    loop {
+        let nodes = client.describe_cluster().await.unwrap().nodes;
+        if seen(&nodes) {
+            return;
+        }
+        assert!(Instant::now() < until, "never {what}: {nodes:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn batch(from: usize, n: usize) -> Vec<String> {
     (from..from + n).map(|i| format!("record-{i}")).collect()
 }
@@ -385,15 +398,10 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
     let mut cluster = TestCluster::start(3).await;
     let admin = cluster.client(2, "root").await;
     // Every node is alive once node 2's links to its peers are up.
-    let until = deadline();
-    loop {
-        let nodes = admin.describe_cluster().await.unwrap().nodes;
-        if nodes.iter().all(|n| n.alive) {
-            break;
-        }
-        assert!(Instant::now() < until, "not all alive: {nodes:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    until_described(&admin, "every node alive", |nodes| {
+        nodes.iter().all(|n| n.alive)
+    })
+    .await;
     let create = |name: &str, partitions, replication_factor| pb::CreateTopicRequest {
         name: name.into(),
         partitions,
@@ -472,15 +480,10 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
     );
     // A stopped node is no longer alive to the others.
     cluster.stop(3).await;
-    let until = deadline();
-    loop {
-        let nodes = admin.describe_cluster().await.unwrap().nodes;
-        if nodes.iter().any(|n| n.id == 3 && !n.alive) {
-            break;
-        }
-        assert!(Instant::now() < until, "node 3 still alive: {nodes:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    until_described(&admin, "node 3 not alive", |nodes| {
+        nodes.iter().any(|n| n.id == 3 && !n.alive)
+    })
+    .await;
     cluster.shutdown().await;
 }
 
