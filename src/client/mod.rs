@@ -153,15 +153,7 @@ impl Client {
         partition: Option<u32>,
         records: Vec<Record>,
     ) -> Result<AppendResponse, Status> {
-        let request = AppendRequest {
-            topic: topic.to_string(),
-            partition,
-            records,
-            correlation_id: 0,
-            // Not idempotent (issue 12).
-            producer_id: 0,
-            sequence: 0,
-        };
+        let request = append_request(topic, partition, records);
         Ok(self.inner.clone().append(request).await?.into_inner())
     }
 
@@ -300,6 +292,22 @@ pub(crate) fn endpoint(address: &str, tls: Option<ClientTlsConfig>) -> Result<En
         endpoint = endpoint.tls_config(tls).map_err(address_error)?;
     }
     Ok(endpoint)
+}
+
+/// One unary append of `records` as one batch, not idempotent (issue 12).
+pub(crate) fn append_request(
+    topic: &str,
+    partition: Option<u32>,
+    records: Vec<Record>,
+) -> AppendRequest {
+    AppendRequest {
+        topic: topic.to_string(),
+        partition,
+        records,
+        correlation_id: 0,
+        producer_id: 0,
+        sequence: 0,
+    }
 }
 
 fn read_request(

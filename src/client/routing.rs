@@ -43,9 +43,8 @@ use super::hint::{self, Disposition};
 use super::retry::{Attempts, RetryOptions};
 use super::{Client, ClientTls, Error};
 use crate::proto::v1::{
-    AppendRequest, AppendResponse, CreateTopicResponse, DeleteTopicResponse,
-    DescribeClusterResponse, DescribeTopicResponse, ListTopicsResponse, ReadResponse, Record,
-    TruncateResponse,
+    AppendResponse, CreateTopicResponse, DeleteTopicResponse, DescribeClusterResponse,
+    DescribeTopicResponse, ListTopicsResponse, ReadResponse, Record, TruncateResponse,
 };
 
 /// Most nodes a routing client knows (and so most connections it holds).
@@ -471,15 +470,7 @@ impl RoutingClient {
         partition: Option<u32>,
         records: Vec<Record>,
     ) -> Result<AppendResponse, Status> {
-        let request = AppendRequest {
-            topic: topic.to_string(),
-            partition,
-            records,
-            correlation_id: 0,
-            // Not idempotent (issue 12).
-            producer_id: 0,
-            sequence: 0,
-        };
+        let request = super::append_request(topic, partition, records);
         let route = Route::Leader { topic, partition };
         self.call(route, Duration::ZERO, |client| {
             let request = request.clone();
