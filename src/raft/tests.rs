@@ -114,7 +114,7 @@ const TIMINGS: RaftTimings = RaftTimings {
 
 /// How long an election may take here: many election timeouts (two busy cores).
 fn election_deadline() -> Duration {
-    Duration::from_millis(TIMINGS.election_timeout_max_ms * 20)
+    Duration::from_millis(TIMINGS.election_timeout_max_ms * 40)
 }
 
 struct Cluster {
