@@ -203,6 +203,10 @@ struct Pending {
 }
 
 /// Raft appends written in the current group, waiting for the flush that makes them durable.
+/// How long a stopping shard waits for its Raft groups to stop, and how often it looks.
+const GROUP_STOP_GRACE: Duration = Duration::from_secs(2);
+const GROUP_STOP_POLL: Duration = Duration::from_millis(1);
+
 type RaftFlushes<RT> = Vec<(Key, IOFlushed<crate::raft::types::PartitionTypes<RT>>)>;
 
 struct Shard<E: Engine, RT: AsyncRuntime> {
@@ -301,6 +305,7 @@ where
     // Whatever raced in behind the shutdown is refused, not dropped silently; the gate closes
     // first, so nothing can slip in after this drain.
     rx.close_and_refuse(|| Error::ShuttingDown);
+    shard.stop_groups(&runtime, &local_rx).await;
     let closed = shard.close_all().await;
     while let Ok(local) = local_rx.try_recv() {
         if let Local::Op(op) = local {
@@ -1066,6 +1071,42 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .fsyncs
             .store(self.engine.fdatasync_count(), Relaxed);
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops every running Raft group before the logs close (a group whose log closes under
+    /// it fails its pending I/O, loudly), serving the groups' last log operations meanwhile,
+    /// for at most [`GROUP_STOP_GRACE`].
+    async fn stop_groups<R: LoopRuntime<Rt = RT>>(
+        &mut self,
+        runtime: &R,
+        local_rx: &flume::Receiver<Local<RT>>,
+    ) {
+        let running = std::rc::Rc::new(std::cell::Cell::new(0usize));
+        for p in self.partitions.values_mut() {
+            let Replication::Running(group) =
+                std::mem::replace(&mut p.replication, Replication::Starting)
+            else {
+                continue;
+            };
+            running.set(running.get() + 1);
+            let running = running.clone();
+            drop(RT::spawn(async move {
+                group.shutdown().await;
+                running.set(running.get() - 1);
+            }));
+        }
+        let deadline = Instant::now() + GROUP_STOP_GRACE;
+        let mut raft_flushes = Vec::new();
+        while running.get() > 0 && Instant::now() < deadline {
+            match local_rx.try_recv() {
+                Ok(local) => self.serve_local(local, &mut raft_flushes).await,
+                Err(_) => runtime.sleep(GROUP_STOP_POLL).await,
+            }
+        }
+        self.flush(Vec::new(), raft_flushes).await;
+        if running.get() > 0 {
+            tracing::warn!(shard = self.id, groups = running.get(), grace = ?GROUP_STOP_GRACE, "Raft groups still stopping; closing their logs anyway");
+        }
     }
 
     /// Interval durability: syncs every partition committed since the last tick.
