@@ -820,6 +820,16 @@ fn memlock_child() {
     });
 }
 
+/// Polls `done` every millisecond until it holds, for at most 10 s (an abandoned admin call
+/// finishing in its own task has no event to wait on from here).
+async fn until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never happened");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Regression: a create or delete whose caller went away midway (tonic drops the handler
 /// future on cancel or deadline) stopped at an await, leaving partitions open but
 /// unroutable; the next create removed the open logs' directory and the shard panicked.
@@ -833,7 +843,9 @@ async fn admin_calls_dropped_midway_still_finish_and_a_recreate_works() {
         if let Ok(done) = created {
             done.unwrap();
         }
-        // The dropped creation finished: a second one sees the topic.
+        // The dropped creation runs on in its own task (spawned on its first poll): wait for
+        // it to end, then a second one sees the topic.
+        until(|| set.partitions_of("c").is_ok()).await;
         assert!(
             matches!(
                 set.create_topic("c", 6).await,
@@ -849,6 +861,7 @@ async fn admin_calls_dropped_midway_still_finish_and_a_recreate_works() {
         if let Ok(done) = deleted {
             done.unwrap();
         }
+        until(|| set.partitions_of("c").is_err()).await;
         // The dropped deletion finished too: the name is free, and a new topic by it opens
         // cleanly (no partition of the old one is still open on its shard).
         set.create_topic("c", 6).await.unwrap();
