@@ -643,14 +643,7 @@ pub(crate) async fn cut_below<E: Engine>(
     if before_offset <= log.start_offset() {
         return Ok(None);
     }
-    let containing = log
-        .read_raw(before_offset - 1, 0)
-        .await
-        .map_err(io_error)?
-        .into_iter()
-        .next()
-        .map(|raw| raw.header);
-    let Some(header) = containing else {
+    let Some(header) = log.header_at(before_offset - 1).await.map_err(io_error)? else {
         return Ok(None);
     };
     if header.next_offset() <= before_offset {
@@ -673,13 +666,10 @@ async fn snapshot<E: Engine>(
         return Err(missing(index, log.dir()));
     };
     let header = log
-        .read_raw(offset, 0)
+        .header_at(offset)
         .await
         .map_err(io_error)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| missing(index, log.dir()))?
-        .header;
+        .ok_or_else(|| missing(index, log.dir()))?;
     let mark = storage::AppliedMark {
         term: header.leader_epoch,
         index,

@@ -270,8 +270,14 @@ impl Cluster {
                     .await,
             );
         }
+        self.served(id, topic, 0, end).await
+    }
+
+    /// The records node `id` serves from `start` up to `end` (no waiting).
+    async fn served(&self, id: NodeId, topic: &str, start: u64, end: u64) -> Vec<(u64, Vec<u8>)> {
+        let set = self.node(id);
         let mut out = Vec::new();
-        let mut offset = 0;
+        let mut offset = start;
         while offset < end {
             let read = set.read(topic, 0, offset, 1 << 20, 0).await.unwrap();
             out.extend(read.records.iter().map(|r| (r.offset, r.value.to_vec())));
@@ -368,13 +374,7 @@ async fn three_replicas_elect_replicate_commit_and_survive_the_leader() {
             );
             tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
         }
-        let mut served = Vec::new();
-        let mut at = start;
-        while at < end {
-            let read = cluster.node(id).read("t", 0, at, 1 << 20, 0).await.unwrap();
-            served.extend(read.records.iter().map(|r| (r.offset, r.value.to_vec())));
-            at = read.next_offset;
-        }
+        let served = cluster.served(id, "t", start, end).await;
         let expected: Vec<_> = acked.iter().filter(|(o, _)| *o >= start).cloned().collect();
         assert_eq!(served, expected, "node {id} after the truncate");
     }
@@ -666,17 +666,7 @@ async fn a_follower_behind_the_leaders_log_start_installs_a_snapshot() {
             .partitions[0]
             .clone();
         if d.high_watermark >= end && d.start_offset > away_end {
-            let mut served = Vec::new();
-            let mut at = d.start_offset;
-            while at < end {
-                let read = cluster
-                    .node(away)
-                    .read("s", 0, at, 1 << 20, 0)
-                    .await
-                    .unwrap();
-                served.extend(read.records.iter().map(|r| (r.offset, r.value.to_vec())));
-                at = read.next_offset;
-            }
+            let served = cluster.served(away, "s", d.start_offset, end).await;
             break (d.start_offset, served);
         }
         assert!(

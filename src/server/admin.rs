@@ -59,11 +59,7 @@ type Placed = std::result::Result<bool, String>;
 /// The outcome of placing a topic on every node: created somewhere and failed nowhere is
 /// success; existing everywhere is ALREADY_EXISTS; any failure names the nodes.
 fn placement_outcome(topic: &str, answers: &[(u64, Placed)]) -> Result<()> {
-    let failed: Vec<String> = answers
-        .iter()
-        .filter_map(|(node, a)| a.as_ref().err().map(|e| format!("node {node}: {e}")))
-        .collect();
-    if !failed.is_empty() {
+    if let Some(failed) = failures(answers) {
         let done: Vec<u64> = answers
             .iter()
             .filter(|(_, a)| a.is_ok())
@@ -71,9 +67,8 @@ fn placement_outcome(topic: &str, answers: &[(u64, Placed)]) -> Result<()> {
             .collect();
         return Err(Error::Cluster {
             message: format!(
-                "topic {topic:?} is placed on nodes {done:?} but not everywhere ({}); \
-                 retry CreateTopic once the nodes are up: it completes the placement",
-                failed.join("; ")
+                "topic {topic:?} is placed on nodes {done:?} but not everywhere ({failed}); \
+                 retry CreateTopic once the nodes are up: it completes the placement"
             ),
         });
     }
@@ -84,6 +79,15 @@ fn placement_outcome(topic: &str, answers: &[(u64, Placed)]) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The nodes that failed a cluster-wide call, each with why (`None` when none did).
+fn failures(answers: &[(u64, Placed)]) -> Option<String> {
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|(node, a)| a.as_ref().err().map(|e| format!("node {node}: {e}")))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
 }
 
 impl Inner {
@@ -349,16 +353,11 @@ impl Inner {
             (node, dropped)
         });
         let answers = futures::future::join_all(calls).await;
-        let failed: Vec<String> = answers
-            .iter()
-            .filter_map(|(node, a)| a.as_ref().err().map(|e| format!("node {node}: {e}")))
-            .collect();
-        if !failed.is_empty() {
+        if let Some(failed) = failures(&answers) {
             return Err(Error::Cluster {
                 message: format!(
-                    "topic {name:?} was not deleted everywhere ({}); retry DeleteTopic once the \
-                     nodes are up",
-                    failed.join("; ")
+                    "topic {name:?} was not deleted everywhere ({failed}); retry DeleteTopic \
+                     once the nodes are up"
                 ),
             });
         }

@@ -60,6 +60,27 @@ fn speaks_for(principal: &Principal) -> Option<u32> {
     }
 }
 
+impl ReplicationService {
+    /// The caller of a call that covers every topic (the stream, the placements): running,
+    /// authenticated, and granted `replicate` by some ACL entry; the refusal is logged.
+    fn node_caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let inner = &self.inner;
+        inner.check_running()?;
+        let principal = inner.principal(request)?;
+        if inner.acl.authorize_somewhere(&principal, Action::Replicate) {
+            return Ok(principal);
+        }
+        observability::authorization_denied(principal.name());
+        tracing::warn!(peer = %peer_addr(request), identity = %principal, "node-to-node call refused by the ACL");
+        Err(Error::Denied {
+            principal,
+            action: Action::Replicate,
+            topic: "*".to_owned(),
+        }
+        .into())
+    }
+}
+
 type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::RaftFrame, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -71,18 +92,7 @@ impl Replication for ReplicationService {
         request: Request<Streaming<pb::RaftFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
         let inner = &self.inner;
-        inner.check_running()?;
-        let principal = inner.principal(&request)?;
-        if !inner.acl.authorize_somewhere(&principal, Action::Replicate) {
-            observability::authorization_denied(principal.name());
-            tracing::warn!(peer = %peer_addr(&request), identity = %principal, "replication stream refused by the ACL");
-            return Err(Error::Denied {
-                principal,
-                action: Action::Replicate,
-                topic: "*".to_owned(),
-            }
-            .into());
-        }
+        let principal = self.node_caller(&request)?;
         tracing::debug!(peer = %peer_addr(&request), identity = %principal, "replication stream opened");
         let (answers, stream) = mpsc::channel(FRAMES_QUEUED);
         let serve = Exchange {
@@ -116,19 +126,9 @@ impl Replication for ReplicationService {
         &self,
         request: Request<pb::ListPlacementsRequest>,
     ) -> Result<Response<pb::ListPlacementsResponse>, Status> {
-        let inner = &self.inner;
-        inner.check_running()?;
-        let principal = inner.principal(&request)?;
-        if !inner.acl.authorize_somewhere(&principal, Action::Replicate) {
-            return Err(Error::Denied {
-                principal,
-                action: Action::Replicate,
-                topic: "*".to_owned(),
-            }
-            .into());
-        }
+        self.node_caller(&request)?;
         Ok(Response::new(pb::ListPlacementsResponse {
-            topics: inner.placements(),
+            topics: self.inner.placements(),
         }))
     }
 

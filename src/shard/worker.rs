@@ -347,7 +347,29 @@ fn not_leader(raft: Option<&RaftContext>, key: &Key, leader: Option<u64>) -> Err
         topic: key.0.to_string(),
         partition: key.1,
         leader,
-        leader_addr: leader.and_then(|id| raft?.addrs.get(&id).cloned()),
+        leader_addr: leader_addr(raft, leader),
+    }
+}
+
+/// Where `leader` serves, when it is known.
+fn leader_addr(raft: Option<&RaftContext>, leader: Option<u64>) -> Option<String> {
+    leader.and_then(|id| raft?.addrs.get(&id).cloned())
+}
+
+/// The group a write to a partition goes through: `None` for a solo partition (written
+/// here), the group when this replica leads it, else the refusal naming the leader.
+fn leading_group<'a, RT: AsyncRuntime>(
+    replication: &'a Replication<RT>,
+    raft: Option<&RaftContext>,
+    key: &Key,
+) -> Result<Option<&'a Group<RT>>> {
+    match replication {
+        Replication::Solo => Ok(None),
+        Replication::Starting => Err(not_leader(raft, key, None)),
+        Replication::Running(group) => match group.leader() {
+            (_, true) => Ok(Some(group)),
+            (leader, false) => Err(not_leader(raft, key, leader)),
+        },
     }
 }
 
@@ -545,17 +567,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
-        match &p.replication {
-            Replication::Solo => {}
-            Replication::Starting => {
-                return send(reply, Err(not_leader(self.raft.as_ref(), &key, None)));
-            }
-            Replication::Running(group) => {
-                let (leader, is_me) = group.leader();
-                if !is_me {
-                    // Refused before anything changes; the client follows the hint.
-                    return send(reply, Err(not_leader(self.raft.as_ref(), &key, leader)));
-                }
+        match leading_group(&p.replication, self.raft.as_ref(), &key) {
+            Ok(None) => {}
+            // Refused before anything changes; the client follows the hint.
+            Err(e) => return send(reply, Err(e)),
+            Ok(Some(group)) => {
                 let stats = self.stats.clone();
                 let raft = self.raft.clone();
                 let (topic, partition) = key;
@@ -729,7 +745,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 partition: key.1,
                 end_offset: p.log.end_offset(),
                 leader,
-                leader_addr: leader.and_then(|id| self.raft.as_ref()?.addrs.get(&id).cloned()),
+                leader_addr: leader_addr(self.raft.as_ref(), leader),
             });
         }
         let batches = p
@@ -776,14 +792,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
-        let group = match &p.replication {
-            Replication::Running(group) => group,
-            _ => return send(reply, Err(not_leader(self.raft.as_ref(), &key, None))),
+        let group = match leading_group(&p.replication, self.raft.as_ref(), &key) {
+            Ok(Some(group)) => group,
+            Ok(None) => unreachable!("called for replicated partitions only"),
+            Err(e) => return send(reply, Err(e)),
         };
-        let (leader, is_me) = group.leader();
-        if !is_me {
-            return send(reply, Err(not_leader(self.raft.as_ref(), &key, leader)));
-        }
         let (start, end) = (p.log.start_offset(), p.log.high_watermark());
         if before_offset > end {
             let e = storage::Error::OffsetOutOfRange {

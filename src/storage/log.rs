@@ -432,18 +432,19 @@ impl<E: Engine> Log<E> {
             let Some(entry) = self.segments[i].last_batch(&engine).await? else {
                 continue;
             };
-            if entry.offset < self.start_offset {
-                return Ok(None);
-            }
-            let batches = self.read_raw(entry.offset, 0).await?;
-            let raw = batches.into_iter().next().ok_or(Error::OffsetOutOfRange {
-                offset: entry.offset,
-                start: self.start_offset,
-                end: self.end_offset(),
-            })?;
-            return Ok(Some(raw.header));
+            return self.header_at(entry.offset).await;
         }
         Ok(None)
+    }
+
+    /// The header of the batch that holds `offset`, read alone (from the tail cache when it
+    /// has it); `None` below the start or at the end.
+    pub async fn header_at(&mut self, offset: u64) -> Result<Option<BatchHeader>> {
+        if offset < self.start_offset || offset >= self.end_offset() {
+            return Ok(None);
+        }
+        let batches = self.read_raw(offset, 0).await?;
+        Ok(batches.into_iter().next().map(|raw| raw.header))
     }
 
     /// Appends `records`, whose encoded size is `batch_bytes`, with `meta` in the header.
@@ -1048,11 +1049,7 @@ impl<E: Engine> Log<E> {
         let Some(entry) = self.segments[due - 1].last_batch(&engine).await? else {
             return Ok(None);
         };
-        if entry.offset < self.start_offset {
-            return Ok(None);
-        }
-        let batches = self.read_raw(entry.offset, 0).await?;
-        Ok(batches.into_iter().next().map(|raw| raw.header))
+        self.header_at(entry.offset).await
     }
 
     /// Syncs (unless poisoned) and closes every file.
