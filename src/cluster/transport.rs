@@ -41,8 +41,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Frames built but not yet taken by the HTTP/2 stream, per link.
 const FRAMES_QUEUED: usize = 4;
-/// Protobuf framing of one message inside a frame (tag and length), at most.
-const MESSAGE_FRAMING_BYTES: usize = 6;
+/// Protobuf framing of one message inside a frame (tag and length), and its request id
+/// (set after it is measured), at most.
+const MESSAGE_FRAMING_BYTES: usize = 6 + 11;
 
 /// The limits and identity a node's links share.
 #[derive(Clone)]
@@ -394,9 +395,12 @@ impl LinkTask {
     fn frame(&mut self, first: Outgoing) -> pb::RaftFrame {
         let mut messages = Vec::new();
         let mut bytes = 0usize;
-        let mut next = Some(first);
+        // Each message is measured once, before it joins the frame (its id's few bytes are
+        // within the framing allowance).
+        let size_of = |out: &Outgoing| out.message.encoded_len() + MESSAGE_FRAMING_BYTES;
+        let mut next = Some((size_of(&first), first));
         let mut pending = self.pending.lock().expect("pending lock poisoned");
-        while let Some(mut out) = next.take() {
+        while let Some((size, mut out)) = next.take() {
             if pending.len() >= self.options.queue_depth_max {
                 // Forget answers whose senders stopped waiting (they timed out).
                 pending.retain(|_, answer| !answer.is_closed());
@@ -412,7 +416,7 @@ impl LinkTask {
             } else if !out.answer.is_closed() {
                 out.message.id = self.next_id;
                 self.next_id += 1;
-                bytes += out.message.encoded_len() + MESSAGE_FRAMING_BYTES;
+                bytes += size;
                 pending.insert(out.message.id, out.answer);
                 messages.push(out.message);
             }
@@ -422,12 +426,12 @@ impl LinkTask {
             let Ok(queued) = self.queued.try_recv() else {
                 break;
             };
-            let size = queued.message.encoded_len() + MESSAGE_FRAMING_BYTES;
+            let size = size_of(&queued);
             if !messages.is_empty() && bytes + size > self.options.frame_bytes_max {
                 self.overflow = Some(queued);
                 break;
             }
-            next = Some(queued);
+            next = Some((size, queued));
         }
         pb::RaftFrame { messages }
     }

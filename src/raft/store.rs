@@ -415,7 +415,7 @@ fn control_record(payload: &Payload) -> Record {
     }
 }
 
-pub(crate) fn encode_membership(m: &Membership) -> Vec<u8> {
+pub(crate) fn membership_to_pb(m: &Membership) -> pb::RaftMembership {
     pb::RaftMembership {
         configs: m
             .get_joint_config()
@@ -426,7 +426,10 @@ pub(crate) fn encode_membership(m: &Membership) -> Vec<u8> {
             .collect(),
         nodes: m.nodes().map(|(id, _)| *id).collect(),
     }
-    .encode_to_vec()
+}
+
+pub(crate) fn encode_membership(m: &Membership) -> Vec<u8> {
+    membership_to_pb(m).encode_to_vec()
 }
 
 pub(crate) fn membership_from_pb(m: &pb::RaftMembership) -> io::Result<Membership> {
@@ -457,14 +460,8 @@ fn decode_membership(bytes: &[u8]) -> io::Result<Membership> {
 /// The membership as of the applied entry, encoded for the applied mark.
 pub(crate) fn applied_context(membership: &StoredMembership) -> Vec<u8> {
     pb::RaftAppliedContext {
-        membership_log_id: membership.log_id().as_ref().map(|id| pb::RaftLogId {
-            term: id.committed_leader_id().term,
-            index: id.index(),
-        }),
-        membership: Some(
-            pb::RaftMembership::decode(&encode_membership(membership.membership())[..])
-                .expect("just encoded"),
-        ),
+        membership_log_id: membership.log_id().as_ref().map(super::wire::log_id_to),
+        membership: Some(membership_to_pb(membership.membership())),
     }
     .encode_to_vec()
 }

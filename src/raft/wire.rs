@@ -13,7 +13,7 @@ use openraft::entry::RaftEntry;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::rt::AsyncRuntime;
 
-use super::store::{encode_membership, membership_from_pb};
+use super::store::{membership_from_pb, membership_to_pb};
 use super::types::{Entry, LogId, PartitionTypes, Proposal, Vote, log_id};
 use crate::proto::v1 as pb;
 use crate::storage;
@@ -57,7 +57,7 @@ fn vote_from(vote: Option<pb::RaftVote>) -> io::Result<Vote> {
     })
 }
 
-fn log_id_to(id: &LogId) -> pb::RaftLogId {
+pub(crate) fn log_id_to(id: &LogId) -> pb::RaftLogId {
     pb::RaftLogId {
         term: id.leader_id.term,
         index: id.index,
@@ -78,10 +78,7 @@ fn entry_to(entry: &Entry) -> io::Result<pb::RaftEntry> {
             // Replication reads entries back from this replica's log, which stores them first.
             return Err(malformed("an entry to ship is not read from the log"));
         }
-        EntryPayload::Membership(m) => WirePayload::Membership(
-            prost::Message::decode(&encode_membership(m)[..])
-                .expect("a membership we encoded decodes"),
-        ),
+        EntryPayload::Membership(m) => WirePayload::Membership(membership_to_pb(m)),
     };
     Ok(pb::RaftEntry {
         log_id: Some(log_id_to(&entry.log_id())),
@@ -220,10 +217,7 @@ pub(crate) fn snapshot_to(
         .last_log_id
         .as_ref()
         .ok_or_else(|| malformed("a snapshot that covers no entry"))?;
-    let membership = <pb::RaftMembership as prost::Message>::decode(
-        &encode_membership(meta.last_membership.membership())[..],
-    )
-    .map_err(|e| malformed(&e.to_string()))?;
+    let membership = membership_to_pb(meta.last_membership.membership());
     Ok(pb::RaftSnapshot {
         vote: Some(vote_to(vote)),
         last_log_id: Some(log_id_to(last)),
