@@ -226,6 +226,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         ("cluster.election_timeout_max_ms", int(120_000)),
     ]);
     cases.extend(single(
+        "cluster.quiesce_after_ms",
+        vec![int(0), int(100), int(86_400_000)],
+    ));
+    cases.extend(single(
         "cluster.replication_batch_bytes_max",
         vec![int(4 * MIB), int(GIB)],
     ));

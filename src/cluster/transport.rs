@@ -20,6 +20,7 @@
 //! HTTP/2 keep-alive pings find a peer that went silent (a cut network, a paused process).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::Membership;
 use crate::proto::v1 as pb;
 use crate::proto::v1::replication_client::ReplicationClient;
-use crate::raft::network::{RaftTransport, TransportError, TransportReply};
+use crate::raft::network::{LinkState, RaftTransport, TransportError, TransportReply};
 use crate::raft::types::NodeId;
 
 /// How long connecting to a peer (TCP and TLS) may take.
@@ -70,15 +71,38 @@ pub(crate) struct GrpcTransport {
 /// alive). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct PeerLiveness {
-    up: Arc<HashMap<NodeId, Arc<std::sync::atomic::AtomicBool>>>,
+    up: Arc<HashMap<NodeId, Arc<LinkStatus>>>,
 }
 
 impl PeerLiveness {
     /// True when this node's link to `node` is connected.
     pub fn is_up(&self, node: u64) -> bool {
-        self.up
-            .get(&node)
-            .is_some_and(|up| up.load(std::sync::atomic::Ordering::Relaxed))
+        self.up.get(&node).is_some_and(|link| link.state().up)
+    }
+}
+
+/// Whether a link's stream is open, and how often that changed; written by the link's task,
+/// read by anyone.
+#[derive(Debug, Default)]
+struct LinkStatus {
+    up: AtomicBool,
+    changes: AtomicU64,
+}
+
+impl LinkStatus {
+    fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn state(&self) -> LinkState {
+        // The count first: a change between the two loads shows as a change at the next look.
+        let changes = self.changes.load(Ordering::Acquire);
+        LinkState {
+            up: self.up.load(Ordering::Acquire),
+            changes,
+        }
     }
 }
 
@@ -103,7 +127,7 @@ impl GrpcTransport {
             up: Arc::new(
                 self.links
                     .iter()
-                    .map(|(&node, link)| (node, link.up.clone()))
+                    .map(|(&node, link)| (node, link.status.clone()))
                     .collect(),
             ),
         }
@@ -118,6 +142,12 @@ impl RaftTransport for GrpcTransport {
             None => drop(tx.send(Err(TransportError::UnknownNode { node: to }))),
         }
         rx
+    }
+
+    fn link(&self, _from: NodeId, to: NodeId) -> LinkState {
+        self.links
+            .get(&to)
+            .map_or_else(LinkState::default, |link| link.status.state())
     }
 }
 
@@ -134,8 +164,7 @@ struct Link {
     node: NodeId,
     queue: mpsc::Sender<Outgoing>,
     queue_depth_max: usize,
-    /// The stream to the peer is open.
-    up: Arc<std::sync::atomic::AtomicBool>,
+    status: Arc<LinkStatus>,
 }
 
 impl Link {
@@ -143,9 +172,9 @@ impl Link {
         let endpoint = endpoint(addr, &options)?;
         let (queue, queued) = mpsc::channel(options.queue_depth_max);
         let queue_depth_max = options.queue_depth_max;
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let status = Arc::new(LinkStatus::default());
         let task = LinkTask {
-            connected: up.clone(),
+            status: status.clone(),
             node: u64::from(node),
             addr: addr.to_owned(),
             endpoint,
@@ -160,7 +189,7 @@ impl Link {
             node: u64::from(node),
             queue,
             queue_depth_max,
-            up,
+            status,
         })
     }
 
@@ -222,8 +251,8 @@ struct LinkTask {
     next_id: u64,
     /// A message taken from the queue that did not fit the last frame: the next one's first.
     overflow: Option<Outgoing>,
-    /// Set while a stream to the peer is open (read by [`PeerLiveness`]).
-    connected: Arc<std::sync::atomic::AtomicBool>,
+    /// Up while a stream to the peer is open (read by [`PeerLiveness`] and the groups).
+    status: Arc<LinkStatus>,
 }
 
 /// Why a connected stream ended.
@@ -249,8 +278,7 @@ impl LinkTask {
                     }
                     up = Some(true);
                     let exchanged = self.exchange(client).await;
-                    self.connected
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.status.set(false);
                     match exchanged {
                         Ended::Stopped => return,
                         Ended::Failed(reason) => {
@@ -363,8 +391,7 @@ impl LinkTask {
             }
         });
         let mut reader = AbortOnDrop(reader);
-        self.connected
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.status.set(true);
         loop {
             let first = match self.overflow.take() {
                 Some(out) => out,

@@ -72,6 +72,9 @@ pub struct ClusterConfig {
     pub replication_cache_bytes_max: u64,
     /// Entries (batches) in one AppendEntries message.
     pub raft_payload_entries_max: u32,
+    /// A partition with no write for this long goes quiet: no heartbeats, no election
+    /// timers, until a write, a vote, or a change in the links between its nodes; 0 = never.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -89,6 +92,7 @@ impl Default for ClusterConfig {
             replication_queue_depth_max: 4096,
             replication_cache_bytes_max: 4 * MIB,
             raft_payload_entries_max: timings.raft_payload_entries_max,
+            quiesce_after_ms: timings.quiesce_after_ms,
         }
     }
 }
@@ -142,6 +146,7 @@ impl ClusterConfig {
             election_timeout_max_ms: self.election_timeout_max_ms,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             raft_payload_entries_max: self.raft_payload_entries_max,
+            quiesce_after_ms: self.quiesce_after_ms,
         }
     }
 
@@ -509,6 +514,8 @@ mod tests {
     fn replication_limits_are_bounded() {
         check("replication_batch_bytes_max = 1073741824").unwrap();
         check("replication_queue_depth_max = 1\nraft_payload_entries_max = 1").unwrap();
+        check("quiesce_after_ms = 0").unwrap();
+        check("quiesce_after_ms = 100").unwrap();
         let cases = [
             (
                 "replication_batch_bytes_max = 4194303",
@@ -538,6 +545,8 @@ mod tests {
                 "raft_payload_entries_max = 65537",
                 "cluster.raft_payload_entries_max",
             ),
+            ("quiesce_after_ms = 99", "cluster.quiesce_after_ms"),
+            ("quiesce_after_ms = 86400001", "cluster.quiesce_after_ms"),
         ];
         for (text, key) in cases {
             let err = refused(text);

@@ -48,6 +48,10 @@ pub mod names {
     pub const SLOW_FSYNCS_TOTAL: &str = "walrs_slow_fsyncs_total";
     /// Gauge {shard}: requests waiting in the shard's queue (sampled at scrape).
     pub const SHARD_QUEUE_DEPTH: &str = "walrs_shard_queue_depth";
+    /// Gauge {shard}: replicated partitions' Raft groups running on the shard.
+    pub const RAFT_GROUPS: &str = "walrs_raft_groups";
+    /// Gauge {shard}: those of them quiet (idle: no heartbeats, no election timers).
+    pub const RAFT_GROUPS_QUIET: &str = "walrs_raft_groups_quiet";
     /// Counter {shard}: requests refused because the shard's queue stayed full.
     pub const SHARD_OVERLOADED_TOTAL: &str = "walrs_shard_overloaded_total";
     /// Gauge {topic}: partitions.
@@ -327,10 +331,12 @@ impl ShardMetrics {
 
 /// Shard counters that the shards keep as atomics anyway, copied into the registry at
 /// scrape time so the shard loop pays nothing for them.
-pub(crate) fn shard_gauges(shard: usize, fsyncs: u64, queue_depth: u64) {
-    let label = shard.to_string();
-    counter!(FSYNCS_TOTAL, "shard" => label.clone()).absolute(fsyncs);
-    gauge!(SHARD_QUEUE_DEPTH, "shard" => label).set(queue_depth as f64);
+pub(crate) fn shard_gauges(counts: &ShardCounts) {
+    let label = counts.shard.to_string();
+    counter!(FSYNCS_TOTAL, "shard" => label.clone()).absolute(counts.fsyncs);
+    gauge!(SHARD_QUEUE_DEPTH, "shard" => label.clone()).set(counts.queue_depth as f64);
+    gauge!(RAFT_GROUPS, "shard" => label.clone()).set(counts.raft_groups as f64);
+    gauge!(RAFT_GROUPS_QUIET, "shard" => label).set(counts.raft_groups_quiet as f64);
 }
 
 /// The listener's counters, as the server keeps them.
@@ -347,6 +353,8 @@ pub struct ShardCounts {
     pub shard: usize,
     pub fsyncs: u64,
     pub queue_depth: u64,
+    pub raft_groups: u64,
+    pub raft_groups_quiet: u64,
 }
 
 /// The listener's counters, copied at scrape time.

@@ -166,7 +166,7 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
                 if let Some(source) = state.source.get() {
                     super::catalog::server_counters(&source.listener_counts());
                     for shard in source.shard_counts() {
-                        super::catalog::shard_gauges(shard.shard, shard.fsyncs, shard.queue_depth);
+                        super::catalog::shard_gauges(&shard);
                     }
                 }
                 reply(

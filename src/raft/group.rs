@@ -26,6 +26,7 @@ use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::sync::oneshot;
 
 use super::network::{GroupNetwork, RaftTransport};
+use super::quiet::{Quiescence, QuietSettings, Screen, Sender};
 use super::state_machine::PartitionStateMachine;
 use super::store::{self, Key, OpSender, PartitionLog};
 use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
@@ -46,6 +47,9 @@ pub struct RaftTimings {
     pub heartbeat_interval_ms: u64,
     /// Entries (batches) in one AppendEntries message.
     pub raft_payload_entries_max: u32,
+    /// A leader with no proposal for this long quiesces its group (no heartbeats, no
+    /// election timers; see `quiet`); 0 = never.
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -58,6 +62,7 @@ impl Default for RaftTimings {
             election_timeout_max_ms: 1000,
             heartbeat_interval_ms: 150,
             raft_payload_entries_max: 64,
+            quiesce_after_ms: 2_000,
         }
     }
 }
@@ -93,6 +98,15 @@ impl RaftTimings {
             1 << 16,
             " entries",
         )?;
+        if self.quiesce_after_ms != 0 {
+            check_range(
+                key("quiesce_after_ms"),
+                self.quiesce_after_ms,
+                100,
+                86_400_000,
+                " ms (0 = never)",
+            )?;
+        }
         // A leader must be heard from more than once per election timeout, or followers
         // start elections against a healthy leader.
         if self.heartbeat_interval_ms >= self.election_timeout_min_ms {
@@ -121,6 +135,18 @@ impl RaftTimings {
         Ok(())
     }
 
+    /// When groups go quiet, and how quiet ones check on each other.
+    pub(crate) fn quiet_settings(&self) -> QuietSettings {
+        let ms = std::time::Duration::from_millis;
+        QuietSettings {
+            after: (self.quiesce_after_ms > 0).then(|| ms(self.quiesce_after_ms)),
+            retry_every: ms(self.election_timeout_min_ms),
+            check_every: ms(self.election_timeout_max_ms * 10),
+            round_within: ms(self.heartbeat_interval_ms),
+            answer_within: ms(self.election_timeout_max_ms),
+        }
+    }
+
     /// The openraft configuration of one partition group.
     pub(crate) fn openraft_config(&self) -> Result<openraft::Config, String> {
         let config = openraft::Config {
@@ -136,6 +162,9 @@ impl RaftTimings {
             // otherwise). Safe here because such a replica does not vote until it has caught
             // up (`GroupStart::Rejoin`).
             allow_log_reversion: Some(true),
+            // A replica that comes back from a cut (or wakes from quiet) asks before it
+            // campaigns, so it cannot depose a leader the others still hear from.
+            enable_pre_vote: Some(true),
             ..openraft::Config::default()
         };
         config.validate().map_err(|e| e.to_string())
@@ -153,6 +182,7 @@ pub(crate) struct RaftContext {
     pub tail_cache_bytes_max: usize,
     pub transport: Arc<dyn RaftTransport>,
     pub config: Arc<openraft::Config>,
+    pub quiet: QuietSettings,
 }
 
 /// Why a proposal was not committed.
@@ -181,7 +211,7 @@ pub(crate) enum GroupStart {
     Rejoin,
 }
 
-type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
+pub(crate) type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
 
 pub(crate) struct Group<RT: AsyncRuntime> {
     key: Key,
@@ -199,6 +229,10 @@ pub(crate) struct Group<RT: AsyncRuntime> {
     snapshot_target: Rc<Cell<Option<u64>>>,
     /// How long a purge waits for its snapshot: the longest election timeout.
     purge_wait: std::time::Duration,
+    /// Whether the group is quiet (idle: no heartbeats, no timers), and its rules.
+    quiet: Rc<Quiescence>,
+    /// The group's identity on the wire, for quiet's own messages.
+    sender: Sender,
 }
 
 impl<RT: AsyncRuntime> Group<RT> {
@@ -271,7 +305,14 @@ impl<RT: AsyncRuntime> Group<RT> {
             }
         }
         let metrics = raft.metrics();
+        let sender = Sender {
+            key: key.clone(),
+            node_id: context.node_id,
+            transport: context.transport.clone(),
+        };
         Ok(Group {
+            quiet: Quiescence::new(context.quiet),
+            sender,
             key,
             raft,
             metrics,
@@ -300,6 +341,7 @@ impl<RT: AsyncRuntime> Group<RT> {
     /// Proposes `proposal` (a client's records, or a command); `reply` gets its place once a
     /// majority holds it and it is applied.
     pub(crate) fn propose(&self, proposal: Proposal, reply: ProposeReply) {
+        self.quiet.active(&self.raft);
         let raft = self.raft.clone();
         let responder = CallbackResponder::new(
             move |result: Result<
@@ -332,6 +374,7 @@ impl<RT: AsyncRuntime> Group<RT> {
     /// instead. One purge runs at a time and takes the highest entry asked for meanwhile; a
     /// purge that fails is logged, and retention asks again at the next maintenance.
     pub(crate) fn purge(&self, upto: u64) {
+        self.quiet.active(&self.raft);
         self.purge_wanted.set(self.purge_wanted.get().max(upto));
         if self.purging.replace(true) {
             return;
@@ -366,21 +409,64 @@ impl<RT: AsyncRuntime> Group<RT> {
         mut envelope: pb::RaftEnvelope,
         reply: oneshot::Sender<pb::RaftEnvelope>,
     ) {
+        let request = envelope.body.take();
+        if let Some(Body::Quiet(request)) = request {
+            let body = self
+                .quiet
+                .serve(&self.raft, self.catching_up.get(), request)
+                .unwrap_or_else(Body::Error);
+            if reply.send(wire::answer(envelope, body)).is_err() {
+                tracing::trace!("the transport left before the answer");
+            }
+            return;
+        }
+        let wake_after = match self
+            .quiet
+            .screen(&self.raft, &self.sender, request.as_ref())
+        {
+            Screen::Serve { wake_after } => wake_after,
+            Screen::Refuse {
+                answer,
+                wake_leader,
+            } => {
+                if let Some(leader) = wake_leader {
+                    self.quiet.wake_leader(&self.raft, &self.sender, leader);
+                }
+                if reply.send(wire::answer(envelope, answer)).is_err() {
+                    tracing::trace!("the transport left before the answer");
+                }
+                return;
+            }
+        };
         let raft = self.raft.clone();
         let catching_up = self.catching_up.clone();
         let key = self.key.clone();
+        let quiet = self.quiet.clone();
         drop(RT::spawn(async move {
-            let request = envelope.body.take();
             let body = if catching_up.get() {
                 catch_up(&key, &raft, &catching_up, request).await
             } else {
                 handle(&raft, request).await
             };
+            if wake_after {
+                quiet.served(&raft);
+            }
             let body = body.unwrap_or_else(Body::Error);
             if reply.send(wire::answer(envelope, body)).is_err() {
                 tracing::trace!("the transport left before the answer");
             }
         }));
+    }
+
+    /// The group's periodic look at quiet (see `quiet`), every heartbeat interval:
+    /// `changed` says which nodes' links changed since the last look.
+    pub(crate) fn quiet_tick(&self, now: std::time::Instant, changed: &dyn Fn(NodeId) -> bool) {
+        self.quiet.tick(&self.raft, &self.sender, now, changed);
+    }
+
+    /// The group is quiet: no heartbeats, no election timers.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet.is_quiet()
     }
 
     /// Stops the group's tasks (its log and state stay where they are).

@@ -10,6 +10,7 @@
 //! never touches a file: the shard owns the logs and serves this layer's ops.
 pub(crate) mod group;
 pub(crate) mod network;
+pub(crate) mod quiet;
 #[cfg(target_os = "linux")]
 #[allow(dead_code)] // `with_io_memory` and `abort` serve the runtime's own tests and tools.
 pub(crate) mod runtime;

@@ -49,6 +49,21 @@ pub(crate) type TransportReply = oneshot::Receiver<Result<pb::RaftEnvelope, Tran
 /// Messages to one node may be batched and may be answered out of order.
 pub(crate) trait RaftTransport: Send + Sync + 'static {
     fn send(&self, to: NodeId, message: pb::RaftEnvelope) -> TransportReply;
+
+    /// The link from node `from` (this node; a transport shared by in-process nodes tells
+    /// them apart by it) to node `to`. Idle groups sleep on it (see `quiet`): a change wakes
+    /// them.
+    fn link(&self, from: NodeId, to: NodeId) -> LinkState;
+}
+
+/// What a transport knows of one link between two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct LinkState {
+    /// Messages can flow now.
+    pub up: bool,
+    /// How many times the link went up or down since the transport started: a node that
+    /// went down and came back between two looks shows here though `up` looks unchanged.
+    pub changes: u64,
 }
 
 /// A group's network factory: makes one client per peer.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::group::{RaftContext, RaftTimings};
-use super::network::{RaftTransport, TransportError, TransportReply};
+use super::network::{LinkState, RaftTransport, TransportError, TransportReply};
 use super::types::NodeId;
 use crate::proto::v1 as pb;
 use crate::shard::{EngineChoice, Error, ShardOptions, ShardSet};
@@ -19,6 +19,11 @@ struct InProcess {
     nodes: RwLock<HashMap<NodeId, ShardSet>>,
     /// Nodes cut off: nothing reaches them and nothing leaves them.
     down: Mutex<HashSet<NodeId>>,
+    /// How many times each node was cut off, brought back, stopped or started, and each
+    /// one-way link flapped: a link's changes are its two ends' and its own (see
+    /// [`RaftTransport::link`]).
+    changes: Mutex<HashMap<NodeId, u64>>,
+    flaps: Mutex<HashMap<(NodeId, NodeId), u64>>,
     /// Faults injected into every message, drawn from a seeded generator.
     faults: Mutex<Faults>,
 }
@@ -52,6 +57,29 @@ impl Faults {
 impl InProcess {
     fn is_down(&self, node: NodeId) -> bool {
         self.down.lock().unwrap().contains(&node)
+    }
+
+    /// Cuts node `node` off: nothing reaches it and nothing leaves it.
+    fn cut(&self, node: NodeId) {
+        self.down.lock().unwrap().insert(node);
+        self.changed(node);
+    }
+
+    /// Brings node `node` back.
+    fn restore(&self, node: NodeId) {
+        self.down.lock().unwrap().remove(&node);
+        self.changed(node);
+    }
+
+    /// The link from `from` to `to` went down and up again, seen from `from` only (a
+    /// connection that broke and was made again at once).
+    fn flap(&self, from: NodeId, to: NodeId) {
+        *self.flaps.lock().unwrap().entry((from, to)).or_default() += 1;
+    }
+
+    /// Node `node`'s links all changed (it was cut off, brought back, stopped or started).
+    fn changed(&self, node: NodeId) {
+        *self.changes.lock().unwrap().entry(node).or_default() += 1;
     }
 }
 
@@ -103,6 +131,19 @@ impl RaftTransport for InProcess {
         drop(tx.send(answer));
         rx
     }
+
+    fn link(&self, from: NodeId, to: NodeId) -> LinkState {
+        let up = self.nodes.read().unwrap().contains_key(&to)
+            && !self.is_down(to)
+            && !self.is_down(from);
+        let changes = self.changes.lock().unwrap();
+        let count = |node| changes.get(&node).copied().unwrap_or(0);
+        let flaps = self.flaps.lock().unwrap();
+        LinkState {
+            up,
+            changes: count(from) + count(to) + flaps.get(&(from, to)).copied().unwrap_or(0),
+        }
+    }
 }
 
 const TIMINGS: RaftTimings = RaftTimings {
@@ -110,6 +151,8 @@ const TIMINGS: RaftTimings = RaftTimings {
     election_timeout_max_ms: 600,
     heartbeat_interval_ms: 100,
     raft_payload_entries_max: 64,
+    // Idle groups go quiet soon here, so every test also runs through quiet and waking.
+    quiesce_after_ms: 600,
 };
 
 /// How long an election may take here: many election timeouts (two busy cores).
@@ -143,6 +186,8 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             nodes: RwLock::new(HashMap::new()),
             down: Mutex::new(HashSet::new()),
+            changes: Mutex::new(HashMap::new()),
+            flaps: Mutex::new(HashMap::new()),
             faults: Mutex::new(Faults::default()),
         });
         let config = Arc::new(TIMINGS.openraft_config().unwrap());
@@ -157,6 +202,7 @@ impl Cluster {
                 transport: transport.clone(),
                 config: config.clone(),
                 tail_cache_bytes_max: 1 << 20,
+                quiet: TIMINGS.quiet_settings(),
             };
             let set = ShardSet::start_with(options, Some(context.clone())).unwrap();
             transport.nodes.write().unwrap().insert(id, set);
@@ -176,6 +222,7 @@ impl Cluster {
     /// starts it again on the same directory.
     async fn restart(&self, id: NodeId, wipe: Option<&str>) {
         let set = self.transport.nodes.write().unwrap().remove(&id).unwrap();
+        self.transport.changed(id);
         set.shutdown().await.unwrap();
         let dir = self.dirs[id as usize - 1].path().to_owned();
         if let Some(topic) = wipe {
@@ -190,6 +237,7 @@ impl Cluster {
         .await
         .unwrap();
         self.transport.nodes.write().unwrap().insert(id, set);
+        self.transport.changed(id);
     }
 
     /// The leader node `id` knows of for partition 0 of `topic`.
@@ -320,7 +368,7 @@ async fn three_replicas_elect_replicate_commit_and_survive_the_leader() {
     }
 
     // Cut the leader off: the other two elect a new one and keep every acknowledged record.
-    cluster.transport.down.lock().unwrap().insert(leader);
+    cluster.transport.cut(leader);
     for i in 0..10 {
         let value = format!("after-{i}").into_bytes();
         let (at, offset) = cluster.append("t", &value).await;
@@ -392,7 +440,7 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
     let (lagging, wiped) = (others.next().unwrap(), others.next().unwrap());
 
     // `lagging` misses the next entries: committed by `leader` and `wiped` alone.
-    cluster.transport.down.lock().unwrap().insert(lagging);
+    cluster.transport.cut(lagging);
     let mut acked = vec![];
     for i in 0..10 {
         let value = format!("committed-{i}").into_bytes();
@@ -414,11 +462,8 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
 
     // `wiped` loses its disk and restarts; `leader` is cut off; `lagging` comes back.
     cluster.restart(wiped, Some("w")).await;
-    {
-        let mut down = cluster.transport.down.lock().unwrap();
-        down.remove(&lagging);
-        down.insert(leader);
-    }
+    cluster.transport.restore(lagging);
+    cluster.transport.cut(leader);
     // For several election timeouts, no leader may arise among the two: `lagging` lacks
     // committed entries, and `wiped` refuses to vote.
     let window = Instant::now() + Duration::from_millis(TIMINGS.election_timeout_max_ms * 6);
@@ -434,7 +479,7 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
     }
 
     // The full replica returns: it leads again, and every node serves every ack.
-    cluster.transport.down.lock().unwrap().remove(&leader);
+    cluster.transport.restore(leader);
     let (_, offset) = cluster.append("w", b"after").await;
     acked.push((offset, b"after".to_vec()));
     let end = offset + 1;
@@ -480,7 +525,7 @@ async fn lost_duplicated_and_reordered_messages_lose_no_ack() {
             acked.push((offset, value));
             if i == 15 {
                 // Cut whichever node leads now, for the rest of the round.
-                cluster.transport.down.lock().unwrap().insert(leader);
+                cluster.transport.cut(leader);
             }
         }
         let end = acked.last().unwrap().0 + 1;
@@ -514,7 +559,7 @@ async fn a_cut_off_leader_stops_taking_appends_and_its_suffix_is_replaced() {
         old = at;
         acked.push((offset, value));
     }
-    cluster.transport.down.lock().unwrap().insert(old);
+    cluster.transport.cut(old);
     // Appended on the cut-off leader alone: it can never be acknowledged.
     let stranded = {
         let set = cluster.node(old);
@@ -552,7 +597,7 @@ async fn a_cut_off_leader_stops_taking_appends_and_its_suffix_is_replaced() {
             "the cut-off leader still takes appends: {tried:?}"
         );
     }
-    cluster.transport.down.lock().unwrap().remove(&old);
+    cluster.transport.restore(old);
     let (_, offset) = cluster.append("p", b"healed").await;
     acked.push((offset, b"healed".to_vec()));
     let end = offset + 1;
@@ -587,7 +632,7 @@ async fn a_restarted_replica_serves_what_it_had_applied_before_any_leader_contac
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     assert_eq!(cluster.records(follower, "r", end).await, acked);
     // Restarted and cut off at once: no leader can tell it what is committed.
-    cluster.transport.down.lock().unwrap().insert(follower);
+    cluster.transport.cut(follower);
     cluster.restart(follower, None).await;
     let read = cluster
         .node(follower)
@@ -624,7 +669,7 @@ async fn a_follower_behind_the_leaders_log_start_installs_a_snapshot() {
         .unwrap()
         .partitions[0]
         .end_offset;
-    cluster.transport.down.lock().unwrap().insert(away);
+    cluster.transport.cut(away);
 
     let mut acked = Vec::new();
     for i in 0..200 {
@@ -650,7 +695,7 @@ async fn a_follower_behind_the_leaders_log_start_installs_a_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    cluster.transport.down.lock().unwrap().remove(&away);
+    cluster.transport.restore(away);
     let (_, offset) = cluster.append("s", b"after").await;
     acked.push((offset, b"after".to_vec()));
     let end = offset + 1;
@@ -682,4 +727,126 @@ async fn a_follower_behind_the_leaders_log_start_installs_a_snapshot() {
         served, expected,
         "the follower after its snapshot (leader {leader_now})"
     );
+}
+
+/// Waits until every group on every live node is quiet (see `raft::quiet`): no heartbeats,
+/// no election timers.
+async fn all_quiet(cluster: &Cluster, groups_per_node: u64) {
+    let deadline =
+        Instant::now() + election_deadline() + Duration::from_millis(TIMINGS.quiesce_after_ms * 4);
+    loop {
+        let counts: Vec<(NodeId, u64, u64)> = cluster
+            .live()
+            .into_iter()
+            .map(|id| {
+                let stats = cluster.node(id).total_stats();
+                (id, stats.raft_groups, stats.raft_groups_quiet)
+            })
+            .collect();
+        if counts
+            .iter()
+            .all(|&(_, groups, quiet)| groups == groups_per_node && quiet == groups)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "groups not all quiet: (node, groups, quiet) {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
+    }
+}
+
+/// Waits until some group on node `id` is awake.
+async fn some_awake(cluster: &Cluster, id: NodeId) {
+    let deadline = Instant::now() + election_deadline();
+    loop {
+        let stats = cluster.node(id).total_stats();
+        if stats.raft_groups_quiet < stats.raft_groups {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {id}'s groups never woke");
+        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms / 10)).await;
+    }
+}
+
+/// Each node's (leader, term) of partition 0 of `topic`.
+async fn terms(cluster: &Cluster, topic: &str) -> Vec<(NodeId, Option<NodeId>, u64)> {
+    let mut out = Vec::new();
+    for id in cluster.live() {
+        let described = cluster.node(id).describe_topic(topic).await.unwrap();
+        let p = &described.partitions[0];
+        out.push((id, p.leader, p.leader_epoch));
+    }
+    out
+}
+
+/// Idle groups go quiet; a write wakes them and is committed; a restarted follower does not
+/// depose a quiet leader; a quiet leader cut off is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_groups_go_quiet_and_wake_for_writes_restarts_and_lost_leaders() {
+    let cluster = Cluster::start(3);
+    cluster.create("q", &[1, 2, 3]).await;
+    let mut acked = Vec::new();
+    let (leader, offset) = cluster.append("q", b"first").await;
+    acked.push((offset, b"first".to_vec()));
+    all_quiet(&cluster, 1).await;
+    let before = terms(&cluster, "q").await;
+    assert!(
+        before.iter().all(|&(_, l, _)| l == Some(leader)),
+        "every replica knows the leader while quiet: {before:?}"
+    );
+
+    // A write wakes the group and commits on every replica; it goes quiet again after.
+    let (at, offset) = cluster.append("q", b"wakes").await;
+    assert_eq!(at, leader, "a write to a quiet group needs no election");
+    acked.push((offset, b"wakes".to_vec()));
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.records(id, "q", offset + 1).await,
+            acked,
+            "node {id}"
+        );
+    }
+    all_quiet(&cluster, 1).await;
+
+    // A follower that restarts (it missed the quiet spell, and its election timer runs)
+    // learns the leader instead of deposing it.
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    cluster.restart(follower, None).await;
+    all_quiet(&cluster, 1).await;
+    assert_eq!(
+        terms(&cluster, "q").await,
+        before,
+        "a restarted follower changed the quiet group's leader or term"
+    );
+
+    // A follower's link to the leader flaps, unseen by the leader: the follower wakes, finds
+    // its election timer long expired and campaigns; the other follower (quiet) and the
+    // leader refuse its pre-votes and the leader resumes heartbeats, so nothing changes.
+    cluster.transport.flap(follower, leader);
+    some_awake(&cluster, follower).await;
+    all_quiet(&cluster, 1).await;
+    assert_eq!(
+        terms(&cluster, "q").await,
+        before,
+        "a follower woken by a link flap changed the quiet group's leader or term"
+    );
+
+    // The quiet leader is cut off: its followers' link to it changes, they wake and elect.
+    cluster.transport.cut(leader);
+    let (at, offset) = cluster.append("q", b"after the leader").await;
+    assert_ne!(at, leader);
+    acked.push((offset, b"after the leader".to_vec()));
+    cluster.transport.restore(leader);
+    let (_, offset) = cluster.append("q", b"healed").await;
+    acked.push((offset, b"healed".to_vec()));
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.records(id, "q", offset + 1).await,
+            acked,
+            "node {id}"
+        );
+    }
+    all_quiet(&cluster, 1).await;
 }

@@ -40,7 +40,7 @@ fn malformed(what: &str) -> io::Error {
     )
 }
 
-fn vote_to(vote: &Vote) -> pb::RaftVote {
+pub(crate) fn vote_to(vote: &Vote) -> pb::RaftVote {
     pb::RaftVote {
         term: vote.leader_id.term,
         node_id: vote.leader_id.voted_for,
@@ -48,7 +48,7 @@ fn vote_to(vote: &Vote) -> pb::RaftVote {
     }
 }
 
-fn vote_from(vote: Option<pb::RaftVote>) -> io::Result<Vote> {
+pub(crate) fn vote_from(vote: Option<pb::RaftVote>) -> io::Result<Vote> {
     let v = vote.ok_or_else(|| malformed("no vote"))?;
     Ok(if v.committed {
         Vote::new_committed(v.term, v.node_id)
@@ -64,7 +64,7 @@ pub(crate) fn log_id_to(id: &LogId) -> pb::RaftLogId {
     }
 }
 
-fn log_id_from(id: Option<pb::RaftLogId>) -> Option<LogId> {
+pub(crate) fn log_id_from(id: Option<pb::RaftLogId>) -> Option<LogId> {
     id.map(|id| log_id(id.term, id.index))
 }
 

@@ -52,6 +52,8 @@ impl MetricsSource for ServerMetrics {
                     shard,
                     fsyncs: stats.fsyncs,
                     queue_depth: stats.queue_depth,
+                    raft_groups: stats.raft_groups,
+                    raft_groups_quiet: stats.raft_groups_quiet,
                 }
             })
             .collect()

@@ -118,6 +118,7 @@ fn raft_context(
         tail_cache_bytes_max: config.cluster.replication_cache_bytes_max as usize,
         transport: Arc::new(transport),
         config: Arc::new(raft_config),
+        quiet: config.cluster.raft_timings().quiet_settings(),
     };
     Ok((context, liveness))
 }

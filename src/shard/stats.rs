@@ -20,6 +20,10 @@ pub struct ShardStats {
     pub(crate) reads: AtomicU64,
     /// Requests waiting in the queue, sampled by the shard each time it drains.
     pub(crate) queue_depth: AtomicU64,
+    /// Raft groups running on the shard, and how many of them are quiet (idle: no
+    /// heartbeats), sampled every heartbeat interval.
+    pub(crate) raft_groups: AtomicU64,
+    pub(crate) raft_groups_quiet: AtomicU64,
 }
 
 /// A copy of a shard's counters at one moment.
@@ -31,6 +35,8 @@ pub struct ShardStatsSnapshot {
     pub fsyncs: u64,
     pub reads: u64,
     pub queue_depth: u64,
+    pub raft_groups: u64,
+    pub raft_groups_quiet: u64,
 }
 
 impl ShardStats {
@@ -42,6 +48,8 @@ impl ShardStats {
             fsyncs: self.fsyncs.load(Relaxed),
             reads: self.reads.load(Relaxed),
             queue_depth: self.queue_depth.load(Relaxed),
+            raft_groups: self.raft_groups.load(Relaxed),
+            raft_groups_quiet: self.raft_groups_quiet.load(Relaxed),
         }
     }
 
@@ -60,6 +68,8 @@ impl std::ops::Add for ShardStatsSnapshot {
             fsyncs: self.fsyncs + o.fsyncs,
             reads: self.reads + o.reads,
             queue_depth: self.queue_depth + o.queue_depth,
+            raft_groups: self.raft_groups + o.raft_groups,
+            raft_groups_quiet: self.raft_groups_quiet + o.raft_groups_quiet,
         }
     }
 }

@@ -220,6 +220,9 @@ struct Shard<E: Engine, RT: AsyncRuntime> {
     raft: Option<RaftContext>,
     /// The shard's own queue, for its groups' tasks (see [`Local`]).
     local: flume::Sender<Local<RT>>,
+    /// How many times each peer's link had changed at the last quiet look (see
+    /// [`Shard::quiet_tick`]).
+    link_changes: HashMap<u64, u64>,
 }
 
 /// Runs a shard until `Shutdown` (or until every sender is dropped).
@@ -248,6 +251,7 @@ where
         partitions: HashMap::new(),
         raft,
         local,
+        link_changes: HashMap::new(),
     };
     let opened = shard.open(initial).await;
     let failed = opened.is_err();
@@ -265,9 +269,18 @@ where
     let linger = Duration::from_micros(shard.options.flush_delay_us);
     let mut next_maintenance = Instant::now() + maintenance_every;
     let mut next_sync = sync_every.map(|every| Instant::now() + every);
+    // Idle Raft groups' quiet is looked at every heartbeat interval (see `raft::quiet`).
+    let quiet_every = shard
+        .raft
+        .as_ref()
+        .map(|raft| Duration::from_millis(raft.config.heartbeat_interval));
+    let mut next_quiet = quiet_every.map(|every| Instant::now() + every);
 
     let shutdown_reply = loop {
-        let deadline = next_sync.map_or(next_maintenance, |s| s.min(next_maintenance));
+        let deadline = [next_sync, next_quiet]
+            .into_iter()
+            .flatten()
+            .fold(next_maintenance, Instant::min);
         match runtime.recv(rx.channel(), &local_rx, deadline).await {
             Received::Closed => break None,
             Received::Timeout => {}
@@ -299,6 +312,12 @@ where
         if now >= next_maintenance {
             shard.maintain().await;
             next_maintenance = now + maintenance_every;
+        }
+        if let (Some(at), Some(every)) = (next_quiet, quiet_every)
+            && now >= at
+        {
+            shard.quiet_tick(now);
+            next_quiet = Some(now + every);
         }
     };
 
@@ -1138,6 +1157,34 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         self.stats
             .fsyncs
             .store(self.engine.fdatasync_count(), Relaxed);
+    }
+
+    /// Has every running group look at its quiet (see `raft::quiet`), telling it which
+    /// peers' links changed since the last look; counts the groups and the quiet ones.
+    fn quiet_tick(&mut self, now: Instant) {
+        let Some(raft) = &self.raft else {
+            return;
+        };
+        let mut changed = Vec::new();
+        for &node in raft.addrs.keys().filter(|&&n| n != raft.node_id) {
+            let changes = raft.transport.link(raft.node_id, node).changes;
+            if let Some(before) = self.link_changes.insert(node, changes)
+                && before != changes
+            {
+                changed.push(node);
+            }
+        }
+        let changed = |node: u64| changed.contains(&node);
+        let (mut groups, mut quiet) = (0, 0);
+        for p in self.partitions.values() {
+            if let Replication::Running(group) = &p.replication {
+                group.quiet_tick(now, &changed);
+                groups += 1;
+                quiet += u64::from(group.is_quiet());
+            }
+        }
+        self.stats.raft_groups.store(groups, Relaxed);
+        self.stats.raft_groups_quiet.store(quiet, Relaxed);
     }
 
     /// Rolls aged segments and applies retention on every healthy log.

@@ -1,0 +1,460 @@
+//! Quiescence: an idle group stops its heartbeats and its election timers, so a node holding
+//! many idle partitions costs next to nothing; the links between nodes stand in for the
+//! heartbeats.
+//!
+//! Owns: one group's quiet state ([`Quiescence`]) and the rules for entering and leaving it,
+//! with the `RaftQuiet` messages (`replication.proto`) that carry them.
+//! Must never: change a vote, a term or a log. Quiet only switches openraft's timers (its
+//! `tick`) off and on, and refuses pre-votes, which are advisory. What it could cost is
+//! liveness, so every way a leader can vanish wakes its followers (below).
+//!
+//! Entering:
+//! - A leader that had no proposal for `cluster.quiesce_after_ms`, whose entries are all
+//!   committed and applied, and whose reachable followers (a majority with itself, at least)
+//!   all hold its last entry, stops its own ticks first (so no heartbeat slips out after a
+//!   follower went quiet) and asks those followers to QUIESCE. It stays quiet if every one of
+//!   them went quiet and nothing was proposed meanwhile; otherwise it ticks again.
+//! - A follower goes quiet only if it follows that leader under that vote and holds, and has
+//!   applied, that same last entry.
+//!
+//! Leaving, on a leader: a proposal (its AppendEntries then wake the followers), a vote or
+//! pre-vote request, a WAKE from a follower, or a change in the link to any member (a member
+//! that comes back needs heartbeats before its election timer fires).
+//!
+//! Leaving, on a follower: an AppendEntries bringing anything new (entries, a commit, another
+//! vote), a snapshot, a vote request, a change in (or the loss of) the link to its leader, or
+//! a failed CHECK: every `check_every` a quiet follower asks its leader whether it still
+//! leads, so a group whose leader stopped on a live node elects all the same.
+//!
+//! A quiet follower refuses a pre-vote while its link to the leader is up (as an unexpired
+//! lease would) and asks the leader to WAKE, so a restarted member that missed the quiet spell
+//! learns the leader from heartbeats instead of deposing it; if the leader cannot be asked,
+//! the follower wakes and Raft elects as usual. A quiet leader refuses a pre-vote and wakes.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+use openraft::rt::AsyncRuntime;
+
+use super::group::PartitionRaft;
+use super::network::RaftTransport;
+use super::store::Key;
+use super::types::{LogId, NodeId, Vote};
+use super::wire;
+use crate::proto::v1 as pb;
+use pb::raft_envelope::Body;
+use pb::raft_quiet::Kind;
+
+/// When groups go quiet and how they check on each other, from the Raft timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QuietSettings {
+    /// A leader idle this long quiesces its group; `None`: never.
+    pub after: Option<Duration>,
+    /// A leader that could not quiesce tries again after this.
+    pub retry_every: Duration,
+    /// A quiet follower asks its leader whether it still leads this often.
+    pub check_every: Duration,
+    /// How long a quiet leader's round keeps its ticks off waiting for the followers (under
+    /// an election timeout, so an awake follower never misses enough heartbeats to stand).
+    pub round_within: Duration,
+    /// How long a CHECK or WAKE waits for the leader's answer.
+    pub answer_within: Duration,
+}
+
+/// Where a group stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Awake,
+    /// Leading, with ticks off; `last` is its last entry, committed and applied.
+    Leading {
+        vote: Vote,
+        last: LogId,
+    },
+    /// Following a quiet leader, with ticks off.
+    Following {
+        vote: Vote,
+        last: LogId,
+        next_check: Instant,
+    },
+}
+
+/// What a group does with a message from another replica, before Raft serves it.
+pub(crate) enum Screen {
+    /// Raft serves it; then the group wakes when `wake_after`.
+    Serve { wake_after: bool },
+    /// Answered here with `answer` (a refused pre-vote), not served; a quiet follower then
+    /// asks `leader` to WAKE.
+    Refuse {
+        answer: Body,
+        wake_leader: Option<NodeId>,
+    },
+}
+
+/// A group's identity on the wire, for the messages quiet sends itself.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    pub key: Key,
+    pub node_id: NodeId,
+    pub transport: Arc<dyn RaftTransport>,
+}
+
+impl Sender {
+    fn envelope(&self, kind: Kind, vote: &Vote, last: &LogId) -> pb::RaftEnvelope {
+        pb::RaftEnvelope {
+            id: 0,
+            topic: self.key.0.to_string(),
+            partition: self.key.1,
+            from_node: u32::try_from(self.node_id).expect("node ids are u32 in the config"),
+            body: Some(Body::Quiet(pb::RaftQuiet {
+                kind: kind as i32,
+                vote: Some(wire::vote_to(vote)),
+                last_log_id: Some(wire::log_id_to(last)),
+            })),
+        }
+    }
+
+    /// Sends `kind` to `to` and says whether it answered `quiet`; `false` for any failure.
+    async fn ask<RT: AsyncRuntime>(
+        &self,
+        to: NodeId,
+        kind: Kind,
+        vote: &Vote,
+        last: &LogId,
+        within: Duration,
+    ) -> bool {
+        let reply = self.transport.send(to, self.envelope(kind, vote, last));
+        match RT::timeout(within, reply).await {
+            Ok(Ok(Ok(answer))) => matches!(answer.body, Some(Body::QuietAck(ack)) if ack.quiet),
+            _ => false,
+        }
+    }
+
+    fn link_up(&self, to: NodeId) -> bool {
+        self.transport.link(self.node_id, to).up
+    }
+}
+
+/// One group's quiet state. Shared (`Rc`) by the group and the tasks it spawns; it lives on
+/// the group's shard.
+pub(crate) struct Quiescence {
+    settings: QuietSettings,
+    state: RefCell<State>,
+    /// Proposals seen: a round that sees this move gives up.
+    activity: Cell<u64>,
+    last_activity: Cell<Instant>,
+    /// A leader's round is open: its ticks are off though it is not quiet yet.
+    round_open: Cell<bool>,
+    next_round: Cell<Instant>,
+    /// A follower's CHECK or WAKE awaits its answer.
+    asking: Cell<bool>,
+}
+
+impl Quiescence {
+    pub(crate) fn new(settings: QuietSettings) -> Rc<Quiescence> {
+        let now = Instant::now();
+        Rc::new(Quiescence {
+            settings,
+            state: RefCell::new(State::Awake),
+            activity: Cell::new(0),
+            last_activity: Cell::new(now),
+            round_open: Cell::new(false),
+            next_round: Cell::new(now),
+            asking: Cell::new(false),
+        })
+    }
+
+    pub(crate) fn is_quiet(&self) -> bool {
+        *self.state.borrow() != State::Awake
+    }
+
+    /// A proposal (records, a command, a purge): a quiet leader wakes.
+    pub(crate) fn active<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>) {
+        self.activity.set(self.activity.get() + 1);
+        self.last_activity.set(Instant::now());
+        if self.round_open.get() {
+            raft.runtime_config().tick(true);
+        }
+        self.wake(raft, "a proposal");
+    }
+
+    fn wake<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>, why: &str) {
+        if self.state.replace(State::Awake) != State::Awake {
+            tracing::trace!(why, "a quiet group wakes");
+            raft.runtime_config().tick(true);
+        }
+    }
+
+    fn quiet<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>, state: State) {
+        debug_assert!(state != State::Awake);
+        self.state.replace(state);
+        raft.runtime_config().tick(false);
+    }
+
+    /// Decides what happens to a message from another replica before Raft serves it.
+    pub(crate) fn screen<RT: AsyncRuntime>(
+        &self,
+        raft: &PartitionRaft<RT>,
+        sender: &Sender,
+        body: Option<&Body>,
+    ) -> Screen {
+        let state = self.state.borrow().clone();
+        match state {
+            State::Awake => Screen::Serve { wake_after: false },
+            State::Following { vote, last, .. } => match body {
+                // The quiet leader's heartbeat: nothing new.
+                Some(Body::Append(append))
+                    if append.entries.is_empty()
+                        && append.vote == Some(wire::vote_to(&vote))
+                        && append.prev_log_id == Some(wire::log_id_to(&last))
+                        && append.leader_commit == Some(wire::log_id_to(&last)) =>
+                {
+                    Screen::Serve { wake_after: false }
+                }
+                Some(Body::PreVote(_)) if sender.link_up(vote.leader_id.voted_for) => {
+                    Screen::Refuse {
+                        answer: refused_vote(&vote, &last),
+                        wake_leader: Some(vote.leader_id.voted_for),
+                    }
+                }
+                _ => Screen::Serve { wake_after: true },
+            },
+            State::Leading { vote, last } => match body {
+                Some(Body::PreVote(_)) => {
+                    self.wake(raft, "a pre-vote");
+                    Screen::Refuse {
+                        answer: refused_vote(&vote, &last),
+                        wake_leader: None,
+                    }
+                }
+                _ => Screen::Serve { wake_after: true },
+            },
+        }
+    }
+
+    /// After Raft served a message that [`Quiescence::screen`] said wakes the group.
+    pub(crate) fn served<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>) {
+        self.wake(raft, "a message with news");
+    }
+
+    /// Asks `leader` to WAKE after a refused pre-vote; wakes this follower if it cannot.
+    pub(crate) fn wake_leader<RT: AsyncRuntime>(
+        self: &Rc<Self>,
+        raft: &PartitionRaft<RT>,
+        sender: &Sender,
+        leader: NodeId,
+    ) {
+        let State::Following { vote, last, .. } = self.state.borrow().clone() else {
+            return;
+        };
+        if self.asking.replace(true) {
+            return;
+        }
+        let (quiet, raft, sender) = (self.clone(), raft.clone(), sender.clone());
+        let within = self.settings.answer_within;
+        drop(RT::spawn(async move {
+            let leads = sender
+                .ask::<RT>(leader, Kind::Wake, &vote, &last, within)
+                .await;
+            quiet.asking.set(false);
+            if !leads {
+                quiet.wake(&raft, "the leader did not answer a WAKE");
+            }
+        }));
+    }
+
+    /// Serves a `RaftQuiet` request from another replica.
+    pub(crate) fn serve<RT: AsyncRuntime>(
+        &self,
+        raft: &PartitionRaft<RT>,
+        catching_up: bool,
+        request: pb::RaftQuiet,
+    ) -> Result<Body, String> {
+        let vote = wire::vote_from(request.vote).map_err(|e| e.to_string())?;
+        let last = wire::log_id_from(request.last_log_id)
+            .ok_or_else(|| "a quiet request without its last log id".to_owned())?;
+        let (leads, follows_caught_up) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow_watched();
+            let leads = m.state == ServerState::Leader && m.vote == vote;
+            let follows = m.state == ServerState::Follower
+                && m.vote == vote
+                && m.current_leader == Some(vote.leader_id.voted_for)
+                && m.last_log_index == Some(last.index)
+                && m.last_applied.as_ref() == Some(&last);
+            (leads, follows && !catching_up)
+        };
+        let quiet = match Kind::try_from(request.kind) {
+            Ok(Kind::Quiesce) => {
+                if follows_caught_up && vote.committed {
+                    let next_check = Instant::now() + self.settings.check_every;
+                    self.quiet(
+                        raft,
+                        State::Following {
+                            vote,
+                            last,
+                            next_check,
+                        },
+                    );
+                }
+                follows_caught_up
+            }
+            Ok(Kind::Wake) => {
+                self.wake(raft, "a follower saw a campaign");
+                leads
+            }
+            Ok(Kind::Check) => leads,
+            Ok(Kind::Unspecified) | Err(_) => {
+                return Err(format!("unknown quiet request kind {}", request.kind));
+            }
+        };
+        Ok(Body::QuietAck(pb::RaftQuietAck { quiet }))
+    }
+
+    /// The group's periodic look (every heartbeat interval, from the shard): links that
+    /// changed (`changed`), a follower's CHECK, a leader's round.
+    pub(crate) fn tick<RT: AsyncRuntime>(
+        self: &Rc<Self>,
+        raft: &PartitionRaft<RT>,
+        sender: &Sender,
+        now: Instant,
+        changed: &dyn Fn(NodeId) -> bool,
+    ) {
+        let state = self.state.borrow().clone();
+        match state {
+            State::Following {
+                vote,
+                last,
+                next_check,
+            } => {
+                let leader = vote.leader_id.voted_for;
+                if changed(leader) || !sender.link_up(leader) {
+                    self.wake(raft, "the link to the leader changed");
+                } else if now >= next_check && !self.asking.replace(true) {
+                    let (quiet, raft, sender) = (self.clone(), raft.clone(), sender.clone());
+                    let within = self.settings.answer_within;
+                    let check_every = self.settings.check_every;
+                    drop(RT::spawn(async move {
+                        let leads = sender
+                            .ask::<RT>(leader, Kind::Check, &vote, &last, within)
+                            .await;
+                        quiet.asking.set(false);
+                        if !leads {
+                            quiet.wake(&raft, "the leader no longer leads");
+                        } else if let State::Following { next_check, .. } =
+                            &mut *quiet.state.borrow_mut()
+                        {
+                            *next_check = Instant::now() + check_every;
+                        }
+                    }));
+                }
+            }
+            State::Leading { .. } => {
+                let members = raft.metrics().borrow_watched().membership_config.clone();
+                if members.membership().nodes().any(|(id, _)| changed(*id)) {
+                    self.wake(raft, "the link to a member changed");
+                }
+            }
+            State::Awake => {
+                let Some(after) = self.settings.after else {
+                    return;
+                };
+                if self.round_open.get()
+                    || now < self.next_round.get()
+                    || now.duration_since(self.last_activity.get()) < after
+                {
+                    return;
+                }
+                self.next_round.set(now + self.settings.retry_every);
+                if let Some((vote, last, followers)) = round_candidates(raft, sender) {
+                    self.open_round(raft, sender, vote, last, followers);
+                }
+            }
+        }
+    }
+
+    /// Stops the leader's ticks and asks `followers` to go quiet; the leader stays quiet if
+    /// they all did and nothing happened meanwhile.
+    fn open_round<RT: AsyncRuntime>(
+        self: &Rc<Self>,
+        raft: &PartitionRaft<RT>,
+        sender: &Sender,
+        vote: Vote,
+        last: LogId,
+        followers: Vec<NodeId>,
+    ) {
+        self.round_open.set(true);
+        raft.runtime_config().tick(false);
+        let activity = self.activity.get();
+        let (quiet, raft, sender) = (self.clone(), raft.clone(), sender.clone());
+        let within = self.settings.round_within;
+        drop(RT::spawn(async move {
+            let asks = followers
+                .iter()
+                .map(|&f| sender.ask::<RT>(f, Kind::Quiesce, &vote, &last, within));
+            let all_quiet = futures::future::join_all(asks).await.into_iter().all(|q| q);
+            quiet.round_open.set(false);
+            let unchanged = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow_watched();
+                m.state == ServerState::Leader
+                    && m.vote == vote
+                    && m.last_log_index == Some(last.index)
+            };
+            if all_quiet && unchanged && quiet.activity.get() == activity {
+                quiet.quiet(&raft, State::Leading { vote, last });
+                tracing::trace!(topic = %sender.key.0, partition = sender.key.1, "a group went quiet");
+            } else {
+                raft.runtime_config().tick(true);
+            }
+        }));
+    }
+}
+
+/// When this replica leads, with every entry committed and applied and every reachable
+/// follower (a majority with the leader, at least) holding the last one: the vote, the last
+/// entry and those followers.
+fn round_candidates<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    sender: &Sender,
+) -> Option<(Vote, LogId, Vec<NodeId>)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    if m.state != ServerState::Leader || !m.vote.committed {
+        return None;
+    }
+    let last = m.last_applied?;
+    if m.last_log_index != Some(last.index) || m.cluster_committed.as_ref() != Some(&last) {
+        return None;
+    }
+    let membership = m.membership_config.membership();
+    // A learner is being brought in: a membership change is under way.
+    if membership.learner_ids().next().is_some() {
+        return None;
+    }
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let replication = m.replication.as_ref()?;
+    let mut followers = Vec::new();
+    for &voter in voters.iter().filter(|&&v| v != sender.node_id) {
+        if !sender.link_up(voter) {
+            continue;
+        }
+        if replication.get(&voter) != Some(&Some(last)) {
+            return None;
+        }
+        followers.push(voter);
+    }
+    (followers.len() + 1 > voters.len() / 2).then_some((m.vote, last, followers))
+}
+
+/// A refused pre-vote, as the quiet leader's lease would refuse it.
+fn refused_vote(vote: &Vote, last: &LogId) -> Body {
+    Body::VoteResponse(pb::RaftVoteResponse {
+        vote: Some(wire::vote_to(vote)),
+        granted: false,
+        last_log_id: Some(wire::log_id_to(last)),
+    })
+}
