@@ -850,3 +850,42 @@ async fn idle_groups_go_quiet_and_wake_for_writes_restarts_and_lost_leaders() {
     }
     all_quiet(&cluster, 1).await;
 }
+
+/// A quiet group whose leader's replica goes away on a node that stays up (no link
+/// changes): the followers' periodic CHECK finds no leader, they wake and elect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_followers_elect_when_the_leaders_replica_vanishes_on_a_live_node() {
+    let cluster = Cluster::start(3);
+    cluster.create("v", &[1, 2, 3]).await;
+    let (leader, offset) = cluster.append("v", b"held").await;
+    all_quiet(&cluster, 1).await;
+    // The leader's node drops its replica (its Raft group stops); the node, and so every
+    // link, stays up.
+    cluster.node(leader).delete_topic("v").await.unwrap();
+    let settings = TIMINGS.quiet_settings();
+    let deadline = Instant::now() + settings.check_every + election_deadline();
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    loop {
+        let mut leaders = Vec::new();
+        for &id in &others {
+            leaders.push(cluster.leader_seen_by(id, "v").await);
+        }
+        if leaders
+            .iter()
+            .all(|l| l.is_some_and(|l| l != leader) && *l == leaders[0])
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader among {others:?} within {:?}: they see {leaders:?}",
+            settings.check_every + election_deadline()
+        );
+        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
+    }
+    // The two elect one and take writes; what was acknowledged is there.
+    for &id in &others {
+        let records = cluster.served(id, "v", 0, offset + 1).await;
+        assert_eq!(records, vec![(offset, b"held".to_vec())], "node {id}");
+    }
+}
