@@ -28,6 +28,14 @@ pub(crate) enum ResolvedEngine {
     Portable,
     #[cfg(target_os = "linux")]
     Uring,
+    /// Tests only: the portable engine behind `storage::FaultyEngine`, which crashes after
+    /// `crash_after` write-like operations; once the shard has stopped, its files lose what
+    /// was not synced, torn as a power cut would (drawn from `tear_seed`).
+    #[cfg(test)]
+    PortableFaulty {
+        crash_after: u64,
+        tear_seed: u64,
+    },
 }
 
 impl ResolvedEngine {
@@ -36,6 +44,8 @@ impl ResolvedEngine {
             ResolvedEngine::Portable => "portable",
             #[cfg(target_os = "linux")]
             ResolvedEngine::Uring => "uring",
+            #[cfg(test)]
+            ResolvedEngine::PortableFaulty { .. } => "portable (faulty)",
         }
     }
 }
@@ -210,6 +220,33 @@ pub(crate) fn spawn_shard(
             io_memory_bytes,
             ctx,
         ),
+        #[cfg(test)]
+        ResolvedEngine::PortableFaulty {
+            crash_after,
+            tear_seed,
+        } => std::thread::Builder::new()
+            .name(format!("walrs-shard-{id}"))
+            .spawn(move || {
+                let engine = crate::storage::FaultyEngine::new(PortableEngine::new());
+                engine.crash_after(crash_after);
+                let power = engine.clone();
+                run_local(engine, ctx);
+                // Every handle is closed: cut the power on what was not synced.
+                let mut rng = tear_seed | 1;
+                power
+                    .tear(|n| {
+                        rng ^= rng >> 12;
+                        rng ^= rng << 25;
+                        rng ^= rng >> 27;
+                        rng.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+                    })
+                    .expect("tearing the unsynced bytes");
+            })
+            .map(ShardThread::Std)
+            .map_err(|e| Error::ShardFailed {
+                shard: id,
+                reason: format!("cannot spawn its thread: {e}"),
+            }),
     }
 }
 

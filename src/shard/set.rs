@@ -223,9 +223,44 @@ impl ShardSet {
     /// As [`ShardSet::start`], on a node of a cluster: partitions with more than one replica
     /// run a Raft group that reaches the other nodes through `raft`'s transport.
     pub(crate) fn start_with(options: ShardOptions, raft: Option<RaftContext>) -> Result<ShardSet> {
+        Self::start_on(options, raft, None)
+    }
+
+    /// As [`ShardSet::start_with`], every shard on the portable engine behind a fault
+    /// injector that crashes after `crash_after` write-like operations and tears what was not
+    /// synced once the shard stops (see `ResolvedEngine::PortableFaulty`).
+    #[cfg(test)]
+    pub(crate) fn start_faulty(
+        options: ShardOptions,
+        raft: Option<RaftContext>,
+        crash_after: u64,
+        tear_seed: u64,
+    ) -> Result<ShardSet> {
+        let engine = ResolvedEngine::PortableFaulty {
+            crash_after,
+            tear_seed,
+        };
+        Self::start_on(
+            options,
+            raft,
+            Some((engine, "a test's fault injector".to_owned())),
+        )
+    }
+
+    fn start_on(
+        options: ShardOptions,
+        raft: Option<RaftContext>,
+        engine: Option<(ResolvedEngine, String)>,
+    ) -> Result<ShardSet> {
         options.validate()?;
-        let (engine, engine_reason) =
-            executor::resolve_engine(options.engine, &options.data_dir, options.io_memory_bytes)?;
+        let (engine, engine_reason) = match engine {
+            Some(engine) => engine,
+            None => executor::resolve_engine(
+                options.engine,
+                &options.data_dir,
+                options.io_memory_bytes,
+            )?,
+        };
         let topics_dir = topics::topics_dir(&options.data_dir);
         let metas = topics::load_all(&topics_dir, options.shard_count)?;
         let (routes, initial) = plan_all(&topics_dir, &metas, options.shard_count, raft.as_ref());
