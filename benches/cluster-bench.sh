@@ -6,7 +6,7 @@
 # all three by default; `summary` reprints the workloads table from OUT's JSON files). Needs a release build (`cargo build --release`; WALRS=path to use
 # another binary) and python3 (the failover driver's venv with grpcio is made under OUT).
 #
-#   workloads  W1 (4 producers, 100 x 1 KiB per append), W2 (1 producer, 1 record, depth 1),
+#   workloads  (WORKLOADS="W1 W2 W3" by default) W1 (4 producers, 100 x 1 KiB per append), W2 (1 producer, 1 record, depth 1),
 #              W3 (64 producers, 1 record, depth 1, 4 partitions), each run against a fresh
 #              single node (node_id = 0) and a fresh three-node cluster (replication factor 3),
 #              alternating single / cluster, ROUNDS rounds; `walrs bench --addr` against
@@ -206,6 +206,9 @@ bench_once() {
   sleep 1
   wait_quiet
   load0=$(load)
+  # The servers' CPU time (utime + stime, clock ticks) over the whole run, warm-up included.
+  local name cpu0=0 cpu1=0
+  for name in $servers; do cpu0=$((cpu0 + $(ticks "$(cat "$RUN/$name.pid")"))); done
   watch_start
   # shellcheck disable=SC2086
   client bench --addr "$addr" ${WORKLOAD[$w]} --duration "$DURATION" --warmup "$WARMUP" \
@@ -214,11 +217,12 @@ bench_once() {
   local clean=0
   rm -f "$json.compiled"
   watch_stop || { clean=1; touch "$json.compiled"; }
+  for name in $servers; do cpu1=$((cpu1 + $(ticks "$(cat "$RUN/$name.pid")"))); done
   # shellcheck disable=SC2086
   stop $servers
-  python3 - "$json" "$w" "$mode" "$round" "$load0" "$(load)" "$clean" <<'PY' | tee -a "$RESULTS"
+  python3 - "$json" "$w" "$mode" "$round" "$load0" "$(load)" "$clean" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" <<'PY' | tee -a "$RESULTS"
 import json, sys
-path, w, mode, rnd, l0, l1, dirty = sys.argv[1:]
+path, w, mode, rnd, l0, l1, dirty, cpu, hz = sys.argv[1:]
 try:
     a = json.load(open(path))["append"]
 except Exception as e:
@@ -226,6 +230,7 @@ except Exception as e:
 l = a["latency_us"]
 print(f"{w} {mode:7} round {rnd}: {a['records_per_s']:.0f} records/s, {a['requests_per_s']:.0f} appends/s, "
       f"{a['mb_per_s']:.1f} MB/s, p50 {l['p50']} us, p99 {l['p99']} us, retries {a.get('retries')}, "
+      f"servers' CPU {int(cpu) / int(hz):.1f} s = {int(cpu) / int(hz) * 1e6 / max(a['records_total'], 1):.2f} us per record, "
       f"load {l0} -> {l1}{'  (COMPILE SEEN: discarded)' if dirty == '1' else ''}")
 PY
   return $clean
@@ -235,7 +240,7 @@ workloads() {
   say "## workloads: $ROUNDS rounds, ${DURATION}s each after ${WARMUP}s warm-up ($(date -u +%FT%TZ))"
   local round w mode try
   for round in $(seq "$ROUNDS"); do
-    for w in W1 W2 W3; do
+    for w in ${WORKLOADS:-W1 W2 W3}; do
       for mode in single cluster; do
         for try in 1 2 3; do
           if bench_once "$w" "$mode" "$round"; then break; fi
