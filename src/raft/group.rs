@@ -373,8 +373,10 @@ impl<RT: AsyncRuntime> Group<RT> {
     /// replication still reads them; a follower behind the new start gets the snapshot
     /// instead. One purge runs at a time and takes the highest entry asked for meanwhile; a
     /// purge that fails is logged, and retention asks again at the next maintenance.
+    ///
+    /// A purge is local to each replica (snapshot and purge send nothing), so it leaves a
+    /// quiet group quiet.
     pub(crate) fn purge(&self, upto: u64) {
-        self.quiet.active(&self.raft);
         self.purge_wanted.set(self.purge_wanted.get().max(upto));
         if self.purging.replace(true) {
             return;

@@ -171,7 +171,7 @@ impl Quiescence {
         *self.state.borrow() != State::Awake
     }
 
-    /// A proposal (records, a command, a purge): a quiet leader wakes.
+    /// A proposal (records or a command): a quiet leader wakes.
     pub(crate) fn active<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>) {
         self.activity.set(self.activity.get() + 1);
         self.last_activity.set(Instant::now());
