@@ -60,6 +60,8 @@ enum Command {
     Topic(TopicArgs),
     /// Drop a partition's records below an offset (whole segments; a WAL checkpoint).
     Truncate(TruncateArgs),
+    /// The cluster as a node sees it.
+    Cluster(ClusterArgs),
     /// Load and latency benchmark: an in-process server (or --addr) driven over gRPC, with
     /// raw disk and raw RPC baselines measured in the same run.
     Bench(Box<walrs::bench::BenchOptions>),
@@ -256,6 +258,25 @@ enum TopicCommand {
 }
 
 #[derive(Debug, Args)]
+struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// List the nodes the answering node knows, with their addresses and whether it can
+    /// reach them now (its replication link to them is up), as a table or as JSON.
+    Status {
+        #[command(flatten)]
+        connection: Connection,
+        /// Print one JSON object (`node_id`, `controller`, `nodes`: `id`, `addr`, `alive`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
 struct TruncateArgs {
     #[command(flatten)]
     connection: Connection,
@@ -307,6 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,
         Command::Topic(args) => topic(args.command).await,
+        Command::Cluster(args) => cluster(args.command).await,
         Command::Bench(options) => bench(&options).await,
         Command::Truncate(args) => {
             let client = args.connection.connect()?;
@@ -582,6 +604,44 @@ async fn topic(command: TopicCommand) -> anyhow::Result<()> {
             let client = connection.connect()?;
             client.delete_topic(&name).await?;
             println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { connection, json } => {
+            let client = connection.connect()?;
+            let status = client.describe_cluster().await?;
+            if json {
+                let nodes: Vec<serde_json::Value> = status
+                    .nodes
+                    .iter()
+                    .map(|n| serde_json::json!({ "id": n.id, "addr": n.addr, "alive": n.alive }))
+                    .collect();
+                let out = serde_json::json!({
+                    "node_id": status.node_id,
+                    "controller": status.controller,
+                    "nodes": nodes,
+                });
+                println!("{out}");
+                return Ok(());
+            }
+            println!("node\taddress\talive");
+            for n in &status.nodes {
+                let alive = match (n.id == status.node_id, n.alive) {
+                    (true, _) => "yes (answered)",
+                    (false, true) => "yes",
+                    (false, false) => "no",
+                };
+                println!("{}\t{}\t{alive}", n.id, n.addr);
+            }
+            // 0 until the cluster has a controller (static membership).
+            match status.controller {
+                0 => println!("controller: none (static membership)"),
+                id => println!("controller: node {id}"),
+            }
         }
     }
     Ok(())

@@ -484,6 +484,35 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
         nodes.iter().any(|n| n.id == 3 && !n.alive)
     })
     .await;
+    // `walrs cluster status` says the same, as a table and as JSON.
+    let certs = cluster.dir.path().join("certs");
+    let status = |json: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walrs"));
+        command.args(["cluster", "status", "--addr", &cluster.addr(1)]);
+        command.arg("--ca").arg(certs.join("ca.pem"));
+        command.arg("--cert").arg(certs.join("root.pem"));
+        command.arg("--tls-key").arg(certs.join("root-key.pem"));
+        if json {
+            command.arg("--json");
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(json["node_id"], 1);
+    let alive: Vec<(u64, bool)> = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_u64().unwrap(), n["alive"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(alive, vec![(1, true), (2, true), (3, false)], "{json}");
+    let table = status(false);
+    assert!(
+        table.contains(&format!("3\t{}\tno", cluster.addr(3))),
+        "{table}"
+    );
     cluster.shutdown().await;
 }
 
