@@ -211,7 +211,9 @@ bench_once() {
   for name in $servers; do cpu0=$((cpu0 + $(ticks "$(cat "$RUN/$name.pid")"))); done
   watch_start
   # shellcheck disable=SC2086
-  client bench --addr "$addr" ${WORKLOAD[$w]} --duration "$DURATION" --warmup "$WARMUP" \
+  /usr/bin/time -f "%U %S" -o "$json.client-cpu" \
+    "$BIN" bench --ca "$CERTS/ca.pem" --cert "$CERTS/root.pem" --tls-key "$CERTS/root-key.pem" \
+    --addr "$addr" ${WORKLOAD[$w]} --duration "$DURATION" --warmup "$WARMUP" \
     --baseline 0 --quiet --json "$json" >"$OUT/$w-$mode-$round.txt" 2>&1 ||
     echo "bench failed: see $OUT/$w-$mode-$round.txt" | tee -a "$RESULTS" >&2
   local clean=0
@@ -220,9 +222,13 @@ bench_once() {
   for name in $servers; do cpu1=$((cpu1 + $(ticks "$(cat "$RUN/$name.pid")"))); done
   # shellcheck disable=SC2086
   stop $servers
-  python3 - "$json" "$w" "$mode" "$round" "$load0" "$(load)" "$clean" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" <<'PY' | tee -a "$RESULTS"
+  python3 - "$json" "$w" "$mode" "$round" "$load0" "$(load)" "$clean" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$(tail -n1 "$json.client-cpu" 2>/dev/null)" <<'PY' | tee -a "$RESULTS"
 import json, sys
-path, w, mode, rnd, l0, l1, dirty, cpu, hz = sys.argv[1:]
+path, w, mode, rnd, l0, l1, dirty, cpu, hz, client = sys.argv[1:]
+try:
+    client_s = sum(float(x) for x in client.split())
+except ValueError:
+    client_s = float("nan")
 try:
     a = json.load(open(path))["append"]
 except Exception as e:
@@ -231,6 +237,7 @@ l = a["latency_us"]
 print(f"{w} {mode:7} round {rnd}: {a['records_per_s']:.0f} records/s, {a['requests_per_s']:.0f} appends/s, "
       f"{a['mb_per_s']:.1f} MB/s, p50 {l['p50']} us, p99 {l['p99']} us, retries {a.get('retries')}, "
       f"servers' CPU {int(cpu) / int(hz):.1f} s = {int(cpu) / int(hz) * 1e6 / max(a['records_total'], 1):.2f} us per record, "
+      f"load generator's {client_s:.1f} s = {client_s * 1e6 / max(a['records_total'], 1):.2f} us per record, "
       f"load {l0} -> {l1}{'  (COMPILE SEEN: discarded)' if dirty == '1' else ''}")
 PY
   return $clean
