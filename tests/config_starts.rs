@@ -215,6 +215,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         ("cluster.heartbeat_interval_ms", int(10_000)),
         ("cluster.election_timeout_min_ms", int(10_001)),
         ("cluster.election_timeout_max_ms", int(10_002)),
+        ("cluster.quiesce_after_ms", int(0)),
     ]);
     cases.push(vec![
         ("cluster.heartbeat_interval_ms", int(10)),

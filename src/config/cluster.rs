@@ -471,8 +471,20 @@ mod tests {
     #[test]
     fn timing_is_ordered_and_bounded() {
         check("heartbeat_interval_ms = 10").unwrap();
-        check("heartbeat_interval_ms = 49\nelection_timeout_min_ms = 50\nelection_timeout_max_ms = 51")
+        check(
+            "heartbeat_interval_ms = 49\nelection_timeout_min_ms = 50\nelection_timeout_max_ms = 51\n\
+             quiesce_after_ms = 0",
+        )
+        .unwrap();
+        // Quiescence pauses heartbeats for up to an interval: 2.2 of them must fit under the
+        // shortest election timeout.
+        check("heartbeat_interval_ms = 22\nelection_timeout_min_ms = 50\nelection_timeout_max_ms = 51")
             .unwrap();
+        assert_eq!(
+            refused("heartbeat_interval_ms = 23\nelection_timeout_min_ms = 50\nelection_timeout_max_ms = 51")
+                .key,
+            "cluster.heartbeat_interval_ms"
+        );
         check(
             "heartbeat_interval_ms = 10000\nelection_timeout_min_ms = 60000\n\
              election_timeout_max_ms = 120000",

@@ -106,6 +106,24 @@ impl RaftTimings {
                 86_400_000,
                 " ms (0 = never)",
             )?;
+            // A leader asking its followers to go quiet pauses its heartbeats for up to one
+            // interval; a follower that stays awake must not time out meanwhile: it may miss
+            // two intervals and a tick (openraft ticks every 13/64 of an interval).
+            let gap_ms = self.heartbeat_interval_ms * 2 + self.heartbeat_interval_ms * 13 / 64;
+            if gap_ms >= self.election_timeout_min_ms {
+                return Err(InvalidLimit::new(
+                    key("heartbeat_interval_ms"),
+                    self.heartbeat_interval_ms,
+                    format!(
+                        "with {} > 0, 2.2 heartbeat intervals ({gap_ms} ms) must stay below {} = {} \
+                         (lower the heartbeat, or set {} = 0)",
+                        key("quiesce_after_ms"),
+                        key("election_timeout_min_ms"),
+                        self.election_timeout_min_ms,
+                        key("quiesce_after_ms"),
+                    ),
+                ));
+            }
         }
         // A leader must be heard from more than once per election timeout, or followers
         // start elections against a healthy leader.
@@ -144,6 +162,7 @@ impl RaftTimings {
             check_every: ms(self.election_timeout_max_ms * 10),
             round_within: ms(self.heartbeat_interval_ms),
             answer_within: ms(self.election_timeout_max_ms),
+            wake_grace: ms(self.election_timeout_max_ms),
         }
     }
 
@@ -343,12 +362,15 @@ impl<RT: AsyncRuntime> Group<RT> {
     pub(crate) fn propose(&self, proposal: Proposal, reply: ProposeReply) {
         self.quiet.active(&self.raft);
         let raft = self.raft.clone();
+        // Answered exactly once: by the responder, or, should the core stop and drop the
+        // responder unanswered (a storage failure), when it is dropped.
+        let mut reply = AnswerOnce(Some(reply));
         let responder = CallbackResponder::new(
             move |result: Result<
                 ClientWriteResponse<PartitionTypes<RT>>,
                 ClientWriteError<PartitionTypes<RT>>,
             >| {
-                reply(match result {
+                reply.answer(match result {
                     Ok(response) => Ok(response.data),
                     Err(ClientWriteError::ForwardToLeader(f)) => Err(ProposeError::NotLeader {
                         leader: f.leader_id,
@@ -362,7 +384,7 @@ impl<RT: AsyncRuntime> Group<RT> {
         let key = self.key.clone();
         drop(RT::spawn(async move {
             if let Err(e) = raft.client_write_ff(proposal, Some(responder)).await {
-                // The responder went down with the core and answers nothing more.
+                // The responder went down with the core and answered as it was dropped.
                 tracing::warn!(topic = %key.0, partition = key.1, error = %e, "proposal after the group stopped");
             }
         }));
@@ -471,11 +493,34 @@ impl<RT: AsyncRuntime> Group<RT> {
         self.quiet.is_quiet()
     }
 
-    /// Stops the group's tasks (its log and state stay where they are).
+    /// Stops the group's tasks (its log and state stay where they are). A leader tells its
+    /// followers first, so a quiet group does not wait for its next CHECK to elect.
     pub(crate) async fn shutdown(&self) {
+        self.quiet.farewell(&self.raft, &self.sender);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(topic = %self.key.0, partition = self.key.1, error = %e, "stopping a Raft group");
         }
+    }
+}
+
+/// A proposal's reply, answered once: dropped unanswered, it says the group stopped.
+struct AnswerOnce(Option<ProposeReply>);
+
+impl AnswerOnce {
+    fn answer(&mut self, result: Result<Applied, ProposeError>) {
+        if let Some(reply) = self.0.take() {
+            reply(result);
+        }
+    }
+}
+
+impl Drop for AnswerOnce {
+    fn drop(&mut self) {
+        self.answer(Err(ProposeError::Stopped {
+            reason: "the partition's Raft group stopped before the append was committed \
+                     (a storage failure on this replica; see its log)"
+                .to_owned(),
+        }));
     }
 }
 

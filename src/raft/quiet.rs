@@ -19,17 +19,26 @@
 //!
 //! Leaving, on a leader: a proposal (its AppendEntries then wake the followers), a vote or
 //! pre-vote request, a WAKE from a follower, or a change in the link to any member (a member
-//! that comes back needs heartbeats before its election timer fires).
+//! that comes back needs heartbeats before its election timer fires). A woken group stays
+//! awake at least `quiesce_after_ms`; a change or a WAKE during a round makes it give up.
 //!
-//! Leaving, on a follower: an AppendEntries bringing anything new (entries, a commit, another
-//! vote), a snapshot, a vote request, a change in (or the loss of) the link to its leader, or
-//! a failed CHECK: every `check_every` a quiet follower asks its leader whether it still
-//! leads, so a group whose leader stopped on a live node elects all the same.
+//! Leaving, on a follower: any AppendEntries other than the quiet leader's bare heartbeat
+//! (entries, a commit, another vote, or a stale one), a snapshot, a vote request, a change in
+//! (or the loss of) the link to its leader, a WAKE from a leader whose replica stops, or a
+//! failed CHECK: every `check_every` (10 election timeouts) a quiet follower asks its leader
+//! whether it still leads, so a group whose leader vanished some other way on a live node
+//! elects all the same, late.
 //!
 //! A quiet follower refuses a pre-vote while its link to the leader is up (as an unexpired
 //! lease would) and asks the leader to WAKE, so a restarted member that missed the quiet spell
 //! learns the leader from heartbeats instead of deposing it; if the leader cannot be asked,
 //! the follower wakes and Raft elects as usual. A quiet leader refuses a pre-vote and wakes.
+//! For an election timeout after waking, a group goes on refusing pre-votes the same way: the
+//! leases of a long quiet spell have lapsed, and openraft would grant them until heartbeats
+//! renew them.
+//!
+//! CHECK and WAKE are answered from the group's published metrics, not from inside its Raft
+//! core: a core wedged without failing would still say it leads.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -63,10 +72,13 @@ pub(crate) struct QuietSettings {
     pub round_within: Duration,
     /// How long a CHECK or WAKE waits for the leader's answer.
     pub answer_within: Duration,
+    /// How long a group that woke still refuses pre-votes as a quiet one would (see
+    /// [`Quiescence::screen`]): until its leader's heartbeats have renewed the leases.
+    pub wake_grace: Duration,
 }
 
 /// Where a group stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Awake,
     /// Leading, with ticks off; `last` is its last entry, committed and applied.
@@ -151,6 +163,9 @@ pub(crate) struct Quiescence {
     next_round: Cell<Instant>,
     /// A follower's CHECK or WAKE awaits its answer.
     asking: Cell<bool>,
+    /// The quiet state the group last woke from, and when: for [`QuietSettings::wake_grace`]
+    /// after it, pre-votes are refused as they were while quiet.
+    woke: Cell<Option<(Instant, State)>>,
 }
 
 impl Quiescence {
@@ -164,6 +179,7 @@ impl Quiescence {
             round_open: Cell::new(false),
             next_round: Cell::new(now),
             asking: Cell::new(false),
+            woke: Cell::new(None),
         })
     }
 
@@ -181,9 +197,16 @@ impl Quiescence {
         self.wake(raft, "a proposal");
     }
 
+    /// Ends quiet: ticks again, stays awake at least `after`, and for `wake_grace` refuses
+    /// pre-votes as it did while quiet. An open round (state still `Awake`) gives up.
     fn wake<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>, why: &str) {
-        if self.state.replace(State::Awake) != State::Awake {
+        self.activity.set(self.activity.get() + 1);
+        let was = self.state.replace(State::Awake);
+        if was != State::Awake {
             tracing::trace!(why, "a quiet group wakes");
+            let now = Instant::now();
+            self.last_activity.set(now);
+            self.woke.set(Some((now, was)));
             raft.runtime_config().tick(true);
         }
     }
@@ -201,9 +224,39 @@ impl Quiescence {
         sender: &Sender,
         body: Option<&Body>,
     ) -> Screen {
-        let state = self.state.borrow().clone();
+        let state = *self.state.borrow();
         match state {
-            State::Awake => Screen::Serve { wake_after: false },
+            State::Awake => match (body, self.woke.get()) {
+                // Just woken: the leases of a long quiet spell have lapsed, so openraft would
+                // grant an up-to-date pre-vote; refuse it while the leader is there, until
+                // heartbeats have renewed them.
+                (Some(Body::PreVote(_)), Some((at, was)))
+                    if at.elapsed() < self.settings.wake_grace =>
+                {
+                    match was {
+                        State::Leading { vote, last } => {
+                            let leads = raft.metrics().borrow_watched().vote == vote;
+                            if leads {
+                                return Screen::Refuse {
+                                    answer: refused_vote(&vote, &last),
+                                    wake_leader: None,
+                                };
+                            }
+                            Screen::Serve { wake_after: false }
+                        }
+                        State::Following { vote, last, .. }
+                            if sender.link_up(vote.leader_id.voted_for) =>
+                        {
+                            Screen::Refuse {
+                                answer: refused_vote(&vote, &last),
+                                wake_leader: None,
+                            }
+                        }
+                        _ => Screen::Serve { wake_after: false },
+                    }
+                }
+                _ => Screen::Serve { wake_after: false },
+            },
             State::Following { vote, last, .. } => match body {
                 // The quiet leader's heartbeat: nothing new.
                 Some(Body::Append(append))
@@ -247,7 +300,7 @@ impl Quiescence {
         sender: &Sender,
         leader: NodeId,
     ) {
-        let State::Following { vote, last, .. } = self.state.borrow().clone() else {
+        let State::Following { vote, last, .. } = *self.state.borrow() else {
             return;
         };
         if self.asking.replace(true) {
@@ -264,6 +317,26 @@ impl Quiescence {
                 quiet.wake(&raft, "the leader did not answer a WAKE");
             }
         }));
+    }
+
+    /// A leader's replica stops (its topic deleted here, or the node stopping): its followers
+    /// are told to WAKE, so a quiet group elects at once rather than at its next CHECK. Sent
+    /// without waiting for answers.
+    pub(crate) fn farewell<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>, sender: &Sender) {
+        let metrics = raft.metrics();
+        let m = metrics.borrow_watched();
+        let (true, Some(last)) = (m.state == ServerState::Leader, m.last_applied) else {
+            return;
+        };
+        for (&node, _) in m.membership_config.membership().nodes() {
+            if node != sender.node_id {
+                drop(
+                    sender
+                        .transport
+                        .send(node, sender.envelope(Kind::Wake, &m.vote, &last)),
+                );
+            }
+        }
     }
 
     /// Serves a `RaftQuiet` request from another replica.
@@ -300,10 +373,12 @@ impl Quiescence {
                         },
                     );
                 }
-                follows_caught_up
+                follows_caught_up && vote.committed
             }
             Ok(Kind::Wake) => {
-                self.wake(raft, "a follower saw a campaign");
+                // Also ends a round in flight: whoever asks saw a campaign.
+                self.activity.set(self.activity.get() + 1);
+                self.wake(raft, "a member saw a campaign, or a leader left");
                 leads
             }
             Ok(Kind::Check) => leads,
@@ -323,7 +398,7 @@ impl Quiescence {
         now: Instant,
         changed: &dyn Fn(NodeId) -> bool,
     ) {
-        let state = self.state.borrow().clone();
+        let state = *self.state.borrow();
         match state {
             State::Following {
                 vote,
@@ -342,12 +417,23 @@ impl Quiescence {
                             .ask::<RT>(leader, Kind::Check, &vote, &last, within)
                             .await;
                         quiet.asking.set(false);
-                        if !leads {
-                            quiet.wake(&raft, "the leader no longer leads");
-                        } else if let State::Following { next_check, .. } =
-                            &mut *quiet.state.borrow_mut()
-                        {
-                            *next_check = Instant::now() + check_every;
+                        // The answer is about `vote`: a follower that since followed
+                        // another leader ignores it.
+                        let mut state = quiet.state.borrow_mut();
+                        match &mut *state {
+                            State::Following {
+                                vote: v,
+                                next_check,
+                                ..
+                            } if *v == vote => {
+                                if leads {
+                                    *next_check = Instant::now() + check_every;
+                                } else {
+                                    drop(state);
+                                    quiet.wake(&raft, "the leader no longer leads");
+                                }
+                            }
+                            _ => {}
                         }
                     }));
                 }
@@ -362,8 +448,16 @@ impl Quiescence {
                 let Some(after) = self.settings.after else {
                     return;
                 };
-                if self.round_open.get()
-                    || now < self.next_round.get()
+                if self.round_open.get() {
+                    // A member that went or came back during the round needs heartbeats:
+                    // the round gives up.
+                    let members = raft.metrics().borrow_watched().membership_config.clone();
+                    if members.membership().nodes().any(|(id, _)| changed(*id)) {
+                        self.activity.set(self.activity.get() + 1);
+                    }
+                    return;
+                }
+                if now < self.next_round.get()
                     || now.duration_since(self.last_activity.get()) < after
                 {
                     return;
