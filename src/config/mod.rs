@@ -112,7 +112,13 @@ fn shard_option_key(field: &str) -> String {
         "topics_max" => "server.topics_max".to_owned(),
         "partitions_max" => "server.partitions_per_topic_max".to_owned(),
         "data_dir" => "data_dir".to_owned(),
-        other => format!("storage.{}", other.strip_prefix("log.").unwrap_or(other)),
+        other => {
+            let field = other
+                .strip_prefix("log.")
+                .or_else(|| other.strip_prefix("producers."))
+                .unwrap_or(other);
+            format!("storage.{field}")
+        }
     }
 }
 
@@ -222,6 +228,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             shard_count: s.shard_count() as usize,
             log: s.log_limits(),
+            producers: s.producer_limits(),
             durability: s.durability,
             flush_interval_ms: s.flush_interval_ms,
             flush_delay_us: s.flush_delay_us,

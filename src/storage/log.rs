@@ -359,8 +359,11 @@ impl<E: Engine> Log<E> {
             batch.batch_bytes(),
             self.config.batch_bytes_max
         );
+        let producer = batch.producer();
         let meta = BatchMeta {
             leader_epoch: self.last_term(),
+            producer_id: producer.map_or(0, |p| p.producer_id),
+            producer_seq: producer.map_or(0, |p| p.sequence),
             ..BatchMeta::default()
         };
         self.append_measured(meta, batch.records(), batch.batch_bytes())
@@ -378,6 +381,7 @@ impl<E: Engine> Log<E> {
         meta: EntryMeta,
         batch: &super::CheckedBatch,
     ) -> Result<u64> {
+        let producer = batch.producer();
         let batch_meta = BatchMeta {
             leader_epoch: meta.term,
             raft_index: meta.raft_index,
@@ -386,7 +390,8 @@ impl<E: Engine> Log<E> {
             } else {
                 0
             },
-            ..BatchMeta::default()
+            producer_id: producer.map_or(0, |p| p.producer_id),
+            producer_seq: producer.map_or(0, |p| p.sequence),
         };
         self.append_measured(batch_meta, batch.records(), batch.batch_bytes())
             .await
@@ -435,6 +440,44 @@ impl<E: Engine> Log<E> {
             return self.header_at(entry.offset).await;
         }
         Ok(None)
+    }
+
+    /// The headers of at most `batches_max` batches that end at or below `below_offset`,
+    /// the newest of them, oldest first: what a partition rebuilds its producer window from
+    /// on open. Reads only headers (no record, no CRC over the body), newest segment first,
+    /// and opens no more sealed segments than those batches sit in.
+    pub async fn tail_headers(
+        &mut self,
+        below_offset: u64,
+        batches_max: usize,
+    ) -> Result<Vec<BatchHeader>> {
+        let engine = self.engine.clone();
+        let mut headers = Vec::new();
+        'segments: for i in (0..self.segments.len()).rev() {
+            if headers.len() >= batches_max {
+                break;
+            }
+            if self.segments[i].base_offset() >= below_offset {
+                continue;
+            }
+            let count = self.segments[i].batch_count(&engine).await?;
+            for k in (0..count).rev() {
+                if headers.len() >= batches_max {
+                    break 'segments;
+                }
+                let Some(header) = self.segments[i].header_of(&engine, k).await? else {
+                    break;
+                };
+                if header.base_offset < self.start_offset {
+                    break 'segments;
+                }
+                if header.next_offset() <= below_offset {
+                    headers.push(header);
+                }
+            }
+        }
+        headers.reverse();
+        Ok(headers)
     }
 
     /// The header of the batch that holds `offset`, read alone (from the tail cache when it
