@@ -443,6 +443,18 @@ mod tests {
                 "storage.maintenance_interval_ms",
             ),
             (
+                "[storage]\nproducers_per_partition_max = 0",
+                "storage.producers_per_partition_max",
+            ),
+            (
+                "[storage]\nproducer_id_expiry_ms = 10",
+                "storage.producer_id_expiry_ms",
+            ),
+            (
+                "[storage]\nproducer_rebuild_batches_max = 1",
+                "storage.producer_rebuild_batches_max",
+            ),
+            (
                 "[storage]\nrecord_bytes_max = 4194304",
                 "storage.record_bytes_max",
             ),
