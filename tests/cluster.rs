@@ -640,7 +640,11 @@ async fn a_retry_on_a_new_leader_gets_the_original_offsets() {
     let end = seven.base_offset + u64::from(seven.count);
     let expected: Vec<Vec<u8>> = (0..8).map(|s| format!("seq-{s}").into_bytes()).collect();
     for id in cluster.live() {
-        assert_eq!(cluster.read_all(id, "orders", end).await, expected, "node {id}");
+        assert_eq!(
+            cluster.read_all(id, "orders", end).await,
+            expected,
+            "node {id}"
+        );
     }
     // The old leader comes back, rebuilds its window from its log and what it applies, and
     // holds the same single copies.

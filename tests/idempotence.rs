@@ -123,7 +123,11 @@ async fn retries_are_answered_with_the_original_offsets_and_written_once() {
     create_topic(&client).await;
     let mut acks = Vec::new();
     for s in 0..3 {
-        acks.push(send(&client, request(77, s, &format!("v{s}"))).await.unwrap());
+        acks.push(
+            send(&client, request(77, s, &format!("v{s}")))
+                .await
+                .unwrap(),
+        );
     }
     // A plain append in between takes its own offsets.
     client
@@ -138,7 +142,11 @@ async fn retries_are_answered_with_the_original_offsets_and_written_once() {
         assert_eq!(again.base_offset, acks[s as usize].base_offset, "seq {s}");
         assert_eq!(again.count, 2);
         assert_eq!(again.partition, 0);
-        assert_eq!(again.correlation_id, 1000 + s, "the retry's own correlation id");
+        assert_eq!(
+            again.correlation_id,
+            1000 + s,
+            "the retry's own correlation id"
+        );
     }
     assert_eq!(
         values(&client).await,
@@ -164,7 +172,11 @@ async fn gaps_and_retries_older_than_the_window_are_refused_and_change_nothing()
     create_topic(&client).await;
     let mut acks = Vec::new();
     for s in 0..7 {
-        acks.push(send(&client, request(5, s, &format!("v{s}"))).await.unwrap());
+        acks.push(
+            send(&client, request(5, s, &format!("v{s}")))
+                .await
+                .unwrap(),
+        );
     }
     let gap = send(&client, request(5, 9, "gap")).await.unwrap_err();
     assert_eq!(gap.code(), Code::FailedPrecondition, "{gap:?}");
@@ -187,7 +199,11 @@ async fn gaps_and_retries_older_than_the_window_are_refused_and_change_nothing()
         let again = send(&client, request(5, s, "again")).await.unwrap();
         assert_eq!(again.base_offset, acks[s as usize].base_offset);
     }
-    assert_eq!(values(&client).await.len(), 14, "nothing refused was written");
+    assert_eq!(
+        values(&client).await.len(),
+        14,
+        "nothing refused was written"
+    );
     // And the producer goes on where it was.
     let next = send(&client, request(5, 7, "v7")).await.unwrap();
     assert_eq!(next.base_offset, 14);
@@ -211,7 +227,11 @@ async fn pipelined_batches_keep_their_order_and_a_resent_window_is_not_written_a
     assert_eq!(acks.len() as u64, batches);
     for (s, ack) in acks.iter().enumerate() {
         assert_eq!(ack.correlation_id, s as u64);
-        assert_eq!(ack.base_offset, 2 * s as u64, "sequence order is offset order");
+        assert_eq!(
+            ack.base_offset,
+            2 * s as u64,
+            "sequence order is offset order"
+        );
     }
     // A client that lost its stream sends its last unacknowledged batches again, pipelined.
     let resent = (batches - 5..batches).map(|s| request(9, s, "resent"));
@@ -223,7 +243,10 @@ async fn pipelined_batches_keep_their_order_and_a_resent_window_is_not_written_a
         .collect()
         .await;
     for ack in &again {
-        assert_eq!(ack.base_offset, acks[ack.correlation_id as usize].base_offset);
+        assert_eq!(
+            ack.base_offset,
+            acks[ack.correlation_id as usize].base_offset
+        );
     }
     let all = values(&client).await;
     assert_eq!(all.len() as u64, 2 * batches);
@@ -258,11 +281,17 @@ async fn the_windows_survive_a_restart() {
     let old = send(&client, request(3, 34, "old")).await.unwrap_err();
     assert_eq!(old.code(), Code::FailedPrecondition, "{old:?}");
     let gap = send(&client, request(3, 41, "gap")).await.unwrap_err();
-    assert!(gap.message().contains("next sequence here is 40"), "{gap:?}");
+    assert!(
+        gap.message().contains("next sequence here is 40"),
+        "{gap:?}"
+    );
     let alice = server.client("alice").await;
     let again = send(&alice, request(3, 0, "alice again")).await.unwrap();
     alice_ack.correlation_id = again.correlation_id;
-    assert_eq!(again, alice_ack, "alice's producer 3 is rebuilt apart from root's");
+    assert_eq!(
+        again, alice_ack,
+        "alice's producer 3 is rebuilt apart from root's"
+    );
     assert_eq!(values(&client).await.len(), 82, "nothing written twice");
     server.shutdown().await;
 }
@@ -284,18 +313,26 @@ async fn two_identities_using_one_producer_id_do_not_interfere() {
     assert!(alice_gap.message().contains("next sequence here is 1"));
     // Root's retries still get root's answers; alice's get hers.
     assert_eq!(
-        send(&root, request(42, 1, "retry")).await.unwrap().base_offset,
+        send(&root, request(42, 1, "retry"))
+            .await
+            .unwrap()
+            .base_offset,
         root_1.base_offset
     );
     assert_eq!(
-        send(&alice, request(42, 0, "retry")).await.unwrap().base_offset,
+        send(&alice, request(42, 0, "retry"))
+            .await
+            .unwrap()
+            .base_offset,
         alice_0.base_offset
     );
     // Root goes on from its own next sequence, 2, unaffected by alice's.
     send(&root, request(42, 2, "root-2")).await.unwrap();
     assert_eq!(
         values(&root).await,
-        ["root-0", "root-0+", "root-1", "root-1+", "alice-0", "alice-0+", "root-2", "root-2+"]
+        [
+            "root-0", "root-0+", "root-1", "root-1+", "alice-0", "alice-0+", "root-2", "root-2+"
+        ]
     );
     server.shutdown().await;
 }

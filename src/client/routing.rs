@@ -43,8 +43,9 @@ use super::hint::{self, Disposition};
 use super::retry::{Attempts, RetryOptions};
 use super::{Client, ClientTls, Error};
 use crate::proto::v1::{
-    AppendRequest, AppendResponse, CreateTopicResponse, DeleteTopicResponse, DescribeClusterResponse,
-    DescribeTopicResponse, ListTopicsResponse, ReadResponse, Record, TruncateResponse,
+    AppendRequest, AppendResponse, CreateTopicResponse, DeleteTopicResponse,
+    DescribeClusterResponse, DescribeTopicResponse, ListTopicsResponse, ReadResponse, Record,
+    TruncateResponse,
 };
 
 /// Most nodes a routing client knows (and so most connections it holds).

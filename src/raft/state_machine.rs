@@ -174,8 +174,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                         base_offset: header.base_offset,
                         count: header.record_count,
                     };
-                    if header.producer_id != 0 && header.flags & crate::storage::FLAG_CONTROL == 0
-                    {
+                    if header.producer_id != 0 && header.flags & crate::storage::FLAG_CONTROL == 0 {
                         producers.push(super::store::ProducerBatch {
                             stamp: crate::storage::ProducerStamp {
                                 producer_id: header.producer_id,

@@ -45,7 +45,9 @@ pub fn scoped_producer_id(identity: &str, producer_id: u64) -> u64 {
     ctx.update(b"\0");
     ctx.update(&producer_id.to_le_bytes());
     let digest = ctx.finish();
-    let first: [u8; 8] = digest.as_ref()[..8].try_into().expect("SHA-256 has 32 bytes");
+    let first: [u8; 8] = digest.as_ref()[..8]
+        .try_into()
+        .expect("SHA-256 has 32 bytes");
     u64::from_le_bytes(first).max(1)
 }
 

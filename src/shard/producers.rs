@@ -16,10 +16,10 @@
 //! answered from it (or "retry" while its batch is still being written), one past the next is
 //! a gap, and one below the window is refused as too old. Nothing refused changes the table.
 //!
-//! Memory: a producer's state is a fixed array of [`WINDOW_BATCHES`] slots (24 bytes each)
-//! and two words, 136 bytes (pinned below); with its 8-byte key and the hash map's control
-//! byte and spare room, about 170 bytes. A partition holds at most
-//! `producers_per_partition_max` of them: about 170 KiB at the default 1,024, nothing for a
+//! Memory: a producer's state is a fixed array of [`WINDOW_BATCHES`] slots (32 bytes each)
+//! and two words, 176 bytes (pinned below); with its 8-byte key and the hash map's control
+//! byte and spare room, about 210 bytes. A partition holds at most
+//! `producers_per_partition_max` of them: about 210 KiB at the default 1,024, nothing for a
 //! partition no idempotent producer writes to.
 
 use std::collections::HashMap;
@@ -144,7 +144,7 @@ struct ProducerState {
     len: usize,
     last_seen_ms: i64,
 }
-const _: () = assert!(std::mem::size_of::<ProducerState>() == 136);
+const _: () = assert!(std::mem::size_of::<ProducerState>() == 176);
 
 impl ProducerState {
     fn new(now_ms: i64) -> Self {
@@ -164,7 +164,9 @@ impl ProducerState {
     }
 
     fn has_in_flight(&self) -> bool {
-        self.window().iter().any(|(_, slot)| *slot == Slot::InFlight)
+        self.window()
+            .iter()
+            .any(|(_, slot)| *slot == Slot::InFlight)
     }
 
     /// Puts `sequence` in its sorted place (or updates it), dropping the oldest slot when
@@ -238,10 +240,11 @@ impl ProducerTable {
                 Slot::Written(written) => Admit::Duplicate(written),
                 Slot::InFlight => return Err(SequenceError::InFlight { sequence }),
             }
-        } else if sequence == highest + 1 {
+        } else if highest.checked_add(1) == Some(sequence) {
             state.put(sequence, Slot::InFlight);
             Admit::Write
         } else if sequence > highest {
+            // `highest` < `sequence` <= u64::MAX, so `highest + 1` does not overflow.
             return Err(SequenceError::Gap {
                 sequence,
                 expected: highest + 1,
@@ -300,15 +303,21 @@ impl ProducerTable {
         self.producers.retain(|_, state| state.len > 0);
     }
 
-    /// Drops the producers idle for longer than `producer_id_expiry_ms` (none with a batch
-    /// in flight). Returns how many were dropped.
+    /// Drops the producers idle for longer than `producer_id_expiry_ms`. (A batch still in
+    /// flight after that long is lost: its proposal's answer never came.) Returns how many
+    /// were dropped.
     pub(crate) fn expire(&mut self, now_ms: i64) -> usize {
         let before = self.producers.len();
         let expiry_ms = self.limits.producer_id_expiry_ms as i64;
-        self.producers.retain(|_, state| {
-            state.has_in_flight() || now_ms.saturating_sub(state.last_seen_ms) <= expiry_ms
-        });
+        self.producers
+            .retain(|_, state| now_ms.saturating_sub(state.last_seen_ms) <= expiry_ms);
         before - self.producers.len()
+    }
+
+    /// Forgets every producer (a replica that installs a snapshot never applies the entries
+    /// the snapshot covers, so what it knew of its producers is incomplete).
+    pub(crate) fn clear(&mut self) {
+        self.producers.clear();
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -471,7 +480,10 @@ mod tests {
         assert_eq!(table.admit(2, 1, 50), Ok(Admit::Write));
         assert_eq!(table.len(), 3);
         assert_eq!(table.admit(1, 0, 60), Ok(Admit::Duplicate(at(1))));
-        assert_eq!(table.admit(4, 0, 60), Err(SequenceError::InFlight { sequence: 0 }));
+        assert_eq!(
+            table.admit(4, 0, 60),
+            Err(SequenceError::InFlight { sequence: 0 })
+        );
     }
 
     #[test]
@@ -485,6 +497,18 @@ mod tests {
         }
         assert!(matches!(
             table.admit(9, 4, 0),
+            Err(SequenceError::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn the_largest_sequence_has_no_next_and_does_not_overflow() {
+        let mut table = ProducerTable::new(ProducerLimits::default());
+        assert_eq!(table.admit(1, u64::MAX, 0), Ok(Admit::Write));
+        table.written(1, u64::MAX, at(0), 0);
+        assert_eq!(table.admit(1, u64::MAX, 0), Ok(Admit::Duplicate(at(0))));
+        assert!(matches!(
+            table.admit(1, 0, 0),
             Err(SequenceError::TooOld { .. })
         ));
     }

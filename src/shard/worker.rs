@@ -45,9 +45,7 @@ use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
 use crate::raft::types::Proposal;
-use crate::storage::{
-    self, AppliedMark, CheckedBatch, Engine, Log, ProducerStamp, Record, now_ms,
-};
+use crate::storage::{self, AppliedMark, CheckedBatch, Engine, Log, ProducerStamp, Record, now_ms};
 use openraft::rt::AsyncRuntime;
 use openraft::storage::IOFlushed;
 
@@ -571,6 +569,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     op.refuse(shard_stopped);
                     return;
                 };
+                if matches!(op, LogOp::Install { .. }) {
+                    // The entries the snapshot covers are never applied here: this replica's
+                    // producer windows would miss them, so its producers start afresh.
+                    p.producers.clear();
+                }
                 match raft_store::serve(&mut p.log, op).await {
                     Served::Done => {}
                     Served::Flush(flushed) => raft_flushes.push((key, flushed)),
@@ -1122,8 +1125,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     );
                     // Below the commit mark only: a replicated partition's uncommitted tail
                     // may still be cut, and its group records what it applies from there.
-                    let producers =
-                        rebuild_producers(&mut log, self.options.producers, &key).await;
+                    let producers = rebuild_producers(&mut log, self.options.producers, &key).await;
                     let p = Partition {
                         log,
                         high_watermark: open.high_watermark,

@@ -363,7 +363,11 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
         max_timestamp_ms: u64_at(bytes, MAX_TIMESTAMP_AT) as i64,
         raft_index: if v2 { u64_at(bytes, RAFT_INDEX_AT) } else { 0 },
         producer_id: if v2 { u64_at(bytes, PRODUCER_ID_AT) } else { 0 },
-        producer_seq: if v2 { u64_at(bytes, PRODUCER_SEQ_AT) } else { 0 },
+        producer_seq: if v2 {
+            u64_at(bytes, PRODUCER_SEQ_AT)
+        } else {
+            0
+        },
     };
     if (header.batch_len as usize) < header_len + RECORD_FIXED_LEN {
         return Err(DecodeError::BadLength {

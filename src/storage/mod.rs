@@ -32,9 +32,7 @@ pub use format::{
 };
 pub use index::ENTRY_LEN as INDEX_ENTRY_LEN;
 pub use io::{Engine, FileStat, StoreFile};
-pub use limits::{
-    CheckedBatch, InvalidLimit, LimitName, LogLimits, ProducerStamp, check_range,
-};
+pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, ProducerStamp, check_range};
 pub use log::{EntryMeta, Log, OpenReport, RawBatch, VerifiedBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
