@@ -1411,6 +1411,92 @@ pub(crate) mod tests {
         ack
     }
 
+    /// An append of `value` as batch `sequence` of producer `producer_id`.
+    fn stamped_append(
+        tx: &QueueSender,
+        value: &str,
+        producer_id: u64,
+        sequence: u64,
+    ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
+        let (reply, ack) = tokio::sync::oneshot::channel();
+        let records = vec![Record {
+            value: value.as_bytes().to_vec().into(),
+            ..Record::default()
+        }];
+        let mut batch = storage::LogLimits::default().check(records).unwrap();
+        batch.set_producer(ProducerStamp {
+            producer_id,
+            sequence,
+        });
+        tx.send_blocking(Command::Append {
+            topic: Arc::from("t"),
+            partition: 0,
+            batch,
+            reply,
+        });
+        ack
+    }
+
+    /// A retry that arrives in the same group as its original (before the flush that makes
+    /// it durable) is answered with the original's offsets after that flush, and written
+    /// once; a restarted shard rebuilds the window from the batch headers.
+    #[test]
+    fn a_retry_in_its_originals_group_is_answered_after_the_flush_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ShardOptions::new(dir.path());
+        options.shard_count = 1;
+        let (ctx, tx, ready_rx, _hw) = one_partition_context(dir.path(), options.clone(), 16);
+        // Queued before the shard starts: one group.
+        let acks = vec![
+            stamped_append(&tx, "a", 9, 0),
+            stamped_append(&tx, "a-retry", 9, 0),
+            stamped_append(&tx, "b", 9, 1),
+            stamped_append(&tx, "gap", 9, 3),
+            stamped_append(&tx, "b-retry", 9, 1),
+        ];
+        let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
+        ready_rx.recv().unwrap().unwrap();
+        let results: Vec<_> = acks
+            .into_iter()
+            .map(|ack| futures::executor::block_on(ack).unwrap())
+            .collect();
+        let offsets: Vec<Option<u64>> = results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|a| a.base_offset))
+            .collect();
+        assert_eq!(offsets, [Some(0), Some(0), Some(1), None, Some(1)]);
+        assert!(
+            matches!(
+                &results[3],
+                Err(Error::Sequence {
+                    source: crate::shard::SequenceError::Gap { expected: 2, .. },
+                    ..
+                })
+            ),
+            "{:?}",
+            results[3]
+        );
+        let (reply, done) = tokio::sync::oneshot::channel();
+        tx.send_blocking(Command::Shutdown { reply });
+        futures::executor::block_on(done).unwrap().unwrap();
+        thread.join().unwrap();
+
+        // Restarted: the log holds each batch once, and the window is rebuilt from it.
+        let (ctx, tx, ready_rx, _hw) = one_partition_context(dir.path(), options, 16);
+        let retry = stamped_append(&tx, "b-again", 9, 1);
+        let next = stamped_append(&tx, "c", 9, 2);
+        let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
+        ready_rx.recv().unwrap().unwrap();
+        let retry = futures::executor::block_on(retry).unwrap().unwrap();
+        assert_eq!(retry.base_offset, 1);
+        let next = futures::executor::block_on(next).unwrap().unwrap();
+        assert_eq!(next.base_offset, 2, "nothing was written twice");
+        let (reply, done) = tokio::sync::oneshot::channel();
+        tx.send_blocking(Command::Shutdown { reply });
+        futures::executor::block_on(done).unwrap().unwrap();
+        thread.join().unwrap();
+    }
+
     /// Engine writes that opening a new partition makes before its first append: the
     /// directory, six stale temp-file removals, the stale index removal, the store's
     /// creation, and the index file's open and sizing.
