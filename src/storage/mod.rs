@@ -28,7 +28,8 @@ pub use error::{Error, Result};
 pub use faulty::FaultyEngine;
 pub use format::{
     BATCH_HEADER_LEN, Batch, BatchHeader, BatchMeta, DecodeError, FLAG_CONTROL,
-    FLAGS_COMPRESSION_MASK, FORMAT_VERSION, Record, encode_batch, verify_batch,
+    FLAGS_COMPRESSION_MASK, FORMAT_VERSION, Record, batch_len, encode_batch, encode_batch_into,
+    verify_batch,
 };
 pub use index::ENTRY_LEN as INDEX_ENTRY_LEN;
 pub use io::{Engine, FileStat, StoreFile};

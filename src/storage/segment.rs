@@ -838,6 +838,29 @@ impl<E: Engine> Segment<E> {
         Ok(())
     }
 
+    /// Whether this segment's files are open (a sealed segment's are opened on first use).
+    pub fn files_open(&self) -> bool {
+        self.files.is_some()
+    }
+
+    /// Closes a sealed segment's files, keeping the segment (its next use opens them again):
+    /// for a scan that reads many sealed segments once and must not keep a descriptor for
+    /// each. Never for the active segment, whose files take appends.
+    pub async fn close_files(&mut self) -> Result<()> {
+        if let Some(files) = self.files.take() {
+            files
+                .index
+                .flush()
+                .map_err(io_err("flush index", &self.index_path))?;
+            files
+                .store
+                .close()
+                .await
+                .map_err(io_err("close", &self.store_path))?;
+        }
+        Ok(())
+    }
+
     /// Flushes the index and closes the store (no sync: the caller syncs when it must).
     pub async fn close(mut self) -> Result<()> {
         if let Some(files) = self.files.take() {
