@@ -398,6 +398,18 @@ fn propose_error(raft: Option<&RaftContext>, key: &Key, e: ProposeError) -> Erro
     }
 }
 
+/// Tells the shard that the proposal of `stamp`'s batch failed, so its sequence may be
+/// written again.
+fn abandoned<RT: AsyncRuntime>(local: &flume::Sender<Local<RT>>, key: &Key, stamp: ProducerStamp) {
+    let message = Local::Abandoned {
+        key: key.clone(),
+        stamp,
+    };
+    if local.send(message).is_err() {
+        tracing::debug!("a proposal failed after its shard stopped");
+    }
+}
+
 /// Admits an idempotent producer's batch to a partition's `producers` (see
 /// [`ProducerTable::admit`]). A leader (`leading`, which has `applied` so far) admits one
 /// only once it has applied an entry of its own term: until then its predecessors' last
@@ -661,47 +673,25 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         reply: Reply<AppendAck>,
         pending: &mut Vec<Pending>,
     ) {
+        let stamp = batch.producer();
+        let reply = match stamp {
+            Some(stamp) => match self.admit_stamped(&key, stamp, reply, pending) {
+                Some(reply) => reply,
+                None => return,
+            },
+            None => reply,
+        };
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
-        let leading = match leading_group(&p.replication, self.raft.as_ref(), &key) {
-            Ok(leading) => leading,
+        match leading_group(&p.replication, self.raft.as_ref(), &key) {
+            Ok(None) => {}
             // Refused before anything changes; the client follows the hint.
             Err(e) => return send(reply, Err(e)),
-        };
-        let stamp = batch.producer();
-        if let Some(stamp) = stamp {
-            match admit_producer(&mut p.producers, p.applied.as_ref(), leading, &key, stamp) {
-                Ok(Admit::Write) => {}
-                Ok(Admit::Duplicate(written)) => {
-                    let ack = AppendAck {
-                        partition: key.1,
-                        base_offset: written.base_offset,
-                        count: written.count,
-                    };
-                    // Committed already (always, on a replicated partition, which records
-                    // only what it applied): answered now, nothing written.
-                    if written.base_offset + u64::from(written.count) <= p.log.high_watermark() {
-                        return send(reply, Ok(ack));
-                    }
-                    // Written by this group or one whose flush is still to come: answered
-                    // with it, after the flush that makes it durable.
-                    return pending.push(Pending {
-                        key,
-                        base_offset: ack.base_offset,
-                        count: ack.count,
-                        reply,
-                    });
-                }
-                Err(e) => return send(reply, Err(e)),
-            }
-        }
-        match leading {
-            None => {}
-            Some(group) => {
+            Ok(Some(group)) => {
                 let stats = self.stats.clone();
                 let raft = self.raft.clone();
-                let local = self.local.clone();
+                let abandon = stamp.map(|stamp| (self.local.clone(), stamp));
                 let (topic, partition) = key;
                 group.propose(
                     Proposal::Records(batch),
@@ -718,15 +708,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             }
                             Err(e) => {
                                 let key = (topic, partition);
-                                if let Some(stamp) = stamp
-                                    && local
-                                        .send(Local::Abandoned {
-                                            key: key.clone(),
-                                            stamp,
-                                        })
-                                        .is_err()
-                                {
-                                    tracing::debug!("a proposal failed after its shard stopped");
+                                if let Some((local, stamp)) = abandon {
+                                    abandoned(&local, &key, stamp);
                                 }
                                 Err(propose_error(raft.as_ref(), &key, e))
                             }
@@ -761,6 +744,54 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 send(reply, Err(Error::storage(&key.0, key.1, e)));
             }
         }
+    }
+
+    /// Admits an idempotent producer's batch (see [`admit_producer`]): gives `reply` back
+    /// when the batch is to be written (or refused by [`Shard::append`], on a node that does
+    /// not lead the partition), and answers it here, returning `None`, for a retry of a
+    /// batch already written or a refused sequence.
+    fn admit_stamped(
+        &mut self,
+        key: &Key,
+        stamp: ProducerStamp,
+        reply: Reply<AppendAck>,
+        pending: &mut Vec<Pending>,
+    ) -> Option<Reply<AppendAck>> {
+        let Some(p) = self.partitions.get_mut(key) else {
+            return Some(reply);
+        };
+        let Ok(leading) = leading_group(&p.replication, self.raft.as_ref(), key) else {
+            return Some(reply);
+        };
+        let written =
+            match admit_producer(&mut p.producers, p.applied.as_ref(), leading, key, stamp) {
+                Ok(Admit::Write) => return Some(reply),
+                Ok(Admit::Duplicate(written)) => written,
+                Err(e) => {
+                    send(reply, Err(e));
+                    return None;
+                }
+            };
+        if written.base_offset + u64::from(written.count) <= p.log.high_watermark() {
+            // Committed already (always, on a replicated partition, which records only what
+            // it applied): answered now, nothing written.
+            let ack = AppendAck {
+                partition: key.1,
+                base_offset: written.base_offset,
+                count: written.count,
+            };
+            send(reply, Ok(ack));
+        } else {
+            // Written by this group, or by one whose flush is still to come: answered with
+            // it, after the flush that makes it durable.
+            pending.push(Pending {
+                key: key.clone(),
+                base_offset: written.base_offset,
+                count: written.count,
+                reply,
+            });
+        }
+        None
     }
 
     /// Makes the group's appends readable (and durable under `Fsync`) with one sync per
