@@ -1,6 +1,7 @@
 //! Storage benchmarks: partition-log appends (1 KiB records, batches of 1, 16 and 256, with
 //! and without an fdatasync per batch), sequential reads, and reopening a log of 10,000
-//! segments; beside each append case, in the same run, the raw baseline: plain `write` (+
+//! segments (alone, and with the idempotent producers' rebuild: the headers of its last
+//! 10,000 batches, one per segment, read back); beside each append case, in the same run, the raw baseline: plain `write` (+
 //! `fdatasync`) of the same bytes to a file in the same directory.
 //!
 //! Run: `cargo bench --bench storage` (or `make bench-storage`). Results go to BENCHMARKS.md.
@@ -170,5 +171,52 @@ fn reopen(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, reads, reopen);
+/// Opening a partition of 10,000 one-batch segments whose batches carry producer stamps,
+/// then reading the headers of its last 10,000 batches (`storage.producer_rebuild_batches_max`
+/// at its default): the cost a restart pays per partition to rebuild its producer windows,
+/// in the worst case of the bound (every batch in a segment of its own, so every segment is
+/// opened).
+fn reopen_with_producers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("open");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let dir = bench_dir();
+    let batch = records(1);
+    for base in 0..10_000u64 {
+        let meta = storage::BatchMeta {
+            producer_id: 1 + base % 100,
+            producer_seq: base / 100,
+            ..storage::BatchMeta::default()
+        };
+        let mut bytes = vec![0u8; storage::batch_len(&batch)];
+        storage::encode_batch_into(&mut bytes, base, &meta, &batch);
+        std::fs::write(dir.path().join(store_file_name(base)), bytes).unwrap();
+    }
+    group.bench_function("log/10000_segments_and_producer_rebuild", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let started = Instant::now();
+                let (mut log, _) = block_on(Log::open(
+                    PortableEngine::new(),
+                    dir.path(),
+                    LogLimits::default(),
+                ))
+                .unwrap();
+                let end = log.end_offset();
+                let headers = block_on(log.tail_headers(end, 10_000)).unwrap();
+                total += started.elapsed();
+                assert_eq!(headers.len(), 10_000);
+                assert_eq!(headers[9_999].producer_seq, 99);
+                block_on(log.close()).unwrap();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, appends, reads, reopen, reopen_with_producers);
 criterion_main!(benches);

@@ -46,9 +46,13 @@ enum Command {
     /// In a cluster the records go to the partition's leader. A node that does not lead it
     /// answers with the leader's address and the command follows it; during an election, or
     /// when a node is down, it pauses (backoff from 50 ms to 1 s) and tries the other nodes,
-    /// for up to --retry-for-ms, then fails with what it tried. Until idempotent producers
-    /// land (issue 12), an append retried after a lost connection may be written twice; an
-    /// append a node refused with the leader's address was not written.
+    /// for up to --retry-for-ms, then fails with what it tried.
+    ///
+    /// Appends are idempotent by default: the command picks a random producer id for the
+    /// run and numbers its batches per partition, so an append retried after a lost
+    /// connection is answered with its original offsets instead of written twice. Without
+    /// --partition the partition is chosen here (by key as the server would, else one at
+    /// random for the whole run). --no-idempotence sends plain appends.
     Produce(ProduceArgs),
     /// Print records, one per line.
     ///
@@ -186,9 +190,13 @@ struct ProduceArgs {
     /// Key of every record (also picks the partition when --partition is absent).
     #[arg(long)]
     key: Option<String>,
-    /// Partition to append to; default: by key, else round-robin.
+    /// Partition to append to; default: by key, else round-robin (idempotent: one
+    /// partition at random for the run).
     #[arg(long)]
     partition: Option<u32>,
+    /// Plain appends: no producer id or sequence (a retry may write a batch twice).
+    #[arg(long)]
+    no_idempotence: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -412,15 +420,52 @@ fn record_of(key: &Option<String>, value: String) -> Record {
 /// Lines `produce` sends before their acknowledgements come back.
 const PRODUCE_WINDOW: usize = 256;
 
+/// The partition an idempotent `produce` writes to when none is asked for: the key's (as
+/// the server picks it: crc32 of the key modulo the partitions), else one at random. A
+/// topic not there yet (auto-created by the first append) is taken to have partition 0.
+async fn produce_partition(client: &RoutingClient, args: &ProduceArgs) -> anyhow::Result<u32> {
+    if let Some(partition) = args.partition {
+        return Ok(partition);
+    }
+    let partitions = match client.describe_topic(&args.topic).await {
+        Ok(description) => description.partitions.len() as u32,
+        Err(status) if status.code() == tonic::Code::NotFound => 1,
+        Err(status) => return Err(status.into()),
+    };
+    if partitions == 0 {
+        bail!("topic {} has no partitions", args.topic);
+    }
+    Ok(match args.key.as_deref() {
+        Some(key) if !key.is_empty() => crc32fast::hash(key.as_bytes()) % partitions,
+        _ => rand::random_range(0..partitions),
+    })
+}
+
 async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let client = args.connection.connect()?;
+    // Idempotent: one producer id for the run, batches numbered per partition.
+    let (mut sequences, partition) = if args.no_idempotence {
+        (None, args.partition)
+    } else {
+        let partition = produce_partition(&client, &args).await?;
+        (Some(walrs::client::Sequences::new()), Some(partition))
+    };
     if !args.values.is_empty() {
         let records = args
             .values
-            .into_iter()
-            .map(|v| record_of(&args.key, v))
+            .iter()
+            .map(|v| record_of(&args.key, v.clone()))
             .collect();
-        let ack = client.append(&args.topic, args.partition, records).await?;
+        let mut request = AppendRequest {
+            topic: args.topic.clone(),
+            partition,
+            records,
+            ..AppendRequest::default()
+        };
+        if let Some(sequences) = &mut sequences {
+            sequences.stamp(&mut request);
+        }
+        let ack = client.append_request(request).await?;
         println!(
             "{} partition {} offsets {}..{}",
             args.topic,
@@ -436,12 +481,11 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel::<AppendRequest>(PRODUCE_WINDOW);
     let topic = args.topic.clone();
     let key = args.key.clone();
-    let partition = args.partition;
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let stdin = std::io::stdin();
         for (i, line) in stdin.lock().lines().enumerate() {
             let line = line.context("reading standard input")?;
-            let request = AppendRequest {
+            let mut request = AppendRequest {
                 topic: topic.clone(),
                 partition,
                 records: vec![record_of(&key, line)],
@@ -449,6 +493,9 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
                 producer_id: 0,
                 sequence: 0,
             };
+            if let Some(sequences) = &mut sequences {
+                sequences.stamp(&mut request);
+            }
             if tx.blocking_send(request).is_err() {
                 break; // the stream ended early; its error is reported below
             }
@@ -456,7 +503,7 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         Ok(())
     });
     let mut responses =
-        std::pin::pin!(client.append_pipelined(&args.topic, args.partition, rx, PRODUCE_WINDOW));
+        std::pin::pin!(client.append_pipelined(&args.topic, partition, rx, PRODUCE_WINDOW));
     let mut stdout = std::io::stdout().lock();
     while let Some(ack) = responses.next().await {
         let ack = ack?;

@@ -179,13 +179,26 @@ impl TestCluster {
 
     /// Appends through whichever node leads, following the refusals' leader hints.
     async fn append(&self, topic: &str, values: &[String]) -> AppendResponse {
+        let request = pb::AppendRequest {
+            topic: topic.into(),
+            partition: Some(0),
+            records: values.iter().map(|v| record("", v.clone())).collect(),
+            ..pb::AppendRequest::default()
+        };
+        self.send(request)
+            .await
+            .unwrap_or_else(|status| panic!("append refused: {status:?}"))
+    }
+
+    /// Sends `request` as it is to whichever node leads, following the refusals' leader
+    /// hints and retrying UNAVAILABLE; any other refusal is returned.
+    async fn send(&self, request: pb::AppendRequest) -> Result<AppendResponse, tonic::Status> {
         let until = deadline();
         let mut target = self.live()[0];
         loop {
             let client = self.client(target, "root").await;
-            let records = values.iter().map(|v| record("", v.clone())).collect();
-            match client.append(topic, Some(0), records).await {
-                Ok(ack) => return ack,
+            match client.log_client().append(request.clone()).await {
+                Ok(ack) => return Ok(ack.into_inner()),
                 Err(status) if status.code() == Code::Unavailable => {
                     match status.metadata().get(LEADER_METADATA) {
                         Some(hint) => {
@@ -205,7 +218,7 @@ impl TestCluster {
                         }
                     }
                 }
-                Err(status) => panic!("append refused: {status:?}"),
+                Err(status) => return Err(status),
             }
             assert!(Instant::now() < until, "no leader took the append");
         }
@@ -590,5 +603,81 @@ async fn a_node_that_lost_its_disk_or_missed_a_creation_rejoins_by_itself() {
     let end = ack.base_offset + 1;
     assert_eq!(cluster.read_all(2, "late", end).await, expected);
     assert_eq!(cluster.read_all(3, "late", end).await, expected);
+    cluster.shutdown().await;
+}
+
+/// Batch `sequence` of idempotent producer 31 to partition 0 of "orders".
+fn idempotent(sequence: u64) -> pb::AppendRequest {
+    pb::AppendRequest {
+        topic: "orders".into(),
+        partition: Some(0),
+        records: vec![record("", format!("seq-{sequence}"))],
+        correlation_id: sequence,
+        producer_id: 31,
+        sequence,
+    }
+}
+
+/// The leader stops right after committing; a producer that did not see its ack retries on
+/// the new leader and gets the original offsets, because every replica recorded the
+/// producer's window as it applied the entries. The retries write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_on_a_new_leader_gets_the_original_offsets() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster
+        .client(1, "root")
+        .await
+        .log_client()
+        .create_topic(pb::CreateTopicRequest {
+            name: "orders".into(),
+            partitions: 1,
+            replication_factor: 3,
+        })
+        .await
+        .unwrap();
+    let leader = cluster.leader("orders", 0).await;
+    let mut acks = Vec::new();
+    for s in 0..6 {
+        acks.push(cluster.send(idempotent(s)).await.unwrap());
+    }
+    // Batch 6 is sent to the leader, which stops at once: its ack may or may not come back,
+    // and the batch may or may not be committed.
+    let leader_client = cluster.client(leader, "root").await;
+    let in_flight =
+        tokio::spawn(async move { leader_client.log_client().append(idempotent(6)).await });
+    cluster.stop(leader).await;
+    let first_answer = in_flight.await.unwrap().ok().map(|r| r.into_inner());
+    let new_leader = cluster.leader("orders", 0).await;
+    assert_ne!(new_leader, leader);
+
+    // The retries on the new leader: the window (sequences 2..=6) answers as before.
+    let retried_6 = cluster.send(idempotent(6)).await.unwrap();
+    if let Some(first) = first_answer {
+        assert_eq!(retried_6, first, "a seen ack and its retry agree");
+    }
+    for s in 2..6 {
+        let again = cluster.send(idempotent(s)).await.unwrap();
+        assert_eq!(again, acks[s as usize], "seq {s} on node {new_leader}");
+    }
+    let old = cluster.send(idempotent(0)).await.unwrap_err();
+    assert_eq!(old.code(), Code::FailedPrecondition, "{old:?}");
+    let gap = cluster.send(idempotent(9)).await.unwrap_err();
+    assert!(gap.message().contains("next sequence here is 7"), "{gap:?}");
+    let seven = cluster.send(idempotent(7)).await.unwrap();
+
+    // One copy of every batch, on every live replica.
+    let end = seven.base_offset + u64::from(seven.count);
+    let expected: Vec<Vec<u8>> = (0..8).map(|s| format!("seq-{s}").into_bytes()).collect();
+    for id in cluster.live() {
+        assert_eq!(
+            cluster.read_all(id, "orders", end).await,
+            expected,
+            "node {id}"
+        );
+    }
+    // The old leader comes back, rebuilds its window from its log and what it applies, and
+    // holds the same single copies.
+    cluster.restart(leader).await;
+    assert_eq!(cluster.read_all(leader, "orders", end).await, expected);
     cluster.shutdown().await;
 }

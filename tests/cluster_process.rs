@@ -1,8 +1,11 @@
 //! Three `walrs serve` processes on loopback, and the leader killed with SIGKILL under load,
 //! restarted and killed again, cycle after cycle. Every acknowledged record must survive,
-//! and no offset may ever be read with two different values.
+//! no offset may ever be read with two different values, and no value may appear twice.
 //!
-//! The load is one producer appending single records, following the leader hints. A kill
+//! The load is one idempotent producer appending single records, following the leader hints
+//! and retrying each record with its sequence until it is acknowledged (so a record whose
+//! ack a kill swallowed is retried on the next leader, which must answer it from its
+//! producer window rather than write it again). A kill
 //! comes after a number of acknowledgements drawn from a seed the test prints (set
 //! `WALRS_TEST_SEED` to replay it). Waits are on events (a new leader acknowledging, a node
 //! caught up), polled against deadlines derived from the election timings.
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use walrs::client::{Client, ClientTls, ReadOptions, record};
+use walrs::proto::v1::AppendRequest;
 use walrs::server::LEADER_METADATA;
 
 const NODES: u32 = 3;
@@ -184,9 +188,16 @@ async fn connect(addr: &str, certs: &Path) -> Option<Client> {
 /// What the producer saw acknowledged: offset → value.
 type Acked = Arc<Mutex<BTreeMap<u64, String>>>;
 
-/// Appends single records until told to stop, following leader hints and trying every node
-/// in turn while none leads.
-async fn produce(addrs: Vec<String>, certs: PathBuf, acked: Acked, stop: Arc<tokio::sync::Notify>) {
+/// Appends single records as idempotent producer `producer_id` until told to stop,
+/// following leader hints and trying every node in turn while none leads. Record `n` is
+/// sequence `n`, sent again (same value, same sequence) until acknowledged.
+async fn produce(
+    addrs: Vec<String>,
+    certs: PathBuf,
+    acked: Acked,
+    stop: Arc<tokio::sync::Notify>,
+    producer_id: u64,
+) {
     let mut target = 0usize;
     let mut n = 0u64;
     let mut client: Option<Client> = None;
@@ -205,16 +216,21 @@ async fn produce(addrs: Vec<String>, certs: PathBuf, acked: Acked, stop: Arc<tok
             }
         }
         let value = format!("value-{n}");
-        let append =
-            client
-                .as_ref()
-                .unwrap()
-                .append(TOPIC, Some(0), vec![record("", value.clone())]);
+        let request = AppendRequest {
+            topic: TOPIC.into(),
+            partition: Some(0),
+            records: vec![record("", value.clone())],
+            correlation_id: n,
+            producer_id,
+            sequence: n,
+        };
+        let mut log_client = client.as_ref().unwrap().log_client();
+        let append = log_client.append(request);
         let result = tokio::select! {
             result = append => result,
             () = &mut stopping => return,
         };
-        match result {
+        match result.map(tonic::Response::into_inner) {
             Ok(ack) => {
                 let previous = acked.lock().unwrap().insert(ack.base_offset, value);
                 assert!(
@@ -225,6 +241,14 @@ async fn produce(addrs: Vec<String>, certs: PathBuf, acked: Acked, stop: Arc<tok
                 n += 1;
             }
             Err(status) => {
+                // Only a retry's refusals are expected: a sequence refusal is a bug.
+                assert!(
+                    matches!(
+                        status.code(),
+                        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+                    ),
+                    "record {n} refused: {status:?}"
+                );
                 let hinted = status
                     .metadata()
                     .get(LEADER_METADATA)
@@ -236,9 +260,8 @@ async fn produce(addrs: Vec<String>, certs: PathBuf, acked: Acked, stop: Arc<tok
                 if hinted.is_none() || status.code() != Code::Unavailable {
                     tokio::time::sleep(POLL).await;
                 }
-                // The value may or may not have been written (a lost connection): it is not
-                // counted as acknowledged, and the next attempt uses a new value.
-                n += 1;
+                // The value may or may not have been written (a lost connection): it is
+                // sent again with its sequence, and written at most once.
             }
         }
     }
@@ -285,6 +308,7 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
     let seed = seed();
     println!("seed {seed} (WALRS_TEST_SEED={seed} replays the kill points)");
     let mut rng = Rng(seed);
+    let producer_id = rng.below(u64::MAX) | 1;
     let mut processes = Processes::start();
     let live: Vec<u32> = (1..=NODES).collect();
 
@@ -314,6 +338,7 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
         processes.certs(),
         acked.clone(),
         stop.clone(),
+        producer_id,
     ));
 
     for cycle in 0..CYCLES {
@@ -405,6 +430,13 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
                 "seed {seed}: node {id} lost or changed acknowledged offset {offset} (hw {hw})"
             );
         }
+        // No value is written twice, however often it was retried.
+        let mut seen = std::collections::HashMap::new();
+        for (offset, value) in &records {
+            if let Some(first) = seen.insert(value.clone(), *offset) {
+                panic!("seed {seed}: node {id} holds {value} twice, at {first} and {offset}");
+            }
+        }
         // No offset is read with two values: every node agrees with node 1 where both have it.
         if id > 1 {
             let (first, _) = read_all(&processes, 1).await;
@@ -419,7 +451,7 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
         }
     }
     println!(
-        "seed {seed}: {CYCLES} leader kills, {} acknowledged records, all present on {NODES} nodes",
+        "seed {seed}: {CYCLES} leader kills, {} acknowledged records, all present once on {NODES} nodes",
         acked.len()
     );
 }

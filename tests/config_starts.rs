@@ -146,6 +146,18 @@ fn cases(dir: &Path) -> Vec<Case> {
         "storage.slow_fsync_ms",
         vec![int(0), int(3_600_000)],
     ));
+    cases.extend(single(
+        "storage.producer_id_expiry_ms",
+        vec![int(1_000), int(365 * DAY_MS)],
+    ));
+    cases.extend(single(
+        "storage.producers_per_partition_max",
+        vec![int(1), int(1 << 20)],
+    ));
+    cases.extend(single(
+        "storage.producer_rebuild_batches_max",
+        vec![int(5), int(10_000_000)],
+    ));
     // [server]
     cases.extend(single(
         "server.append_stream_inflight_max",

@@ -1151,6 +1151,60 @@ async fn version_1_segments_still_open_and_read<E: Engine>(engine: E, dir: &Path
     log.close().await.unwrap();
 }
 
+/// The producer stamps written in batch headers come back from `tail_headers`, newest
+/// batches only, within the bound and below the given offset, across segments (sealed ones
+/// opened for the scan), with version-1 batches read as "no producer".
+async fn producer_stamps_are_read_back_from_the_tail<E: Engine>(engine: E, dir: &Path) {
+    std::fs::write(dir.join(store_file_name(0)), v1_batch(0, &[b"one", b"two"])).unwrap();
+    let (mut log, _) = reopen(&engine, dir).await;
+    let mut bases = Vec::new();
+    for sequence in 0..30u64 {
+        let mut checked = log.config().check(batch(sequence, 1, 100)).unwrap();
+        checked.set_producer(storage::ProducerStamp {
+            producer_id: 5,
+            sequence,
+        });
+        bases.push(log.append_checked(&checked).await.unwrap());
+    }
+    sync_commit(&mut log).await;
+    assert!(log.segment_count() > 3, "the stamps span segments");
+    let end = log.end_offset();
+    let all = log.tail_headers(end, 1000).await.unwrap();
+    assert_eq!(all.len(), 31);
+    assert_eq!((all[0].version, all[0].producer_id), (1, 0));
+    for (sequence, header) in all[1..].iter().enumerate() {
+        assert_eq!(header.base_offset, bases[sequence]);
+        assert_eq!(
+            (header.producer_id, header.producer_seq),
+            (5, sequence as u64)
+        );
+    }
+    let last = log.tail_headers(end, 7).await.unwrap();
+    let seqs: Vec<u64> = last.iter().map(|h| h.producer_seq).collect();
+    assert_eq!(seqs, (23..30).collect::<Vec<_>>());
+    let below = log.tail_headers(bases[10], 3).await.unwrap();
+    let seqs: Vec<u64> = below.iter().map(|h| h.producer_seq).collect();
+    assert_eq!(
+        seqs,
+        [7, 8, 9],
+        "only batches that end at or below the offset"
+    );
+    log.close().await.unwrap();
+    // After a reopen (sealed segments closed again) and a prefix truncation, the scan
+    // stops at the new start.
+    let (mut log, _) = reopen(&engine, dir).await;
+    log.truncate_prefix(bases[15]).await.unwrap();
+    let start = log.start_offset();
+    let kept = log.tail_headers(end, 1000).await.unwrap();
+    assert!(!kept.is_empty() && kept.len() < 31);
+    assert!(
+        kept.iter().all(|h| h.base_offset >= start),
+        "{start}: {kept:?}"
+    );
+    assert_eq!(kept.last().unwrap().producer_seq, 29);
+    log.close().await.unwrap();
+}
+
 /// A version-1 batch from the v1 byte table (docs/FORMAT.md), by hand: 56-byte header, then
 /// records with no key and no headers.
 fn v1_batch(base_offset: u64, values: &[&[u8]]) -> Vec<u8> {
@@ -1320,6 +1374,10 @@ macro_rules! conformance {
             case!(
                 version_1_segments_still_open_and_read,
                 version_1_segments_still_open_and_read
+            );
+            case!(
+                producer_stamps_are_read_back_from_the_tail,
+                producer_stamps_are_read_back_from_the_tail
             );
 
             #[test]

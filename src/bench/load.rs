@@ -79,6 +79,9 @@ pub struct Plan {
     pub request_interval: Option<Duration>,
     /// Measured records per producer (record-count mode); `None`: until `measure_until`.
     pub records_per_producer: Option<u64>,
+    /// Idempotent appends: each producer picks a random producer id and numbers its
+    /// batches 0, 1, 2, … (its correlation ids), so a resent one is not written twice.
+    pub idempotent: bool,
 }
 
 /// Counters the live progress line reads while the load runs.
@@ -175,6 +178,12 @@ pub async fn produce(
     live: Arc<Live>,
 ) -> Result<ProducerOutcome, Error> {
     let partition = index % plan.partitions;
+    // One producer id per producer and run; 0 = plain appends.
+    let producer_id = if plan.idempotent {
+        crate::client::random_producer_id()
+    } else {
+        0
+    };
     let route = Route::Leader {
         topic: &plan.topic,
         partition: Some(partition),
@@ -246,7 +255,7 @@ pub async fn produce(
                             open_append_stream(&link, route, plan.depth, Some(attempts)).await?;
                         for request in &pending {
                             let stamp = clock.stamp(request.intended);
-                            let batch = batch(&plan, &filler, partition, stamp, request.correlation_id);
+                            let batch = batch(&plan, &filler, (partition, producer_id), stamp, request.correlation_id);
                             // The channel holds `depth` requests and at most `depth` are pending.
                             tx.try_send(batch).expect("room for every pending request");
                         }
@@ -282,7 +291,7 @@ pub async fn produce(
             () = wait_until(due), if may_send => {
                 let intended = due.unwrap_or_else(Instant::now);
                 let measured = clock.is_measured(intended);
-                let request = batch(&plan, &filler, partition, clock.stamp(intended), sent);
+                let request = batch(&plan, &filler, (partition, producer_id), clock.stamp(intended), sent);
                 // Routed: a closed request side means the stream failed; its error comes
                 // on `acks` and this request is resent with the other pending ones.
                 if tx.send(request).await.is_err() && matches!(link, Link::Direct(_)) {
@@ -303,11 +312,13 @@ pub async fn produce(
 }
 
 /// The request a producer sends `correlation_id`-th, stamped `stamp` (a pure function of
-/// its arguments, so a resent request is rebuilt rather than kept).
+/// its arguments, so a resent request is rebuilt rather than kept). With a producer id
+/// (not 0) it is idempotent: its sequence is its correlation id, as one producer writes to
+/// one partition and numbers its requests from 0.
 fn batch(
     plan: &Plan,
     filler: &[u8],
-    partition: u32,
+    (partition, producer_id): (u32, u64),
     stamp: u64,
     correlation_id: u64,
 ) -> AppendRequest {
@@ -327,8 +338,8 @@ fn batch(
         partition: Some(partition),
         records,
         correlation_id,
-        producer_id: 0,
-        sequence: 0,
+        producer_id,
+        sequence: correlation_id,
     }
 }
 
@@ -515,6 +526,7 @@ mod tests {
             depth: 4,
             request_interval: None,
             records_per_producer: Some(20),
+            idempotent: true,
         });
         let epoch = Instant::now();
         let clock = Clock {

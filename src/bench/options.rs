@@ -136,11 +136,17 @@ pub struct BenchOptions {
     /// a node is not the partition's leader (it follows the leader's address), an election
     /// is under way, or a node cannot be reached (it tries the others, backing off from
     /// 50 ms to 1 s); the run pauses rather than fails. Appends not yet acknowledged are
-    /// sent again: after a lost connection some may be written twice (issue 12), which the
-    /// report shows as DescribeTopic's count over the acks. Retries are counted in the
+    /// sent again with their sequence numbers, so none is written twice (with
+    /// --no-idempotence some may be, which the report shows as DescribeTopic's count over
+    /// the acks). Retries are counted in the
     /// report (`append.retries`). 0: no retry, a failure ends the run.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     pub retry_for_ms: u64,
+    /// Send plain appends instead of idempotent ones. By default each producer picks a
+    /// random producer id for the run and numbers its batches, so a request resent after a
+    /// lost connection is answered with its original offsets instead of written twice.
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// Directory under which the run makes its temporary directory (server data, certs,
     /// disk baselines). Default: the system's temporary directory.
     #[arg(long)]

@@ -193,13 +193,18 @@ impl Report {
         let c = &self.config.options;
         writeln!(
             out,
-            "walrs bench: {} producers x depth {}, {} consumers, {} partitions, {} x {} B records per append, {}{}{}",
+            "walrs bench: {} producers x depth {}, {} consumers, {} partitions, {} x {} B records per append ({}), {}{}{}",
             c.producers,
             c.depth,
             c.consumers,
             c.partitions,
             c.batch_records,
             c.record_bytes,
+            if c.no_idempotence {
+                "plain"
+            } else {
+                "idempotent"
+            },
             c.rate_records_per_s.map_or_else(
                 || "closed loop".to_string(),
                 |r| format!("rate {r} records/s (CO-corrected)")

@@ -435,6 +435,7 @@ fn plan(options: &BenchOptions, span: Span) -> Plan {
             ),
             Span::Seconds(_) => None,
         },
+        idempotent: !options.no_idempotence,
     }
 }
 

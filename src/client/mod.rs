@@ -11,9 +11,11 @@
 //! the `walrs-leader` hint of a node that does not lead a partition, and retries through
 //! elections and lost nodes within a [`RetryOptions`] budget (`routing` says exactly
 //! when; `hint` reads refusals; `retry` holds the budget and backoff; `streams` the
-//! resuming read stream and the pipelined appends). Until idempotent producers land
-//! (issue 12), an append it retries after a lost connection may be written twice; one
-//! refused with the leader hint was not written.
+//! resuming read stream and the pipelined appends). It resends a request as it was, so an
+//! idempotent append (`producer_id` and `sequence` set; see [`Sequences`]) retried after a
+//! lost connection is answered with its original offsets instead of written twice; a plain
+//! one (`producer_id = 0`) may be written twice then. One refused with the leader hint was
+//! not written either way.
 
 mod hint;
 mod retry;
@@ -294,7 +296,60 @@ pub(crate) fn endpoint(address: &str, tls: Option<ClientTlsConfig>) -> Result<En
     Ok(endpoint)
 }
 
-/// One unary append of `records` as one batch, not idempotent (issue 12).
+/// A random idempotent producer id (never 0, which means "not idempotent"). The server
+/// scopes it to the client's certificate identity, so it only has to be unique among one
+/// identity's producers: 64 random bits are.
+pub fn random_producer_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+/// An idempotent producer's numbering: one producer id, and per partition the next
+/// sequence (0, 1, 2, … per batch). A retry must resend the request it stamped as it was.
+#[derive(Debug, Clone)]
+pub struct Sequences {
+    producer_id: u64,
+    next: std::collections::HashMap<u32, u64>,
+}
+
+impl Sequences {
+    /// A producer with a fresh random id.
+    pub fn new() -> Sequences {
+        Sequences::with_id(random_producer_id())
+    }
+
+    /// A producer with `producer_id` (not 0).
+    pub fn with_id(producer_id: u64) -> Sequences {
+        assert_ne!(producer_id, 0, "producer id 0 means not idempotent");
+        Sequences {
+            producer_id,
+            next: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn producer_id(&self) -> u64 {
+        self.producer_id
+    }
+
+    /// Stamps `request` (which must name its partition: sequences are per partition) with
+    /// the producer id and its partition's next sequence.
+    pub fn stamp(&mut self, request: &mut AppendRequest) {
+        let partition = request
+            .partition
+            .expect("an idempotent append names its partition");
+        let next = self.next.entry(partition).or_insert(0);
+        request.producer_id = self.producer_id;
+        request.sequence = *next;
+        *next += 1;
+    }
+}
+
+impl Default for Sequences {
+    fn default() -> Self {
+        Sequences::new()
+    }
+}
+
+/// One unary append of `records` as one batch, not idempotent (see [`Sequences`]).
 pub(crate) fn append_request(
     topic: &str,
     partition: Option<u32>,

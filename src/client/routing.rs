@@ -43,8 +43,9 @@ use super::hint::{self, Disposition};
 use super::retry::{Attempts, RetryOptions};
 use super::{Client, ClientTls, Error};
 use crate::proto::v1::{
-    AppendResponse, CreateTopicResponse, DeleteTopicResponse, DescribeClusterResponse,
-    DescribeTopicResponse, ListTopicsResponse, ReadResponse, Record, TruncateResponse,
+    AppendRequest, AppendResponse, CreateTopicResponse, DeleteTopicResponse,
+    DescribeClusterResponse, DescribeTopicResponse, ListTopicsResponse, ReadResponse, Record,
+    TruncateResponse,
 };
 
 /// Most nodes a routing client knows (and so most connections it holds).
@@ -462,16 +463,27 @@ impl RoutingClient {
     }
 
     /// Appends `records` as one batch to `topic` (`partition`, or the server's pick), on
-    /// the partition's leader. See the module docs: a retry after a transport failure may
-    /// write the batch twice until idempotent producers land (issue 12).
+    /// the partition's leader. Not idempotent: a retry after a transport failure may write
+    /// the batch twice (use [`RoutingClient::append_request`] with a stamped request).
     pub async fn append(
         &self,
         topic: &str,
         partition: Option<u32>,
         records: Vec<Record>,
     ) -> Result<AppendResponse, Status> {
-        let request = super::append_request(topic, partition, records);
-        let route = Route::Leader { topic, partition };
+        self.append_request(super::append_request(topic, partition, records))
+            .await
+    }
+
+    /// Sends `request` as it is to its partition's leader, retrying as [`Self::recover`]
+    /// decides. Stamped by [`super::Sequences`] it is idempotent: every retry carries the same
+    /// sequence, so it is written once and answered with its original offsets.
+    pub async fn append_request(&self, request: AppendRequest) -> Result<AppendResponse, Status> {
+        let topic = request.topic.as_str();
+        let route = Route::Leader {
+            topic,
+            partition: request.partition,
+        };
         self.call(route, Duration::ZERO, |client| {
             let request = request.clone();
             async move { Ok(client.log_client().append(request).await?.into_inner()) }

@@ -8,8 +8,9 @@
 //! made progress. Never: deliver a record twice (reads resume after the last delivered
 //! offset) or hold more than the window of unacknowledged appends.
 //!
-//! Appends resent after a transport failure may be written twice until idempotent
-//! producers land (issue 12); those refused with a leader hint were not written.
+//! Appends are resent as they were: idempotent ones (stamped by `Sequences`) carry their
+//! sequence again and are answered with their original offsets; plain ones resent after a
+//! transport failure may be written twice. Those refused with a leader hint were not written.
 
 use std::collections::VecDeque;
 
@@ -75,7 +76,8 @@ impl RoutingClient {
     ///
     /// Through a leader change or a lost node it opens a new stream and sends the
     /// unacknowledged requests again, in order: after a transport failure some of them
-    /// may have been written already, and are written twice (issue 12).
+    /// may have been written already; idempotent ones are then answered with their
+    /// original offsets, plain ones are written twice.
     pub fn append_pipelined(
         &self,
         topic: &str,

@@ -367,3 +367,18 @@ async fn addresses_and_schemes() {
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 }
+
+#[test]
+fn sequences_count_per_partition_from_zero() {
+    let mut sequences = super::Sequences::with_id(7);
+    let mut stamped = |partition| {
+        let mut request = super::append_request("t", Some(partition), vec![]);
+        sequences.stamp(&mut request);
+        (request.producer_id, request.sequence)
+    };
+    assert_eq!(stamped(0), (7, 0));
+    assert_eq!(stamped(0), (7, 1));
+    assert_eq!(stamped(1), (7, 0));
+    assert_eq!(stamped(0), (7, 2));
+    assert_ne!(super::random_producer_id(), 0);
+}

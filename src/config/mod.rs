@@ -112,7 +112,13 @@ fn shard_option_key(field: &str) -> String {
         "topics_max" => "server.topics_max".to_owned(),
         "partitions_max" => "server.partitions_per_topic_max".to_owned(),
         "data_dir" => "data_dir".to_owned(),
-        other => format!("storage.{}", other.strip_prefix("log.").unwrap_or(other)),
+        other => {
+            let field = other
+                .strip_prefix("log.")
+                .or_else(|| other.strip_prefix("producers."))
+                .unwrap_or(other);
+            format!("storage.{field}")
+        }
     }
 }
 
@@ -222,6 +228,7 @@ impl Config {
             data_dir: self.data_dir.clone(),
             shard_count: s.shard_count() as usize,
             log: s.log_limits(),
+            producers: s.producer_limits(),
             durability: s.durability,
             flush_interval_ms: s.flush_interval_ms,
             flush_delay_us: s.flush_delay_us,
@@ -434,6 +441,18 @@ mod tests {
             (
                 "[storage]\nmaintenance_interval_ms = 0",
                 "storage.maintenance_interval_ms",
+            ),
+            (
+                "[storage]\nproducers_per_partition_max = 0",
+                "storage.producers_per_partition_max",
+            ),
+            (
+                "[storage]\nproducer_id_expiry_ms = 10",
+                "storage.producer_id_expiry_ms",
+            ),
+            (
+                "[storage]\nproducer_rebuild_batches_max = 1",
+                "storage.producer_rebuild_batches_max",
             ),
             (
                 "[storage]\nrecord_bytes_max = 4194304",

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::shard::{self, ShardOptions};
+use crate::shard::{self, ProducerLimits, ShardOptions};
 use crate::storage::LogLimits;
 
 pub use crate::shard::{Durability, EngineChoice};
@@ -52,6 +52,12 @@ pub struct StorageConfig {
     pub retention_ms: u64,
     /// Log a warning when one fdatasync takes longer; 0 = never.
     pub slow_fsync_ms: u64,
+    /// An idempotent producer not heard from for this long is forgotten by a partition.
+    pub producer_id_expiry_ms: u64,
+    /// Most idempotent producers one partition remembers (the one idle longest is evicted).
+    pub producers_per_partition_max: u32,
+    /// How many of a partition's last batches are read on open to rebuild its producers.
+    pub producer_rebuild_batches_max: u32,
 }
 
 impl Default for StorageConfig {
@@ -59,6 +65,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         let shard = ShardOptions::new("");
         let log = shard.log;
+        let producers = shard.producers;
         StorageConfig {
             engine: shard.engine,
             shards: 0,
@@ -79,6 +86,9 @@ impl Default for StorageConfig {
             retention_bytes: log.retention_bytes,
             retention_ms: log.retention_ms,
             slow_fsync_ms: shard.slow_fsync_ms,
+            producer_id_expiry_ms: producers.producer_id_expiry_ms,
+            producers_per_partition_max: producers.producers_per_partition_max,
+            producer_rebuild_batches_max: producers.producer_rebuild_batches_max,
         }
     }
 }
@@ -103,6 +113,15 @@ impl StorageConfig {
             index_bytes_max: self.index_bytes_max,
             retention_bytes: self.retention_bytes,
             retention_ms: self.retention_ms,
+        }
+    }
+
+    /// The limits of every partition's idempotent-producer table.
+    pub fn producer_limits(&self) -> ProducerLimits {
+        ProducerLimits {
+            producer_id_expiry_ms: self.producer_id_expiry_ms,
+            producers_per_partition_max: self.producers_per_partition_max,
+            producer_rebuild_batches_max: self.producer_rebuild_batches_max,
         }
     }
 }

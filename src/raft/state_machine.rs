@@ -1,6 +1,7 @@
 //! A partition group's state machine. The records are already in the log; applying a
 //! committed entry only makes it readable (moves the partition's commit mark, the high
-//! watermark) and answers the append that proposed it.
+//! watermark), answers the append that proposed it, and tells the shard where an idempotent
+//! producer's batch went (so every replica keeps the producer windows a new leader needs).
 //!
 //! Owns: the applied log id and the membership as of it, in memory.
 //! Must never: touch the log itself. It asks the shard (`LogOp::Commit`), which moves the
@@ -158,6 +159,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
         let mut acks: Acks<RT> = Vec::new();
         let mut last = None;
         let mut truncate_before: Option<u64> = None;
+        let mut producers = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let id = entry.log_id();
@@ -172,6 +174,15 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                         base_offset: header.base_offset,
                         count: header.record_count,
                     };
+                    if header.producer_id != 0 && header.flags & crate::storage::FLAG_CONTROL == 0 {
+                        producers.push(super::store::ProducerBatch {
+                            stamp: crate::storage::ProducerStamp {
+                                producer_id: header.producer_id,
+                                sequence: header.producer_seq,
+                            },
+                            applied,
+                        });
+                    }
                     if let Some(responder) = responder {
                         acks.push((responder, applied));
                     }
@@ -204,6 +215,7 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                 context,
                 truncate_before,
                 acks,
+                producers,
             };
             // A stopped shard answers nobody; the group is being torn down with it.
             if self.ops.send(op).is_err() {

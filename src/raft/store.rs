@@ -155,7 +155,17 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         /// The highest offset a truncate command among the applied entries cuts below.
         truncate_before: Option<u64>,
         acks: super::state_machine::Acks<RT>,
+        /// The idempotent producers' batches among the applied entries, in log order.
+        producers: Vec<ProducerBatch>,
     },
+}
+
+/// An applied batch of an idempotent producer: the shard records it in the partition's
+/// producer table, so every replica (a future leader) knows where it went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerBatch {
+    pub stamp: storage::ProducerStamp,
+    pub applied: super::types::Applied,
 }
 
 impl<RT: AsyncRuntime> LogOp<RT> {
@@ -500,6 +510,8 @@ pub(crate) enum Served<RT: AsyncRuntime> {
         context: Option<Vec<u8>>,
         /// A truncate command was applied: purge the entries wholly below this offset.
         truncate_before: Option<u64>,
+        /// The idempotent producers' batches applied, in log order.
+        producers: Vec<ProducerBatch>,
     },
 }
 
@@ -574,6 +586,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
                     next_offset: mark.next_offset,
                     context: Some(mark.context),
                     truncate_before: None,
+                    producers: Vec::new(),
                 };
             }
         }
@@ -584,6 +597,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             context,
             truncate_before,
             acks,
+            producers,
             ..
         } => {
             let committed = commit(log, index).await;
@@ -598,6 +612,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
                         next_offset,
                         context,
                         truncate_before,
+                        producers,
                     };
                 }
                 // Committed by a majority, so the ack stands; only this replica's readers lag.

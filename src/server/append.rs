@@ -7,6 +7,11 @@
 //! configured), and queued. A refused append changes nothing: every check runs before a
 //! topic is auto-created or anything is queued. Must never measure records itself or
 //! build shard errors.
+//!
+//! Idempotent producers: an append with `producer_id != 0` names its partition (sequences
+//! are per partition), and its producer id is scoped to the caller's identity before it
+//! reaches the shard ([`scoped_producer_id`]): the shard and the log only ever see the
+//! scoped id, so two identities that pick the same id are two producers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use futures::{FutureExt, StreamExt, TryFutureExt};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Status, Streaming};
 
-use super::acl::Action;
+use super::acl::{Action, Principal};
 use super::errors::{Error, Result};
 use super::service::Inner;
 use crate::observability;
@@ -28,6 +33,23 @@ use crate::storage;
 
 /// How long an append waits for room in the in-flight byte budget before it is refused.
 const APPEND_BUDGET_WAIT: Duration = Duration::from_millis(100);
+
+/// The producer id stored for `producer_id` of the client named `identity` (the certificate
+/// CN; empty without TLS): the first 8 bytes, little-endian, of SHA-256 over a domain tag,
+/// the identity and the id (docs/FORMAT.md), never 0 (0 means "no producer"). A client cannot
+/// choose an id that lands on another identity's producer without breaking SHA-256.
+pub fn scoped_producer_id(identity: &str, producer_id: u64) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"walrs.producer.v1\0");
+    ctx.update(identity.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(&producer_id.to_le_bytes());
+    let digest = ctx.finish();
+    let first: [u8; 8] = digest.as_ref()[..8]
+        .try_into()
+        .expect("SHA-256 has 32 bytes");
+    u64::from_le_bytes(first).max(1)
+}
 
 /// The partition an append goes to: the one asked for, else by the first record's key
 /// (crc32 of it), else round robin.
@@ -66,28 +88,41 @@ impl Inner {
     ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
         let started = Instant::now();
         self.check_running()?;
-        // `producer_id` and `sequence` (idempotent producers, issue 12) are accepted and not
-        // yet acted on: a retry is written again, as before the fields existed.
         let AppendRequest {
             topic,
             partition,
             records,
             correlation_id,
-            producer_id: _,
-            sequence: _,
+            producer_id,
+            sequence,
         } = append;
         self.check_topic_name(&topic)?;
-        self.authorize(request, Action::Produce, &topic)?;
+        let principal = self.authorize(request, Action::Produce, &topic)?;
         if records.is_empty() {
             return Err(Error::invalid(
                 "an AppendRequest needs at least one record in `records`",
             ));
         }
+        if producer_id != 0 && partition.is_none() {
+            return Err(Error::invalid(
+                "an idempotent append (producer_id != 0) must name its `partition`: sequences are numbered per partition",
+            ));
+        }
         let records = proto::storage_records(records, storage::now_ms());
         // Checked before a topic is auto-created, so a refused batch changes nothing.
-        let batch = self
+        let mut batch = self
             .shards
             .check_append(&topic, partition.unwrap_or(0), records)?;
+        if producer_id != 0 {
+            let identity = match &principal {
+                Principal::Anonymous => "",
+                Principal::Client(name) => name.as_str(),
+            };
+            batch.set_producer(storage::ProducerStamp {
+                producer_id: scoped_producer_id(identity, producer_id),
+                sequence,
+            });
+        }
         let bytes = batch.record_bytes();
         // Room in the server-wide budget first (before any auto-create: a refused request
         // changes nothing); the permit is held until the append is acknowledged.
@@ -242,6 +277,22 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producer_ids_are_scoped_to_the_identity() {
+        let a = scoped_producer_id("alice", 42);
+        assert_eq!(a, scoped_producer_id("alice", 42), "stable");
+        assert_ne!(a, scoped_producer_id("bob", 42));
+        assert_ne!(a, scoped_producer_id("alice", 43));
+        assert_ne!(scoped_producer_id("", 42), a);
+        // Pinned: the stored id is part of the on-disk format (docs/FORMAT.md).
+        let mut input = b"walrs.producer.v1\0alice\0".to_vec();
+        input.extend_from_slice(&42u64.to_le_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        let want = u64::from_le_bytes(digest.as_ref()[..8].try_into().unwrap()).max(1);
+        assert_eq!(a, want);
+        assert_ne!(a, 0);
+    }
 
     #[test]
     fn an_asked_partition_is_kept() {

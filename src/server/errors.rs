@@ -155,6 +155,11 @@ fn shard_code(err: &shard::Error) -> Code {
         | E::Replication { .. } => Code::Unavailable,
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
         E::NotOnReplicated { .. } => Code::FailedPrecondition,
+        // A batch being written (or a leader still catching up) is retried as it is; a gap,
+        // a sequence older than the window or one skipped for good is the producer's to fix.
+        E::Sequence { source, .. } if source.is_retriable() => Code::Unavailable,
+        E::ProducersNotReady { .. } => Code::Unavailable,
+        E::Sequence { .. } => Code::FailedPrecondition,
         // The server's own state, not the request: the message and the server log say more.
         E::InvalidOptions(_)
         | E::Metadata { .. }
@@ -217,6 +222,31 @@ mod tests {
             Code::ResourceExhausted
         );
         assert_eq!(status(Error::ShuttingDown), Code::Unavailable);
+        let sequence = |source| {
+            status(Error::Shard(shard::Error::Sequence {
+                topic: "t".into(),
+                partition: 0,
+                source,
+            }))
+        };
+        assert_eq!(
+            sequence(shard::SequenceError::Gap {
+                sequence: 5,
+                expected: 2
+            }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            sequence(shard::SequenceError::TooOld {
+                sequence: 0,
+                oldest: 3
+            }),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            sequence(shard::SequenceError::InFlight { sequence: 1 }),
+            Code::Unavailable
+        );
         assert_eq!(status(Error::invalid("x")), Code::InvalidArgument);
     }
 }

@@ -110,6 +110,20 @@ pub enum Error {
     },
     #[error("shard {shard} failed: {reason}")]
     ShardFailed { shard: usize, reason: String },
+    /// An idempotent producer's batch refused for its sequence; nothing was written.
+    #[error("partition {topic}/{partition}: {source}")]
+    Sequence {
+        topic: String,
+        partition: u32,
+        #[source]
+        source: super::producers::SequenceError,
+    },
+    /// A new leader has not yet applied the entries of the terms before its own, so it does
+    /// not yet know every producer's window: it refuses idempotent batches until it has.
+    #[error(
+        "partition {topic}/{partition}: this node just became the leader and is still applying its predecessors' entries; retry shortly"
+    )]
+    ProducersNotReady { topic: String, partition: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

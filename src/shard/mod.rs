@@ -20,6 +20,7 @@ mod command;
 mod error;
 mod executor;
 mod options;
+mod producers;
 mod queue;
 mod results;
 mod set;
@@ -32,6 +33,7 @@ pub use options::{
     Durability, EngineChoice, FLUSH_INTERVAL_MS_MAX, IO_MEMORY_BYTES_MIN, SHARDS_MAX, ShardOptions,
     default_shard_count,
 };
+pub use producers::{ProducerLimits, SequenceError, WINDOW_BATCHES};
 pub use results::{
     AppendAck, PartitionInfo, PendingAppend, ReadResult, TopicDescription, TopicInfo,
 };

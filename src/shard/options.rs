@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::producers::ProducerLimits;
 use crate::storage::{InvalidLimit, LimitName, LogLimits, check_range};
 
 const MIB: u64 = 1 << 20;
@@ -66,6 +67,8 @@ pub struct ShardOptions {
     pub shard_count: usize,
     /// Limits and policies of every partition log.
     pub log: LogLimits,
+    /// Limits of every partition's idempotent-producer table.
+    pub producers: ProducerLimits,
     pub durability: Durability,
     /// Period of the background `fdatasync` under [`Durability::Interval`]; unused otherwise.
     pub flush_interval_ms: u64,
@@ -112,6 +115,7 @@ impl ShardOptions {
             data_dir: data_dir.into(),
             shard_count: default_shard_count(),
             log: LogLimits::default(),
+            producers: ProducerLimits::default(),
             durability: Durability::Fsync,
             flush_interval_ms: 100,
             flush_delay_us: 0,
@@ -148,6 +152,8 @@ impl ShardOptions {
         )?;
         self.log
             .validate_as(&|field| key(&format!("log.{field}")))?;
+        self.producers
+            .validate_as(&|field| key(&format!("producers.{field}")))?;
         let batch_bytes_max = self.log.batch_bytes_max;
         let batch_key = key("log.batch_bytes_max");
         let interval_min = u64::from(self.durability == Durability::Interval);
@@ -275,6 +281,10 @@ mod tests {
         assert_eq!(
             refused(&|o| o.log.index_bytes_max = 100),
             "log.index_bytes_max"
+        );
+        assert_eq!(
+            refused(&|o| o.producers.producers_per_partition_max = 0),
+            "producers.producers_per_partition_max"
         );
         let mut bad = ok;
         bad.queue_depth_max = 0;

@@ -15,6 +15,14 @@
 //! open, close, shutdown) first flushes the group before it, so it never sees unflushed data.
 //! Reads never wait for a flush: they see only what is below the high watermark.
 //!
+//! Idempotent producers: each partition keeps a [`ProducerTable`]. A batch with a producer
+//! stamp is admitted by it before anything is written (a retry is answered with its original
+//! place, a bad sequence refused); a solo partition records where it wrote the batch, a
+//! replicated one records what its group applies (on every replica), and on open the table
+//! is rebuilt from the headers of the log's last batches below the commit mark. A new leader
+//! admits stamped batches only once it has applied an entry of its own term, so it knows
+//! every batch its predecessors committed.
+//!
 //! The loop is generic over the engine and over [`LoopRuntime`] (how to wait for the queue
 //! and for timers), so the same code runs on a plain thread and on a glommio executor.
 
@@ -28,6 +36,7 @@ use tokio::sync::watch;
 use super::command::{Command, OpenPartition, Reply};
 use super::error::{Error, Result};
 use super::options::{Durability, ShardOptions};
+use super::producers::{Admit, ProducerTable, Written};
 use super::queue::{QueueReceiver, Queued};
 use super::results::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
@@ -36,7 +45,7 @@ use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
 use crate::raft::types::Proposal;
-use crate::storage::{self, AppliedMark, CheckedBatch, Engine, Log, Record, now_ms};
+use crate::storage::{self, AppliedMark, CheckedBatch, Engine, Log, ProducerStamp, Record, now_ms};
 use openraft::rt::AsyncRuntime;
 use openraft::storage::IOFlushed;
 
@@ -50,6 +59,8 @@ pub(crate) enum Local<RT: AsyncRuntime> {
         key: Key,
         group: std::result::Result<Group<RT>, String>,
     },
+    /// An idempotent producer's proposal failed: its sequence may be written again.
+    Abandoned { key: Key, stamp: ProducerStamp },
 }
 
 /// What starts a group of work: a command from the bridge or a message of the shard's own.
@@ -120,6 +131,8 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     /// since it was last saved (`raft_applied`, at maintenance and close).
     applied: Option<AppliedMark>,
     applied_unsaved: bool,
+    /// The idempotent producers' windows.
+    producers: ProducerTable,
 }
 
 impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
@@ -404,6 +417,81 @@ fn propose_error(raft: Option<&RaftContext>, key: &Key, e: ProposeError) -> Erro
     }
 }
 
+/// Tells the shard that the proposal of `stamp`'s batch failed, so its sequence may be
+/// written again.
+fn abandoned<RT: AsyncRuntime>(local: &flume::Sender<Local<RT>>, key: &Key, stamp: ProducerStamp) {
+    let message = Local::Abandoned {
+        key: key.clone(),
+        stamp,
+    };
+    if local.send(message).is_err() {
+        tracing::debug!("a proposal failed after its shard stopped");
+    }
+}
+
+/// Admits an idempotent producer's batch to a partition's `producers` (see
+/// [`ProducerTable::admit`]). A leader (`leading`, which has `applied` so far) admits one
+/// only once it has applied an entry of its own term: until then its predecessors' last
+/// entries may be committed but not yet in its table.
+fn admit_producer<RT: AsyncRuntime>(
+    producers: &mut ProducerTable,
+    applied: Option<&AppliedMark>,
+    leading: Option<&Group<RT>>,
+    key: &Key,
+    stamp: ProducerStamp,
+) -> Result<Admit> {
+    if let Some(group) = leading {
+        let (_, term) = group.leader_and_term();
+        if applied.is_none_or(|mark| mark.term != term) {
+            return Err(Error::ProducersNotReady {
+                topic: key.0.to_string(),
+                partition: key.1,
+            });
+        }
+    }
+    producers
+        .admit(stamp.producer_id, stamp.sequence, now_ms())
+        .map_err(|source| Error::Sequence {
+            topic: key.0.to_string(),
+            partition: key.1,
+            source,
+        })
+}
+
+/// A partition's producer table as its log's last batches below the commit mark tell it (at
+/// most `producer_rebuild_batches_max` of them, headers only). A log whose headers cannot be
+/// read gives an empty table, with a warning: its producers start afresh.
+async fn rebuild_producers<E: Engine>(
+    log: &mut Log<E>,
+    limits: super::producers::ProducerLimits,
+    key: &Key,
+) -> ProducerTable {
+    let mut table = ProducerTable::new(limits);
+    let below = log.high_watermark();
+    let batches_max = limits.producer_rebuild_batches_max as usize;
+    match log.tail_headers(below, batches_max).await {
+        Ok(headers) => {
+            let now = now_ms();
+            for h in headers {
+                if h.producer_id != 0 && h.flags & storage::FLAG_CONTROL == 0 {
+                    let written = Written {
+                        base_offset: h.base_offset,
+                        count: h.record_count,
+                    };
+                    table.written(h.producer_id, h.producer_seq, written, now);
+                }
+            }
+            if table.len() > 0 {
+                tracing::debug!(topic = %key.0, partition = key.1, producers = table.len(), "producer windows rebuilt from the log");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "reading the last batch headers to rebuild the producer windows; its idempotent producers start afresh");
+        }
+    }
+    table
+}
+
 fn not_on_replicated(topic: &str, partition: u32, what: &'static str) -> Error {
     Error::NotOnReplicated {
         topic: topic.to_owned(),
@@ -512,6 +600,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     op.refuse(shard_stopped);
                     return;
                 };
+                if matches!(op, LogOp::Install { .. }) {
+                    // The entries the snapshot covers are never applied here: this replica's
+                    // producer windows would miss them, so its producers start afresh.
+                    p.producers.clear();
+                }
                 match raft_store::serve(&mut p.log, op).await {
                     Served::Done => {}
                     Served::Flush(flushed) => raft_flushes.push((key, flushed)),
@@ -521,7 +614,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         next_offset,
                         context,
                         truncate_before,
+                        producers,
                     } => {
+                        let now = now_ms();
+                        for batch in producers {
+                            let written = Written {
+                                base_offset: batch.applied.base_offset,
+                                count: batch.applied.count,
+                            };
+                            let stamp = batch.stamp;
+                            p.producers
+                                .written(stamp.producer_id, stamp.sequence, written, now);
+                        }
                         let mark = p.applied.get_or_insert_with(AppliedMark::default);
                         (mark.term, mark.index, mark.next_offset) = (term, index, next_offset);
                         if let Some(context) = context {
@@ -550,6 +654,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     Err(reason) => {
                         tracing::error!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start; the partition stays read-only");
                     }
+                }
+            }
+            Local::Abandoned { key, stamp } => {
+                if let Some(p) = self.partitions.get_mut(&key) {
+                    p.producers.abandon(stamp.producer_id, stamp.sequence);
                 }
             }
         }
@@ -583,6 +692,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         reply: Reply<AppendAck>,
         pending: &mut Vec<Pending>,
     ) {
+        let stamp = batch.producer();
+        let reply = match stamp {
+            Some(stamp) => match self.admit_stamped(&key, stamp, reply, pending) {
+                Some(reply) => reply,
+                None => return,
+            },
+            None => reply,
+        };
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
@@ -593,6 +710,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             Ok(Some(group)) => {
                 let stats = self.stats.clone();
                 let raft = self.raft.clone();
+                let abandon = stamp.map(|stamp| (self.local.clone(), stamp));
                 let (topic, partition) = key;
                 group.propose(
                     Proposal::Records(batch),
@@ -607,7 +725,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                                     count: applied.count,
                                 })
                             }
-                            Err(e) => Err(propose_error(raft.as_ref(), &(topic, partition), e)),
+                            Err(e) => {
+                                let key = (topic, partition);
+                                if let Some((local, stamp)) = abandon {
+                                    abandoned(&local, &key, stamp);
+                                }
+                                Err(propose_error(raft.as_ref(), &key, e))
+                            }
                         };
                         send(reply, answer);
                     }),
@@ -616,16 +740,77 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
         }
         match p.log.append_checked(&batch).await {
-            Ok(base_offset) => pending.push(Pending {
-                key,
-                base_offset,
-                count: batch.len() as u32,
-                reply,
-            }),
+            Ok(base_offset) => {
+                let count = batch.len() as u32;
+                if let Some(stamp) = stamp {
+                    let written = Written { base_offset, count };
+                    p.producers
+                        .written(stamp.producer_id, stamp.sequence, written, now_ms());
+                }
+                pending.push(Pending {
+                    key,
+                    base_offset,
+                    count,
+                    reply,
+                });
+            }
             // Refused by a limit (nothing changed), or failed (the log is now poisoned and
             // the earlier appends of this group to it will fail at the flush).
-            Err(e) => send(reply, Err(Error::storage(&key.0, key.1, e))),
+            Err(e) => {
+                if let Some(stamp) = stamp {
+                    p.producers.abandon(stamp.producer_id, stamp.sequence);
+                }
+                send(reply, Err(Error::storage(&key.0, key.1, e)));
+            }
         }
+    }
+
+    /// Admits an idempotent producer's batch (see [`admit_producer`]): gives `reply` back
+    /// when the batch is to be written (or refused by [`Shard::append`], on a node that does
+    /// not lead the partition), and answers it here, returning `None`, for a retry of a
+    /// batch already written or a refused sequence.
+    fn admit_stamped(
+        &mut self,
+        key: &Key,
+        stamp: ProducerStamp,
+        reply: Reply<AppendAck>,
+        pending: &mut Vec<Pending>,
+    ) -> Option<Reply<AppendAck>> {
+        let Some(p) = self.partitions.get_mut(key) else {
+            return Some(reply);
+        };
+        let Ok(leading) = leading_group(&p.replication, self.raft.as_ref(), key) else {
+            return Some(reply);
+        };
+        let written =
+            match admit_producer(&mut p.producers, p.applied.as_ref(), leading, key, stamp) {
+                Ok(Admit::Write) => return Some(reply),
+                Ok(Admit::Duplicate(written)) => written,
+                Err(e) => {
+                    send(reply, Err(e));
+                    return None;
+                }
+            };
+        if written.base_offset + u64::from(written.count) <= p.log.high_watermark() {
+            // Committed already (always, on a replicated partition, which records only what
+            // it applied): answered now, nothing written.
+            let ack = AppendAck {
+                partition: key.1,
+                base_offset: written.base_offset,
+                count: written.count,
+            };
+            send(reply, Ok(ack));
+        } else {
+            // Written by this group, or by one whose flush is still to come: answered with
+            // it, after the flush that makes it durable.
+            pending.push(Pending {
+                key: key.clone(),
+                base_offset: written.base_offset,
+                count: written.count,
+                reply,
+            });
+        }
+        None
     }
 
     /// Makes the group's appends readable (and durable under `Fsync`) with one sync per
@@ -890,6 +1075,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     }
                     Some(p) => {
                         let cut = p.log.truncate_suffix(from_offset).await;
+                        p.producers.forget_from(p.log.end_offset());
                         // The high watermark may have dropped to the cut.
                         p.publish();
                         cut.map_err(|e| Error::storage(&topic, partition, e))
@@ -987,6 +1173,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         applied.clone(),
                         &mut log,
                     );
+                    // Below the commit mark only: a replicated partition's uncommitted tail
+                    // may still be cut, and its group records what it applies from there.
+                    let producers = rebuild_producers(&mut log, self.options.producers, &key).await;
                     let p = Partition {
                         log,
                         high_watermark: open.high_watermark,
@@ -994,6 +1183,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         replication,
                         applied,
                         applied_unsaved: false,
+                        producers,
                     };
                     p.publish();
                     self.partitions.insert(key.clone(), p);
@@ -1191,6 +1381,10 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     async fn maintain(&mut self) {
         let now = now_ms();
         for ((topic, partition), p) in &mut self.partitions {
+            let expired = p.producers.expire(now);
+            if expired > 0 {
+                tracing::debug!(topic = %topic, partition, expired, "idle producers forgotten");
+            }
             if p.log.poisoned_by().is_some() {
                 continue;
             }
@@ -1293,6 +1487,92 @@ pub(crate) mod tests {
             reply,
         });
         ack
+    }
+
+    /// An append of `value` as batch `sequence` of producer `producer_id`.
+    fn stamped_append(
+        tx: &QueueSender,
+        value: &str,
+        producer_id: u64,
+        sequence: u64,
+    ) -> tokio::sync::oneshot::Receiver<Result<AppendAck>> {
+        let (reply, ack) = tokio::sync::oneshot::channel();
+        let records = vec![Record {
+            value: value.as_bytes().to_vec().into(),
+            ..Record::default()
+        }];
+        let mut batch = storage::LogLimits::default().check(records).unwrap();
+        batch.set_producer(ProducerStamp {
+            producer_id,
+            sequence,
+        });
+        tx.send_blocking(Command::Append {
+            topic: Arc::from("t"),
+            partition: 0,
+            batch,
+            reply,
+        });
+        ack
+    }
+
+    /// A retry that arrives in the same group as its original (before the flush that makes
+    /// it durable) is answered with the original's offsets after that flush, and written
+    /// once; a restarted shard rebuilds the window from the batch headers.
+    #[test]
+    fn a_retry_in_its_originals_group_is_answered_after_the_flush_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ShardOptions::new(dir.path());
+        options.shard_count = 1;
+        let (ctx, tx, ready_rx, _hw) = one_partition_context(dir.path(), options.clone(), 16);
+        // Queued before the shard starts: one group.
+        let acks = vec![
+            stamped_append(&tx, "a", 9, 0),
+            stamped_append(&tx, "a-retry", 9, 0),
+            stamped_append(&tx, "b", 9, 1),
+            stamped_append(&tx, "gap", 9, 3),
+            stamped_append(&tx, "b-retry", 9, 1),
+        ];
+        let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
+        ready_rx.recv().unwrap().unwrap();
+        let results: Vec<_> = acks
+            .into_iter()
+            .map(|ack| futures::executor::block_on(ack).unwrap())
+            .collect();
+        let offsets: Vec<Option<u64>> = results
+            .iter()
+            .map(|r| r.as_ref().ok().map(|a| a.base_offset))
+            .collect();
+        assert_eq!(offsets, [Some(0), Some(0), Some(1), None, Some(1)]);
+        assert!(
+            matches!(
+                &results[3],
+                Err(Error::Sequence {
+                    source: crate::shard::SequenceError::Gap { expected: 2, .. },
+                    ..
+                })
+            ),
+            "{:?}",
+            results[3]
+        );
+        let (reply, done) = tokio::sync::oneshot::channel();
+        tx.send_blocking(Command::Shutdown { reply });
+        futures::executor::block_on(done).unwrap().unwrap();
+        thread.join().unwrap();
+
+        // Restarted: the log holds each batch once, and the window is rebuilt from it.
+        let (ctx, tx, ready_rx, _hw) = one_partition_context(dir.path(), options, 16);
+        let retry = stamped_append(&tx, "b-again", 9, 1);
+        let next = stamped_append(&tx, "c", 9, 2);
+        let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
+        ready_rx.recv().unwrap().unwrap();
+        let retry = futures::executor::block_on(retry).unwrap().unwrap();
+        assert_eq!(retry.base_offset, 1);
+        let next = futures::executor::block_on(next).unwrap().unwrap();
+        assert_eq!(next.base_offset, 2, "nothing was written twice");
+        let (reply, done) = tokio::sync::oneshot::channel();
+        tx.send_blocking(Command::Shutdown { reply });
+        futures::executor::block_on(done).unwrap().unwrap();
+        thread.join().unwrap();
     }
 
     /// Engine writes that opening a new partition makes before its first append: the

@@ -23,13 +23,14 @@
 //! | 40 |    8 | `first_timestamp_ms`| timestamp of the first record, ms since the Unix epoch    |
 //! | 48 |    8 | `max_timestamp_ms`  | largest record timestamp in the batch                     |
 //! | 56 |    8 | `raft_index`        | Raft log index of this batch (one batch = one entry); 0 = not replicated |
-//! | 64 |    8 | `producer_id`       | idempotent producer id; 0 = none                          |
-//! | 72 |    4 | `producer_seq`      | sequence number of the first record for that producer     |
-//! | 76 |    4 | `reserved`          | zero                                                      |
+//! | 64 |    8 | `producer_id`       | idempotent producer id, scoped to the client identity; 0 = none |
+//! | 72 |    8 | `producer_seq`      | the producer's sequence number of this batch (0, 1, 2, … per partition) |
 //!
 //! Version 1 (`V1_BATCH_HEADER_LEN` = 56 bytes) is bytes 0..56 of the same table; it is read
 //! as `raft_index = producer_id = producer_seq = 0`. The header length follows from the
-//! version, so records start right after the header in both.
+//! version, so records start right after the header in both. (`producer_seq` was first laid
+//! out as a u32 followed by 4 reserved zero bytes; as a u64 it reads every batch written
+//! that way unchanged.)
 //!
 //! Record (repeated `record_count` times after the header):
 //!
@@ -73,9 +74,8 @@ pub const V1_BATCH_HEADER_LEN: usize = MAX_TIMESTAMP_AT + 8;
 pub const RAFT_INDEX_AT: usize = V1_BATCH_HEADER_LEN;
 pub const PRODUCER_ID_AT: usize = RAFT_INDEX_AT + 8;
 pub const PRODUCER_SEQ_AT: usize = PRODUCER_ID_AT + 8;
-pub const RESERVED_AT: usize = PRODUCER_SEQ_AT + 4;
 /// Length of the header writers write (version 2).
-pub const BATCH_HEADER_LEN: usize = RESERVED_AT + 4;
+pub const BATCH_HEADER_LEN: usize = PRODUCER_SEQ_AT + 8;
 const _: () = assert!(V1_BATCH_HEADER_LEN == 56);
 const _: () = assert!(BATCH_HEADER_LEN == 80);
 
@@ -140,8 +140,8 @@ pub struct BatchHeader {
     pub raft_index: u64,
     /// Idempotent producer id (version 2); 0 = none.
     pub producer_id: u64,
-    /// Producer sequence of the first record (version 2).
-    pub producer_seq: u32,
+    /// The producer's sequence number of this batch (version 2).
+    pub producer_seq: u64,
 }
 
 /// What a writer puts in a batch header besides what follows from the records.
@@ -151,7 +151,7 @@ pub struct BatchMeta {
     pub flags: u16,
     pub raft_index: u64,
     pub producer_id: u64,
-    pub producer_seq: u32,
+    pub producer_seq: u64,
 }
 
 impl BatchHeader {
@@ -264,7 +264,6 @@ pub fn encode_batch_into(dst: &mut [u8], base_offset: u64, meta: &BatchMeta, rec
     buf.extend_from_slice(&meta.raft_index.to_le_bytes());
     buf.extend_from_slice(&meta.producer_id.to_le_bytes());
     buf.extend_from_slice(&meta.producer_seq.to_le_bytes());
-    buf.extend_from_slice(&[0; 4]); // reserved
     debug_assert_eq!(buf.len, BATCH_HEADER_LEN);
 
     for (index, record) in records.iter().enumerate() {
@@ -365,7 +364,7 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
         raft_index: if v2 { u64_at(bytes, RAFT_INDEX_AT) } else { 0 },
         producer_id: if v2 { u64_at(bytes, PRODUCER_ID_AT) } else { 0 },
         producer_seq: if v2 {
-            u32_at(bytes, PRODUCER_SEQ_AT)
+            u64_at(bytes, PRODUCER_SEQ_AT)
         } else {
             0
         },
@@ -640,8 +639,7 @@ mod tests {
         encode_batch_into(&mut bytes, 7, &meta, &[record(b"k", b"v", 0)]);
         assert_eq!(u64_at(&bytes, 56), 0x1122);
         assert_eq!(u64_at(&bytes, 64), 0x3344);
-        assert_eq!(u32_at(&bytes, 72), 0x55);
-        assert_eq!(u32_at(&bytes, 76), 0);
+        assert_eq!(u64_at(&bytes, 72), 0x55);
         let header = verify_batch(&bytes).unwrap();
         assert_eq!(
             (header.raft_index, header.producer_id, header.producer_seq),

@@ -25,9 +25,30 @@ const RETENTION_MS_MAX: u64 = 100 * 365 * DAY_MS;
 pub struct CheckedBatch {
     records: Vec<Record>,
     batch_bytes: usize,
+    producer: Option<ProducerStamp>,
+}
+
+/// An idempotent producer's mark on a batch: written into the batch header
+/// (`producer_id`, `producer_seq`), from which a partition rebuilds its producer window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    /// The producer id as stored (scoped to the client's identity by the server); never 0.
+    pub producer_id: u64,
+    /// The batch's number for this producer in this partition.
+    pub sequence: u64,
 }
 
 impl CheckedBatch {
+    /// Marks the batch as batch `stamp.sequence` of producer `stamp.producer_id` (which is
+    /// not 0: 0 means "no producer" on disk).
+    pub fn set_producer(&mut self, stamp: ProducerStamp) {
+        assert_ne!(stamp.producer_id, 0, "producer id 0 means no producer");
+        self.producer = Some(stamp);
+    }
+    /// The producer mark, when the batch comes from an idempotent producer.
+    pub fn producer(&self) -> Option<ProducerStamp> {
+        self.producer
+    }
     pub fn records(&self) -> &[Record] {
         &self.records
     }
@@ -182,6 +203,7 @@ impl LogLimits {
         Ok(CheckedBatch {
             records,
             batch_bytes,
+            producer: None,
         })
     }
 

@@ -359,8 +359,11 @@ impl<E: Engine> Log<E> {
             batch.batch_bytes(),
             self.config.batch_bytes_max
         );
+        let producer = batch.producer();
         let meta = BatchMeta {
             leader_epoch: self.last_term(),
+            producer_id: producer.map_or(0, |p| p.producer_id),
+            producer_seq: producer.map_or(0, |p| p.sequence),
             ..BatchMeta::default()
         };
         self.append_measured(meta, batch.records(), batch.batch_bytes())
@@ -378,6 +381,7 @@ impl<E: Engine> Log<E> {
         meta: EntryMeta,
         batch: &super::CheckedBatch,
     ) -> Result<u64> {
+        let producer = batch.producer();
         let batch_meta = BatchMeta {
             leader_epoch: meta.term,
             raft_index: meta.raft_index,
@@ -386,7 +390,8 @@ impl<E: Engine> Log<E> {
             } else {
                 0
             },
-            ..BatchMeta::default()
+            producer_id: producer.map_or(0, |p| p.producer_id),
+            producer_seq: producer.map_or(0, |p| p.sequence),
         };
         self.append_measured(batch_meta, batch.records(), batch.batch_bytes())
             .await
@@ -435,6 +440,70 @@ impl<E: Engine> Log<E> {
             return self.header_at(entry.offset).await;
         }
         Ok(None)
+    }
+
+    /// The headers of at most `batches_max` batches that end at or below `below_offset`,
+    /// the newest of them, oldest first: what a partition rebuilds its producer window from
+    /// on open. Reads only headers (no record, no CRC over the body), newest segment first,
+    /// and opens no more sealed segments than those batches sit in; a sealed segment it had
+    /// to open is closed again before the next, so the scan holds at most one more file.
+    pub async fn tail_headers(
+        &mut self,
+        below_offset: u64,
+        batches_max: usize,
+    ) -> Result<Vec<BatchHeader>> {
+        let mut headers = Vec::new();
+        let last = self.segments.len().saturating_sub(1);
+        for i in (0..self.segments.len()).rev() {
+            if headers.len() >= batches_max {
+                break;
+            }
+            if self.segments[i].base_offset() >= below_offset {
+                continue;
+            }
+            let was_open = self.segments[i].files_open();
+            let scanned = self
+                .segment_tail_headers(i, below_offset, batches_max, &mut headers)
+                .await;
+            if !was_open && i != last {
+                self.segments[i].close_files().await?;
+            }
+            if !scanned? {
+                break;
+            }
+        }
+        headers.reverse();
+        Ok(headers)
+    }
+
+    /// [`Log::tail_headers`] within segment `i`, newest batch first, onto `headers`; false
+    /// once the scan is done (enough headers, or the start of the log reached).
+    async fn segment_tail_headers(
+        &mut self,
+        i: usize,
+        below_offset: u64,
+        batches_max: usize,
+        headers: &mut Vec<BatchHeader>,
+    ) -> Result<bool> {
+        let engine = self.engine.clone();
+        let start_offset = self.start_offset;
+        let segment = &mut self.segments[i];
+        let count = segment.batch_count(&engine).await?;
+        for k in (0..count).rev() {
+            if headers.len() >= batches_max {
+                return Ok(false);
+            }
+            let Some(header) = segment.header_of(&engine, k).await? else {
+                break;
+            };
+            if header.base_offset < start_offset {
+                return Ok(false);
+            }
+            if header.next_offset() <= below_offset {
+                headers.push(header);
+            }
+        }
+        Ok(true)
     }
 
     /// The header of the batch that holds `offset`, read alone (from the tail cache when it

@@ -28,11 +28,12 @@ pub use error::{Error, Result};
 pub use faulty::FaultyEngine;
 pub use format::{
     BATCH_HEADER_LEN, Batch, BatchHeader, BatchMeta, DecodeError, FLAG_CONTROL,
-    FLAGS_COMPRESSION_MASK, FORMAT_VERSION, Record, encode_batch, verify_batch,
+    FLAGS_COMPRESSION_MASK, FORMAT_VERSION, Record, batch_len, encode_batch, encode_batch_into,
+    verify_batch,
 };
 pub use index::ENTRY_LEN as INDEX_ENTRY_LEN;
 pub use io::{Engine, FileStat, StoreFile};
-pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, check_range};
+pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, ProducerStamp, check_range};
 pub use log::{EntryMeta, Log, OpenReport, RawBatch, VerifiedBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};

@@ -404,27 +404,40 @@ impl<E: Engine> Segment<E> {
         if let Some(index) = self.first_raft_index {
             return Ok(Some(index));
         }
-        let store_path = self.store_path.clone();
-        let files = self.open_files(engine).await?;
-        let Some(first) = files.index.get(0) else {
+        let Some(header) = self.header_of(engine, 0).await? else {
             return Ok(None);
         };
-        let len = (first.batch_len as usize).min(BATCH_HEADER_LEN);
+        self.first_raft_index = Some(header.raft_index);
+        Ok(Some(header.raft_index))
+    }
+
+    /// The number of batches in this segment (its index entries). Opens a sealed segment's
+    /// files on first use.
+    pub async fn batch_count(&mut self, engine: &E) -> Result<usize> {
+        Ok(self.open_files(engine).await?.index.len())
+    }
+
+    /// The header of the `k`-th batch of this segment (0 = the first), read alone and not
+    /// CRC-checked (only its magic, version and length), or `None` past the last batch.
+    pub async fn header_of(&mut self, engine: &E, k: usize) -> Result<Option<BatchHeader>> {
+        let store_path = self.store_path.clone();
+        let files = self.open_files(engine).await?;
+        let Some(entry) = files.index.get(k) else {
+            return Ok(None);
+        };
+        let len = (entry.batch_len as usize).min(BATCH_HEADER_LEN);
         let bytes = files
             .store
-            .read_at(first.position, len)
+            .read_at(entry.position, len)
             .await
             .map_err(io_err("read segment", &store_path))?;
         let corrupt = |source| Error::Corrupt {
             segment: store_path.clone(),
-            position: first.position,
+            position: entry.position,
             source,
         };
         match format::probe_header(&bytes).map_err(corrupt)? {
-            Probe::Header(header) => {
-                self.first_raft_index = Some(header.raft_index);
-                Ok(Some(header.raft_index))
-            }
+            Probe::Header(header) => Ok(Some(header)),
             Probe::End => Err(corrupt(DecodeError::ShortHeader { available: 0 })),
         }
     }
@@ -821,6 +834,29 @@ impl<E: Engine> Segment<E> {
             if i == 0 {
                 self.first_raft_index = None;
             }
+        }
+        Ok(())
+    }
+
+    /// Whether this segment's files are open (a sealed segment's are opened on first use).
+    pub fn files_open(&self) -> bool {
+        self.files.is_some()
+    }
+
+    /// Closes a sealed segment's files, keeping the segment (its next use opens them again):
+    /// for a scan that reads many sealed segments once and must not keep a descriptor for
+    /// each. Never for the active segment, whose files take appends.
+    pub async fn close_files(&mut self) -> Result<()> {
+        if let Some(files) = self.files.take() {
+            files
+                .index
+                .flush()
+                .map_err(io_err("flush index", &self.index_path))?;
+            files
+                .store
+                .close()
+                .await
+                .map_err(io_err("close", &self.store_path))?;
         }
         Ok(())
     }
