@@ -359,6 +359,9 @@ impl Tree {
         for ino in dropped {
             let node = self.nodes.remove(&ino).expect("listed above");
             self.stats.inodes_discarded += 1;
+            if let Kind::File(content) = &node.kind {
+                self.stats.bytes_discarded += content.dirty_bytes();
+            }
             if let Kind::File(_) = node.kind
                 && let Err(err) = std::fs::remove_file(self.backing_path(ino))
             {
