@@ -13,11 +13,14 @@
 //! one the producers sent, at one offset only (`unknown`, `duplicated`), not one the server
 //! refused definitely (`failed-but-visible`); an offset once served keeps its value in every
 //! later cycle and does not disappear (`inconsistent-offsets`, `served-then-lost`); reads do
-//! not fail (`read-error`); and appends are acknowledged again.
+//! not fail (`read-error`); and appends are acknowledged again. Retention (4 MiB per
+//! partition, 256 KiB segments) deletes segments while the crashes come and keeps every
+//! full read bounded: acknowledged records below a partition's start offset count as
+//! expired, and a record that reappears below it is still checked by its fingerprint.
 //!
-//! Variants: the io_uring engine and the portable engine with SIGKILL on the real disk, and
-//! `engine = "auto"` on powerfs with SIGKILLs and power cuts (the run prints which engine the
-//! server chose there). Cycles per variant: `WALRS_CHAOS_CYCLES` (default 3, for `make
+//! Variants: the io_uring engine and the portable engine, each with SIGKILL on the real disk
+//! and with SIGKILLs and power cuts (two in three faults) on powerfs, where both engines run
+//! (O_DIRECT and glommio's io_uring reads, writes and fdatasync work through FUSE). Cycles per variant: `WALRS_CHAOS_CYCLES` (default 3, for `make
 //! test`); `WALRS_CHAOS_DURATION_S` stops a variant early once that long has passed. The run
 //! prints its seed (`WALRS_TEST_SEED` replays the same choices, as far as thread scheduling
 //! allows); a violation writes the whole history to a file under `WALRS_CHAOS_OUT` (default
@@ -40,7 +43,10 @@ const TOPIC: &str = "crash";
 const PARTITIONS: u32 = 2;
 const PRODUCERS: u32 = 3;
 const BATCH_RECORDS_MAX: u64 = 16;
-const VALUE_BYTES_MAX: u64 = 3000;
+const VALUE_BYTES_MAX: u64 = 2000;
+/// Per partition: retention keeps each log (and each verification's full read) bounded, and
+/// deletes segments while the crashes come.
+const RETENTION_BYTES: u64 = 4 << 20;
 /// The server must be serving again this soon after a restart.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a single append or read may take before it counts as a timeout.
@@ -96,18 +102,32 @@ enum Outcome {
     Indeterminate,
     /// Refused with an error that means nothing was written.
     Failed,
-    Acked,
+    /// Acknowledged at this offset.
+    Acked(u64),
+}
+
+/// A value's fingerprint (values are unique by construction; 64 bits make a collision in a
+/// run of millions of values vanishingly unlikely).
+fn fingerprint(value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
 }
 
 /// Everything sent, acknowledged and served, and the history of the run.
 #[derive(Default)]
 struct Ledger {
-    /// (partition, offset) → value, for every acknowledged record.
+    /// (partition, offset) → value, for every acknowledged record not yet removed by
+    /// retention (bytes, for the byte-for-byte check).
     acked: BTreeMap<(u32, u64), Vec<u8>>,
-    /// value → (partition it was sent to, outcome).
-    sent: HashMap<Vec<u8>, (u32, Outcome)>,
-    /// (partition, offset) → value, for every record any verification read.
-    served: BTreeMap<(u32, u64), Vec<u8>>,
+    /// fingerprint of every value ever sent → (partition it was sent to, outcome).
+    sent: HashMap<u64, (u32, Outcome)>,
+    /// (partition, offset) → fingerprint, for every record a verification read (above the
+    /// partition's start).
+    served: BTreeMap<(u32, u64), u64>,
+    /// Acknowledged records removed by retention (below a partition's start offset).
+    expired: u64,
     history: Vec<String>,
     definite_failures: u64,
     indeterminate: u64,
@@ -131,6 +151,7 @@ struct Figures {
     records_read: u64,
     appends_acked: u64,
     records_acked: u64,
+    expired: u64,
 }
 
 /// A running (or stopped) `walrs serve`.
@@ -222,6 +243,7 @@ fn write_config(dir: &Path, data_dir: &Path, engine: &str) -> PathBuf {
         "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\ndefault_partitions = {PARTITIONS}\n\
          [storage]\nengine = \"{engine}\"\nshards = 2\nrecord_bytes_max = 65536\n\
          batch_bytes_max = 131072\nsegment_bytes_max = 262144\n\
+         retention_bytes = {RETENTION_BYTES}\nmaintenance_interval_ms = 200\n\
          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\
          [[acl]]\nidentity = \"root\"\ntopics = [\"*\"]\nactions = [\"produce\", \"consume\", \"admin\"]\n\
          [metrics]\nenabled = false\n",
@@ -278,7 +300,7 @@ async fn produce(
             let mut l = ledger.lock().unwrap();
             for v in &values {
                 l.sent
-                    .insert(v.clone(), (partition, Outcome::Indeterminate));
+                    .insert(fingerprint(v), (partition, Outcome::Indeterminate));
             }
         }
         let records: Vec<Record> = values
@@ -311,7 +333,8 @@ async fn produce(
                             );
                             l.note(line);
                         }
-                        l.sent.insert(v.clone(), (partition, Outcome::Acked));
+                        l.sent
+                            .insert(fingerprint(v), (partition, Outcome::Acked(offset)));
                     }
                     l.note(format!(
                         "ack c{cycle} producer {producer} seq {seq}: p{partition} o{}+{count}",
@@ -331,7 +354,7 @@ async fn produce(
                     if definite {
                         l.definite_failures += count;
                         for v in &values {
-                            l.sent.insert(v.clone(), (partition, Outcome::Failed));
+                            l.sent.insert(fingerprint(v), (partition, Outcome::Failed));
                         }
                     } else {
                         l.indeterminate += count;
@@ -364,8 +387,9 @@ async fn produce(
 }
 
 /// Reads every partition from its start to its high watermark and checks it against the
-/// ledger. Returns the violations found and the number of records read.
-async fn verify(client: &Client, ledger: &Shared, cycle: u64) -> (Vec<String>, u64) {
+/// ledger. Returns the violations found, the records read and the acknowledged records
+/// checked (those at or above their partition's start offset).
+async fn verify(client: &Client, ledger: &Shared, cycle: u64) -> (Vec<String>, u64, u64) {
     let mut violations = Vec::new();
     let mut read_total = 0u64;
     let topic = match tokio::time::timeout(CALL_TIMEOUT, client.describe_topic(TOPIC)).await {
@@ -373,17 +397,19 @@ async fn verify(client: &Client, ledger: &Shared, cycle: u64) -> (Vec<String>, u
         Ok(Err(status))
             if status.code() == Code::NotFound && ledger.lock().unwrap().acked.is_empty() =>
         {
-            return (violations, 0);
+            return (violations, 0, 0);
         }
         other => {
             violations.push(format!("read-error: describing the topic: {other:?}"));
-            return (violations, 0);
+            return (violations, 0, 0);
         }
     };
     let mut read: BTreeMap<(u32, u64), Vec<u8>> = BTreeMap::new();
     let mut ends: HashMap<u32, u64> = HashMap::new();
+    let mut starts: HashMap<u32, u64> = HashMap::new();
     for p in &topic.partitions {
         ends.insert(p.id, p.high_watermark);
+        starts.insert(p.id, p.start_offset);
         let mut offset = p.start_offset;
         for _ in 0..READS_MAX {
             if offset >= p.high_watermark {
@@ -396,6 +422,29 @@ async fn verify(client: &Client, ledger: &Shared, cycle: u64) -> (Vec<String>, u
             .await
             {
                 Ok(Ok(r)) => r,
+                Ok(Err(status)) if status.code() == Code::OutOfRange => {
+                    // Retention ran during the read: go on from the new start, if it moved.
+                    let start = match client.describe_topic(TOPIC).await {
+                        Ok(t) => t
+                            .partitions
+                            .iter()
+                            .find(|q| q.id == p.id)
+                            .map_or(0, |q| q.start_offset),
+                        Err(_) => 0,
+                    };
+                    if start > offset {
+                        starts.insert(p.id, start);
+                        read.retain(|(q, o), _| *q != p.id || *o >= start);
+                        offset = start;
+                        continue;
+                    }
+                    violations.push(format!(
+                        "read-error: p{} from o{offset} (start {start}, high watermark {}): \
+                         {status:?}",
+                        p.id, p.high_watermark
+                    ));
+                    break;
+                }
                 other => {
                     violations.push(format!(
                         "read-error: p{} from o{offset} (high watermark {}): {other:?}",
@@ -432,79 +481,98 @@ async fn verify(client: &Client, ledger: &Shared, cycle: u64) -> (Vec<String>, u
         }
     }
     let mut l = ledger.lock().unwrap();
-    let mut positions: HashMap<&[u8], (u32, u64)> = HashMap::new();
+    let l = &mut *l;
+    let text = |v: &[u8]| String::from_utf8_lossy(&v[..v.len().min(48)]).into_owned();
+    let mut positions: HashMap<u64, (u32, u64)> = HashMap::new();
     for (&(p, o), v) in &read {
         read_total += 1;
-        let short = || String::from_utf8_lossy(&v[..v.len().min(48)]).into_owned();
-        if let Some(other) = positions.insert(v, (p, o)) {
+        let f = fingerprint(v);
+        if let Some(other) = positions.insert(f, (p, o)) {
             violations.push(format!(
                 "duplicated: {} at p{} o{} and p{p} o{o}",
-                short(),
+                text(v),
                 other.0,
                 other.1
             ));
         }
-        match l.acked.get(&(p, o)) {
-            Some(acked) if acked != v => violations.push(format!(
+        if let Some(acked) = l.acked.get(&(p, o))
+            && acked != v
+        {
+            violations.push(format!(
                 "inconsistent-offsets: p{p} o{o} acknowledged as {:?}, served as {}",
-                String::from_utf8_lossy(&acked[..acked.len().min(48)]),
-                short()
+                text(acked),
+                text(v)
+            ));
+            continue;
+        }
+        match l.sent.get(&f) {
+            None => violations.push(format!(
+                "unknown: p{p} o{o} serves {} (never sent)",
+                text(v)
+            )),
+            Some((sent_p, _)) if *sent_p != p => violations.push(format!(
+                "unknown: p{p} o{o} serves {}, sent to p{sent_p}",
+                text(v)
+            )),
+            Some((_, Outcome::Failed)) => violations.push(format!(
+                "failed-but-visible: p{p} o{o} serves {}, refused definitely",
+                text(v)
+            )),
+            Some((_, Outcome::Acked(at))) if *at != o => violations.push(format!(
+                "inconsistent-offsets: p{p} o{o} serves {}, acknowledged at o{at}",
+                text(v)
             )),
             Some(_) => {}
-            None => match l.sent.get(v.as_slice()) {
-                None => violations.push(format!(
-                    "unknown: p{p} o{o} serves {} (never sent)",
-                    short()
-                )),
-                Some((sent_p, _)) if *sent_p != p => violations.push(format!(
-                    "unknown: p{p} o{o} serves {}, sent to p{sent_p}",
-                    short()
-                )),
-                Some((_, Outcome::Failed)) => violations.push(format!(
-                    "failed-but-visible: p{p} o{o} serves {}, refused definitely",
-                    short()
-                )),
-                Some((_, Outcome::Acked)) => violations.push(format!(
-                    "inconsistent-offsets: p{p} o{o} serves {}, acknowledged at another offset",
-                    short()
-                )),
-                Some((_, Outcome::Indeterminate)) => {}
-            },
+        }
+        if let Some(before) = l.served.get(&(p, o))
+            && *before != f
+        {
+            violations.push(format!(
+                "inconsistent-offsets: p{p} o{o} was served with another value before, now {}",
+                text(v)
+            ));
         }
     }
+    let start_of = |p: u32| starts.get(&p).copied().unwrap_or(0);
+    let mut checked = 0u64;
     for ((p, o), v) in &l.acked {
-        if read.get(&(*p, *o)) != Some(v) && !read.contains_key(&(*p, *o)) {
+        if *o < start_of(*p) {
+            continue;
+        }
+        checked += 1;
+        if !read.contains_key(&(*p, *o)) {
             violations.push(format!(
-                "lost: p{p} o{o} acknowledged ({:?}), not served (high watermark {:?})",
-                String::from_utf8_lossy(&v[..v.len().min(48)]),
+                "lost: p{p} o{o} acknowledged ({:?}), not served (start {}, high watermark {:?})",
+                text(v),
+                start_of(*p),
                 ends.get(p)
             ));
         }
     }
-    for ((p, o), v) in &l.served {
-        match read.get(&(*p, *o)) {
-            Some(now) if now != v => violations.push(format!(
-                "inconsistent-offsets: p{p} o{o} was served as {:?}, now as {:?}",
-                String::from_utf8_lossy(&v[..v.len().min(48)]),
-                String::from_utf8_lossy(&now[..now.len().min(48)])
-            )),
-            Some(_) => {}
-            None => violations.push(format!(
-                "served-then-lost: p{p} o{o} was served as {:?}, now gone (high watermark {:?})",
-                String::from_utf8_lossy(&v[..v.len().min(48)]),
+    for (p, o) in l.served.keys() {
+        if *o >= start_of(*p) && !read.contains_key(&(*p, *o)) {
+            violations.push(format!(
+                "served-then-lost: p{p} o{o} was served, now gone (start {}, high watermark {:?})",
+                start_of(*p),
                 ends.get(p)
-            )),
+            ));
         }
     }
+    // Retention removed what is below each start: forget it (the fingerprints stay, so a
+    // record that reappears is still checked).
+    let before = l.acked.len();
+    l.acked.retain(|(p, o), _| *o >= start_of(*p));
+    l.expired += (before - l.acked.len()) as u64;
+    l.served.retain(|(p, o), _| *o >= start_of(*p));
     let mut summary = format!("verify c{cycle}: read {read_total} records;");
     for (p, end) in &ends {
         write!(summary, " p{p} hw {end}").unwrap();
     }
     l.note(summary);
     for (k, v) in read {
-        l.served.insert(k, v);
+        l.served.insert(k, fingerprint(&v));
     }
-    (violations, read_total)
+    (violations, read_total, checked)
 }
 
 /// Where the data dir lives, and which faults a cycle may inject.
@@ -598,13 +666,13 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
             Ok(c) => c,
             Err(err) => fail(&ledger, cycle, &[err]),
         };
-        let (violations, read) = verify(&client, &ledger, cycle).await;
+        let (violations, read, checked) = verify(&client, &ledger, cycle).await;
         figures.records_read += read;
+        figures.acked_checked += checked;
         if !violations.is_empty() {
             server.kill();
             fail(&ledger, cycle, &violations);
         }
-        figures.acked_checked += ledger.lock().unwrap().acked.len() as u64;
         if cycle == 0 {
             match client.create_topic(TOPIC, PARTITIONS).await {
                 Ok(_) => {}
@@ -685,8 +753,9 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
         .start()
         .unwrap_or_else(|e| fail(&ledger, figures.cycles + 1, &[e]));
     let client = connect(&addr, &certs).await.unwrap();
-    let (violations, read) = verify(&client, &ledger, figures.cycles + 1).await;
+    let (violations, read, checked) = verify(&client, &ledger, figures.cycles + 1).await;
     figures.records_read += read;
+    figures.acked_checked += checked;
     if !violations.is_empty() {
         server.kill();
         fail(&ledger, figures.cycles + 1, &violations);
@@ -694,8 +763,12 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
     server.kill();
     {
         let l = ledger.lock().unwrap();
-        figures.acked_checked += l.acked.len() as u64;
-        figures.records_acked = l.acked.len() as u64;
+        figures.records_acked = l
+            .sent
+            .values()
+            .filter(|(_, o)| matches!(o, Outcome::Acked(_)))
+            .count() as u64;
+        figures.expired = l.expired;
         figures.appends_acked = l.history.iter().filter(|h| h.starts_with("ack ")).count() as u64;
     }
     let (indeterminate, definite) = {
@@ -710,7 +783,7 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
         "{{\"variant\":\"{label}\",\"seed\":{seed},\"engine_config\":\"{engine}\",\
          \"engines\":\"{engines_seen:?}\",\"cycles\":{},\"sigkills\":{},\"power_cuts\":{},\
          \"appends_acked\":{},\"records_acked\":{},\"acked_records_checked\":{},\
-         \"records_read\":{},\"indeterminate\":{indeterminate},\"definite_failures\":{definite},\
+         \"records_read\":{},\"acked_expired_by_retention\":{},\"indeterminate\":{indeterminate},\"definite_failures\":{definite},\
          \"seconds\":{:.1},\"powerfs\":\"{fs_stats}\"}}",
         figures.cycles,
         figures.kills,
@@ -719,6 +792,7 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
         figures.records_acked,
         figures.acked_checked,
         figures.records_read,
+        figures.expired,
         started.elapsed().as_secs_f64(),
     );
     println!("crash cycles summary: {summary}");
