@@ -16,11 +16,14 @@ test:
 
 ## Crash cycles of one `walrs serve` (issue 15, docs/RELIABILITY.md): SIGKILL on the uring and
 ## portable engines, SIGKILL and power cuts on powerfs; CYCLES per variant (default 50). Set
-## WALRS_TEST_SEED to replay a run; a violation's history goes to target/chaos/.
+## WALRS_TEST_SEED to replay a run; a violation's history goes to target/chaos/, and one
+## summary line per variant to target/chaos/summary.jsonl. VARIANTS filters the tests by name
+## (e.g. VARIANTS=power_cuts).
 CYCLES ?= 50
+VARIANTS ?=
 chaos:
 	WALRS_CHAOS_CYCLES=$(CYCLES) WALRS_CHAOS_OUT=$(CURDIR)/target/chaos \
-		$(CARGO) test --release --test crash_cycles -- --nocapture --test-threads=1
+		$(CARGO) test --release --test crash_cycles $(VARIANTS) -- --nocapture --test-threads=1
 
 ## The same for longer: each variant runs until DURATION seconds have passed (default one
 ## hour) or CYCLES cycles (default 100000), whichever comes first.
@@ -28,7 +31,7 @@ DURATION ?= 3600
 chaos-long:
 	WALRS_CHAOS_CYCLES=$(if $(filter 50,$(CYCLES)),100000,$(CYCLES)) \
 		WALRS_CHAOS_DURATION_S=$(DURATION) WALRS_CHAOS_OUT=$(CURDIR)/target/chaos \
-		$(CARGO) test --release --test crash_cycles -- --nocapture --test-threads=1
+		$(CARGO) test --release --test crash_cycles $(VARIANTS) -- --nocapture --test-threads=1
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
