@@ -731,7 +731,10 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
                 unreachable!()
             };
             let unsynced = mount.unsynced_bytes();
-            let stats = mount.power_cut().expect("power cut (walrs has exited)");
+            let stats = match mount.power_cut_within(START_TIMEOUT) {
+                Ok(stats) => stats,
+                Err(err) => fail(&ledger, cycle, &[format!("power cut: {err}")]),
+            };
             write!(
                 fault,
                 ", power cut forgetting {unsynced} unsynced bytes ({stats:?})"
@@ -859,7 +862,7 @@ async fn a_power_cut_right_after_the_first_ack_on_a_fresh_data_dir_keeps_it() {
             .await
             .unwrap();
         server.kill();
-        let stats = mount.power_cut().unwrap();
+        let stats = mount.power_cut_within(START_TIMEOUT).unwrap();
         assert_eq!(stats.inodes_discarded, 0, "{engine}: {stats:?}");
         let (addr, _) = server.start().unwrap();
         let client = connect(&addr, &certs).await.unwrap();

@@ -105,6 +105,25 @@ impl Mount {
         Ok(stats)
     }
 
+    /// [`Mount::power_cut`], retried while the mount is busy, for at most `patience`. A
+    /// process killed with SIGKILL has exited before the kernel is done with its files: an
+    /// io_uring instance, for one, is torn down by a kernel worker after the exit, and keeps
+    /// its files open (the mount busy) until then.
+    pub fn power_cut_within(&mut self, patience: std::time::Duration) -> io::Result<Stats> {
+        let until = std::time::Instant::now() + patience;
+        loop {
+            match self.power_cut() {
+                Err(err)
+                    if err.kind() == io::ErrorKind::ResourceBusy
+                        && std::time::Instant::now() < until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Unmounts, reporting a failure (a busy mount) instead of only logging it.
     pub fn unmount(mut self) -> io::Result<()> {
         self.unmount_session()
