@@ -166,3 +166,36 @@ fn o_direct_works_and_obeys_the_model() {
     assert_eq!(after.len(), 4096);
     assert!(after.iter().all(|b| *b == b'a'));
 }
+
+/// The `powerfs` binary: SIGUSR1 cuts the power, SIGTERM unmounts and exits.
+#[test]
+fn the_binary_cuts_the_power_on_sigusr1_and_unmounts_on_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mnt).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_powerfs"))
+        .arg(&backing)
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next_line = || lines.next().expect("powerfs said more").unwrap();
+    assert!(next_line().contains("mounted"));
+    let pid = child.id() as libc::pid_t;
+    fs::write(mnt.join("unsynced"), b"gone after the cut").unwrap();
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let cut = next_line();
+    assert!(cut.contains("power cut: Stats"), "{cut}");
+    assert!(!mnt.join("unsynced").exists());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(next_line().contains("unmounting"));
+    assert!(child.wait().unwrap().success());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(mnt.to_str().unwrap()), "still mounted");
+}
