@@ -2,7 +2,9 @@
 //!
 //! Each cycle starts the server (on the same data dir), checks what it serves against
 //! everything acknowledged so far, runs producers that append batches of unique values of
-//! random sizes to random partitions, and after a random delay either kills the process
+//! random sizes to random partitions, and after a random delay (one in five within 50 ms of
+//! the producers' start, the others 10-1510 ms after the cycle's first acknowledgement,
+//! which must come) either kills the process
 //! with SIGKILL or cuts the power: SIGKILL, then a power cut of the powerfs mount that holds
 //! the data dir (tools/powerfs: every byte and directory entry not covered by a completed
 //! fsync is forgotten). A SIGKILL alone leaves the page cache — and powerfs's unsynced bytes
@@ -128,6 +130,8 @@ struct Ledger {
     served: BTreeMap<(u32, u64), u64>,
     /// Acknowledged records removed by retention (below a partition's start offset).
     expired: u64,
+    /// Violations seen by the producers (an offset acknowledged twice), for the next check.
+    ack_violations: Vec<String>,
     history: Vec<String>,
     definite_failures: u64,
     indeterminate: u64,
@@ -327,12 +331,13 @@ async fn produce(
                         let offset = ack.base_offset + i as u64;
                         if let Some(old) = l.acked.insert((partition, offset), v.clone()) {
                             let line = format!(
-                                "VIOLATION inconsistent-offsets: p{partition} o{offset} acknowledged \
-                             twice: {:?} then {:?}",
+                                "inconsistent-offsets: p{partition} o{offset} acknowledged \
+                                 twice: {:?} then {:?}",
                                 String::from_utf8_lossy(&old[..old.len().min(40)]),
                                 String::from_utf8_lossy(&v[..v.len().min(40)])
                             );
-                            l.note(line);
+                            l.note(format!("VIOLATION {line}"));
+                            l.ack_violations.push(line);
                         }
                         l.sent
                             .insert(fingerprint(v), (partition, Outcome::Acked(offset)));
@@ -391,7 +396,7 @@ async fn produce(
 /// ledger. Returns the violations found, the records read and the acknowledged records
 /// checked (those at or above their partition's start offset).
 async fn verify(client: &Client, ledger: &Shared, cycle: u64) -> (Vec<String>, u64, u64) {
-    let mut violations = Vec::new();
+    let mut violations = std::mem::take(&mut ledger.lock().unwrap().ack_violations);
     let mut read_total = 0u64;
     let topic = match tokio::time::timeout(CALL_TIMEOUT, client.describe_topic(TOPIC)).await {
         Ok(Ok(t)) => t,
@@ -694,19 +699,38 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
                 ))
             })
             .collect();
+        // One fault in five comes 0-50 ms after the producers start, maybe before any
+        // acknowledgement (a crash among the first appends after a recovery); the others
+        // come 10-1510 ms after the first acknowledgement, which must arrive: appends
+        // continue after every restart.
+        let early = !last && rng.below(5) == 0;
         let load_ms = if last {
-            300
+            0
+        } else if early {
+            rng.below(51)
         } else {
             10 + rng.below(LOAD_MS_MAX)
         };
+        if !early {
+            let until = Instant::now() + CALL_TIMEOUT;
+            while ledger.lock().unwrap().acked.len() == acked_before {
+                if Instant::now() >= until {
+                    server.kill();
+                    stop.notify_waiters();
+                    fail(
+                        &ledger,
+                        cycle,
+                        &[format!(
+                            "appends did not continue: none acknowledged in {CALL_TIMEOUT:?}"
+                        )],
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(load_ms)).await;
         let power_cut = matches!(disk, Disk::Power(_)) && !last && rng.below(3) < 2;
         if last {
-            // Let the producers see one acknowledgement each, then stop them cleanly.
-            let until = Instant::now() + CALL_TIMEOUT;
-            while ledger.lock().unwrap().acked.len() == acked_before && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
             stop.notify_waiters();
         }
         server.kill();
@@ -716,15 +740,14 @@ async fn run_variant(label: &str, engine: &str, on_powerfs: bool) {
         for p in producers {
             p.await.unwrap();
         }
-        let acked_now = ledger.lock().unwrap().acked.len();
-        if last && acked_now == acked_before {
-            fail(
-                &ledger,
-                cycle,
-                &["appends did not continue: none acknowledged".into()],
-            );
-        }
-        let mut fault = format!("fault c{cycle}: SIGKILL after {load_ms} ms");
+        let mut fault = format!(
+            "fault c{cycle}: SIGKILL {load_ms} ms after {}",
+            if early {
+                "the producers started"
+            } else {
+                "the first acknowledgement"
+            }
+        );
         if last {
             // The end of the run, not a fault: the producers were stopped first.
         } else if power_cut {
