@@ -55,6 +55,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a cycle's load runs before its fault.
 const LOAD_MS_MAX: u64 = 1500;
+/// Batches one producer sends in one cycle, at most.
+const BATCHES_PER_CYCLE_MAX: u64 = 1_000_000;
 /// Reads per partition in one verification, at most (each returns at least one record).
 const READS_MAX: usize = 1_000_000;
 
@@ -292,7 +294,8 @@ async fn produce(
     let stopping = stop.notified();
     tokio::pin!(stopping);
     stopping.as_mut().enable();
-    for seq in 0u64.. {
+    // Bounded: the stop ends it long before (a cycle's load lasts at most 1.5 s).
+    for seq in 0..BATCHES_PER_CYCLE_MAX {
         let partition = rng.below(u64::from(PARTITIONS)) as u32;
         let count = rng.below(BATCH_RECORDS_MAX) + 1;
         let values: Vec<Vec<u8>> = (0..count)
