@@ -119,7 +119,9 @@ fn probe_uring(
             limit.rlim_cur / 1024
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Durably (see topics::load_all): made here first, the data dir's own entry must survive.
+    crate::storage::fsutil::create_dir_all_durable(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let path = dir.join(format!(".uring-probe-{}", std::process::id()));
     let probe_path = path.clone();
     let started = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result, meta_err};
-use crate::storage::fsutil::sync_dir;
+use crate::storage::fsutil::{create_dir_all_durable, sync_dir};
 
 /// Longest topic name, in bytes. A name is one directory name, `data_dir/topics/<topic>/`,
 /// which a file system bounds at 255 bytes; 249 is Kafka's limit, kept so that names move
@@ -180,7 +180,9 @@ fn read_meta(dir: &Path, name: &str) -> Result<Option<TopicMeta>> {
 /// interrupted creations and deletions, and re-assigning partitions (persisted) of topics
 /// whose metadata was written for another shard count.
 pub(crate) fn load_all(topics_dir: &Path, shard_count: usize) -> Result<Vec<TopicMeta>> {
-    fs::create_dir_all(topics_dir).map_err(meta_err("create topics dir", topics_dir))?;
+    // Durably: a fresh data dir whose entry (or `topics`'s) is never synced is lost whole at
+    // a power cut, with every topic under it (found by tests/crash_cycles.rs on powerfs).
+    create_dir_all_durable(topics_dir).map_err(meta_err("create topics dir", topics_dir))?;
     let mut topics = Vec::new();
     let entries = fs::read_dir(topics_dir).map_err(meta_err("list topics dir", topics_dir))?;
     for entry in entries {

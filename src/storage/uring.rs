@@ -282,18 +282,39 @@ async fn probe_poll_support(dir: &Path) -> io::Result<()> {
             ),
         )
     };
-    let mut scratch = std::fs::OpenOptions::new()
+    // A file system without O_TMPFILE (FUSE without the `tmpfile` operation, such as the
+    // crash tests' powerfs) gets a named probe file instead, removed below; a crash may leave
+    // it behind, and nothing reads it (it is no segment name).
+    let (mut scratch, named) = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_TMPFILE)
         .open(dir)
-        .map_err(context)?;
+    {
+        Ok(file) => (file, None),
+        Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            let path = dir.join(format!(".uring-poll-probe-{}", std::process::id()));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(context)?;
+            (file, Some(path))
+        }
+        Err(err) => return Err(context(err)),
+    };
     scratch.write_all(&[0; PROBE_BYTES]).map_err(context)?;
     let dma = DmaFile::open(format!("/proc/self/fd/{}", scratch.as_raw_fd()))
         .await
         .map_err(|err| context(err.into()))?;
     let read = dma.read_at(0, PROBE_BYTES).await.map(|bytes| bytes.len());
     let closed = dma.close().await;
+    drop(scratch);
+    if let Some(path) = named {
+        std::fs::remove_file(&path).map_err(context)?;
+    }
     match read.map_err(|err| context(err.into()))? {
         PROBE_BYTES => {}
         short => {
