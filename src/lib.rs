@@ -16,4 +16,6 @@ pub(crate) mod raft;
 pub mod server;
 pub mod shard;
 pub mod storage;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;

@@ -11,6 +11,7 @@
 //! caught up), polled against deadlines derived from the election timings.
 
 mod common;
+mod seeded;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ use tonic::Code;
 use walrs::client::{Client, ClientTls, ReadOptions, record};
 use walrs::proto::v1::AppendRequest;
 use walrs::server::LEADER_METADATA;
+
+use seeded::{Rng, seed};
 
 const NODES: u32 = 3;
 const CYCLES: u32 = 20;
@@ -42,31 +45,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A small deterministic generator (xorshift64*), so a seed replays a run's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("WALRS_TEST_SEED") {
-        Ok(s) => s.parse().expect("WALRS_TEST_SEED is a u64"),
-        Err(_) => {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        }
-    }
 }
 
 struct Processes {

@@ -29,6 +29,8 @@
 //! `target/…/tmp/chaos`) and names it. A summary line per variant goes to
 //! `WALRS_CHAOS_OUT/summary.jsonl`.
 
+mod seeded;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
@@ -40,6 +42,8 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use walrs::client::{Client, ClientTls, ReadOptions};
 use walrs::proto::v1::Record;
+
+use seeded::{Rng, seed};
 
 const TOPIC: &str = "crash";
 const PARTITIONS: u32 = 2;
@@ -59,31 +63,6 @@ const LOAD_MS_MAX: u64 = 1500;
 const BATCHES_PER_CYCLE_MAX: u64 = 1_000_000;
 /// Reads per partition in one verification, at most (each returns at least one record).
 const READS_MAX: usize = 1_000_000;
-
-/// xorshift64*: a seed replays a run's choices.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("WALRS_TEST_SEED") {
-        Ok(s) => s.parse().expect("WALRS_TEST_SEED is a u64"),
-        Err(_) => {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        }
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)

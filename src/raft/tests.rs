@@ -545,13 +545,7 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
 /// one): the groups still elect, commit and never lose or change an acknowledged record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_duplicated_and_reordered_messages_lose_no_ack() {
-    let base = match std::env::var("WALRS_TEST_SEED") {
-        Ok(seed) => seed.parse().expect("WALRS_TEST_SEED is a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    };
+    let base = crate::testing::seed();
     for round in 0..4u64 {
         let seed = base.wrapping_add(round) | 1;
         println!("seed {seed} (WALRS_TEST_SEED={seed} replays this round)");
@@ -831,6 +825,21 @@ async fn terms(cluster: &Cluster, topic: &str) -> Vec<(NodeId, Option<NodeId>, u
     out
 }
 
+/// Waits until partition 0 of `q` is quiet again on every node, and checks that `what`
+/// changed neither its leader nor its term (`before`, from [`terms`]).
+async fn settles_unchanged(
+    cluster: &Cluster,
+    before: &[(NodeId, Option<NodeId>, u64)],
+    what: &str,
+) {
+    all_quiet(cluster, 1).await;
+    assert_eq!(
+        terms(cluster, "q").await,
+        before,
+        "{what} changed the quiet group's leader or term"
+    );
+}
+
 /// Idle groups go quiet; a write wakes them and is committed; a restarted follower does not
 /// depose a quiet leader; a quiet leader cut off is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -864,24 +873,14 @@ async fn idle_groups_go_quiet_and_wake_for_writes_restarts_and_lost_leaders() {
     // learns the leader instead of deposing it.
     let follower = (1..=3).find(|&id| id != leader).unwrap();
     cluster.restart(follower, None).await;
-    all_quiet(&cluster, 1).await;
-    assert_eq!(
-        terms(&cluster, "q").await,
-        before,
-        "a restarted follower changed the quiet group's leader or term"
-    );
+    settles_unchanged(&cluster, &before, "a restarted follower").await;
 
     // A follower's link to the leader flaps, unseen by the leader: the follower wakes, finds
     // its election timer long expired and campaigns; the other follower (quiet) and the
     // leader refuse its pre-votes and the leader resumes heartbeats, so nothing changes.
     cluster.transport.flap(follower, leader);
     some_awake(&cluster, follower).await;
-    all_quiet(&cluster, 1).await;
-    assert_eq!(
-        terms(&cluster, "q").await,
-        before,
-        "a follower woken by a link flap changed the quiet group's leader or term"
-    );
+    settles_unchanged(&cluster, &before, "a follower woken by a link flap").await;
 
     // Both ends see the link flap (a connection reset): leader and follower wake, each at its
     // own shard's next look; the follower's election timer has long expired and the leader's
@@ -890,12 +889,7 @@ async fn idle_groups_go_quiet_and_wake_for_writes_restarts_and_lost_leaders() {
     cluster.transport.flap(follower, leader);
     cluster.transport.flap(leader, follower);
     some_awake(&cluster, follower).await;
-    all_quiet(&cluster, 1).await;
-    assert_eq!(
-        terms(&cluster, "q").await,
-        before,
-        "a link reset seen from both ends changed the quiet group's leader or term"
-    );
+    settles_unchanged(&cluster, &before, "a link reset seen from both ends").await;
 
     // The quiet leader is cut off: its followers' link to it changes, they wake and elect.
     cluster.transport.cut(leader);
@@ -967,13 +961,7 @@ async fn a_replica_that_loses_its_unsynced_writes_loses_no_acknowledged_record()
             .with_test_writer()
             .try_init(),
     );
-    let base = match std::env::var("WALRS_TEST_SEED") {
-        Ok(seed) => seed.parse().expect("WALRS_TEST_SEED is a u64"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    };
+    let base = crate::testing::seed();
     let cases = 3;
     for case in 0..cases {
         let seed = (base | 1).wrapping_add(case * 2);

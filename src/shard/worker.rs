@@ -1675,13 +1675,7 @@ pub(crate) mod tests {
     /// Seeds are printed; `WALRS_TEST_SEED` replays one.
     #[test]
     fn acknowledged_appends_survive_a_power_cut_at_any_write() {
-        let base = match std::env::var("WALRS_TEST_SEED") {
-            Ok(seed) => seed.parse().expect("WALRS_TEST_SEED is a u64"),
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64,
-        };
+        let base = crate::testing::seed();
         let cases = 48;
         let mut crashed = 0;
         for case in 0..cases {
