@@ -72,6 +72,24 @@ fn attr_of(tree: &Tree, ino: u64) -> Result<FileAttr, Errno> {
 }
 
 impl PowerFs {
+    /// Makes a directory or regular file and answers with its attributes (mkdir, mknod).
+    fn reply_new_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        is_dir: bool,
+        mode: u32,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .new_entry(parent, name, is_dir, mode)
+            .and_then(|ino| attr_of(&lock(&self.tree), ino))
+        {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn new_entry(&self, parent: u64, name: &OsStr, is_dir: bool, mode: u32) -> Result<u64, Errno> {
         let mut tree = lock(&self.tree);
         tree.create(parent, name, is_dir, (mode & 0o7777) as u16)
@@ -148,13 +166,7 @@ impl Filesystem for PowerFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.new_entry(parent.0, name, true, mode) {
-            Ok(ino) => match attr_of(&lock(&self.tree), ino) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(e),
-        }
+        self.reply_new_entry(parent.0, name, true, mode, reply);
     }
 
     fn mknod(
@@ -170,13 +182,7 @@ impl Filesystem for PowerFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        match self.new_entry(parent.0, name, false, mode) {
-            Ok(ino) => match attr_of(&lock(&self.tree), ino) {
-                Ok(a) => reply.entry(&TTL, &a, Generation(0)),
-                Err(e) => reply.error(e),
-            },
-            Err(e) => reply.error(e),
-        }
+        self.reply_new_entry(parent.0, name, false, mode, reply);
     }
 
     fn create(
