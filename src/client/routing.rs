@@ -21,10 +21,12 @@
 //! Giving up (budget spent or attempts used) returns the last status's code with a message
 //! naming the attempts, the time and the nodes tried.
 //!
-//! # Appends are not idempotent yet
-//! Until idempotent producers land (issue 12), an append retried after a transport failure
-//! may be written twice: the first attempt may have been written before its answer was
-//! lost. An append refused with the leader hint (or `UNAVAILABLE` without one) was not
+//! # Retried appends
+//! An append retried after a transport failure may have been written by its first attempt
+//! before the answer was lost: sent with a producer id and sequence (idempotent producers,
+//! `Sequences`, the default of `walrs produce` and `walrs bench`), the retry is answered
+//! with the first attempt's offsets and not written again; sent without, it may be written
+//! twice. An append refused with the leader hint (or `UNAVAILABLE` without one) was not
 //! written, so following it never duplicates.
 //!
 //! Never: hold the state lock across an `.await`, cache a connection to an address it does
