@@ -458,6 +458,33 @@ fn admit_producer<RT: AsyncRuntime>(
         })
 }
 
+/// Answers a retry of an idempotent batch already written at `written`: now when it is
+/// committed (below `high_watermark`; always so on a replicated partition, which records only
+/// what it applied), else after the flush that makes the original durable, with it.
+fn answer_duplicate(
+    high_watermark: u64,
+    key: Key,
+    written: Written,
+    reply: Reply<AppendAck>,
+    pending: &mut Vec<Pending>,
+) {
+    if written.base_offset + u64::from(written.count) <= high_watermark {
+        let ack = AppendAck {
+            partition: key.1,
+            base_offset: written.base_offset,
+            count: written.count,
+        };
+        send(reply, Ok(ack));
+    } else {
+        pending.push(Pending {
+            key,
+            base_offset: written.base_offset,
+            count: written.count,
+            reply,
+        });
+    }
+}
+
 /// A partition's producer table as its log's last batches below the commit mark tell it (at
 /// most `producer_rebuild_batches_max` of them, headers only). A log whose headers cannot be
 /// read gives an empty table, with a warning: its producers start afresh.
@@ -692,52 +719,54 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         reply: Reply<AppendAck>,
         pending: &mut Vec<Pending>,
     ) {
-        let stamp = batch.producer();
-        let reply = match stamp {
-            Some(stamp) => match self.admit_stamped(&key, stamp, reply, pending) {
-                Some(reply) => reply,
-                None => return,
-            },
-            None => reply,
-        };
         let Some(p) = self.partitions.get_mut(&key) else {
             return send(reply, Err(unknown(&key.0)));
         };
-        match leading_group(&p.replication, self.raft.as_ref(), &key) {
-            Ok(None) => {}
+        let leading = match leading_group(&p.replication, self.raft.as_ref(), &key) {
+            Ok(leading) => leading,
             // Refused before anything changes; the client follows the hint.
             Err(e) => return send(reply, Err(e)),
-            Ok(Some(group)) => {
-                let stats = self.stats.clone();
-                let raft = self.raft.clone();
-                let abandon = stamp.map(|stamp| (self.local.clone(), stamp));
-                let (topic, partition) = key;
-                group.propose(
-                    Proposal::Records(batch),
-                    Box::new(move |result| {
-                        let answer = match result {
-                            Ok(applied) => {
-                                ShardStats::add(&stats.appends, 1);
-                                ShardStats::add(&stats.records, u64::from(applied.count));
-                                Ok(AppendAck {
-                                    partition,
-                                    base_offset: applied.base_offset,
-                                    count: applied.count,
-                                })
-                            }
-                            Err(e) => {
-                                let key = (topic, partition);
-                                if let Some((local, stamp)) = abandon {
-                                    abandoned(&local, &key, stamp);
-                                }
-                                Err(propose_error(raft.as_ref(), &key, e))
-                            }
-                        };
-                        send(reply, answer);
-                    }),
-                );
-                return;
+        };
+        let stamp = batch.producer();
+        if let Some(stamp) = stamp {
+            match admit_producer(&mut p.producers, p.applied.as_ref(), leading, &key, stamp) {
+                Ok(Admit::Write) => {}
+                Ok(Admit::Duplicate(written)) => {
+                    return answer_duplicate(p.log.high_watermark(), key, written, reply, pending);
+                }
+                Err(e) => return send(reply, Err(e)),
             }
+        }
+        if let Some(group) = leading {
+            let stats = self.stats.clone();
+            let raft = self.raft.clone();
+            let abandon = stamp.map(|stamp| (self.local.clone(), stamp));
+            let (topic, partition) = key;
+            group.propose(
+                Proposal::Records(batch),
+                Box::new(move |result| {
+                    let answer = match result {
+                        Ok(applied) => {
+                            ShardStats::add(&stats.appends, 1);
+                            ShardStats::add(&stats.records, u64::from(applied.count));
+                            Ok(AppendAck {
+                                partition,
+                                base_offset: applied.base_offset,
+                                count: applied.count,
+                            })
+                        }
+                        Err(e) => {
+                            let key = (topic, partition);
+                            if let Some((local, stamp)) = abandon {
+                                abandoned(&local, &key, stamp);
+                            }
+                            Err(propose_error(raft.as_ref(), &key, e))
+                        }
+                    };
+                    send(reply, answer);
+                }),
+            );
+            return;
         }
         match p.log.append_checked(&batch).await {
             Ok(base_offset) => {
@@ -763,54 +792,6 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 send(reply, Err(Error::storage(&key.0, key.1, e)));
             }
         }
-    }
-
-    /// Admits an idempotent producer's batch (see [`admit_producer`]): gives `reply` back
-    /// when the batch is to be written (or refused by [`Shard::append`], on a node that does
-    /// not lead the partition), and answers it here, returning `None`, for a retry of a
-    /// batch already written or a refused sequence.
-    fn admit_stamped(
-        &mut self,
-        key: &Key,
-        stamp: ProducerStamp,
-        reply: Reply<AppendAck>,
-        pending: &mut Vec<Pending>,
-    ) -> Option<Reply<AppendAck>> {
-        let Some(p) = self.partitions.get_mut(key) else {
-            return Some(reply);
-        };
-        let Ok(leading) = leading_group(&p.replication, self.raft.as_ref(), key) else {
-            return Some(reply);
-        };
-        let written =
-            match admit_producer(&mut p.producers, p.applied.as_ref(), leading, key, stamp) {
-                Ok(Admit::Write) => return Some(reply),
-                Ok(Admit::Duplicate(written)) => written,
-                Err(e) => {
-                    send(reply, Err(e));
-                    return None;
-                }
-            };
-        if written.base_offset + u64::from(written.count) <= p.log.high_watermark() {
-            // Committed already (always, on a replicated partition, which records only what
-            // it applied): answered now, nothing written.
-            let ack = AppendAck {
-                partition: key.1,
-                base_offset: written.base_offset,
-                count: written.count,
-            };
-            send(reply, Ok(ack));
-        } else {
-            // Written by this group, or by one whose flush is still to come: answered with
-            // it, after the flush that makes it durable.
-            pending.push(Pending {
-                key: key.clone(),
-                base_offset: written.base_offset,
-                count: written.count,
-                reply,
-            });
-        }
-        None
     }
 
     /// Makes the group's appends readable (and durable under `Fsync`) with one sync per
