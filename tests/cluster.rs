@@ -149,6 +149,24 @@ impl TestCluster {
         .unwrap()
     }
 
+    /// CreateTopic of `name` with one partition and 3 replicas, asked of node `id` as root.
+    async fn create_replicated(
+        &self,
+        id: u32,
+        name: &str,
+    ) -> Result<pb::CreateTopicResponse, tonic::Status> {
+        self.client(id, "root")
+            .await
+            .log_client()
+            .create_topic(pb::CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                replication_factor: 3,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// The leader the live nodes agree on for `topic`/`partition`, once one is known.
     async fn leader(&self, topic: &str, partition: u32) -> u32 {
         let until = deadline();
@@ -294,17 +312,7 @@ fn batch(from: usize, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_and_keep_every_ack_across_a_leader_stop() {
     let mut cluster = TestCluster::start(3).await;
-    let admin = cluster.client(1, "root").await;
-    let created = admin
-        .log_client()
-        .create_topic(pb::CreateTopicRequest {
-            name: "orders".into(),
-            partitions: 1,
-            replication_factor: 3,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let created = cluster.create_replicated(1, "orders").await.unwrap();
     assert_eq!(created.partitions, 1);
     // Every node holds the topic, with the same replicas.
     for id in 1..=3 {
@@ -564,17 +572,7 @@ async fn a_node_that_lost_its_disk_or_missed_a_creation_rejoins_by_itself() {
     let mut cluster = TestCluster::start(3).await;
     cluster.stop(3).await;
     // Created while node 3 is down: placed on 1 and 2, and the refusal says node 3 lacks it.
-    let partial = cluster
-        .client(1, "root")
-        .await
-        .log_client()
-        .create_topic(pb::CreateTopicRequest {
-            name: "late".into(),
-            partitions: 1,
-            replication_factor: 3,
-        })
-        .await
-        .unwrap_err();
+    let partial = cluster.create_replicated(1, "late").await.unwrap_err();
     assert_eq!(partial.code(), Code::Unavailable, "{partial:?}");
     assert!(partial.message().contains("node 3"), "{partial:?}");
     let mut expected = Vec::new();
@@ -624,17 +622,7 @@ fn idempotent(sequence: u64) -> pb::AppendRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_on_a_new_leader_gets_the_original_offsets() {
     let mut cluster = TestCluster::start(3).await;
-    cluster
-        .client(1, "root")
-        .await
-        .log_client()
-        .create_topic(pb::CreateTopicRequest {
-            name: "orders".into(),
-            partitions: 1,
-            replication_factor: 3,
-        })
-        .await
-        .unwrap();
+    cluster.create_replicated(1, "orders").await.unwrap();
     let leader = cluster.leader("orders", 0).await;
     let mut acks = Vec::new();
     for s in 0..6 {

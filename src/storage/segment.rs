@@ -863,18 +863,7 @@ impl<E: Engine> Segment<E> {
 
     /// Flushes the index and closes the store (no sync: the caller syncs when it must).
     pub async fn close(mut self) -> Result<()> {
-        if let Some(files) = self.files.take() {
-            files
-                .index
-                .flush()
-                .map_err(io_err("flush index", &self.index_path))?;
-            files
-                .store
-                .close()
-                .await
-                .map_err(io_err("close", &self.store_path))?;
-        }
-        Ok(())
+        self.close_files().await
     }
 
     /// Deletes both files.
