@@ -348,6 +348,18 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::append`] of `value`, recorded in `acked` at its offset; returns the leader.
+    async fn append_acked(
+        &self,
+        topic: &str,
+        value: Vec<u8>,
+        acked: &mut Vec<(u64, Vec<u8>)>,
+    ) -> NodeId {
+        let (leader, offset) = self.append(topic, &value).await;
+        acked.push((offset, value));
+        leader
+    }
+
     /// Every record node `id` serves (waits until its high watermark reaches `end`).
     async fn records(&self, id: NodeId, topic: &str, end: u64) -> Vec<(u64, Vec<u8>)> {
         let set = self.node(id);
@@ -403,10 +415,9 @@ async fn three_replicas_elect_replicate_commit_and_survive_the_leader() {
     let mut acked: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut leader = 0;
     for i in 0..20 {
-        let value = format!("before-{i}").into_bytes();
-        let (at, offset) = cluster.append("t", &value).await;
-        leader = at;
-        acked.push((offset, value));
+        leader = cluster
+            .append_acked("t", format!("before-{i}").into_bytes(), &mut acked)
+            .await;
     }
     let end = acked.last().unwrap().0 + 1;
     for id in 1..=3 {
@@ -420,10 +431,10 @@ async fn three_replicas_elect_replicate_commit_and_survive_the_leader() {
     // Cut the leader off: the other two elect a new one and keep every acknowledged record.
     cluster.transport.cut(leader);
     for i in 0..10 {
-        let value = format!("after-{i}").into_bytes();
-        let (at, offset) = cluster.append("t", &value).await;
+        let at = cluster
+            .append_acked("t", format!("after-{i}").into_bytes(), &mut acked)
+            .await;
         assert_ne!(at, leader, "the cut-off leader cannot commit");
-        acked.push((offset, value));
     }
     let end = acked.last().unwrap().0 + 1;
     for id in cluster.live() {
@@ -493,10 +504,10 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
     cluster.transport.cut(lagging);
     let mut acked = vec![];
     for i in 0..10 {
-        let value = format!("committed-{i}").into_bytes();
-        let (at, offset) = cluster.append("w", &value).await;
+        let at = cluster
+            .append_acked("w", format!("committed-{i}").into_bytes(), &mut acked)
+            .await;
         assert_eq!(at, leader);
-        acked.push((offset, value));
     }
     let end = acked.last().unwrap().0 + 1;
     cluster.records(wiped, "w", end).await;
@@ -598,10 +609,9 @@ async fn a_cut_off_leader_stops_taking_appends_and_its_suffix_is_replaced() {
     let mut acked = Vec::new();
     let mut old = 0;
     for i in 0..5 {
-        let value = format!("before-{i}").into_bytes();
-        let (at, offset) = cluster.append("p", &value).await;
-        old = at;
-        acked.push((offset, value));
+        old = cluster
+            .append_acked("p", format!("before-{i}").into_bytes(), &mut acked)
+            .await;
     }
     cluster.transport.cut(old);
     // Appended on the cut-off leader alone: it can never be acknowledged.
@@ -616,10 +626,10 @@ async fn a_cut_off_leader_stops_taking_appends_and_its_suffix_is_replaced() {
         })
     };
     for i in 0..5 {
-        let value = format!("after-{i}").into_bytes();
-        let (at, offset) = cluster.append("p", &value).await;
+        let at = cluster
+            .append_acked("p", format!("after-{i}").into_bytes(), &mut acked)
+            .await;
         assert_ne!(at, old);
-        acked.push((offset, value));
     }
     // Past its lease the old leader refuses appends at once, naming no leader.
     let deadline = Instant::now() + election_deadline();
@@ -667,10 +677,9 @@ async fn a_restarted_replica_serves_what_it_had_applied_before_any_leader_contac
     let mut acked = Vec::new();
     let mut leader = 0;
     for i in 0..10 {
-        let value = format!("r-{i}").into_bytes();
-        let (at, offset) = cluster.append("r", &value).await;
-        leader = at;
-        acked.push((offset, value));
+        leader = cluster
+            .append_acked("r", format!("r-{i}").into_bytes(), &mut acked)
+            .await;
     }
     let end = acked.last().unwrap().0 + 1;
     let follower = (1..=3).find(|&id| id != leader).unwrap();
@@ -717,9 +726,13 @@ async fn a_follower_behind_the_leaders_log_start_installs_a_snapshot() {
 
     let mut acked = Vec::new();
     for i in 0..200 {
-        let value = format!("retained-{i:04}-{}", "x".repeat(40)).into_bytes();
-        let (_, offset) = cluster.append("s", &value).await;
-        acked.push((offset, value));
+        cluster
+            .append_acked(
+                "s",
+                format!("retained-{i:04}-{}", "x".repeat(40)).into_bytes(),
+                &mut acked,
+            )
+            .await;
     }
     // The leader's retention purges past the away follower's end.
     let deadline = Instant::now() + election_deadline();
@@ -983,9 +996,9 @@ async fn a_replica_that_loses_its_unsynced_writes_loses_no_acknowledged_record()
             .restart_faulty(victim, crash_after, rng.roll(u64::MAX))
             .await;
         for i in 0..60 {
-            let value = format!("c{case}-{i}").into_bytes();
-            let (_, offset) = cluster.append("c", &value).await;
-            acked.push((offset, value));
+            cluster
+                .append_acked("c", format!("c{case}-{i}").into_bytes(), &mut acked)
+                .await;
         }
         cluster.power_cycle(victim).await;
         let (_, offset) = cluster.append("c", b"after").await;
