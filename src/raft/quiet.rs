@@ -189,7 +189,7 @@ impl Quiescence {
 
     /// A proposal (records or a command): a quiet leader wakes.
     pub(crate) fn active<RT: AsyncRuntime>(&self, raft: &PartitionRaft<RT>) {
-        self.activity.set(self.activity.get() + 1);
+        // `wake` counts the activity, which makes an open round give up.
         self.last_activity.set(Instant::now());
         if self.round_open.get() {
             raft.runtime_config().tick(true);
@@ -376,8 +376,8 @@ impl Quiescence {
                 follows_caught_up && vote.committed
             }
             Ok(Kind::Wake) => {
-                // Also ends a round in flight: whoever asks saw a campaign.
-                self.activity.set(self.activity.get() + 1);
+                // Also ends a round in flight (`wake` counts as activity): whoever asks saw a
+                // campaign.
                 self.wake(raft, "a member saw a campaign, or a leader left");
                 leads
             }
@@ -439,8 +439,7 @@ impl Quiescence {
                 }
             }
             State::Leading { .. } => {
-                let members = raft.metrics().borrow_watched().membership_config.clone();
-                if members.membership().nodes().any(|(id, _)| changed(*id)) {
+                if member_changed(raft, changed) {
                     self.wake(raft, "the link to a member changed");
                 }
             }
@@ -451,8 +450,7 @@ impl Quiescence {
                 if self.round_open.get() {
                     // A member that went or came back during the round needs heartbeats:
                     // the round gives up.
-                    let members = raft.metrics().borrow_watched().membership_config.clone();
-                    if members.membership().nodes().any(|(id, _)| changed(*id)) {
+                    if member_changed(raft, changed) {
                         self.activity.set(self.activity.get() + 1);
                     }
                     return;
@@ -542,6 +540,19 @@ fn round_candidates<RT: AsyncRuntime>(
         followers.push(voter);
     }
     (followers.len() + 1 > voters.len() / 2).then_some((m.vote, last, followers))
+}
+
+/// Whether the link to any member of the group's membership changed (`changed`).
+fn member_changed<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    changed: &dyn Fn(NodeId) -> bool,
+) -> bool {
+    let metrics = raft.metrics();
+    let m = metrics.borrow_watched();
+    m.membership_config
+        .membership()
+        .nodes()
+        .any(|(id, _)| changed(*id))
 }
 
 /// A refused pre-vote, as the quiet leader's lease would refuse it.
