@@ -440,6 +440,18 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
         "a refused creation changes nothing"
     );
 
+    // The controller leader is known to every node; a creation asked of a node that does
+    // not lead it is proposed through the one that does.
+    let controller = admin.describe_cluster().await.unwrap().controller;
+    let until = deadline();
+    let mut controller = controller;
+    while controller == 0 {
+        assert!(Instant::now() < until, "no controller leader known");
+        tokio::time::sleep(POLL).await;
+        controller = admin.describe_cluster().await.unwrap().controller;
+    }
+    let other = (1..=2).find(|&id| id != controller).unwrap();
+    let admin = cluster.client(other, "root").await;
     // Factor 1 over 3 nodes, 6 partitions: each node holds and leads 2 of them, and the
     // others refuse with a hint to the node that does.
     admin
@@ -461,7 +473,11 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
     }
     assert_eq!(per_node.len(), 3, "{d:?}");
     assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
-    let elsewhere = d.partitions.iter().find(|p| p.replicas[0] != 2).unwrap();
+    let elsewhere = d
+        .partitions
+        .iter()
+        .find(|p| p.replicas[0] != other)
+        .unwrap();
     let refused = admin
         .append("spread", Some(elsewhere.id), vec![record("", "x")])
         .await
@@ -555,26 +571,43 @@ async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
     let refused = client.exchange(frames).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("replicate"), "{refused:?}");
-    let place = client
-        .place_topic(pb::PlaceTopicRequest {
-            name: "sneaky".into(),
-            partitions: 1,
-            replicas: vec![pb::ReplicaSet { nodes: vec![1] }],
+    let sneaky = pb::TopicCreated {
+        name: "sneaky".into(),
+        partitions: 1,
+        replicas: vec![pb::ReplicaSet { nodes: vec![1] }],
+        request_id: 1,
+    };
+    let propose = client
+        .propose_metadata(pb::ProposeMetadataRequest {
+            record: Some(pb::MetadataRecord {
+                kind: Some(pb::metadata_record::Kind::TopicCreated(sneaky)),
+            }),
         })
         .await
         .unwrap_err();
-    assert_eq!(place.code(), Code::PermissionDenied, "{place:?}");
+    assert_eq!(propose.code(), Code::PermissionDenied, "{propose:?}");
+    let fetch = client
+        .fetch_metadata(pb::FetchMetadataRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(fetch.code(), Code::PermissionDenied, "{fetch:?}");
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_lost_its_disk_or_missed_a_creation_rejoins_by_itself() {
     let mut cluster = TestCluster::start(3).await;
+    cluster.create_replicated(1, "doomed").await.unwrap();
     cluster.stop(3).await;
-    // Created while node 3 is down: placed on 1 and 2, and the refusal says node 3 lacks it.
-    let partial = cluster.create_replicated(1, "late").await.unwrap_err();
-    assert_eq!(partial.code(), Code::Unavailable, "{partial:?}");
-    assert!(partial.message().contains("node 3"), "{partial:?}");
+    // Created and deleted while node 3 is down: the controller's log holds both, so both
+    // succeed, and node 3 catches up on them when it returns.
+    cluster.create_replicated(1, "late").await.unwrap();
+    cluster
+        .client(2, "root")
+        .await
+        .delete_topic("doomed")
+        .await
+        .unwrap();
     let mut expected = Vec::new();
     let mut end = 0;
     for i in 0..5 {
@@ -583,9 +616,19 @@ async fn a_node_that_lost_its_disk_or_missed_a_creation_rejoins_by_itself() {
         end = ack.base_offset + u64::from(ack.count);
         expected.extend(values.into_iter().map(String::into_bytes));
     }
-    // Node 3 returns, learns the topic from a peer and catches up.
+    // Node 3 returns, learns the topic from the metadata log and catches up, and drops the
+    // topic deleted meanwhile.
     cluster.restart(3).await;
     assert_eq!(cluster.read_all(3, "late", end).await, expected);
+    let node3 = cluster.client(3, "root").await;
+    let until = deadline();
+    while node3.describe_topic("doomed").await.is_ok() {
+        assert!(
+            Instant::now() < until,
+            "node 3 kept a topic deleted while it was down"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 
     // Node 2 loses its whole data dir: it rejoins the same way, and serves every ack.
     cluster.stop(2).await;

@@ -37,7 +37,7 @@ use crate::proto::v1::{
     Record, TruncateRequest, TruncateResponse,
 };
 pub use crate::tls::ClientTls;
-pub use hint::{LEADER_METADATA_KEY, LeaderHint, parse_leader_hint};
+pub use hint::{LEADER_METADATA_KEY, LeaderHint, leader_hint, parse_leader_hint};
 pub use retry::{Attempts, RetryOptions};
 pub use routing::{NODES_MAX, Route, RoutingClient};
 pub use streams::APPEND_WINDOW_MAX;

@@ -1,11 +1,11 @@
-//! Admin calls from one node to another over `walrs.v1.Replication`: placing a topic's
-//! replicas and dropping them, so that a CreateTopic or DeleteTopic made on any node reaches
-//! every node.
+//! Controller calls from one node to another over `walrs.v1.Replication`: proposing a
+//! record to the metadata log's leader, fetching the log from a replica of it, and asking a
+//! node whether it applied the log up to an offset (`server::controller` drives them).
 //!
-//! Owns: one short-lived connection per call (admin calls are rare; the Raft traffic has its
-//! own long-lived links in `transport`), bounded by [`ADMIN_CALL_TIMEOUT`].
-//! Must never: decide the placement (the asking node computed it, `placement`) or touch the
-//! local shards (the server does, for this node).
+//! Owns: one short-lived connection per call (these calls are rare; the Raft traffic has
+//! its own long-lived links in `transport`), bounded by [`ADMIN_CALL_TIMEOUT`] plus the
+//! wait the call asks for.
+//! Must never: decide what to propose, or touch the local shards (the server does).
 
 use std::time::Duration;
 
@@ -16,12 +16,8 @@ use super::transport::{LinkOptions, endpoint};
 use crate::proto::v1 as pb;
 use crate::proto::v1::replication_client::ReplicationClient;
 
-/// How long one admin call to a peer may take, connecting included, before the work it asks
-/// for: a placement opens every partition on the peer's disk, which takes its time with
-/// many partitions (see [`PeerAdmin::place_topic`]).
+/// How long one call to a peer may take, connecting included, beyond the wait it asks for.
 pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// More time a placement may take per partition it creates.
-pub const PLACE_TIME_PER_PARTITION: Duration = Duration::from_millis(100);
 
 /// Why a peer did not do what it was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,6 +30,8 @@ pub enum PeerError {
         addr: String,
         reason: String,
     },
+    #[error("node {node} does not lead the metadata log; node {leader} does")]
+    NotLeader { node: u64, leader: u64 },
     #[error("node {node} at {addr} refused: {}", status.message())]
     Refused {
         node: u64,
@@ -110,42 +108,64 @@ impl PeerAdmin {
         }
     }
 
-    /// Asks `node` to create its replicas of a topic; `Ok(false)` when it already had them.
-    pub async fn place_topic(
+    /// Asks `node` to append a record to the metadata log: the offset once committed.
+    /// A node that does not lead the log answers [`PeerError::NotLeader`].
+    pub async fn propose_metadata(
         &self,
         node: u64,
-        request: pb::PlaceTopicRequest,
-    ) -> Result<bool, PeerError> {
-        // 1,000 partitions take seconds to open on a busy disk; a timeout here would report
-        // a creation that goes on to succeed as failed.
-        let timeout = ADMIN_CALL_TIMEOUT + PLACE_TIME_PER_PARTITION * request.partitions;
+        record: pb::MetadataRecord,
+        timeout: Duration,
+    ) -> Result<u64, PeerError> {
         let (mut client, addr) = self.client(node, timeout).await?;
-        match client.place_topic(request).await {
-            Ok(response) => Ok(response.into_inner().created),
-            Err(status) => Err(Self::refused(node, addr, status)),
+        let request = pb::ProposeMetadataRequest {
+            record: Some(record),
+        };
+        match client.propose_metadata(request).await {
+            Ok(response) => Ok(response.into_inner().offset),
+            Err(status) => match crate::client::leader_hint(&status) {
+                Some(hint) => Err(PeerError::NotLeader {
+                    node,
+                    leader: u64::from(hint.node_id),
+                }),
+                None => Err(Self::refused(node, addr, status)),
+            },
         }
     }
 
-    /// Every topic `node` knows, with its placement.
-    pub async fn list_placements(
+    /// Reads `node`'s committed metadata log from `from_offset`, waiting up to `max_wait`
+    /// for something new.
+    pub async fn fetch_metadata(
         &self,
         node: u64,
-    ) -> Result<Vec<pb::PlaceTopicRequest>, PeerError> {
-        let (mut client, addr) = self.client(node, ADMIN_CALL_TIMEOUT).await?;
-        match client.list_placements(pb::ListPlacementsRequest {}).await {
-            Ok(response) => Ok(response.into_inner().topics),
+        from_offset: u64,
+        max_wait: Duration,
+    ) -> Result<pb::FetchMetadataResponse, PeerError> {
+        let (mut client, addr) = self.client(node, ADMIN_CALL_TIMEOUT + max_wait).await?;
+        let request = pb::FetchMetadataRequest {
+            from_offset,
+            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        match client.fetch_metadata(request).await {
+            Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(Self::refused(node, addr, status)),
         }
     }
 
-    /// Asks `node` to delete its replicas of a topic.
-    pub async fn drop_topic(&self, node: u64, name: &str) -> Result<(), PeerError> {
-        let (mut client, addr) = self.client(node, ADMIN_CALL_TIMEOUT).await?;
-        let request = pb::DropTopicRequest {
-            name: name.to_owned(),
+    /// Waits up to `max_wait` for `node` to apply the metadata log up to `offset`: how far
+    /// it got.
+    pub async fn sync_metadata(
+        &self,
+        node: u64,
+        offset: u64,
+        max_wait: Duration,
+    ) -> Result<u64, PeerError> {
+        let (mut client, addr) = self.client(node, ADMIN_CALL_TIMEOUT + max_wait).await?;
+        let request = pb::SyncMetadataRequest {
+            offset,
+            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
         };
-        match client.drop_topic(request).await {
-            Ok(_) => Ok(()),
+        match client.sync_metadata(request).await {
+            Ok(response) => Ok(response.into_inner().applied),
             Err(status) => Err(Self::refused(node, addr, status)),
         }
     }

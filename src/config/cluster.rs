@@ -28,6 +28,9 @@ pub const CLUSTER_NODES_MAX: usize = 1024;
 /// Replicas of a topic created without a replication factor in a cluster, when the
 /// cluster has at least that many nodes (Kafka's and Redpanda's usual choice).
 const CLUSTER_REPLICATION_FACTOR_DEFAULT: u32 = 3;
+/// The controller's voters when `controller_voters` is empty: the first this many node ids
+/// (as KRaft and Redpanda: three voters survive one loss; more only slow every change).
+pub const CONTROLLER_VOTERS_DEFAULT: usize = 3;
 
 /// One other node of the cluster: `[[cluster.peers]] id = 2, addr = "10.0.0.2:7070"`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -75,6 +78,10 @@ pub struct ClusterConfig {
     /// A partition with no write for this long goes quiet: no heartbeats, no election
     /// timers, until a write, a vote, or a change in the links between its nodes; 0 = never.
     pub quiesce_after_ms: u64,
+    /// The nodes whose replicas hold the controller's metadata log (topics and their
+    /// placement): its Raft voters. Empty = the first [`CONTROLLER_VOTERS_DEFAULT`] node ids.
+    /// Every node must list the same ones.
+    pub controller_voters: Vec<u32>,
 }
 
 impl Default for ClusterConfig {
@@ -93,6 +100,7 @@ impl Default for ClusterConfig {
             replication_cache_bytes_max: 4 * MIB,
             raft_payload_entries_max: timings.raft_payload_entries_max,
             quiesce_after_ms: timings.quiesce_after_ms,
+            controller_voters: Vec::new(),
         }
     }
 }
@@ -139,6 +147,28 @@ impl ClusterConfig {
         }
     }
 
+    /// The controller's voters (`controller_voters`, or the first
+    /// [`CONTROLLER_VOTERS_DEFAULT`] node ids), sorted; empty outside a cluster.
+    pub fn controller_voters(&self) -> Vec<u64> {
+        if self.node_id == 0 {
+            return Vec::new();
+        }
+        let mut voters: Vec<u64> = if self.controller_voters.is_empty() {
+            let mut ids: Vec<u64> = self.peers.iter().map(|p| u64::from(p.id)).collect();
+            ids.push(u64::from(self.node_id));
+            ids.sort_unstable();
+            ids.truncate(CONTROLLER_VOTERS_DEFAULT);
+            ids
+        } else {
+            self.controller_voters
+                .iter()
+                .map(|&id| u64::from(id))
+                .collect()
+        };
+        voters.sort_unstable();
+        voters
+    }
+
     /// The Raft timings these keys set.
     pub(crate) fn raft_timings(&self) -> RaftTimings {
         RaftTimings {
@@ -155,6 +185,7 @@ impl ClusterConfig {
     pub(super) fn validate(&self, listen: SocketAddr, batch_bytes_max: u64) -> Result<(), Invalid> {
         self.validate_membership(listen)?;
         self.validate_replication_factor()?;
+        self.validate_controller_voters()?;
         let key = |name: &str| format!("cluster.{name}");
         self.raft_timings().validate_as(&key)?;
         check_range(
@@ -250,6 +281,41 @@ impl ClusterConfig {
                     key("addr"),
                     format!("{:?}", peer.addr),
                     format!("must be distinct: cluster.peers[{j}] has the same address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_controller_voters(&self) -> Result<(), Invalid> {
+        let key = "cluster.controller_voters";
+        let voters = &self.controller_voters;
+        if voters.is_empty() {
+            return Ok(());
+        }
+        if self.node_id == 0 {
+            return Err(Invalid::new(
+                key,
+                format!("{voters:?}"),
+                "needs a cluster: set `cluster.node_id` and [[cluster.peers]], or remove it",
+            ));
+        }
+        for (i, id) in voters.iter().enumerate() {
+            if *id != self.node_id && !self.peers.iter().any(|p| p.id == *id) {
+                return Err(Invalid::new(
+                    key,
+                    format!("{voters:?}"),
+                    format!(
+                        "lists node {id}, which is neither `cluster.node_id` nor a peer: \
+                         list ids of known nodes"
+                    ),
+                ));
+            }
+            if voters[..i].contains(id) {
+                return Err(Invalid::new(
+                    key,
+                    format!("{voters:?}"),
+                    format!("lists node {id} twice"),
                 ));
             }
         }
@@ -519,6 +585,25 @@ mod tests {
         ];
         for (text, key) in cases {
             assert_eq!(refused(text).key, key, "{text}");
+        }
+    }
+
+    #[test]
+    fn controller_voters_default_to_the_first_three_and_must_be_known() {
+        let peers = "node_id = 4\n[[peers]]\nid = 1\naddr = \"a:1\"\n[[peers]]\nid = 3\n\
+                     addr = \"a:3\"\n[[peers]]\nid = 2\naddr = \"a:2\"\n";
+        assert_eq!(parse(peers).controller_voters(), vec![1, 2, 3]);
+        assert!(parse("").controller_voters().is_empty());
+        assert_eq!(parse("node_id = 7").controller_voters(), vec![7]);
+        let chosen = format!("controller_voters = [4, 1]\n{peers}");
+        check(&chosen).unwrap();
+        assert_eq!(parse(&chosen).controller_voters(), vec![1, 4]);
+        for bad in [
+            format!("controller_voters = [5]\n{peers}"),
+            format!("controller_voters = [1, 1]\n{peers}"),
+            "controller_voters = [1]".to_owned(),
+        ] {
+            assert_eq!(refused(&bad).key, "cluster.controller_voters", "{bad}");
         }
     }
 

@@ -317,7 +317,7 @@ impl Cluster {
     async fn create(&self, topic: &str, replicas: &[NodeId]) {
         for id in replicas {
             self.node(*id)
-                .create_topic_on(topic, 1, vec![replicas.to_vec()], true)
+                .create_topic_on(topic, 1, vec![replicas.to_vec()], true, 0)
                 .await
                 .unwrap();
         }

@@ -1,24 +1,25 @@
 //! Admin calls: create, delete, list and describe topics, truncate a partition, and
 //! describe the cluster.
 //!
-//! The cluster is what `[cluster]` says (static membership, until gossip). In a cluster a
-//! creation is placed on every node (`cluster::placement`, then `Replication/PlaceTopic` to
-//! each peer) and a deletion reaches every node; a solo partition's leader is this node at
-//! epoch 0, a replicated one's is whoever its group names, at its term.
+//! In a cluster, a creation or deletion is a record of the controller's metadata log
+//! (`server::controller`): this node proposes it (placing the replicas with
+//! `cluster::placement`, balanced against the topics that exist), waits until it has
+//! applied it, and gives the other nodes a bounded time to apply it too. A solo partition's
+//! leader is this node at epoch 0, a replicated one's is whoever its group names, at its term.
 //!
-//! Each is checked (running, topic name, ACL) before the shard set is called; creation is
-//! bounded by `server.partitions_per_topic_max` here and `server.topics_max` in the shard
-//! set (under its admin lock). Must never change a topic other than the one named.
+//! Each is checked (running, topic name, ACL) before anything is changed; creation is
+//! bounded by `server.partitions_per_topic_max` here and `server.topics_max` (here against
+//! the metadata, and in the shard set under its admin lock). Must never change a topic other
+//! than the one named.
 
 use tonic::Request;
 
 use super::acl::Action;
+use super::controller::Controller;
 use super::errors::{Error, Result};
 use super::service::{Inner, peer_addr};
-use crate::cluster::peers::{PeerAdmin, PeerError};
-use crate::cluster::placement;
+use crate::cluster::{metadata, placement};
 use crate::observability;
-use crate::proto::v1 as pb;
 use crate::proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
     DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse, ListTopicsResponse,
@@ -53,43 +54,6 @@ fn replication_factor_for(asked: u32, default: u32, nodes: u32) -> Result<u32> {
     })
 }
 
-/// What one node answered to a topic's placement.
-type Placed = std::result::Result<bool, String>;
-
-/// The outcome of placing a topic on every node: created somewhere and failed nowhere is
-/// success; existing everywhere is ALREADY_EXISTS; any failure names the nodes.
-fn placement_outcome(topic: &str, answers: &[(u64, Placed)]) -> Result<()> {
-    if let Some(failed) = failures(answers) {
-        let done: Vec<u64> = answers
-            .iter()
-            .filter(|(_, a)| a.is_ok())
-            .map(|(node, _)| *node)
-            .collect();
-        return Err(Error::Cluster {
-            message: format!(
-                "topic {topic:?} is placed on nodes {done:?} but not everywhere ({failed}); \
-                 retry CreateTopic once the nodes are up: it completes the placement"
-            ),
-        });
-    }
-    if answers.iter().all(|(_, a)| matches!(a, Ok(false))) {
-        return Err(shard::Error::TopicExists {
-            topic: topic.to_owned(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
-/// The nodes that failed a cluster-wide call, each with why (`None` when none did).
-fn failures(answers: &[(u64, Placed)]) -> Option<String> {
-    let failed: Vec<String> = answers
-        .iter()
-        .filter_map(|(node, a)| a.as_ref().err().map(|e| format!("node {node}: {e}")))
-        .collect();
-    (!failed.is_empty()).then(|| failed.join("; "))
-}
-
 impl Inner {
     /// Creates `topic` with `partitions` partitions (0: the default), within `topics_max`:
     /// on this node alone, or in a cluster on every node with the same placement.
@@ -110,102 +74,102 @@ impl Inner {
             cluster.effective_replication_factor(),
             cluster.node_count(),
         )?;
-        if let Some(peers) = &self.peers {
-            let membership = peers.membership();
-            let replicas = placement::place(topic, partitions, factor, &membership.ids());
-            let request = pb::PlaceTopicRequest {
-                name: topic.to_owned(),
-                partitions,
-                replicas: replicas
-                    .iter()
-                    .map(|nodes| pb::ReplicaSet {
-                        nodes: nodes.clone(),
-                    })
-                    .collect(),
-            };
-            let node_id = u64::from(membership.node_id);
-            let calls = membership.ids().into_iter().map(|node| {
-                let request = request.clone();
-                async move {
-                    let placed = if node == node_id {
-                        self.place_topic(request, true)
-                            .await
-                            .map_err(|e| e.to_string())
-                    } else {
-                        peers
-                            .place_topic(node, request)
-                            .await
-                            .map_err(|e| e.to_string())
-                    };
-                    (node, placed)
-                }
-            });
-            let answers = futures::future::join_all(calls).await;
-            placement_outcome(topic, &answers)?;
+        if let Some(controller) = &self.controller {
+            self.create_in_cluster(controller, topic, partitions, factor)
+                .await?;
             return Ok(partitions);
         }
         // `topics_max` is checked by the shard set under its admin lock (passed in its
         // options), so concurrent creations cannot pass it.
-        self.create_local(topic, partitions, Vec::new(), true)
+        self.create_local(topic, partitions)
             .await
             .map(|()| partitions)
     }
 
-    /// Creates this node's replicas of a topic placed by the node asked (this one or
-    /// another): `Ok(false)` when it exists here already with the same layout. `new_group`
-    /// as for `ShardSet::create_topic_on`.
-    pub(super) async fn place_topic(
+    /// Creates a topic through the controller: proposes its placement, waits until this
+    /// node applied it, and gives the other nodes [`Controller::wait`] to apply it.
+    async fn create_in_cluster(
         &self,
-        request: pb::PlaceTopicRequest,
-        new_group: bool,
-    ) -> Result<bool> {
-        let replicas: Vec<Vec<u64>> = request.replicas.into_iter().map(|r| r.nodes).collect();
-        if replicas.len() != request.partitions as usize {
-            return Err(Error::invalid(format!(
-                "{} replica sets for {} partitions",
-                replicas.len(),
-                request.partitions
-            )));
-        }
-        match self
-            .create_local(
-                &request.name,
-                request.partitions,
-                replicas.clone(),
-                new_group,
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(Error::Shard(shard::Error::TopicExists { topic })) => {
-                let here = self.shards.replicas_of(&topic)?;
-                if here == replicas {
-                    Ok(false)
-                } else {
-                    Err(Error::Cluster {
-                        message: format!(
-                            "topic {topic:?} exists on this node with replicas {here:?}, not \
-                             {replicas:?}; delete it first"
-                        ),
-                    })
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn create_local(
-        &self,
+        controller: &Controller,
         topic: &str,
         partitions: u32,
-        replicas: Vec<Vec<u64>>,
-        new_group: bool,
+        factor: u32,
     ) -> Result<()> {
-        match self
-            .shards
-            .create_topic_on(topic, partitions, replicas, new_group)
-            .await
-        {
+        let exists = || -> Error {
+            shard::Error::TopicExists {
+                topic: topic.to_owned(),
+            }
+            .into()
+        };
+        let view = controller.view();
+        // A topic made before the controller is known to the shards only.
+        if view.topic(topic).is_some() || self.shards.partitions_of(topic).is_ok() {
+            return Err(exists());
+        }
+        let max = u64::from(self.config.server.topics_max);
+        let topics = view.topic_count() as u64;
+        if topics >= max {
+            return Err(Error::OverLimit {
+                what: "the number of topics",
+                value: topics,
+                key: "server.topics_max",
+                max,
+                hint: "delete a topic first",
+            });
+        }
+        let nodes = self
+            .peers
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.membership().ids());
+        let replicas = placement::place(topic, partitions, factor, &nodes, &view.load());
+        let request_id = rand::random::<u64>().max(1);
+        let offset = controller
+            .propose(metadata::topic_created(topic, replicas, request_id))
+            .await?;
+        let wait = controller.wait();
+        if controller.wait_applied(offset + 1, wait).await <= offset {
+            return Err(Error::Cluster {
+                message: format!(
+                    "topic {topic:?} was recorded by the controller but this node has not \
+                     applied it within {wait:?}; it will: describe the topic in a moment"
+                ),
+            });
+        }
+        match controller.view().topic(topic) {
+            Some(placed) if placed.request_id == request_id => {}
+            _ => return Err(exists()),
+        }
+        controller.sync_everywhere(offset + 1, wait).await;
+        Ok(())
+    }
+
+    /// Deletes a topic through the controller, as [`Inner::create_in_cluster`] creates one.
+    async fn delete_in_cluster(&self, controller: &Controller, name: &str) -> Result<()> {
+        let Some(placed) = controller.view().topic(name).cloned() else {
+            return Err(shard::Error::UnknownTopic {
+                topic: name.to_owned(),
+            }
+            .into());
+        };
+        let offset = controller
+            .propose(metadata::topic_deleted(name, placed.incarnation))
+            .await?;
+        let wait = controller.wait();
+        if controller.wait_applied(offset + 1, wait).await <= offset {
+            return Err(Error::Cluster {
+                message: format!(
+                    "the deletion of topic {name:?} was recorded by the controller but this \
+                     node has not applied it within {wait:?}; it will by itself"
+                ),
+            });
+        }
+        controller.sync_everywhere(offset + 1, wait).await;
+        Ok(())
+    }
+
+    /// Creates a topic on this node alone (outside a cluster).
+    async fn create_local(&self, topic: &str, partitions: u32) -> Result<()> {
+        match self.shards.create_topic(topic, partitions).await {
             Ok(()) => Ok(()),
             Err(shard::Error::TooManyTopics { topics, max }) => Err(Error::OverLimit {
                 what: "the number of topics",
@@ -259,115 +223,13 @@ impl Inner {
         self.check_running()?;
         self.check_topic_name(&delete.name)?;
         let principal = self.authorize(request, Action::Admin, &delete.name)?;
-        match &self.peers {
+        match &self.controller {
             None => self.shards.delete_topic(&delete.name).await?,
-            Some(peers) => self.delete_everywhere(peers, &delete.name).await?,
+            Some(controller) => self.delete_in_cluster(controller, &delete.name).await?,
         }
         observability::topic_deleted(&delete.name);
         tracing::info!(topic = delete.name, identity = %principal, "topic deleted");
         Ok(DeleteTopicResponse {})
-    }
-
-    /// Every topic this node knows, with its placement (for a peer that rejoins).
-    pub(super) fn placements(&self) -> Vec<pb::PlaceTopicRequest> {
-        self.shards
-            .list_topics()
-            .into_iter()
-            .filter_map(|t| {
-                let replicas = self.shards.replicas_of(&t.name).ok()?;
-                Some(pb::PlaceTopicRequest {
-                    name: t.name,
-                    partitions: t.partitions,
-                    replicas: replicas
-                        .into_iter()
-                        .map(|nodes| pb::ReplicaSet { nodes })
-                        .collect(),
-                })
-            })
-            .collect()
-    }
-
-    /// Re-creates the topics this node should hold and lacks, from the first peer that
-    /// answers: after a wiped data dir, or when this node was down at a CreateTopic. Their
-    /// groups exist already, so these replicas catch up before they vote. Returns how many
-    /// topics were re-created, or `None` when no peer answered.
-    pub(super) async fn rejoin_topics(&self) -> Option<usize> {
-        let peers = self.peers.as_ref()?;
-        let me = u64::from(peers.membership().node_id);
-        for peer in peers.membership().peers() {
-            let placements = match peers.list_placements(u64::from(peer.id)).await {
-                Ok(placements) => placements,
-                Err(e) => {
-                    tracing::debug!(error = %e, "asking a peer for its topics");
-                    continue;
-                }
-            };
-            let mut rejoined = 0;
-            for placement in placements {
-                let holds = placement.replicas.iter().any(|r| r.nodes.contains(&me));
-                if !holds || self.shards.replicas_of(&placement.name).is_ok() {
-                    continue;
-                }
-                let name = placement.name.clone();
-                match self.place_topic(placement, false).await {
-                    Ok(_) => {
-                        rejoined += 1;
-                        tracing::info!(
-                            topic = name,
-                            from = peer.id,
-                            "topic re-created here to rejoin its groups"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = name, error = %e, "re-creating a topic to rejoin its groups")
-                    }
-                }
-            }
-            return Some(rejoined);
-        }
-        None
-    }
-
-    /// Deletes a topic on every node: NOT_FOUND when no node had it; a node that could not
-    /// be reached is named (the topic is gone wherever it was reached).
-    async fn delete_everywhere(&self, peers: &PeerAdmin, name: &str) -> Result<()> {
-        let node_id = u64::from(peers.membership().node_id);
-        let calls = peers.membership().ids().into_iter().map(|node| async move {
-            let dropped = if node == node_id {
-                match self.shards.delete_topic(name).await {
-                    Ok(()) => Ok(true),
-                    Err(shard::Error::UnknownTopic { .. }) => Ok(false),
-                    Err(e) => Err(e.to_string()),
-                }
-            } else {
-                match peers.drop_topic(node, name).await {
-                    Ok(()) => Ok(true),
-                    Err(PeerError::Refused { status, .. })
-                        if status.code() == tonic::Code::NotFound =>
-                    {
-                        Ok(false)
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            };
-            (node, dropped)
-        });
-        let answers = futures::future::join_all(calls).await;
-        if let Some(failed) = failures(&answers) {
-            return Err(Error::Cluster {
-                message: format!(
-                    "topic {name:?} was not deleted everywhere ({failed}); retry DeleteTopic \
-                     once the nodes are up"
-                ),
-            });
-        }
-        if answers.iter().all(|(_, a)| matches!(a, Ok(false))) {
-            return Err(shard::Error::UnknownTopic {
-                topic: name.to_owned(),
-            }
-            .into());
-        }
-        Ok(())
     }
 
     /// The topics the caller may use in any way, sorted by name.
@@ -378,6 +240,7 @@ impl Inner {
             .shards
             .list_topics()
             .into_iter()
+            .filter(|t| !shard::is_internal_topic(&t.name))
             .filter(|t| self.acl.authorize_any(&principal, &t.name))
             .map(|t| TopicInfo {
                 name: t.name,
@@ -445,10 +308,10 @@ impl Inner {
 }
 
 impl Inner {
-    /// The static membership of `[cluster]`: this node and its peers, sorted by id. Any
-    /// authenticated caller may ask, as for ListTopics; nothing here is secret beyond what
-    /// a client must know to find a partition's leader.
-    pub(super) fn describe_cluster(
+    /// The static membership of `[cluster]`: this node and its peers, sorted by id, and the
+    /// controller leader. Any authenticated caller may ask, as for ListTopics; nothing here
+    /// is secret beyond what a client must know to find a partition's leader.
+    pub(super) async fn describe_cluster(
         &self,
         request: &Request<()>,
     ) -> Result<DescribeClusterResponse> {
@@ -471,11 +334,14 @@ impl Inner {
                 addr: node.addr,
             })
             .collect();
+        let controller = match &self.controller {
+            Some(controller) => u32::try_from(controller.leader().await).unwrap_or(0),
+            None => 0,
+        };
         Ok(DescribeClusterResponse {
             node_id,
             nodes,
-            // No controller group yet: none known.
-            controller: 0,
+            controller,
         })
     }
 }
@@ -499,24 +365,6 @@ mod tests {
         let e = replication_factor_for(2, 1, 1).unwrap_err();
         assert!(e.to_string().contains("cluster.replication_factor"), "{e}");
         assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
-    }
-
-    #[test]
-    fn a_placement_succeeds_only_when_every_node_has_it() {
-        let ok = |created| Ok(created);
-        placement_outcome("t", &[(1, ok(true)), (2, ok(false))]).unwrap();
-        let exists = placement_outcome("t", &[(1, ok(false)), (2, ok(false))]).unwrap_err();
-        assert_eq!(
-            tonic::Status::from(exists).code(),
-            tonic::Code::AlreadyExists
-        );
-        let e = placement_outcome("t", &[(1, ok(true)), (2, Err("down".to_owned()))]).unwrap_err();
-        let message = e.to_string();
-        assert!(
-            message.contains("node 2: down") && message.contains("[1]"),
-            "{message}"
-        );
-        assert_eq!(tonic::Status::from(e).code(), tonic::Code::Unavailable);
     }
 
     #[test]

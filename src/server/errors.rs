@@ -48,6 +48,10 @@ pub enum Error {
     /// what to do.
     #[error("{message}")]
     Cluster { message: String },
+    /// A node-to-node call about the metadata log reached a node that holds no replica of
+    /// it (not a controller voter, or not yet opened).
+    #[error("this node holds no replica of the cluster's metadata log; ask a controller voter")]
+    NoMetadataReplica,
     /// The server is draining.
     #[error("the server is shutting down; retry against another server or after it restarts")]
     ShuttingDown,
@@ -92,6 +96,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Denied { .. } => Code::PermissionDenied,
             Error::ShuttingDown | Error::Cluster { .. } => Code::Unavailable,
+            Error::NoMetadataReplica => Code::FailedPrecondition,
             Error::Shard(e) => shard_code(e),
             Error::Config(_)
             | Error::Tls(_)

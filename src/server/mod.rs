@@ -11,6 +11,7 @@ pub mod acl;
 mod admin;
 mod append;
 mod calls;
+mod controller;
 mod errors;
 pub(crate) mod identity;
 mod listener;

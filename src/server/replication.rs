@@ -13,6 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
@@ -21,8 +22,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::acl::{Action, Principal};
+use super::controller::Controller;
 use super::errors::Error;
 use super::service::{Inner, peer_addr};
+use crate::cluster::metadata;
 use crate::observability;
 use crate::proto::v1 as pb;
 use crate::proto::v1::replication_server::Replication;
@@ -105,50 +108,59 @@ impl Replication for ReplicationService {
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 
-    async fn place_topic(
+    async fn propose_metadata(
         &self,
-        request: Request<pb::PlaceTopicRequest>,
-    ) -> Result<Response<pb::PlaceTopicResponse>, Status> {
-        let inner = &self.inner;
-        inner.check_running()?;
-        inner.check_topic_name(&request.get_ref().name)?;
-        let principal = inner.authorize(&request, Action::Replicate, &request.get_ref().name)?;
-        let place = request.into_inner();
-        let (name, partitions) = (place.name.clone(), place.partitions);
-        let created = inner.place_topic(place, true).await?;
-        if created {
-            tracing::info!(topic = name, partitions, by = %principal, "topic placed by a peer");
-        }
-        Ok(Response::new(pb::PlaceTopicResponse { created }))
+        request: Request<pb::ProposeMetadataRequest>,
+    ) -> Result<Response<pb::ProposeMetadataResponse>, Status> {
+        let principal = self.node_caller(&request)?;
+        let controller = self.controller()?;
+        let record = request.into_inner().record.unwrap_or_default();
+        let nodes = self
+            .inner
+            .peers
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.membership().ids());
+        let partitions_max = self.inner.config.server.partitions_per_topic_max;
+        metadata::check(&record, &nodes, partitions_max)
+            .map_err(|why| Status::from(Error::invalid(why)))?;
+        let offset = controller.append_local(&record).await?;
+        tracing::debug!(offset, by = %principal, "metadata record appended for a peer");
+        Ok(Response::new(pb::ProposeMetadataResponse { offset }))
     }
 
-    async fn list_placements(
+    async fn fetch_metadata(
         &self,
-        request: Request<pb::ListPlacementsRequest>,
-    ) -> Result<Response<pb::ListPlacementsResponse>, Status> {
+        request: Request<pb::FetchMetadataRequest>,
+    ) -> Result<Response<pb::FetchMetadataResponse>, Status> {
         self.node_caller(&request)?;
-        Ok(Response::new(pb::ListPlacementsResponse {
-            topics: self.inner.placements(),
-        }))
+        let controller = self.controller()?;
+        let fetch = request.into_inner();
+        let max_wait = Duration::from_millis(u64::from(fetch.max_wait_ms)).min(controller.wait());
+        Ok(Response::new(
+            controller.fetch(fetch.from_offset, max_wait).await?,
+        ))
     }
 
-    async fn drop_topic(
+    async fn sync_metadata(
         &self,
-        request: Request<pb::DropTopicRequest>,
-    ) -> Result<Response<pb::DropTopicResponse>, Status> {
-        let inner = &self.inner;
-        inner.check_running()?;
-        inner.check_topic_name(&request.get_ref().name)?;
-        let principal = inner.authorize(&request, Action::Replicate, &request.get_ref().name)?;
-        let name = request.into_inner().name;
-        inner
-            .shards
-            .delete_topic(&name)
-            .await
-            .map_err(Error::from)?;
-        observability::topic_deleted(&name);
-        tracing::info!(topic = name, by = %principal, "topic deleted by a peer");
-        Ok(Response::new(pb::DropTopicResponse {}))
+        request: Request<pb::SyncMetadataRequest>,
+    ) -> Result<Response<pb::SyncMetadataResponse>, Status> {
+        self.node_caller(&request)?;
+        let controller = self.controller()?;
+        let sync = request.into_inner();
+        let max_wait = Duration::from_millis(u64::from(sync.max_wait_ms)).min(controller.wait());
+        let applied = controller.wait_applied(sync.offset, max_wait).await;
+        Ok(Response::new(pb::SyncMetadataResponse { applied }))
+    }
+}
+
+impl ReplicationService {
+    /// This node's controller; outside a cluster there is none to ask.
+    fn controller(&self) -> Result<&Controller, Status> {
+        self.inner
+            .controller
+            .as_deref()
+            .ok_or_else(|| Error::NoMetadataReplica.into())
     }
 }
 

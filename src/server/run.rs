@@ -315,7 +315,7 @@ pub async fn start(config: Config) -> Result<Running> {
         .max_decoding_message_size(replication_limit)
         .max_encoding_message_size(replication_limit);
     let append_budget = service.append_budget();
-    service.spawn_rejoin();
+    service.spawn_controller();
     let limit = request_limit(&config);
     let decode_max = limit.bytes_max;
     let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;

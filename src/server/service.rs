@@ -15,7 +15,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::acl::{Acl, Action, Principal};
 use super::calls::{self, InFlight};
+use super::controller::Controller;
 use super::errors::{Error, Result};
 use super::identity;
 use super::listener::PeerInfo;
@@ -40,8 +41,9 @@ use crate::proto::v1::{
 };
 use crate::shard::{self, ShardSet};
 
-/// How often a starting node asks its peers for their topics while none answers.
-pub(crate) const REJOIN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Election timeouts (the longest) a proposal to the controller, or a wait for it to be
+/// applied, may take.
+const CONTROLLER_WAIT_ELECTIONS: u64 = 20;
 
 /// The service; cheap to clone (tonic clones it per connection).
 #[derive(Clone)]
@@ -64,6 +66,8 @@ pub(super) struct Inner {
     pub(super) append_budget: Arc<tokio::sync::Semaphore>,
     /// The other nodes, for the admin calls that reach every node; `None` outside a cluster.
     pub(super) peers: Option<PeerAdmin>,
+    /// The cluster's metadata (topics and placement); `None` outside a cluster.
+    pub(super) controller: Option<Arc<Controller>>,
 }
 
 impl LogService {
@@ -79,6 +83,18 @@ impl LogService {
             .unwrap_or(usize::MAX)
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         let append_budget = Arc::new(tokio::sync::Semaphore::new(budget_bytes));
+        let controller = peers.as_ref().map(|peers| {
+            let cluster = &config.cluster;
+            Arc::new(Controller::new(
+                u64::from(cluster.node_id),
+                cluster.controller_voters(),
+                peers.clone(),
+                shards.clone(),
+                // A proposal may need a few elections of the metadata log's group.
+                Duration::from_millis(cluster.election_timeout_max_ms * CONTROLLER_WAIT_ELECTIONS),
+                Duration::from_millis(cluster.heartbeat_interval_ms),
+            ))
+        });
         LogService {
             inner: Arc::new(Inner {
                 acl: Acl::new(&config.acl),
@@ -90,6 +106,7 @@ impl LogService {
                 in_flight,
                 append_budget,
                 peers,
+                controller,
             }),
         }
     }
@@ -99,32 +116,12 @@ impl LogService {
         super::replication::ReplicationService::new(self.inner.clone())
     }
 
-    /// In a cluster: asks the peers, once one answers, for the topics this node should hold
-    /// and lacks, and re-creates them (see `Inner::rejoin_topics`). Retries every
-    /// [`REJOIN_RETRY`] while no peer answers, until the server drains.
-    pub(crate) fn spawn_rejoin(&self) {
-        if self.inner.peers.is_none() {
-            return;
+    /// In a cluster: starts following the controller's metadata log (see
+    /// `server::controller`), until the server drains.
+    pub(crate) fn spawn_controller(&self) {
+        if let Some(controller) = &self.inner.controller {
+            tokio::spawn(controller.clone().run(self.inner.draining.clone()));
         }
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let mut draining = inner.draining.clone();
-            loop {
-                if let Some(rejoined) = inner.rejoin_topics().await {
-                    if rejoined > 0 {
-                        tracing::info!(
-                            topics = rejoined,
-                            "re-created topics to rejoin their groups"
-                        );
-                    }
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(REJOIN_RETRY) => {}
-                    _ = draining.changed() => return,
-                }
-            }
-        });
     }
 
     /// The server-wide budget of record bytes in flight (`server.inflight_append_bytes_max`).
@@ -214,6 +211,12 @@ impl Inner {
     }
 
     pub(super) fn check_topic_name(&self, name: &str) -> Result<()> {
+        if shard::is_internal_topic(name) {
+            return Err(Error::invalid(format!(
+                "topic name {name:?} is reserved: names starting with \"__\" are the cluster's \
+                 own topics (such as its metadata log); choose another name"
+            )));
+        }
         let max = self.config.server.topic_name_bytes_max;
         if shard::is_valid_topic_name(name, max as usize) {
             return Ok(());
@@ -380,7 +383,7 @@ impl Log for LogService {
         let (request, _) = calls::strip(request);
         let _call = self.inner.in_flight.enter();
         let call = RpcCall::start(Rpc::DescribeCluster, "", None);
-        let work = async { self.inner.describe_cluster(&request) };
+        let work = self.inner.describe_cluster(&request);
         calls::observed(call, self.identity(&request), work).await
     }
 }

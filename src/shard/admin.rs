@@ -63,7 +63,14 @@ pub(super) fn plan(
             first_addr,
         });
     }
-    (Arc::new(TopicRoute { name, partitions }), opens)
+    (
+        Arc::new(TopicRoute {
+            name,
+            partitions,
+            incarnation: meta.incarnation,
+        }),
+        opens,
+    )
 }
 /// Runs an admin operation to its end in its own task, so that a caller who goes away (a
 /// cancelled RPC drops its handler future at any await) cannot leave it half done.
@@ -93,7 +100,7 @@ impl ShardSet {
     ///
     /// Runs to its end even if the caller stops polling it (see `to_completion`).
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        self.create_topic_on(name, partitions, Vec::new(), true)
+        self.create_topic_on(name, partitions, Vec::new(), true, 0)
             .await
     }
 
@@ -102,13 +109,15 @@ impl ShardSet {
     /// every partition solo. Every replica must be told the same list: each then starts the
     /// same Raft group. `new_group`: the topic is being created cluster-wide now (its groups
     /// initialize), rather than re-created here to rejoin groups that exist (they catch up
-    /// without voting first; see `raft::group::GroupStart`).
+    /// without voting first; see `raft::group::GroupStart`). `incarnation`: as
+    /// `TopicMeta::incarnation` (0 = unknown).
     pub(crate) async fn create_topic_on(
         &self,
         name: &str,
         partitions: u32,
         replicas: Vec<Vec<u64>>,
         new_group: bool,
+        incarnation: u64,
     ) -> Result<()> {
         assert!(
             replicas.is_empty() || replicas.len() == partitions as usize,
@@ -117,7 +126,7 @@ impl ShardSet {
         );
         let (this, name) = (self.clone(), name.to_owned());
         to_completion(async move {
-            this.create_topic_now(&name, partitions, replicas, new_group)
+            this.create_topic_now(&name, partitions, replicas, new_group, incarnation)
                 .await
         })
         .await
@@ -129,6 +138,7 @@ impl ShardSet {
         partitions: u32,
         replicas: Vec<Vec<u64>>,
         new_group: bool,
+        incarnation: u64,
     ) -> Result<()> {
         self.check_running()?;
         validate_topic_name(name)?;
@@ -156,6 +166,7 @@ impl ShardSet {
         }
         let mut meta = TopicMeta::new(name, partitions, self.shard_count());
         meta.replicas = replicas;
+        meta.incarnation = incarnation;
         let topics_dir = self.inner.topics_dir.clone();
         {
             let (meta, topics_dir) = (meta.clone(), topics_dir.clone());

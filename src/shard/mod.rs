@@ -40,5 +40,6 @@ pub use results::{
 pub use set::{AppendRoute, ShardSet};
 pub use stats::{ShardStats, ShardStatsSnapshot};
 pub use topics::{
-    TOPIC_NAME_BYTES_MAX, check_topic_name, is_valid_topic_name, validate_topic_name,
+    TOPIC_NAME_BYTES_MAX, check_topic_name, is_internal_topic, is_valid_topic_name,
+    validate_topic_name,
 };

@@ -76,6 +76,8 @@ pub(super) struct PartitionRoute {
 pub(super) struct TopicRoute {
     pub(super) name: Arc<str>,
     pub(super) partitions: Vec<PartitionRoute>,
+    /// As in `topic.toml` (`TopicMeta::incarnation`).
+    pub(super) incarnation: u64,
 }
 
 impl TopicRoute {
@@ -631,6 +633,11 @@ impl ShardSet {
             .iter()
             .map(|p| p.replicas.clone())
             .collect())
+    }
+
+    /// Which creation of its name a topic is (`TopicMeta::incarnation`; 0 = unknown).
+    pub fn incarnation_of(&self, topic: &str) -> Result<u64> {
+        Ok(self.topic_route(topic)?.incarnation)
     }
 
     /// The shard that owns a partition.

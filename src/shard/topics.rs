@@ -75,6 +75,14 @@ pub(crate) struct TopicMeta {
     /// single node, or made before replication) means every partition is solo.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Vec<u64>>,
+    /// Which creation of the name this is, as the cluster's metadata log numbers them
+    /// (`cluster::metadata`); 0 = unknown (outside a cluster, or made before the controller).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TopicMeta {
@@ -86,8 +94,16 @@ impl TopicMeta {
             shards: assign(name, partitions, shard_count),
             created_ms: crate::storage::now_ms(),
             replicas: Vec::new(),
+            incarnation: 0,
         }
     }
+}
+
+/// True for an internal topic (a name starting with `__`, such as the controller's metadata
+/// log): the server keeps clients off it, and retention never deletes from it, since its
+/// whole history is its meaning.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with("__")
 }
 
 /// Partition `p` of `topic` goes to shard `(crc32(topic) + p) % shard_count`: a topic's

@@ -1375,6 +1375,10 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
             if !p.is_solo() {
                 p.save_applied(&(topic.clone(), *partition)).await;
+                if super::topics::is_internal_topic(topic) {
+                    // Kept whole: see `is_internal_topic`.
+                    continue;
+                }
                 // Retention goes through the group: it purges up to the last entry retention
                 // would delete that is applied here (openraft snapshots, then purges).
                 let Replication::Running(group) = &p.replication else {
@@ -1392,6 +1396,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         tracing::error!(topic = %topic, partition, error = %e, "finding what retention would delete");
                     }
                 }
+                continue;
+            }
+            if super::topics::is_internal_topic(topic) {
                 continue;
             }
             match p.log.apply_retention(now).await {

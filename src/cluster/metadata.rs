@@ -1,0 +1,328 @@
+//! The controller's metadata log and what it says: the cluster's topics and their placement.
+//!
+//! The log is partition 0 of the internal topic [`METADATA_TOPIC`], replicated on the
+//! controller's voters (`[cluster] controller_voters`) as one Raft group like any other
+//! partition: its leader is the controller leader. Each record's value is one protobuf
+//! `MetadataRecord` (`replication.proto`): a topic created with its placement, or a topic
+//! deleted. Every node reads the committed log in order (from its own replica, or fetched
+//! from a voter) and applies it to a [`MetadataView`]; the view after offset `n` is a pure
+//! function of the records below `n`, so every node that applied as far agrees.
+//!
+//! Rules of the view:
+//! - A creation takes effect only when no live topic has its name. Its **incarnation** is its
+//!   offset + 1 (never 0): a topic deleted and created again is a new incarnation, and a node
+//!   tells a stale local copy by it.
+//! - A deletion removes the live topic of that name if it is the incarnation named (the
+//!   proposer read it from its view), so that a retried deletion never deletes a topic
+//!   created again in between.
+//! - The proposer of a creation recognises its own by the `request_id` it chose, also when a
+//!   retry after a lost answer appended the same creation twice (the second changes nothing).
+//!
+//! Owns: the record encoding and the view. Must never: do I/O (the server's controller
+//! reads and proposes, `server::controller`), or decide a partition's leader (its own group
+//! does).
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+
+use crate::proto::v1 as pb;
+
+/// The internal topic whose partition 0 is the metadata log.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// The incarnation of a topic made before the controller, or outside a cluster: unknown.
+pub const NO_INCARNATION: u64 = 0;
+
+/// A live topic as the metadata log placed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPlacement {
+    pub partitions: u32,
+    /// The nodes of each partition, preferred leader first.
+    pub replicas: Vec<Vec<u64>>,
+    /// The creation's offset + 1.
+    pub incarnation: u64,
+    /// The proposer's id for its creation.
+    pub request_id: u64,
+}
+
+/// What applying one record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created {
+        name: String,
+    },
+    /// A creation of a name that is live: nothing changed.
+    CreateIgnored {
+        name: String,
+    },
+    Deleted {
+        name: String,
+    },
+    /// A deletion of a name that is not live: nothing changed.
+    DeleteIgnored {
+        name: String,
+    },
+    /// A record of a kind this build does not know (from a newer one): skipped.
+    Unknown,
+}
+
+/// The topics after the metadata log's records below [`MetadataView::applied`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetadataView {
+    topics: BTreeMap<String, TopicPlacement>,
+    applied: u64,
+}
+
+impl MetadataView {
+    /// The offset after the last record applied (0 = none).
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicPlacement> {
+        self.topics.get(name)
+    }
+
+    /// The live topics, by name.
+    pub fn topics(&self) -> impl Iterator<Item = (&str, &TopicPlacement)> {
+        self.topics.iter().map(|(n, p)| (n.as_str(), p))
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Applies the record at `offset`. Offsets must increase (gaps are fine: control
+    /// batches take offsets too).
+    pub fn apply(&mut self, offset: u64, record: &pb::MetadataRecord) -> Applied {
+        assert!(
+            offset >= self.applied,
+            "metadata record {offset} applied after {}",
+            self.applied
+        );
+        self.applied = offset + 1;
+        match &record.kind {
+            Some(pb::metadata_record::Kind::TopicCreated(created)) => {
+                let name = created.name.clone();
+                if self.topics.contains_key(&name) {
+                    return Applied::CreateIgnored { name };
+                }
+                self.topics.insert(
+                    name.clone(),
+                    TopicPlacement {
+                        partitions: created.partitions,
+                        replicas: created.replicas.iter().map(|r| r.nodes.clone()).collect(),
+                        incarnation: offset + 1,
+                        request_id: created.request_id,
+                    },
+                );
+                Applied::Created { name }
+            }
+            Some(pb::metadata_record::Kind::TopicDeleted(deleted)) => {
+                let name = deleted.name.clone();
+                let live = self.topics.get(&name).map(|p| p.incarnation);
+                if live != Some(deleted.incarnation) {
+                    return Applied::DeleteIgnored { name };
+                }
+                self.topics.remove(&name);
+                Applied::Deleted { name }
+            }
+            None => Applied::Unknown,
+        }
+    }
+
+    /// Per node: (replicas held, partitions it is the preferred leader of), over every live
+    /// topic: what placement balances.
+    pub fn load(&self) -> HashMap<u64, (u64, u64)> {
+        let mut load: HashMap<u64, (u64, u64)> = HashMap::new();
+        for placement in self.topics.values() {
+            for set in &placement.replicas {
+                for (i, node) in set.iter().enumerate() {
+                    let entry = load.entry(*node).or_default();
+                    entry.0 += 1;
+                    if i == 0 {
+                        entry.1 += 1;
+                    }
+                }
+            }
+        }
+        load
+    }
+}
+
+/// The record that creates `name` with `replicas` (one set per partition).
+pub fn topic_created(name: &str, replicas: Vec<Vec<u64>>, request_id: u64) -> pb::MetadataRecord {
+    pb::MetadataRecord {
+        kind: Some(pb::metadata_record::Kind::TopicCreated(pb::TopicCreated {
+            name: name.to_owned(),
+            partitions: replicas.len() as u32,
+            replicas: replicas
+                .into_iter()
+                .map(|nodes| pb::ReplicaSet { nodes })
+                .collect(),
+            request_id,
+        })),
+    }
+}
+
+/// The record that deletes incarnation `incarnation` of `name`.
+pub fn topic_deleted(name: &str, incarnation: u64) -> pb::MetadataRecord {
+    pb::MetadataRecord {
+        kind: Some(pb::metadata_record::Kind::TopicDeleted(pb::TopicDeleted {
+            name: name.to_owned(),
+            incarnation,
+        })),
+    }
+}
+
+/// Checks a record a node proposes: it becomes history, so it must make sense. `nodes` are
+/// the cluster's node ids; `partitions_max` is `server.partitions_per_topic_max`.
+pub fn check(
+    record: &pb::MetadataRecord,
+    nodes: &[u64],
+    partitions_max: u32,
+) -> Result<(), String> {
+    let name = match &record.kind {
+        Some(pb::metadata_record::Kind::TopicCreated(created)) => &created.name,
+        Some(pb::metadata_record::Kind::TopicDeleted(deleted)) => &deleted.name,
+        None => return Err("a metadata record needs a kind".to_owned()),
+    };
+    crate::shard::check_topic_name(name, crate::shard::TOPIC_NAME_BYTES_MAX)
+        .map_err(|why| format!("topic name {name:?}: {why}"))?;
+    if crate::shard::is_internal_topic(name) {
+        return Err(format!(
+            "topic name {name:?} is reserved for the cluster's own topics"
+        ));
+    }
+    let Some(pb::metadata_record::Kind::TopicCreated(created)) = &record.kind else {
+        return Ok(());
+    };
+    if !(1..=partitions_max).contains(&created.partitions) {
+        return Err(format!(
+            "{} partitions; a topic has 1 to {partitions_max}",
+            created.partitions
+        ));
+    }
+    if created.replicas.len() != created.partitions as usize {
+        return Err(format!(
+            "{} replica sets for {} partitions",
+            created.replicas.len(),
+            created.partitions
+        ));
+    }
+    for (p, set) in created.replicas.iter().enumerate() {
+        let mut distinct = set.nodes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if set.nodes.is_empty()
+            || distinct.len() != set.nodes.len()
+            || !set.nodes.iter().all(|n| nodes.contains(n))
+        {
+            return Err(format!(
+                "partition {p}'s replicas {:?} must be distinct nodes of the cluster {nodes:?}",
+                set.nodes
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A record as the value of a metadata log record.
+pub fn encode(record: &pb::MetadataRecord) -> bytes::Bytes {
+    record.encode_to_vec().into()
+}
+
+/// A metadata log record's value; why it is not one.
+pub fn decode(value: &[u8]) -> Result<pb::MetadataRecord, String> {
+    pb::MetadataRecord::decode(value).map_err(|e| format!("not a metadata record: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_creation_of_a_name_wins_and_incarnations_differ() {
+        let mut view = MetadataView::default();
+        let a = topic_created("t", vec![vec![1, 2, 3]], 7);
+        assert_eq!(view.apply(0, &a), Applied::Created { name: "t".into() });
+        // A retry that appended the same creation again changes nothing.
+        assert_eq!(
+            view.apply(2, &a),
+            Applied::CreateIgnored { name: "t".into() }
+        );
+        let first = view.topic("t").unwrap().clone();
+        assert_eq!((first.incarnation, first.request_id), (1, 7));
+        assert_eq!(
+            view.apply(3, &topic_deleted("t", 1)),
+            Applied::Deleted { name: "t".into() }
+        );
+        assert_eq!(
+            view.apply(4, &topic_deleted("t", 1)),
+            Applied::DeleteIgnored { name: "t".into() }
+        );
+        assert!(view.topic("t").is_none());
+        view.apply(5, &topic_created("t", vec![vec![2, 3, 1]], 8));
+        let second = view.topic("t").unwrap().clone();
+        assert_eq!((second.incarnation, second.request_id), (6, 8));
+        // A retry of the first deletion does not delete the second incarnation.
+        assert_eq!(
+            view.apply(7, &topic_deleted("t", 1)),
+            Applied::DeleteIgnored { name: "t".into() }
+        );
+        assert_eq!(view.topic("t"), Some(&second));
+        assert_eq!(view.applied(), 8);
+    }
+
+    #[test]
+    fn a_record_round_trips_and_garbage_is_refused() {
+        let record = topic_created("orders", vec![vec![1, 2], vec![2, 1]], 42);
+        assert_eq!(decode(&encode(&record)).unwrap(), record);
+        assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn load_counts_replicas_and_preferred_leaders() {
+        let mut view = MetadataView::default();
+        view.apply(0, &topic_created("a", vec![vec![1, 2], vec![2, 3]], 1));
+        let load = view.load();
+        assert_eq!(load[&1], (1, 1));
+        assert_eq!(load[&2], (2, 1));
+        assert_eq!(load[&3], (1, 0));
+    }
+
+    #[test]
+    fn a_proposal_must_make_sense() {
+        let nodes = [1, 2, 3];
+        check(
+            &topic_created("t", vec![vec![1, 2], vec![3, 1]], 1),
+            &nodes,
+            8,
+        )
+        .unwrap();
+        check(&topic_deleted("t", 1), &nodes, 8).unwrap();
+        let refused = [
+            pb::MetadataRecord { kind: None },
+            topic_created("", vec![vec![1]], 1),
+            topic_created("__x", vec![vec![1]], 1),
+            topic_created("t", vec![], 1),
+            topic_created("t", vec![vec![1]; 9], 1),
+            topic_created("t", vec![vec![1, 1]], 1),
+            topic_created("t", vec![vec![4]], 1),
+            topic_created("t", vec![vec![]], 1),
+            topic_deleted("__cluster_metadata", 1),
+        ];
+        for record in refused {
+            assert!(check(&record, &nodes, 8).is_err(), "{record:?}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "applied after")]
+    fn offsets_must_increase() {
+        let mut view = MetadataView::default();
+        view.apply(5, &topic_deleted("x", 1));
+        view.apply(4, &topic_deleted("x", 1));
+    }
+}

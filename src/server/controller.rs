@@ -1,0 +1,564 @@
+//! The controller, as each node runs it: proposing topic changes to the metadata log
+//! (`cluster::metadata`), following the log, and making this node's topics match it.
+//!
+//! - **Voters** (`[cluster] controller_voters`) hold a replica of the log: partition 0 of
+//!   `__cluster_metadata`, one Raft group like any partition, whose leader is the
+//!   controller leader. Every other node fetches the committed log from a voter.
+//! - **Proposing.** CreateTopic and DeleteTopic on any node become one record, appended by
+//!   the log's leader (here, or through `Replication/ProposeMetadata`, following the
+//!   `walrs-leader` hint). It is acknowledged once a majority of voters hold it.
+//! - **Applying.** A task reads the committed log in order into a `MetadataView`, then
+//!   reconciles: it creates the topics the view has and this node lacks (a node that was
+//!   down, or lost its disk, converges by itself) and deletes the local topics whose
+//!   creation the view has passed but which are no longer live. A topic is matched by
+//!   incarnation, so a name deleted and created again is never taken for the old one. A
+//!   topic made before the controller (incarnation 0) is left alone.
+//! - **Rejoining safely.** A replica created here starts its Raft group as new (it may vote
+//!   at once) unless this node may have held it before and lost it: when this node's data
+//!   dir had no topic at start ("fresh", e.g. wiped), every topic created before it started
+//!   (below the log's end as the other voters reported it then, the "horizon") rejoins
+//!   instead: it catches up from the leader before it votes. The same rule covers this
+//!   node's replica of the metadata log itself.
+//!
+//! Owns: the applier task, the view it publishes, and the proposal retries (bounded by
+//! [`Controller::wait`]). Must never: choose a partition's leader, or write a topic's data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::errors::{Error, Result};
+use crate::cluster::metadata::{self, METADATA_TOPIC, MetadataView, NO_INCARNATION};
+use crate::cluster::peers::{PeerAdmin, PeerError};
+use crate::proto::v1 as pb;
+use crate::shard::{self, ShardSet};
+use crate::storage::Record;
+
+/// Bytes of the metadata log read (or fetched) at once.
+const FETCH_BYTES: u64 = 1 << 20;
+/// How long one read of the log waits for a new record before it looks again; a commit
+/// wakes it at once.
+const FOLLOW_WAIT: Duration = Duration::from_secs(5);
+
+/// One node's controller: its view of the metadata log and the means to change it.
+pub(super) struct Controller {
+    node_id: u64,
+    /// The log's voters, sorted.
+    voters: Vec<u64>,
+    peers: PeerAdmin,
+    shards: ShardSet,
+    /// How long a proposal, or a wait for it to be applied, may take: many elections.
+    wait: Duration,
+    /// The pause between two attempts that failed (a node down, no leader yet).
+    retry: Duration,
+    /// This node's data dir held no topic when it started.
+    fresh: bool,
+    /// For a fresh node: topics of an incarnation up to this may have been held here
+    /// before; they rejoin. Set before the applier creates anything.
+    horizon: AtomicU64,
+    /// The log's leader as last seen (0 = unknown).
+    leader: AtomicU64,
+    view: RwLock<Arc<MetadataView>>,
+    /// The offset up to which the view is applied and this node's topics reconciled.
+    applied: watch::Sender<u64>,
+}
+
+impl Controller {
+    /// `wait` bounds a proposal and the waits for it; `retry` paces attempts.
+    pub(super) fn new(
+        node_id: u64,
+        voters: Vec<u64>,
+        peers: PeerAdmin,
+        shards: ShardSet,
+        wait: Duration,
+        retry: Duration,
+    ) -> Controller {
+        assert!(!voters.is_empty(), "a controller needs voters");
+        let fresh = shards.list_topics().is_empty();
+        Controller {
+            node_id,
+            voters,
+            peers,
+            shards,
+            wait,
+            retry,
+            fresh,
+            horizon: AtomicU64::new(0),
+            leader: AtomicU64::new(0),
+            view: RwLock::new(Arc::new(MetadataView::default())),
+            applied: watch::channel(0).0,
+        }
+    }
+
+    pub(super) fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    fn is_voter(&self) -> bool {
+        self.voters.contains(&self.node_id)
+    }
+
+    /// The view as applied so far.
+    pub(super) fn view(&self) -> Arc<MetadataView> {
+        self.view.read().expect("view lock poisoned").clone()
+    }
+
+    /// The controller leader as this node knows it (0 = none known).
+    pub(super) async fn leader(&self) -> u64 {
+        if self.is_voter()
+            && let Ok(description) = self.shards.describe_topic(METADATA_TOPIC).await
+            && let Some(leader) = description.partitions.first().and_then(|p| p.leader)
+        {
+            self.leader.store(leader, Ordering::Relaxed);
+            return leader;
+        }
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the view is applied and reconciled up to `offset` (exclusive), or
+    /// `timeout`: how far it got.
+    pub(super) async fn wait_applied(&self, offset: u64, timeout: Duration) -> u64 {
+        let mut applied = self.applied.subscribe();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|&a| a >= offset))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|a| *a));
+        reached.unwrap_or_else(|| *applied.borrow())
+    }
+
+    /// Appends `record` to the metadata log through its leader, following hints and
+    /// trying the voters in turn, within [`Controller::wait`]: its offset once committed.
+    pub(super) async fn propose(&self, record: pb::MetadataRecord) -> Result<u64> {
+        let deadline = Instant::now() + self.wait;
+        let mut target = match self.leader().await {
+            0 => self.voters[0],
+            leader => leader,
+        };
+        let mut turn = 0;
+        loop {
+            let attempt = if target == self.node_id {
+                self.append_local(&record).await
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.peers
+                    .propose_metadata(target, record.clone(), left)
+                    .await
+                    .map_err(|e| match e {
+                        PeerError::NotLeader { leader, .. } => {
+                            Error::Shard(shard::Error::NotLeader {
+                                topic: METADATA_TOPIC.to_owned(),
+                                partition: 0,
+                                leader: Some(leader),
+                                leader_addr: None,
+                            })
+                        }
+                        other => Error::Cluster {
+                            message: other.to_string(),
+                        },
+                    })
+            };
+            let error = match attempt {
+                Ok(offset) => {
+                    self.leader.store(target, Ordering::Relaxed);
+                    return Ok(offset);
+                }
+                Err(e) => e,
+            };
+            let hinted = match &error {
+                Error::Shard(shard::Error::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if *leader != target => Some(*leader),
+                _ => None,
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Cluster {
+                    message: format!(
+                        "the controller did not take the change within {:?} (last: {error}); \
+                         check that a majority of the controller voters {:?} are up, then retry",
+                        self.wait, self.voters
+                    ),
+                });
+            }
+            tracing::debug!(node = target, error = %error, "a metadata proposal was not taken");
+            match hinted {
+                Some(leader) => target = leader,
+                None => {
+                    turn += 1;
+                    target = self.voters[turn % self.voters.len()];
+                    tokio::time::sleep(self.retry).await;
+                }
+            }
+        }
+    }
+
+    /// Appends `record` to this node's replica of the log: its offset once committed.
+    pub(super) async fn append_local(&self, record: &pb::MetadataRecord) -> Result<u64> {
+        let record = Record {
+            offset: 0,
+            timestamp_ms: crate::storage::now_ms(),
+            key: Bytes::new(),
+            value: metadata::encode(record),
+            headers: Vec::new(),
+        };
+        let ack = self.shards.append(METADATA_TOPIC, 0, vec![record]).await?;
+        Ok(ack.base_offset)
+    }
+
+    /// The committed log from `from_offset` in this node's replica, waiting up to
+    /// `max_wait` for a record when there is none yet.
+    pub(super) async fn fetch(
+        &self,
+        from_offset: u64,
+        max_wait: Duration,
+    ) -> Result<pb::FetchMetadataResponse> {
+        if self.shards.partitions_of(METADATA_TOPIC).is_err() {
+            return Err(Error::NoMetadataReplica);
+        }
+        let mut read = self
+            .shards
+            .read(METADATA_TOPIC, 0, from_offset, FETCH_BYTES, 0)
+            .await?;
+        if read.records.is_empty() && !max_wait.is_zero() {
+            self.shards
+                .wait_for(METADATA_TOPIC, 0, from_offset, max_wait.min(FOLLOW_WAIT))
+                .await?;
+            read = self
+                .shards
+                .read(METADATA_TOPIC, 0, from_offset, FETCH_BYTES, 0)
+                .await?;
+        }
+        let entries = read
+            .records
+            .iter()
+            .map(|r| {
+                let record = metadata::decode(&r.value).map_err(|why| Error::Cluster {
+                    message: format!("metadata log record {}: {why}", r.offset),
+                })?;
+                Ok(pb::MetadataEntry {
+                    offset: r.offset,
+                    record: Some(record),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pb::FetchMetadataResponse {
+            entries,
+            high_watermark: read.high_watermark,
+            leader: u32::try_from(self.leader().await).unwrap_or(0),
+        })
+    }
+
+    /// Asks every other node to apply the log up to `offset`, waiting up to `max_wait`;
+    /// the nodes that did not (they converge by themselves later) are logged.
+    pub(super) async fn sync_everywhere(&self, offset: u64, max_wait: Duration) {
+        let others: Vec<u64> = self
+            .peers
+            .membership()
+            .ids()
+            .into_iter()
+            .filter(|&n| n != self.node_id)
+            .collect();
+        let calls = others.into_iter().map(|node| async move {
+            (node, self.peers.sync_metadata(node, offset, max_wait).await)
+        });
+        for (node, synced) in futures::future::join_all(calls).await {
+            match synced {
+                Ok(applied) if applied >= offset => {}
+                Ok(applied) => {
+                    tracing::warn!(
+                        node,
+                        applied,
+                        offset,
+                        "a node has not applied a metadata change yet; it will by itself"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "a node did not confirm a metadata change; it will apply it when it can")
+                }
+            }
+        }
+    }
+
+    /// Follows the log until the server drains: opens this node's replica of it (a voter),
+    /// then applies every committed record and reconciles this node's topics.
+    pub(super) async fn run(self: Arc<Self>, mut draining: watch::Receiver<bool>) {
+        if self.fresh && !self.learn_horizon(&mut draining).await {
+            return;
+        }
+        if self.is_voter() && !self.open_replica(&mut draining).await {
+            return;
+        }
+        let mut next = 0;
+        let mut turn = 0;
+        // True while a reconciliation failed: it is retried every `retry`.
+        let mut behind = true;
+        loop {
+            if *draining.borrow() {
+                return;
+            }
+            let entries = if self.is_voter() {
+                self.read_local(next, &mut draining).await
+            } else {
+                self.fetch_remote(next, &mut turn).await
+            };
+            let got = match entries {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::debug!(error = %e, "following the metadata log");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.retry) => {}
+                        _ = draining.changed() => {}
+                    }
+                    Vec::new()
+                }
+            };
+            if !got.is_empty() {
+                let mut view = (*self.view()).clone();
+                for entry in &got {
+                    let Some(record) = &entry.record else {
+                        continue;
+                    };
+                    let applied = view.apply(entry.offset, record);
+                    tracing::debug!(offset = entry.offset, ?applied, "metadata applied");
+                }
+                next = view.applied();
+                *self.view.write().expect("view lock poisoned") = Arc::new(view);
+                behind = true;
+            }
+            if behind {
+                behind = !self.reconcile().await;
+                if !behind {
+                    self.applied.send_replace(next);
+                }
+            }
+            if got.is_empty() && behind {
+                tokio::select! {
+                    () = tokio::time::sleep(self.retry) => {}
+                    _ = draining.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// A fresh node asks the other voters how far the log goes, until one answers: what
+    /// was created before may have been held here. False when the server drained first.
+    async fn learn_horizon(&self, draining: &mut watch::Receiver<bool>) -> bool {
+        let others: Vec<u64> = self
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.node_id)
+            .collect();
+        if others.is_empty() {
+            return true;
+        }
+        let mut attempts = 0u64;
+        loop {
+            let calls = others.iter().map(|&node| async move {
+                match self.peers.fetch_metadata(node, 0, Duration::ZERO).await {
+                    Ok(response) => Some(response.high_watermark),
+                    // Up, but without a replica of the log yet.
+                    Err(PeerError::Refused { status, .. })
+                        if status.code() == tonic::Code::FailedPrecondition =>
+                    {
+                        Some(0)
+                    }
+                    Err(_) => None,
+                }
+            });
+            let answers: Vec<u64> = futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+            if let Some(&horizon) = answers.iter().max() {
+                self.horizon.store(horizon, Ordering::Relaxed);
+                if horizon > 0 {
+                    tracing::warn!(
+                        horizon,
+                        "this node starts with no topic in a cluster that has a metadata log: what it held before rejoins (catches up before it votes)"
+                    );
+                }
+                return true;
+            }
+            attempts += 1;
+            if attempts % 30 == 1 {
+                tracing::warn!(voters = ?others, "waiting for another controller voter to answer before opening the controller here");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.retry * 4) => {}
+                _ = draining.changed() => return false,
+            }
+        }
+    }
+
+    /// A topic of `incarnation` (0 for the metadata log itself) created here now starts a
+    /// new group, unless this node may have held it before (see the module docs).
+    fn new_group(&self, incarnation: u64) -> bool {
+        let horizon = self.horizon.load(Ordering::Relaxed);
+        !(self.fresh && horizon > 0 && incarnation <= horizon)
+    }
+
+    /// Opens this voter's replica of the log when it lacks one; retries until it can.
+    async fn open_replica(&self, draining: &mut watch::Receiver<bool>) -> bool {
+        loop {
+            match self.shards.replicas_of(METADATA_TOPIC) {
+                Ok(replicas) => {
+                    if replicas.first() != Some(&self.voters) {
+                        tracing::warn!(held = ?replicas, configured = ?self.voters, "the metadata log's voters differ from cluster.controller_voters; changing them is not supported, the log keeps its own");
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    let new_group = self.new_group(0);
+                    let created = self
+                        .shards
+                        .create_topic_on(
+                            METADATA_TOPIC,
+                            1,
+                            vec![self.voters.clone()],
+                            new_group,
+                            NO_INCARNATION,
+                        )
+                        .await;
+                    match created {
+                        Ok(()) => {
+                            tracing::info!(voters = ?self.voters, new_group, "opened this node's replica of the metadata log");
+                            return true;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "opening this node's replica of the metadata log")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.retry * 4) => {}
+                _ = draining.changed() => return false,
+            }
+        }
+    }
+
+    /// The committed records of the local replica from `next`, waiting for one when there
+    /// is none.
+    async fn read_local(
+        &self,
+        next: u64,
+        draining: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<pb::MetadataEntry>> {
+        let wait = async {
+            tokio::select! {
+                r = self.fetch(next, FOLLOW_WAIT) => r,
+                _ = draining.changed() => Err(Error::ShuttingDown),
+            }
+        };
+        let response = wait.await?;
+        Ok(response.entries)
+    }
+
+    /// The committed records from `next`, fetched from a voter: the last leader seen, or
+    /// the next voter in turn after a failure.
+    async fn fetch_remote(&self, next: u64, turn: &mut usize) -> Result<Vec<pb::MetadataEntry>> {
+        let node = match self.leader.load(Ordering::Relaxed) {
+            0 => self.voters[*turn % self.voters.len()],
+            leader => leader,
+        };
+        match self.peers.fetch_metadata(node, next, FOLLOW_WAIT).await {
+            Ok(response) => {
+                if response.leader != 0 {
+                    self.leader
+                        .store(u64::from(response.leader), Ordering::Relaxed);
+                }
+                Ok(response.entries)
+            }
+            Err(e) => {
+                self.leader.store(0, Ordering::Relaxed);
+                *turn += 1;
+                tokio::time::sleep(self.retry).await;
+                Err(Error::Cluster {
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Makes this node's topics match the view; true when all of it was done.
+    async fn reconcile(&self) -> bool {
+        let view = self.view();
+        let mut done = true;
+        for (name, placement) in view.topics() {
+            match self.shards.incarnation_of(name) {
+                Ok(held) if held == placement.incarnation => continue,
+                Ok(NO_INCARNATION) => {
+                    tracing::warn!(
+                        topic = name,
+                        "a topic made before the controller has the name of one the metadata log created; left alone"
+                    );
+                    continue;
+                }
+                Ok(held) => {
+                    if let Err(e) = self.shards.delete_topic(name).await {
+                        tracing::warn!(topic = name, held, error = %e, "deleting a stale incarnation of a topic");
+                        done = false;
+                        continue;
+                    }
+                    tracing::info!(topic = name, held, "deleted a stale incarnation of a topic");
+                }
+                Err(_) => {}
+            }
+            let new_group = self.new_group(placement.incarnation);
+            let created = self
+                .shards
+                .create_topic_on(
+                    name,
+                    placement.partitions,
+                    placement.replicas.clone(),
+                    new_group,
+                    placement.incarnation,
+                )
+                .await;
+            match created {
+                Ok(()) => {
+                    tracing::info!(
+                        topic = name,
+                        partitions = placement.partitions,
+                        incarnation = placement.incarnation,
+                        new_group,
+                        "topic created from the metadata log"
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(topic = name, error = %e, "creating a topic of the metadata log");
+                    done = false;
+                }
+            }
+        }
+        for topic in self.shards.list_topics() {
+            if shard::is_internal_topic(&topic.name) {
+                continue;
+            }
+            let Ok(held) = self.shards.incarnation_of(&topic.name) else {
+                continue;
+            };
+            let live = view.topic(&topic.name).map(|p| p.incarnation);
+            if held == NO_INCARNATION || held > view.applied() || live == Some(held) {
+                continue;
+            }
+            match self.shards.delete_topic(&topic.name).await {
+                Ok(()) => tracing::info!(
+                    topic = topic.name,
+                    held,
+                    "topic deleted from the metadata log"
+                ),
+                Err(e) => {
+                    tracing::warn!(topic = topic.name, error = %e, "deleting a topic the metadata log deleted");
+                    done = false;
+                }
+            }
+        }
+        done
+    }
+}
