@@ -258,6 +258,14 @@ fn cases(dir: &Path) -> Vec<Case> {
         "cluster.raft_payload_entries_max",
         vec![int(1), int(1 << 16)],
     ));
+    cases.extend(single(
+        "cluster.controller_voters",
+        vec![Value::Array(Vec::new())],
+    ));
+    cases.push(vec![
+        ("cluster.node_id", int(1)),
+        ("cluster.controller_voters", Value::Array(vec![int(1)])),
+    ]);
     // [metrics]: the only case that installs the (process-wide) recorder.
     cases.push(vec![
         ("metrics.enabled", Value::Boolean(true)),
