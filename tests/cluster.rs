@@ -712,3 +712,143 @@ async fn a_retry_on_a_new_leader_gets_the_original_offsets() {
     assert_eq!(cluster.read_all(leader, "orders", end).await, expected);
     cluster.shutdown().await;
 }
+
+/// The controller leader stops while topics are being created through another node: every
+/// creation either succeeded, or fails and succeeds when retried (ALREADY_EXISTS when the
+/// first attempt was recorded after all); no topic is half made (every node ends with every
+/// topic, with the same replicas), and none is made twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_leader_stopped_during_creations_leaves_no_topic_half_made() {
+    let mut cluster = TestCluster::start(3).await;
+    let until = deadline();
+    let controller = loop {
+        let leader = cluster
+            .client(1, "root")
+            .await
+            .describe_cluster()
+            .await
+            .unwrap()
+            .controller;
+        if leader != 0 {
+            break leader;
+        }
+        assert!(Instant::now() < until, "no controller leader known");
+        tokio::time::sleep(POLL).await;
+    };
+    let asked = (1..=3).find(|&id| id != controller).unwrap();
+    let admin = cluster.client(asked, "root").await;
+    let names: Vec<String> = (0..8).map(|i| format!("burst-{i}")).collect();
+    let creations = {
+        let names = names.clone();
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for name in names {
+                let created = admin
+                    .log_client()
+                    .create_topic(pb::CreateTopicRequest {
+                        name: name.clone(),
+                        partitions: 2,
+                        replication_factor: 3,
+                    })
+                    .await;
+                outcomes.push((name, created.map(|_| ()).map_err(|s| s.code())));
+            }
+            outcomes
+        })
+    };
+    // Stop the controller leader once the first creation is through.
+    while admin.describe_topic("burst-0").await.is_err() {
+        assert!(Instant::now() < until, "the first creation never landed");
+        tokio::time::sleep(POLL).await;
+    }
+    cluster.stop(controller).await;
+    for (name, outcome) in creations.await.unwrap() {
+        if let Err(code) = outcome {
+            assert_eq!(code, Code::Unavailable, "{name}");
+            let retried = admin
+                .log_client()
+                .create_topic(pb::CreateTopicRequest {
+                    name: name.clone(),
+                    partitions: 2,
+                    replication_factor: 3,
+                })
+                .await;
+            match retried {
+                Ok(_) => {}
+                Err(s) => assert_eq!(s.code(), Code::AlreadyExists, "{name}: {s:?}"),
+            }
+        }
+    }
+    cluster.restart(controller).await;
+    // Every node converges on every topic, with the same placement.
+    let mut placements_seen = Vec::new();
+    for name in &names {
+        let mut placements = Vec::new();
+        for id in 1..=3 {
+            let client = cluster.client(id, "root").await;
+            let until = deadline();
+            let described = loop {
+                match client.describe_topic(name).await {
+                    Ok(d) => break d,
+                    Err(s) => {
+                        assert!(Instant::now() < until, "node {id} lacks {name}: {s:?}");
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
+            };
+            let replicas: Vec<Vec<u32>> = described
+                .partitions
+                .iter()
+                .map(|p| p.replicas.clone())
+                .collect();
+            assert_eq!(replicas.len(), 2, "{name} on node {id}");
+            placements.push(replicas);
+        }
+        assert!(
+            placements.windows(2).all(|w| w[0] == w[1]),
+            "{name}: {placements:?}"
+        );
+        placements_seen.push(placements.swap_remove(0));
+    }
+    // None made twice: the metadata log, read as a node, holds one effective creation per
+    // name (a retry's second record, if any, has the first one's name and changes nothing).
+    let tls = ClientTls::from_dir(cluster.dir.path().join("certs"), &format!("node-{asked}"))
+        .load()
+        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.addr(asked)))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut fetch = pb::replication_client::ReplicationClient::new(channel);
+    let log = fetch
+        .fetch_metadata(pb::FetchMetadataRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The first creation of each name in the log is the one every node holds (a later one,
+    // a retry that was recorded too, changed nothing).
+    let mut first: std::collections::HashMap<String, Vec<Vec<u32>>> =
+        std::collections::HashMap::new();
+    for entry in &log.entries {
+        if let Some(pb::metadata_record::Kind::TopicCreated(created)) =
+            entry.record.as_ref().and_then(|r| r.kind.as_ref())
+        {
+            first.entry(created.name.clone()).or_insert_with(|| {
+                created
+                    .replicas
+                    .iter()
+                    .map(|r| r.nodes.iter().map(|&n| n as u32).collect())
+                    .collect()
+            });
+        }
+    }
+    for (name, held) in names.iter().zip(&placements_seen) {
+        assert_eq!(first.get(name), Some(held), "{name}");
+    }
+    cluster.shutdown().await;
+}
