@@ -126,7 +126,7 @@ impl Inner {
         let offset = controller
             .propose(metadata::topic_created(topic, replicas, request_id))
             .await?;
-        let wait = controller.wait();
+        let wait = controller.wait_to_open(partitions);
         if controller.wait_applied(offset + 1, wait).await <= offset {
             return Err(Error::Cluster {
                 message: format!(

@@ -43,6 +43,10 @@ const FETCH_BYTES: u64 = 1 << 20;
 /// wakes it at once.
 const FOLLOW_WAIT: Duration = Duration::from_secs(5);
 
+/// More time a node may take to apply a creation, per partition it opens (a creation of
+/// 1,000 partitions opens 1,000 logs on every node).
+const OPEN_TIME_PER_PARTITION: Duration = Duration::from_millis(100);
+
 /// One node's controller: its view of the metadata log and the means to change it.
 pub(super) struct Controller {
     node_id: u64,
@@ -95,6 +99,11 @@ impl Controller {
 
     pub(super) fn wait(&self) -> Duration {
         self.wait
+    }
+
+    /// How long applying a creation of `partitions` partitions may take on a node.
+    pub(super) fn wait_to_open(&self, partitions: u32) -> Duration {
+        self.wait + OPEN_TIME_PER_PARTITION * partitions
     }
 
     fn is_voter(&self) -> bool {

@@ -148,7 +148,8 @@ impl Replication for ReplicationService {
         self.node_caller(&request)?;
         let controller = self.controller()?;
         let sync = request.into_inner();
-        let max_wait = Duration::from_millis(u64::from(sync.max_wait_ms)).min(controller.wait());
+        let longest = controller.wait_to_open(self.inner.config.server.partitions_per_topic_max);
+        let max_wait = Duration::from_millis(u64::from(sync.max_wait_ms)).min(longest);
         let applied = controller.wait_applied(sync.offset, max_wait).await;
         Ok(Response::new(pb::SyncMetadataResponse { applied }))
     }
