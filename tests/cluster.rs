@@ -149,6 +149,20 @@ impl TestCluster {
         .unwrap()
     }
 
+    /// A raw channel to node `id`, authenticated as `identity` (a client or `node-N`).
+    async fn channel_as(&self, id: u32, identity: &str) -> tonic::transport::Channel {
+        let tls = ClientTls::from_dir(self.dir.path().join("certs"), identity)
+            .load()
+            .unwrap();
+        tonic::transport::Endpoint::from_shared(format!("https://{}", self.addr(id)))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// CreateTopic of `name` with one partition and 3 replicas, asked of node `id` as root.
     async fn create_replicated(
         &self,
@@ -556,16 +570,7 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
     let cluster = TestCluster::start(1).await;
-    let tls = ClientTls::from_dir(cluster.dir.path().join("certs"), "root")
-        .load()
-        .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.addr(1)))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = cluster.channel_as(1, "root").await;
     let mut client = pb::replication_client::ReplicationClient::new(channel);
     let frames = tokio_stream::iter(vec![pb::RaftFrame { messages: vec![] }]);
     let refused = client.exchange(frames).await.unwrap_err();
@@ -738,20 +743,23 @@ async fn the_controller_leader_stopped_during_creations_leaves_no_topic_half_mad
     let asked = (1..=3).find(|&id| id != controller).unwrap();
     let admin = cluster.client(asked, "root").await;
     let names: Vec<String> = (0..8).map(|i| format!("burst-{i}")).collect();
+    let create = |admin: Client, name: String| async move {
+        admin
+            .log_client()
+            .create_topic(pb::CreateTopicRequest {
+                name,
+                partitions: 2,
+                replication_factor: 3,
+            })
+            .await
+    };
     let creations = {
         let names = names.clone();
         let admin = admin.clone();
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for name in names {
-                let created = admin
-                    .log_client()
-                    .create_topic(pb::CreateTopicRequest {
-                        name: name.clone(),
-                        partitions: 2,
-                        replication_factor: 3,
-                    })
-                    .await;
+                let created = create(admin.clone(), name.clone()).await;
                 outcomes.push((name, created.map(|_| ()).map_err(|s| s.code())));
             }
             outcomes
@@ -766,15 +774,7 @@ async fn the_controller_leader_stopped_during_creations_leaves_no_topic_half_mad
     for (name, outcome) in creations.await.unwrap() {
         if let Err(code) = outcome {
             assert_eq!(code, Code::Unavailable, "{name}");
-            let retried = admin
-                .log_client()
-                .create_topic(pb::CreateTopicRequest {
-                    name: name.clone(),
-                    partitions: 2,
-                    replication_factor: 3,
-                })
-                .await;
-            match retried {
+            match create(admin.clone(), name.clone()).await {
                 Ok(_) => {}
                 Err(s) => assert_eq!(s.code(), Code::AlreadyExists, "{name}: {s:?}"),
             }
@@ -813,17 +813,7 @@ async fn the_controller_leader_stopped_during_creations_leaves_no_topic_half_mad
     }
     // None made twice: the metadata log, read as a node, holds one effective creation per
     // name (a retry's second record, if any, has the first one's name and changes nothing).
-    let tls = ClientTls::from_dir(cluster.dir.path().join("certs"), &format!("node-{asked}"))
-        .load()
-        .unwrap();
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("https://{}", cluster.addr(asked)))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = cluster.channel_as(asked, &format!("node-{asked}")).await;
     let mut fetch = pb::replication_client::ReplicationClient::new(channel);
     let log = fetch
         .fetch_metadata(pb::FetchMetadataRequest::default())
