@@ -52,6 +52,12 @@ pub mod names {
     pub const RAFT_GROUPS: &str = "walrs_raft_groups";
     /// Gauge {shard}: those of them quiet (idle: no heartbeats, no election timers).
     pub const RAFT_GROUPS_QUIET: &str = "walrs_raft_groups_quiet";
+    /// Gauge: the controller leader (node id) as this node knows it; 0 = none known.
+    pub const CONTROLLER_LEADER: &str = "walrs_controller_leader";
+    /// Gauge: the offset up to which this node applied the controller's metadata log.
+    pub const METADATA_APPLIED_OFFSET: &str = "walrs_metadata_applied_offset";
+    /// Gauge: topics in the cluster, as the applied metadata log says.
+    pub const CLUSTER_TOPICS: &str = "walrs_cluster_topics";
     /// Counter {shard}: requests refused because the shard's queue stayed full.
     pub const SHARD_OVERLOADED_TOTAL: &str = "walrs_shard_overloaded_total";
     /// Gauge {topic}: partitions.
@@ -171,6 +177,15 @@ fn describe_all() {
         "Group-commit syncs slower than storage.slow_fsync_ms."
     );
     describe_gauge!(SHARD_QUEUE_DEPTH, "Requests waiting in the shard's queue.");
+    describe_gauge!(
+        CONTROLLER_LEADER,
+        "The controller leader's node id as this node knows it (0 = none known)."
+    );
+    describe_gauge!(
+        METADATA_APPLIED_OFFSET,
+        "Offset up to which this node applied the controller's metadata log."
+    );
+    describe_gauge!(CLUSTER_TOPICS, "Topics in the cluster's applied metadata.");
     describe_counter!(
         SHARD_OVERLOADED_TOTAL,
         "Requests refused with RESOURCE_EXHAUSTED because the shard's queue stayed full."
@@ -280,6 +295,14 @@ pub fn topic_deleted(topic: &str) {
     for name in [TOPIC_PARTITIONS, TOPIC_SEGMENTS, TOPIC_SIZE_BYTES] {
         gauge!(name, "topic" => topic.to_owned()).set(0.0);
     }
+}
+
+/// The controller as this node follows it: its leader, how far the metadata log is applied,
+/// and the topics it holds.
+pub fn controller_state(leader: u64, applied_offset: u64, topics: usize) {
+    gauge!(CONTROLLER_LEADER).set(leader as f64);
+    gauge!(METADATA_APPLIED_OFFSET).set(applied_offset as f64);
+    gauge!(CLUSTER_TOPICS).set(topics as f64);
 }
 
 /// The instruments of one shard, registered once when the shard starts and then only

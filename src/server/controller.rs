@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use super::errors::{Error, Result};
 use crate::cluster::metadata::{self, METADATA_TOPIC, MetadataView, NO_INCARNATION};
 use crate::cluster::peers::{PeerAdmin, PeerError};
+use crate::observability;
 use crate::proto::v1 as pb;
 use crate::shard::{self, ShardSet};
 use crate::storage::Record;
@@ -343,6 +344,8 @@ impl Controller {
                     self.applied.send_replace(next);
                 }
             }
+            let leader = self.leader().await;
+            observability::controller_state(leader, next, self.view().topic_count());
             if got.is_empty() && behind {
                 tokio::select! {
                     () = tokio::time::sleep(self.retry) => {}
