@@ -535,6 +535,13 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
         nodes.iter().any(|n| n.id == 3 && !n.alive)
     })
     .await;
+    // Node 1, which the CLI asks, sees it too.
+    until_described(
+        &cluster.client(1, "root").await,
+        "node 3 not alive",
+        |nodes| nodes.iter().any(|n| n.id == 3 && !n.alive),
+    )
+    .await;
     // `walrs cluster status` says the same, as a table and as JSON.
     let certs = cluster.dir.path().join("certs");
     let status = |json: bool| {

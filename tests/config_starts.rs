@@ -266,6 +266,20 @@ fn cases(dir: &Path) -> Vec<Case> {
         ("cluster.node_id", int(1)),
         ("cluster.controller_voters", Value::Array(vec![int(1)])),
     ]);
+    cases.push(vec![
+        ("cluster.gossip_listen", text("")),
+        ("cluster.seeds", Value::Array(Vec::new())),
+    ]);
+    cases.push(vec![
+        ("cluster.gossip_listen", text("127.0.0.1:0")),
+        ("cluster.seeds", Value::Array(vec![text("localhost:7946")])),
+        ("cluster.gossip_interval_ms", int(10)),
+        ("cluster.failure_detector_dead_after_ms", int(100)),
+    ]);
+    cases.push(vec![
+        ("cluster.gossip_interval_ms", int(10_000)),
+        ("cluster.failure_detector_dead_after_ms", int(600_000)),
+    ]);
     // [metrics]: the only case that installs the (process-wide) recorder.
     cases.push(vec![
         ("metrics.enabled", Value::Boolean(true)),

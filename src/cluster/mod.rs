@@ -8,6 +8,7 @@
 //! partition's files (`shard`, `storage`). Gossip (issue 11) replaces the static list behind
 //! [`Membership`]; the placement and the transport only ask it for node ids and addresses.
 
+pub mod gossip;
 pub mod metadata;
 pub mod peers;
 pub mod placement;

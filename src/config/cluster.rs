@@ -82,6 +82,18 @@ pub struct ClusterConfig {
     /// placement): its Raft voters. Empty = the first [`CONTROLLER_VOTERS_DEFAULT`] node ids.
     /// Every node must list the same ones.
     pub controller_voters: Vec<u32>,
+    /// The UDP `ip:port` this node gossips on (membership and failure detection); "" = the
+    /// `listen` address (UDP on the gRPC port number).
+    pub gossip_listen: String,
+    /// Gossip addresses (`host:port`, UDP) to join through; empty = every peer's `addr`
+    /// (the peers gossip on their gRPC port number, the default).
+    pub seeds: Vec<String>,
+    /// How often this node gossips with a few others.
+    pub gossip_interval_ms: u64,
+    /// A node not heard from (directly or through others) for about this long is declared
+    /// dead by the phi-accrual failure detector: its threshold is this over the gossip
+    /// interval.
+    pub failure_detector_dead_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -101,6 +113,10 @@ impl Default for ClusterConfig {
             raft_payload_entries_max: timings.raft_payload_entries_max,
             quiesce_after_ms: timings.quiesce_after_ms,
             controller_voters: Vec::new(),
+            gossip_listen: String::new(),
+            seeds: Vec::new(),
+            gossip_interval_ms: 500,
+            failure_detector_dead_after_ms: 4000,
         }
     }
 }
@@ -169,6 +185,33 @@ impl ClusterConfig {
         voters
     }
 
+    /// The UDP address to gossip on: `gossip_listen`, or `listen` when it is empty.
+    pub fn gossip_listen_or(&self, listen: SocketAddr) -> SocketAddr {
+        self.gossip_listen.parse().unwrap_or(listen)
+    }
+
+    /// The gossip address the other nodes reach this one at: the listen address, or with
+    /// a wildcard IP, the IP of `advertise_addr` (validation makes sure there is one).
+    pub fn gossip_advertise(&self, listen: SocketAddr) -> SocketAddr {
+        let gossip = self.gossip_listen_or(listen);
+        if !gossip.ip().is_unspecified() {
+            return gossip;
+        }
+        match self.advertise_addr.parse::<SocketAddr>() {
+            Ok(advertised) => SocketAddr::new(advertised.ip(), gossip.port()),
+            Err(_) => gossip,
+        }
+    }
+
+    /// The gossip addresses to join through: `seeds`, or every peer's address.
+    pub fn gossip_seeds(&self) -> Vec<String> {
+        if self.seeds.is_empty() {
+            self.peers.iter().map(|p| p.addr.clone()).collect()
+        } else {
+            self.seeds.clone()
+        }
+    }
+
     /// The Raft timings these keys set.
     pub(crate) fn raft_timings(&self) -> RaftTimings {
         RaftTimings {
@@ -186,6 +229,7 @@ impl ClusterConfig {
         self.validate_membership(listen)?;
         self.validate_replication_factor()?;
         self.validate_controller_voters()?;
+        self.validate_gossip(listen)?;
         let key = |name: &str| format!("cluster.{name}");
         self.raft_timings().validate_as(&key)?;
         check_range(
@@ -283,6 +327,52 @@ impl ClusterConfig {
                     format!("must be distinct: cluster.peers[{j}] has the same address"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_gossip(&self, listen: SocketAddr) -> Result<(), Invalid> {
+        check_range(
+            "cluster.gossip_interval_ms".to_owned(),
+            self.gossip_interval_ms,
+            10,
+            10_000,
+            " ms",
+        )?;
+        check_range(
+            "cluster.failure_detector_dead_after_ms".to_owned(),
+            self.failure_detector_dead_after_ms,
+            (2 * self.gossip_interval_ms).max(100),
+            600_000,
+            " ms (at least two gossip intervals)",
+        )?;
+        if !self.gossip_listen.is_empty() && self.gossip_listen.parse::<SocketAddr>().is_err() {
+            return Err(Invalid::new(
+                "cluster.gossip_listen",
+                format!("{:?}", self.gossip_listen),
+                "must be \"ip:port\" (UDP), or empty for the `listen` address",
+            ));
+        }
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if !is_host_port(seed) {
+                return Err(Invalid::new(
+                    format!("cluster.seeds[{i}]"),
+                    format!("{seed:?}"),
+                    "must be \"host:port\" or \"ip:port\" (a node's gossip address)",
+                ));
+            }
+        }
+        let gossip = self.gossip_listen_or(listen);
+        if self.node_id > 0
+            && !self.peers.is_empty()
+            && self.gossip_advertise(listen).ip().is_unspecified()
+        {
+            return Err(Invalid::new(
+                "cluster.gossip_listen",
+                format!("{gossip}"),
+                "is a wildcard address and `advertise_addr` is not an ip:port: set \
+                 gossip_listen to the address the other nodes can reach this one at",
+            ));
         }
         Ok(())
     }
@@ -604,6 +694,35 @@ mod tests {
             "controller_voters = [1]".to_owned(),
         ] {
             assert_eq!(refused(&bad).key, "cluster.controller_voters", "{bad}");
+        }
+    }
+
+    #[test]
+    fn gossip_defaults_to_the_grpc_address_and_the_peers() {
+        let listen: SocketAddr = LISTEN.parse().unwrap();
+        let peers = parse("node_id = 1\n[[peers]]\nid = 2\naddr = \"b:7072\"\n");
+        assert_eq!(peers.gossip_listen_or(listen), listen);
+        assert_eq!(peers.gossip_advertise(listen), listen);
+        assert_eq!(peers.gossip_seeds(), vec!["b:7072".to_owned()]);
+        let wild = parse(
+            "node_id = 1\nadvertise_addr = \"10.0.0.1:7070\"\ngossip_listen = \"0.0.0.0:7946\"",
+        );
+        assert_eq!(
+            wild.gossip_advertise(listen),
+            "10.0.0.1:7946".parse::<SocketAddr>().unwrap()
+        );
+        check("gossip_interval_ms = 10\nfailure_detector_dead_after_ms = 100").unwrap();
+        for (text, key) in [
+            ("gossip_interval_ms = 9", "cluster.gossip_interval_ms"),
+            ("gossip_interval_ms = 10001", "cluster.gossip_interval_ms"),
+            (
+                "failure_detector_dead_after_ms = 999",
+                "cluster.failure_detector_dead_after_ms",
+            ),
+            ("gossip_listen = \"nowhere\"", "cluster.gossip_listen"),
+            ("seeds = [\"a\"]", "cluster.seeds[0]"),
+        ] {
+            assert_eq!(refused(text).key, key, "{text}");
         }
     }
 

@@ -56,6 +56,8 @@ pub mod names {
     pub const CONTROLLER_LEADER: &str = "walrs_controller_leader";
     /// Gauge: the offset up to which this node applied the controller's metadata log.
     pub const METADATA_APPLIED_OFFSET: &str = "walrs_metadata_applied_offset";
+    /// Gauge {state}: nodes gossip knows, by state (joining, alive, leaving, dead).
+    pub const GOSSIP_MEMBERS: &str = "walrs_gossip_members";
     /// Gauge: topics in the cluster, as the applied metadata log says.
     pub const CLUSTER_TOPICS: &str = "walrs_cluster_topics";
     /// Counter {shard}: requests refused because the shard's queue stayed full.
@@ -186,6 +188,10 @@ fn describe_all() {
         "Offset up to which this node applied the controller's metadata log."
     );
     describe_gauge!(CLUSTER_TOPICS, "Topics in the cluster's applied metadata.");
+    describe_gauge!(
+        GOSSIP_MEMBERS,
+        "Nodes gossip knows, by state: joining, alive, leaving, or dead (failure detector)."
+    );
     describe_counter!(
         SHARD_OVERLOADED_TOTAL,
         "Requests refused with RESOURCE_EXHAUSTED because the shard's queue stayed full."
@@ -303,6 +309,20 @@ pub fn controller_state(leader: u64, applied_offset: u64, topics: usize) {
     gauge!(CONTROLLER_LEADER).set(leader as f64);
     gauge!(METADATA_APPLIED_OFFSET).set(applied_offset as f64);
     gauge!(CLUSTER_TOPICS).set(topics as f64);
+}
+
+/// The gossip members' states (one item per node: joining, alive, leaving or dead).
+pub fn gossip_members<'a>(states: impl Iterator<Item = &'a str>) {
+    let mut counts: std::collections::BTreeMap<&str, u64> = ["joining", "alive", "leaving", "dead"]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+    for state in states {
+        *counts.entry(state).or_default() += 1;
+    }
+    for (state, count) in counts {
+        gauge!(GOSSIP_MEMBERS, "state" => state.to_owned()).set(count as f64);
+    }
 }
 
 /// The instruments of one shard, registered once when the shard starts and then only

@@ -308,8 +308,8 @@ impl Inner {
 }
 
 impl Inner {
-    /// The static membership of `[cluster]`: this node and its peers, sorted by id, and the
-    /// controller leader. Any authenticated caller may ask, as for ListTopics; nothing here
+    /// The static membership of `[cluster]` and the nodes gossip met besides, sorted by id,
+    /// each with the failure detector's verdict, and the controller leader. Any authenticated caller may ask, as for ListTopics; nothing here
     /// is secret beyond what a client must know to find a partition's leader.
     pub(super) async fn describe_cluster(
         &self,
@@ -318,22 +318,41 @@ impl Inner {
         self.check_running()?;
         self.principal(request)?;
         let node_id = self.config.cluster.node_id;
-        let nodes = self
+        let mut nodes: Vec<NodeInfo> = self
             .config
             .cluster_nodes()
             .into_iter()
             .map(|node| NodeInfo {
-                // This node answers, so it is alive; a peer is alive when this node's
-                // replication link to it is connected (gossip, issue 11, will say more).
+                // This node answers, so it is alive; a peer is alive when the failure
+                // detector says so, or, for a node gossip has not heard of yet, when this
+                // node's replication link to it is connected.
                 alive: node.id == node_id
                     || self
-                        .peers
+                        .gossip
                         .as_ref()
-                        .is_some_and(|peers| peers.is_up(u64::from(node.id))),
+                        .and_then(|gossip| gossip.is_alive(node.id))
+                        .unwrap_or_else(|| {
+                            self.peers
+                                .as_ref()
+                                .is_some_and(|peers| peers.is_up(u64::from(node.id)))
+                        }),
                 id: node.id,
                 addr: node.addr,
             })
             .collect();
+        // Nodes that joined through gossip without being configured here.
+        if let Some(gossip) = &self.gossip {
+            for member in gossip.members() {
+                if !nodes.iter().any(|n| n.id == member.id) {
+                    nodes.push(NodeInfo {
+                        id: member.id,
+                        addr: member.grpc_addr,
+                        alive: member.alive,
+                    });
+                }
+            }
+            nodes.sort_by_key(|n| n.id);
+        }
         let controller = match &self.controller {
             Some(controller) => u32::try_from(controller.leader().await).unwrap_or(0),
             None => 0,

@@ -31,6 +31,7 @@ use super::service::LogService;
 use super::stats::ServerStats;
 use crate::client::ClientTls;
 use crate::cluster::Membership;
+use crate::cluster::gossip::{Gossip, GossipOptions, NodeState};
 use crate::cluster::peers::PeerAdmin;
 use crate::cluster::transport::{GrpcTransport, LinkOptions, PeerLiveness};
 use crate::config::Config;
@@ -91,6 +92,22 @@ fn cluster_links(config: &Config) -> Result<Option<(Membership, LinkOptions)>> {
         keepalive_timeout: Duration::from_millis(cluster.election_timeout_max_ms),
     };
     Ok(Some((membership, links)))
+}
+
+/// Starts gossiping (`cluster::gossip`): on `gossip_listen`, or UDP on the port the gRPC
+/// listener got.
+async fn start_gossip(config: &Config, bound: SocketAddr) -> Result<Gossip> {
+    let cluster = &config.cluster;
+    let options = GossipOptions {
+        node_id: cluster.node_id,
+        listen: cluster.gossip_listen_or(bound),
+        advertise: cluster.gossip_advertise(bound),
+        grpc_addr: cluster.advertise_addr_or(bound),
+        seeds: cluster.gossip_seeds(),
+        interval: Duration::from_millis(cluster.gossip_interval_ms),
+        dead_after: Duration::from_millis(cluster.failure_detector_dead_after_ms),
+    };
+    Gossip::start(options).await.map_err(Error::ClusterSetup)
 }
 
 /// What the shards need to run partition groups: this node, the links to the others and
@@ -300,6 +317,10 @@ pub async fn start(config: Config) -> Result<Running> {
         .build_v1alpha()
         .expect("the compiled-in descriptor sets are valid");
 
+    let gossip = match &cluster {
+        None => None,
+        Some(_) => Some(Arc::new(start_gossip(&config, local_addr).await?)),
+    };
     let (draining_tx, draining_rx) = watch::channel(false);
     let in_flight = Arc::new(InFlight::default());
     let running_shards = shards.clone();
@@ -309,6 +330,7 @@ pub async fn start(config: Config) -> Result<Running> {
         draining_rx.clone(),
         in_flight.clone(),
         cluster.map(|(membership, links)| PeerAdmin::new(membership, links, liveness)),
+        gossip.clone(),
     );
     let replication_limit = replication_message_limit(&config);
     let replication_server = ReplicationServer::new(service.replication())
@@ -356,6 +378,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
 
     health.set(true).await;
+    if let Some(gossip) = &gossip {
+        gossip.announce(NodeState::Alive).await;
+    }
+    let gossip_interval = Duration::from_millis(config.cluster.gossip_interval_ms);
     tracing::info!(
         address = %local_addr,
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
@@ -388,6 +414,9 @@ pub async fn start(config: Config) -> Result<Running> {
                 Err(_idle_connections_remain) => Ok(()),
             },
         };
+        if let Some(gossip) = gossip {
+            gossip.leave(gossip_interval).await;
+        }
         let closed = shards.shutdown().await.map_err(Error::from);
         match (&served, &closed) {
             (Ok(()), Ok(())) => tracing::info!("shards synced and closed; stopped"),

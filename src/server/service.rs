@@ -29,6 +29,7 @@ use super::errors::{Error, Result};
 use super::identity;
 use super::listener::PeerInfo;
 use super::read::READ_STREAM_BUFFER;
+use crate::cluster::gossip::Gossip;
 use crate::cluster::peers::PeerAdmin;
 use crate::config::Config;
 use crate::observability::{self, Rpc, RpcCall};
@@ -68,6 +69,8 @@ pub(super) struct Inner {
     pub(super) peers: Option<PeerAdmin>,
     /// The cluster's metadata (topics and placement); `None` outside a cluster.
     pub(super) controller: Option<Arc<Controller>>,
+    /// Who is alive, by gossip; `None` outside a cluster.
+    pub(super) gossip: Option<Arc<Gossip>>,
 }
 
 impl LogService {
@@ -77,6 +80,7 @@ impl LogService {
         draining: watch::Receiver<bool>,
         in_flight: Arc<InFlight>,
         peers: Option<PeerAdmin>,
+        gossip: Option<Arc<Gossip>>,
     ) -> LogService {
         let default_partitions = config.default_partitions_for(shards.shard_count() as u32);
         let budget_bytes = usize::try_from(config.server.inflight_append_bytes_max)
@@ -107,6 +111,7 @@ impl LogService {
                 append_budget,
                 peers,
                 controller,
+                gossip,
             }),
         }
     }
