@@ -278,7 +278,8 @@ enum ClusterCommand {
     Status {
         #[command(flatten)]
         connection: Connection,
-        /// Print one JSON object (`node_id`, `controller`, `nodes`: `id`, `addr`, `alive`).
+        /// Print one JSON object (`node_id`, `controller`, `nodes`: `id`, `addr`, `alive`,
+        /// `state`).
         #[arg(long)]
         json: bool,
     },
@@ -665,7 +666,7 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 let nodes: Vec<serde_json::Value> = status
                     .nodes
                     .iter()
-                    .map(|n| serde_json::json!({ "id": n.id, "addr": n.addr, "alive": n.alive }))
+                    .map(|n| serde_json::json!({ "id": n.id, "addr": n.addr, "alive": n.alive, "state": n.state }))
                     .collect();
                 let out = serde_json::json!({
                     "node_id": status.node_id,
@@ -675,18 +676,19 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 println!("{out}");
                 return Ok(());
             }
-            println!("node\taddress\talive");
+            println!("node\taddress\talive\tgossip");
             for n in &status.nodes {
                 let alive = match (n.id == status.node_id, n.alive) {
                     (true, _) => "yes (answered)",
                     (false, true) => "yes",
                     (false, false) => "no",
                 };
-                println!("{}\t{}\t{alive}", n.id, n.addr);
+                let gossip = if n.state.is_empty() { "-" } else { &n.state };
+                println!("{}\t{}\t{alive}\t{gossip}", n.id, n.addr);
             }
-            // 0 until the cluster has a controller (static membership).
+            // 0 while no controller leader is known (no majority of its voters up yet).
             match status.controller {
-                0 => println!("controller: none (static membership)"),
+                0 => println!("controller: none known"),
                 id => println!("controller: node {id}"),
             }
         }

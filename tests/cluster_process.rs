@@ -31,6 +31,8 @@ const CYCLES: u32 = 20;
 const ELECTION_MIN_MS: u64 = 400;
 const ELECTION_MAX_MS: u64 = 800;
 const HEARTBEAT_MS: u64 = 100;
+const GOSSIP_INTERVAL_MS: u64 = 200;
+const DEAD_AFTER_MS: u64 = 2000;
 const TOPIC: &str = "chaos";
 const POLL: Duration = Duration::from_millis(20);
 
@@ -89,7 +91,8 @@ fn write_config(dir: &Path, id: u32, addrs: &[String]) -> PathBuf {
          [metrics]\nenabled = false\n\
          [cluster]\nnode_id = {id}\nreplication_factor = 3\n\
          election_timeout_min_ms = {ELECTION_MIN_MS}\nelection_timeout_max_ms = {ELECTION_MAX_MS}\n\
-         heartbeat_interval_ms = {HEARTBEAT_MS}\n{peers}",
+         heartbeat_interval_ms = {HEARTBEAT_MS}\ngossip_interval_ms = {GOSSIP_INTERVAL_MS}\n\
+         failure_detector_dead_after_ms = {DEAD_AFTER_MS}\n{peers}",
         listen = addrs[id as usize - 1],
         data = dir.join(format!("node-{id}")).display(),
         cert = certs.join(format!("node-{id}.pem")).display(),
@@ -290,9 +293,8 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
     let mut processes = Processes::start();
     let live: Vec<u32> = (1..=NODES).collect();
 
-    // Create the topic once every node answers. A creation that reached only some nodes is
-    // completed by the others as they start (they ask a peer for the topics they lack), so a
-    // retry may find it everywhere already.
+    // Create the topic once the controller answers. A creation whose answer was lost is
+    // recorded all the same, so a retry may find it exists already.
     let until = Instant::now() + patience();
     loop {
         if let Some(client) = connect(processes.addr(1), &processes.certs()).await {
@@ -432,4 +434,61 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
         "seed {seed}: {CYCLES} leader kills, {} acknowledged records, all present once on {NODES} nodes",
         acked.len()
     );
+}
+
+/// What gossip on node `id` says of node `of` (`None`: `id` did not answer).
+async fn gossip_says(processes: &Processes, id: u32, of: u32) -> Option<String> {
+    let client = connect(processes.addr(id), &processes.certs()).await?;
+    let cluster = client.describe_cluster().await.ok()?;
+    cluster
+        .nodes
+        .into_iter()
+        .find(|n| n.id == of)
+        .map(|n| n.state)
+}
+
+/// A node killed with SIGKILL is declared dead by the others' failure detectors, within a
+/// bound derived from the config (`failure_detector_dead_after_ms`, gossip rounds), and alive
+/// again once it restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_declared_dead_by_the_failure_detector() {
+    let mut processes = Processes::start();
+    let until = Instant::now() + patience();
+    for id in 1..=NODES {
+        for of in 1..=NODES {
+            while gossip_says(&processes, id, of).await.as_deref() != Some("alive") {
+                assert!(
+                    Instant::now() < until,
+                    "node {id} never saw node {of} alive"
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+    processes.kill(3);
+    let killed = Instant::now();
+    // The verdict comes after about DEAD_AFTER_MS of silence; allow for the detector's
+    // smoothing and for busy cores, three times over plus ten rounds.
+    let bound = Duration::from_millis(3 * DEAD_AFTER_MS + 10 * GOSSIP_INTERVAL_MS);
+    for id in 1..=2 {
+        while gossip_says(&processes, id, 3).await.as_deref() != Some("dead") {
+            assert!(
+                killed.elapsed() < bound,
+                "node {id} still calls the killed node 3 alive after {bound:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        println!(
+            "node {id} declared the killed node dead after {} ms (configured {DEAD_AFTER_MS} ms)",
+            killed.elapsed().as_millis()
+        );
+    }
+    processes.spawn(3);
+    let until = Instant::now() + patience();
+    for id in 1..=2 {
+        while gossip_says(&processes, id, 3).await.as_deref() != Some("alive") {
+            assert!(Instant::now() < until, "node {id} never saw node 3 back");
+            tokio::time::sleep(POLL).await;
+        }
+    }
 }

@@ -235,6 +235,7 @@ impl FakeNode {
             id: node_id,
             addr: self.addr.to_string(),
             alive: true,
+            state: String::new(),
         }
     }
 }
@@ -327,6 +328,7 @@ async fn a_refusal_without_hint_and_a_dead_node_move_on_to_the_next_node() {
             id: 2,
             addr: dead.to_string(),
             alive: true,
+            state: String::new(),
         },
         accepting.info(3),
     ];

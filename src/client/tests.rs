@@ -146,6 +146,7 @@ impl Log for Stub {
                 id: 4,
                 addr: "node-4:7070".into(),
                 alive: true,
+                state: String::new(),
             }],
             controller: 0,
         }))

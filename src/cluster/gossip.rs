@@ -75,6 +75,22 @@ pub struct Member {
     pub alive: bool,
 }
 
+impl Member {
+    /// Alive, and not leaving: a node to count on.
+    pub fn is_available(&self) -> bool {
+        self.alive && self.state != NodeState::Leaving
+    }
+
+    /// What to show of it: its own state while alive, else `dead`.
+    pub fn verdict(&self) -> &'static str {
+        if self.alive {
+            self.state.as_str()
+        } else {
+            "dead"
+        }
+    }
+}
+
 /// How this node gossips.
 #[derive(Debug, Clone)]
 pub struct GossipOptions {
@@ -94,7 +110,6 @@ pub struct GossipOptions {
 
 /// A running gossip member.
 pub struct Gossip {
-    node_id: u32,
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
     members: Arc<RwLock<BTreeMap<u32, Member>>>,
 }
@@ -152,7 +167,6 @@ impl Gossip {
         tokio::spawn(follow(watcher, members.clone(), options.node_id));
         tracing::info!(listen = %options.listen, advertise = %options.advertise, seeds = ?options.seeds, "gossip started");
         Ok(Gossip {
-            node_id: options.node_id,
             handle: tokio::sync::Mutex::new(Some(handle)),
             members,
         })
@@ -165,18 +179,6 @@ impl Gossip {
                 .with_chitchat(|c| c.self_node_state().set(KEY_STATE, state.as_str()))
                 .await;
         }
-    }
-
-    /// Whether `id` is alive: the failure detector's verdict, and not leaving (this node
-    /// is alive); `None` for a node gossip has never heard of.
-    pub fn is_alive(&self, id: u32) -> Option<bool> {
-        if id == self.node_id {
-            return Some(true);
-        }
-        let members = self.members.read().expect("members lock poisoned");
-        members
-            .get(&id)
-            .map(|m| m.alive && m.state != NodeState::Leaving)
     }
 
     /// Every node gossip has heard of, by id.
@@ -260,11 +262,7 @@ async fn follow(
                     alive: true,
                 };
             }
-            crate::observability::gossip_members(
-                members
-                    .values()
-                    .map(|m| if m.alive { m.state.as_str() } else { "dead" }),
-            );
+            crate::observability::gossip_members(members.values().map(Member::verdict));
         }
         if live.changed().await.is_err() {
             return;
@@ -275,6 +273,15 @@ async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `gossip` says of node `id`'s liveness (`None`: never heard of it).
+    fn is_alive(gossip: &Gossip, id: u32) -> Option<bool> {
+        gossip
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.is_available())
+    }
 
     #[test]
     fn node_ids_round_trip_and_others_are_ignored() {
@@ -327,7 +334,7 @@ mod tests {
         while until("all three alive everywhere", &|| {
             nodes
                 .iter()
-                .all(|n| (1..=3).all(|id| n.is_alive(id) == Some(true)))
+                .all(|n| (1..=3).all(|id| is_alive(n, id) == Some(true)))
         }) {
             tokio::time::sleep(interval).await;
         }
@@ -344,10 +351,10 @@ mod tests {
             .await
             .unwrap();
         while until("node 3 declared dead", &|| {
-            nodes.iter().all(|n| n.is_alive(3) == Some(false))
+            nodes.iter().all(|n| is_alive(n, 3) == Some(false))
         }) {
             tokio::time::sleep(interval).await;
         }
-        assert!(nodes.iter().all(|n| n.is_alive(2) == Some(true)));
+        assert!(nodes.iter().all(|n| is_alive(n, 2) == Some(true)));
     }
 }

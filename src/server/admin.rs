@@ -318,26 +318,36 @@ impl Inner {
         self.check_running()?;
         self.principal(request)?;
         let node_id = self.config.cluster.node_id;
+        let gossiped = |id: u32| -> Option<crate::cluster::gossip::Member> {
+            self.gossip
+                .as_ref()?
+                .members()
+                .into_iter()
+                .find(|m| m.id == id)
+        };
         let mut nodes: Vec<NodeInfo> = self
             .config
             .cluster_nodes()
             .into_iter()
-            .map(|node| NodeInfo {
+            .map(|node| {
                 // This node answers, so it is alive; a peer is alive when the failure
                 // detector says so, or, for a node gossip has not heard of yet, when this
                 // node's replication link to it is connected.
-                alive: node.id == node_id
-                    || self
-                        .gossip
-                        .as_ref()
-                        .and_then(|gossip| gossip.is_alive(node.id))
-                        .unwrap_or_else(|| {
-                            self.peers
-                                .as_ref()
-                                .is_some_and(|peers| peers.is_up(u64::from(node.id)))
-                        }),
-                id: node.id,
-                addr: node.addr,
+                let member = gossiped(node.id);
+                let alive = node.id == node_id
+                    || match &member {
+                        Some(m) => m.is_available(),
+                        None => self
+                            .peers
+                            .as_ref()
+                            .is_some_and(|peers| peers.is_up(u64::from(node.id))),
+                    };
+                NodeInfo {
+                    id: node.id,
+                    addr: node.addr,
+                    alive,
+                    state: member.map_or_else(String::new, |m| m.verdict().to_owned()),
+                }
             })
             .collect();
         // Nodes that joined through gossip without being configured here.
@@ -346,8 +356,9 @@ impl Inner {
                 if !nodes.iter().any(|n| n.id == member.id) {
                     nodes.push(NodeInfo {
                         id: member.id,
+                        alive: member.is_available(),
+                        state: member.verdict().to_owned(),
                         addr: member.grpc_addr,
-                        alive: member.alive,
                     });
                 }
             }
