@@ -253,6 +253,15 @@ async fn every_rpc_round_trips() {
     assert_eq!(gone.code(), Code::NotFound);
 
     // Health reports SERVING for the Log service; reflection is served too.
+    assert_eq!(
+        health_of(&server).await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    server.shutdown().await;
+}
+
+/// The gRPC health status of the Log service on `server`.
+async fn health_of(server: &TestServer) -> i32 {
     let tls = ClientTls::from_dir(server.certs(), "root").load().unwrap();
     let channel = Endpoint::from_shared(format!("https://{}", server.addr))
         .unwrap()
@@ -262,19 +271,14 @@ async fn every_rpc_round_trips() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health
+    health
         .check(tonic_health::pb::HealthCheckRequest {
             service: "walrs.v1.Log".into(),
         })
         .await
         .unwrap()
         .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-    server.shutdown().await;
+        .status
 }
 
 /// DescribeCluster on a node outside any cluster (`[cluster] node_id = 0`): no node id, no
@@ -328,7 +332,12 @@ async fn describe_cluster_lists_the_configured_nodes() {
     );
 
     // Node 2 is down (nothing listens at its address): the controller's voters are nodes 2
-    // and 7, so it has no majority. A creation is refused, says why, and creates nothing.
+    // and 7, so it has no majority, and this node has not joined: NOT_SERVING. A creation
+    // is refused, says why, and creates nothing.
+    assert_eq!(
+        health_of(&server).await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
     let refused = client.create_topic("replicated", 2).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(

@@ -69,6 +69,9 @@ pub(super) struct Controller {
     view: RwLock<Arc<MetadataView>>,
     /// The offset up to which the view is applied and this node's topics reconciled.
     applied: watch::Sender<u64>,
+    /// True once this node has followed the log from a replica that knows the controller
+    /// leader, and made its topics match: it has joined the cluster.
+    joined: watch::Sender<bool>,
 }
 
 impl Controller {
@@ -95,6 +98,7 @@ impl Controller {
             leader: AtomicU64::new(0),
             view: RwLock::new(Arc::new(MetadataView::default())),
             applied: watch::channel(0).0,
+            joined: watch::channel(false).0,
         }
     }
 
@@ -126,6 +130,13 @@ impl Controller {
             return leader;
         }
         self.leader.load(Ordering::Relaxed)
+    }
+
+    /// Waits until this node has joined: it follows the log through a replica that knows
+    /// the controller leader, and its topics match what it read.
+    pub(super) async fn joined(&self) {
+        let mut joined = self.joined.subscribe();
+        let _closed_means_never = joined.wait_for(|&j| j).await;
     }
 
     /// Waits until the view is applied and reconciled up to `offset` (exclusive), or
@@ -346,6 +357,14 @@ impl Controller {
             }
             let leader = self.leader().await;
             observability::controller_state(leader, next, self.view().topic_count());
+            if !behind && leader != 0 && !*self.joined.borrow() {
+                tracing::info!(
+                    controller = leader,
+                    applied = next,
+                    "joined the cluster: the metadata log is followed and this node's topics match it"
+                );
+                self.joined.send_replace(true);
+            }
             if got.is_empty() && behind {
                 tokio::select! {
                     () = tokio::time::sleep(self.retry) => {}

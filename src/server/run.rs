@@ -338,6 +338,7 @@ pub async fn start(config: Config) -> Result<Running> {
         .max_encoding_message_size(replication_limit);
     let append_budget = service.append_budget();
     service.spawn_controller();
+    let controller = service.controller();
     let limit = request_limit(&config);
     let decode_max = limit.bytes_max;
     let encode_max = config.server.read_bytes_max as usize * 2 + FRAMING_BYTES;
@@ -377,9 +378,24 @@ pub async fn start(config: Config) -> Result<Running> {
         let _no_receivers_is_fine = draining_tx.send(true);
     };
 
-    health.set(true).await;
-    if let Some(gossip) = &gossip {
-        gossip.announce(NodeState::Alive).await;
+    // A node of a cluster serves health, and says it is alive, once it has joined: it
+    // follows the controller's log and holds the topics it should.
+    match controller {
+        None => health.set(true).await,
+        Some(controller) => {
+            let (health, gossip, mut draining) =
+                (health.clone(), gossip.clone(), draining_rx.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = controller.joined() => {}
+                    _ = draining.wait_for(|d| *d) => return,
+                }
+                health.set(true).await;
+                if let Some(gossip) = gossip {
+                    gossip.announce(NodeState::Alive).await;
+                }
+            });
+        }
     }
     let gossip_interval = Duration::from_millis(config.cluster.gossip_interval_ms);
     tracing::info!(

@@ -129,6 +129,11 @@ impl LogService {
         }
     }
 
+    /// The controller this node follows; `None` outside a cluster.
+    pub(super) fn controller(&self) -> Option<Arc<Controller>> {
+        self.inner.controller.clone()
+    }
+
     /// The server-wide budget of record bytes in flight (`server.inflight_append_bytes_max`).
     pub(crate) fn append_budget(&self) -> Arc<tokio::sync::Semaphore> {
         self.inner.append_budget.clone()
