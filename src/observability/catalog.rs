@@ -52,6 +52,16 @@ pub mod names {
     pub const RAFT_GROUPS: &str = "walrs_raft_groups";
     /// Gauge {shard}: those of them quiet (idle: no heartbeats, no election timers).
     pub const RAFT_GROUPS_QUIET: &str = "walrs_raft_groups_quiet";
+    /// Counter {shard}: times a replicated partition on the shard learned of a new leader.
+    pub const LEADER_CHANGES_TOTAL: &str = "walrs_leader_changes_total";
+    /// Gauge {topic, partition}: the partition's leader (node id) as this replica knows it,
+    /// 0 = none; sampled every maintenance interval.
+    pub const PARTITION_LEADER: &str = "walrs_partition_leader";
+    /// Gauge {topic, partition}: the partition's Raft term (its `leader_epoch`).
+    pub const PARTITION_TERM: &str = "walrs_partition_term";
+    /// Gauge {topic, partition, replica}: on the leader, the entries (batches) of its log a
+    /// follower does not hold yet.
+    pub const REPLICA_LAG_BATCHES: &str = "walrs_replica_lag_batches";
     /// Gauge: the controller leader (node id) as this node knows it; 0 = none known.
     pub const CONTROLLER_LEADER: &str = "walrs_controller_leader";
     /// Gauge: the offset up to which this node applied the controller's metadata log.
@@ -179,6 +189,22 @@ fn describe_all() {
         "Group-commit syncs slower than storage.slow_fsync_ms."
     );
     describe_gauge!(SHARD_QUEUE_DEPTH, "Requests waiting in the shard's queue.");
+    describe_counter!(
+        LEADER_CHANGES_TOTAL,
+        "Times a replicated partition on the shard learned of a new leader."
+    );
+    describe_gauge!(
+        PARTITION_LEADER,
+        "The partition's leader (node id) as this replica knows it; 0 = none."
+    );
+    describe_gauge!(
+        PARTITION_TERM,
+        "The partition's Raft term (its leader_epoch)."
+    );
+    describe_gauge!(
+        REPLICA_LAG_BATCHES,
+        "On the leader: entries (batches) of its log a follower does not hold yet."
+    );
     describe_gauge!(
         CONTROLLER_LEADER,
         "The controller leader's node id as this node knows it (0 = none known)."
@@ -311,6 +337,31 @@ pub fn controller_state(leader: u64, applied_offset: u64, topics: usize) {
     gauge!(CLUSTER_TOPICS).set(topics as f64);
 }
 
+/// A replicated partition as its replica here sees it: leader and term, and on the leader,
+/// each follower's lag in entries.
+pub fn partition_replication(
+    topic: &str,
+    partition: u32,
+    (leader, term): (Option<u64>, u64),
+    lag: &[(u64, u64)],
+) {
+    let labels = [
+        ("topic", topic.to_owned()),
+        ("partition", partition.to_string()),
+    ];
+    gauge!(PARTITION_LEADER, &labels).set(leader.unwrap_or(0) as f64);
+    gauge!(PARTITION_TERM, &labels).set(term as f64);
+    for (replica, batches) in lag {
+        gauge!(
+            REPLICA_LAG_BATCHES,
+            "topic" => topic.to_owned(),
+            "partition" => partition.to_string(),
+            "replica" => replica.to_string()
+        )
+        .set(*batches as f64);
+    }
+}
+
 /// The gossip members' states (one item per node: joining, alive, leaving or dead).
 pub fn gossip_members<'a>(states: impl Iterator<Item = &'a str>) {
     let mut counts: std::collections::BTreeMap<&str, u64> = ["joining", "alive", "leaving", "dead"]
@@ -379,7 +430,8 @@ pub(crate) fn shard_gauges(counts: &ShardCounts) {
     counter!(FSYNCS_TOTAL, "shard" => label.clone()).absolute(counts.fsyncs);
     gauge!(SHARD_QUEUE_DEPTH, "shard" => label.clone()).set(counts.queue_depth as f64);
     gauge!(RAFT_GROUPS, "shard" => label.clone()).set(counts.raft_groups as f64);
-    gauge!(RAFT_GROUPS_QUIET, "shard" => label).set(counts.raft_groups_quiet as f64);
+    gauge!(RAFT_GROUPS_QUIET, "shard" => label.clone()).set(counts.raft_groups_quiet as f64);
+    counter!(LEADER_CHANGES_TOTAL, "shard" => label).absolute(counts.leader_changes);
 }
 
 /// The listener's counters, as the server keeps them.
@@ -398,6 +450,7 @@ pub struct ShardCounts {
     pub queue_depth: u64,
     pub raft_groups: u64,
     pub raft_groups_quiet: u64,
+    pub leader_changes: u64,
 }
 
 /// The listener's counters, copied at scrape time.

@@ -25,8 +25,8 @@ pub use call::{ActiveStream, Rpc, RpcCall, code_name};
 pub use catalog::{
     ListenerCounts, ShardCounts, ShardMetrics, TopicDiskUsage, authentication_failed,
     authorization_denied, bytes_and_records_in, bytes_and_records_out, controller_state,
-    gossip_members, install_recorder, observe_append, observe_read, shard_overloaded,
-    topic_deleted, topic_disk_usage,
+    gossip_members, install_recorder, observe_append, observe_read, partition_replication,
+    shard_overloaded, topic_deleted, topic_disk_usage,
 };
 pub use exporter::{MetricsEndpoint, MetricsSource};
 pub use health::Health;

@@ -351,6 +351,24 @@ impl<RT: AsyncRuntime> Group<RT> {
         (m.current_leader, m.state == ServerState::Leader)
     }
 
+    /// On a leader: per follower, the entries (batches) of this leader's log it does not
+    /// hold yet, as far as the leader knows; empty elsewhere.
+    pub(crate) fn follower_lag(&self) -> Vec<(NodeId, u64)> {
+        let m = self.metrics.borrow_watched();
+        let last = m.last_log_index.unwrap_or(0);
+        let Some(replication) = &m.replication else {
+            return Vec::new();
+        };
+        replication
+            .iter()
+            .filter(|(node, _)| **node != self.sender.node_id)
+            .map(|(node, matched)| {
+                let held = matched.as_ref().map_or(0, |id| id.index);
+                (*node, last.saturating_sub(held))
+            })
+            .collect()
+    }
+
     /// The leader this replica knows of, and the term it is in.
     pub(crate) fn leader_and_term(&self) -> (Option<NodeId>, u64) {
         let m = self.metrics.borrow_watched();

@@ -54,6 +54,7 @@ impl MetricsSource for ServerMetrics {
                     queue_depth: stats.queue_depth,
                     raft_groups: stats.raft_groups,
                     raft_groups_quiet: stats.raft_groups_quiet,
+                    leader_changes: stats.leader_changes,
                 }
             })
             .collect()

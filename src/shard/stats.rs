@@ -24,6 +24,8 @@ pub struct ShardStats {
     /// heartbeats), sampled every heartbeat interval.
     pub(crate) raft_groups: AtomicU64,
     pub(crate) raft_groups_quiet: AtomicU64,
+    /// Times a replicated partition here learned of a new leader (elections seen).
+    pub(crate) leader_changes: AtomicU64,
 }
 
 /// A copy of a shard's counters at one moment.
@@ -37,6 +39,7 @@ pub struct ShardStatsSnapshot {
     pub queue_depth: u64,
     pub raft_groups: u64,
     pub raft_groups_quiet: u64,
+    pub leader_changes: u64,
 }
 
 impl ShardStats {
@@ -50,6 +53,7 @@ impl ShardStats {
             queue_depth: self.queue_depth.load(Relaxed),
             raft_groups: self.raft_groups.load(Relaxed),
             raft_groups_quiet: self.raft_groups_quiet.load(Relaxed),
+            leader_changes: self.leader_changes.load(Relaxed),
         }
     }
 
@@ -70,6 +74,7 @@ impl std::ops::Add for ShardStatsSnapshot {
             queue_depth: self.queue_depth + o.queue_depth,
             raft_groups: self.raft_groups + o.raft_groups,
             raft_groups_quiet: self.raft_groups_quiet + o.raft_groups_quiet,
+            leader_changes: self.leader_changes + o.leader_changes,
         }
     }
 }

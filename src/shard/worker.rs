@@ -133,6 +133,8 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     applied_unsaved: bool,
     /// The idempotent producers' windows.
     producers: ProducerTable,
+    /// The leader and term its group last reported (to log and count changes).
+    seen_leader: (Option<u64>, u64),
 }
 
 impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
@@ -1165,6 +1167,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         applied,
                         applied_unsaved: false,
                         producers,
+                        seen_leader: (None, 0),
                     };
                     p.publish();
                     self.partitions.insert(key.clone(), p);
@@ -1346,14 +1349,24 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
         }
         let changed = |node: u64| changed.contains(&node);
-        let (mut groups, mut quiet) = (0, 0);
-        for p in self.partitions.values() {
+        let (mut groups, mut quiet, mut leader_changes) = (0, 0, 0);
+        for ((topic, partition), p) in &mut self.partitions {
             if let Replication::Running(group) = &p.replication {
                 group.quiet_tick(now, &changed);
                 groups += 1;
                 quiet += u64::from(group.is_quiet());
+                let seen = group.leader_and_term();
+                if seen != p.seen_leader {
+                    let (leader, term) = seen;
+                    if leader.is_some() && leader != p.seen_leader.0 {
+                        leader_changes += 1;
+                        tracing::info!(topic = %topic, partition, leader, term, "partition leader changed");
+                    }
+                    p.seen_leader = seen;
+                }
             }
         }
+        ShardStats::add(&self.stats.leader_changes, leader_changes);
         self.stats.raft_groups.store(groups, Relaxed);
         self.stats.raft_groups_quiet.store(quiet, Relaxed);
     }
@@ -1372,6 +1385,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             if let Err(e) = p.log.roll_if_aged(now).await {
                 tracing::error!(topic = %topic, partition, error = %e, "rolling an aged segment");
                 continue;
+            }
+            if let Replication::Running(group) = &p.replication {
+                crate::observability::partition_replication(
+                    topic,
+                    *partition,
+                    p.seen_leader,
+                    &group.follower_lag(),
+                );
             }
             if !p.is_solo() {
                 p.save_applied(&(topic.clone(), *partition)).await;
