@@ -620,6 +620,27 @@ async fn a_node_that_lost_its_disk_or_missed_a_creation_rejoins_by_itself() {
         .delete_topic("doomed")
         .await
         .unwrap();
+    // Replicas of a new topic go to the nodes gossip calls available, when there are
+    // enough of them: none to node 3 once node 1 sees it gone.
+    let node1 = cluster.client(1, "root").await;
+    until_described(&node1, "node 3 not alive", |nodes| {
+        nodes.iter().any(|n| n.id == 3 && !n.alive)
+    })
+    .await;
+    node1
+        .log_client()
+        .create_topic(pb::CreateTopicRequest {
+            name: "around".into(),
+            partitions: 4,
+            replication_factor: 1,
+        })
+        .await
+        .unwrap();
+    let around = node1.describe_topic("around").await.unwrap();
+    assert!(
+        around.partitions.iter().all(|p| p.replicas != [3]),
+        "{around:?}"
+    );
     let mut expected = Vec::new();
     let mut end = 0;
     for i in 0..5 {

@@ -117,10 +117,7 @@ impl Inner {
                 hint: "delete a topic first",
             });
         }
-        let nodes = self
-            .peers
-            .as_ref()
-            .map_or_else(Vec::new, |p| p.membership().ids());
+        let nodes = self.placeable_nodes(factor);
         let replicas = placement::place(topic, partitions, factor, &nodes, &view.load());
         let request_id = rand::random::<u64>().max(1);
         let offset = controller
@@ -141,6 +138,36 @@ impl Inner {
         }
         controller.sync_everywhere(offset + 1, wait).await;
         Ok(())
+    }
+
+    /// The nodes a new topic's replicas may go to: the members gossip does not call dead
+    /// or leaving (this node always), or every member when fewer than `factor` are left.
+    fn placeable_nodes(&self, factor: u32) -> Vec<u64> {
+        let Some(peers) = &self.peers else {
+            return Vec::new();
+        };
+        let all = peers.membership().ids();
+        let Some(gossip) = &self.gossip else {
+            return all;
+        };
+        let members = gossip.members();
+        let me = u64::from(self.config.cluster.node_id);
+        let available: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|&id| {
+                id == me
+                    || members
+                        .iter()
+                        .find(|m| u64::from(m.id) == id)
+                        .is_none_or(|m| m.is_available())
+            })
+            .collect();
+        if available.len() >= factor as usize {
+            available
+        } else {
+            all
+        }
     }
 
     /// Deletes a topic through the controller, as [`Inner::create_in_cluster`] creates one.
