@@ -140,34 +140,46 @@ impl Inner {
         Ok(())
     }
 
-    /// The nodes a new topic's replicas may go to: the members gossip does not call dead
-    /// or leaving (this node always), or every member when fewer than `factor` are left.
+    /// The nodes a new topic's replicas may go to: the members this node believes alive
+    /// ([`Inner::node_liveness`]), or every member when fewer than `factor` are.
     fn placeable_nodes(&self, factor: u32) -> Vec<u64> {
         let Some(peers) = &self.peers else {
             return Vec::new();
         };
         let all = peers.membership().ids();
-        let Some(gossip) = &self.gossip else {
-            return all;
-        };
-        let members = gossip.members();
-        let me = u64::from(self.config.cluster.node_id);
-        let available: Vec<u64> = all
+        let alive: Vec<u64> = all
             .iter()
             .copied()
-            .filter(|&id| {
-                id == me
-                    || members
-                        .iter()
-                        .find(|m| u64::from(m.id) == id)
-                        .is_none_or(|m| m.is_available())
-            })
+            .filter(|&id| u32::try_from(id).is_ok_and(|id| self.node_liveness(id).0))
             .collect();
-        if available.len() >= factor as usize {
-            available
+        if alive.len() >= factor as usize {
+            alive
         } else {
             all
         }
+    }
+
+    /// Whether this node believes node `id` alive, and what gossip says of it ("" when
+    /// gossip has not heard of it): this node is alive; another is when the failure
+    /// detector says so, or, for a node gossip has not heard of yet, when this node's
+    /// replication link to it is connected.
+    fn node_liveness(&self, id: u32) -> (bool, String) {
+        let member = self
+            .gossip
+            .as_ref()
+            .and_then(|g| g.members().into_iter().find(|m| m.id == id));
+        let alive = id == self.config.cluster.node_id
+            || match &member {
+                Some(m) => m.is_available(),
+                None => self
+                    .peers
+                    .as_ref()
+                    .is_some_and(|peers| peers.is_up(u64::from(id))),
+            };
+        (
+            alive,
+            member.map_or_else(String::new, |m| m.verdict().to_owned()),
+        )
     }
 
     /// Deletes a topic through the controller, as [`Inner::create_in_cluster`] creates one.
@@ -345,35 +357,17 @@ impl Inner {
         self.check_running()?;
         self.principal(request)?;
         let node_id = self.config.cluster.node_id;
-        let gossiped = |id: u32| -> Option<crate::cluster::gossip::Member> {
-            self.gossip
-                .as_ref()?
-                .members()
-                .into_iter()
-                .find(|m| m.id == id)
-        };
         let mut nodes: Vec<NodeInfo> = self
             .config
             .cluster_nodes()
             .into_iter()
             .map(|node| {
-                // This node answers, so it is alive; a peer is alive when the failure
-                // detector says so, or, for a node gossip has not heard of yet, when this
-                // node's replication link to it is connected.
-                let member = gossiped(node.id);
-                let alive = node.id == node_id
-                    || match &member {
-                        Some(m) => m.is_available(),
-                        None => self
-                            .peers
-                            .as_ref()
-                            .is_some_and(|peers| peers.is_up(u64::from(node.id))),
-                    };
+                let (alive, state) = self.node_liveness(node.id);
                 NodeInfo {
                     id: node.id,
                     addr: node.addr,
                     alive,
-                    state: member.map_or_else(String::new, |m| m.verdict().to_owned()),
+                    state,
                 }
             })
             .collect();

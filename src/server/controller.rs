@@ -159,9 +159,21 @@ impl Controller {
             leader => leader,
         };
         let mut turn = 0;
+        // Hints followed in a row: past a few, back off, so two nodes naming each other
+        // cannot spin.
+        let mut hops = 0;
         loop {
             let attempt = if target == self.node_id {
-                self.append_local(&record).await
+                // A leader cut off from its voters never commits: bounded like the rest.
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, self.append_local(&record)).await {
+                    Ok(appended) => appended,
+                    Err(_) => Err(Error::Cluster {
+                        message: "this node's replica of the metadata log did not commit \
+                                  the change in time"
+                            .to_owned(),
+                    }),
+                }
             } else {
                 let left = deadline.saturating_duration_since(Instant::now());
                 self.peers
@@ -206,7 +218,13 @@ impl Controller {
             }
             tracing::debug!(node = target, error = %error, "a metadata proposal was not taken");
             match hinted {
-                Some(leader) => target = leader,
+                Some(leader) => {
+                    target = leader;
+                    hops += 1;
+                    if hops % 3 == 0 {
+                        tokio::time::sleep(self.retry).await;
+                    }
+                }
                 None => {
                     turn += 1;
                     target = self.voters[turn % self.voters.len()];
@@ -244,8 +262,14 @@ impl Controller {
             .read(METADATA_TOPIC, 0, from_offset, FETCH_BYTES, 0)
             .await?;
         if read.records.is_empty() && !max_wait.is_zero() {
+            // Past any control batches: waiting on `from_offset` would return at once.
             self.shards
-                .wait_for(METADATA_TOPIC, 0, from_offset, max_wait.min(FOLLOW_WAIT))
+                .wait_for(
+                    METADATA_TOPIC,
+                    0,
+                    read.next_offset,
+                    max_wait.min(FOLLOW_WAIT),
+                )
                 .await?;
             read = self
                 .shards
@@ -256,19 +280,28 @@ impl Controller {
             .records
             .iter()
             .map(|r| {
-                let record = metadata::decode(&r.value).map_err(|why| Error::Cluster {
-                    message: format!("metadata log record {}: {why}", r.offset),
-                })?;
-                Ok(pb::MetadataEntry {
+                // A record this build cannot read (a newer one's, or damage) is passed on
+                // without a record: the applier logs and skips it rather than stop for good.
+                let record = metadata::decode(&r.value)
+                    .inspect_err(|why| {
+                        tracing::error!(
+                            offset = r.offset,
+                            why,
+                            "a metadata log record that does not decode"
+                        )
+                    })
+                    .ok();
+                pb::MetadataEntry {
                     offset: r.offset,
-                    record: Some(record),
-                })
+                    record,
+                }
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         Ok(pb::FetchMetadataResponse {
             entries,
             high_watermark: read.high_watermark,
             leader: u32::try_from(self.leader().await).unwrap_or(0),
+            next_offset: read.next_offset,
         })
     }
 
@@ -320,44 +353,67 @@ impl Controller {
             if *draining.borrow() {
                 return;
             }
-            let entries = if self.is_voter() {
+            let fetched = if self.is_voter() {
                 self.read_local(next, &mut draining).await
             } else {
                 self.fetch_remote(next, &mut turn).await
             };
-            let got = match entries {
-                Ok(entries) => entries,
+            let (got, caught_up) = match fetched {
+                Ok(response) => {
+                    let got = response.entries;
+                    if !got.is_empty() {
+                        let mut view = (*self.view()).clone();
+                        for entry in &got {
+                            // Never twice, never backwards (a replica answering from
+                            // behind another is simply ignored).
+                            if entry.offset < view.applied() {
+                                continue;
+                            }
+                            match &entry.record {
+                                Some(record) => {
+                                    let applied = view.apply(entry.offset, record);
+                                    tracing::debug!(
+                                        offset = entry.offset,
+                                        ?applied,
+                                        "metadata applied"
+                                    );
+                                }
+                                None => tracing::error!(
+                                    offset = entry.offset,
+                                    "a metadata log entry without a record; skipped"
+                                ),
+                            }
+                        }
+                        *self.view.write().expect("view lock poisoned") = Arc::new(view);
+                        behind = true;
+                    }
+                    next = next.max(self.view().applied()).max(response.next_offset);
+                    // Read up to what the answering replica knows committed.
+                    let caught_up = response.next_offset >= response.high_watermark;
+                    (got.is_empty(), caught_up)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "following the metadata log");
                     tokio::select! {
                         () = tokio::time::sleep(self.retry) => {}
                         _ = draining.changed() => {}
                     }
-                    Vec::new()
+                    (true, false)
                 }
             };
-            if !got.is_empty() {
-                let mut view = (*self.view()).clone();
-                for entry in &got {
-                    let Some(record) = &entry.record else {
-                        continue;
-                    };
-                    let applied = view.apply(entry.offset, record);
-                    tracing::debug!(offset = entry.offset, ?applied, "metadata applied");
-                }
-                next = view.applied();
-                *self.view.write().expect("view lock poisoned") = Arc::new(view);
-                behind = true;
-            }
             if behind {
                 behind = !self.reconcile().await;
-                if !behind {
-                    self.applied.send_replace(next);
-                }
+            }
+            if !behind {
+                self.applied.send_if_modified(|applied| {
+                    let moved = *applied < next;
+                    *applied = (*applied).max(next);
+                    moved
+                });
             }
             let leader = self.leader().await;
             observability::controller_state(leader, next, self.view().topic_count());
-            if !behind && leader != 0 && !*self.joined.borrow() {
+            if !behind && caught_up && leader != 0 && !*self.joined.borrow() {
                 tracing::info!(
                     controller = leader,
                     applied = next,
@@ -365,7 +421,7 @@ impl Controller {
                 );
                 self.joined.send_replace(true);
             }
-            if got.is_empty() && behind {
+            if got && behind {
                 tokio::select! {
                     () = tokio::time::sleep(self.retry) => {}
                     _ = draining.changed() => {}
@@ -374,8 +430,12 @@ impl Controller {
         }
     }
 
-    /// A fresh node asks the other voters how far the log goes, until one answers: what
-    /// was created before may have been held here. False when the server drained first.
+    /// A fresh node learns how far the metadata log goes (the "horizon"): what was
+    /// created below it may have been held here. Only two answers are trusted: the log's
+    /// leader's commit (it covers everything committed), or a majority of the voters (this
+    /// node included) holding nothing of the log (then nothing was ever committed: a new
+    /// cluster). A lagging follower's answer alone could be short. False when the server
+    /// drained first.
     async fn learn_horizon(&self, draining: &mut watch::Receiver<bool>) -> bool {
         let others: Vec<u64> = self
             .voters
@@ -383,29 +443,46 @@ impl Controller {
             .copied()
             .filter(|&v| v != self.node_id)
             .collect();
-        if others.is_empty() {
-            return true;
-        }
+        let majority = self.voters.len() / 2 + 1;
         let mut attempts = 0u64;
         loop {
             let calls = others.iter().map(|&node| async move {
                 match self.peers.fetch_metadata(node, 0, Duration::ZERO).await {
-                    Ok(response) => Some(response.high_watermark),
+                    Ok(response) => Some((node, Some(response))),
                     // Up, but without a replica of the log yet.
                     Err(PeerError::Refused { status, .. })
                         if status.code() == tonic::Code::FailedPrecondition =>
                     {
-                        Some(0)
+                        Some((node, None))
                     }
                     Err(_) => None,
                 }
             });
-            let answers: Vec<u64> = futures::future::join_all(calls)
-                .await
-                .into_iter()
-                .flatten()
-                .collect();
-            if let Some(&horizon) = answers.iter().max() {
+            let answers: Vec<(u64, Option<pb::FetchMetadataResponse>)> =
+                futures::future::join_all(calls)
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            let from_leader = answers.iter().find_map(|(node, response)| {
+                let r = response.as_ref()?;
+                (u64::from(r.leader) == *node).then_some(r.high_watermark)
+            });
+            // This node (fresh: it holds nothing) and the voters that hold nothing either.
+            let empty = 1 + answers
+                .iter()
+                .filter(|(_, r)| {
+                    r.as_ref()
+                        .is_none_or(|r| r.high_watermark == 0 && r.leader == 0)
+                })
+                .count();
+            let horizon = match from_leader {
+                Some(horizon) => Some(horizon),
+                None if self.is_voter() && empty >= majority => Some(0),
+                None if !self.is_voter() && empty > majority => Some(0),
+                None => None,
+            };
+            if let Some(horizon) = horizon {
                 self.horizon.store(horizon, Ordering::Relaxed);
                 if horizon > 0 {
                     tracing::warn!(
@@ -417,7 +494,7 @@ impl Controller {
             }
             attempts += 1;
             if attempts % 30 == 1 {
-                tracing::warn!(voters = ?others, "waiting for another controller voter to answer before opening the controller here");
+                tracing::warn!(voters = ?others, answered = answers.len(), "waiting for the controller leader (or a majority of its voters) to answer before following the metadata log here");
             }
             tokio::select! {
                 () = tokio::time::sleep(self.retry * 4) => {}
@@ -479,20 +556,16 @@ impl Controller {
         &self,
         next: u64,
         draining: &mut watch::Receiver<bool>,
-    ) -> Result<Vec<pb::MetadataEntry>> {
-        let wait = async {
-            tokio::select! {
-                r = self.fetch(next, FOLLOW_WAIT) => r,
-                _ = draining.changed() => Err(Error::ShuttingDown),
-            }
-        };
-        let response = wait.await?;
-        Ok(response.entries)
+    ) -> Result<pb::FetchMetadataResponse> {
+        tokio::select! {
+            r = self.fetch(next, FOLLOW_WAIT) => r,
+            _ = draining.changed() => Err(Error::ShuttingDown),
+        }
     }
 
     /// The committed records from `next`, fetched from a voter: the last leader seen, or
     /// the next voter in turn after a failure.
-    async fn fetch_remote(&self, next: u64, turn: &mut usize) -> Result<Vec<pb::MetadataEntry>> {
+    async fn fetch_remote(&self, next: u64, turn: &mut usize) -> Result<pb::FetchMetadataResponse> {
         let node = match self.leader.load(Ordering::Relaxed) {
             0 => self.voters[*turn % self.voters.len()],
             leader => leader,
@@ -503,7 +576,7 @@ impl Controller {
                     self.leader
                         .store(u64::from(response.leader), Ordering::Relaxed);
                 }
-                Ok(response.entries)
+                Ok(response)
             }
             Err(e) => {
                 self.leader.store(0, Ordering::Relaxed);
@@ -516,10 +589,40 @@ impl Controller {
         }
     }
 
-    /// Makes this node's topics match the view; true when all of it was done.
+    /// Makes this node's topics match the view; true when all of it was done. Deletions
+    /// first (they free the names and the room under `topics_max`), then creations. A local
+    /// topic of an incarnation the view has not reached yet is never touched: the view is
+    /// behind, not the topic.
     async fn reconcile(&self) -> bool {
         let view = self.view();
         let mut done = true;
+        for topic in self.shards.list_topics() {
+            if shard::is_internal_topic(&topic.name) {
+                continue;
+            }
+            let Ok(held) = self.shards.incarnation_of(&topic.name) else {
+                continue;
+            };
+            let live = view.topic(&topic.name).map(|p| p.incarnation);
+            if held == NO_INCARNATION || held > view.applied() || live == Some(held) {
+                continue;
+            }
+            match self.shards.delete_topic(&topic.name).await {
+                Ok(()) => {
+                    observability::topic_deleted(&topic.name);
+                    tracing::info!(
+                        topic = topic.name,
+                        held,
+                        live,
+                        "topic deleted from the metadata log"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(topic = topic.name, error = %e, "deleting a topic the metadata log deleted");
+                    done = false;
+                }
+            }
+        }
         for (name, placement) in view.topics() {
             match self.shards.incarnation_of(name) {
                 Ok(held) if held == placement.incarnation => continue,
@@ -530,13 +633,10 @@ impl Controller {
                     );
                     continue;
                 }
+                // Newer than the view: the view is behind. Older: its deletion above failed.
                 Ok(held) => {
-                    if let Err(e) = self.shards.delete_topic(name).await {
-                        tracing::warn!(topic = name, held, error = %e, "deleting a stale incarnation of a topic");
-                        done = false;
-                        continue;
-                    }
-                    tracing::info!(topic = name, held, "deleted a stale incarnation of a topic");
+                    done &= held > view.applied();
+                    continue;
                 }
                 Err(_) => {}
             }
@@ -563,29 +663,6 @@ impl Controller {
                 }
                 Err(e) => {
                     tracing::warn!(topic = name, error = %e, "creating a topic of the metadata log");
-                    done = false;
-                }
-            }
-        }
-        for topic in self.shards.list_topics() {
-            if shard::is_internal_topic(&topic.name) {
-                continue;
-            }
-            let Ok(held) = self.shards.incarnation_of(&topic.name) else {
-                continue;
-            };
-            let live = view.topic(&topic.name).map(|p| p.incarnation);
-            if held == NO_INCARNATION || held > view.applied() || live == Some(held) {
-                continue;
-            }
-            match self.shards.delete_topic(&topic.name).await {
-                Ok(()) => tracing::info!(
-                    topic = topic.name,
-                    held,
-                    "topic deleted from the metadata log"
-                ),
-                Err(e) => {
-                    tracing::warn!(topic = topic.name, error = %e, "deleting a topic the metadata log deleted");
                     done = false;
                 }
             }

@@ -161,7 +161,11 @@ impl ShardSet {
             .expect("routes lock poisoned")
             .len() as u64;
         let max = u64::from(self.inner.options.topics_max);
-        if topics >= max {
+        // A topic of the cluster's metadata log (an incarnation) was counted against the
+        // limit when it was proposed, and an internal topic is not the user's: refusing
+        // either here would leave this node unable to follow the log.
+        let counted = incarnation == 0 && !topics::is_internal_topic(name);
+        if counted && topics >= max {
             return Err(Error::TooManyTopics { topics, max });
         }
         let mut meta = TopicMeta::new(name, partitions, self.shard_count());
