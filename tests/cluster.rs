@@ -102,7 +102,10 @@ impl TestCluster {
             dir,
         };
         for id in 1..=n {
-            cluster.restart(id).await;
+            cluster.launch(id).await;
+        }
+        for id in 1..=n {
+            cluster.joined(id).await;
         }
         cluster
     }
@@ -121,10 +124,38 @@ impl TestCluster {
             .to_string()
     }
 
+    /// Starts node `id` and waits until it has joined (it serves clients only then).
     async fn restart(&mut self, id: u32) {
+        self.launch(id).await;
+        self.joined(id).await;
+    }
+
+    async fn launch(&mut self, id: u32) {
         let config = self.node(id).config.clone();
         let running = walrs::server::start(config).await.unwrap();
         self.node(id).running = Some(running);
+    }
+
+    /// Waits until node `id` says it has joined: gossip's word for itself is "alive" once
+    /// it follows the controller's log with its topics reconciled.
+    async fn joined(&self, id: u32) {
+        let until = deadline();
+        let client = self.client(id, "root").await;
+        loop {
+            let cluster = client.describe_cluster().await.unwrap();
+            if cluster
+                .nodes
+                .iter()
+                .any(|n| n.id == id && n.state == "alive")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "node {id} never joined: {cluster:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     async fn stop(&mut self, id: u32) {
@@ -399,15 +430,23 @@ async fn three_nodes_replicate_and_keep_every_ack_across_a_leader_stop() {
     assert_eq!(cluster.read_all(leader, "orders", end).await, expected);
 
     // Truncate on a replicated partition goes through its leader: every node then starts
-    // its log at the cut, and a read below it is OUT_OF_RANGE.
+    // its log at the cut, and a read below it is OUT_OF_RANGE. (The returning node may
+    // have moved the leadership: ask whoever leads now.)
+    let new_leader = cluster.leader("orders", 0).await;
     let cut = first_acked_offset(&cluster, new_leader).await + 3;
-    let start = cluster
-        .client(new_leader, "root")
-        .await
-        .truncate("orders", 0, cut)
-        .await
-        .unwrap()
-        .start_offset;
+    // The group has gone quiet meanwhile: the first proposal that wakes it may be refused
+    // UNAVAILABLE (nothing done), as a client retries it.
+    let client = cluster.client(new_leader, "root").await;
+    let until = deadline();
+    let start = loop {
+        match client.truncate("orders", 0, cut).await {
+            Ok(truncated) => break truncated.start_offset,
+            Err(s) if s.code() == Code::Unavailable && Instant::now() < until => {
+                tokio::time::sleep(POLL).await;
+            }
+            Err(s) => panic!("truncate refused: {s:?}"),
+        }
+    };
     assert!(start <= cut && start > 0, "start {start}, cut {cut}");
     for id in 1..=3 {
         let client = cluster.client(id, "root").await;
@@ -868,5 +907,37 @@ async fn the_controller_leader_stopped_during_creations_leaves_no_topic_half_mad
     for (name, held) in names.iter().zip(&placements_seen) {
         assert_eq!(first.get(name), Some(held), "{name}");
     }
+    cluster.shutdown().await;
+}
+
+/// A topic deleted and created again while a replica's node is down: when that node
+/// returns, its copy of the old topic (whose group holds a longer log at a higher term)
+/// must neither vote in nor overwrite the new topic's group (Raft messages carry the
+/// incarnation), and the node ends with the new topic's records only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_copy_of_a_deleted_topic_never_takes_over_its_recreation() {
+    let mut cluster = TestCluster::start(3).await;
+    cluster.create_replicated(1, "again").await.unwrap();
+    for i in 0..20 {
+        cluster.append("again", &batch(i * 3, 3)).await;
+    }
+    cluster.stop(3).await;
+    let admin = cluster.client(1, "root").await;
+    admin.delete_topic("again").await.unwrap();
+    cluster.create_replicated(1, "again").await.unwrap();
+    let ack = cluster.append("again", &batch(1000, 2)).await;
+    let end = ack.base_offset + 2;
+    let leader = cluster.leader("again", 0).await;
+    let term = admin.describe_topic("again").await.unwrap().partitions[0].leader_epoch;
+    cluster.restart(3).await;
+    let expected: Vec<Vec<u8>> = batch(1000, 2).into_iter().map(String::into_bytes).collect();
+    assert_eq!(cluster.read_all(3, "again", end).await, expected);
+    assert_eq!(cluster.read_all(1, "again", end).await, expected);
+    let after = admin.describe_topic("again").await.unwrap().partitions[0].clone();
+    assert_eq!(
+        (after.leader, after.leader_epoch),
+        (leader, term),
+        "the returning node disturbed the new topic's group"
+    );
     cluster.shutdown().await;
 }

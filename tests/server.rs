@@ -300,15 +300,14 @@ async fn describe_cluster_answers_on_a_single_node() {
 }
 
 /// With `[cluster]` set, DescribeCluster lists the static membership (self alive, peers not
-/// known to be until gossip), a creation without a controller majority is refused, and a
-/// replication factor above the nodes known is refused.
+/// known to be until gossip), and a node that cannot join (no controller majority) refuses
+/// client calls with UNAVAILABLE and reports NOT_SERVING.
 #[tokio::test]
 async fn describe_cluster_lists_the_configured_nodes() {
     let server = TestServer::start_with(|config| {
         config.cluster.node_id = 7;
         config.cluster.advertise_addr = "node-7.test:7070".into();
-        // Short timings: the creation below waits out the controller's bound (20 election
-        // timeouts) before it is refused.
+        // Short timings, so that nothing below waits long on the missing peer.
         config.cluster.heartbeat_interval_ms = 20;
         config.cluster.election_timeout_min_ms = 100;
         config.cluster.election_timeout_max_ms = 200;
@@ -341,33 +340,13 @@ async fn describe_cluster_lists_the_configured_nodes() {
     let refused = client.create_topic("replicated", 2).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert!(
-        refused.message().contains("controller voters [2, 7]"),
+        refused.message().contains("voters are nodes [2, 7]"),
         "{refused:?}"
     );
-    assert_eq!(
-        client
-            .describe_topic("replicated")
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
-    );
-    let too_many = client
-        .log_client()
-        .create_topic(walrs::proto::v1::CreateTopicRequest {
-            name: "three".into(),
-            partitions: 1,
-            replication_factor: 3,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(too_many.code(), Code::InvalidArgument, "{too_many:?}");
-    assert!(too_many.message().contains("2 node(s)"), "{too_many:?}");
-    assert_eq!(
-        client.describe_topic("three").await.unwrap_err().code(),
-        Code::NotFound,
-        "a refused creation changes nothing"
-    );
+    // Until it has joined, the node serves no client call on topics (what it holds could
+    // be stale): the client goes to another node.
+    let describe = client.describe_topic("replicated").await.unwrap_err();
+    assert_eq!(describe.code(), Code::Unavailable, "{describe:?}");
     server.shutdown().await;
 }
 

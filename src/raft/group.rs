@@ -260,13 +260,19 @@ impl<RT: AsyncRuntime> Group<RT> {
     /// the shard saved) when there is one.
     pub(crate) async fn start(
         key: Key,
+        incarnation: u64,
         replicas: &[NodeId],
         start: GroupStart,
         applied: Option<&crate::storage::AppliedMark>,
         context: &RaftContext,
         ops: OpSender<RT>,
     ) -> Result<Self, String> {
-        let network = GroupNetwork::new(key.clone(), context.node_id, context.transport.clone());
+        let network = GroupNetwork::new(
+            key.clone(),
+            incarnation,
+            context.node_id,
+            context.transport.clone(),
+        );
         let snapshot_target = Rc::new(Cell::new(None));
         let raft = Raft::new(
             context.node_id,
@@ -326,6 +332,7 @@ impl<RT: AsyncRuntime> Group<RT> {
         let metrics = raft.metrics();
         let sender = Sender {
             key: key.clone(),
+            incarnation,
             node_id: context.node_id,
             transport: context.transport.clone(),
         };

@@ -69,14 +69,22 @@ pub(crate) struct LinkState {
 /// A group's network factory: makes one client per peer.
 pub(crate) struct GroupNetwork {
     key: Key,
+    /// Stamped on every message (see `RaftEnvelope.incarnation`).
+    incarnation: u64,
     node_id: NodeId,
     transport: Arc<dyn RaftTransport>,
 }
 
 impl GroupNetwork {
-    pub(crate) fn new(key: Key, node_id: NodeId, transport: Arc<dyn RaftTransport>) -> Self {
+    pub(crate) fn new(
+        key: Key,
+        incarnation: u64,
+        node_id: NodeId,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Self {
         GroupNetwork {
             key,
+            incarnation,
             node_id,
             transport,
         }
@@ -89,6 +97,7 @@ impl<RT: AsyncRuntime> RaftNetworkFactory<PartitionTypes<RT>> for GroupNetwork {
     async fn new_client(&mut self, target: NodeId, _node: &EmptyNode) -> PeerClient {
         PeerClient {
             key: self.key.clone(),
+            incarnation: self.incarnation,
             from: self.node_id,
             target,
             transport: self.transport.clone(),
@@ -99,6 +108,7 @@ impl<RT: AsyncRuntime> RaftNetworkFactory<PartitionTypes<RT>> for GroupNetwork {
 /// One group's client to one peer.
 pub(crate) struct PeerClient {
     key: Key,
+    incarnation: u64,
     from: NodeId,
     target: NodeId,
     transport: Arc<dyn RaftTransport>,
@@ -122,6 +132,7 @@ impl PeerClient {
             topic: self.key.0.to_string(),
             partition: self.key.1,
             from_node: u32::try_from(self.from).expect("node ids are u32 in the config"),
+            incarnation: self.incarnation,
             body: Some(body),
         };
         let reply = self.transport.send(self.target, envelope);

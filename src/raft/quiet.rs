@@ -110,6 +110,8 @@ pub(crate) enum Screen {
 #[derive(Clone)]
 pub(crate) struct Sender {
     pub key: Key,
+    /// Stamped on every message (see `RaftEnvelope.incarnation`).
+    pub incarnation: u64,
     pub node_id: NodeId,
     pub transport: Arc<dyn RaftTransport>,
 }
@@ -121,6 +123,7 @@ impl Sender {
             topic: self.key.0.to_string(),
             partition: self.key.1,
             from_node: u32::try_from(self.node_id).expect("node ids are u32 in the config"),
+            incarnation: self.incarnation,
             body: Some(Body::Quiet(pb::RaftQuiet {
                 kind: kind as i32,
                 vote: Some(wire::vote_to(vote)),

@@ -354,7 +354,7 @@ impl Inner {
         &self,
         request: &Request<()>,
     ) -> Result<DescribeClusterResponse> {
-        self.check_running()?;
+        self.check_not_draining()?;
         self.principal(request)?;
         let node_id = self.config.cluster.node_id;
         let mut nodes: Vec<NodeInfo> = self

@@ -111,6 +111,11 @@ impl Controller {
         self.wait + OPEN_TIME_PER_PARTITION * partitions
     }
 
+    /// The metadata log's voters, sorted.
+    pub(super) fn voters(&self) -> &[u64] {
+        &self.voters
+    }
+
     fn is_voter(&self) -> bool {
         self.voters.contains(&self.node_id)
     }
@@ -122,6 +127,10 @@ impl Controller {
 
     /// The controller leader as this node knows it (0 = none known).
     pub(super) async fn leader(&self) -> u64 {
+        // The only voter: its log is a solo partition, with no group to name a leader.
+        if self.voters == [self.node_id] {
+            return self.node_id;
+        }
         if self.is_voter()
             && let Ok(description) = self.shards.describe_topic(METADATA_TOPIC).await
             && let Some(leader) = description.partitions.first().and_then(|p| p.leader)
@@ -130,6 +139,11 @@ impl Controller {
             return leader;
         }
         self.leader.load(Ordering::Relaxed)
+    }
+
+    /// True once this node has joined (see [`Controller::joined`]).
+    pub(super) fn has_joined(&self) -> bool {
+        *self.joined.borrow()
     }
 
     /// Waits until this node has joined: it follows the log through a replica that knows

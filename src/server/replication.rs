@@ -68,7 +68,7 @@ impl ReplicationService {
     /// authenticated, and granted `replicate` by some ACL entry; the refusal is logged.
     fn node_caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         let inner = &self.inner;
-        inner.check_running()?;
+        inner.check_not_draining()?;
         let principal = inner.principal(request)?;
         if inner.acl.authorize_somewhere(&principal, Action::Replicate) {
             return Ok(principal);

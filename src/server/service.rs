@@ -213,7 +213,30 @@ impl Inner {
             .map(|p| p.name().to_owned())
     }
 
+    /// For a client's call: not draining and, in a cluster, joined. Until a node has
+    /// followed the controller's log and made its topics match, what it holds may be a
+    /// stale copy (a topic deleted and created again while it was down), so it serves no
+    /// client; the client goes to another node.
     pub(super) fn check_running(&self) -> Result<()> {
+        self.check_not_draining()?;
+        if let Some(controller) = &self.controller
+            && !controller.has_joined()
+        {
+            return Err(Error::Cluster {
+                message: format!(
+                    "this node is joining the cluster: it has not yet followed the \
+                     controller's log, whose voters are nodes {:?} (a majority of them must \
+                     be up); retry on another node, or here in a moment",
+                    controller.voters()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Not draining: enough for node-to-node calls and for DescribeCluster, which must
+    /// work while a node joins.
+    pub(super) fn check_not_draining(&self) -> Result<()> {
         if self.is_draining() {
             return Err(Error::ShuttingDown);
         }

@@ -53,6 +53,7 @@ pub(super) fn plan(
                 high_watermark: tx,
                 replicas: replicas.clone(),
                 new_group,
+                incarnation: meta.incarnation,
             });
         }
         partitions.push(PartitionRoute {

@@ -29,6 +29,8 @@ pub(crate) struct OpenPartition {
     /// an empty log initialize its Raft group. An empty log otherwise means lost data, and
     /// the replica catches up without voting (see `raft::group::Start`).
     pub new_group: bool,
+    /// As `TopicMeta::incarnation`: stamped on the group's Raft messages.
+    pub incarnation: u64,
 }
 
 pub(crate) enum Command {

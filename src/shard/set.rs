@@ -597,6 +597,17 @@ impl ShardSet {
             Ok(shard) => shard,
             Err(e) => return wire::refusal(envelope, e.to_string()),
         };
+        // Another creation of the same name (0 = unknown, from before the controller):
+        // its group is not this one's, whatever the names say.
+        let here = self.incarnation_of(&envelope.topic).unwrap_or(0);
+        if envelope.incarnation != 0 && here != 0 && envelope.incarnation != here {
+            let reason = format!(
+                "partition {}/{} here is incarnation {here}, not {}: another creation of the \
+                 topic's name",
+                envelope.topic, envelope.partition, envelope.incarnation
+            );
+            return wire::refusal(envelope, reason);
+        }
         let (reply, answer) = oneshot::channel();
         let request = pb::RaftEnvelope {
             body,

@@ -1152,7 +1152,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     let replication = self.start_group(
                         &key,
                         &open.replicas,
-                        open.new_group,
+                        (open.new_group, open.incarnation),
                         applied.clone(),
                         &mut log,
                     );
@@ -1195,7 +1195,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         &self,
         key: &Key,
         replicas: &[u64],
-        new_group: bool,
+        (new_group, incarnation): (bool, u64),
         applied: Option<AppliedMark>,
         log: &mut Log<E>,
     ) -> Replication<RT> {
@@ -1227,8 +1227,16 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             raft_store::OpSender::new(move |op| local.send(Local::Op(op)).is_ok())
         };
         drop(RT::spawn(async move {
-            let group =
-                Group::start(key.clone(), &replicas, start, applied.as_ref(), &raft, ops).await;
+            let group = Group::start(
+                key.clone(),
+                incarnation,
+                &replicas,
+                start,
+                applied.as_ref(),
+                &raft,
+                ops,
+            )
+            .await;
             if local.send(Local::Started { key, group }).is_err() {
                 tracing::debug!("a Raft group started after its shard stopped");
             }
@@ -1475,6 +1483,7 @@ pub(crate) mod tests {
                 high_watermark: hw_tx,
                 replicas: Vec::new(),
                 new_group: true,
+                incarnation: 0,
             }],
             ready: ready_tx,
             raft: None,
