@@ -202,6 +202,7 @@ mod tests {
                 .check(vec![crate::storage::Record::default()])
                 .unwrap(),
             reply,
+            trace: Default::default(),
         });
         ack
     }

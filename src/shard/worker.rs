@@ -41,6 +41,7 @@ use super::queue::{QueueReceiver, Queued};
 use super::results::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
+use crate::observability::hops::{self, Hop, IoHop, Trace};
 use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
@@ -205,6 +206,8 @@ impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
 struct FlushOutcome {
     result: std::result::Result<(), Arc<storage::Error>>,
     high_watermark: u64,
+    /// The engine's stamps of the sync (hop tracing; zero when off).
+    io: hops::IoStamps,
 }
 
 /// An append that is in its log but not yet acknowledged.
@@ -213,6 +216,7 @@ struct Pending {
     base_offset: u64,
     count: u32,
     reply: Reply<AppendAck>,
+    trace: Trace,
 }
 
 /// Raft appends written in the current group, waiting for the flush that makes them durable.
@@ -481,6 +485,7 @@ fn answer_duplicate(
             base_offset: written.base_offset,
             count: written.count,
             reply,
+            trace: Trace::default(),
         });
     }
 }
@@ -574,9 +579,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     partition,
                     batch,
                     reply,
+                    trace,
                 } => {
+                    trace.stamp(Hop::Picked);
                     payload_bytes += batch.record_bytes();
-                    self.append((topic, partition), batch, reply, &mut pending)
+                    self.append((topic, partition), batch, reply, trace, &mut pending)
                         .await;
                 }
                 Command::Read {
@@ -717,6 +724,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         key: Key,
         batch: CheckedBatch,
         reply: Reply<AppendAck>,
+        trace: Trace,
         pending: &mut Vec<Pending>,
     ) {
         let Some(p) = self.partitions.get_mut(&key) else {
@@ -776,11 +784,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     p.producers
                         .written(stamp.producer_id, stamp.sequence, written, now_ms());
                 }
+                trace.stamp(Hop::Encoded);
                 pending.push(Pending {
                     key,
                     base_offset,
                     count,
                     reply,
+                    trace,
                 });
             }
             // Refused by a limit (nothing changed), or failed (the log is now poisoned and
@@ -822,6 +832,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 .get(&item.key)
                 .expect("every touched partition has an outcome");
             let result = self.acknowledge(&item, outcome);
+            item.trace.set_io(&outcome.io);
+            item.trace.stamp(Hop::AckSent);
             send(item.reply, result);
         }
         // Raft learns its entries are durable here, after the sync, all of a group at once.
@@ -858,6 +870,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             None => match self.options.durability {
                 Durability::Fsync => {
                     let started = Instant::now();
+                    hops::io_stamp(IoHop::SyncStarted);
                     let synced = p.log.sync().await.map(drop);
                     self.metrics
                         .synced(&key.0, key.1, started.elapsed(), records);
@@ -874,6 +887,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         FlushOutcome {
             result: outcome.map_err(Arc::new),
             high_watermark: p.log.high_watermark(),
+            io: hops::take_io_stamps(),
         }
     }
 
@@ -1466,6 +1480,7 @@ pub(crate) mod tests {
             partition: 0,
             batch,
             reply,
+            trace: Default::default(),
         });
         ack
     }
@@ -1492,6 +1507,7 @@ pub(crate) mod tests {
             partition: 0,
             batch,
             reply,
+            trace: Default::default(),
         });
         ack
     }
