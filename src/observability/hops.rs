@@ -212,8 +212,12 @@ struct Histograms {
     total: hdrhistogram::Histogram<u64>,
 }
 
+/// Longest interval recorded as itself: a minute, in ns (longer ones saturate).
+const INTERVAL_NS_MAX: u64 = 60_000_000_000;
+
 fn histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new(3).expect("3 significant figures are valid")
+    hdrhistogram::Histogram::new_with_bounds(1, INTERVAL_NS_MAX, 3)
+        .expect("1 ns to a minute at 3 significant figures is a valid histogram")
 }
 
 fn histograms() -> &'static Mutex<Histograms> {

@@ -198,6 +198,12 @@ impl Inner {
         // One batch is at most storage.batch_bytes_max, which validation keeps within both
         // the budget and u32.
         let permits = u32::try_from(bytes).map_err(|_| over())?;
+        // Room is usually free: take it without arming a timer.
+        match self.append_budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
         let acquire = self.append_budget.clone().acquire_many_owned(permits);
         match tokio::time::timeout(APPEND_BUDGET_WAIT, acquire).await {
             Ok(Ok(permit)) => Ok(permit),
