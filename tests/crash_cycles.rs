@@ -928,7 +928,11 @@ async fn a_power_cut_keeps_every_ack_of_the_uring_dsync_write_mode() {
         // 700 to 1,900 bytes: appends that stay inside a block and appends that cross one.
         let value = format!("{i:04}-{}", "v".repeat(700 + (i * 397) % 1200));
         let ack = client
-            .append(TOPIC, Some(0), vec![walrs::client::record("k", value.as_str())])
+            .append(
+                TOPIC,
+                Some(0),
+                vec![walrs::client::record("k", value.as_str())],
+            )
             .await
             .unwrap();
         acked.push((ack.base_offset, value));

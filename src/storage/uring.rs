@@ -1019,13 +1019,23 @@ mod tests {
             drop(file); // a crash: no close, no trim
 
             let mut file = engine.open(&path).await.unwrap();
-            assert!(file.needs_fdatasync, "a foreign tail is not known to be durable");
+            assert!(
+                file.needs_fdatasync,
+                "a foreign tail is not known to be durable"
+            );
             file.sync().await.unwrap();
             assert!(!file.needs_fdatasync);
             file.close().await.unwrap();
 
-            let plain = UringEngine::new().create(&dir.path().join("b")).await.unwrap();
-            assert_eq!(open_flags(&plain) & libc::O_DSYNC, 0, "the default is plain writes");
+            let plain = UringEngine::new()
+                .create(&dir.path().join("b"))
+                .await
+                .unwrap();
+            assert_eq!(
+                open_flags(&plain) & libc::O_DSYNC,
+                0,
+                "the default is plain writes"
+            );
             plain.close().await.unwrap();
         });
     }
