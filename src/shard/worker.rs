@@ -818,30 +818,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         for (key, _) in &raft_flushes {
             touched.entry(key.clone()).or_default();
         }
-        // The touched partitions are committed together, so on the uring engine their writes
-        // and fdatasyncs are in flight at once: a group waits for the device once, not once
-        // per partition (issue 14's W3 trace). The portable engine's syncs block, so they
-        // still run one after another. The partitions leave the map for the wait (each
-        // sync needs its own `&mut`) and come back before anything else looks at it.
-        let mut taken: Vec<(Key, u64, Partition<E, RT>)> = touched
-            .into_iter()
-            .map(|(key, records)| {
-                let p = self
-                    .partitions
-                    .remove(&key)
-                    .expect("a partition with pending appends is open (closes flush first)");
-                (key, records, p)
-            })
-            .collect();
-        let durability = self.options.durability;
-        let metrics = &self.metrics;
-        let commits = taken
-            .iter_mut()
-            .map(|(key, records, p)| commit_partition(p, key, *records, durability, metrics));
-        let committed = futures::future::join_all(commits).await;
-        let mut outcomes: HashMap<Key, FlushOutcome> = HashMap::with_capacity(taken.len());
-        for ((key, _, p), outcome) in taken.into_iter().zip(committed) {
-            self.partitions.insert(key.clone(), p);
+        let mut outcomes: HashMap<Key, FlushOutcome> = HashMap::with_capacity(touched.len());
+        for (key, records) in touched {
+            let outcome = self.commit_partition(&key, records).await;
             outcomes.insert(key, outcome);
         }
         ShardStats::add(&self.stats.flushes, 1);
@@ -870,53 +849,48 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             );
         }
     }
-}
 
-/// Syncs (under `Fsync`) or just commits one touched partition, publishes its new high
-/// watermark, and returns how that went. With several partitions committed at once, the
-/// engine's hop stamps (`hops::take_io_stamps`, one set per thread) may be another
-/// partition's: the per-hop trace is exact for one partition per group.
-async fn commit_partition<E: Engine, RT: AsyncRuntime>(
-    p: &mut Partition<E, RT>,
-    key: &Key,
-    records: u64,
-    durability: Durability,
-    metrics: &ShardMetrics,
-) -> FlushOutcome {
-    // What is committed: what a sync (or a roll inside the group) made durable, whatever
-    // failed after it; under relaxed durability, everything appended.
-    let (outcome, committed): (_, fn(&Log<E>) -> u64) = match p.log.poisoned_by() {
-        Some(op) => (
-            Err(storage::Error::Poisoned {
-                dir: p.log.dir().to_owned(),
-                op,
-            }),
-            Log::durable_end,
-        ),
-        None => match durability {
-            Durability::Fsync => {
-                let started = Instant::now();
-                hops::io_stamp(IoHop::SyncStarted);
-                let synced = p.log.sync().await.map(drop);
-                metrics.synced(&key.0, key.1, started.elapsed(), records);
-                (synced, Log::durable_end)
-            }
-            Durability::Interval => {
-                p.unsynced = true;
-                (Ok(()), Log::end_offset)
-            }
-            Durability::None => (Ok(()), Log::end_offset),
-        },
-    };
-    p.commit_solo(committed);
-    FlushOutcome {
-        result: outcome.map_err(Arc::new),
-        high_watermark: p.log.high_watermark(),
-        io: hops::take_io_stamps(),
+    /// Syncs (under `Fsync`) or just commits one touched partition, publishes its new high
+    /// watermark, and returns how that went.
+    async fn commit_partition(&mut self, key: &Key, records: u64) -> FlushOutcome {
+        let p = self
+            .partitions
+            .get_mut(key)
+            .expect("a partition with pending appends is open (closes flush first)");
+        // What is committed: what a sync (or a roll inside the group) made durable, whatever
+        // failed after it; under relaxed durability, everything appended.
+        let (outcome, committed): (_, fn(&Log<E>) -> u64) = match p.log.poisoned_by() {
+            Some(op) => (
+                Err(storage::Error::Poisoned {
+                    dir: p.log.dir().to_owned(),
+                    op,
+                }),
+                Log::durable_end,
+            ),
+            None => match self.options.durability {
+                Durability::Fsync => {
+                    let started = Instant::now();
+                    hops::io_stamp(IoHop::SyncStarted);
+                    let synced = p.log.sync().await.map(drop);
+                    self.metrics
+                        .synced(&key.0, key.1, started.elapsed(), records);
+                    (synced, Log::durable_end)
+                }
+                Durability::Interval => {
+                    p.unsynced = true;
+                    (Ok(()), Log::end_offset)
+                }
+                Durability::None => (Ok(()), Log::end_offset),
+            },
+        };
+        p.commit_solo(committed);
+        FlushOutcome {
+            result: outcome.map_err(Arc::new),
+            high_watermark: p.log.high_watermark(),
+            io: hops::take_io_stamps(),
+        }
     }
-}
 
-impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// The reply to one append of a flushed group. A roll inside the group seals (syncs) the
     /// segment and commits the appends before it: those are durable and readable whatever
     /// failed after, so they are acknowledged, not failed.
