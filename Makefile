@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test chaos chaos-long lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster clean init gencert run run-cluster
+.PHONY: build test chaos chaos-long lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster bench-latency clean init gencert run run-cluster
 
 build:
 	$(CARGO) build --release
@@ -59,6 +59,15 @@ bench-scenarios:
 bench-cluster:
 	$(CARGO) build --release
 	bash benches/cluster-bench.sh
+
+## Commit latency side by side (issue 14, BENCHMARKS.md): W2 (1 client), W2 at half load and
+## W3 (64 clients) against `walrs serve` on each engine and write mode, Redis Streams with
+## appendfsync always, and the raw write+fdatasync baseline; server and load generator on
+## separate cores (taskset). About 12 minutes; results in target/bench-latency/results.md.
+## Needs redis-server and redis-tools for the Redis rows (REDIS=0 skips them).
+bench-latency:
+	$(CARGO) build --release
+	bash benches/commit-latency.sh
 
 ## Every benchmark: end-to-end, storage (criterion), shards and instrumentation.
 bench-all: bench bench-storage bench-shards bench-instrumentation

@@ -411,6 +411,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     walrs::server::run(config, walrs::server::shutdown_signal()).await?;
+    if let Some(hops) = walrs::observability::hops::report() {
+        // Every append since the start (WALRS_HOP_TRACE=1), warm-up included.
+        eprintln!("Per-hop latency of this server's appends (WALRS_HOP_TRACE=1):\n{hops}");
+    }
     Ok(())
 }
 
@@ -521,6 +525,9 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 async fn bench(options: &walrs::bench::BenchOptions) -> anyhow::Result<()> {
     let outcome = walrs::bench::run(options).await?;
     outcome.report.write_table(&mut std::io::stdout().lock())?;
+    if let Some(hops) = &outcome.hops {
+        println!("\nPer-hop latency of the server's appends (WALRS_HOP_TRACE=1):\n{hops}");
+    }
     outcome.write_files(options)?;
     Ok(())
 }

@@ -1421,6 +1421,17 @@ conformance!(
     128
 );
 
+// The uring engine in its `dsync` write mode (O_DSYNC writes, no fdatasync after them): the
+// same suite, crash cases included.
+#[cfg(target_os = "linux")]
+conformance!(
+    uring_dsync,
+    walrs::storage::UringEngine::new().with_write_mode(walrs::storage::UringWriteMode::Dsync),
+    run_uring,
+    uring_available,
+    64
+);
+
 /// Both engines write the same bytes: a partition written by one reads back with the other.
 #[cfg(target_os = "linux")]
 mod cross_engine {

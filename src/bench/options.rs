@@ -44,6 +44,25 @@ impl From<EngineArg> for config::EngineChoice {
     }
 }
 
+/// How the in-process server's uring engine makes a commit durable (`storage.uring_write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringWriteArg {
+    /// O_DIRECT write, then fdatasync.
+    Fdatasync,
+    /// O_DIRECT | O_DSYNC writes, durable on completion.
+    Dsync,
+}
+
+impl From<UringWriteArg> for config::UringWrite {
+    fn from(mode: UringWriteArg) -> config::UringWrite {
+        match mode {
+            UringWriteArg::Fdatasync => config::UringWrite::Fdatasync,
+            UringWriteArg::Dsync => config::UringWrite::Dsync,
+        }
+    }
+}
+
 /// When the in-process server acknowledges an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +133,12 @@ pub struct BenchOptions {
     /// Storage engine of the in-process server.
     #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
     pub engine: EngineArg,
+    /// How the in-process server's uring engine makes a commit durable.
+    #[arg(long, value_enum, default_value_t = UringWriteArg::Fdatasync)]
+    pub uring_write: UringWriteArg,
+    /// How long the in-process server's uring shards spin before parking, in µs (0: never).
+    #[arg(long = "spin-before-park-us", default_value_t = 0)]
+    pub spin_before_park_us: u64,
     /// Shards of the in-process server (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub shards: u32,

@@ -41,6 +41,8 @@ pub struct Outcome {
     pub report: Report,
     pub append: Histogram<u64>,
     pub e2e: Histogram<u64>,
+    /// The per-hop latency table of the server's appends, when `WALRS_HOP_TRACE=1`.
+    pub hops: Option<String>,
 }
 
 /// What one load run measured.
@@ -94,6 +96,9 @@ pub async fn run(options: &BenchOptions) -> Result<Outcome, Error> {
         "load",
     )
     .await;
+    // The hop trace of the in-process server's appends (`WALRS_HOP_TRACE=1`), before the
+    // baselines run.
+    let hops = crate::observability::hops::report();
     let stopped = target.shutdown().await;
     let main = main?;
     stopped?;
@@ -124,6 +129,7 @@ pub async fn run(options: &BenchOptions) -> Result<Outcome, Error> {
         report,
         append: main.append_h,
         e2e: main.e2e_h,
+        hops,
     })
 }
 
@@ -279,6 +285,13 @@ async fn drive(
 
     let epoch = Instant::now();
     let measure_from = epoch + warmup;
+    if crate::observability::hops::enabled() {
+        // The hop trace counts what the measured window counts.
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            crate::observability::hops::reset();
+        });
+    }
     let clock = Clock {
         epoch,
         measure_from,

@@ -93,6 +93,8 @@ pub fn server_config(
     config.storage.engine = engine.into();
     config.storage.durability = options.durability.into();
     config.storage.shards = options.shards;
+    config.storage.uring_write = options.uring_write.into();
+    config.storage.spin_before_park_us = options.spin_before_park_us;
     // Room for every producer's pipeline in one shard's queue and one stream's window:
     // the bench measures the server, not its back-pressure limits.
     let in_flight = options.producers.saturating_mul(options.depth);

@@ -44,7 +44,7 @@ pub use cluster::{CLUSTER_NODES_MAX, ClusterConfig, NodeAddr};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
 pub use server::ServerConfig;
-pub use storage::{Durability, EngineChoice, StorageConfig};
+pub use storage::{Durability, EngineChoice, StorageConfig, UringWrite};
 pub use tls::TlsConfig;
 
 /// A config error. `Read` and `Parse` name the file; `Invalid` names the key.
@@ -237,6 +237,8 @@ impl Config {
             queue_depth_max: s.queue_depth_max as usize,
             enqueue_timeout_ms: s.enqueue_timeout_ms,
             engine: s.engine,
+            uring_write: s.uring_write,
+            spin_before_park_us: s.spin_before_park_us,
             io_memory_bytes: usize::try_from(s.io_memory_bytes).unwrap_or(usize::MAX),
             maintenance_interval_ms: s.maintenance_interval_ms,
             partitions_max: self.server.partitions_per_topic_max,

@@ -10,13 +10,18 @@ use serde::{Deserialize, Serialize};
 use crate::shard::{self, ProducerLimits, ShardOptions};
 use crate::storage::LogLimits;
 
-pub use crate::shard::{Durability, EngineChoice};
+pub use crate::shard::{Durability, EngineChoice, UringWrite};
 
 /// `[storage]`: the shards and the files they write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub engine: EngineChoice,
+    /// How the uring engine makes a commit durable: "fdatasync" (write, then fdatasync) or
+    /// "dsync" (O_DSYNC writes, durable on completion).
+    pub uring_write: UringWrite,
+    /// How long an idle uring shard spins before parking; 0 = never spins.
+    pub spin_before_park_us: u64,
     /// 0 = one per core the process may run on.
     pub shards: u32,
     pub durability: Durability,
@@ -68,6 +73,8 @@ impl Default for StorageConfig {
         let producers = shard.producers;
         StorageConfig {
             engine: shard.engine,
+            uring_write: shard.uring_write,
+            spin_before_park_us: shard.spin_before_park_us,
             shards: 0,
             durability: shard.durability,
             flush_interval_ms: shard.flush_interval_ms,

@@ -5,7 +5,8 @@
 //! process, installed only when `[metrics] enabled`; without it every `metrics` macro is a
 //! no-op), the plain-HTTP listener on `[metrics] listen` (`exporter`), the serving flag that
 //! gRPC health and `/health` both report (`health`), the per-request span and counters
-//! (`call`), and the tracing subscriber with rate-limited warnings (`logging`).
+//! (`call`), the tracing subscriber with rate-limited warnings (`logging`), and the per-hop
+//! timestamps of an append that `WALRS_HOP_TRACE=1` turns on (`hops`).
 //! Arrows run one way: `shard` and `server` call the handles in `catalog`; the exporter
 //! reads their values through the `MetricsSource` trait they implement. Nothing here
 //! imports `shard` or `server`.
@@ -19,6 +20,7 @@ mod call;
 mod catalog;
 mod exporter;
 mod health;
+pub mod hops;
 mod logging;
 
 pub use call::{ActiveStream, Rpc, RpcCall, code_name};

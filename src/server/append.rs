@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt, TryFutureExt};
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Status, Streaming};
 
@@ -27,6 +27,7 @@ use super::acl::{Action, Principal};
 use super::errors::{Error, Result};
 use super::service::Inner;
 use crate::observability;
+use crate::observability::hops::{Hop, Trace};
 use crate::proto::{self, v1::AppendRequest, v1::AppendResponse};
 use crate::shard::{self, AppendRoute};
 use crate::storage;
@@ -74,18 +75,23 @@ impl Inner {
         request: &Request<()>,
         append: AppendRequest,
     ) -> Result<AppendResponse> {
-        self.enqueue_append(request, append).await?.await
+        let (response, trace) = self.enqueue_append(request, append).await?.await;
+        trace.finish();
+        response
     }
 
     /// Validates and authorizes one append and puts it in its shard's queue; the returned
     /// future resolves to the response once the append is acknowledged. When this returns,
     /// the append's place in its partition is fixed: appends enqueued one after another
-    /// take offsets in that order.
+    /// take offsets in that order. The future also yields the append's hop trace
+    /// (`observability::hops`; off unless `WALRS_HOP_TRACE=1`), for the caller to finish
+    /// once the response is handed over.
     async fn enqueue_append(
         &self,
         request: &Request<()>,
         append: AppendRequest,
-    ) -> Result<impl Future<Output = Result<AppendResponse>> + Send + 'static> {
+    ) -> Result<impl Future<Output = (Result<AppendResponse>, Trace)> + Send + 'static> {
+        let trace = Trace::start();
         let started = Instant::now();
         self.check_running()?;
         let AppendRequest {
@@ -134,19 +140,26 @@ impl Inner {
             route.partitions(),
             &self.round_robin,
         );
-        let pending = self.shards.enqueue_batch(&route, partition, batch).await?;
+        let pending = self
+            .shards
+            .enqueue_batch(&route, partition, batch, trace.clone())
+            .await?;
+        trace.stamp(Hop::Queued);
         Ok(async move {
             let ack = pending.await;
+            trace.stamp(Hop::TokioWoke);
             drop(budget);
-            let ack = ack?;
-            observability::observe_append(started.elapsed());
-            observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
-            Ok(AppendResponse {
-                partition: ack.partition,
-                base_offset: ack.base_offset,
-                count: ack.count,
-                correlation_id,
-            })
+            let response = ack.map_err(Error::from).map(|ack| {
+                observability::observe_append(started.elapsed());
+                observability::bytes_and_records_in(&topic, u64::from(ack.count), bytes);
+                AppendResponse {
+                    partition: ack.partition,
+                    base_offset: ack.base_offset,
+                    count: ack.count,
+                    correlation_id,
+                }
+            });
+            (response, trace)
         })
     }
 
@@ -185,6 +198,12 @@ impl Inner {
         // One batch is at most storage.batch_bytes_max, which validation keeps within both
         // the budget and u32.
         let permits = u32::try_from(bytes).map_err(|_| over())?;
+        // Room is usually free: take it without arming a timer.
+        match self.append_budget.clone().try_acquire_many_owned(permits) {
+            Ok(permit) => return Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::ShuttingDown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
         let acquire = self.append_budget.clone().acquire_many_owned(permits);
         match tokio::time::timeout(APPEND_BUDGET_WAIT, acquire).await {
             Ok(Ok(permit)) => Ok(permit),
@@ -222,12 +241,16 @@ impl Inner {
                             let queued = self.enqueue_append(&request, append).await;
                             match queued {
                                 Ok(ack) => {
-                                    inflight.push_back(ack.map_err(Status::from).boxed());
+                                    let ack = ack.map(|(response, trace)| {
+                                        (response.map_err(Status::from), trace)
+                                    });
+                                    inflight.push_back(ack.boxed());
                                 }
                                 Err(e) => {
                                     // Answered after the requests before it; nothing after
                                     // it is queued, as the stream ends at its first failure.
-                                    let failed = futures::future::ready(Err(e.into()));
+                                    let failed =
+                                        futures::future::ready((Err(e.into()), Trace::default()));
                                     inflight.push_back(failed.boxed());
                                     reading = false;
                                 }
@@ -239,7 +262,8 @@ impl Inner {
                             if matches!(status.code(), Code::InvalidArgument | Code::ResourceExhausted) {
                                 // A request that did not decode or was too large: answered,
                                 // after the requests before it, as the stream's last item.
-                                inflight.push_back(futures::future::ready(Err(status)).boxed());
+                                let failed = (Err(status), Trace::default());
+                                inflight.push_back(futures::future::ready(failed).boxed());
                             } else {
                                 // The client's side of the stream broke; nothing to answer.
                                 tracing::debug!(%status, "append stream input failed");
@@ -250,12 +274,13 @@ impl Inner {
                     }
                 }
                 done = inflight.next(), if !inflight.is_empty() => {
-                    let Some(result) = done else { continue };
+                    let Some((result, trace)) = done else { continue };
                     let failed = result.as_ref().err().map(Status::code);
                     if tx.send(result).await.is_err() {
                         // Client gone. Appends already queued still complete in the shards.
                         return Code::Cancelled;
                     }
+                    trace.finish();
                     if let Some(code) = failed {
                         // The stream ends at its first failure.
                         return code;

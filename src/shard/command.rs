@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::error::Result;
 use super::results::{AppendAck, PartitionInfo, ReadResult};
+use crate::observability::hops::Trace;
 use crate::storage::CheckedBatch;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -40,6 +41,8 @@ pub(crate) enum Command {
         /// Checked and measured once, by `ShardSet::check_append`.
         batch: CheckedBatch,
         reply: Reply<AppendAck>,
+        /// Per-hop stamps (issue 14); `Trace(None)` unless `WALRS_HOP_TRACE=1`.
+        trace: Trace,
     },
     Read {
         topic: Arc<str>,

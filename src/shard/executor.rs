@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::error::{Error, Result};
-use super::options::EngineChoice;
+use super::options::{EngineChoice, UringWrite};
 use super::queue::Queued;
 use super::worker::{self, Local, LoopRuntime, Received, ShardContext};
 use crate::storage::Engine;
@@ -216,12 +216,18 @@ pub(crate) fn spawn_shard(
                 reason: format!("cannot spawn its thread: {e}"),
             }),
         #[cfg(target_os = "linux")]
-        ResolvedEngine::Uring => spawn_glommio_shard(
-            crate::storage::uring::UringEngine::new,
-            cpu_for(id).unwrap_or(0),
-            io_memory_bytes,
-            ctx,
-        ),
+        ResolvedEngine::Uring => {
+            let write_mode = match ctx.options.uring_write {
+                UringWrite::Fdatasync => crate::storage::uring::WriteMode::Fdatasync,
+                UringWrite::Dsync => crate::storage::uring::WriteMode::Dsync,
+            };
+            spawn_glommio_shard(
+                move || crate::storage::uring::UringEngine::new().with_write_mode(write_mode),
+                cpu_for(id).unwrap_or(0),
+                io_memory_bytes,
+                ctx,
+            )
+        }
         #[cfg(test)]
         ResolvedEngine::PortableFaulty {
             crash_after,
@@ -414,9 +420,13 @@ where
     F: FnOnce() -> E + Send + 'static,
 {
     let id = ctx.id;
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+    let mut builder = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
         .name(&format!("walrs-shard-{id}"))
-        .io_memory(io_memory_bytes)
+        .io_memory(io_memory_bytes);
+    if ctx.options.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(ctx.options.spin_before_park_us));
+    }
+    builder
         .spawn(move || async move { worker::run(make_engine(), GlommioRuntime, ctx).await })
         .map(ShardThread::Glommio)
         .map_err(|e| Error::UringUnavailable {
@@ -476,6 +486,7 @@ mod tests {
             partition: 0,
             batch,
             reply,
+            trace: Default::default(),
         });
         let ack = futures::executor::block_on(ack).unwrap().unwrap();
         assert_eq!(ack.base_offset, 0);

@@ -30,8 +30,8 @@ mod worker;
 
 pub use error::{Error, Result};
 pub use options::{
-    Durability, EngineChoice, FLUSH_INTERVAL_MS_MAX, IO_MEMORY_BYTES_MIN, SHARDS_MAX, ShardOptions,
-    default_shard_count,
+    Durability, EngineChoice, FLUSH_INTERVAL_MS_MAX, IO_MEMORY_BYTES_MIN, SHARDS_MAX,
+    SPIN_BEFORE_PARK_US_MAX, ShardOptions, UringWrite, default_shard_count,
 };
 pub use producers::{ProducerLimits, SequenceError, WINDOW_BATCHES};
 pub use results::{

@@ -58,6 +58,22 @@ pub enum EngineChoice {
     Portable,
 }
 
+/// How the uring engine makes a commit durable. The config file's `storage.uring_write` is
+/// this type ("fdatasync", "dsync"); the portable engine ignores it. Both keep the promise
+/// of [`Durability::Fsync`]: an acknowledged append is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UringWrite {
+    /// O_DIRECT writes, then `fdatasync`: two device round trips per commit.
+    #[default]
+    Fdatasync,
+    /// O_DIRECT | O_DSYNC writes, durable when they complete: one round trip per commit.
+    Dsync,
+}
+
+/// Longest spin of a glommio shard before it parks (`spin_before_park_us`).
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000;
+
 /// Everything a shard set needs to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardOptions {
@@ -84,6 +100,12 @@ pub struct ShardOptions {
     /// How long a caller waits for room in a full queue before `Overloaded`.
     pub enqueue_timeout_ms: u64,
     pub engine: EngineChoice,
+    /// How the uring engine makes a commit durable.
+    pub uring_write: UringWrite,
+    /// How long an idle glommio shard spins before it parks in the kernel (0 = parks at
+    /// once): a request or an I/O completion that comes within the spin needs no wake-up.
+    /// The spin burns its core; the portable engine ignores it.
+    pub spin_before_park_us: u64,
     /// Memory glommio reserves (and locks) for io_uring buffers per shard.
     pub io_memory_bytes: usize,
     /// How often each shard rolls aged segments and applies retention.
@@ -124,6 +146,8 @@ impl ShardOptions {
             queue_depth_max: 1024,
             enqueue_timeout_ms: 100,
             engine: EngineChoice::Auto,
+            uring_write: UringWrite::Fdatasync,
+            spin_before_park_us: 0,
             io_memory_bytes: MIB as usize,
             maintenance_interval_ms: 5_000,
             partitions_max: 1024,
@@ -203,6 +227,13 @@ impl ShardOptions {
             10_000,
             " ms",
         )?;
+        check_range(
+            key("spin_before_park_us"),
+            self.spin_before_park_us,
+            0,
+            SPIN_BEFORE_PARK_US_MAX,
+            " us",
+        )?;
         let io_memory_bytes = self.io_memory_bytes as u64;
         check_range(
             key("io_memory_bytes"),
@@ -271,6 +302,10 @@ mod tests {
             "flush_interval_ms"
         );
         assert_eq!(refused(&|o| o.queue_depth_max = 0), "queue_depth_max");
+        assert_eq!(
+            refused(&|o| o.spin_before_park_us = SPIN_BEFORE_PARK_US_MAX + 1),
+            "spin_before_park_us"
+        );
         assert_eq!(refused(&|o| o.io_memory_bytes = 100_000), "io_memory_bytes");
         assert_eq!(refused(&|o| o.flush_bytes_max = 1024), "flush_bytes_max");
         assert_eq!(refused(&|o| o.read_bytes_max = 1024), "read_bytes_max");

@@ -94,13 +94,20 @@ impl QueueSender {
         command: Command,
         wait: Option<Duration>,
     ) -> std::result::Result<(), SendError> {
-        let acquire = self.shared.room.clone().acquire_owned();
-        let room = match wait {
-            None => acquire.await.map_err(|_| SendError::Closed)?,
-            Some(wait) => match tokio::time::timeout(wait, acquire).await {
-                Ok(acquired) => acquired.map_err(|_| SendError::Closed)?,
-                Err(_) => return Err(SendError::Full),
-            },
+        // Room is usually free: take it without arming a timer (issue 14's hop trace).
+        let room = match self.shared.room.clone().try_acquire_owned() {
+            Ok(room) => room,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(SendError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let acquire = self.shared.room.clone().acquire_owned();
+                match wait {
+                    None => acquire.await.map_err(|_| SendError::Closed)?,
+                    Some(wait) => match tokio::time::timeout(wait, acquire).await {
+                        Ok(acquired) => acquired.map_err(|_| SendError::Closed)?,
+                        Err(_) => return Err(SendError::Full),
+                    },
+                }
+            }
         };
         // Not held across an await: the shard takes the write lock only to close the gate.
         let closed = self
@@ -202,6 +209,7 @@ mod tests {
                 .check(vec![crate::storage::Record::default()])
                 .unwrap(),
             reply,
+            trace: Default::default(),
         });
         ack
     }

@@ -35,6 +35,7 @@ use super::stats::{ShardStats, ShardStatsSnapshot};
 use super::topics::{self, TopicMeta};
 use super::worker::ShardContext;
 use crate::observability;
+use crate::observability::hops::Trace;
 use crate::proto::v1 as pb;
 use crate::raft::group::RaftContext;
 use crate::raft::wire;
@@ -431,7 +432,8 @@ impl ShardSet {
         self.check_running()?;
         let route = self.append_route(topic)?;
         let batch = self.check_append(topic, partition, records)?;
-        self.enqueue_batch(&route, partition, batch).await
+        self.enqueue_batch(&route, partition, batch, Trace::default())
+            .await
     }
 
     /// Checks a batch against the partition logs' limits (record and batch sizes, header
@@ -479,6 +481,7 @@ impl ShardSet {
         route: &AppendRoute,
         partition: u32,
         batch: CheckedBatch,
+        trace: Trace,
     ) -> Result<PendingAppend> {
         self.check_running()?;
         let shard = route.0.partition(partition)?.shard;
@@ -490,6 +493,7 @@ impl ShardSet {
                 partition,
                 batch,
                 reply,
+                trace,
             },
         )
         .await?;

@@ -41,6 +41,7 @@ use super::queue::{QueueReceiver, Queued};
 use super::results::{AppendAck, PartitionInfo, ReadResult};
 use super::stats::ShardStats;
 use crate::observability::ShardMetrics;
+use crate::observability::hops::{self, Hop, IoHop, Trace};
 use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
@@ -207,6 +208,8 @@ impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
 struct FlushOutcome {
     result: std::result::Result<(), Arc<storage::Error>>,
     high_watermark: u64,
+    /// The engine's stamps of the sync (hop tracing; zero when off).
+    io: hops::IoStamps,
 }
 
 /// An append that is in its log but not yet acknowledged.
@@ -215,6 +218,7 @@ struct Pending {
     base_offset: u64,
     count: u32,
     reply: Reply<AppendAck>,
+    trace: Trace,
 }
 
 /// Raft appends written in the current group, waiting for the flush that makes them durable.
@@ -483,6 +487,7 @@ fn answer_duplicate(
             base_offset: written.base_offset,
             count: written.count,
             reply,
+            trace: Trace::default(),
         });
     }
 }
@@ -576,9 +581,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     partition,
                     batch,
                     reply,
+                    trace,
                 } => {
+                    trace.stamp(Hop::Picked);
                     payload_bytes += batch.record_bytes();
-                    self.append((topic, partition), batch, reply, &mut pending)
+                    self.append((topic, partition), batch, reply, trace, &mut pending)
                         .await;
                 }
                 Command::Read {
@@ -719,6 +726,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         key: Key,
         batch: CheckedBatch,
         reply: Reply<AppendAck>,
+        trace: Trace,
         pending: &mut Vec<Pending>,
     ) {
         let Some(p) = self.partitions.get_mut(&key) else {
@@ -778,11 +786,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     p.producers
                         .written(stamp.producer_id, stamp.sequence, written, now_ms());
                 }
+                trace.stamp(Hop::Encoded);
                 pending.push(Pending {
                     key,
                     base_offset,
                     count,
                     reply,
+                    trace,
                 });
             }
             // Refused by a limit (nothing changed), or failed (the log is now poisoned and
@@ -824,6 +834,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 .get(&item.key)
                 .expect("every touched partition has an outcome");
             let result = self.acknowledge(&item, outcome);
+            item.trace.set_io(&outcome.io);
+            item.trace.stamp(Hop::AckSent);
             send(item.reply, result);
         }
         // Raft learns its entries are durable here, after the sync, all of a group at once.
@@ -860,6 +872,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             None => match self.options.durability {
                 Durability::Fsync => {
                     let started = Instant::now();
+                    hops::io_stamp(IoHop::SyncStarted);
                     let synced = p.log.sync().await.map(drop);
                     self.metrics
                         .synced(&key.0, key.1, started.elapsed(), records);
@@ -876,6 +889,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         FlushOutcome {
             result: outcome.map_err(Arc::new),
             high_watermark: p.log.high_watermark(),
+            io: hops::take_io_stamps(),
         }
     }
 
@@ -1503,6 +1517,7 @@ pub(crate) mod tests {
             partition: 0,
             batch,
             reply,
+            trace: Default::default(),
         });
         ack
     }
@@ -1529,6 +1544,7 @@ pub(crate) mod tests {
             partition: 0,
             batch,
             reply,
+            trace: Default::default(),
         });
         ack
     }

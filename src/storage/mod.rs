@@ -39,4 +39,4 @@ pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
 pub use state::{AppliedMark, EpochStart, MarkFile, StateError, Vote};
 #[cfg(target_os = "linux")]
-pub use uring::UringEngine;
+pub use uring::{UringEngine, WriteMode as UringWriteMode};

@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use super::fsutil::{self, parent, sync_dir};
 use super::io::{Engine, StoreFile};
+use crate::observability::hops::{self, IoHop};
 
 /// Std-file engine. Clones share the fdatasync counter.
 #[derive(Clone, Default)]
@@ -129,7 +130,9 @@ impl StoreFile for PortableFile {
 
     async fn sync(&mut self) -> io::Result<()> {
         self.fdatasyncs.set(self.fdatasyncs.get() + 1);
-        self.file.sync_data()
+        self.file.sync_data()?;
+        hops::io_stamp(IoHop::SyncDone);
+        Ok(())
     }
 
     async fn truncate(&mut self, len_bytes: u64) -> io::Result<()> {

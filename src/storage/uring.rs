@@ -38,12 +38,26 @@
 //! io_uring submission instead of one per block, while the buffer's capacity still bounds the
 //! memory a file holds between syncs.
 //!
+//! # Write modes
+//! - [`WriteMode::Fdatasync`] (the default): `sync` writes the tail, waits for the write's
+//!   completion, then calls `fdatasync`: two device round trips per commit, each with its
+//!   own io_uring submission and completion.
+//! - [`WriteMode::Dsync`]: the file is opened `O_DSYNC`, so every write (the tail's and the
+//!   written-behind buffers') completes only once its data, and the metadata needed to read
+//!   it back (the file size), are durable. `sync` then writes the tail and waits for the
+//!   writes, with no `fdatasync`: one submission and one completion per commit, and the
+//!   kernel may serve an overwrite of the partial block with one FUA write. A file opened
+//!   with bytes a crashed writer may not have synced still gets one `fdatasync` at its
+//!   first sync: `O_DSYNC` covers only the writes made through it. `truncate` always calls
+//!   `fdatasync` (an `ftruncate` is not a write).
+//!
 //! # Correctness
 //! - *Readable* at once: `read_at` serves `[0, tail_start)` from the file and
 //!   `[tail_start, len())` from the tail buffer, so an appended byte is readable the moment
 //!   `append` returns, whether or not it has reached the disk.
 //! - *Durable* only after `sync` (or `truncate`) returns `Ok`: at that point every byte below
-//!   `len()` has been written and covered by a successful `fdatasync`. A crash before that may
+//!   `len()` has been written and covered by a successful `fdatasync`, or (in the `dsync`
+//!   mode) written by `O_DSYNC` writes that all completed successfully. A crash before that may
 //!   leave any suffix of the unsynced bytes missing, torn, or followed by zero padding — the
 //!   log's recovery scan cuts such a tail.
 //! - Rewriting the partial block never endangers its bytes that an earlier `sync` made
@@ -63,6 +77,7 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
 use super::fsutil::{self, parent as parent_dir};
 use super::io::{Engine, StoreFile};
+use crate::observability::hops::{self, IoHop};
 
 /// Default capacity of a file's tail buffer: the most a file holds in memory before `append`
 /// writes it out. Rounded up to the file's alignment.
@@ -75,10 +90,21 @@ pub const INFLIGHT_WRITES_MAX: usize = 8;
 /// A full tail buffer on its way to the disk: (position, length, the write).
 type InflightWrite = (u64, usize, glommio::Task<glommio::Result<usize, ()>>);
 
+/// How a sync makes the written bytes durable (module docs, "Write modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// Plain O_DIRECT writes, then `fdatasync`.
+    #[default]
+    Fdatasync,
+    /// O_DIRECT | O_DSYNC writes, durable on completion; no `fdatasync` after them.
+    Dsync,
+}
+
 /// The glommio io_uring engine. Cheap to clone; clones share the `fdatasync` counter.
 #[derive(Debug, Clone)]
 pub struct UringEngine {
     tail_buffer_bytes: usize,
+    write_mode: WriteMode,
     fdatasyncs: Rc<Cell<u64>>,
 }
 
@@ -100,7 +126,22 @@ impl UringEngine {
         assert!(tail_buffer_bytes > 0, "tail_buffer_bytes must be positive");
         Self {
             tail_buffer_bytes,
+            write_mode: WriteMode::default(),
             fdatasyncs: Rc::new(Cell::new(0)),
+        }
+    }
+
+    /// This engine with its files written in `write_mode`.
+    pub fn with_write_mode(mut self, write_mode: WriteMode) -> Self {
+        self.write_mode = write_mode;
+        self
+    }
+
+    /// The `open(2)` flags beyond glommio's own (O_DIRECT) for a store file.
+    fn custom_flags(&self) -> libc::c_int {
+        match self.write_mode {
+            WriteMode::Fdatasync => 0,
+            WriteMode::Dsync => libc::O_DSYNC,
         }
     }
 
@@ -119,6 +160,8 @@ impl UringEngine {
             tail_used: 0,
             // A file we did not write ourselves may hold bytes a crashed writer never synced.
             dirty: len > 0,
+            write_mode: self.write_mode,
+            needs_fdatasync: len > 0,
             poisoned: None,
             fdatasyncs: self.fdatasyncs.clone(),
         };
@@ -146,6 +189,7 @@ impl Engine for UringEngine {
             .read(true)
             .write(true)
             .create_new(true)
+            .custom_flags(self.custom_flags())
             .dma_open(path)
             .await?;
         sync_parent_dir(path)?;
@@ -157,6 +201,7 @@ impl Engine for UringEngine {
         let dma = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(self.custom_flags())
             .dma_open(path)
             .await?;
         self.file(path, dma).await
@@ -349,6 +394,11 @@ pub struct UringFile {
     tail_used: usize,
     /// Something below `len()` may not be durable yet.
     dirty: bool,
+    write_mode: WriteMode,
+    /// Bytes below `len()` may have reached the file without `O_DSYNC` and without a
+    /// `fdatasync` since (a crashed writer's, found on open): the next sync must call it
+    /// even in the `dsync` mode.
+    needs_fdatasync: bool,
     /// Why the file refuses work: a disk operation failed or was abandoned mid-flight.
     poisoned: Option<String>,
     fdatasyncs: Rc<Cell<u64>>,
@@ -542,7 +592,9 @@ impl UringFile {
     async fn fdatasync(&mut self) -> io::Result<()> {
         self.fdatasyncs.set(self.fdatasyncs.get() + 1);
         guarded(&mut self.poisoned, "fdatasync", self.file.fdatasync()).await?;
+        hops::io_stamp(IoHop::SyncDone);
         self.dirty = false;
+        self.needs_fdatasync = false;
         Ok(())
     }
 }
@@ -668,6 +720,14 @@ impl StoreFile for UringFile {
         }
         self.wait_writes().await?;
         self.write_tail().await?;
+        hops::io_stamp(IoHop::WriteDone);
+        if self.write_mode == WriteMode::Dsync && !self.needs_fdatasync {
+            // Every write since the last sync was O_DSYNC and has completed: durable. One
+            // durability point, counted as the fdatasync it replaces (group commit shows).
+            self.fdatasyncs.set(self.fdatasyncs.get() + 1);
+            self.dirty = false;
+            return Ok(());
+        }
         self.fdatasync().await
     }
 
@@ -923,6 +983,60 @@ mod tests {
 
             file.close().await.unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), model);
+        });
+    }
+
+    /// The open flags of `file`'s descriptor, from `/proc/self/fdinfo`.
+    fn open_flags(file: &UringFile) -> libc::c_int {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", file.file.as_raw_fd()))
+            .expect("fdinfo");
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .expect("a flags line");
+        libc::c_int::from_str_radix(flags.trim(), 8).expect("octal flags")
+    }
+
+    /// The `dsync` write mode: the file is O_DSYNC (each write durable when it completes), a
+    /// sync of our own writes calls no fdatasync, and a file reopened with bytes a crashed
+    /// writer may not have synced still gets one at its first sync.
+    #[test]
+    fn dsync_mode_opens_o_dsync_and_fdatasyncs_only_a_foreign_tail() {
+        run(async {
+            let dir = temp_dir();
+            let path = dir.path().join("a");
+            let engine = UringEngine::new().with_write_mode(WriteMode::Dsync);
+            let mut file = engine.create(&path).await.unwrap();
+            assert_ne!(open_flags(&file) & libc::O_DSYNC, 0, "opened O_DSYNC");
+            assert_ne!(open_flags(&file) & libc::O_DIRECT, 0, "opened O_DIRECT");
+            let model = pattern(5, 3 * 4096 + 100);
+            for chunk in model.chunks(1000) {
+                file.append(chunk).await.unwrap();
+                file.sync().await.unwrap();
+                assert!(!file.needs_fdatasync && !file.dirty);
+            }
+            assert_eq!(&std::fs::read(&path).unwrap()[..model.len()], &model[..]);
+            drop(file); // a crash: no close, no trim
+
+            let mut file = engine.open(&path).await.unwrap();
+            assert!(
+                file.needs_fdatasync,
+                "a foreign tail is not known to be durable"
+            );
+            file.sync().await.unwrap();
+            assert!(!file.needs_fdatasync);
+            file.close().await.unwrap();
+
+            let plain = UringEngine::new()
+                .create(&dir.path().join("b"))
+                .await
+                .unwrap();
+            assert_eq!(
+                open_flags(&plain) & libc::O_DSYNC,
+                0,
+                "the default is plain writes"
+            );
+            plain.close().await.unwrap();
         });
     }
 

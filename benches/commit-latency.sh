@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Issue 14: the latency of one durable append, side by side (BENCHMARKS.md, "Issue 14").
+#
+# Usage: benches/commit-latency.sh   (from anywhere; `make bench-latency`). Needs a release
+# build (`cargo build --release`; WALRS=path for another binary), python3, and for the Redis
+# rows Debian's redis-server and redis-tools (`apt-get install -y redis-server redis-tools`;
+# REDIS=0 skips them). Nothing here is needed by `make test`.
+#
+# For each round (ROUNDS, default 2) and each wal.rs variant (VARIANTS, default "uring
+# uring-dsync uring-dsync-spin portable"), a fresh `walrs serve` (plaintext on loopback,
+# durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
+# `walrs bench --addr` through:
+#   W2      1 producer, 1 partition, 1 x 1 KiB record per append, depth 1 (closed loop);
+#   W2half  the same producer, open loop at half of this round's W2 rate (--rate, latency
+#           from the intended send time: coordinated omission corrected), up to 16 appends
+#           in flight so that a slow moment can be caught up;
+#   W3      64 producers, 4 partitions, 1 x 1 KiB, depth 1.
+# Then Redis 7 (appendonly yes, appendfsync always: one fdatasync per event-loop turn, before
+# the replies) with `redis-benchmark -c 1` and `-c 64` of `XADD s * f <1 KiB>`.
+# The raw baseline is the bench's own: one thread, write + fdatasync of the same 1 KiB batch
+# in the same directory, half before and half after each run (its `disk_fdatasync`).
+#
+# Cores: the server (walrs serve or redis-server) runs under `taskset -c $SERVER_CPUS`
+# (default 1) and the load generator (walrs bench or redis-benchmark) under
+# `taskset -c $CLIENT_CPUS` (default 0), so neither steals the other's core. The load
+# generator's CPU time (user + system, /usr/bin/time, OUT/*.time) is recorded per run; for
+# walrs bench it includes its warm-up and its baselines, so it is an upper bound.
+# Results: OUT/results.md (the table), OUT/*.json and *.csv (each run), OUT/run/ (logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$(realpath "${WALRS:-target/release/walrs}")
+OUT=$(realpath -m "${OUT:-target/bench-latency}")
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+BASELINE=${BASELINE:-2}
+SERVER_CPUS=${SERVER_CPUS:-1}
+CLIENT_CPUS=${CLIENT_CPUS:-0}
+PORT=${PORT:-7290}
+REDIS_PORT=${REDIS_PORT:-7291}
+REDIS=${REDIS:-1}
+VARIANTS=${VARIANTS:-uring uring-dsync uring-dsync-spin portable}
+WORKLOADS=${WORKLOADS:-W2 W2half W3}
+RUN=$OUT/run
+mkdir -p "$OUT" "$RUN"
+: > "$OUT/load.txt"
+SERVER=
+
+cleanup() {
+  if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
+
+# Waits until `$1` (a log file) has a line matching `$2`, at most 60 s.
+wait_for() {
+  for _ in $(seq 1 300); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "timed out waiting for '$2' in $1" >&2
+  return 1
+}
+
+variant_storage() {
+  case $1 in
+    uring) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
+    uring-dsync) printf 'engine = "uring"\nuring_write = "dsync"\n' ;;
+    uring-dsync-spin) printf 'engine = "uring"\nuring_write = "dsync"\nspin_before_park_us = 50\n' ;;
+    portable) printf 'engine = "portable"\n' ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
+start_walrs() {
+  local variant=$1 round=$2 data="$RUN/data-$1-$2"
+  rm -rf "$data"
+  cat > "$RUN/$variant.toml" <<EOF
+listen = "127.0.0.1:$PORT"
+data_dir = "$data"
+[storage]
+shards = 1
+durability = "fsync"
+$(variant_storage "$variant")
+[metrics]
+enabled = false
+EOF
+  taskset -c "$SERVER_CPUS" "$BIN" serve --config "$RUN/$variant.toml" > "$RUN/$variant-$round.log" 2>&1 &
+  SERVER=$!
+  wait_for "$RUN/$variant-$round.log" "serving"
+}
+
+stop_server() {
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
+}
+
+walrs_bench() {
+  local name=$1; shift
+  echo "$name $(uptime)" >> "$OUT/load.txt"
+  taskset -c "$CLIENT_CPUS" /usr/bin/time -f "%U %S" -o "$OUT/$name.time" \
+    "$BIN" bench --addr "127.0.0.1:$PORT" --no-tls --record-bytes 1024 --batch-records 1 \
+    --duration "$DURATION" --warmup "$WARMUP" --baseline "$BASELINE" \
+    --dir "$RUN" --quiet --json "$OUT/$name.json" "$@" > "$OUT/$name.txt"
+}
+
+run_walrs() {
+  local variant=$1 round=$2
+  start_walrs "$variant" "$round"
+  for w in $WORKLOADS; do
+    local name="$variant-$w-r$round"
+    echo "== $name"
+    case $w in
+      W2) walrs_bench "$name" --topic "w2" --producers 1 --partitions 1 --depth 1 ;;
+      W2half)
+        local rate
+        rate=$(python3 -c "import json;print(json.load(open('$OUT/$variant-W2-r$round.json'))['append']['records_per_s']/2)")
+        walrs_bench "$name" --topic "w2half" --producers 1 --partitions 1 --rate "$rate" --depth 16 ;;
+      W3) walrs_bench "$name" --topic "w3" --producers 64 --partitions 4 --depth 1 ;;
+    esac
+  done
+  stop_server
+}
+
+run_redis() {
+  local round=$1 dir="$RUN/redis-$round"
+  rm -rf "$dir"; mkdir -p "$dir"
+  taskset -c "$SERVER_CPUS" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" \
+    --appendonly yes --appendfsync always --save '' > "$dir/log" 2>&1 &
+  SERVER=$!
+  wait_for "$dir/log" "Ready to accept connections"
+  local value
+  value=$(head -c 1024 /dev/zero | tr '\0' 'v')
+  for clients in 1 64; do
+    local name="redis-c$clients-r$round" requests=$((DURATION * (clients == 1 ? 4000 : 20000)))
+    echo "== $name"
+    echo "$name $(uptime)" >> "$OUT/load.txt"
+    taskset -c "$CLIENT_CPUS" /usr/bin/time -f "%U %S" -o "$OUT/$name.time" \
+      redis-benchmark -p "$REDIS_PORT" -c "$clients" -n "$requests" --csv \
+      XADD s '*' f "$value" > "$OUT/$name.csv"
+  done
+  stop_server
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for variant in $VARIANTS; do run_walrs "$variant" "$round"; done
+  if [ "$REDIS" = 1 ]; then run_redis "$round"; fi
+done
+
+python3 - "$OUT" "$ROUNDS" "$VARIANTS" "$REDIS" > "$OUT/results.md" <<'EOF'
+import csv, json, os, statistics, sys
+out, rounds, variants, redis = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4] == "1"
+def load(name):
+    path = f"{out}/{name}.json"
+    return json.load(open(path)) if os.path.exists(path) else None
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+def fmt(x, f="{:,.0f}"):
+    return "–" if x is None else f.format(x)
+rows, raw = [], {"rps": [], "p50": [], "p99": []}
+print("| system | workload | appends/s (rounds) | median | p50 µs | p99 µs |")
+print("|---|---|---|---:|---:|---:|")
+for v in variants:
+    for w in ["W2", "W2half", "W3"]:
+        runs = [(r, load(f"{v}-{w}-r{r}")) for r in range(1, rounds + 1)]
+        runs = [(r, j) for r, j in runs if j]
+        if not runs:
+            continue
+        rps = [j["append"]["records_per_s"] for _, j in runs]
+        p50 = [j["append"]["latency_us"]["p50"] for _, j in runs]
+        p99 = [j["append"]["latency_us"]["p99"] for _, j in runs]
+        for _, j in runs:
+            d = j["baselines"].get("disk_fdatasync")
+            if d and w == "W2":
+                raw["rps"].append(d["records_per_s"]); raw["p50"].append(d["latency_us"]["p50"]); raw["p99"].append(d["latency_us"]["p99"])
+        print(f"| wal.rs {v} | {w} | {' · '.join(fmt(x) for x in rps)} | {fmt(med(rps))} | {fmt(med(p50))} | {fmt(med(p99))} |")
+if redis:
+    for c, w in [(1, "W2"), (64, "W3")]:
+        rps, p50, p99 = [], [], []
+        for r in range(1, rounds + 1):
+            path = f"{out}/redis-c{c}-r{r}.csv"
+            if not os.path.exists(path):
+                continue
+            row = list(csv.DictReader(open(path)))[0]
+            rps.append(float(row["rps"])); p50.append(float(row["p50_latency_ms"]) * 1000); p99.append(float(row["p99_latency_ms"]) * 1000)
+        if rps:
+            print(f"| Redis 7 Streams, AOF always | {w} | {' · '.join(fmt(x) for x in rps)} | {fmt(med(rps))} | {fmt(med(p50))} | {fmt(med(p99))} |")
+print(f"| raw write+fdatasync, 1 thread (bench's disk baseline of the W2 runs) | W2 | {' · '.join(fmt(x) for x in raw['rps'])} | {fmt(med(raw['rps']))} | {fmt(med(raw['p50']))} | {fmt(med(raw['p99']))} |")
+EOF
+cat "$OUT/results.md"
