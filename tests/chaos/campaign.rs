@@ -1,0 +1,434 @@
+//! One campaign run: make the network, start the nodes, create a replicated topic, run the
+//! workload while nemesis rounds come and go, then stop, let the replicas converge, read
+//! everything back from every node and check it.
+//!
+//! Owns the run's order and its bounds: the rounds stop once `duration` has passed; every
+//! wait (a node serving, a leader, progress after a heal, a replica catching up, the final
+//! convergence) polls against a deadline derived from the cluster's election timings
+//! ([`Timings`]). A wait that times out after a heal is a *stall*: it is counted and
+//! written down (availability), and does not fail the run by itself (safety does).
+//! Must never: fail without the seed, or leave a violation without its history file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use walrs::client::{Client, ClientTls, ReadOptions, RetryOptions, RoutingClient};
+
+use super::checker::{self, Finals, Report};
+use super::nemesis::{self, Leaders};
+use super::netns::Net;
+use super::nodes::{Cluster, Timings};
+use super::workload::{self, Consumer, Producer, Shared, TOPIC};
+use crate::seeded::Rng;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub duration: Duration,
+    pub nodes: u32,
+    pub partitions: u32,
+    pub producers: u32,
+    pub timings: Timings,
+    /// Where the summary line and a violation's history go.
+    pub out: PathBuf,
+}
+
+/// What a run did, beside the checker's report.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub rounds: u64,
+    pub faults: BTreeMap<String, u64>,
+    pub stalls: u64,
+    pub forgotten_bytes: u64,
+    /// powerfs's counters over every node: file and directory syncs, bytes written.
+    pub disk_syncs: u64,
+    pub bytes_written: u64,
+    pub engines: BTreeMap<u32, String>,
+    pub seconds: f64,
+}
+
+/// Runs a campaign; returns its report and figures (and has written the summary, and the
+/// history when it failed). Panics only when the harness itself cannot go on.
+pub fn run(options: &Options) -> (Report, Figures) {
+    super::netns::sweep_stale();
+    super::nodes::sweep_stale_mounts();
+    let mut net = Net::create(options.nodes).unwrap_or_else(|e| {
+        panic!(
+            "seed {}: network namespaces cannot be made here ({e}); this campaign needs root, \
+             iproute2 and nftables (the loopback-and-proxy fallback is not written yet)",
+            options.seed
+        )
+    });
+    net.enter_bridge().expect("entering the bridge namespace");
+    println!(
+        "campaign: {} nodes in network namespaces {}-n1.. joined by a bridge in {}; \
+         the harness's client runs in the bridge namespace",
+        options.nodes,
+        net.bridge().trim_end_matches("-br"),
+        net.bridge()
+    );
+    let mut rng = Rng(options.seed);
+    let engines: Vec<&'static str> = (0..options.nodes)
+        .map(|_| if rng.below(2) == 0 { "uring" } else { "portable" })
+        .collect();
+    let mut cluster = Cluster::new(&engines, options.timings);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(campaign(options, &mut cluster, &mut net, &mut rng));
+    drop(runtime);
+    let (report, figures, history) = result;
+    write_out(options, &report, &figures, &history, &cluster);
+    (report, figures)
+}
+
+async fn campaign(
+    options: &Options,
+    cluster: &mut Cluster,
+    net: &mut Net,
+    rng: &mut Rng,
+) -> (Report, Figures, Vec<String>) {
+    let seed = options.seed;
+    let t0 = Instant::now();
+    let mut figures = Figures::default();
+    for id in 1..=cluster.count() {
+        let engine = cluster
+            .start(net, id)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        println!("node {id}: engine {} asked, {engine} serving", cluster.engine(id));
+        figures.engines.insert(id, engine);
+    }
+    let client = routing_client(cluster);
+    create_topic(options, cluster, &client).await;
+    let shared = workload::ledger(options.partitions);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for p in 0..options.producers {
+        let producer = Producer {
+            id: p,
+            seed: rng.below(u64::MAX) | 1,
+            partitions: options.partitions,
+            client: routing_client(cluster),
+            shared: shared.clone(),
+            stop: stop.clone(),
+            t0,
+        };
+        tasks.push(tokio::spawn(producer.run()));
+    }
+    let consumers_stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for partition in 0..options.partitions {
+        let consumer = Consumer {
+            partition,
+            addrs: (1..=cluster.count()).map(|id| cluster.addr(id)).collect(),
+            certs: cluster.certs(),
+            shared: shared.clone(),
+            stop: consumers_stop.clone(),
+            timings: options.timings,
+        };
+        consumers.push(tokio::spawn(consumer.run()));
+    }
+    if !progress(&shared, options.timings.patience()).await {
+        panic!("seed {seed}: no partition acknowledged anything before the first fault");
+    }
+    while t0.elapsed() < options.duration {
+        round(options, cluster, net, rng, &shared, &mut figures, t0).await;
+    }
+    workload::note(&shared, t0, "stopping the producers".into());
+    stop.store(true, Relaxed);
+    join_all(tasks, workload::drain_time(&options.timings), seed).await;
+    consumers_stop.store(true, Relaxed);
+    join_all(consumers, options.timings.patience(), seed).await;
+    let finals = converge_and_read(options, cluster, &shared, t0).await;
+    figures.seconds = t0.elapsed().as_secs_f64();
+    for id in 1..=cluster.count() {
+        let s = cluster.disk_stats(id);
+        figures.disk_syncs += s.file_syncs + s.dir_syncs;
+        figures.bytes_written += s.bytes_written;
+    }
+    let ledger = shared.lock().unwrap();
+    let report = checker::check(&ledger, &finals);
+    (report, figures, ledger.history.clone())
+}
+
+fn routing_client(cluster: &Cluster) -> RoutingClient {
+    let options = RetryOptions {
+        budget: cluster.timings.append_budget(),
+        attempts_max: 1000,
+        ..RetryOptions::default()
+    };
+    let tls = ClientTls::from_dir(&cluster.certs(), "root");
+    RoutingClient::new(&cluster.addr(1), Some(tls), options).expect("a routing client")
+}
+
+async fn create_topic(options: &Options, cluster: &Cluster, client: &RoutingClient) {
+    let until = Instant::now() + options.timings.patience();
+    loop {
+        match client.create_topic(TOPIC, options.partitions).await {
+            Ok(_) => break,
+            Err(s) if s.code() == tonic::Code::AlreadyExists => break,
+            Err(s) => assert!(
+                Instant::now() < until,
+                "seed {}: the topic was never created: {s:?}",
+                options.seed
+            ),
+        }
+        tokio::time::sleep(options.timings.poll()).await;
+    }
+    // Every node must know the topic before the first fault.
+    for id in 1..=cluster.count() {
+        let until = Instant::now() + options.timings.patience();
+        while describe(cluster, id).await.is_none() {
+            assert!(
+                Instant::now() < until,
+                "seed {}: node {id} never learnt the topic",
+                options.seed
+            );
+            tokio::time::sleep(options.timings.poll()).await;
+        }
+    }
+}
+
+/// Node `id`'s view of the topic, `None` when it does not answer within a few polls.
+async fn describe(cluster: &Cluster, id: u32) -> Option<walrs::proto::v1::DescribeTopicResponse> {
+    let wait = cluster.timings.poll() * 20;
+    let tls = ClientTls::from_dir(&cluster.certs(), "root");
+    let client = tokio::time::timeout(wait, Client::connect(&cluster.addr(id), Some(tls)))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::time::timeout(wait, client.describe_topic(TOPIC))
+        .await
+        .ok()?
+        .ok()
+}
+
+async fn leaders(cluster: &Cluster, partitions: u32) -> Leaders {
+    let mut leaders = Leaders {
+        partitions: vec![None; partitions as usize],
+        controller: None,
+    };
+    let wait = cluster.timings.poll() * 20;
+    for id in cluster.live() {
+        let Some(d) = describe(cluster, id).await else {
+            continue;
+        };
+        for p in &d.partitions {
+            if p.leader != 0 && (p.id as usize) < leaders.partitions.len() {
+                leaders.partitions[p.id as usize].get_or_insert(p.leader);
+            }
+        }
+        let tls = ClientTls::from_dir(&cluster.certs(), "root");
+        if let Ok(Ok(client)) =
+            tokio::time::timeout(wait, Client::connect(&cluster.addr(id), Some(tls))).await
+            && let Ok(Ok(c)) = tokio::time::timeout(wait, client.describe_cluster()).await
+            && c.controller != 0
+        {
+            leaders.controller.get_or_insert(c.controller);
+        }
+        if leaders.partitions.iter().all(Option::is_some) && leaders.controller.is_some() {
+            break;
+        }
+    }
+    leaders
+}
+
+/// Waits until every partition has acknowledged at least one more batch than now.
+async fn progress(shared: &Shared, patience: Duration) -> bool {
+    let before = shared.lock().unwrap().acks_per_partition.clone();
+    let until = Instant::now() + patience;
+    while Instant::now() < until {
+        let now = shared.lock().unwrap().acks_per_partition.clone();
+        if now.iter().zip(&before).all(|(n, b)| n > b) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The end of what was acknowledged, per partition (one past the highest offset).
+fn acked_ends(shared: &Shared, partitions: u32) -> Vec<u64> {
+    let ledger = shared.lock().unwrap();
+    let mut ends = vec![0; partitions as usize];
+    for a in &ledger.acked {
+        let end = a.base + a.values.len() as u64;
+        let e = &mut ends[a.partition as usize];
+        *e = (*e).max(end);
+    }
+    ends
+}
+
+/// Waits until node `id` reports a high watermark of at least `ends` on every partition.
+async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], patience: Duration) -> bool {
+    let until = Instant::now() + patience;
+    while Instant::now() < until {
+        if let Some(d) = describe(cluster, id).await
+            && d.partitions.len() == ends.len()
+            && d.partitions
+                .iter()
+                .all(|p| p.high_watermark >= ends[p.id as usize])
+        {
+            return true;
+        }
+        tokio::time::sleep(cluster.timings.poll()).await;
+    }
+    false
+}
+
+async fn round(
+    options: &Options,
+    cluster: &mut Cluster,
+    net: &mut Net,
+    rng: &mut Rng,
+    shared: &Shared,
+    figures: &mut Figures,
+    t0: Instant,
+) {
+    let seed = options.seed;
+    figures.rounds += 1;
+    let leaders = leaders(cluster, options.partitions).await;
+    let faults = nemesis::draw(rng, cluster.count(), &leaders, true);
+    for fault in &faults {
+        let said = nemesis::apply(fault, cluster, net, rng, &mut figures.forgotten_bytes)
+            .unwrap_or_else(|e| panic!("seed {seed}: {fault:?}: {e}"));
+        *figures.faults.entry(fault.kind()).or_default() += 1;
+        workload::note(shared, t0, format!("nemesis round {} start {fault:?} {said}", figures.rounds));
+    }
+    // How long the faults hold: one to three failovers, so that elections happen under
+    // them (a paused or cut-off leader is replaced, and comes back as a zombie).
+    let hold = options.timings.failover() * (1 + rng.below(3) as u32);
+    tokio::time::sleep(hold).await;
+    let started = nemesis::heal(cluster, net).unwrap_or_else(|e| panic!("seed {seed}: heal: {e}"));
+    workload::note(shared, t0, format!("nemesis round {} healed after {hold:?}; restarted {started:?}", figures.rounds));
+    figures.engines.extend(started);
+    if faults.iter().any(nemesis::Fault::loses_a_disk) {
+        let ends = acked_ends(shared, options.partitions);
+        for fault in &faults {
+            let (nemesis::Fault::Wipe(id) | nemesis::Fault::Corrupt(id, _)) = fault else {
+                continue;
+            };
+            if !caught_up(cluster, *id, &ends, options.timings.patience()).await {
+                figures.stalls += 1;
+                workload::note(shared, t0, format!("STALL: node {id} did not catch up to {ends:?}"));
+            }
+        }
+    }
+    if !progress(shared, options.timings.patience()).await {
+        figures.stalls += 1;
+        let acks = shared.lock().unwrap().acks_per_partition.clone();
+        workload::note(shared, t0, format!("STALL: a partition made no progress after the heal ({acks:?} batches acked so far)"));
+        println!("seed {seed}: round {}: a partition stalled after healing {faults:?}", figures.rounds);
+    }
+}
+
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, patience: Duration, seed: u64) {
+    for task in tasks {
+        tokio::time::timeout(patience, task)
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: a workload task did not stop within {patience:?}"))
+            .unwrap_or_else(|e| panic!("seed {seed}: a workload task failed: {e}"));
+    }
+}
+
+/// Waits for every node to hold everything acknowledged, then reads every partition back
+/// from every node, whole.
+async fn converge_and_read(options: &Options, cluster: &Cluster, shared: &Shared, t0: Instant) -> Finals {
+    let ends = acked_ends(shared, options.partitions);
+    for id in 1..=cluster.count() {
+        if !caught_up(cluster, id, &ends, options.timings.patience()).await {
+            workload::note(shared, t0, format!("final: node {id} did not reach {ends:?}"));
+            println!("seed {}: node {id} never reached the acknowledged ends {ends:?}", options.seed);
+        }
+    }
+    let mut finals = Finals::new();
+    for id in 1..=cluster.count() {
+        let mut logs = Vec::new();
+        for partition in 0..options.partitions {
+            logs.push(read_all(cluster, id, partition).await.unwrap_or_else(|e| {
+                panic!("seed {}: reading p{partition} back from node {id}: {e}", options.seed)
+            }));
+        }
+        finals.insert(id, logs);
+    }
+    finals
+}
+
+/// Every record of `partition` on node `id`, from its start to its high watermark.
+async fn read_all(cluster: &Cluster, id: u32, partition: u32) -> Result<BTreeMap<u64, String>, String> {
+    let tls = ClientTls::from_dir(&cluster.certs(), "root");
+    let client = Client::connect(&cluster.addr(id), Some(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    let d = client.describe_topic(TOPIC).await.map_err(|e| format!("{e:?}"))?;
+    let info = &d.partitions[partition as usize];
+    let mut records = BTreeMap::new();
+    let mut offset = info.start_offset;
+    // Each read makes progress (next_offset grows) or the loop ends: bounded by the hw.
+    while offset < info.high_watermark {
+        let r = client
+            .read(TOPIC, partition, offset, ReadOptions::default())
+            .await
+            .map_err(|e| format!("at offset {offset}: {e:?}"))?;
+        for rec in &r.records {
+            records.insert(rec.offset, String::from_utf8_lossy(&rec.value).into_owned());
+        }
+        if r.next_offset <= offset {
+            return Err(format!("no progress at offset {offset}"));
+        }
+        offset = r.next_offset;
+    }
+    Ok(records)
+}
+
+fn write_out(options: &Options, report: &Report, figures: &Figures, history: &[String], cluster: &Cluster) {
+    std::fs::create_dir_all(&options.out).unwrap();
+    let faults: Vec<String> = figures.faults.iter().map(|(k, n)| format!("\"{k}\":{n}")).collect();
+    let summary = format!(
+        "{{\"seed\":{},\"seconds\":{:.0},\"nodes\":{},\"partitions\":{},\"engines\":\"{:?}\",\
+         \"rounds\":{},\"stalls\":{},\"forgotten_bytes\":{},\"disk_syncs\":{},\"bytes_written\":{},\"faults\":{{{}}},\"report\":{},\"passed\":{}}}",
+        options.seed,
+        figures.seconds,
+        options.nodes,
+        options.partitions,
+        figures.engines,
+        figures.rounds,
+        figures.stalls,
+        figures.forgotten_bytes,
+        figures.disk_syncs,
+        figures.bytes_written,
+        faults.join(","),
+        report.json(),
+        report.passed()
+    );
+    println!("summary {summary}");
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(options.out.join("summary.jsonl"))
+        .unwrap();
+    writeln!(file, "{summary}").unwrap();
+    if !report.passed() {
+        let path = options.out.join(format!("cluster-{}.history", options.seed));
+        let mut text = format!("seed {}\n{summary}\n\nviolations:\n", options.seed);
+        for d in &report.details {
+            text.push_str(&format!("{d}\n"));
+        }
+        text.push_str("\nhistory:\n");
+        for line in history {
+            text.push_str(&format!("{line}\n"));
+        }
+        for id in 1..=cluster.count() {
+            let kept = options.out.join(format!("cluster-{}-node-{id}.log", options.seed));
+            drop(std::fs::copy(cluster.log(id), &kept));
+        }
+        std::fs::write(&path, text).unwrap();
+        println!("seed {}: violations; history in {}", options.seed, path.display());
+    }
+}

@@ -1,0 +1,17 @@
+//! The cluster fault campaign of issue 15 (`tests/chaos_cluster.rs` runs it): real
+//! `walrs serve` processes in network namespaces, a workload of idempotent producers and
+//! following consumers, nemeses drawn from a printed seed, and a checker.
+//!
+//! - [`netns`]: the namespaces, the bridge, and the nftables faults;
+//! - [`nodes`]: the processes, their powerfs disks, and the timings every wait derives from;
+//! - [`nemesis`]: the faults, drawn, done and healed;
+//! - [`workload`]: producers, consumers and the ledger;
+//! - [`checker`]: the anomaly counts;
+//! - [`campaign`]: one run from start to report.
+
+pub mod campaign;
+pub mod checker;
+pub mod nemesis;
+pub mod netns;
+pub mod nodes;
+pub mod workload;
