@@ -8,7 +8,8 @@
 //! `chaos/checker.rs`): the test fails on any lost, duplicated, inconsistent, nonmonotonic,
 //! skipped, failed-but-visible or unknown record.
 //!
-//! `WALRS_CHAOS_CLUSTER_DURATION_S` sets how long nemesis rounds go on (default 40 s, the
+//! `WALRS_CHAOS_CLUSTER_NODES` sets the cluster's size (default 3; 5 works: the topic keeps 3
+//! replicas, and splits cut off up to 2 nodes). `WALRS_CHAOS_CLUSTER_DURATION_S` sets how long nemesis rounds go on (default 40 s, the
 //! short run `make test` does); `WALRS_TEST_SEED` replays a seed; `WALRS_CHAOS_OUT` is where
 //! the summary line (`summary.jsonl`) and a violation's history go (default
 //! `target/chaos`). Needs root, iproute2 and nftables (`.ci/run` installs them).
@@ -31,7 +32,9 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn the_cluster_loses_nothing_acknowledged_under_combined_nemeses() {
     let seed = seeded::seed();
-    println!("seed {seed} (WALRS_TEST_SEED={seed} replays the nemesis schedule and the workload's draws)");
+    println!(
+        "seed {seed} (WALRS_TEST_SEED={seed} replays the nemesis schedule and the workload's draws)"
+    );
     let out = std::env::var_os("WALRS_CHAOS_OUT").map_or_else(
         || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/chaos"),
         std::path::PathBuf::from,
@@ -39,7 +42,7 @@ fn the_cluster_loses_nothing_acknowledged_under_combined_nemeses() {
     let options = Options {
         seed,
         duration: Duration::from_secs(env_u64("WALRS_CHAOS_CLUSTER_DURATION_S").unwrap_or(40)),
-        nodes: 3,
+        nodes: env_u64("WALRS_CHAOS_CLUSTER_NODES").map_or(3, |n| n as u32),
         partitions: 3,
         producers: 3,
         timings: Timings {

@@ -72,7 +72,14 @@ pub fn run(options: &Options) -> (Report, Figures) {
     );
     let mut rng = Rng(options.seed);
     let engines: Vec<&'static str> = (0..options.nodes)
-        .map(|_| if rng.below(2) == 0 { "uring" } else { "portable" })
+        // A draw in 0..100 rather than 0..2: the generator's low bit follows the seed's.
+        .map(|_| {
+            if rng.below(100) < 50 {
+                "uring"
+            } else {
+                "portable"
+            }
+        })
         .collect();
     let mut cluster = Cluster::new(&engines, options.timings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,7 +107,10 @@ async fn campaign(
         let engine = cluster
             .start(net, id)
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        println!("node {id}: engine {} asked, {engine} serving", cluster.engine(id));
+        println!(
+            "node {id}: engine {} asked, {engine} serving",
+            cluster.engine(id)
+        );
         figures.engines.insert(id, engine);
     }
     let client = routing_client(cluster);
@@ -162,7 +172,7 @@ fn routing_client(cluster: &Cluster) -> RoutingClient {
         attempts_max: 1000,
         ..RetryOptions::default()
     };
-    let tls = ClientTls::from_dir(&cluster.certs(), "root");
+    let tls = ClientTls::from_dir(cluster.certs(), "root");
     RoutingClient::new(&cluster.addr(1), Some(tls), options).expect("a routing client")
 }
 
@@ -197,7 +207,7 @@ async fn create_topic(options: &Options, cluster: &Cluster, client: &RoutingClie
 /// Node `id`'s view of the topic, `None` when it does not answer within a few polls.
 async fn describe(cluster: &Cluster, id: u32) -> Option<walrs::proto::v1::DescribeTopicResponse> {
     let wait = cluster.timings.poll() * 20;
-    let tls = ClientTls::from_dir(&cluster.certs(), "root");
+    let tls = ClientTls::from_dir(cluster.certs(), "root");
     let client = tokio::time::timeout(wait, Client::connect(&cluster.addr(id), Some(tls)))
         .await
         .ok()?
@@ -223,7 +233,7 @@ async fn leaders(cluster: &Cluster, partitions: u32) -> Leaders {
                 leaders.partitions[p.id as usize].get_or_insert(p.leader);
             }
         }
-        let tls = ClientTls::from_dir(&cluster.certs(), "root");
+        let tls = ClientTls::from_dir(cluster.certs(), "root");
         if let Ok(Ok(client)) =
             tokio::time::timeout(wait, Client::connect(&cluster.addr(id), Some(tls))).await
             && let Ok(Ok(c)) = tokio::time::timeout(wait, client.describe_cluster()).await
@@ -298,14 +308,25 @@ async fn round(
         let said = nemesis::apply(fault, cluster, net, rng, &mut figures.forgotten_bytes)
             .unwrap_or_else(|e| panic!("seed {seed}: {fault:?}: {e}"));
         *figures.faults.entry(fault.kind()).or_default() += 1;
-        workload::note(shared, t0, format!("nemesis round {} start {fault:?} {said}", figures.rounds));
+        workload::note(
+            shared,
+            t0,
+            format!("nemesis round {} start {fault:?} {said}", figures.rounds),
+        );
     }
     // How long the faults hold: one to three failovers, so that elections happen under
     // them (a paused or cut-off leader is replaced, and comes back as a zombie).
     let hold = options.timings.failover() * (1 + rng.below(3) as u32);
     tokio::time::sleep(hold).await;
     let started = nemesis::heal(cluster, net).unwrap_or_else(|e| panic!("seed {seed}: heal: {e}"));
-    workload::note(shared, t0, format!("nemesis round {} healed after {hold:?}; restarted {started:?}", figures.rounds));
+    workload::note(
+        shared,
+        t0,
+        format!(
+            "nemesis round {} healed after {hold:?}; restarted {started:?}",
+            figures.rounds
+        ),
+    );
     figures.engines.extend(started);
     if faults.iter().any(nemesis::Fault::loses_a_disk) {
         let ends = acked_ends(shared, options.partitions);
@@ -315,15 +336,28 @@ async fn round(
             };
             if !caught_up(cluster, *id, &ends, options.timings.patience()).await {
                 figures.stalls += 1;
-                workload::note(shared, t0, format!("STALL: node {id} did not catch up to {ends:?}"));
+                workload::note(
+                    shared,
+                    t0,
+                    format!("STALL: node {id} did not catch up to {ends:?}"),
+                );
             }
         }
     }
     if !progress(shared, options.timings.patience()).await {
         figures.stalls += 1;
         let acks = shared.lock().unwrap().acks_per_partition.clone();
-        workload::note(shared, t0, format!("STALL: a partition made no progress after the heal ({acks:?} batches acked so far)"));
-        println!("seed {seed}: round {}: a partition stalled after healing {faults:?}", figures.rounds);
+        workload::note(
+            shared,
+            t0,
+            format!(
+                "STALL: a partition made no progress after the heal ({acks:?} batches acked so far)"
+            ),
+        );
+        println!(
+            "seed {seed}: round {}: a partition stalled after healing {faults:?}",
+            figures.rounds
+        );
     }
 }
 
@@ -331,19 +365,33 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, patience: Duration, s
     for task in tasks {
         tokio::time::timeout(patience, task)
             .await
-            .unwrap_or_else(|_| panic!("seed {seed}: a workload task did not stop within {patience:?}"))
+            .unwrap_or_else(|_| {
+                panic!("seed {seed}: a workload task did not stop within {patience:?}")
+            })
             .unwrap_or_else(|e| panic!("seed {seed}: a workload task failed: {e}"));
     }
 }
 
 /// Waits for every node to hold everything acknowledged, then reads every partition back
 /// from every node, whole.
-async fn converge_and_read(options: &Options, cluster: &Cluster, shared: &Shared, t0: Instant) -> Finals {
+async fn converge_and_read(
+    options: &Options,
+    cluster: &Cluster,
+    shared: &Shared,
+    t0: Instant,
+) -> Finals {
     let ends = acked_ends(shared, options.partitions);
     for id in 1..=cluster.count() {
         if !caught_up(cluster, id, &ends, options.timings.patience()).await {
-            workload::note(shared, t0, format!("final: node {id} did not reach {ends:?}"));
-            println!("seed {}: node {id} never reached the acknowledged ends {ends:?}", options.seed);
+            workload::note(
+                shared,
+                t0,
+                format!("final: node {id} did not reach {ends:?}"),
+            );
+            println!(
+                "seed {}: node {id} never reached the acknowledged ends {ends:?}",
+                options.seed
+            );
         }
     }
     let mut finals = Finals::new();
@@ -351,7 +399,10 @@ async fn converge_and_read(options: &Options, cluster: &Cluster, shared: &Shared
         let mut logs = Vec::new();
         for partition in 0..options.partitions {
             logs.push(read_all(cluster, id, partition).await.unwrap_or_else(|e| {
-                panic!("seed {}: reading p{partition} back from node {id}: {e}", options.seed)
+                panic!(
+                    "seed {}: reading p{partition} back from node {id}: {e}",
+                    options.seed
+                )
             }));
         }
         finals.insert(id, logs);
@@ -360,12 +411,19 @@ async fn converge_and_read(options: &Options, cluster: &Cluster, shared: &Shared
 }
 
 /// Every record of `partition` on node `id`, from its start to its high watermark.
-async fn read_all(cluster: &Cluster, id: u32, partition: u32) -> Result<BTreeMap<u64, String>, String> {
-    let tls = ClientTls::from_dir(&cluster.certs(), "root");
+async fn read_all(
+    cluster: &Cluster,
+    id: u32,
+    partition: u32,
+) -> Result<BTreeMap<u64, String>, String> {
+    let tls = ClientTls::from_dir(cluster.certs(), "root");
     let client = Client::connect(&cluster.addr(id), Some(tls))
         .await
         .map_err(|e| e.to_string())?;
-    let d = client.describe_topic(TOPIC).await.map_err(|e| format!("{e:?}"))?;
+    let d = client
+        .describe_topic(TOPIC)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let info = &d.partitions[partition as usize];
     let mut records = BTreeMap::new();
     let mut offset = info.start_offset;
@@ -386,9 +444,19 @@ async fn read_all(cluster: &Cluster, id: u32, partition: u32) -> Result<BTreeMap
     Ok(records)
 }
 
-fn write_out(options: &Options, report: &Report, figures: &Figures, history: &[String], cluster: &Cluster) {
+fn write_out(
+    options: &Options,
+    report: &Report,
+    figures: &Figures,
+    history: &[String],
+    cluster: &Cluster,
+) {
     std::fs::create_dir_all(&options.out).unwrap();
-    let faults: Vec<String> = figures.faults.iter().map(|(k, n)| format!("\"{k}\":{n}")).collect();
+    let faults: Vec<String> = figures
+        .faults
+        .iter()
+        .map(|(k, n)| format!("\"{k}\":{n}"))
+        .collect();
     let summary = format!(
         "{{\"seed\":{},\"seconds\":{:.0},\"nodes\":{},\"partitions\":{},\"engines\":\"{:?}\",\
          \"rounds\":{},\"stalls\":{},\"forgotten_bytes\":{},\"disk_syncs\":{},\"bytes_written\":{},\"faults\":{{{}}},\"report\":{},\"passed\":{}}}",
@@ -415,7 +483,9 @@ fn write_out(options: &Options, report: &Report, figures: &Figures, history: &[S
         .unwrap();
     writeln!(file, "{summary}").unwrap();
     if !report.passed() {
-        let path = options.out.join(format!("cluster-{}.history", options.seed));
+        let path = options
+            .out
+            .join(format!("cluster-{}.history", options.seed));
         let mut text = format!("seed {}\n{summary}\n\nviolations:\n", options.seed);
         for d in &report.details {
             text.push_str(&format!("{d}\n"));
@@ -425,10 +495,16 @@ fn write_out(options: &Options, report: &Report, figures: &Figures, history: &[S
             text.push_str(&format!("{line}\n"));
         }
         for id in 1..=cluster.count() {
-            let kept = options.out.join(format!("cluster-{}-node-{id}.log", options.seed));
+            let kept = options
+                .out
+                .join(format!("cluster-{}-node-{id}.log", options.seed));
             drop(std::fs::copy(cluster.log(id), &kept));
         }
         std::fs::write(&path, text).unwrap();
-        println!("seed {}: violations; history in {}", options.seed, path.display());
+        println!(
+            "seed {}: violations; history in {}",
+            options.seed,
+            path.display()
+        );
     }
 }

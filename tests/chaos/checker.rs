@@ -139,7 +139,10 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
     offsets.sort_by_key(|(k, _)| **k);
     for ((p, offset), vs) in offsets {
         c.report.inconsistent_offsets += 1;
-        c.detail("inconsistent-offsets", format!("p{p} offset {offset}: {vs:?}"));
+        c.detail(
+            "inconsistent-offsets",
+            format!("p{p} offset {offset}: {vs:?}"),
+        );
     }
     let mut dups: Vec<_> = where_.iter().filter(|(_, at)| at.len() > 1).collect();
     dups.sort_by_key(|(v, _)| **v);
@@ -194,7 +197,10 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
                 c.report.lost_on_a_replica += 1;
                 c.detail(
                     "lost-on-a-replica",
-                    format!("p{} offset {offset}: {v} held only by {holders:?}", a.partition),
+                    format!(
+                        "p{} offset {offset}: {v} held only by {holders:?}",
+                        a.partition
+                    ),
                 );
             }
         }
@@ -204,7 +210,10 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
             c.report.failed_records += 1;
             if visible.contains(v.as_str()) {
                 c.report.failed_but_visible += 1;
-                c.detail("failed-but-visible", format!("p{} {v} ({})", f.partition, f.status));
+                c.detail(
+                    "failed-but-visible",
+                    format!("p{} {v} ({})", f.partition, f.status),
+                );
             }
         }
     }
@@ -232,7 +241,9 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
                     c.report.skipped += 1;
                     c.detail(
                         "skipped",
-                        format!("p{p}: the consumer read {previous:?} then {offset}, not {missed} ({v})"),
+                        format!(
+                            "p{p}: the consumer read {previous:?} then {offset}, not {missed} ({v})"
+                        ),
                     );
                 }
             }
@@ -277,7 +288,12 @@ mod tests {
             values: vec!["d".into()],
             status: "timeout".into(),
         });
-        l.consumed[0] = vec![(0, "a".into()), (1, "b".into()), (2, "d".into()), (3, "c".into())];
+        l.consumed[0] = vec![
+            (0, "a".into()),
+            (1, "b".into()),
+            (2, "d".into()),
+            (3, "c".into()),
+        ];
         l
     }
 
@@ -298,7 +314,14 @@ mod tests {
     fn a_clean_run_passes_and_counts_indeterminate_values_apart() {
         let r = check(&ledger(), &finals(&[GOOD, GOOD, GOOD]));
         assert!(r.passed(), "{r:?}");
-        assert_eq!((r.acked_records, r.indeterminate_records, r.indeterminate_visible), (3, 1, 1));
+        assert_eq!(
+            (
+                r.acked_records,
+                r.indeterminate_records,
+                r.indeterminate_visible
+            ),
+            (3, 1, 1)
+        );
     }
 
     #[test]
@@ -306,7 +329,11 @@ mod tests {
         // Node 2 lost "c" and holds "x" (refused) in its place; node 3 holds "a" twice.
         let r = check(
             &ledger(),
-            &finals(&[GOOD, &[(0, "a"), (1, "b"), (2, "d"), (3, "x")], &[(0, "a"), (1, "b"), (2, "d"), (3, "c"), (4, "a")]]),
+            &finals(&[
+                GOOD,
+                &[(0, "a"), (1, "b"), (2, "d"), (3, "x")],
+                &[(0, "a"), (1, "b"), (2, "d"), (3, "c"), (4, "a")],
+            ]),
         );
         assert_eq!(r.lost_on_a_replica, 1, "{r:?}");
         assert_eq!(r.failed_but_visible, 1, "{r:?}");

@@ -35,17 +35,31 @@ pub enum Damage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     Kill(u32),
-    KillLeader { partition: u32, node: u32 },
+    KillLeader {
+        partition: u32,
+        node: u32,
+    },
     KillController(u32),
     Pause(u32),
-    PowerCut(Vec<u32>),
+    /// `all`: every node of the cluster at once.
+    PowerCut {
+        nodes: Vec<u32>,
+        all: bool,
+    },
     Wipe(u32),
     Corrupt(u32, Damage),
-    IsolateLeader { partition: u32, node: u32 },
+    IsolateLeader {
+        partition: u32,
+        node: u32,
+    },
     /// The nodes listed are cut from all the others.
     Split(Vec<u32>),
     /// `bridge` sees everyone; the other nodes are split into two halves.
-    Bridge { bridge: u32, a: Vec<u32>, b: Vec<u32> },
+    Bridge {
+        bridge: u32,
+        a: Vec<u32>,
+        b: Vec<u32>,
+    },
     Loss(u32),
 }
 
@@ -57,8 +71,9 @@ impl Fault {
             Fault::KillLeader { .. } => "kill-leader".into(),
             Fault::KillController(_) => "kill-controller".into(),
             Fault::Pause(_) => "pause".into(),
-            Fault::PowerCut(nodes) if nodes.len() == 1 => "power-cut-one".into(),
-            Fault::PowerCut(_) => "power-cut-all".into(),
+            Fault::PowerCut { nodes, .. } if nodes.len() == 1 => "power-cut-one".into(),
+            Fault::PowerCut { all: true, .. } => "power-cut-all".into(),
+            Fault::PowerCut { .. } => "power-cut-minority".into(),
             Fault::Wipe(_) => "wipe".into(),
             Fault::Corrupt(_, d) => format!("corrupt-{d:?}"),
             Fault::IsolateLeader { .. } => "isolate-leader".into(),
@@ -82,6 +97,7 @@ enum Pick {
     KillController,
     Pause,
     PowerCutOne,
+    PowerCutMinority,
     PowerCutAll,
     IsolateLeader,
     Split,
@@ -97,7 +113,7 @@ const PROCESS: &[Pick] = &[
     Pick::KillController,
     Pick::Pause,
     Pick::PowerCutOne,
-    Pick::PowerCutOne,
+    Pick::PowerCutMinority,
     Pick::PowerCutAll,
 ];
 const NETWORK: &[Pick] = &[Pick::IsolateLeader, Pick::Split, Pick::Bridge, Pick::Loss];
@@ -110,6 +126,15 @@ fn pick<T: Copy>(rng: &mut Rng, from: &[T]) -> T {
 /// A random node of `1..=count`.
 fn node(rng: &mut Rng, count: u32) -> u32 {
     1 + rng.below(u64::from(count)) as u32
+}
+
+/// `1..=count` in a random order.
+fn shuffled(rng: &mut Rng, count: u32) -> Vec<u32> {
+    let mut order: Vec<u32> = (1..=count).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    order
 }
 
 /// Who leads what, as the cluster says (looked up before the targets are resolved).
@@ -128,7 +153,10 @@ pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, disk_faults: bool) -> 
             Pick::Wipe => Fault::Wipe(id),
             _ => Fault::Corrupt(
                 id,
-                pick(rng, &[Damage::FlipSealed, Damage::CutActive, Damage::DeleteIndex]),
+                pick(
+                    rng,
+                    &[Damage::FlipSealed, Damage::CutActive, Damage::DeleteIndex],
+                ),
             ),
         }];
     }
@@ -141,6 +169,9 @@ pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, disk_faults: bool) -> 
     if process {
         let partition = rng.below(partitions) as u32;
         let random = node(rng, count);
+        let mut minority = shuffled(rng, count);
+        minority.truncate(1 + rng.below(u64::from((count - 1) / 2)) as usize);
+        minority.sort();
         faults.push(match pick(rng, PROCESS) {
             Pick::Kill => Fault::Kill(random),
             Pick::KillLeader => match leaders.partitions[partition as usize] {
@@ -149,16 +180,23 @@ pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, disk_faults: bool) -> 
             },
             Pick::KillController => Fault::KillController(leaders.controller.unwrap_or(random)),
             Pick::Pause => Fault::Pause(random),
-            Pick::PowerCutOne => Fault::PowerCut(vec![random]),
-            _ => Fault::PowerCut((1..=count).collect()),
+            Pick::PowerCutOne => Fault::PowerCut {
+                nodes: vec![random],
+                all: false,
+            },
+            Pick::PowerCutMinority => Fault::PowerCut {
+                nodes: minority,
+                all: false,
+            },
+            _ => Fault::PowerCut {
+                nodes: (1..=count).collect(),
+                all: true,
+            },
         });
     }
     if network {
         let partition = rng.below(partitions) as u32;
-        let mut order: Vec<u32> = (1..=count).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        let order = shuffled(rng, count);
         faults.push(match pick(rng, NETWORK) {
             Pick::IsolateLeader => Fault::IsolateLeader {
                 partition,
@@ -199,9 +237,7 @@ pub fn apply(
     let count = cluster.count();
     let others = |id: u32| (1..=count).filter(|p| *p != id).collect::<Vec<_>>();
     Ok(match fault {
-        Fault::Kill(id)
-        | Fault::KillLeader { node: id, .. }
-        | Fault::KillController(id) => {
+        Fault::Kill(id) | Fault::KillLeader { node: id, .. } | Fault::KillController(id) => {
             cluster.kill(*id);
             String::new()
         }
@@ -211,7 +247,7 @@ pub fn apply(
             }
             String::new()
         }
-        Fault::PowerCut(ids) => {
+        Fault::PowerCut { nodes: ids, .. } => {
             let mut forgot = 0;
             for id in ids {
                 forgot += cluster.power_cut(*id)?;
@@ -313,13 +349,19 @@ fn damage_files(dir: &Path, damage: Damage, rng: &mut Rng) -> Result<String, Str
             let bit = rng.below(8);
             bytes[at] ^= 1 << bit;
             write_synced(file, &bytes).map_err(io)?;
-            Ok(format!("bit {bit} of byte {at} of {} flipped", file.display()))
+            Ok(format!(
+                "bit {bit} of byte {at} of {} flipped",
+                file.display()
+            ))
         }
         Damage::CutActive => {
             let file = files.last().unwrap();
             let len = std::fs::metadata(file).map_err(io)?.len();
             let keep = rng.below(len.max(1));
-            let f = std::fs::OpenOptions::new().write(true).open(file).map_err(io)?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .map_err(io)?;
             f.set_len(keep).map_err(io)?;
             f.sync_all().map_err(io)?;
             Ok(format!("{} cut from {len} to {keep} bytes", file.display()))

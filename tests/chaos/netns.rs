@@ -129,7 +129,18 @@ impl Net {
         run("ip", &["netns", "add", &br])?;
         run("ip", &["-n", &br, "link", "set", "lo", "up"])?;
         run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        run("ip", &["-n", &br, "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "br0"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &br,
+                "addr",
+                "add",
+                &format!("{CLIENT_IP}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
         run("ip", &["-n", &br, "link", "set", "br0", "up"])?;
         for id in 1..=nodes {
             let ns = net.node(id);
@@ -143,7 +154,10 @@ impl Net {
                     "netns", &ns,
                 ],
             )?;
-            run("ip", &["-n", &br, "link", "set", &port, "master", "br0", "up"])?;
+            run(
+                "ip",
+                &["-n", &br, "link", "set", &port, "master", "br0", "up"],
+            )?;
             let addr = format!("{}/24", node_ip(id));
             run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
             run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
@@ -206,10 +220,7 @@ impl Net {
     /// Writes node `id`'s table from its faults.
     fn apply(&self, id: u32) -> Result<(), String> {
         let faults = &self.faults[id as usize - 1];
-        let peers: Vec<String> = (1..=self.nodes)
-            .filter(|p| *p != id)
-            .map(node_ip)
-            .collect();
+        let peers: Vec<String> = (1..=self.nodes).filter(|p| *p != id).map(node_ip).collect();
         let mut input = String::new();
         let mut output = String::new();
         if !faults.cut.is_empty() {

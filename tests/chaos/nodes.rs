@@ -72,12 +72,21 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
-fn write_config(dir: &Path, id: u32, count: u32, data: &Path, engine: &str, t: &Timings) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    id: u32,
+    count: u32,
+    data: &Path,
+    engine: &str,
+    t: &Timings,
+) -> PathBuf {
     let certs = dir.join("certs");
     let mut peers = String::new();
     for peer in (1..=count).filter(|p| *p != id) {
         let addr = format!("{}:{PORT}", netns::node_ip(peer));
-        peers.push_str(&format!("[[cluster.peers]]\nid = {peer}\naddr = \"{addr}\"\n"));
+        peers.push_str(&format!(
+            "[[cluster.peers]]\nid = {peer}\naddr = \"{addr}\"\n"
+        ));
     }
     let mut acl = String::from(
         "[[acl]]\nidentity = \"root\"\ntopics = [\"*\"]\nactions = [\"produce\", \"consume\", \"admin\"]\n",
@@ -131,7 +140,14 @@ impl Cluster {
             let mount = powerfs::Mount::new(&backing, &data).expect("mounting powerfs");
             let data_dir = data.join("walrs");
             nodes.push(Node {
-                config: write_config(dir.path(), id, count, &data_dir, engines[id as usize - 1], &timings),
+                config: write_config(
+                    dir.path(),
+                    id,
+                    count,
+                    &data_dir,
+                    engines[id as usize - 1],
+                    &timings,
+                ),
                 log: dir.path().join(format!("node-{id}.log")),
                 data: data_dir,
                 engine: engines[id as usize - 1],
@@ -140,7 +156,11 @@ impl Cluster {
                 mount: Some(mount),
             });
         }
-        Cluster { nodes, timings, dir }
+        Cluster {
+            nodes,
+            timings,
+            dir,
+        }
     }
 
     pub fn count(&self) -> u32 {
@@ -242,10 +262,16 @@ impl Cluster {
                 let status = node.child.as_mut().map(|c| c.wait());
                 self.kill(id);
                 let why = match e {
-                    std::sync::mpsc::RecvTimeoutError::Timeout => format!("did not serve within {start:?}"),
-                    std::sync::mpsc::RecvTimeoutError::Disconnected => "exited before serving".into(),
+                    std::sync::mpsc::RecvTimeoutError::Timeout => {
+                        format!("did not serve within {start:?}")
+                    }
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                        "exited before serving".into()
+                    }
                 };
-                Err(format!("node {id} {why} ({status:?}); the end of its log, last line first: {tail:#?}"))
+                Err(format!(
+                    "node {id} {why} ({status:?}); the end of its log, last line first: {tail:#?}"
+                ))
             }
         }
     }
@@ -265,7 +291,13 @@ impl Cluster {
         let child = node.child.as_ref().expect("a running node");
         // SAFETY: kill(2) on the pid of a child this process has not yet waited for.
         let rc = unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}): {}", child.id(), std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {signal}): {}",
+            child.id(),
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGSTOP: the process keeps its sockets and its leases but does nothing.
@@ -313,7 +345,11 @@ impl Cluster {
 
     /// powerfs's counters for node `id`'s disk.
     pub fn disk_stats(&self, id: u32) -> powerfs::Stats {
-        self.nodes[id as usize - 1].mount.as_ref().expect("mounted").stats()
+        self.nodes[id as usize - 1]
+            .mount
+            .as_ref()
+            .expect("mounted")
+            .stats()
     }
 }
 
@@ -357,7 +393,11 @@ pub fn sweep_stale_mounts() {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             println!("nodes: unmounting stale powerfs {point}");
-            drop(std::process::Command::new("umount").args(["-l", point]).status());
+            drop(
+                std::process::Command::new("umount")
+                    .args(["-l", point])
+                    .status(),
+            );
         }
     }
 }

@@ -76,7 +76,11 @@ pub fn ledger(partitions: u32) -> Shared {
 /// Appends a history line, stamped with the time since `t0`.
 pub fn note(shared: &Shared, t0: Instant, line: String) {
     let stamp = t0.elapsed().as_secs_f64();
-    shared.lock().unwrap().history.push(format!("{stamp:9.3} {line}"));
+    shared
+        .lock()
+        .unwrap()
+        .history
+        .push(format!("{stamp:9.3} {line}"));
 }
 
 /// A server's definite refusal: the server answered, and the code says nothing was
@@ -220,7 +224,8 @@ impl Consumer {
             let addr = &self.addrs[target];
             target = (target + 1) % self.addrs.len();
             let tls = ClientTls::from_dir(&self.certs, "root");
-            let Ok(Ok(client)) = tokio::time::timeout(poll * 20, Client::connect(addr, Some(tls))).await
+            let Ok(Ok(client)) =
+                tokio::time::timeout(poll * 20, Client::connect(addr, Some(tls))).await
             else {
                 tokio::time::sleep(poll).await;
                 continue;
