@@ -274,7 +274,8 @@ fn acked_ends(shared: &Shared, partitions: u32) -> Vec<u64> {
     ends
 }
 
-/// Waits until node `id` reports a high watermark of at least `ends` on every partition.
+/// Waits until node `id` reports a high watermark of at least `ends` on every partition it
+/// holds a replica of.
 async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], patience: Duration) -> bool {
     let until = Instant::now() + patience;
     while Instant::now() < until {
@@ -282,6 +283,7 @@ async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], patience: Duration)
             && d.partitions.len() == ends.len()
             && d.partitions
                 .iter()
+                .filter(|p| p.replicas.is_empty() || p.replicas.contains(&id))
                 .all(|p| p.high_watermark >= ends[p.id as usize])
         {
             return true;
@@ -395,19 +397,34 @@ async fn converge_and_read(
         }
     }
     let mut finals = Finals::new();
-    for id in 1..=cluster.count() {
-        let mut logs = Vec::new();
-        for partition in 0..options.partitions {
-            logs.push(read_all(cluster, id, partition).await.unwrap_or_else(|e| {
+    for partition in 0..options.partitions {
+        let mut logs = BTreeMap::new();
+        for id in replicas(cluster, partition).await {
+            let log = read_all(cluster, id, partition).await.unwrap_or_else(|e| {
                 panic!(
                     "seed {}: reading p{partition} back from node {id}: {e}",
                     options.seed
                 )
-            }));
+            });
+            logs.insert(id, log);
         }
-        finals.insert(id, logs);
+        finals.push(logs);
     }
     finals
+}
+
+/// The nodes that hold `partition`, as the first node to answer says (every node when
+/// none does: then every read fails and says why).
+async fn replicas(cluster: &Cluster, partition: u32) -> Vec<u32> {
+    for id in 1..=cluster.count() {
+        if let Some(d) = describe(cluster, id).await
+            && let Some(p) = d.partitions.get(partition as usize)
+            && !p.replicas.is_empty()
+        {
+            return p.replicas.clone();
+        }
+    }
+    (1..=cluster.count()).collect()
 }
 
 /// Every record of `partition` on node `id`, from its start to its high watermark.

@@ -22,8 +22,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::workload::Ledger;
 
-/// Per node, per partition: offset → value, as the node served it at the end.
-pub type Finals = BTreeMap<u32, Vec<BTreeMap<u64, String>>>;
+/// Per partition, per replica (node id): offset → value, as the node served it at the end.
+pub type Finals = Vec<BTreeMap<u32, BTreeMap<u64, String>>>;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -123,8 +123,8 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
             observations.push((p as u32, *offset, v));
         }
     }
-    for logs in finals.values() {
-        for (p, log) in logs.iter().enumerate() {
+    for (p, replicas) in finals.iter().enumerate() {
+        for log in replicas.values() {
             for (offset, v) in log {
                 observations.push((p as u32, *offset, v));
             }
@@ -163,8 +163,8 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
             }
         }
     }
-    for (node, logs) in finals {
-        for (p, log) in logs.iter().enumerate() {
+    for (p, replicas) in finals.iter().enumerate() {
+        for (node, log) in replicas {
             c.report.final_records_read += log.len() as u64;
             for (offset, v) in log {
                 visible.insert(v);
@@ -181,19 +181,16 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
         for (i, v) in a.values.iter().enumerate() {
             c.report.acked_records += 1;
             let offset = a.base + i as u64;
-            let holders: Vec<u32> = finals
+            let replicas = &finals[a.partition as usize];
+            let holders: Vec<u32> = replicas
                 .iter()
-                .filter(|(_, logs)| {
-                    logs.get(a.partition as usize)
-                        .and_then(|log| log.get(&offset))
-                        .is_some_and(|held| held == v)
-                })
+                .filter(|(_, log)| log.get(&offset).is_some_and(|held| held == v))
                 .map(|(node, _)| *node)
                 .collect();
             if holders.is_empty() {
                 c.report.lost += 1;
                 c.detail("lost", format!("p{} offset {offset}: {v}", a.partition));
-            } else if holders.len() < finals.len() {
+            } else if holders.len() < replicas.len() {
                 c.report.lost_on_a_replica += 1;
                 c.detail(
                     "lost-on-a-replica",
@@ -230,7 +227,7 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
     for p in 0..partitions {
         c.report.nonmonotonic += ledger.nonmonotonic[p];
         let consumed = &ledger.consumed[p];
-        let Some(log) = finals.values().next().and_then(|logs| logs.get(p)) else {
+        let Some(log) = finals.get(p).and_then(|replicas| replicas.values().next()) else {
             continue;
         };
         let mut previous: Option<u64> = None;
@@ -302,10 +299,12 @@ mod tests {
     }
 
     fn finals(logs: &[&[(u64, &str)]]) -> Finals {
-        logs.iter()
-            .enumerate()
-            .map(|(i, l)| (i as u32 + 1, vec![log(l)]))
-            .collect()
+        vec![
+            logs.iter()
+                .enumerate()
+                .map(|(i, l)| (i as u32 + 1, log(l)))
+                .collect(),
+        ]
     }
 
     const GOOD: &[(u64, &str)] = &[(0, "a"), (1, "b"), (2, "d"), (3, "c")];
