@@ -432,7 +432,7 @@ async fn read_all(
     cluster: &Cluster,
     id: u32,
     partition: u32,
-) -> Result<BTreeMap<u64, String>, String> {
+) -> Result<BTreeMap<u64, workload::Id>, String> {
     let tls = ClientTls::from_dir(cluster.certs(), "root");
     let client = Client::connect(&cluster.addr(id), Some(tls))
         .await
@@ -451,7 +451,7 @@ async fn read_all(
             .await
             .map_err(|e| format!("at offset {offset}: {e:?}"))?;
         for rec in &r.records {
-            records.insert(rec.offset, String::from_utf8_lossy(&rec.value).into_owned());
+            records.insert(rec.offset, workload::id_of(&rec.value));
         }
         if r.next_offset <= offset {
             return Err(format!("no progress at offset {offset}"));

@@ -18,12 +18,12 @@
 //!
 //! A run passes only with 0 in every count but the indeterminate ones.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::workload::Ledger;
+use super::workload::{Id, Ledger};
 
 /// Per partition, per replica (node id): offset → value, as the node served it at the end.
-pub type Finals = Vec<BTreeMap<u32, BTreeMap<u64, String>>>;
+pub type Finals = Vec<BTreeMap<u32, BTreeMap<u64, Id>>>;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -109,57 +109,67 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
     };
     let partitions = ledger.consumed.len();
 
-    // Every observation of (partition, offset) → value: acks, consumers, final reads.
-    let mut at: HashMap<(u32, u64), HashSet<&str>> = HashMap::new();
-    let mut where_: HashMap<&str, HashSet<(u32, u64)>> = HashMap::new();
-    let mut observations: Vec<(u32, u64, &str)> = Vec::new();
+    // Every observation of (partition, offset) → value: acks, consumers, final reads. The
+    // first value seen at each offset, and the first offset of each value, are kept; what
+    // disagrees with them is kept apart (small, unless the run went very wrong).
+    let mut at: HashMap<(u32, u64), Id> = HashMap::new();
+    let mut where_: HashMap<Id, (u32, u64)> = HashMap::new();
+    let mut inconsistent: BTreeMap<(u32, u64), BTreeSet<Id>> = BTreeMap::new();
+    let mut duplicated: BTreeMap<Id, BTreeSet<(u32, u64)>> = BTreeMap::new();
+    let mut observe = |p: u32, offset: u64, v: Id| {
+        let first = *at.entry((p, offset)).or_insert(v);
+        if first != v {
+            inconsistent
+                .entry((p, offset))
+                .or_insert_with(|| [first].into())
+                .insert(v);
+        }
+        let first = *where_.entry(v).or_insert((p, offset));
+        if first != (p, offset) {
+            duplicated
+                .entry(v)
+                .or_insert_with(|| [first].into())
+                .insert((p, offset));
+        }
+    };
     for a in &ledger.acked {
         for (i, v) in a.values.iter().enumerate() {
-            observations.push((a.partition, a.base + i as u64, v));
+            observe(a.partition, a.base + i as u64, *v);
         }
     }
     for (p, consumed) in ledger.consumed.iter().enumerate() {
         for (offset, v) in consumed {
-            observations.push((p as u32, *offset, v));
+            observe(p as u32, *offset, *v);
         }
     }
     for (p, replicas) in finals.iter().enumerate() {
         for log in replicas.values() {
             for (offset, v) in log {
-                observations.push((p as u32, *offset, v));
+                observe(p as u32, *offset, *v);
             }
         }
     }
-    for (p, offset, v) in observations {
-        at.entry((p, offset)).or_default().insert(v);
-        where_.entry(v).or_default().insert((p, offset));
-    }
-
-    let mut offsets: Vec<_> = at.iter().filter(|(_, vs)| vs.len() > 1).collect();
-    offsets.sort_by_key(|(k, _)| **k);
-    for ((p, offset), vs) in offsets {
+    for ((p, offset), vs) in &inconsistent {
         c.report.inconsistent_offsets += 1;
         c.detail(
             "inconsistent-offsets",
-            format!("p{p} offset {offset}: {vs:?}"),
+            format!("p{p} offset {offset}: {vs:x?}"),
         );
     }
-    let mut dups: Vec<_> = where_.iter().filter(|(_, at)| at.len() > 1).collect();
-    dups.sort_by_key(|(v, _)| **v);
-    for (v, at) in dups {
+    for (v, at) in &duplicated {
         c.report.duplicated += 1;
-        c.detail("duplicated", format!("{v} at {at:?}"));
+        c.detail("duplicated", format!("{v:x} at {at:?}"));
     }
 
     // Values in the reads: sent to that partition?
-    let mut visible: HashSet<&str> = HashSet::new();
+    let mut visible: HashSet<Id> = HashSet::new();
     for (p, consumed) in ledger.consumed.iter().enumerate() {
         c.report.consumed_records += consumed.len() as u64;
         for (offset, v) in consumed {
-            visible.insert(v);
-            if ledger.sent.get(v.as_str()) != Some(&(p as u32)) {
+            visible.insert(*v);
+            if ledger.sent.get(v) != Some(&(p as u32)) {
                 c.report.unknown += 1;
-                c.detail("unknown", format!("consumer p{p} offset {offset}: {v}"));
+                c.detail("unknown", format!("consumer p{p} offset {offset}: {v:x}"));
             }
         }
     }
@@ -167,10 +177,13 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
         for (node, log) in replicas {
             c.report.final_records_read += log.len() as u64;
             for (offset, v) in log {
-                visible.insert(v);
-                if ledger.sent.get(v.as_str()) != Some(&(p as u32)) {
+                visible.insert(*v);
+                if ledger.sent.get(v) != Some(&(p as u32)) {
                     c.report.unknown += 1;
-                    c.detail("unknown", format!("node {node} p{p} offset {offset}: {v}"));
+                    c.detail(
+                        "unknown",
+                        format!("node {node} p{p} offset {offset}: {v:x}"),
+                    );
                 }
             }
         }
@@ -184,12 +197,12 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
             let replicas = &finals[a.partition as usize];
             let holders: Vec<u32> = replicas
                 .iter()
-                .filter(|(_, log)| log.get(&offset).is_some_and(|held| held == v))
+                .filter(|(_, log)| log.get(&offset) == Some(v))
                 .map(|(node, _)| *node)
                 .collect();
             if holders.is_empty() {
                 c.report.lost += 1;
-                c.detail("lost", format!("p{} offset {offset}: {v}", a.partition));
+                c.detail("lost", format!("p{} offset {offset}: {v:x}", a.partition));
             } else if holders.len() < replicas.len() {
                 c.report.lost_on_a_replica += 1;
                 c.detail(
@@ -205,7 +218,7 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
     for f in &ledger.failed {
         for v in &f.values {
             c.report.failed_records += 1;
-            if visible.contains(v.as_str()) {
+            if visible.contains(v) {
                 c.report.failed_but_visible += 1;
                 c.detail(
                     "failed-but-visible",
@@ -217,7 +230,7 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
     for f in &ledger.indeterminate {
         for v in &f.values {
             c.report.indeterminate_records += 1;
-            if visible.contains(v.as_str()) {
+            if visible.contains(v) {
                 c.report.indeterminate_visible += 1;
             }
         }
@@ -253,7 +266,7 @@ pub fn check(ledger: &Ledger, finals: &Finals) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chaos::workload::{Acked, Unacked};
+    use crate::chaos::workload::{Acked, UNKNOWN_ID, Unacked, id_of, value_of};
 
     fn ledger() -> Ledger {
         let mut l = Ledger {
@@ -263,39 +276,39 @@ mod tests {
             ..Ledger::default()
         };
         for v in ["a", "b", "c", "d", "x", "y"] {
-            l.sent.insert(v.to_string(), 0);
+            l.sent.insert(id(v), 0);
         }
         l.acked.push(Acked {
             partition: 0,
             base: 0,
-            values: vec!["a".into(), "b".into()],
+            values: vec![id("a"), id("b")],
         });
         l.acked.push(Acked {
             partition: 0,
             base: 3,
-            values: vec!["c".into()],
+            values: vec![id("c")],
         });
         l.failed.push(Unacked {
             partition: 0,
-            values: vec!["x".into()],
+            values: vec![id("x")],
             status: "FailedPrecondition".into(),
         });
         l.indeterminate.push(Unacked {
             partition: 0,
-            values: vec!["d".into()],
+            values: vec![id("d")],
             status: "timeout".into(),
         });
-        l.consumed[0] = vec![
-            (0, "a".into()),
-            (1, "b".into()),
-            (2, "d".into()),
-            (3, "c".into()),
-        ];
+        l.consumed[0] = vec![(0, id("a")), (1, id("b")), (2, id("d")), (3, id("c"))];
         l
     }
 
-    fn log(entries: &[(u64, &str)]) -> BTreeMap<u64, String> {
-        entries.iter().map(|(o, v)| (*o, v.to_string())).collect()
+    /// A one-letter name for an identity, to keep the cases readable.
+    fn id(name: &str) -> Id {
+        u64::from(name.as_bytes()[0])
+    }
+
+    fn log(entries: &[(u64, &str)]) -> BTreeMap<u64, Id> {
+        entries.iter().map(|(o, v)| (*o, id(v))).collect()
     }
 
     fn finals(logs: &[&[(u64, &str)]]) -> Finals {
@@ -345,10 +358,27 @@ mod tests {
         assert_eq!(r.skipped, 0, "{r:?}");
 
         let mut l = ledger();
-        l.consumed[0] = vec![(0, "a".into()), (3, "c".into())];
+        l.consumed[0] = vec![(0, id("a")), (3, id("c"))];
         l.nonmonotonic[0] = 1;
-        l.sent.remove("d");
+        l.sent.remove(&id("d"));
         let r = check(&l, &finals(&[GOOD]));
         assert_eq!((r.skipped, r.nonmonotonic, r.unknown), (2, 1, 1), "{r:?}");
+    }
+
+    #[test]
+    fn a_value_read_back_is_its_identity_only_when_every_byte_is_right() {
+        for id in [0, 1, 0x2a_0000_0013, (3 << 40) | (77 << 4) | 7] {
+            let v = value_of(id);
+            assert_eq!(id_of(v.as_bytes()), id);
+            let mut flipped = v.clone().into_bytes();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            assert!(id_of(&flipped) >= UNKNOWN_ID, "a flipped byte is unknown");
+            assert!(
+                id_of(&v.as_bytes()[..last]) >= UNKNOWN_ID,
+                "a cut value is unknown"
+            );
+        }
+        assert!(id_of(b"not ours") >= UNKNOWN_ID);
     }
 }

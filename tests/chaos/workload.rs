@@ -25,19 +25,69 @@ use crate::seeded::Rng;
 
 pub const TOPIC: &str = "chaos";
 
+/// A value's identity: producer (bits 40..), batch (bits 4..40), record in the batch (bits
+/// 0..4). The ledger and the checker hold identities, not values, so that an hour's run
+/// fits in memory; every value read is checked byte for byte against its identity.
+pub type Id = u64;
+
+/// Identities at or above this were read but never made: corrupt or foreign bytes (the
+/// low bits are a fingerprint of what was read).
+pub const UNKNOWN_ID: Id = 1 << 63;
+
+const RECORDS_PER_BATCH_MAX: u64 = 16;
+
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The value of identity `id`: `v<id in hex>-` then 8 to 231 filler bytes, all derived
+/// from `id`.
+pub fn value_of(id: Id) -> String {
+    let mut h = mix(id);
+    let len = 8 + (h % 224) as usize;
+    let mut v = format!("v{id:x}-");
+    for _ in 0..len {
+        h = mix(h);
+        v.push((b'a' + (h % 26) as u8) as char);
+    }
+    v
+}
+
+/// The identity of a value read back: its own when every byte is what [`value_of`] makes,
+/// else an unknown one (>= [`UNKNOWN_ID`]).
+pub fn id_of(value: &[u8]) -> Id {
+    let parsed = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.strip_prefix('v'))
+        .and_then(|v| v.split('-').next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .filter(|id| *id < UNKNOWN_ID && value_of(*id).as_bytes() == value);
+    parsed.unwrap_or_else(|| UNKNOWN_ID | (mix(crc(value)) >> 1))
+}
+
+fn crc(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// One acknowledged batch: its values sit at `base`, `base + 1`, … of `partition`.
 #[derive(Debug, Clone)]
 pub struct Acked {
     pub partition: u32,
     pub base: u64,
-    pub values: Vec<String>,
+    pub values: Vec<Id>,
 }
 
 /// A batch whose outcome is not an acknowledgement.
 #[derive(Debug, Clone)]
 pub struct Unacked {
     pub partition: u32,
-    pub values: Vec<String>,
+    pub values: Vec<Id>,
     pub status: String,
 }
 
@@ -45,14 +95,14 @@ pub struct Unacked {
 #[derive(Debug, Default)]
 pub struct Ledger {
     /// Every value sent: its partition.
-    pub sent: HashMap<String, u32>,
+    pub sent: HashMap<Id, u32>,
     pub acked: Vec<Acked>,
     /// Refused with a server's definite answer: never written.
     pub failed: Vec<Unacked>,
     /// Timed out or lost with the connection: written once or not at all.
     pub indeterminate: Vec<Unacked>,
     /// Per partition, what its following consumer read, in order (offset, value).
-    pub consumed: Vec<Vec<(u64, String)>>,
+    pub consumed: Vec<Vec<(u64, Id)>>,
     /// Per partition, the times a consumer read an offset at or below one it had read.
     pub nonmonotonic: Vec<u64>,
     /// What happened, one line per event, for a violation's history file.
@@ -102,15 +152,6 @@ fn is_definite(status: &tonic::Status) -> bool {
         )
 }
 
-/// A value: readable identity, then filler, `len` bytes at least.
-fn value(producer: u32, batch: u64, i: u64, len: usize, rng: &mut Rng) -> String {
-    let mut v = format!("p{producer}-b{batch}-r{i}-");
-    while v.len() < len {
-        v.push((b'a' + rng.below(26) as u8) as char);
-    }
-    v
-}
-
 pub struct Producer {
     pub id: u32,
     pub seed: u64,
@@ -131,17 +172,15 @@ impl Producer {
         while !self.stop.load(Relaxed) {
             let partition = rng.below(u64::from(self.partitions)) as u32;
             let count = 1 + rng.below(8);
-            let values: Vec<String> = (0..count)
-                .map(|i| {
-                    let len = 24 + rng.below(200) as usize;
-                    value(self.id, batch, i, len, &mut rng)
-                })
+            assert!(count <= RECORDS_PER_BATCH_MAX);
+            let values: Vec<Id> = (0..count)
+                .map(|i| (u64::from(self.id) << 40) | (batch << 4) | i)
                 .collect();
             batch += 1;
             let mut request = AppendRequest {
                 topic: TOPIC.into(),
                 partition: Some(partition),
-                records: values.iter().map(|v| record("", v.clone())).collect(),
+                records: values.iter().map(|v| record("", value_of(*v))).collect(),
                 correlation_id: batch,
                 ..AppendRequest::default()
             };
@@ -149,7 +188,7 @@ impl Producer {
             {
                 let mut ledger = self.shared.lock().unwrap();
                 for v in &values {
-                    ledger.sent.insert(v.clone(), partition);
+                    ledger.sent.insert(*v, partition);
                 }
             }
             let (pid, seq) = (request.producer_id, request.sequence);
@@ -164,7 +203,7 @@ impl Producer {
                         "an ack counts the batch's records"
                     );
                     ledger.history.push(format!(
-                        "{stamp:9.3} ack p{partition} base {} count {} producer {pid:x} seq {seq} first {}",
+                        "{stamp:9.3} ack p{partition} base {} count {} producer {pid:x} seq {seq} first {:x}",
                         ack.base_offset, ack.count, values[0]
                     ));
                     ledger.acks_per_partition[partition as usize] += 1;
@@ -179,7 +218,7 @@ impl Producer {
                     let what = if definite { "fail" } else { "info" };
                     let text = format!("{:?}: {}", status.code(), status.message());
                     ledger.history.push(format!(
-                        "{stamp:9.3} {what} p{partition} count {} producer {pid:x} seq {seq} first {}: {text}",
+                        "{stamp:9.3} {what} p{partition} count {} producer {pid:x} seq {seq} first {:x}: {text}",
                         values.len(),
                         values[0]
                     ));
@@ -256,11 +295,11 @@ impl Consumer {
                 }
                 let mut ledger = self.shared.lock().unwrap();
                 for rec in message.records {
-                    let value = String::from_utf8_lossy(&rec.value).into_owned();
+                    let value = id_of(&rec.value);
                     if last.is_some_and(|l| rec.offset <= l) {
                         ledger.nonmonotonic[self.partition as usize] += 1;
                         ledger.history.push(format!(
-                            "consumer p{} from {addr}: offset {} after {last:?} ({value})",
+                            "consumer p{} from {addr}: offset {} after {last:?} ({value:x})",
                             self.partition, rec.offset
                         ));
                         continue;
