@@ -32,6 +32,9 @@ pub struct Options {
     pub partitions: u32,
     pub producers: u32,
     pub timings: Timings,
+    pub mix: nemesis::Mix,
+    /// More `[storage]` lines of every node's config (the control run turns fsync off).
+    pub storage_extra: &'static str,
     /// Where the summary line and a violation's history go.
     pub out: PathBuf,
 }
@@ -42,6 +45,8 @@ pub struct Figures {
     pub rounds: u64,
     pub faults: BTreeMap<String, u64>,
     pub stalls: u64,
+    /// Replicas whose final read failed (each a partition on a node): not checked.
+    pub unreadable: u64,
     pub forgotten_bytes: u64,
     /// powerfs's counters over every node: file and directory syncs, bytes written.
     pub disk_syncs: u64,
@@ -81,7 +86,7 @@ pub fn run(options: &Options) -> (Report, Figures) {
             }
         })
         .collect();
-    let mut cluster = Cluster::new(&engines, options.timings);
+    let mut cluster = Cluster::new(&engines, options.timings, options.storage_extra);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -154,7 +159,7 @@ async fn campaign(
     join_all(tasks, workload::drain_time(&options.timings), seed).await;
     consumers_stop.store(true, Relaxed);
     join_all(consumers, options.timings.patience(), seed).await;
-    let finals = converge_and_read(options, cluster, &shared, t0).await;
+    let finals = converge_and_read(options, cluster, &shared, t0, &mut figures.unreadable).await;
     figures.seconds = t0.elapsed().as_secs_f64();
     for id in 1..=cluster.count() {
         let s = cluster.disk_stats(id);
@@ -275,10 +280,9 @@ fn acked_ends(shared: &Shared, partitions: u32) -> Vec<u64> {
 }
 
 /// Waits until node `id` reports a high watermark of at least `ends` on every partition it
-/// holds a replica of.
-async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], patience: Duration) -> bool {
-    let until = Instant::now() + patience;
-    while Instant::now() < until {
+/// holds a replica of, or until `until`.
+async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], until: Instant) -> bool {
+    loop {
         if let Some(d) = describe(cluster, id).await
             && d.partitions.len() == ends.len()
             && d.partitions
@@ -288,9 +292,11 @@ async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], patience: Duration)
         {
             return true;
         }
+        if Instant::now() >= until {
+            return false;
+        }
         tokio::time::sleep(cluster.timings.poll()).await;
     }
-    false
 }
 
 async fn round(
@@ -305,7 +311,7 @@ async fn round(
     let seed = options.seed;
     figures.rounds += 1;
     let leaders = leaders(cluster, options.partitions).await;
-    let faults = nemesis::draw(rng, cluster.count(), &leaders, true);
+    let faults = nemesis::draw(rng, cluster.count(), &leaders, options.mix);
     for fault in &faults {
         let said = nemesis::apply(fault, cluster, net, rng, &mut figures.forgotten_bytes)
             .unwrap_or_else(|e| panic!("seed {seed}: {fault:?}: {e}"));
@@ -336,7 +342,8 @@ async fn round(
             let (nemesis::Fault::Wipe(id) | nemesis::Fault::Corrupt(id, _)) = fault else {
                 continue;
             };
-            if !caught_up(cluster, *id, &ends, options.timings.patience()).await {
+            let until = Instant::now() + options.timings.patience();
+            if !caught_up(cluster, *id, &ends, until).await {
                 figures.stalls += 1;
                 workload::note(
                     shared,
@@ -345,6 +352,11 @@ async fn round(
                 );
             }
         }
+    }
+    // The control run's cluster is not expected to recover (its nodes lost what they had
+    // acknowledged, and refuse to vote until a leader restores it): no wait for progress.
+    if options.mix == nemesis::Mix::PowerCutsOfAll {
+        return;
     }
     if !progress(shared, options.timings.patience()).await {
         figures.stalls += 1;
@@ -381,10 +393,12 @@ async fn converge_and_read(
     cluster: &Cluster,
     shared: &Shared,
     t0: Instant,
+    unreadable: &mut u64,
 ) -> Finals {
     let ends = acked_ends(shared, options.partitions);
+    let until = Instant::now() + options.timings.patience();
     for id in 1..=cluster.count() {
-        if !caught_up(cluster, id, &ends, options.timings.patience()).await {
+        if !caught_up(cluster, id, &ends, until).await {
             workload::note(
                 shared,
                 t0,
@@ -400,13 +414,17 @@ async fn converge_and_read(
     for partition in 0..options.partitions {
         let mut logs = BTreeMap::new();
         for id in replicas(cluster, partition).await {
-            let log = read_all(cluster, id, partition).await.unwrap_or_else(|e| {
-                panic!(
-                    "seed {}: reading p{partition} back from node {id}: {e}",
-                    options.seed
-                )
-            });
-            logs.insert(id, log);
+            match read_all(cluster, id, partition).await {
+                Ok(log) => {
+                    logs.insert(id, log);
+                }
+                Err(e) => {
+                    *unreadable += 1;
+                    let line = format!("final: p{partition} on node {id} unreadable: {e}");
+                    println!("seed {}: {line}", options.seed);
+                    workload::note(shared, t0, line);
+                }
+            }
         }
         finals.push(logs);
     }
@@ -433,23 +451,30 @@ async fn read_all(
     id: u32,
     partition: u32,
 ) -> Result<BTreeMap<u64, workload::Id>, String> {
+    // Each call is bounded: a node that does not answer is unreadable, not a hang.
+    let wait = cluster.timings.failover() * 5;
+    let timeout = |what: &str| format!("{what}: no answer within {wait:?}");
     let tls = ClientTls::from_dir(cluster.certs(), "root");
-    let client = Client::connect(&cluster.addr(id), Some(tls))
+    let client = tokio::time::timeout(wait, Client::connect(&cluster.addr(id), Some(tls)))
         .await
+        .map_err(|_| timeout("connect"))?
         .map_err(|e| e.to_string())?;
-    let d = client
-        .describe_topic(TOPIC)
+    let d = tokio::time::timeout(wait, client.describe_topic(TOPIC))
         .await
+        .map_err(|_| timeout("describe"))?
         .map_err(|e| format!("{e:?}"))?;
     let info = &d.partitions[partition as usize];
     let mut records = BTreeMap::new();
     let mut offset = info.start_offset;
     // Each read makes progress (next_offset grows) or the loop ends: bounded by the hw.
     while offset < info.high_watermark {
-        let r = client
-            .read(TOPIC, partition, offset, ReadOptions::default())
-            .await
-            .map_err(|e| format!("at offset {offset}: {e:?}"))?;
+        let r = tokio::time::timeout(
+            wait,
+            client.read(TOPIC, partition, offset, ReadOptions::default()),
+        )
+        .await
+        .map_err(|_| timeout("read"))?
+        .map_err(|e| format!("at offset {offset}: {e:?}"))?;
         for rec in &r.records {
             records.insert(rec.offset, workload::id_of(&rec.value));
         }
@@ -476,7 +501,7 @@ fn write_out(
         .collect();
     let summary = format!(
         "{{\"seed\":{},\"seconds\":{:.0},\"nodes\":{},\"partitions\":{},\"engines\":\"{:?}\",\
-         \"rounds\":{},\"stalls\":{},\"forgotten_bytes\":{},\"disk_syncs\":{},\"bytes_written\":{},\"faults\":{{{}}},\"report\":{},\"passed\":{}}}",
+         \"rounds\":{},\"stalls\":{},\"unreadable\":{},\"forgotten_bytes\":{},\"disk_syncs\":{},\"bytes_written\":{},\"faults\":{{{}}},\"report\":{},\"passed\":{}}}",
         options.seed,
         figures.seconds,
         options.nodes,
@@ -484,6 +509,7 @@ fn write_out(
         figures.engines,
         figures.rounds,
         figures.stalls,
+        figures.unreadable,
         figures.forgotten_bytes,
         figures.disk_syncs,
         figures.bytes_written,

@@ -144,10 +144,25 @@ pub struct Leaders {
     pub controller: Option<u32>,
 }
 
-/// Draws a round's faults. `disk_faults`: whether wipes and damage are in the mix.
-pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, disk_faults: bool) -> Vec<Fault> {
+/// Which faults a campaign draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// Every kind, combined.
+    All,
+    /// Only power cuts of every node at once (the control run).
+    PowerCutsOfAll,
+}
+
+/// Draws a round's faults from `mix`.
+pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, mix: Mix) -> Vec<Fault> {
     let partitions = leaders.partitions.len() as u64;
-    if disk_faults && rng.below(6) == 0 {
+    if mix == Mix::PowerCutsOfAll {
+        return vec![Fault::PowerCut {
+            nodes: (1..=count).collect(),
+            all: true,
+        }];
+    }
+    if rng.below(6) == 0 {
         let id = node(rng, count);
         return vec![match pick(rng, DISK) {
             Pick::Wipe => Fault::Wipe(id),

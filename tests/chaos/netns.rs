@@ -95,7 +95,8 @@ pub fn command_in(name: &str, program: &str) -> Command {
 }
 
 /// Deletes the `wchaos-<pid>-*` namespaces of processes that no longer exist (a run that
-/// was killed before its `Drop` ran).
+/// was killed before its `Drop` ran), after killing what still runs in them (that run's
+/// servers: nothing else is ever started there).
 pub fn sweep_stale() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
@@ -110,6 +111,15 @@ pub fn sweep_stale() {
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             println!("netns: removing stale namespace {name}");
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for stale in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(stale) = stale.parse::<i32>() {
+                        // SAFETY: kill(2) of a process in a namespace only this harness
+                        // makes, left by a run that is gone.
+                        unsafe { libc::kill(stale, libc::SIGKILL) };
+                    }
+                }
+            }
             drop(run("ip", &["netns", "del", name]));
         }
     }

@@ -72,7 +72,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_config(
+    storage_extra: &str,
     dir: &Path,
     id: u32,
     count: u32,
@@ -98,7 +100,7 @@ fn write_config(
     }
     let text = format!(
         "listen = \"{ip}:{PORT}\"\ndata_dir = \"{data}\"\n\
-         [storage]\nengine = \"{engine}\"\nshards = 1\nrecord_bytes_max = 65536\nbatch_bytes_max = 131072\nsegment_bytes_max = 262144\n\
+         [storage]\n{storage_extra}engine = \"{engine}\"\nshards = 1\nrecord_bytes_max = 65536\nbatch_bytes_max = 131072\nsegment_bytes_max = 262144\n\
          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\
          {acl}\
          [metrics]\nenabled = false\n\
@@ -121,8 +123,9 @@ fn write_config(
 
 impl Cluster {
     /// Writes certificates and configs for `engines.len()` nodes (node i+1 runs
-    /// `engines[i]`), mounts a powerfs for each data dir, and starts none yet.
-    pub fn new(engines: &[&'static str], timings: Timings) -> Cluster {
+    /// `engines[i]`; `storage_extra` is more `[storage]` lines), mounts a powerfs for each
+    /// data dir, and starts none yet.
+    pub fn new(engines: &[&'static str], timings: Timings, storage_extra: &str) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("wchaos-{}-", std::process::id()))
             .tempdir()
@@ -141,6 +144,7 @@ impl Cluster {
             let data_dir = data.join("walrs");
             nodes.push(Node {
                 config: write_config(
+                    storage_extra,
                     dir.path(),
                     id,
                     count,
@@ -376,11 +380,10 @@ pub fn sweep_stale_mounts() {
     };
     for line in mounts.lines() {
         let mut fields = line.split_whitespace();
-        let (Some(_), Some(point), Some(kind)) = (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(device), Some(point)) = (fields.next(), fields.next()) else {
             continue;
         };
-        if !kind.contains("powerfs") {
+        if device != "powerfs" {
             continue;
         }
         let Some(pid) = point
