@@ -2,7 +2,9 @@
 //! `walrs serve` processes in network namespaces, a workload of idempotent producers and
 //! following consumers, nemeses drawn from a printed seed, and a checker.
 //!
+//! - [`network`]: the network in use, namespaces or (the fallback) loopback and a proxy;
 //! - [`netns`]: the namespaces, the bridge, and the nftables faults;
+//! - [`proxy`]: the fallback's fault-injecting TCP proxy;
 //! - [`nodes`]: the processes, their powerfs disks, and the timings every wait derives from;
 //! - [`nemesis`]: the faults, drawn, done and healed;
 //! - [`workload`]: producers, consumers and the ledger;
@@ -13,5 +15,7 @@ pub mod campaign;
 pub mod checker;
 pub mod nemesis;
 pub mod netns;
+pub mod network;
 pub mod nodes;
+pub mod proxy;
 pub mod workload;

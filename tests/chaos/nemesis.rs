@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::netns::{Faults, Net};
+use super::network::Network;
 use super::nodes::Cluster;
 use crate::seeded::Rng;
 
@@ -245,7 +245,7 @@ pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, mix: Mix) -> Vec<Fault
 pub fn apply(
     fault: &Fault,
     cluster: &mut Cluster,
-    net: &mut Net,
+    net: &mut Network,
     rng: &mut Rng,
     forgotten_bytes: &mut u64,
 ) -> Result<String, String> {
@@ -291,22 +291,13 @@ pub fn apply(
             net.cut_between(a, b)?;
             String::new()
         }
-        Fault::Loss(percent) => {
-            for id in 1..=count {
-                let faults = Faults {
-                    loss_percent: *percent,
-                    ..net.faults(id).clone()
-                };
-                net.set_faults(id, faults)?;
-            }
-            String::new()
-        }
+        Fault::Loss(percent) => net.lose(count, *percent)?,
     })
 }
 
 /// Heals everything: the network first, then paused nodes resume and stopped ones start
 /// (each waited for until it serves). Returns the engine each restarted node reported.
-pub fn heal(cluster: &mut Cluster, net: &mut Net) -> Result<BTreeMap<u32, String>, String> {
+pub fn heal(cluster: &mut Cluster, net: &mut Network) -> Result<BTreeMap<u32, String>, String> {
     net.heal()?;
     let mut started = BTreeMap::new();
     for id in 1..=cluster.count() {

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use super::netns::{self, Net};
+use super::network::Network;
 
-/// The gRPC port every node listens on, on its own address.
+/// The gRPC port every node listens on, on its own namespace address.
 pub const PORT: u16 = 7070;
 
 /// The Raft timings of the cluster's config, and every wait derived from them.
@@ -56,6 +56,8 @@ impl Timings {
 
 /// One node: its files, its process (if running) and its disk.
 struct Node {
+    /// Where clients dial it.
+    addr: String,
     config: PathBuf,
     log: PathBuf,
     data: PathBuf,
@@ -74,6 +76,7 @@ pub struct Cluster {
 
 #[allow(clippy::too_many_arguments)]
 fn write_config(
+    network: &Network,
     storage_extra: &str,
     dir: &Path,
     id: u32,
@@ -85,7 +88,7 @@ fn write_config(
     let certs = dir.join("certs");
     let mut peers = String::new();
     for peer in (1..=count).filter(|p| *p != id) {
-        let addr = format!("{}:{PORT}", netns::node_ip(peer));
+        let addr = network.peer_addr(id, peer, PORT);
         peers.push_str(&format!(
             "[[cluster.peers]]\nid = {peer}\naddr = \"{addr}\"\n"
         ));
@@ -99,7 +102,7 @@ fn write_config(
         ));
     }
     let text = format!(
-        "listen = \"{ip}:{PORT}\"\ndata_dir = \"{data}\"\n\
+        "listen = \"{listen}\"\ndata_dir = \"{data}\"\n\
          [storage]\n{storage_extra}engine = \"{engine}\"\nshards = 1\nrecord_bytes_max = 65536\nbatch_bytes_max = 131072\nsegment_bytes_max = 262144\n\
          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\
          {acl}\
@@ -107,7 +110,7 @@ fn write_config(
          [cluster]\nnode_id = {id}\nreplication_factor = 3\n\
          election_timeout_min_ms = {emin}\nelection_timeout_max_ms = {emax}\n\
          heartbeat_interval_ms = {hb}\n{peers}",
-        ip = netns::node_ip(id),
+        listen = network.node_addr(id, PORT),
         data = data.display(),
         cert = certs.join(format!("node-{id}.pem")).display(),
         key = certs.join(format!("node-{id}-key.pem")).display(),
@@ -125,7 +128,12 @@ impl Cluster {
     /// Writes certificates and configs for `engines.len()` nodes (node i+1 runs
     /// `engines[i]`; `storage_extra` is more `[storage]` lines), mounts a powerfs for each
     /// data dir, and starts none yet.
-    pub fn new(engines: &[&'static str], timings: Timings, storage_extra: &str) -> Cluster {
+    pub fn new(
+        engines: &[&'static str],
+        timings: Timings,
+        storage_extra: &str,
+        network: &Network,
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix(&format!("wchaos-{}-", std::process::id()))
             .tempdir()
@@ -135,7 +143,9 @@ impl Cluster {
         walrs::certs::generate(&certs, false).unwrap();
         let mut nodes = Vec::new();
         for id in 1..=count {
-            walrs::certs::generate_node(&certs, id, &[&netns::node_ip(id)], false).unwrap();
+            let names = network.cert_names(id);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            walrs::certs::generate_node(&certs, id, &names, false).unwrap();
             let backing = dir.path().join(format!("backing-{id}"));
             let data = dir.path().join(format!("data-{id}"));
             std::fs::create_dir_all(&backing).unwrap();
@@ -144,6 +154,7 @@ impl Cluster {
             let data_dir = data.join("walrs");
             nodes.push(Node {
                 config: write_config(
+                    network,
                     storage_extra,
                     dir.path(),
                     id,
@@ -152,6 +163,7 @@ impl Cluster {
                     engines[id as usize - 1],
                     &timings,
                 ),
+                addr: network.node_addr(id, PORT),
                 log: dir.path().join(format!("node-{id}.log")),
                 data: data_dir,
                 engine: engines[id as usize - 1],
@@ -176,7 +188,7 @@ impl Cluster {
     }
 
     pub fn addr(&self, id: u32) -> String {
-        format!("{}:{PORT}", netns::node_ip(id))
+        self.nodes[id as usize - 1].addr.clone()
     }
 
     pub fn engine(&self, id: u32) -> &'static str {
@@ -206,11 +218,10 @@ impl Cluster {
             .collect()
     }
 
-    /// Starts node `id` in its namespace and waits for its "walrs serving" line; returns
+    /// Starts node `id` (in its namespace, if it has one) and waits for its "walrs serving" line; returns
     /// the engine it serves with (as it reports it).
-    pub fn start(&mut self, net: &Net, id: u32) -> Result<String, String> {
+    pub fn start(&mut self, network: &Network, id: u32) -> Result<String, String> {
         let start = self.timings.start();
-        let ns = net.node(id);
         let node = self.node(id);
         assert!(node.child.is_none(), "node {id} is already running");
         // stdout goes to the log too: a config error is printed there.
@@ -219,7 +230,8 @@ impl Cluster {
             .append(true)
             .open(&node.log)
             .map_err(|e| format!("opening {}: {e}", node.log.display()))?;
-        let mut child = netns::command_in(&ns, env!("CARGO_BIN_EXE_walrs"))
+        let mut child = network
+            .command(id, env!("CARGO_BIN_EXE_walrs"))
             .args(["serve", "--config"])
             .arg(&node.config)
             .env("RUST_LOG", "info,openraft=error")
