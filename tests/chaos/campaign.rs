@@ -325,6 +325,17 @@ async fn round(
         ),
     );
     figures.engines.extend(started);
+    let acked = shared.lock().unwrap().acked.len();
+    println!(
+        "round {} at {:.0} s: {} held {hold:?}, healed; {acked} batches acked so far",
+        figures.rounds,
+        t0.elapsed().as_secs_f64(),
+        faults
+            .iter()
+            .map(nemesis::Fault::kind)
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
     if faults.iter().any(nemesis::Fault::loses_a_disk) {
         let ends = acked_ends(shared, options.partitions);
         for fault in &faults {
