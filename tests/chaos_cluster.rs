@@ -37,6 +37,10 @@ fn out_dir() -> std::path::PathBuf {
     )
 }
 
+/// One campaign at a time in this process: the test harness runs tests side by side, and
+/// two clusters on two cores would mostly measure each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
         v.parse()
@@ -46,6 +50,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn the_cluster_loses_nothing_acknowledged_under_combined_nemeses() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let seed = seeded::seed();
     println!(
         "seed {seed} (WALRS_TEST_SEED={seed} replays the nemesis schedule and the workload's draws)"
@@ -87,6 +92,7 @@ fn the_cluster_loses_nothing_acknowledged_under_combined_nemeses() {
 /// what it claims to, and that the campaign above can fail.
 #[test]
 fn without_fsync_power_cuts_of_every_node_are_caught_losing_acknowledged_records() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let seed = seeded::seed();
     println!("seed {seed} (control: durability = \"none\", power cuts of every node)");
     let options = Options {

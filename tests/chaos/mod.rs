@@ -7,6 +7,7 @@
 //! - [`proxy`]: the fallback's fault-injecting TCP proxy;
 //! - [`nodes`]: the processes, their powerfs disks, and the timings every wait derives from;
 //! - [`nemesis`]: the faults, drawn, done and healed;
+//! - [`observe`]: bounded questions to the cluster (leaders, catch-up, whole logs);
 //! - [`workload`]: producers, consumers and the ledger;
 //! - [`checker`]: the anomaly counts;
 //! - [`campaign`]: one run from start to report.
@@ -17,5 +18,6 @@ pub mod nemesis;
 pub mod netns;
 pub mod network;
 pub mod nodes;
+pub mod observe;
 pub mod proxy;
 pub mod workload;

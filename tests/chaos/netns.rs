@@ -2,8 +2,8 @@
 //! lives in a namespace of its own, so that a partition is a real cut and the host's own
 //! interfaces, routes and loopback are never touched.
 //!
-//! Owns: the namespaces named `wchaos-<pid>-br` (the bridge `br0`, 10.77.0.254/24, where
-//! the harness's client threads live) and `wchaos-<pid>-n<ID>` (node ID: `eth0`,
+//! Owns: the namespaces named `wchaos-<pid>-<k>-br` (the bridge `br0`, 10.77.0.254/24, where
+//! the harness's client threads live) and `wchaos-<pid>-<k>-n<ID>` (node ID: `eth0`,
 //! 10.77.0.ID/24), their veth pairs, and one nftables table `inet chaos` per node namespace
 //! that holds the node's current network faults (peers cut, a share of packets dropped).
 //! The harness reaches the nodes by moving its own threads into the bridge namespace
@@ -129,8 +129,12 @@ impl Net {
     /// Makes the bridge namespace and `nodes` node namespaces, wired and up.
     pub fn create(nodes: u32) -> Result<Net, String> {
         sweep_stale();
+        // Two campaigns of one test process (the test harness runs tests side by side) get
+        // their own names: the pid, then a counter.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let net = Net {
-            prefix: format!("{PREFIX}{}", std::process::id()),
+            prefix: format!("{PREFIX}{}-{k}", std::process::id()),
             nodes,
             faults: vec![Faults::default(); nodes as usize],
         };
