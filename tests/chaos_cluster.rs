@@ -8,7 +8,9 @@
 //! `chaos/checker.rs`): the test fails on any lost, duplicated, inconsistent, nonmonotonic,
 //! skipped, failed-but-visible or unknown record.
 //!
-//! `WALRS_CHAOS_CLUSTER_NODES` sets the cluster's size (default 3; 5 works: the topic keeps 3
+//! `WALRS_CHAOS_FLIP_SEALED=1` adds bit flips in a stopped node's sealed segments to the
+//! damage nemesis (off by default: such a replica never starts its Raft group again, a known
+//! issue in docs/RELIABILITY.md). `WALRS_CHAOS_CLUSTER_NODES` sets the cluster's size (default 3; 5 works: the topic keeps 3
 //! replicas, and splits cut off up to 2 nodes). `WALRS_CHAOS_CLUSTER_DURATION_S` sets how long nemesis rounds go on (default 40 s, the
 //! short run `make test` does); `WALRS_TEST_SEED` replays a seed; `WALRS_CHAOS_OUT` is where
 //! the summary line (`summary.jsonl`) and a violation's history go (default
@@ -63,7 +65,9 @@ fn the_cluster_loses_nothing_acknowledged_under_combined_nemeses() {
         partitions: 3,
         producers: 3,
         timings: TIMINGS,
-        mix: Mix::All,
+        mix: Mix::All {
+            flip_sealed: env_u64("WALRS_CHAOS_FLIP_SEALED") == Some(1),
+        },
         storage_extra: "",
         out,
     };
