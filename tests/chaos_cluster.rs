@@ -118,3 +118,28 @@ fn without_fsync_power_cuts_of_every_node_are_caught_losing_acknowledged_records
         "seed {seed}: acknowledged-before-fsync records survived power cuts of every node: {report:?}"
     );
 }
+
+/// Finding 1 of docs/RELIABILITY.md (open): a follower with one bit flipped in a sealed
+/// segment never starts that partition's Raft group again ("Raft entry N is not in …"),
+/// so it never catches up. Ignored until the server repairs such a replica from its leader.
+#[test]
+#[ignore = "open bug: a replica with a flipped bit in a sealed segment is never repaired (docs/RELIABILITY.md)"]
+fn a_follower_with_a_flipped_bit_in_a_sealed_segment_catches_up_again() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let seed = seeded::seed();
+    println!("seed {seed} (a bit flip in a follower's sealed segment)");
+    let options = Options {
+        seed,
+        duration: Duration::ZERO,
+        nodes: 3,
+        partitions: 1,
+        producers: 1,
+        timings: TIMINGS,
+        mix: Mix::All { flip_sealed: true },
+        storage_extra: "",
+        out: out_dir(),
+    };
+    if let Err(e) = chaos::scenarios::a_follower_with_a_flipped_bit_catches_up(&options) {
+        panic!("seed {seed}: {e}");
+    }
+}

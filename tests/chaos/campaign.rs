@@ -157,7 +157,7 @@ async fn campaign(
     (report, figures, ledger.history.clone())
 }
 
-fn routing_client(cluster: &Cluster) -> RoutingClient {
+pub fn routing_client(cluster: &Cluster) -> RoutingClient {
     let options = RetryOptions {
         budget: cluster.timings.append_budget(),
         attempts_max: 1000,
@@ -167,7 +167,7 @@ fn routing_client(cluster: &Cluster) -> RoutingClient {
     RoutingClient::new(&cluster.addr(1), Some(tls), options).expect("a routing client")
 }
 
-async fn create_topic(options: &Options, cluster: &Cluster, client: &RoutingClient) {
+pub async fn create_topic(options: &Options, cluster: &Cluster, client: &RoutingClient) {
     let until = Instant::now() + options.timings.patience();
     loop {
         match client.create_topic(TOPIC, options.partitions).await {
@@ -210,7 +210,7 @@ async fn progress(shared: &Shared, patience: Duration) -> bool {
 }
 
 /// The end of what was acknowledged, per partition (one past the highest offset).
-fn acked_ends(shared: &Shared, partitions: u32) -> Vec<u64> {
+pub fn acked_ends(shared: &Shared, partitions: u32) -> Vec<u64> {
     let ledger = shared.lock().unwrap();
     let mut ends = vec![0; partitions as usize];
     for a in &ledger.acked {
@@ -312,7 +312,7 @@ async fn round(
     }
 }
 
-async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, patience: Duration, seed: u64) {
+pub async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, patience: Duration, seed: u64) {
     for task in tasks {
         tokio::time::timeout(patience, task)
             .await

@@ -8,6 +8,7 @@
 //! - [`nodes`]: the processes, their powerfs disks, and the timings every wait derives from;
 //! - [`nemesis`]: the faults, drawn, done and healed;
 //! - [`observe`]: bounded questions to the cluster (leaders, catch-up, whole logs);
+//! - [`scenarios`]: fixed fault sequences that pin one finding each;
 //! - [`workload`]: producers, consumers and the ledger;
 //! - [`checker`]: the anomaly counts;
 //! - [`campaign`]: one run from start to report.
@@ -20,4 +21,5 @@ pub mod network;
 pub mod nodes;
 pub mod observe;
 pub mod proxy;
+pub mod scenarios;
 pub mod workload;
