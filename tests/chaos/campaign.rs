@@ -221,6 +221,7 @@ pub fn acked_ends(shared: &Shared, partitions: u32) -> Vec<u64> {
     ends
 }
 
+/// One nemesis round: faults drawn, done, held and healed, then the wait for recovery.
 async fn round(
     options: &Options,
     cluster: &mut Cluster,
@@ -230,8 +231,22 @@ async fn round(
     figures: &mut Figures,
     t0: Instant,
 ) {
-    let seed = options.seed;
     figures.rounds += 1;
+    let faults = fault_and_heal(options, cluster, net, rng, shared, figures, t0).await;
+    await_recovery(options, cluster, shared, figures, t0, &faults).await;
+}
+
+/// Draws the round's faults, does them, holds them, heals everything; returns them.
+async fn fault_and_heal(
+    options: &Options,
+    cluster: &mut Cluster,
+    net: &mut Network,
+    rng: &mut Rng,
+    shared: &Shared,
+    figures: &mut Figures,
+    t0: Instant,
+) -> Vec<nemesis::Fault> {
+    let seed = options.seed;
     let leaders = leaders(cluster, options.partitions).await;
     let faults = nemesis::draw(rng, cluster.count(), &leaders, options.mix);
     for fault in &faults {
@@ -273,9 +288,22 @@ async fn round(
             .collect::<Vec<_>>()
             .join(" + ")
     );
+    faults
+}
+
+/// Waits for a damaged or wiped node to catch up, then for every partition to acknowledge
+/// again; a wait that times out is a stall (counted and noted).
+async fn await_recovery(
+    options: &Options,
+    cluster: &Cluster,
+    shared: &Shared,
+    figures: &mut Figures,
+    t0: Instant,
+    faults: &[nemesis::Fault],
+) {
     if faults.iter().any(nemesis::Fault::loses_a_disk) {
         let ends = acked_ends(shared, options.partitions);
-        for fault in &faults {
+        for fault in faults {
             let (nemesis::Fault::Wipe(id) | nemesis::Fault::Corrupt(id, _)) = fault else {
                 continue;
             };
@@ -306,8 +334,8 @@ async fn round(
             ),
         );
         println!(
-            "seed {seed}: round {}: a partition stalled after healing {faults:?}",
-            figures.rounds
+            "seed {}: round {}: a partition stalled after healing {faults:?}",
+            options.seed, figures.rounds
         );
     }
 }
