@@ -20,7 +20,7 @@ use walrs::client::{ClientTls, RetryOptions, RoutingClient};
 use super::checker::{self, Finals, Report};
 use super::nemesis;
 use super::network::Network;
-use super::nodes::{Cluster, Timings};
+use super::nodes::{Cluster, Extra, Timings};
 use super::observe::{caught_up, describe, leaders, read_all, replicas};
 use super::workload::{self, Consumer, Producer, Shared, TOPIC};
 use crate::seeded::Rng;
@@ -34,8 +34,8 @@ pub struct Options {
     pub producers: u32,
     pub timings: Timings,
     pub mix: nemesis::Mix,
-    /// More `[storage]` lines of every node's config (the control run turns fsync off).
-    pub storage_extra: &'static str,
+    /// More lines of every node's config (the control run turns fsync off).
+    pub extra: Extra,
     /// Where the summary line and a violation's history go.
     pub out: PathBuf,
 }
@@ -72,7 +72,7 @@ pub fn run(options: &Options) -> (Report, Figures) {
             }
         })
         .collect();
-    let mut cluster = Cluster::new(&engines, options.timings, options.storage_extra, &net);
+    let mut cluster = Cluster::new(&engines, options.timings, &options.extra, &net);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -67,6 +67,15 @@ struct Node {
     mount: Option<powerfs::Mount>,
 }
 
+/// More lines for every node's config.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Top-level keys.
+    pub top: String,
+    /// `[storage]` keys.
+    pub storage: String,
+}
+
 pub struct Cluster {
     /// Declared before `dir`: processes die and mounts go before their directory does.
     nodes: Vec<Node>,
@@ -77,7 +86,7 @@ pub struct Cluster {
 #[allow(clippy::too_many_arguments)]
 fn write_config(
     network: &Network,
-    storage_extra: &str,
+    extra: &Extra,
     dir: &Path,
     id: u32,
     count: u32,
@@ -102,8 +111,8 @@ fn write_config(
         ));
     }
     let text = format!(
-        "listen = \"{listen}\"\ndata_dir = \"{data}\"\n\
-         [storage]\n{storage_extra}engine = \"{engine}\"\nshards = 1\nrecord_bytes_max = 65536\nbatch_bytes_max = 131072\nsegment_bytes_max = 262144\n\
+        "listen = \"{listen}\"\ndata_dir = \"{data}\"\n{top}\
+         [storage]\n{storage}engine = \"{engine}\"\nshards = 1\nrecord_bytes_max = 65536\nbatch_bytes_max = 131072\nsegment_bytes_max = 262144\n\
          [tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{ca}\"\n\
          {acl}\
          [metrics]\nenabled = false\n\
@@ -111,6 +120,8 @@ fn write_config(
          election_timeout_min_ms = {emin}\nelection_timeout_max_ms = {emax}\n\
          heartbeat_interval_ms = {hb}\n{peers}",
         listen = network.node_addr(id, PORT),
+        top = extra.top,
+        storage = extra.storage,
         data = data.display(),
         cert = certs.join(format!("node-{id}.pem")).display(),
         key = certs.join(format!("node-{id}-key.pem")).display(),
@@ -126,12 +137,12 @@ fn write_config(
 
 impl Cluster {
     /// Writes certificates and configs for `engines.len()` nodes (node i+1 runs
-    /// `engines[i]`; `storage_extra` is more `[storage]` lines), mounts a powerfs for each
+    /// `engines[i]`; `extra` is more config lines), mounts a powerfs for each
     /// data dir, and starts none yet.
     pub fn new(
         engines: &[&'static str],
         timings: Timings,
-        storage_extra: &str,
+        extra: &Extra,
         network: &Network,
     ) -> Cluster {
         let dir = tempfile::Builder::new()
@@ -155,7 +166,7 @@ impl Cluster {
             nodes.push(Node {
                 config: write_config(
                     network,
-                    storage_extra,
+                    extra,
                     dir.path(),
                     id,
                     count,

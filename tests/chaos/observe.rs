@@ -113,7 +113,11 @@ pub async fn read_all(
         .await
         .map_err(|_| timeout("describe"))?
         .map_err(|e| format!("{e:?}"))?;
-    let info = &d.partitions[partition as usize];
+    // A node may lack a partition it should hold (finding 3 of docs/RELIABILITY.md).
+    let info = d
+        .partitions
+        .get(partition as usize)
+        .ok_or_else(|| format!("the node does not hold partition {partition}"))?;
     let mut records = BTreeMap::new();
     let mut offset = info.start_offset;
     // Each read makes progress (next_offset grows) or the loop ends: bounded by the hw.

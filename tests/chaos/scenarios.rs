@@ -28,7 +28,7 @@ pub fn a_follower_with_a_flipped_bit_catches_up(options: &Options) -> Result<(),
     super::nodes::sweep_stale_mounts();
     let mut rng = Rng(options.seed);
     let engines = vec!["uring"; options.nodes as usize];
-    let mut cluster = Cluster::new(&engines, options.timings, "", &net);
+    let mut cluster = Cluster::new(&engines, options.timings, &options.extra, &net);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
