@@ -8,7 +8,8 @@ build:
 
 ## Everything CI runs: formatting, lints, and every test.
 ## (The workspace: the server crate and tools/powerfs, the power-loss FUSE file system of the
-## crash tests; tests/crash_cycles.rs runs 3 short crash cycles per variant here.)
+## crash tests; tests/crash_cycles.rs runs 3 short crash cycles per variant here, and
+## tests/chaos_cluster.rs a 40 s cluster campaign and its control, about 100 s, as root.)
 test:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
