@@ -404,19 +404,24 @@ fn write_out(
     cluster: &Cluster,
 ) {
     std::fs::create_dir_all(&options.out).unwrap();
+    let engines: Vec<String> = figures
+        .engines
+        .iter()
+        .map(|(id, e)| format!("\"{id}\":\"{e}\""))
+        .collect();
     let faults: Vec<String> = figures
         .faults
         .iter()
         .map(|(k, n)| format!("\"{k}\":{n}"))
         .collect();
     let summary = format!(
-        "{{\"seed\":{},\"seconds\":{:.0},\"nodes\":{},\"partitions\":{},\"engines\":\"{:?}\",\
+        "{{\"seed\":{},\"seconds\":{:.0},\"nodes\":{},\"partitions\":{},\"engines\":{{{}}},\
          \"rounds\":{},\"stalls\":{},\"unreadable\":{},\"forgotten_bytes\":{},\"disk_syncs\":{},\"bytes_written\":{},\"faults\":{{{}}},\"report\":{},\"passed\":{}}}",
         options.seed,
         figures.seconds,
         options.nodes,
         options.partitions,
-        figures.engines,
+        engines.join(","),
         figures.rounds,
         figures.stalls,
         figures.unreadable,
