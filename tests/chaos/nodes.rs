@@ -358,10 +358,20 @@ impl Cluster {
     pub fn wipe(&mut self, id: u32) -> Result<(), String> {
         self.kill(id);
         let data = self.node(id).data.clone();
-        match std::fs::remove_dir_all(&data) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("wiping {}: {e}", data.display())),
+        // On powerfs a removal can end in ENOTEMPTY once in a while (entries missed by a
+        // directory listing that shrinks while it is read): try again, a bounded few times.
+        const WIPE_ATTEMPTS_MAX: u32 = 20;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match std::fs::remove_dir_all(&data) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if attempt < WIPE_ATTEMPTS_MAX => {
+                    println!("nodes: wiping node {id}, attempt {attempt}: {e}; again");
+                }
+                Err(e) => return Err(format!("wiping {}: {e}", data.display())),
+            }
         }
     }
 
