@@ -1,14 +1,15 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test chaos chaos-long lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster bench-latency clean init gencert run run-cluster
+.PHONY: build test chaos chaos-long chaos-cluster chaos-cluster-long lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster bench-latency clean init gencert run run-cluster
 
 build:
 	$(CARGO) build --release
 
 ## Everything CI runs: formatting, lints, and every test.
 ## (The workspace: the server crate and tools/powerfs, the power-loss FUSE file system of the
-## crash tests; tests/crash_cycles.rs runs 3 short crash cycles per variant here.)
+## crash tests; tests/crash_cycles.rs runs 3 short crash cycles per variant here, and
+## tests/chaos_cluster.rs a 40 s cluster campaign and its control, about 100 s, as root.)
 test:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -32,6 +33,25 @@ chaos-long:
 	WALRS_CHAOS_CYCLES=$(if $(filter 50,$(CYCLES)),100000,$(CYCLES)) \
 		WALRS_CHAOS_DURATION_S=$(DURATION) WALRS_CHAOS_OUT=$(CURDIR)/target/chaos \
 		$(CARGO) test --release --test crash_cycles $(VARIANTS) -- --nocapture --test-threads=1
+
+## The cluster fault campaign (issue 15, docs/RELIABILITY.md): NODES `walrs serve` processes
+## (default 3), each in its own network namespace on a bridge and with its data dir on powerfs,
+## under nemeses drawn from a printed seed for CLUSTER_DURATION seconds (default 120), then
+## checked. Needs root, iproute2 and nftables. `make test` runs it too, for 40 s (debug build).
+## WALRS_TEST_SEED replays a run; summaries go to target/chaos/summary.jsonl, a violation's
+## history to target/chaos/cluster-<seed>.history.
+CLUSTER_DURATION ?= 120
+NODES ?= 3
+chaos-cluster:
+	WALRS_CHAOS_CLUSTER_DURATION_S=$(CLUSTER_DURATION) WALRS_CHAOS_CLUSTER_NODES=$(NODES) \
+		WALRS_CHAOS_OUT=$(CURDIR)/target/chaos \
+		$(CARGO) test --release --test chaos_cluster -- --nocapture --test-threads=1
+
+## The same for DURATION seconds (default one hour).
+chaos-cluster-long:
+	WALRS_CHAOS_CLUSTER_DURATION_S=$(DURATION) WALRS_CHAOS_CLUSTER_NODES=$(NODES) \
+		WALRS_CHAOS_OUT=$(CURDIR)/target/chaos \
+		$(CARGO) test --release --test chaos_cluster -- --nocapture --test-threads=1
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

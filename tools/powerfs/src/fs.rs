@@ -410,19 +410,37 @@ impl Filesystem for PowerFs {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(e)),
         };
+        // Each entry's cookie (the offset the kernel resumes after) is stable while the
+        // directory changes: 1 and 2 for "." and "..", the child's inode number + 2 for the
+        // others, listed in inode order. A position in the current listing would not be: an
+        // entry removed between two calls would shift the rest, and a listing that removes
+        // as it goes (`rm -r`) would miss entries and fail with ENOTEMPTY.
         let mut all = vec![
-            (OsStr::new(".").to_os_string(), ino.0, FileType::Directory),
-            (OsStr::new("..").to_os_string(), ino.0, FileType::Directory),
+            (
+                OsStr::new(".").to_os_string(),
+                ino.0,
+                FileType::Directory,
+                1,
+            ),
+            (
+                OsStr::new("..").to_os_string(),
+                ino.0,
+                FileType::Directory,
+                2,
+            ),
         ];
+        let mut children = Vec::with_capacity(entries.len());
         for (name, child) in entries {
             let kind = match tree.node(child).map(|n| &n.kind) {
                 Some(Kind::Dir { .. }) => FileType::Directory,
                 _ => FileType::RegularFile,
             };
-            all.push((name, child, kind));
+            children.push((name, child, kind, child + 2));
         }
-        for (i, (name, child, kind)) in all.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+        children.sort_by_key(|entry| entry.3);
+        all.extend(children);
+        for (name, child, kind, cookie) in all.into_iter().filter(|e| e.3 > offset) {
+            if reply.add(INodeNo(child), cookie, kind, name) {
                 break;
             }
         }

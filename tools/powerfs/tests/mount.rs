@@ -199,3 +199,20 @@ fn the_binary_cuts_the_power_on_sigusr1_and_unmounts_on_sigterm() {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(mnt.to_str().unwrap()), "still mounted");
 }
+
+/// Regression: readdir's offsets were positions in the current listing, so a directory
+/// emptied while it was listed (`remove_dir_all`) skipped entries and failed with ENOTEMPTY
+/// (seen by the cluster campaign wiping a node's data dir).
+#[test]
+fn a_large_directory_removed_while_it_is_listed_is_removed_whole() {
+    let f = mounted();
+    let dir = f.mount.mountpoint().join("many");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..2000 {
+        File::create(dir.join(format!("{i:020}.log"))).unwrap();
+    }
+    let listed = fs::read_dir(&dir).unwrap().count();
+    assert_eq!(listed, 2000, "every entry is listed once");
+    fs::remove_dir_all(&dir).unwrap();
+    assert!(!dir.exists());
+}
