@@ -63,6 +63,14 @@ fn cases(dir: &Path) -> Vec<Case> {
     cases.extend(single("default_partitions", vec![int(0), int(1024)]));
     // [storage]
     cases.extend(single("storage.engine", vec![text("portable")]));
+    cases.extend(single(
+        "storage.uring_write",
+        vec![text("fdatasync"), text("dsync")],
+    ));
+    cases.extend(single(
+        "storage.spin_before_park_us",
+        vec![int(0), int(1000)],
+    ));
     // 0 = one per core; 1024 threads is not cheap, so the top is not started here.
     cases.extend(single("storage.shards", vec![int(0), int(1), int(16)]));
     cases.extend(single(
