@@ -894,6 +894,22 @@ async fn a_power_cut_right_after_the_first_ack_on_a_fresh_data_dir_keeps_it() {
     }
 }
 
+/// A powerfs mount under `dir` and a server (not started) whose data dir is on it, with
+/// `engine` and `storage_extra` lines in `[storage]`.
+fn on_powerfs(dir: &Path, engine: &str, storage_extra: &str) -> (powerfs::Mount, Server) {
+    let backing = dir.join("backing");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&backing).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = powerfs::Mount::new(&backing, &mnt).expect("mounting powerfs");
+    let server = Server {
+        config: write_config(dir, &mnt.join("data"), engine, storage_extra),
+        log: dir.join("walrs.log"),
+        child: None,
+    };
+    (mount, server)
+}
+
 /// Issue 14: with `storage.uring_write = "dsync"` the uring engine calls no fdatasync after
 /// its writes; the store file is opened O_DSYNC, so each write is durable when it completes.
 /// Single-record appends (which rewrite the partial last block, and extend the file every
@@ -903,21 +919,7 @@ async fn a_power_cut_right_after_the_first_ack_on_a_fresh_data_dir_keeps_it() {
 async fn a_power_cut_keeps_every_ack_of_the_uring_dsync_write_mode() {
     const RECORDS: usize = 40;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let backing = dir.path().join("backing");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&backing).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
-    let mut mount = powerfs::Mount::new(&backing, &mnt).expect("mounting powerfs");
-    let mut server = Server {
-        config: write_config(
-            dir.path(),
-            &mnt.join("data"),
-            "uring",
-            "uring_write = \"dsync\"\n",
-        ),
-        log: dir.path().join("walrs.log"),
-        child: None,
-    };
+    let (mut mount, mut server) = on_powerfs(dir.path(), "uring", "uring_write = \"dsync\"\n");
     let certs = dir.path().join("certs");
     let (addr, chosen) = server.start().unwrap();
     assert!(chosen.starts_with("uring"), "the server runs {chosen}");
@@ -965,21 +967,7 @@ async fn a_power_cut_keeps_every_ack_of_the_uring_dsync_write_mode() {
 async fn without_fsync_a_sigkill_keeps_acknowledged_records_and_a_power_cut_loses_them() {
     const RECORDS: u64 = 50;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let backing = dir.path().join("backing");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&backing).unwrap();
-    std::fs::create_dir(&mnt).unwrap();
-    let mut mount = powerfs::Mount::new(&backing, &mnt).expect("mounting powerfs");
-    let mut server = Server {
-        config: write_config(
-            dir.path(),
-            &mnt.join("data"),
-            "portable",
-            "durability = \"none\"\n",
-        ),
-        log: dir.path().join("walrs.log"),
-        child: None,
-    };
+    let (mut mount, mut server) = on_powerfs(dir.path(), "portable", "durability = \"none\"\n");
     let certs = dir.path().join("certs");
     let served = |addr: String| {
         let certs = certs.clone();
