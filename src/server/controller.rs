@@ -372,7 +372,8 @@ impl Controller {
             } else {
                 self.fetch_remote(next, &mut turn).await
             };
-            let (got, caught_up) = match fetched {
+            // The fetch already asked who leads: its answer serves the metrics and the join.
+            let (got, caught_up, leader) = match fetched {
                 Ok(response) => {
                     let got = response.entries;
                     if !got.is_empty() {
@@ -404,7 +405,7 @@ impl Controller {
                     next = next.max(self.view().applied()).max(response.next_offset);
                     // Read up to what the answering replica knows committed.
                     let caught_up = response.next_offset >= response.high_watermark;
-                    (got.is_empty(), caught_up)
+                    (got.is_empty(), caught_up, u64::from(response.leader))
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "following the metadata log");
@@ -412,7 +413,7 @@ impl Controller {
                         () = tokio::time::sleep(self.retry) => {}
                         _ = draining.changed() => {}
                     }
-                    (true, false)
+                    (true, false, self.leader.load(Ordering::Relaxed))
                 }
             };
             if behind {
@@ -425,7 +426,6 @@ impl Controller {
                     moved
                 });
             }
-            let leader = self.leader().await;
             observability::controller_state(leader, next, self.view().topic_count());
             if !behind && caught_up && leader != 0 && !*self.joined.borrow() {
                 tracing::info!(

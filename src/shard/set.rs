@@ -590,20 +590,23 @@ impl ShardSet {
         }
     }
 
-    /// Number of partitions of a topic.
     /// Hands a Raft message from another node to the shard that owns its partition; the
     /// answer (or a refusal, as an envelope with an error body) comes back on the receiver.
     pub async fn deliver_raft(&self, mut envelope: pb::RaftEnvelope) -> pb::RaftEnvelope {
         // A refusal answers with the request's addressing only, so the body (the entries)
         // travels on without a copy.
         let body = envelope.body.take();
-        let shard = match self.shard_of(&envelope.topic, envelope.partition) {
-            Ok(shard) => shard,
+        // One route lookup gives the shard and the incarnation.
+        let routed = self.topic_route(&envelope.topic).and_then(|route| {
+            let shard = route.partition(envelope.partition)?.shard;
+            Ok((shard, route.incarnation))
+        });
+        let (shard, here) = match routed {
+            Ok(routed) => routed,
             Err(e) => return wire::refusal(envelope, e.to_string()),
         };
         // Another creation of the same name (0 = unknown, from before the controller):
         // its group is not this one's, whatever the names say.
-        let here = self.incarnation_of(&envelope.topic).unwrap_or(0);
         if envelope.incarnation != 0 && here != 0 && envelope.incarnation != here {
             let reason = format!(
                 "partition {}/{} here is incarnation {here}, not {}: another creation of the \
