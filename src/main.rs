@@ -283,6 +283,34 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move one partition's replicas to the nodes named, preferred leader first: the new
+    /// replicas catch up as learners and are promoted, then the old ones are removed, while
+    /// the partition keeps taking appends. Waits until the move is done (DescribeTopic shows
+    /// exactly the new replicas), or --timeout-s.
+    Reassign {
+        #[command(flatten)]
+        connection: Connection,
+        /// TOPIC/PARTITION, e.g. orders/0.
+        partition: String,
+        /// The new replicas, e.g. 1,2,4: at least 2 distinct node ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u32>,
+        /// How long to wait for the move to finish (0 = do not wait).
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+    },
+    /// Move every replica off a node to the least loaded other nodes, so that it can be
+    /// stopped; no replica is placed on it again. Waits until it holds none, or --timeout-s.
+    /// A controller voter cannot be decommissioned.
+    Decommission {
+        #[command(flatten)]
+        connection: Connection,
+        /// The node id.
+        node: u32,
+        /// How long to wait for the moves to finish (0 = do not wait).
+        #[arg(long, default_value_t = 1800)]
+        timeout_s: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -699,8 +727,95 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 id => println!("controller: node {id}"),
             }
         }
+        ClusterCommand::Reassign {
+            connection,
+            partition,
+            replicas,
+            timeout_s,
+        } => {
+            let (topic, p) = partition
+                .rsplit_once('/')
+                .and_then(|(t, p)| Some((t.to_owned(), p.parse::<u32>().ok()?)))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{partition:?} is not TOPIC/PARTITION (e.g. orders/0)")
+                })?;
+            let client = connection.connect()?;
+            let answer = client
+                .reassign_partition(&topic, p, replicas.clone())
+                .await?;
+            println!(
+                "{topic}/{p}: moving from {:?} to {replicas:?}",
+                answer.previous
+            );
+            let wanted: Vec<Vec<u32>> = vec![replicas];
+            wait_for_replicas(
+                &client,
+                timeout_s,
+                |described| {
+                    described
+                        .iter()
+                        .filter(|(t, part, _)| *t == topic && *part == p)
+                        .all(|(_, _, r)| wanted.contains(r))
+                },
+                std::slice::from_ref(&topic),
+            )
+            .await?;
+        }
+        ClusterCommand::Decommission {
+            connection,
+            node,
+            timeout_s,
+        } => {
+            let client = connection.connect()?;
+            let answer = client.decommission_node(node).await?;
+            for m in &answer.moves {
+                println!("{}/{}: moving to {:?}", m.topic, m.partition, m.replicas);
+            }
+            let mut topics: Vec<String> = answer.moves.iter().map(|m| m.topic.clone()).collect();
+            topics.dedup();
+            wait_for_replicas(
+                &client,
+                timeout_s,
+                |described| described.iter().all(|(_, _, r)| !r.contains(&node)),
+                &topics,
+            )
+            .await?;
+            println!("node {node} holds no replica: it can be stopped");
+        }
     }
     Ok(())
+}
+
+/// Polls DescribeTopic of `topics` until `done` holds for every (topic, partition,
+/// replicas), or `timeout_s` (0: returns at once).
+async fn wait_for_replicas(
+    client: &RoutingClient,
+    timeout_s: u64,
+    done: impl Fn(&[(String, u32, Vec<u32>)]) -> bool,
+    topics: &[String],
+) -> anyhow::Result<()> {
+    if timeout_s == 0 {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    loop {
+        let mut described = Vec::new();
+        for topic in topics {
+            for p in client.describe_topic(topic).await?.partitions {
+                described.push((topic.clone(), p.id, p.replicas));
+            }
+        }
+        if done(&described) {
+            println!("done");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "not done after {timeout_s} s; the moves go on by themselves (see `walrs describe`)"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]

@@ -217,13 +217,19 @@ impl TestCluster {
         let until = deadline();
         loop {
             let mut seen = Vec::new();
+            // The live nodes that hold a replica (all of them in a 3-node cluster).
+            let mut live = Vec::new();
             for id in self.live() {
                 let client = self.client(id, "root").await;
-                if let Ok(d) = client.describe_topic(topic).await {
-                    seen.push(d.partitions[partition as usize].leader);
+                match client.describe_topic(topic).await {
+                    Ok(d) if !d.partitions[partition as usize].replicas.contains(&id) => {}
+                    Ok(d) => {
+                        seen.push(d.partitions[partition as usize].leader);
+                        live.push(id);
+                    }
+                    Err(_) => live.push(id),
                 }
             }
-            let live = self.live();
             if let Some(&leader) = seen.first()
                 && leader != 0
                 && live.contains(&leader)
@@ -940,4 +946,175 @@ async fn a_stale_copy_of_a_deleted_topic_never_takes_over_its_recreation() {
         "the returning node disturbed the new topic's group"
     );
     cluster.shutdown().await;
+}
+
+/// The replicas of partition 0 of `topic` as node `id` describes them.
+async fn replicas_on(cluster: &TestCluster, id: u32, topic: &str) -> Vec<u32> {
+    let client = cluster.client(id, "root").await;
+    client.describe_topic(topic).await.unwrap().partitions[0]
+        .replicas
+        .clone()
+}
+
+/// Waits until every live node describes partition 0 of `topic` with exactly `replicas`
+/// (the move is done and applied everywhere).
+async fn until_replicas(cluster: &TestCluster, topic: &str, replicas: &[u32]) {
+    let until = deadline();
+    loop {
+        let mut seen = Vec::new();
+        for id in cluster.live() {
+            seen.push(replicas_on(cluster, id, topic).await);
+        }
+        if seen.iter().all(|r| r == replicas) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the move of {topic}/0 to {replicas:?} never completed everywhere: {seen:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A partition moves to a replica set that takes a new node in and the leader out, and then
+/// that node is decommissioned, while a producer appends all along: every acknowledged batch
+/// is on every final replica, at the offset it was acknowledged at, once; the node taken out
+/// holds no replica; and appends paused only briefly (the longest pause is printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moves_and_a_node_is_decommissioned_under_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let cluster = Arc::new(TestCluster::start(4).await);
+    cluster.create_replicated(1, "orders").await.unwrap();
+    let leader = cluster.leader("orders", 0).await;
+    let before = replicas_on(&cluster, 1, "orders").await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // The producer: idempotent batches, retried on the leader's hints.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut longest_pause = Duration::ZERO;
+            let mut sequence = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let ack = cluster.send(idempotent(sequence)).await.unwrap();
+                longest_pause = longest_pause.max(sent.elapsed());
+                acks.push(ack);
+                sequence += 1;
+            }
+            (acks, longest_pause)
+        })
+    };
+    let acked = |n: u64| {
+        let cluster = cluster.clone();
+        async move {
+            let until = deadline();
+            let client = cluster.client(1, "root").await;
+            while client.describe_topic("orders").await.unwrap().partitions[0].high_watermark < n {
+                assert!(Instant::now() < until, "the producer stalled");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    };
+    acked(50).await;
+
+    // Node 4 in, the leader out (or, when node 4 leads, another replica out).
+    let out = if leader == 4 {
+        *before.iter().find(|&&n| n != 4).unwrap()
+    } else {
+        leader
+    };
+    let mut target: Vec<u32> = before.iter().copied().filter(|&n| n != out).collect();
+    if !target.contains(&4) {
+        target.push(4);
+    }
+    if target.len() < 3 {
+        target.push((1..=4).find(|n| !target.contains(n) && *n != out).unwrap());
+    }
+    let moved = cluster
+        .client(2, "root")
+        .await
+        .reassign_partition("orders", 0, target.clone())
+        .await
+        .unwrap();
+    assert_eq!(moved.previous, before);
+    until_replicas(&cluster, "orders", &target).await;
+    let new_leader = cluster.leader("orders", 0).await;
+    assert!(
+        target.contains(&new_leader),
+        "{new_leader} leads, not in {target:?}"
+    );
+    acked(cluster_hwm(&cluster).await + 50).await;
+
+    // A second move of the same partition while none is under way is fine; a bad one is
+    // refused with nothing changed.
+    let client = cluster.client(3, "root").await;
+    let refused = client
+        .reassign_partition("orders", 0, vec![1])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let refused = client
+        .reassign_partition("orders", 0, vec![1, 9])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let refused = client.decommission_node(1).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // Node 4 leaves: its replica goes to the node that holds none.
+    let decommissioned = client.decommission_node(4).await.unwrap();
+    assert_eq!(decommissioned.moves.len(), 1, "{decommissioned:?}");
+    let after: Vec<u32> = decommissioned.moves[0].replicas.clone();
+    assert!(!after.contains(&4) && after.len() == 3, "{after:?}");
+    until_replicas(&cluster, "orders", &after).await;
+    acked(cluster_hwm(&cluster).await + 50).await;
+    // Node 4 holds nothing now: a read there is sent elsewhere.
+    let read_on_4 = cluster
+        .client(4, "root")
+        .await
+        .read("orders", 0, 0, ReadOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(read_on_4.code(), Code::Unavailable, "{read_on_4:?}");
+    // And no new topic is placed on it.
+    cluster.create_replicated(2, "after").await.unwrap();
+    let placed = replicas_on(&cluster, 2, "after").await;
+    assert!(!placed.contains(&4), "{placed:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let (acks, longest_pause) = producer.await.unwrap();
+    println!(
+        "{} batches acknowledged across two moves; the longest append took {longest_pause:?}",
+        acks.len()
+    );
+    let last = acks.last().unwrap();
+    let end = last.base_offset + u64::from(last.count);
+    let expected: Vec<Vec<u8>> = (0..acks.len())
+        .map(|s| format!("seq-{s}").into_bytes())
+        .collect();
+    for &id in &after {
+        assert_eq!(
+            cluster.read_all(id, "orders", end).await,
+            expected,
+            "node {id} holds every acknowledged batch once, in order"
+        );
+    }
+    Arc::try_unwrap(cluster)
+        .unwrap_or_else(|_| panic!("the producer still holds the cluster"))
+        .shutdown()
+        .await;
+}
+
+/// Partition 0 of "orders"'s high watermark, as node 1 knows it.
+async fn cluster_hwm(cluster: &TestCluster) -> u64 {
+    let client = cluster.client(1, "root").await;
+    client.describe_topic("orders").await.unwrap().partitions[0].high_watermark
 }

@@ -318,6 +318,20 @@ impl Log for DropLog {
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         Err(dropped("DescribeCluster"))
     }
+
+    async fn reassign_partition(
+        &self,
+        _: Request<crate::proto::v1::ReassignPartitionRequest>,
+    ) -> Result<Response<crate::proto::v1::ReassignPartitionResponse>, Status> {
+        Err(dropped("ReassignPartition"))
+    }
+
+    async fn decommission_node(
+        &self,
+        _: Request<crate::proto::v1::DecommissionNodeRequest>,
+    ) -> Result<Response<crate::proto::v1::DecommissionNodeResponse>, Status> {
+        Err(dropped("DecommissionNode"))
+    }
 }
 
 /// A running [`DropLog`] server on loopback; dropping it stops the server.

@@ -267,6 +267,40 @@ impl Client {
             .await?
             .into_inner())
     }
+
+    /// Moves `topic`'s partition `partition` to `replicas` (preferred leader first).
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u32>,
+    ) -> Result<crate::proto::v1::ReassignPartitionResponse, Status> {
+        let request = crate::proto::v1::ReassignPartitionRequest {
+            topic: topic.to_owned(),
+            partition,
+            replicas,
+        };
+        Ok(self
+            .inner
+            .clone()
+            .reassign_partition(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Moves every replica off `node`.
+    pub async fn decommission_node(
+        &self,
+        node: u32,
+    ) -> Result<crate::proto::v1::DecommissionNodeResponse, Status> {
+        let request = crate::proto::v1::DecommissionNodeRequest { node };
+        Ok(self
+            .inner
+            .clone()
+            .decommission_node(request)
+            .await?
+            .into_inner())
+    }
 }
 
 /// The endpoint for `address` (`host:port`, or a URI whose scheme matches `tls`).

@@ -564,6 +564,32 @@ impl RoutingClient {
         .await
     }
 
+    /// Moves `topic`'s partition `partition` to `replicas`; answered once the controller
+    /// recorded the move (see `walrs.v1.Log/ReassignPartition`).
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<u32>,
+    ) -> Result<crate::proto::v1::ReassignPartitionResponse, Status> {
+        self.call(Route::Controller, Duration::ZERO, |client| {
+            let replicas = replicas.clone();
+            async move { client.reassign_partition(topic, partition, replicas).await }
+        })
+        .await
+    }
+
+    /// Moves every replica off `node`; answered once the moves are recorded.
+    pub async fn decommission_node(
+        &self,
+        node: u32,
+    ) -> Result<crate::proto::v1::DecommissionNodeResponse, Status> {
+        self.call(Route::Controller, Duration::ZERO, |client| async move {
+            client.decommission_node(node).await
+        })
+        .await
+    }
+
     /// The cluster's nodes as the answering node knows them (and learns them).
     pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse, Status> {
         let cluster = self

@@ -194,6 +194,20 @@ impl Log for Fake {
         Err(Status::unimplemented("describe_topic"))
     }
 
+    async fn reassign_partition(
+        &self,
+        _: Request<crate::proto::v1::ReassignPartitionRequest>,
+    ) -> Result<Response<crate::proto::v1::ReassignPartitionResponse>, Status> {
+        Err(Status::unimplemented("reassign_partition"))
+    }
+
+    async fn decommission_node(
+        &self,
+        _: Request<crate::proto::v1::DecommissionNodeRequest>,
+    ) -> Result<Response<crate::proto::v1::DecommissionNodeResponse>, Status> {
+        Err(Status::unimplemented("decommission_node"))
+    }
+
     async fn describe_cluster(
         &self,
         _: Request<DescribeClusterRequest>,

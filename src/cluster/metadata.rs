@@ -17,12 +17,18 @@
 //!   created again in between.
 //! - The proposer of a creation recognises its own by the `request_id` it chose, also when a
 //!   retry after a lost answer appended the same creation twice (the second changes nothing).
+//! - A reassignment names the incarnation and partition it moves, and the new replicas. From
+//!   it on, the partition is **moving**: its replicas are the new ones, and its holders the
+//!   new ones and the old ones together, until a completion record names the same new
+//!   replicas (the partition's group has changed its voters). A partition moves once at a
+//!   time: a reassignment of a moving partition changes nothing.
+//! - A decommissioned node gets no new replica; it stays one for good.
 //!
 //! Owns: the record encoding and the view. Must never: do I/O (the server's controller
 //! reads and proposes, `server::controller`), or decide a partition's leader (its own group
 //! does).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use prost::Message;
 
@@ -44,6 +50,38 @@ pub struct TopicPlacement {
     pub incarnation: u64,
     /// The proposer's id for its creation.
     pub request_id: u64,
+    /// The partitions being moved, each with the replicas it had before its move.
+    pub moving: BTreeMap<u32, Vec<u64>>,
+}
+
+impl TopicPlacement {
+    /// The nodes that hold partition `p` now: its replicas, then, while it moves, the old
+    /// replicas that are not among them (they keep their copy until the move completes).
+    pub fn holders(&self, p: u32) -> Vec<u64> {
+        let mut holders = self.replicas[p as usize].clone();
+        for node in self.moving.get(&p).into_iter().flatten() {
+            if !holders.contains(node) {
+                holders.push(*node);
+            }
+        }
+        holders
+    }
+
+    /// [`TopicPlacement::holders`] of every partition.
+    pub fn all_holders(&self) -> Vec<Vec<u64>> {
+        (0..self.partitions).map(|p| self.holders(p)).collect()
+    }
+}
+
+/// One partition's move to new replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub topic: String,
+    /// The topic's incarnation the move is about.
+    pub incarnation: u64,
+    pub partition: u32,
+    /// The new replicas, preferred leader first.
+    pub replicas: Vec<u64>,
 }
 
 /// What applying one record did.
@@ -63,6 +101,25 @@ pub enum Applied {
     DeleteIgnored {
         name: String,
     },
+    /// A partition started moving to new replicas.
+    Reassigned {
+        name: String,
+        partition: u32,
+    },
+    /// A partition's move completed.
+    ReassignCompleted {
+        name: String,
+        partition: u32,
+    },
+    /// A reassignment or completion that does not apply (another incarnation, no such
+    /// partition, a move already under way, or not the move under way): nothing changed.
+    ReassignIgnored {
+        name: String,
+        partition: u32,
+    },
+    Decommissioned {
+        node: u64,
+    },
     /// A record of a kind this build does not know (from a newer one): skipped.
     Unknown,
 }
@@ -71,6 +128,7 @@ pub enum Applied {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataView {
     topics: BTreeMap<String, TopicPlacement>,
+    decommissioned: BTreeSet<u64>,
     applied: u64,
 }
 
@@ -91,6 +149,26 @@ impl MetadataView {
 
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+
+    /// True once node `node` has been decommissioned: it gets no new replica.
+    pub fn is_decommissioned(&self, node: u64) -> bool {
+        self.decommissioned.contains(&node)
+    }
+
+    /// Every partition being moved.
+    pub fn moves(&self) -> Vec<Move> {
+        self.topics
+            .iter()
+            .flat_map(|(name, placement)| {
+                placement.moving.keys().map(move |&p| Move {
+                    topic: name.clone(),
+                    incarnation: placement.incarnation,
+                    partition: p,
+                    replicas: placement.replicas[p as usize].clone(),
+                })
+            })
+            .collect()
     }
 
     /// Applies the record at `offset`. Offsets must increase (gaps are fine: control
@@ -115,6 +193,7 @@ impl MetadataView {
                         replicas: created.replicas.iter().map(|r| r.nodes.clone()).collect(),
                         incarnation: offset + 1,
                         request_id: created.request_id,
+                        moving: BTreeMap::new(),
                     },
                 );
                 Applied::Created { name }
@@ -128,6 +207,46 @@ impl MetadataView {
                 self.topics.remove(&name);
                 Applied::Deleted { name }
             }
+            Some(pb::metadata_record::Kind::PartitionReassigned(moved)) => {
+                let (name, partition) = (moved.name.clone(), moved.partition);
+                let placement = self
+                    .topics
+                    .get_mut(&name)
+                    .filter(|t| t.incarnation == moved.incarnation)
+                    .filter(|t| partition < t.partitions && !t.moving.contains_key(&partition));
+                let Some(placement) = placement else {
+                    return Applied::ReassignIgnored { name, partition };
+                };
+                if moved.replicas.is_empty() {
+                    return Applied::ReassignIgnored { name, partition };
+                }
+                let before = std::mem::replace(
+                    &mut placement.replicas[partition as usize],
+                    moved.replicas.clone(),
+                );
+                placement.moving.insert(partition, before);
+                Applied::Reassigned { name, partition }
+            }
+            Some(pb::metadata_record::Kind::ReassignCompleted(done)) => {
+                let (name, partition) = (done.name.clone(), done.partition);
+                let placement = self
+                    .topics
+                    .get_mut(&name)
+                    .filter(|t| t.incarnation == done.incarnation)
+                    .filter(|t| t.moving.contains_key(&partition))
+                    .filter(|t| t.replicas[partition as usize] == done.replicas);
+                match placement {
+                    Some(placement) => {
+                        placement.moving.remove(&partition);
+                        Applied::ReassignCompleted { name, partition }
+                    }
+                    None => Applied::ReassignIgnored { name, partition },
+                }
+            }
+            Some(pb::metadata_record::Kind::NodeDecommissioned(node)) => {
+                self.decommissioned.insert(node.node);
+                Applied::Decommissioned { node: node.node }
+            }
             None => Applied::Unknown,
         }
     }
@@ -137,7 +256,7 @@ impl MetadataView {
     pub fn load(&self) -> HashMap<u64, (u64, u64)> {
         let mut load: HashMap<u64, (u64, u64)> = HashMap::new();
         for placement in self.topics.values() {
-            for set in &placement.replicas {
+            for set in placement.all_holders() {
                 for (i, node) in set.iter().enumerate() {
                     let entry = load.entry(*node).or_default();
                     entry.0 += 1;
@@ -176,6 +295,71 @@ pub fn topic_deleted(name: &str, incarnation: u64) -> pb::MetadataRecord {
     }
 }
 
+/// The record that starts moving `name`'s partition `partition` to `replicas`.
+pub fn partition_reassigned(
+    name: &str,
+    incarnation: u64,
+    partition: u32,
+    replicas: Vec<u64>,
+) -> pb::MetadataRecord {
+    pb::MetadataRecord {
+        kind: Some(pb::metadata_record::Kind::PartitionReassigned(
+            pb::PartitionReassigned {
+                name: name.to_owned(),
+                incarnation,
+                partition,
+                replicas,
+            },
+        )),
+    }
+}
+
+/// The record that says the move of `name`'s partition `partition` to `replicas` is done.
+pub fn reassign_completed(
+    name: &str,
+    incarnation: u64,
+    partition: u32,
+    replicas: Vec<u64>,
+) -> pb::MetadataRecord {
+    pb::MetadataRecord {
+        kind: Some(pb::metadata_record::Kind::ReassignCompleted(
+            pb::ReassignCompleted {
+                name: name.to_owned(),
+                incarnation,
+                partition,
+                replicas,
+            },
+        )),
+    }
+}
+
+/// The record that takes node `node` out of placement.
+pub fn node_decommissioned(node: u64) -> pb::MetadataRecord {
+    pb::MetadataRecord {
+        kind: Some(pb::metadata_record::Kind::NodeDecommissioned(
+            pb::NodeDecommissioned { node },
+        )),
+    }
+}
+
+/// A replica set a reassignment may name, from `nodes` (the cluster's): why it may not.
+pub fn check_replica_set(replicas: &[u64], nodes: &[u64]) -> Result<(), String> {
+    let mut distinct = replicas.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() != replicas.len() || !replicas.iter().all(|n| nodes.contains(n)) {
+        return Err(format!(
+            "replicas {replicas:?} must be distinct nodes of the cluster {nodes:?}"
+        ));
+    }
+    if replicas.len() < 2 {
+        return Err(format!(
+            "replicas {replicas:?}: a replicated partition keeps at least 2 replicas"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a record a node proposes: it becomes history, so it must make sense. `nodes` are
 /// the cluster's node ids; `partitions_max` is `server.partitions_per_topic_max`.
 pub fn check(
@@ -183,9 +367,24 @@ pub fn check(
     nodes: &[u64],
     partitions_max: u32,
 ) -> Result<(), String> {
+    use pb::metadata_record::Kind;
     let name = match &record.kind {
-        Some(pb::metadata_record::Kind::TopicCreated(created)) => &created.name,
-        Some(pb::metadata_record::Kind::TopicDeleted(deleted)) => &deleted.name,
+        Some(Kind::TopicCreated(created)) => &created.name,
+        Some(Kind::TopicDeleted(deleted)) => &deleted.name,
+        Some(Kind::PartitionReassigned(moved)) => {
+            check_replica_set(&moved.replicas, nodes)?;
+            &moved.name
+        }
+        Some(Kind::ReassignCompleted(done)) => &done.name,
+        Some(Kind::NodeDecommissioned(node)) => {
+            if !nodes.contains(&node.node) {
+                return Err(format!(
+                    "node {} is not a node of the cluster {nodes:?}",
+                    node.node
+                ));
+            }
+            return Ok(());
+        }
         None => return Err("a metadata record needs a kind".to_owned()),
     };
     crate::shard::check_topic_name(name, crate::shard::TOPIC_NAME_BYTES_MAX)
@@ -316,6 +515,74 @@ mod tests {
         for record in refused {
             assert!(check(&record, &nodes, 8).is_err(), "{record:?}");
         }
+    }
+
+    #[test]
+    fn a_move_holds_old_and_new_replicas_until_it_completes() {
+        let mut view = MetadataView::default();
+        view.apply(
+            0,
+            &topic_created("t", vec![vec![1, 2, 3], vec![2, 3, 1]], 1),
+        );
+        let moved = partition_reassigned("t", 1, 0, vec![2, 3, 4]);
+        assert_eq!(
+            view.apply(1, &moved),
+            Applied::Reassigned {
+                name: "t".into(),
+                partition: 0
+            }
+        );
+        let t = view.topic("t").unwrap();
+        assert_eq!(t.replicas[0], vec![2, 3, 4]);
+        assert_eq!(t.holders(0), vec![2, 3, 4, 1]);
+        assert_eq!(t.holders(1), vec![2, 3, 1]);
+        assert_eq!(
+            view.moves(),
+            vec![Move {
+                topic: "t".to_owned(),
+                incarnation: 1,
+                partition: 0,
+                replicas: vec![2, 3, 4]
+            }]
+        );
+        // Another move of a moving partition, a move of another incarnation, of a partition
+        // the topic lacks, and a completion of another target: all change nothing.
+        let before = view.clone();
+        for (offset, record) in [
+            (2, partition_reassigned("t", 1, 0, vec![1, 2, 3])),
+            (3, partition_reassigned("t", 9, 1, vec![1, 2, 4])),
+            (4, partition_reassigned("t", 1, 7, vec![1, 2, 4])),
+            (5, reassign_completed("t", 1, 0, vec![1, 2, 3])),
+        ] {
+            assert!(matches!(
+                view.apply(offset, &record),
+                Applied::ReassignIgnored { .. }
+            ));
+        }
+        assert_eq!(view.topic("t"), before.topic("t"));
+        assert_eq!(
+            view.apply(6, &reassign_completed("t", 1, 0, vec![2, 3, 4])),
+            Applied::ReassignCompleted {
+                name: "t".into(),
+                partition: 0
+            }
+        );
+        assert_eq!(view.topic("t").unwrap().holders(0), vec![2, 3, 4]);
+        assert!(view.moves().is_empty());
+        assert!(!view.is_decommissioned(1));
+        view.apply(7, &node_decommissioned(1));
+        assert!(view.is_decommissioned(1));
+    }
+
+    #[test]
+    fn a_move_must_name_two_distinct_nodes_of_the_cluster() {
+        let nodes = [1, 2, 3, 4];
+        check(&partition_reassigned("t", 1, 0, vec![1, 4]), &nodes, 8).unwrap();
+        for bad in [vec![1], vec![1, 1], vec![1, 5], vec![]] {
+            assert!(check(&partition_reassigned("t", 1, 0, bad.clone()), &nodes, 8).is_err());
+        }
+        assert!(check(&node_decommissioned(9), &nodes, 8).is_err());
+        check(&node_decommissioned(4), &nodes, 8).unwrap();
     }
 
     #[test]

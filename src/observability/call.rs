@@ -25,6 +25,8 @@ pub enum Rpc {
     ListTopics,
     DescribeTopic,
     DescribeCluster,
+    ReassignPartition,
+    DecommissionNode,
 }
 
 impl Rpc {
@@ -40,6 +42,8 @@ impl Rpc {
             Rpc::ListTopics => "ListTopics",
             Rpc::DescribeTopic => "DescribeTopic",
             Rpc::DescribeCluster => "DescribeCluster",
+            Rpc::ReassignPartition => "ReassignPartition",
+            Rpc::DecommissionNode => "DecommissionNode",
         }
     }
 }

@@ -415,6 +415,28 @@ impl<RT: AsyncRuntime> Group<RT> {
         }));
     }
 
+    /// Changes the group's voters to `voters` (a reassignment, driven by the controller):
+    /// adds each new one as a learner and waits until it has caught up, then changes the
+    /// voters by joint consensus, removing the old ones from the group. Only the leader can;
+    /// a change already made answers at once. A leader that is not among the new voters
+    /// hands its leadership to one that stays and answers `NotLeader` (the new leader makes
+    /// the change); when none stays, it makes the change and then hands over to the first
+    /// new voter. Either way the partition does not wait out an election timeout when this
+    /// replica is closed. `reply` gets the outcome.
+    pub(crate) fn change_voters(
+        &self,
+        voters: Vec<NodeId>,
+        reply: Box<dyn FnOnce(Result<(), ProposeError>)>,
+    ) {
+        self.quiet.active(&self.raft);
+        let raft = self.raft.clone();
+        let me = self.sender.node_id;
+        let key = self.key.clone();
+        drop(RT::spawn(async move {
+            reply(change_voters_to(&raft, me, &key, voters).await);
+        }));
+    }
+
     /// Purges the log up to entry `upto` (retention, or a truncate command): openraft builds
     /// a snapshot (metadata only) that ends there, then drops the entries once no follower's
     /// replication still reads them; a follower behind the new start gets the snapshot
@@ -583,6 +605,93 @@ async fn catch_up<RT: AsyncRuntime>(
         tracing::info!(topic = %key.0, partition = key.1, applied, "a rejoining replica caught up; it votes again");
     }
     answer
+}
+
+/// See [`Group::change_voters`].
+async fn change_voters_to<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    me: NodeId,
+    key: &Key,
+    voters: Vec<NodeId>,
+) -> Result<(), ProposeError> {
+    let wanted: BTreeSet<NodeId> = voters.iter().copied().collect();
+    let write_error =
+        |e: RaftError<PartitionTypes<RT>, ClientWriteError<PartitionTypes<RT>>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+                leader: f.leader_id,
+            },
+            other => ProposeError::Stopped {
+                reason: format!("the membership change failed: {other}"),
+            },
+        };
+    let (current, joint) = {
+        let m = raft.metrics().borrow_watched().clone();
+        if m.state != ServerState::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: m.current_leader,
+            });
+        }
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        (voters, membership.get_joint_config().len() > 1)
+    };
+    // One uniform config equal to the target: done already (a retry after a lost answer, or
+    // a new leader finishing what the last one did).
+    if current == wanted && !joint {
+        return hand_over(raft, me, key, &voters).await;
+    }
+    // A leader that is to leave hands its leadership to a voter that stays, first: the new
+    // leader then makes the change, and appends pause for one hand-over rather than for an
+    // election after this replica is closed.
+    if !wanted.contains(&me)
+        && let Some(&to) = voters.iter().find(|v| current.contains(v))
+    {
+        tracing::info!(topic = %key.0, partition = key.1, to, "this replica leaves the voters; handing the leadership over before the change");
+        raft.trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ProposeError::Stopped {
+                reason: format!("the leadership hand-over failed: {e}"),
+            })?;
+        return Err(ProposeError::NotLeader { leader: Some(to) });
+    }
+    // A learner added by an earlier attempt is added again: blocking waits until it has
+    // caught up.
+    for &node in wanted.difference(&current) {
+        tracing::info!(topic = %key.0, partition = key.1, node, "adding a learner; it catches up before it is promoted");
+        raft.add_learner(node, openraft::EmptyNode {}, true)
+            .await
+            .map_err(write_error)?;
+    }
+    tracing::info!(topic = %key.0, partition = key.1, from = ?current, to = ?wanted, "changing the voters");
+    raft.change_membership(wanted, false)
+        .await
+        .map_err(write_error)?;
+    hand_over(raft, me, key, &voters).await
+}
+
+/// After a change that left this replica out of the voters: hands the leadership to the
+/// first new voter (the preferred leader), if this replica still leads.
+async fn hand_over<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    me: NodeId,
+    key: &Key,
+    voters: &[NodeId],
+) -> Result<(), ProposeError> {
+    let leads = raft.metrics().borrow_watched().state == ServerState::Leader;
+    if leads
+        && !voters.contains(&me)
+        && let Some(&to) = voters.first()
+    {
+        tracing::info!(topic = %key.0, partition = key.1, to, "this replica left the voters; handing over the leadership");
+        raft.trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ProposeError::Stopped {
+                reason: format!("the leadership hand-over failed: {e}"),
+            })?;
+    }
+    Ok(())
 }
 
 /// Has openraft snapshot up to `upto` (unless a snapshot covers it already) and purge.

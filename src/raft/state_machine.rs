@@ -199,8 +199,17 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
                 EntryPayload::Membership(m) => {
                     self.membership = Stored::new(Some(id), m.clone());
                     self.membership_unsent = true;
+                    // A membership change (a reassignment) waits for this answer. Its control
+                    // batch holds no record: nothing to point at.
+                    if let Some(responder) = responder {
+                        acks.push((responder, Applied::NOTHING));
+                    }
                 }
-                EntryPayload::Blank => {}
+                EntryPayload::Blank => {
+                    if let Some(responder) = responder {
+                        acks.push((responder, Applied::NOTHING));
+                    }
+                }
             }
             last = Some(id);
         }

@@ -76,6 +76,14 @@ pub(crate) struct Applied {
     pub count: u32,
 }
 
+impl Applied {
+    /// The answer to an entry without records (a membership change, a blank entry).
+    pub(crate) const NOTHING: Applied = Applied {
+        base_offset: 0,
+        count: 0,
+    };
+}
+
 /// A responder that hands the result to a closure: the shard passes one that answers the
 /// append's reply channel, so a commit reaches the caller without a task of its own.
 pub(crate) struct CallbackResponder<T> {

@@ -117,7 +117,17 @@ impl Inner {
                 hint: "delete a topic first",
             });
         }
-        let nodes = self.placeable_nodes(factor);
+        let nodes: Vec<u64> = self
+            .placeable_nodes(factor)
+            .into_iter()
+            .filter(|&n| !view.is_decommissioned(n))
+            .collect();
+        if nodes.len() < factor as usize {
+            return Err(Error::invalid(format!(
+                "replication_factor {factor} requested, but only nodes {nodes:?} may take \
+                 replicas (the others are decommissioned): ask for fewer"
+            )));
+        }
         let replicas = placement::place(topic, partitions, factor, &nodes, &view.load());
         let request_id = rand::random::<u64>().max(1);
         let offset = controller

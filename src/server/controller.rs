@@ -106,6 +106,11 @@ impl Controller {
         self.wait
     }
 
+    /// The pause between two attempts that failed.
+    pub(super) fn retry(&self) -> Duration {
+        self.retry
+    }
+
     /// How long applying a creation of `partitions` partitions may take on a node.
     pub(super) fn wait_to_open(&self, partitions: u32) -> Duration {
         self.wait + OPEN_TIME_PER_PARTITION * partitions
@@ -151,6 +156,11 @@ impl Controller {
     pub(super) async fn joined(&self) {
         let mut joined = self.joined.subscribe();
         let _closed_means_never = joined.wait_for(|&j| j).await;
+    }
+
+    /// Changes whenever the view is applied and reconciled further.
+    pub(super) fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Waits until the view is applied and reconciled up to `offset` (exclusive), or
@@ -603,6 +613,34 @@ impl Controller {
         }
     }
 
+    /// Makes the holders of `name`'s partitions here match the view's (a move started or
+    /// completed): opens the replicas this node now holds, closes those it no longer does.
+    /// True when they match.
+    async fn follow_moves(&self, name: &str, placement: &metadata::TopicPlacement) -> bool {
+        let holders = placement.all_holders();
+        if self.shards.replicas_of(name).ok().as_ref() == Some(&holders) {
+            return true;
+        }
+        match self
+            .shards
+            .set_holders(name, placement.incarnation, holders.clone())
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    topic = name,
+                    ?holders,
+                    "partition holders follow the metadata log"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic = name, error = %e, "changing a topic's partition holders");
+                false
+            }
+        }
+    }
+
     /// Makes this node's topics match the view; true when all of it was done. Deletions
     /// first (they free the names and the room under `topics_max`), then creations. A local
     /// topic of an incarnation the view has not reached yet is never touched: the view is
@@ -639,7 +677,10 @@ impl Controller {
         }
         for (name, placement) in view.topics() {
             match self.shards.incarnation_of(name) {
-                Ok(held) if held == placement.incarnation => continue,
+                Ok(held) if held == placement.incarnation => {
+                    done &= self.follow_moves(name, placement).await;
+                    continue;
+                }
                 Ok(NO_INCARNATION) => {
                     tracing::warn!(
                         topic = name,
@@ -660,7 +701,7 @@ impl Controller {
                 .create_topic_on(
                     name,
                     placement.partitions,
-                    placement.replicas.clone(),
+                    placement.all_holders(),
                     new_group,
                     placement.incarnation,
                 )

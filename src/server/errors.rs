@@ -48,6 +48,11 @@ pub enum Error {
     /// what to do.
     #[error("{message}")]
     Cluster { message: String },
+    /// The request is well formed but the cluster's state does not allow it (a move of a
+    /// partition already moving, a reassignment outside a cluster); `message` says what to
+    /// do. Nothing changed.
+    #[error("{message}")]
+    Precondition { message: String },
     /// A node-to-node call about the metadata log reached a node that holds no replica of
     /// it (not a controller voter, or not yet opened).
     #[error("this node holds no replica of the cluster's metadata log; ask a controller voter")]
@@ -96,7 +101,7 @@ impl From<Error> for Status {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Denied { .. } => Code::PermissionDenied,
             Error::ShuttingDown | Error::Cluster { .. } => Code::Unavailable,
-            Error::NoMetadataReplica => Code::FailedPrecondition,
+            Error::NoMetadataReplica | Error::Precondition { .. } => Code::FailedPrecondition,
             Error::Shard(e) => shard_code(e),
             Error::Config(_)
             | Error::Tls(_)
@@ -159,7 +164,7 @@ fn shard_code(err: &shard::Error) -> Code {
         | E::ReplicaBehind { .. }
         | E::Replication { .. } => Code::Unavailable,
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
-        E::NotOnReplicated { .. } => Code::FailedPrecondition,
+        E::NotOnReplicated { .. } | E::NotReplicated { .. } => Code::FailedPrecondition,
         // A batch being written (or a leader still catching up) is retried as it is; a gap,
         // a sequence older than the window or one skipped for good is the producer's to fix.
         E::Sequence { source, .. } if source.is_retriable() => Code::Unavailable,

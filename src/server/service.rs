@@ -35,10 +35,11 @@ use crate::config::Config;
 use crate::observability::{self, Rpc, RpcCall};
 use crate::proto::v1::log_server::Log;
 use crate::proto::v1::{
-    AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest,
-    DeleteTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest,
-    DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse, ReadRequest, ReadResponse,
-    TruncateRequest, TruncateResponse,
+    AppendRequest, AppendResponse, CreateTopicRequest, CreateTopicResponse,
+    DecommissionNodeRequest, DecommissionNodeResponse, DeleteTopicRequest, DeleteTopicResponse,
+    DescribeClusterRequest, DescribeClusterResponse, DescribeTopicRequest, DescribeTopicResponse,
+    ListTopicsRequest, ListTopicsResponse, ReadRequest, ReadResponse, ReassignPartitionRequest,
+    ReassignPartitionResponse, TruncateRequest, TruncateResponse,
 };
 use crate::shard::{self, ShardSet};
 
@@ -126,6 +127,13 @@ impl LogService {
     pub(crate) fn spawn_controller(&self) {
         if let Some(controller) = &self.inner.controller {
             tokio::spawn(controller.clone().run(self.inner.draining.clone()));
+            let mover = super::mover::Mover::new(
+                controller.clone(),
+                self.inner.shards.clone(),
+                controller.wait(),
+                controller.retry() * 4,
+            );
+            tokio::spawn(mover.run(self.inner.draining.clone()));
         }
     }
 
@@ -417,6 +425,32 @@ impl Log for LogService {
         let _call = self.inner.in_flight.enter();
         let call = RpcCall::start(Rpc::DescribeCluster, "", None);
         let work = self.inner.describe_cluster(&request);
+        calls::observed(call, self.identity(&request), work).await
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<ReassignPartitionRequest>,
+    ) -> Result<Response<ReassignPartitionResponse>, Status> {
+        let (request, reassign) = calls::strip(request);
+        let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(
+            Rpc::ReassignPartition,
+            &reassign.topic,
+            Some(reassign.partition),
+        );
+        let work = self.inner.reassign(&request, &reassign);
+        calls::observed(call, self.identity(&request), work).await
+    }
+
+    async fn decommission_node(
+        &self,
+        request: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<DecommissionNodeResponse>, Status> {
+        let (request, decommission) = calls::strip(request);
+        let _call = self.inner.in_flight.enter();
+        let call = RpcCall::start(Rpc::DecommissionNode, "", None);
+        let work = self.inner.decommission(&request, &decommission);
         calls::observed(call, self.identity(&request), work).await
     }
 }

@@ -238,6 +238,157 @@ impl ShardSet {
         first_error
     }
 
+    /// Changes which nodes hold each partition of incarnation `incarnation` of `name`
+    /// (`holders[p]`, preferred leader first): the controller's reassignments. A partition
+    /// this node now holds and did not opens an empty replica that catches up from its
+    /// group's leader without voting (`GroupStart::Rejoin`); one it no longer holds is
+    /// closed and its files removed. The others are left as they are.
+    ///
+    /// # Correctness
+    /// `topic.toml` is durable with the new holders before any replica opens or closes, so
+    /// a restart part-way opens what the new holders say (an interrupted removal leaves
+    /// only files behind, never a replica that serves).
+    ///
+    /// Runs to its end even if the caller stops polling it (see `to_completion`).
+    pub(crate) async fn set_holders(
+        &self,
+        name: &str,
+        incarnation: u64,
+        holders: Vec<Vec<u64>>,
+    ) -> Result<()> {
+        let (this, name) = (self.clone(), name.to_owned());
+        to_completion(async move { this.set_holders_now(&name, incarnation, holders).await }).await
+    }
+
+    async fn set_holders_now(
+        &self,
+        name: &str,
+        incarnation: u64,
+        holders: Vec<Vec<u64>>,
+    ) -> Result<()> {
+        self.check_running()?;
+        let _admin = self.inner.admin.lock().await;
+        self.check_running()?;
+        let unknown = || Error::UnknownTopic {
+            topic: name.to_owned(),
+        };
+        let old = self.topic_route(name)?;
+        if old.incarnation != incarnation || old.partitions.len() != holders.len() {
+            return Err(unknown());
+        }
+        let topics_dir = self.inner.topics_dir.clone();
+        let meta = {
+            let (dir, name) = (topics_dir.join(name), name.to_owned());
+            blocking(move || topics::read_meta(&dir, &name)).await?
+        };
+        let mut meta = meta.ok_or_else(unknown)?;
+        if meta.replicas == holders {
+            return Ok(());
+        }
+        meta.replicas = holders;
+        {
+            let (meta, topics_dir) = (meta.clone(), topics_dir.clone());
+            blocking(move || topics::write_meta(&topics_dir, &meta)).await?;
+        }
+        let (planned, mut opens) = plan(
+            &topics_dir,
+            &meta,
+            self.shard_count(),
+            self.inner.raft.as_ref(),
+            false,
+        );
+        // Partitions held before and after keep their open replica (and its watch).
+        for open in &mut opens {
+            open.retain(|o| !old.partitions[o.partition as usize].local);
+        }
+        let mut closes: Vec<Vec<u32>> = vec![Vec::new(); self.shard_count()];
+        for (p, (before, after)) in old.partitions.iter().zip(&planned.partitions).enumerate() {
+            if before.local && !after.local {
+                closes[before.shard].push(p as u32);
+            }
+        }
+        let route = Arc::new(TopicRoute {
+            name: old.name.clone(),
+            incarnation,
+            partitions: old
+                .partitions
+                .iter()
+                .zip(&planned.partitions)
+                .map(|(before, after)| PartitionRoute {
+                    shard: after.shard,
+                    high_watermark: if before.local && after.local {
+                        before.high_watermark.clone()
+                    } else {
+                        after.high_watermark.clone()
+                    },
+                    replicas: after.replicas.clone(),
+                    local: after.local,
+                    first_addr: after.first_addr.clone(),
+                })
+                .collect(),
+        });
+        // Routed first: a replica being closed refuses with the new holders meanwhile.
+        self.inner
+            .routes
+            .write()
+            .expect("routes lock poisoned")
+            .insert(route.name.clone(), route);
+        let mut first_error = None;
+        for (shard, partitions) in opens.into_iter().enumerate() {
+            if partitions.is_empty() {
+                continue;
+            }
+            let opened = self
+                .call_admin(shard, move |reply| Command::Open { partitions, reply })
+                .await;
+            if let Err(e) = opened {
+                tracing::error!(topic = name, shard, error = %e, "opening a partition's new replica");
+                first_error.get_or_insert(e);
+            }
+        }
+        for (shard, partitions) in closes.into_iter().enumerate() {
+            if partitions.is_empty() {
+                continue;
+            }
+            let topic = old.name.clone();
+            let closed = self
+                .call_admin(shard, move |reply| Command::Close {
+                    topic,
+                    partitions,
+                    remove: true,
+                    reply,
+                })
+                .await;
+            if let Err(e) = closed {
+                tracing::error!(topic = name, shard, error = %e, "removing a partition's old replica");
+                first_error.get_or_insert(e);
+            }
+        }
+        tracing::info!(topic = name, holders = ?meta.replicas, "partition holders changed");
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Changes the voters of a replicated partition this node leads to `voters` (see
+    /// `raft::group::Group::change_voters`): answered once its group has exactly them.
+    /// `NotLeader` on a replica that does not lead.
+    pub(crate) async fn change_voters(
+        &self,
+        name: &str,
+        partition: u32,
+        voters: Vec<u64>,
+    ) -> Result<()> {
+        let route = self.topic_route(name)?;
+        let shard = route.partition(partition)?.shard;
+        let topic = route.name.clone();
+        self.call_admin(shard, move |reply| Command::ChangeVoters {
+            topic,
+            partition,
+            voters,
+            reply,
+        })
+        .await
+    }
+
     /// Deletes a topic: it stops being routable, its metadata is removed (the commit point),
     /// then its logs are closed and its directory removed.
     ///

@@ -83,6 +83,15 @@ pub(crate) enum Command {
         remove: bool,
         reply: Reply<()>,
     },
+    /// Changes a replicated partition's voters (a reassignment; see
+    /// `raft::group::Group::change_voters`): answered once the group has them, or refused
+    /// `NotLeader` on a replica that does not lead.
+    ChangeVoters {
+        topic: Arc<str>,
+        partition: u32,
+        voters: Vec<u64>,
+        reply: Reply<()>,
+    },
     /// A Raft message from another node for one replicated partition's group.
     Raft {
         envelope: crate::proto::v1::RaftEnvelope,
@@ -109,6 +118,7 @@ impl Command {
             Command::Describe { reply, .. } => send(reply, error()),
             Command::Open { reply, .. } => send(reply, error()),
             Command::Close { reply, .. } => send(reply, error()),
+            Command::ChangeVoters { reply, .. } => send(reply, error()),
             Command::Shutdown { reply } => send(reply, error()),
             Command::Raft { envelope, reply } => {
                 let refused = crate::raft::wire::refusal(envelope, error().to_string());

@@ -101,6 +101,11 @@ pub enum Error {
         partition: u32,
         what: &'static str,
     },
+    /// A reassignment of a partition with one replica: it has no Raft group to change.
+    #[error(
+        "partition {topic}/{partition} has a single replica (no Raft group), so its replicas cannot be moved; nothing was changed"
+    )]
+    NotReplicated { topic: String, partition: u32 },
     /// A replicated partition's group failed or stopped before it answered.
     #[error("partition {topic}/{partition}: replication failed: {reason}; retry")]
     Replication {

@@ -164,7 +164,8 @@ pub(crate) fn remove_topic_dir(topics_dir: &Path, topic: &str) -> Result<()> {
     sync_dir(topics_dir).map_err(meta_err("sync topics dir", topics_dir))
 }
 
-fn read_meta(dir: &Path, name: &str) -> Result<Option<TopicMeta>> {
+/// The metadata in a topic's directory `dir`; `None` when it has none.
+pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<Option<TopicMeta>> {
     let path = dir.join(META_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,

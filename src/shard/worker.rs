@@ -1117,6 +1117,40 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 let result = self.open(partitions).await;
                 send(reply, result);
             }
+            Command::ChangeVoters {
+                topic,
+                partition,
+                voters,
+                reply,
+            } => {
+                let key = (topic.clone(), partition);
+                let Some(p) = self.partitions.get(&key) else {
+                    return send(reply, Err(unknown(&topic)));
+                };
+                let group = match leading_group(&p.replication, self.raft.as_ref(), &key) {
+                    Ok(Some(group)) => group,
+                    Ok(None) => {
+                        return send(
+                            reply,
+                            Err(Error::NotReplicated {
+                                topic: topic.to_string(),
+                                partition,
+                            }),
+                        );
+                    }
+                    Err(e) => return send(reply, Err(e)),
+                };
+                let raft = self.raft.clone();
+                group.change_voters(
+                    voters,
+                    Box::new(move |result| {
+                        send(
+                            reply,
+                            result.map_err(|e| propose_error(raft.as_ref(), &key, e)),
+                        )
+                    }),
+                );
+            }
             Command::Close {
                 topic,
                 partitions,
