@@ -82,6 +82,11 @@ fn node_config(dir: &Path, id: u32, addrs: &[(u32, String)]) -> Config {
 
 impl TestCluster {
     async fn start(n: u32) -> TestCluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// [`TestCluster::start`] with `tweak` applied to every node's config.
+    async fn start_with(n: u32, tweak: impl Fn(&mut Config)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<(u32, String)> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
@@ -93,10 +98,14 @@ impl TestCluster {
         }
         let mut cluster = TestCluster {
             nodes: (1..=n)
-                .map(|id| Node {
-                    id,
-                    config: node_config(dir.path(), id, &addrs),
-                    running: None,
+                .map(|id| {
+                    let mut config = node_config(dir.path(), id, &addrs);
+                    tweak(&mut config);
+                    Node {
+                        id,
+                        config,
+                        running: None,
+                    }
                 })
                 .collect(),
             dir,
@@ -1117,4 +1126,72 @@ async fn a_partition_moves_and_a_node_is_decommissioned_under_load() {
 async fn cluster_hwm(cluster: &TestCluster) -> u64 {
     let client = cluster.client(1, "root").await;
     client.describe_topic("orders").await.unwrap().partitions[0].high_watermark
+}
+
+/// With `replace_after_ms`, a node that stays dead has its replicas re-created on the others:
+/// the controller leader records the moves, the partition's leader makes them, and every
+/// acknowledged record is on the new replica set. The wait derives from the failure
+/// detector's and the replacement's timings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dead_past_replace_after_has_its_replicas_recreated_elsewhere() {
+    const DEAD_AFTER_MS: u64 = 2_000;
+    const REPLACE_AFTER_MS: u64 = 3_000;
+    let mut cluster = TestCluster::start_with(4, |config| {
+        config.cluster.gossip_interval_ms = 200;
+        config.cluster.failure_detector_dead_after_ms = DEAD_AFTER_MS;
+        config.cluster.replace_after_ms = REPLACE_AFTER_MS;
+    })
+    .await;
+    cluster.create_replicated(1, "orders").await.unwrap();
+    cluster.leader("orders", 0).await;
+    // Node 4 (not a controller voter) holds a replica.
+    let before = replicas_on(&cluster, 1, "orders").await;
+    if !before.contains(&4) {
+        let mut target: Vec<u32> = before[..2].to_vec();
+        target.push(4);
+        cluster
+            .client(1, "root")
+            .await
+            .reassign_partition("orders", 0, target.clone())
+            .await
+            .unwrap();
+        until_replicas(&cluster, "orders", &target).await;
+    }
+    for chunk in 0..2 {
+        let values: Vec<String> = (chunk * 5..chunk * 5 + 5)
+            .map(|i| format!("before-{i}"))
+            .collect();
+        cluster.append("orders", &values).await;
+    }
+    cluster.stop(4).await;
+    // Declared dead after DEAD_AFTER_MS, replaced REPLACE_AFTER_MS later, then moved.
+    let until = Instant::now()
+        + Duration::from_millis(DEAD_AFTER_MS + REPLACE_AFTER_MS)
+        + Duration::from_millis(ELECTION_MAX_MS * 30);
+    let after = loop {
+        let replicas = replicas_on(&cluster, 1, "orders").await;
+        if !replicas.contains(&4) && replicas.len() == 3 {
+            break replicas;
+        }
+        assert!(
+            Instant::now() < until,
+            "node 4's replica was never re-created elsewhere: {replicas:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    until_replicas(&cluster, "orders", &after).await;
+    let more = cluster.append("orders", &batch(10, 5)).await;
+    let end = more.base_offset + u64::from(more.count);
+    let mut expected: Vec<Vec<u8>> = (0..10)
+        .map(|i| format!("before-{i}").into_bytes())
+        .collect();
+    expected.extend(batch(10, 5).into_iter().map(String::into_bytes));
+    for &id in &after {
+        assert_eq!(
+            cluster.read_all(id, "orders", end).await,
+            expected,
+            "node {id}"
+        );
+    }
+    cluster.shutdown().await;
 }

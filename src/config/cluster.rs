@@ -94,6 +94,11 @@ pub struct ClusterConfig {
     /// dead by the phi-accrual failure detector: its threshold is this over the gossip
     /// interval.
     pub failure_detector_dead_after_ms: u64,
+    /// A node the failure detector has held dead for this long has its replicas re-created
+    /// on other nodes (by the controller leader, as reassignments); 0 = never (the default:
+    /// a node that comes back catches up by itself). At least
+    /// `failure_detector_dead_after_ms`.
+    pub replace_after_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -117,6 +122,7 @@ impl Default for ClusterConfig {
             seeds: Vec::new(),
             gossip_interval_ms: 500,
             failure_detector_dead_after_ms: 4000,
+            replace_after_ms: 0,
         }
     }
 }
@@ -346,6 +352,15 @@ impl ClusterConfig {
             600_000,
             " ms (at least two gossip intervals)",
         )?;
+        if self.replace_after_ms != 0 {
+            check_range(
+                "cluster.replace_after_ms".to_owned(),
+                self.replace_after_ms,
+                self.failure_detector_dead_after_ms,
+                7 * 86_400_000,
+                " ms (0 = never; at least cluster.failure_detector_dead_after_ms)",
+            )?;
+        }
         if !self.gossip_listen.is_empty() && self.gossip_listen.parse::<SocketAddr>().is_err() {
             return Err(Invalid::new(
                 "cluster.gossip_listen",
@@ -712,6 +727,9 @@ mod tests {
             "10.0.0.1:7946".parse::<SocketAddr>().unwrap()
         );
         check("gossip_interval_ms = 10\nfailure_detector_dead_after_ms = 100").unwrap();
+        check("replace_after_ms = 0").unwrap();
+        check("replace_after_ms = 60000").unwrap();
+        assert!(check("replace_after_ms = 3999").is_err());
         for (text, key) in [
             ("gossip_interval_ms = 9", "cluster.gossip_interval_ms"),
             ("gossip_interval_ms = 10001", "cluster.gossip_interval_ms"),

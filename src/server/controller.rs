@@ -121,6 +121,11 @@ impl Controller {
         &self.voters
     }
 
+    /// This node's id.
+    pub(super) fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
     fn is_voter(&self) -> bool {
         self.voters.contains(&self.node_id)
     }

@@ -199,7 +199,11 @@ fn check_move(view: &MetadataView, topic: &str, partition: u32) -> Result<(u64, 
 /// For every partition `node` holds, its replicas with `node` replaced by the node of
 /// `targets` that holds the fewest replicas (counting the moves planned so far) and is not
 /// a replica of it yet. The preferred leader keeps its place unless it is `node`.
-fn plan_decommission(view: &MetadataView, node: u64, targets: &[u64]) -> Result<Vec<Move>> {
+pub(super) fn plan_decommission(
+    view: &MetadataView,
+    node: u64,
+    targets: &[u64],
+) -> Result<Vec<Move>> {
     let mut load = view.load();
     let mut moves = Vec::new();
     for (name, placed) in view.topics() {

@@ -127,12 +127,16 @@ impl LogService {
     pub(crate) fn spawn_controller(&self) {
         if let Some(controller) = &self.inner.controller {
             tokio::spawn(controller.clone().run(self.inner.draining.clone()));
-            let mover = super::mover::Mover::new(
+            let mut mover = super::mover::Mover::new(
                 controller.clone(),
                 self.inner.shards.clone(),
                 controller.wait(),
                 controller.retry() * 4,
             );
+            let replace_after_ms = self.inner.config.cluster.replace_after_ms;
+            if let Some(gossip) = self.inner.gossip.clone().filter(|_| replace_after_ms > 0) {
+                mover = mover.replacing_after(Duration::from_millis(replace_after_ms), gossip);
+            }
             tokio::spawn(mover.run(self.inner.draining.clone()));
         }
     }
