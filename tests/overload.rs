@@ -851,6 +851,26 @@ async fn malformed_requests_and_huge_header_counts_are_invalid_argument_and_chan
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
+    // Huge header counts at the HTTP/2 level (gRPC metadata): hyper refuses a header list
+    // over its 16 KiB default before the request reaches the service, so the call fails
+    // whatever the code, and nothing is appended.
+    let mut request = tonic::Request::new(walrs::proto::v1::AppendRequest {
+        topic: "h".into(),
+        partition: Some(0),
+        records: vec![record("", "metadata")],
+        ..Default::default()
+    });
+    for i in 0..2_000 {
+        let key: tonic::metadata::MetadataKey<_> = format!("x-h{i}").parse().unwrap();
+        request.metadata_mut().insert(key, "v".parse().unwrap());
+    }
+    let refused = client.log_client().append(request).await.unwrap_err();
+    eprintln!(
+        "2,000 metadata headers: {:?} {:?}",
+        refused.code(),
+        refused.message()
+    );
+
     // Nothing changed.
     assert_eq!(client.list_topics().await.unwrap(), topics_before);
     assert_eq!(end_offsets(&client, "h").await, ends_before);
