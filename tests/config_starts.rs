@@ -201,6 +201,22 @@ fn cases(dir: &Path) -> Vec<Case> {
         "server.topic_name_bytes_max",
         vec![int(1), int(249)],
     ));
+    cases.extend(single(
+        "server.headers_per_record_max",
+        vec![int(0), int(1 << 16)],
+    ));
+    cases.extend(single(
+        "server.handshake_timeout_ms",
+        vec![int(100), int(600_000)],
+    ));
+    cases.extend(single(
+        "server.keepalive_interval_ms",
+        vec![int(0), int(3_600_000)],
+    ));
+    cases.extend(single(
+        "server.keepalive_timeout_ms",
+        vec![int(100), int(3_600_000)],
+    ));
     // [tls] and [[acl]]
     cases.push(vec![
         ("tls.cert", path("server.pem")),

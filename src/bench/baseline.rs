@@ -357,10 +357,13 @@ pub async fn serve_drop_log(tls: Option<&crate::config::TlsConfig>) -> Result<Dr
         .max_encoding_message_size(crate::client::MESSAGE_BYTES_MAX);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // The real server's listener: the same TLS handshake path and TCP settings.
-    let incoming =
-        crate::server::incoming(listener, tls, CONNECTIONS_MAX, Default::default(), async {
-            let _stop_or_drop = stopped.await;
-        });
+    let limits = crate::server::ConnectionLimits {
+        connections_max: CONNECTIONS_MAX,
+        ..crate::server::ConnectionLimits::of(&Default::default())
+    };
+    let incoming = crate::server::incoming(listener, tls, limits, Default::default(), async {
+        let _stop_or_drop = stopped.await;
+    });
     let serve = Server::builder()
         .add_service(service)
         .serve_with_incoming(incoming);

@@ -185,7 +185,10 @@ async fn serve(tls: Option<&TlsConfig>) -> SocketAddr {
     let incoming = crate::server::incoming(
         listener,
         tls_config,
-        16,
+        crate::server::ConnectionLimits {
+            connections_max: 16,
+            ..crate::server::ConnectionLimits::of(&Default::default())
+        },
         Default::default(),
         std::future::pending(),
     );

@@ -13,6 +13,9 @@ use crate::storage::check_range;
 
 const SECOND_MS: u64 = 1000;
 const GIB: u64 = 1 << 30;
+/// Most headers per record any config may allow: each header of a request is a map entry
+/// of its own (two small allocations) before the count is checked.
+const HEADERS_PER_RECORD_MAX: u32 = 1 << 16;
 
 /// `[server]`: the gRPC front end's limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +43,16 @@ pub struct ServerConfig {
     pub inflight_append_bytes_max: u64,
     /// Longest topic name; names match `[a-zA-Z0-9._-]+` (`shard::check_topic_name`).
     pub topic_name_bytes_max: u32,
+    /// Headers one record of an append may carry; more is INVALID_ARGUMENT.
+    pub headers_per_record_max: u32,
+    /// How long a new connection has to finish its TLS handshake before it is closed.
+    pub handshake_timeout_ms: u64,
+    /// How often the server pings an HTTP/2 connection to learn whether its peer is still
+    /// there; 0 = never. A peer that does not answer within `keepalive_timeout_ms` is
+    /// disconnected, freeing its place under `connections_max`.
+    pub keepalive_interval_ms: u64,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +69,10 @@ impl Default for ServerConfig {
             streams_per_connection_max: 128,
             inflight_append_bytes_max: 256 << 20,
             topic_name_bytes_max: TOPIC_NAME_BYTES_MAX as u32,
+            headers_per_record_max: 1024,
+            handshake_timeout_ms: 10 * SECOND_MS,
+            keepalive_interval_ms: 30 * SECOND_MS,
+            keepalive_timeout_ms: 20 * SECOND_MS,
         }
     }
 }
@@ -113,6 +130,34 @@ impl ServerConfig {
             1,
             TOPIC_NAME_BYTES_MAX as u32,
             " bytes",
+        )?;
+        check_range(
+            key("headers_per_record_max"),
+            self.headers_per_record_max,
+            0,
+            HEADERS_PER_RECORD_MAX,
+            " headers",
+        )?;
+        check_range(
+            key("handshake_timeout_ms"),
+            self.handshake_timeout_ms,
+            100,
+            600 * SECOND_MS,
+            " ms",
+        )?;
+        check_range(
+            key("keepalive_interval_ms"),
+            self.keepalive_interval_ms,
+            0,
+            3600 * SECOND_MS,
+            " ms (0 = never ping)",
+        )?;
+        check_range(
+            key("keepalive_timeout_ms"),
+            self.keepalive_timeout_ms,
+            100,
+            3600 * SECOND_MS,
+            " ms",
         )?;
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! The append pipeline: Append and AppendStream.
 //!
-//! An append is checked (running, topic name, ACL, at least one record), converted to
-//! storage records once (`proto::storage_records`), measured once by the shard layer
-//! (`ShardSet::check_append`, whose `CheckedBatch` carries the size to the shard), admitted
+//! An append is checked (running, topic name, ACL, at least one record, headers per record),
+//! converted to storage records once (`proto::storage_records`), measured once by the shard
+//! layer (`ShardSet::check_append`, whose `CheckedBatch` carries the size to the shard), admitted
 //! into the server-wide byte budget, routed with one lookup (auto-creating the topic when
 //! configured), and queued. A refused append changes nothing: every check runs before a
 //! topic is auto-created or anything is queued. Must never measure records itself or
@@ -109,6 +109,7 @@ impl Inner {
                 "an AppendRequest needs at least one record in `records`",
             ));
         }
+        self.check_header_counts(&records)?;
         if producer_id != 0 && partition.is_none() {
             return Err(Error::invalid(
                 "an idempotent append (producer_id != 0) must name its `partition`: sequences are numbered per partition",
@@ -161,6 +162,20 @@ impl Inner {
             });
             (response, trace)
         })
+    }
+
+    /// Refuses a record with more headers than `server.headers_per_record_max`: a malformed
+    /// request (`INVALID_ARGUMENT`), checked before anything is converted or queued.
+    fn check_header_counts(&self, records: &[proto::v1::Record]) -> Result<()> {
+        let max = self.config.server.headers_per_record_max as usize;
+        match records.iter().position(|r| r.headers.len() > max) {
+            None => Ok(()),
+            Some(index) => Err(Error::invalid(format!(
+                "record {index} has {} headers, over server.headers_per_record_max = {max}; \
+                 send fewer headers per record (or put the data in the value)",
+                records[index].headers.len()
+            ))),
+        }
     }
 
     /// The topic's route, auto-creating the topic (with the default partition count) when

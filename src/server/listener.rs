@@ -5,7 +5,8 @@
 //! The handshake is done here rather than by tonic so that a failure can be logged with
 //! the peer's address and counted ([`ServerStats`]); tonic drops such failures at debug
 //! level without the address. Each handshake runs in its own task, bounded by
-//! [`HANDSHAKE_TIMEOUT`], so a slow or silent peer delays nobody else. A failure is logged
+//! `server.handshake_timeout_ms`, so a slow or silent peer delays nobody else and holds its
+//! place under `connections_max` for that long at most. A failure is logged
 //! at warn with `peer` and rustls' error, which names what went wrong (no certificate,
 //! unknown issuer, ...) and never carries key material.
 //!
@@ -35,7 +36,6 @@ use tonic::Request;
 use tonic::transport::server::Connected;
 
 use super::stats::ServerStats;
-use super::tls::HANDSHAKE_TIMEOUT;
 
 /// Finished connections waiting for tonic to pick them up; tonic takes each at once, so
 /// this only smooths bursts.
@@ -86,23 +86,25 @@ impl PeerInfo {
 
 /// The stream of connections for `Server::serve_with_incoming_shutdown`. Accepting starts
 /// at once, in a task of its own; it stops when `stop` resolves or the stream is dropped.
-/// With `tls`, each connection is handed over only after a successful handshake.
+/// With `tls`, each connection is handed over only after a successful handshake, which
+/// must finish within `limits.handshake_timeout`.
 pub(crate) fn incoming(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    connections_max: usize,
+    limits: ConnectionLimits,
     stats: Arc<ServerStats>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> ReceiverStream<Result<Connection, Infallible>> {
     assert!(
-        connections_max > 0,
+        limits.connections_max > 0,
         "connections_max is validated to be > 0"
     );
     let (tx, rx) = mpsc::channel(READY_QUEUE);
     let accepting = Acceptor {
         listener,
         tls: tls.map(TlsAcceptor::from),
-        permits: Arc::new(Semaphore::new(connections_max)),
+        permits: Arc::new(Semaphore::new(limits.connections_max)),
+        handshake_timeout: limits.handshake_timeout,
         stats,
         ready: tx.clone(),
     };
@@ -117,10 +119,30 @@ pub(crate) fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// The listener's bounds (`server.connections_max`, `server.handshake_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionLimits {
+    /// Connections open at once, handshaking or served.
+    pub connections_max: usize,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The limits of `[server]`.
+    pub(crate) fn of(server: &crate::config::ServerConfig) -> ConnectionLimits {
+        ConnectionLimits {
+            connections_max: server.connections_max as usize,
+            handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+        }
+    }
+}
+
 struct Acceptor {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     permits: Arc<Semaphore>,
+    handshake_timeout: Duration,
     stats: Arc<ServerStats>,
     ready: mpsc::Sender<Result<Connection, Infallible>>,
 }
@@ -166,6 +188,7 @@ impl Acceptor {
                 Some(acceptor) => {
                     let handshake = handshake(
                         acceptor.clone(),
+                        self.handshake_timeout,
                         tcp,
                         peer,
                         slot,
@@ -201,6 +224,7 @@ async fn accept_failed(e: &std::io::Error) {
 /// logged with the peer's address, counted, and closes the connection (freeing its slot).
 async fn handshake(
     acceptor: TlsAcceptor,
+    timeout: Duration,
     tcp: TcpStream,
     mut peer: PeerInfo,
     slot: Slot,
@@ -210,7 +234,7 @@ async fn handshake(
     let remote = peer
         .remote_addr
         .expect("set from accept() for every connection");
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             stats.tls_handshake_failed();
@@ -219,7 +243,7 @@ async fn handshake(
         }
         Err(_elapsed) => {
             stats.tls_handshake_failed();
-            tracing::warn!(peer = %remote, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out; connection closed");
+            tracing::warn!(peer = %remote, ?timeout, "TLS handshake timed out; connection closed");
             return;
         }
     };

@@ -29,6 +29,6 @@ pub(crate) mod tls;
 pub use errors::{Error, LEADER_METADATA, Result};
 pub use listener::PeerInfo;
 /// Also the raw-RPC baseline's listener (`bench`), so it serves over the same TLS path.
-pub(crate) use listener::incoming;
-pub use run::{DRAIN_GRACE, Running, run, shutdown_signal, start};
+pub(crate) use listener::{ConnectionLimits, incoming};
+pub use run::{DRAIN_GRACE, Running, request_bytes_max, run, shutdown_signal, start};
 pub use stats::{ServerStats, ServerStatsSnapshot};

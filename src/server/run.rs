@@ -9,8 +9,9 @@
 //! `ShardSet::shutdown` drains the shard queues, syncs and closes every partition.
 //!
 //! Accepting connections, bounding them by `server.connections_max` and the TLS handshake
-//! are `listener`'s; tonic is handed finished connections only, and runs at most
-//! `server.streams_per_connection_max` calls on each.
+//! are `listener`'s; tonic is handed finished connections only, runs at most
+//! `server.streams_per_connection_max` calls on each, and pings each peer every
+//! `server.keepalive_interval_ms` (closing it when a ping goes unanswered).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,11 +50,25 @@ const FLUSH_GRACE: Duration = Duration::from_millis(200);
 /// Room for protobuf framing around a batch or a response's record bytes: each record's
 /// field tags and lengths, generously.
 const FRAMING_BYTES: usize = 1 << 20;
+/// Room in a request message for what is not record bytes: the topic name (at most 249
+/// bytes), partition, correlation id, producer id and sequence. Each record's own tags and
+/// lengths are covered by doubling the batch limit: a minimally encoded record is never
+/// twice the size of its stored form (28 bytes of fixed fields, 6 per header).
+const REQUEST_FRAMING_BYTES: usize = 64 * 1024;
+
+/// The largest request message the server receives: `2 × storage.batch_bytes_max + 64 KiB`.
+/// A larger one is refused `RESOURCE_EXHAUSTED` from its gRPC frame header, before its bytes
+/// are buffered. Each call in progress buffers at most one request, so requests being received
+/// take at most `connections_max × streams_per_connection_max` times this (docs/RELIABILITY.md,
+/// "Overload").
+pub fn request_bytes_max(config: &Config) -> usize {
+    config.storage.batch_bytes_max as usize * 2 + REQUEST_FRAMING_BYTES
+}
 
 /// The limit on one request message (what `LogServer` decodes), with its config key.
 pub(crate) fn request_limit(config: &Config) -> MessageLimit {
     MessageLimit {
-        bytes_max: config.storage.batch_bytes_max as usize * 2 + FRAMING_BYTES,
+        bytes_max: request_bytes_max(config),
         key: "storage.batch_bytes_max",
         key_value: config.storage.batch_bytes_max,
     }
@@ -347,11 +362,21 @@ pub async fn start(config: Config) -> Result<Running> {
         .max_encoding_message_size(encode_max);
     let log_server = RequestSize::new(log_server, limit);
 
+    // Keepalive pings close connections whose peer stopped answering (a client that stalled
+    // or vanished mid-stream), so that they do not hold places under `connections_max`.
+    let keepalive_interval = match config.server.keepalive_interval_ms {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
     // No `tls_config` here: the listener performs the handshakes.
     // Bounds the calls one connection runs at once; see `server.streams_per_connection_max`
     // for the memory this bounds.
     let router = Server::builder()
         .max_concurrent_streams(Some(config.server.streams_per_connection_max))
+        .http2_keepalive_interval(keepalive_interval)
+        .http2_keepalive_timeout(Some(Duration::from_millis(
+            config.server.keepalive_timeout_ms,
+        )))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -362,7 +387,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let incoming = listener::incoming(
         listener,
         tls,
-        config.server.connections_max as usize,
+        listener::ConnectionLimits::of(&config.server),
         stats.clone(),
         async move {
             // A dropped sender means the server task is gone: stop as well.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use rustls::server::WebPkiClientVerifier;
 
 use crate::config::TlsConfig;
-pub(crate) use crate::tls::HANDSHAKE_TIMEOUT;
 use crate::tls::{Error, install_crypto_provider, load_ca, load_key_pair};
 
 /// The ALPN protocol the server offers: gRPC runs on HTTP/2 only.
