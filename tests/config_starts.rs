@@ -299,10 +299,12 @@ fn cases(dir: &Path) -> Vec<Case> {
         ("cluster.seeds", Value::Array(vec![text("localhost:7946")])),
         ("cluster.gossip_interval_ms", int(10)),
         ("cluster.failure_detector_dead_after_ms", int(100)),
+        ("cluster.replace_after_ms", int(100)),
     ]);
     cases.push(vec![
         ("cluster.gossip_interval_ms", int(10_000)),
         ("cluster.failure_detector_dead_after_ms", int(600_000)),
+        ("cluster.replace_after_ms", int(7 * 86_400_000)),
     ]);
     // [metrics]: the only case that installs the (process-wide) recorder.
     cases.push(vec![
