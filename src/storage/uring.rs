@@ -514,21 +514,37 @@ impl UringFile {
         *self.write_error.borrow_mut() = Some(format!(
             "write of {len} bytes at position {position} abandoned mid-flight"
         ));
-        let failure = match write.await {
+        let (kind, failure) = match write.await {
             Ok(written) if written == len => {
                 *self.write_error.borrow_mut() = None;
                 return Ok(());
             }
-            Ok(written) => format!("short write: {written} of {len} bytes at position {position}"),
-            Err(e) => format!("write of {len} bytes at position {position} failed: {e}"),
+            // A write that stops part-way is what a full disk does.
+            Ok(written) => (
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes at position {position}"),
+            ),
+            Err(e) => {
+                let e = io::Error::from(e);
+                (
+                    e.kind(),
+                    format!("write of {len} bytes at position {position} failed: {e}"),
+                )
+            }
         };
-        // Every later write is suspect too: drop (cancel) them, the file is poisoned.
-        self.inflight.borrow_mut().clear();
+        // Every later write is suspect too, and the file is poisoned. They are waited for,
+        // not dropped: a dropped write may still land after the log has cut the file back
+        // (after a full disk) and written new bytes there.
+        let later: Vec<_> = self.inflight.borrow_mut().drain(..).collect();
+        for (_, _, write) in later {
+            drop(write.await);
+        }
         *self.write_error.borrow_mut() = Some(failure.clone());
-        Err(io::Error::other(format!(
-            "{}: {failure}",
-            self.path.display()
-        )))
+        // The kind is kept, so that a full disk is told from other failures.
+        Err(io::Error::new(
+            kind,
+            format!("{}: {failure}", self.path.display()),
+        ))
     }
 
     /// Waits for every in-flight write.
