@@ -162,6 +162,7 @@ impl UringEngine {
             dirty: len > 0,
             write_mode: self.write_mode,
             needs_fdatasync: len > 0,
+            written_len: len,
             poisoned: None,
             fdatasyncs: self.fdatasyncs.clone(),
         };
@@ -399,6 +400,10 @@ pub struct UringFile {
     /// `fdatasync` since (a crashed writer's, found on open): the next sync must call it
     /// even in the `dsync` mode.
     needs_fdatasync: bool,
+    /// Every byte below was in the file before any write that may have failed since: found
+    /// there on open, or written by the writes a successful `sync` or `truncate` waited for.
+    /// A poisoned file still serves reads below it (see `read_at`).
+    written_len: u64,
     /// Why the file refuses work: a disk operation failed or was abandoned mid-flight.
     poisoned: Option<String>,
     fdatasyncs: Rc<Cell<u64>>,
@@ -637,6 +642,40 @@ async fn guarded<T>(
     }
 }
 
+impl UringFile {
+    /// A read from a poisoned file: served from the file when it lies below `written_len`,
+    /// refused with `poisoned` otherwise. Those bytes were in the file before the failure,
+    /// and a later write (failed or not) only rewrites them with the same bytes (the tail's
+    /// partial block is rewritten whole at each sync), so they read back as they were: a
+    /// partition whose disk filled up keeps serving what it committed.
+    async fn read_written(
+        &self,
+        position: u64,
+        len_bytes: usize,
+        poisoned: io::Error,
+    ) -> io::Result<Vec<u8>> {
+        if position + len_bytes as u64 > self.written_len || len_bytes == 0 {
+            return if len_bytes == 0 {
+                Ok(Vec::new())
+            } else {
+                Err(poisoned)
+            };
+        }
+        let bytes = self.file.read_at(position, len_bytes).await?;
+        if bytes.len() != len_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: short read: {} of {len_bytes} bytes at position {position}",
+                    self.path.display(),
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
 impl StoreFile for UringFile {
     fn len(&self) -> u64 {
         self.tail_start + self.tail_used as u64
@@ -689,8 +728,10 @@ impl StoreFile for UringFile {
     }
 
     async fn read_at(&self, position: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
-        self.check_poisoned()?;
         let end = position + len_bytes as u64;
+        if let Err(poisoned) = self.check_poisoned() {
+            return self.read_written(position, len_bytes, poisoned).await;
+        }
         assert!(
             end <= self.len(),
             "{}: read of [{position}, {end}) past the logical length {}",
@@ -742,9 +783,12 @@ impl StoreFile for UringFile {
             // durability point, counted as the fdatasync it replaces (group commit shows).
             self.fdatasyncs.set(self.fdatasyncs.get() + 1);
             self.dirty = false;
+            self.written_len = self.len();
             return Ok(());
         }
-        self.fdatasync().await
+        self.fdatasync().await?;
+        self.written_len = self.len();
+        Ok(())
     }
 
     async fn truncate(&mut self, len_bytes: u64) -> io::Result<()> {
@@ -770,7 +814,9 @@ impl StoreFile for UringFile {
             self.file.truncate(len_bytes),
         )
         .await?;
-        self.fdatasync().await
+        self.fdatasync().await?;
+        self.written_len = len_bytes;
+        Ok(())
     }
 
     async fn close(mut self) -> io::Result<()> {

@@ -1,0 +1,393 @@
+//! A full disk on one node (issue 15): a server on a small, size-limited file system (a
+//! loop-mounted 32 MiB ext4 image, or a `size=` tmpfs where loop devices are missing) is
+//! filled until it refuses appends, on both storage engines.
+//!
+//! What must hold: appends are refused `RESOURCE_EXHAUSTED` with a message that says what to
+//! do (below the `storage.disk_free_bytes_min` floor, before anything is written; and, with
+//! no floor, when a write meets `ENOSPC`); reads, `Truncate` and `DeleteTopic` keep working
+//! so that space can be freed; appends resume by themselves once it is, without a restart;
+//! and every acknowledged record is still there byte for byte, after a restart too, with no
+//! refused record visible.
+//!
+//! Needs root (mount); without it, or where neither a loop device nor tmpfs mounts, each
+//! test says why and passes without running. CI runs as root. The mount is removed however
+//! the test ends (a `Drop` guard).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tonic::Code;
+use walrs::client::{Client, ReadOptions, record};
+use walrs::config::{Config, EngineChoice};
+
+const TOPIC: &str = "full";
+const SPARE: &str = "spare";
+const VALUE_BYTES: usize = 48 * 1024;
+const FLOOR_BYTES: u64 = 4 << 20;
+
+/// A small file system mounted for one test; unmounted (lazily if busy) on drop.
+struct SmallMount {
+    _dir: tempfile::TempDir,
+    mountpoint: PathBuf,
+    kind: &'static str,
+}
+
+impl SmallMount {
+    /// A 32 MiB ext4 image (no blocks reserved for root, so root meets ENOSPC like anyone)
+    /// on a loop device, or failing that a 24 MiB tmpfs. `Err` says why neither mounted.
+    fn new() -> Result<SmallMount, String> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: mounting a small file system needs root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).map_err(|e| e.to_string())?;
+        let image = dir.path().join("disk.img");
+        let ext4 = (|| -> Result<(), String> {
+            let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+            file.set_len(32 << 20).map_err(|e| e.to_string())?;
+            run("mkfs.ext4", &["-q", "-F", "-m", "0", path(&image)])?;
+            run("mount", &["-o", "loop", path(&image), path(&mountpoint)])
+        })();
+        let kind = match ext4 {
+            Ok(()) => "ext4 on a loop device",
+            Err(ext4_err) => {
+                run(
+                    "mount",
+                    &["-t", "tmpfs", "-o", "size=24m", "tmpfs", path(&mountpoint)],
+                )
+                .map_err(|tmpfs_err| format!("ext4: {ext4_err}; tmpfs: {tmpfs_err}"))?;
+                "tmpfs"
+            }
+        };
+        Ok(SmallMount {
+            _dir: dir,
+            mountpoint,
+            kind,
+        })
+    }
+}
+
+impl Drop for SmallMount {
+    fn drop(&mut self) {
+        let mnt = path(&self.mountpoint);
+        if run("umount", &[mnt]).is_err() {
+            // Still busy (a server that panicked mid-test): detach it now, freed when idle.
+            if let Err(e) = run("umount", &["-l", mnt]) {
+                eprintln!("could not unmount {mnt}: {e}");
+            }
+        }
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn config(data_dir: &Path, engine: EngineChoice, floor_bytes: u64) -> Config {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    config.storage.engine = engine;
+    config.storage.shards = 1;
+    config.default_partitions = 1;
+    config.storage.record_bytes_max = 128 * 1024;
+    config.storage.batch_bytes_max = 256 * 1024;
+    config.storage.flush_bytes_max = 1024 * 1024;
+    config.storage.segment_bytes_max = 1024 * 1024;
+    config.storage.index_bytes_max = 64 * 1024;
+    config.storage.io_memory_bytes = 512 * 1024;
+    config.storage.disk_free_bytes_min = floor_bytes;
+    config.storage.disk_check_interval_ms = 50;
+    config.server.read_bytes_max = 1024 * 1024;
+    config.metrics.enabled = false;
+    config
+}
+
+/// The value of the `i`th append: readable prefix, then bytes that differ per append.
+fn value(i: usize) -> Vec<u8> {
+    let mut v = format!("value-{i:06}-").into_bytes();
+    v.extend((0..VALUE_BYTES - v.len()).map(|k| (k * 31 + i * 7) as u8));
+    v
+}
+
+/// Free bytes on the file system that holds `dir`, as `df` shows them.
+fn free_bytes(dir: &Path) -> u64 {
+    walrs::storage::free_bytes(dir)
+        .unwrap()
+        .expect("a file system with a size")
+}
+
+struct Run {
+    client: Client,
+    running: walrs::server::Running,
+}
+
+/// Starts the server, or `None` (with a line saying why) when the engine cannot run here.
+async fn start(config: Config) -> Option<Run> {
+    let engine = config.storage.engine;
+    let running = match walrs::server::start(config).await {
+        Ok(running) => running,
+        Err(e) if engine == EngineChoice::Uring => {
+            eprintln!("skipped: the uring engine cannot start here: {e}");
+            return None;
+        }
+        Err(e) => panic!("server did not start: {e}"),
+    };
+    let addr = format!("http://{}", running.local_addr());
+    let client = Client::connect(&addr, None).await.unwrap();
+    Some(Run { client, running })
+}
+
+/// Acknowledged records of one partition: offset → value.
+type Acked = BTreeMap<u64, Vec<u8>>;
+
+/// Appends one record at a time until one is refused; returns the refusal.
+async fn fill(client: &Client, topic: &str, acked: &mut Acked, next: &mut usize) -> tonic::Status {
+    for _ in 0..10_000 {
+        let v = value(*next);
+        *next += 1;
+        match client
+            .append(topic, Some(0), vec![record(vec![], v.clone())])
+            .await
+        {
+            Ok(ack) => {
+                assert!(acked.insert(ack.base_offset, v).is_none(), "offset reused");
+            }
+            Err(status) => return status,
+        }
+    }
+    panic!("10000 appends of {VALUE_BYTES} bytes fit a 32 MiB file system");
+}
+
+/// Reads the whole partition and checks it against `acked`: every acknowledged record at
+/// or above the start offset is there byte for byte, and nothing else is. Returns the start.
+async fn verify(client: &Client, topic: &str, acked: &Acked) -> u64 {
+    let info = client.describe_topic(topic).await.unwrap().partitions[0].clone();
+    let (start, hw) = (info.start_offset, info.high_watermark);
+    let mut offset = start;
+    let mut served = 0;
+    while offset < hw {
+        let options = ReadOptions {
+            max_records: 0,
+            max_bytes: 1 << 20,
+            max_wait_ms: 0,
+        };
+        let read = client.read(topic, 0, offset, options).await.unwrap();
+        assert!(
+            read.next_offset > offset,
+            "a read at {offset} made no progress"
+        );
+        for r in &read.records {
+            let want = acked.get(&r.offset).unwrap_or_else(|| {
+                panic!(
+                    "offset {} is served but was never acknowledged ({} bytes, {:?}…)",
+                    r.offset,
+                    r.value.len(),
+                    String::from_utf8_lossy(&r.value[..r.value.len().min(16)])
+                )
+            });
+            assert!(r.value[..] == want[..], "offset {} differs", r.offset);
+            served += 1;
+        }
+        offset = read.next_offset;
+    }
+    let expected = acked.range(start..).count();
+    assert_eq!(
+        served, expected,
+        "acknowledged records at or above {start} missing"
+    );
+    start
+}
+
+/// Retries an append until it is acknowledged (space was just freed; the floor sees it at
+/// its next check), failing after a bounded wait.
+async fn append_until_accepted(client: &Client, acked: &mut Acked, next: &mut usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = value(*next);
+        *next += 1;
+        match client
+            .append(TOPIC, Some(0), vec![record(vec![], v.clone())])
+            .await
+        {
+            Ok(ack) => {
+                acked.insert(ack.base_offset, v);
+                return;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "appends did not resume after space was freed: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The floor: refused before the disk is full, freed by Truncate and by DeleteTopic.
+async fn below_the_floor(engine: EngineChoice) {
+    let mount = match SmallMount::new() {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let data = mount.mountpoint.join("data");
+    let Some(run) = start(config(&data, engine, FLOOR_BYTES)).await else {
+        return;
+    };
+    eprintln!("{engine:?} engine on {}", mount.kind);
+    let client = &run.client;
+    client.create_topic(TOPIC, 1).await.unwrap();
+    client.create_topic(SPARE, 1).await.unwrap();
+    let (mut acked, mut spare, mut next) = (Acked::new(), Acked::new(), 0);
+    for _ in 0..40 {
+        let v = value(next);
+        next += 1;
+        let ack = client
+            .append(SPARE, Some(0), vec![record(vec![], v.clone())])
+            .await
+            .unwrap();
+        spare.insert(ack.base_offset, v);
+    }
+
+    let refused = fill(client, TOPIC, &mut acked, &mut next).await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    for hint in ["disk_free_bytes_min", "Truncate", "DeleteTopic", "resume"] {
+        assert!(refused.message().contains(hint), "{hint}: {refused:?}");
+    }
+    let free = free_bytes(&data);
+    eprintln!(
+        "refused after {} appends with {free} bytes free: {}",
+        acked.len(),
+        refused.message()
+    );
+    assert!(acked.len() > 100, "only {} appends fit", acked.len());
+    assert!(
+        free >= FLOOR_BYTES / 2,
+        "the floor kept only {free} bytes free"
+    );
+    // Still refused (nothing written), while reads serve everything acknowledged.
+    let again = client
+        .append(TOPIC, Some(0), vec![record(vec![], value(next))])
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
+    verify(client, TOPIC, &acked).await;
+    verify(client, SPARE, &spare).await;
+
+    // Truncate frees whole segments; appends resume without a restart.
+    let cut = *acked.keys().nth(acked.len() / 2).unwrap();
+    let truncated = client.truncate(TOPIC, 0, cut).await.unwrap();
+    assert!(truncated.start_offset <= cut);
+    append_until_accepted(client, &mut acked, &mut next).await;
+    assert!(verify(client, TOPIC, &acked).await > 0);
+
+    // Full again; DeleteTopic frees the spare topic's space and appends resume.
+    let refused = fill(client, TOPIC, &mut acked, &mut next).await;
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    client.delete_topic(SPARE).await.unwrap();
+    append_until_accepted(client, &mut acked, &mut next).await;
+    verify(client, TOPIC, &acked).await;
+
+    // Nothing acknowledged is lost across a restart; nothing refused appears.
+    run.running.shutdown().await.unwrap();
+    let run = start(config(&data, engine, FLOOR_BYTES)).await.unwrap();
+    verify(&run.client, TOPIC, &acked).await;
+    run.running.shutdown().await.unwrap();
+}
+
+/// No floor: a write meets ENOSPC, is refused RESOURCE_EXHAUSTED and cut back; the log
+/// recovers by itself once Truncate frees space.
+async fn out_of_space_without_a_floor(engine: EngineChoice) {
+    let mount = match SmallMount::new() {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let data = mount.mountpoint.join("data");
+    let Some(run) = start(config(&data, engine, 0)).await else {
+        return;
+    };
+    eprintln!("{engine:?} engine on {}", mount.kind);
+    let client = &run.client;
+    client.create_topic(TOPIC, 1).await.unwrap();
+    let (mut acked, mut next) = (Acked::new(), 0);
+    let refused = fill(client, TOPIC, &mut acked, &mut next).await;
+    eprintln!(
+        "refused after {} appends with {} bytes free: {}",
+        acked.len(),
+        free_bytes(&data),
+        refused.message()
+    );
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("space"), "{refused:?}");
+    assert!(refused.message().contains("Truncate"), "{refused:?}");
+    assert!(acked.len() > 100, "only {} appends fit", acked.len());
+    // Refused again (no space yet), reads unaffected.
+    let again = client
+        .append(TOPIC, Some(0), vec![record(vec![], value(next))])
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
+    verify(client, TOPIC, &acked).await;
+
+    let cut = *acked.keys().nth(acked.len() / 2).unwrap();
+    client.truncate(TOPIC, 0, cut).await.unwrap();
+    append_until_accepted(client, &mut acked, &mut next).await;
+    for _ in 0..20 {
+        let v = value(next);
+        next += 1;
+        let ack = client
+            .append(TOPIC, Some(0), vec![record(vec![], v.clone())])
+            .await
+            .unwrap();
+        acked.insert(ack.base_offset, v);
+    }
+    verify(client, TOPIC, &acked).await;
+
+    run.running.shutdown().await.unwrap();
+    let run = start(config(&data, engine, 0)).await.unwrap();
+    verify(&run.client, TOPIC, &acked).await;
+    run.running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portable_refuses_below_the_floor_and_resumes_when_space_returns() {
+    below_the_floor(EngineChoice::Portable).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_refuses_below_the_floor_and_resumes_when_space_returns() {
+    below_the_floor(EngineChoice::Uring).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portable_cuts_back_an_enospc_write_and_recovers_after_truncate() {
+    out_of_space_without_a_floor(EngineChoice::Portable).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_cuts_back_an_enospc_write_and_recovers_after_truncate() {
+    out_of_space_without_a_floor(EngineChoice::Uring).await;
+}
