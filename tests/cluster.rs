@@ -1025,7 +1025,10 @@ async fn a_follower_with_a_full_disk_refuses_entries_and_catches_up_when_space_r
     let served = cluster.read_all(3, "fill", end_offset).await;
     assert_eq!(served.len(), values.len());
     for (served, value) in served.iter().zip(&values) {
-        assert!(served[..] == *value.as_bytes(), "node 3 serves another value");
+        assert!(
+            served[..] == *value.as_bytes(),
+            "node 3 serves another value"
+        );
     }
     cluster.shutdown().await;
 }

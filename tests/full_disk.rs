@@ -25,6 +25,7 @@ use small_mount::SmallMount;
 use tonic::Code;
 use walrs::client::{Client, ReadOptions, record};
 use walrs::config::{Config, EngineChoice};
+use walrs::proto::v1::AppendRequest;
 
 const TOPIC: &str = "full";
 const SPARE: &str = "spare";
@@ -91,22 +92,77 @@ async fn start(config: Config) -> Option<Run> {
 /// Acknowledged records of one partition: offset → value.
 type Acked = BTreeMap<u64, Vec<u8>>;
 
-/// Appends one record at a time until one is refused; returns the refusal.
-async fn fill(client: &Client, topic: &str, acked: &mut Acked, next: &mut usize) -> tonic::Status {
-    for _ in 0..10_000 {
-        let v = value(*next);
-        *next += 1;
-        match client
-            .append(topic, Some(0), vec![record(vec![], v.clone())])
-            .await
-        {
-            Ok(ack) => {
-                assert!(acked.insert(ack.base_offset, v).is_none(), "offset reused");
-            }
-            Err(status) => return status,
+/// An idempotent producer of numbered values (value `n` is batch `n`) to partition 0 of a
+/// topic. A refused value is retried with its sequence: were a retry answered as a duplicate
+/// of a batch the log no longer holds, its acknowledgement would point at a record that is
+/// not there, and `verify` would say so.
+struct Producer {
+    client: Client,
+    topic: &'static str,
+    id: u64,
+    next: u64,
+    acked: Acked,
+}
+
+impl Producer {
+    fn new(client: &Client, topic: &'static str) -> Producer {
+        Producer {
+            client: client.clone(),
+            topic,
+            id: walrs::client::random_producer_id(),
+            next: 0,
+            acked: Acked::new(),
         }
     }
-    panic!("10000 appends of {VALUE_BYTES} bytes fit a 32 MiB file system");
+
+    /// Sends the next value (again, after a refusal).
+    async fn append(&mut self) -> Result<(), tonic::Status> {
+        let v = value(self.next as usize);
+        let request = AppendRequest {
+            topic: self.topic.into(),
+            partition: Some(0),
+            records: vec![record(vec![], v.clone())],
+            producer_id: self.id,
+            sequence: self.next,
+            ..AppendRequest::default()
+        };
+        let ack = self.client.log_client().append(request).await?.into_inner();
+        assert!(
+            self.acked.insert(ack.base_offset, v).is_none(),
+            "offset {} acknowledged twice",
+            ack.base_offset
+        );
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Appends until one is refused; returns the refusal.
+    async fn fill(&mut self) -> tonic::Status {
+        for _ in 0..10_000 {
+            if let Err(status) = self.append().await {
+                return status;
+            }
+        }
+        panic!("10000 appends of {VALUE_BYTES} bytes fit a 32 MiB file system");
+    }
+
+    /// Retries until the append is acknowledged (space was just freed; the floor sees it at
+    /// its next check), failing after a bounded wait.
+    async fn append_until_accepted(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Err(status) = self.append().await {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "appends did not resume after space was freed: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn verify(&self, client: &Client) -> u64 {
+        verify(client, self.topic, &self.acked).await
+    }
 }
 
 /// Reads the whole partition and checks it against `acked`: every acknowledged record at
@@ -149,33 +205,6 @@ async fn verify(client: &Client, topic: &str, acked: &Acked) -> u64 {
     start
 }
 
-/// Retries an append until it is acknowledged (space was just freed; the floor sees it at
-/// its next check), failing after a bounded wait.
-async fn append_until_accepted(client: &Client, acked: &mut Acked, next: &mut usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = value(*next);
-        *next += 1;
-        match client
-            .append(TOPIC, Some(0), vec![record(vec![], v.clone())])
-            .await
-        {
-            Ok(ack) => {
-                acked.insert(ack.base_offset, v);
-                return;
-            }
-            Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "appends did not resume after space was freed: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
 /// The floor: refused before the disk is full, freed by Truncate and by DeleteTopic.
 async fn below_the_floor(engine: EngineChoice) {
     let mount = match SmallMount::new() {
@@ -190,18 +219,12 @@ async fn below_the_floor(engine: EngineChoice) {
     let client = &run.client;
     client.create_topic(TOPIC, 1).await.unwrap();
     client.create_topic(SPARE, 1).await.unwrap();
-    let (mut acked, mut spare, mut next) = (Acked::new(), Acked::new(), 0);
+    let (mut full, mut spare) = (Producer::new(client, TOPIC), Producer::new(client, SPARE));
     for _ in 0..40 {
-        let v = value(next);
-        next += 1;
-        let ack = client
-            .append(SPARE, Some(0), vec![record(vec![], v.clone())])
-            .await
-            .unwrap();
-        spare.insert(ack.base_offset, v);
+        spare.append().await.unwrap();
     }
 
-    let refused = fill(client, TOPIC, &mut acked, &mut next).await;
+    let refused = full.fill().await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     for hint in ["disk_free_bytes_min", "Truncate", "DeleteTopic", "resume"] {
         assert!(refused.message().contains(hint), "{hint}: {refused:?}");
@@ -209,41 +232,42 @@ async fn below_the_floor(engine: EngineChoice) {
     let free = free_bytes(&data);
     eprintln!(
         "refused after {} appends with {free} bytes free: {}",
-        acked.len(),
+        full.acked.len(),
         refused.message()
     );
-    assert!(acked.len() > 100, "only {} appends fit", acked.len());
+    assert!(
+        full.acked.len() > 100,
+        "only {} appends fit",
+        full.acked.len()
+    );
     assert!(
         free >= FLOOR_BYTES / 2,
         "the floor kept only {free} bytes free"
     );
     // Still refused (nothing written), while reads serve everything acknowledged.
-    let again = client
-        .append(TOPIC, Some(0), vec![record(vec![], value(next))])
-        .await
-        .unwrap_err();
+    let again = full.append().await.unwrap_err();
     assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
-    verify(client, TOPIC, &acked).await;
-    verify(client, SPARE, &spare).await;
+    full.verify(client).await;
+    spare.verify(client).await;
 
     // Truncate frees whole segments; appends resume without a restart.
-    let cut = *acked.keys().nth(acked.len() / 2).unwrap();
+    let cut = *full.acked.keys().nth(full.acked.len() / 2).unwrap();
     let truncated = client.truncate(TOPIC, 0, cut).await.unwrap();
     assert!(truncated.start_offset <= cut);
-    append_until_accepted(client, &mut acked, &mut next).await;
-    assert!(verify(client, TOPIC, &acked).await > 0);
+    full.append_until_accepted().await;
+    assert!(full.verify(client).await > 0);
 
     // Full again; DeleteTopic frees the spare topic's space and appends resume.
-    let refused = fill(client, TOPIC, &mut acked, &mut next).await;
+    let refused = full.fill().await;
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     client.delete_topic(SPARE).await.unwrap();
-    append_until_accepted(client, &mut acked, &mut next).await;
-    verify(client, TOPIC, &acked).await;
+    full.append_until_accepted().await;
+    full.verify(client).await;
 
     // Nothing acknowledged is lost across a restart; nothing refused appears.
     run.running.shutdown().await.unwrap();
     let run = start(config(&data, engine, FLOOR_BYTES)).await.unwrap();
-    verify(&run.client, TOPIC, &acked).await;
+    full.verify(&run.client).await;
     run.running.shutdown().await.unwrap();
 }
 
@@ -261,43 +285,40 @@ async fn out_of_space_without_a_floor(engine: EngineChoice) {
     eprintln!("{engine:?} engine on {}", mount.kind);
     let client = &run.client;
     client.create_topic(TOPIC, 1).await.unwrap();
-    let (mut acked, mut next) = (Acked::new(), 0);
-    let refused = fill(client, TOPIC, &mut acked, &mut next).await;
+    let mut full = Producer::new(client, TOPIC);
+    let refused = full.fill().await;
     eprintln!(
         "refused after {} appends with {} bytes free: {}",
-        acked.len(),
+        full.acked.len(),
         free_bytes(&data),
         refused.message()
     );
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("space"), "{refused:?}");
     assert!(refused.message().contains("Truncate"), "{refused:?}");
-    assert!(acked.len() > 100, "only {} appends fit", acked.len());
+    assert!(
+        full.acked.len() > 100,
+        "only {} appends fit",
+        full.acked.len()
+    );
     // Refused again (no space yet), reads unaffected.
-    let again = client
-        .append(TOPIC, Some(0), vec![record(vec![], value(next))])
-        .await
-        .unwrap_err();
+    let again = full.append().await.unwrap_err();
     assert_eq!(again.code(), Code::ResourceExhausted, "{again:?}");
-    verify(client, TOPIC, &acked).await;
+    full.verify(client).await;
 
-    let cut = *acked.keys().nth(acked.len() / 2).unwrap();
+    // The refused value is retried with its sequence once Truncate freed space: written
+    // again, then 20 more.
+    let cut = *full.acked.keys().nth(full.acked.len() / 2).unwrap();
     client.truncate(TOPIC, 0, cut).await.unwrap();
-    append_until_accepted(client, &mut acked, &mut next).await;
+    full.append_until_accepted().await;
     for _ in 0..20 {
-        let v = value(next);
-        next += 1;
-        let ack = client
-            .append(TOPIC, Some(0), vec![record(vec![], v.clone())])
-            .await
-            .unwrap();
-        acked.insert(ack.base_offset, v);
+        full.append().await.unwrap();
     }
-    verify(client, TOPIC, &acked).await;
+    full.verify(client).await;
 
     run.running.shutdown().await.unwrap();
     let run = start(config(&data, engine, 0)).await.unwrap();
-    verify(&run.client, TOPIC, &acked).await;
+    full.verify(&run.client).await;
     run.running.shutdown().await.unwrap();
 }
 

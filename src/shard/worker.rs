@@ -868,6 +868,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             let outcome = self.commit_partition(&key, records).await;
             outcomes.insert(key, outcome);
         }
+        for (key, outcome) in &outcomes {
+            if let (Err(_), Some(p)) = (&outcome.result, self.partitions.get_mut(key))
+                && p.is_solo()
+            {
+                // The appends this failure fails are not in the log for good: a full disk is
+                // healed by cutting back to this mark, any other failure by a restart that
+                // rebuilds the table from the log. A producer's retry of one of them must be
+                // written again, not answered as a duplicate.
+                let kept = p.log.durable_end().max(p.log.high_watermark());
+                p.producers.forget_from(kept);
+            }
+        }
         ShardStats::add(&self.stats.flushes, 1);
         self.stats
             .fsyncs

@@ -104,10 +104,14 @@ pub fn free_bytes(dir: &Path) -> io::Result<Option<u64>> {
     if stat.f_blocks == 0 {
         return Ok(None);
     }
-    Ok(Some(
-        (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64),
-    ))
+    // `fsblkcnt_t` and `c_ulong` are narrower than u64 on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (blocks, block_bytes) = (stat.f_bavail as u64, stat.f_frsize as u64);
+    Ok(Some(blocks.saturating_mul(block_bytes)))
 }
+
+/// How a [`DiskSpace`] reads the free bytes under a directory.
+type Probe = dyn Fn(&Path) -> io::Result<Option<u64>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -122,7 +126,7 @@ pub struct DiskSpace {
     dir: PathBuf,
     limits: SpaceLimits,
     /// Reads the free bytes: [`free_bytes`], or a test's stand-in.
-    probe: Box<dyn Fn(&Path) -> io::Result<Option<u64>>>,
+    probe: Box<Probe>,
     sample: Cell<Option<Sample>>,
     /// Bytes this shard wrote since the sample.
     written_bytes: Cell<u64>,
@@ -251,12 +255,16 @@ mod tests {
             .validate_as(&|f| f.to_owned())
             .unwrap();
         let key = |l: SpaceLimits| l.validate_as(&|f| f.to_owned()).unwrap_err().key;
-        let mut bad = SpaceLimits::default();
-        bad.disk_check_interval_ms = 0;
-        assert_eq!(key(bad), "disk_check_interval_ms");
-        bad = SpaceLimits::default();
-        bad.disk_free_bytes_min = DISK_FREE_BYTES_MIN_MAX + 1;
-        assert_eq!(key(bad), "disk_free_bytes_min");
+        let no_interval = SpaceLimits {
+            disk_check_interval_ms: 0,
+            ..SpaceLimits::default()
+        };
+        assert_eq!(key(no_interval), "disk_check_interval_ms");
+        let huge_floor = SpaceLimits {
+            disk_free_bytes_min: DISK_FREE_BYTES_MIN_MAX + 1,
+            ..SpaceLimits::default()
+        };
+        assert_eq!(key(huge_floor), "disk_free_bytes_min");
     }
 
     #[test]
