@@ -59,10 +59,10 @@ pub enum Error {
         free_bytes: u64,
         floor_bytes: u64,
     },
-    /// A write met a full disk (`ENOSPC`, `EDQUOT`) below the floor's reach; what it wrote
-    /// was cut back, nothing was stored.
+    /// A write met a full disk (`ENOSPC`, `EDQUOT`) that the floor did not prevent; what it
+    /// wrote is cut back (at once, or by the log's recovery at its next write).
     #[error(
-        "no space left on the device during {op} on {}: nothing was stored (the write was cut back). Free space (Truncate old records, DeleteTopic, lower retention, or grow the disk) and retry: writes resume by themselves. ({source})",
+        "no space left on the device during {op} on {}: nothing of this write is kept (the log cuts back to its last durable record) and nothing acknowledged is lost. Free space (Truncate old records, DeleteTopic, lower retention, or grow the disk) and retry: writes resume by themselves. ({source})",
         path.display()
     )]
     OutOfSpace {
