@@ -196,18 +196,24 @@ impl Index {
     }
 
     /// Makes sure blocks back the first `entries` slots, so that writing them through the map
-    /// cannot fault on a full disk; allocates up to [`RESERVE_BYTES`] beyond, within the file.
-    /// An error (`ENOSPC`) changes nothing. A file system without `fallocate` is left sparse.
-    pub fn reserve(&mut self, entries: usize) -> io::Result<()> {
+    /// cannot fault on a full disk; with `ahead`, allocates up to [`RESERVE_BYTES`] beyond,
+    /// within the file (the append path), without it exactly those slots (recovery, which
+    /// must still open a log on a full disk: slots already written need no new block). An
+    /// error (`ENOSPC`) changes nothing. A file system without `fallocate` is left sparse.
+    pub fn reserve(&mut self, entries: usize, ahead: bool) -> io::Result<()> {
         let needed = (entries.min(self.capacity_entries) * ENTRY_LEN) as u64;
         if needed <= self.allocated_bytes {
             return Ok(());
         }
         let file_len = (self.capacity_entries * ENTRY_LEN) as u64;
-        let end = needed
-            .next_multiple_of(RESERVE_BYTES)
-            .max(self.allocated_bytes + RESERVE_BYTES)
-            .min(file_len);
+        let end = if ahead {
+            needed
+                .next_multiple_of(RESERVE_BYTES)
+                .max(self.allocated_bytes + RESERVE_BYTES)
+                .min(file_len)
+        } else {
+            needed
+        };
         let from = self.allocated_bytes;
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on a descriptor this index owns; mode 0 only allocates

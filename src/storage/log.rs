@@ -1291,9 +1291,18 @@ impl<E: Engine> Log<E> {
             Ok(())
         };
         let mut first_error = synced.err();
+        let out_of_space = self.poisoned_by.is_some_and(|p| p.out_of_space);
         while let Some(segment) = self.segments.pop_front() {
-            if let Err(e) = segment.close().await {
-                first_error.get_or_insert(e);
+            match segment.close().await {
+                Ok(()) => {}
+                // The active file's engine still holds the full disk's failure; nothing
+                // acknowledged is above the durable end, which the next open recovers to.
+                Err(e) if out_of_space => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "closing a log that ran out of space");
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)

@@ -202,7 +202,7 @@ async fn append_to_index<E: Engine>(
     if needed > index_bytes_max {
         index.grow(engine, needed).await?;
     }
-    index.reserve(index.len() + entries.len())?;
+    index.reserve(index.len() + entries.len(), false)?;
     for entry in entries {
         index.push(*entry).expect("index grown to fit the scan");
     }
@@ -546,7 +546,7 @@ impl<E: Engine> Segment<E> {
         // append here, with nothing written.
         files
             .index
-            .reserve(files.index.len() + 1)
+            .reserve(files.index.len() + 1, true)
             .map_err(io_err("allocate index", &self.index_path))?;
         if files.index.push(entry) == Err(IndexFull) {
             panic!(
