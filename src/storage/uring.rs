@@ -351,8 +351,22 @@ async fn probe_poll_support(dir: &Path) -> io::Result<()> {
         }
         Err(err) => return Err(context(err)),
     };
-    scratch.write_all(&[0; PROBE_BYTES]).map_err(context)?;
-    let dma = DmaFile::open(format!("/proc/self/fd/{}", scratch.as_raw_fd()))
+    let probed = match scratch.write_all(&[0; PROBE_BYTES]) {
+        Ok(()) => format!("/proc/self/fd/{}", scratch.as_raw_fd()),
+        // A full disk has no room for the probe's block; a file already there has one (a
+        // server restarted on a full disk must still start, to serve and to free space).
+        Err(err) if super::space::is_out_of_space(&err) => match existing_probe_file(dir) {
+            Some(path) => path.display().to_string(),
+            None => {
+                if let Some(path) = &named {
+                    std::fs::remove_file(path).ok();
+                }
+                return Err(context(err));
+            }
+        },
+        Err(err) => return Err(context(err)),
+    };
+    let dma = DmaFile::open(probed)
         .await
         .map_err(|err| context(err.into()))?;
     let read = dma.read_at(0, PROBE_BYTES).await.map(|bytes| bytes.len());
@@ -373,6 +387,30 @@ async fn probe_poll_support(dir: &Path) -> io::Result<()> {
     closed.map_err(|err| context(err.into()))?;
     PROBED_DEVICES.with_borrow_mut(|probed| probed.insert(device));
     Ok(())
+}
+
+/// A file of at least `PROBE_BYTES` under `dir` (a store file of a partition already there),
+/// for the read probe on a full disk; at most four directory levels deep.
+fn existing_probe_file(dir: &Path) -> Option<PathBuf> {
+    let mut dirs = vec![(dir.to_path_buf(), 0)];
+    while let Some((current, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // `DirEntry::metadata` does not follow symbolic links.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_file() && meta.len() >= PROBE_BYTES as u64 {
+                return Some(entry.path());
+            }
+            if meta.is_dir() && depth < 4 {
+                dirs.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    None
 }
 
 /// One store file on the io_uring engine. See the module docs for the write-behind scheme.
