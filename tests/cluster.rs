@@ -4,6 +4,8 @@
 //! deadline derived from the election timings below, never a fixed sleep.
 
 mod common;
+#[path = "common/small_mount.rs"]
+mod small_mount;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -82,11 +84,11 @@ fn node_config(dir: &Path, id: u32, addrs: &[(u32, String)]) -> Config {
 
 impl TestCluster {
     async fn start(n: u32) -> TestCluster {
-        Self::start_with(n, |_| {}).await
+        TestCluster::start_with(n, |_, _| {}).await
     }
 
-    /// [`TestCluster::start`] with `tweak` applied to every node's config.
-    async fn start_with(n: u32, tweak: impl Fn(&mut Config)) -> TestCluster {
+    /// A cluster of `n` nodes whose configs `tune(id, config)` changed first.
+    async fn start_with(n: u32, tune: impl Fn(u32, &mut Config)) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let addrs: Vec<(u32, String)> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
@@ -100,7 +102,7 @@ impl TestCluster {
             nodes: (1..=n)
                 .map(|id| {
                     let mut config = node_config(dir.path(), id, &addrs);
-                    tweak(&mut config);
+                    tune(id, &mut config);
                     Node {
                         id,
                         config,
@@ -1136,7 +1138,7 @@ async fn cluster_hwm(cluster: &TestCluster) -> u64 {
 async fn a_node_dead_past_replace_after_has_its_replicas_recreated_elsewhere() {
     const DEAD_AFTER_MS: u64 = 2_000;
     const REPLACE_AFTER_MS: u64 = 3_000;
-    let mut cluster = TestCluster::start_with(4, |config| {
+    let mut cluster = TestCluster::start_with(4, |_, config| {
         config.cluster.gossip_interval_ms = 200;
         config.cluster.failure_detector_dead_after_ms = DEAD_AFTER_MS;
         config.cluster.replace_after_ms = REPLACE_AFTER_MS;
@@ -1191,6 +1193,86 @@ async fn a_node_dead_past_replace_after_has_its_replicas_recreated_elsewhere() {
             cluster.read_all(id, "orders", end).await,
             expected,
             "node {id}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// A follower whose disk fills up (node 3, its data dir on a small mount with ballast beside
+/// it) refuses replicated entries below half of `storage.disk_free_bytes_min`, before its
+/// group sees them: the other two keep committing, and the follower neither crashes, nor
+/// meets ENOSPC, nor stops its group. Once the ballast is deleted it catches up by itself,
+/// byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_refuses_entries_and_catches_up_when_space_returns() {
+    const FLOOR_BYTES: u64 = 4 << 20;
+    let mount = match small_mount::SmallMount::new() {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    eprintln!("node 3's data dir on {}", mount.kind);
+    let free = |dir: &Path| walrs::storage::free_bytes(dir).unwrap().unwrap();
+    // Ballast (real blocks, not a sparse file) leaves node 3 about 12 MiB.
+    let ballast = mount.mountpoint.join("ballast");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![0x5a_u8; 1 << 20];
+        for _ in 0..(free(&mount.mountpoint) >> 20).saturating_sub(12) {
+            file.write_all(&chunk).unwrap();
+        }
+        file.sync_all().unwrap();
+    }
+    let node3_dir = mount.mountpoint.join("node-3");
+    let mut cluster = TestCluster::start_with(3, |id, config| {
+        config.storage.disk_free_bytes_min = FLOOR_BYTES;
+        config.storage.disk_check_interval_ms = 50;
+        if id == 3 {
+            config.data_dir = node3_dir.clone();
+        }
+    })
+    .await;
+    cluster.create_replicated(1, "fill").await.unwrap();
+    if cluster.leader("fill", 0).await == 3 {
+        // Node 3 must follow: its leadership moves while it is down.
+        cluster.stop(3).await;
+        cluster.leader("fill", 0).await;
+        cluster.restart(3).await;
+    }
+    assert_ne!(cluster.leader("fill", 0).await, 3);
+
+    // 16 MiB of records: more than node 3 has room for; nodes 1 and 2 commit them all.
+    let values: Vec<String> = (0..320)
+        .map(|i| format!("{i:05}-{}", "x".repeat(50 * 1024)))
+        .collect();
+    let mut end_offset = 0;
+    for value in &values {
+        let ack = cluster.append("fill", std::slice::from_ref(value)).await;
+        end_offset = ack.base_offset + 1;
+    }
+    let lagging = cluster
+        .client(3, "root")
+        .await
+        .describe_topic("fill")
+        .await
+        .unwrap()
+        .partitions[0]
+        .high_watermark;
+    let left = free(&mount.mountpoint);
+    eprintln!("node 3 at {lagging} of {end_offset} with {left} bytes free");
+    assert!(lagging < end_offset, "node 3 cannot hold it all");
+    assert!(
+        left >= FLOOR_BYTES / 4,
+        "node 3 kept only {left} bytes free"
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    let served = cluster.read_all(3, "fill", end_offset).await;
+    assert_eq!(served.len(), values.len());
+    for (served, value) in served.iter().zip(&values) {
+        assert!(
+            served[..] == *value.as_bytes(),
+            "node 3 serves another value"
         );
     }
     cluster.shutdown().await;

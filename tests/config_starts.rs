@@ -150,6 +150,16 @@ fn cases(dir: &Path) -> Vec<Case> {
         "storage.retention_ms",
         vec![int(0), int(100 * 365 * DAY_MS)],
     ));
+    // The floor's greatest value (1 TiB) would refuse the case's append on any disk but a
+    // huge one: a 1 MiB floor stands for "a floor", 0 for none.
+    cases.extend(single(
+        "storage.disk_free_bytes_min",
+        vec![int(0), int(MIB)],
+    ));
+    cases.extend(single(
+        "storage.disk_check_interval_ms",
+        vec![int(1), int(60_000)],
+    ));
     cases.extend(single(
         "storage.slow_fsync_ms",
         vec![int(0), int(3_600_000)],

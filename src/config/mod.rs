@@ -229,6 +229,7 @@ impl Config {
             shard_count: s.shard_count() as usize,
             log: s.log_limits(),
             producers: s.producer_limits(),
+            space: s.space_limits(),
             durability: s.durability,
             flush_interval_ms: s.flush_interval_ms,
             flush_delay_us: s.flush_delay_us,

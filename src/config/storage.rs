@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::shard::{self, ProducerLimits, ShardOptions};
-use crate::storage::LogLimits;
+use crate::storage::{LogLimits, SpaceLimits};
 
 pub use crate::shard::{Durability, EngineChoice, UringWrite};
 
@@ -53,6 +53,11 @@ pub struct StorageConfig {
     pub index_bytes_max: u64,
     /// Per-partition retention by size; 0 = unlimited.
     pub retention_bytes: u64,
+    /// Appends are refused (RESOURCE_EXHAUSTED) once free space under `data_dir` would fall
+    /// below this; 0 = no floor.
+    pub disk_free_bytes_min: u64,
+    /// How often each shard reads the free space (statvfs) while it appends.
+    pub disk_check_interval_ms: u64,
     /// Retention by age; 0 = unlimited.
     pub retention_ms: u64,
     /// Log a warning when one fdatasync takes longer; 0 = never.
@@ -71,6 +76,7 @@ impl Default for StorageConfig {
         let shard = ShardOptions::new("");
         let log = shard.log;
         let producers = shard.producers;
+        let space = shard.space;
         StorageConfig {
             engine: shard.engine,
             uring_write: shard.uring_write,
@@ -92,6 +98,8 @@ impl Default for StorageConfig {
             index_bytes_max: log.index_bytes_max,
             retention_bytes: log.retention_bytes,
             retention_ms: log.retention_ms,
+            disk_free_bytes_min: space.disk_free_bytes_min,
+            disk_check_interval_ms: space.disk_check_interval_ms,
             slow_fsync_ms: shard.slow_fsync_ms,
             producer_id_expiry_ms: producers.producer_id_expiry_ms,
             producers_per_partition_max: producers.producers_per_partition_max,
@@ -120,6 +128,14 @@ impl StorageConfig {
             index_bytes_max: self.index_bytes_max,
             retention_bytes: self.retention_bytes,
             retention_ms: self.retention_ms,
+        }
+    }
+
+    /// The free-space floor and its check's cadence.
+    pub fn space_limits(&self) -> SpaceLimits {
+        SpaceLimits {
+            disk_free_bytes_min: self.disk_free_bytes_min,
+            disk_check_interval_ms: self.disk_check_interval_ms,
         }
     }
 

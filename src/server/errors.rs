@@ -171,6 +171,9 @@ fn shard_code(err: &shard::Error) -> Code {
         E::ProducersNotReady { .. } => Code::Unavailable,
         E::Sequence { .. } => Code::FailedPrecondition,
         // The server's own state, not the request: the message and the server log say more.
+        // Topic metadata that could not be written for want of space (a CreateTopic, an
+        // auto-creation on a full disk): nothing was created.
+        E::Metadata { source, .. } if storage::is_out_of_space(source) => Code::ResourceExhausted,
         E::InvalidOptions(_)
         | E::Metadata { .. }
         | E::MetadataCorrupt { .. }
@@ -190,6 +193,11 @@ fn storage_code(err: &storage::Error) -> Code {
         }
         // The partition refuses writes until a restart recovers it: retry elsewhere/later.
         E::Poisoned { .. } => Code::Unavailable,
+        // A full disk: nothing was written; the message says how to free space, and writes
+        // resume by themselves once it is back.
+        E::DiskFull { .. } | E::OutOfSpace { .. } | E::OutOfSpacePending { .. } => {
+            Code::ResourceExhausted
+        }
         E::Corrupt { .. } | E::BadStateFile { .. } => Code::DataLoss,
         // Follower-path refusals (replication's, never a client's).
         E::BadBatch { .. } => Code::InvalidArgument,

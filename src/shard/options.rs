@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::producers::ProducerLimits;
-use crate::storage::{InvalidLimit, LimitName, LogLimits, check_range};
+use crate::storage::{InvalidLimit, LimitName, LogLimits, SpaceLimits, check_range};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -85,6 +85,8 @@ pub struct ShardOptions {
     pub log: LogLimits,
     /// Limits of every partition's idempotent-producer table.
     pub producers: ProducerLimits,
+    /// The free-space floor under `data_dir` and how often it is checked.
+    pub space: SpaceLimits,
     pub durability: Durability,
     /// Period of the background `fdatasync` under [`Durability::Interval`]; unused otherwise.
     pub flush_interval_ms: u64,
@@ -138,6 +140,7 @@ impl ShardOptions {
             shard_count: default_shard_count(),
             log: LogLimits::default(),
             producers: ProducerLimits::default(),
+            space: SpaceLimits::default(),
             durability: Durability::Fsync,
             flush_interval_ms: 100,
             flush_delay_us: 0,
@@ -178,6 +181,7 @@ impl ShardOptions {
             .validate_as(&|field| key(&format!("log.{field}")))?;
         self.producers
             .validate_as(&|field| key(&format!("producers.{field}")))?;
+        self.space.validate_as(key)?;
         let batch_bytes_max = self.log.batch_bytes_max;
         let batch_key = key("log.batch_bytes_max");
         let interval_min = u64::from(self.durability == Durability::Interval);
@@ -302,6 +306,10 @@ mod tests {
             "flush_interval_ms"
         );
         assert_eq!(refused(&|o| o.queue_depth_max = 0), "queue_depth_max");
+        assert_eq!(
+            refused(&|o| o.space.disk_check_interval_ms = 0),
+            "disk_check_interval_ms"
+        );
         assert_eq!(
             refused(&|o| o.spin_before_park_us = SPIN_BEFORE_PARK_US_MAX + 1),
             "spin_before_park_us"

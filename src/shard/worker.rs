@@ -46,7 +46,9 @@ use crate::proto::v1 as pb;
 use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
 use crate::raft::types::Proposal;
-use crate::storage::{self, AppliedMark, CheckedBatch, Engine, Log, ProducerStamp, Record, now_ms};
+use crate::storage::{
+    self, AppliedMark, CheckedBatch, DiskSpace, Engine, Log, ProducerStamp, Record, now_ms,
+};
 use openraft::rt::AsyncRuntime;
 use openraft::storage::IOFlushed;
 
@@ -242,6 +244,10 @@ struct Shard<E: Engine, RT: AsyncRuntime> {
     /// How many times each peer's link had changed at the last quiet look (see
     /// [`Shard::quiet_tick`]).
     link_changes: HashMap<u64, u64>,
+    /// Free space under the data dir: client appends are refused below the floor before
+    /// anything is written, followers refuse replication below half of it (see
+    /// `storage::DiskSpace`).
+    space: DiskSpace,
 }
 
 /// Runs a shard until `Shutdown` (or until every sender is dropped).
@@ -260,6 +266,7 @@ where
         raft,
     } = ctx;
     let metrics = ShardMetrics::new(id, options.slow_fsync_ms);
+    let space = DiskSpace::new(options.data_dir.clone(), options.space);
     let (local, local_rx) = flume::unbounded();
     let mut shard = Shard {
         id,
@@ -271,6 +278,7 @@ where
         raft,
         local,
         link_changes: HashMap::new(),
+        space,
     };
     let opened = shard.open(initial).await;
     let failed = opened.is_err();
@@ -708,6 +716,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     ) {
         let key: Key = (Arc::from(envelope.topic.as_str()), envelope.partition);
         let reason = match self.partitions.get(&key).map(|p| &p.replication) {
+            Some(Replication::Running(_)) if self.refuses_replication(&envelope) => {
+                "this replica's disk is full (below half of storage.disk_free_bytes_min); it catches up once space is freed"
+            }
             Some(Replication::Running(group)) => return group.deliver(envelope, reply),
             None => "no replica of this partition here",
             Some(Replication::Starting) => "the replica is starting",
@@ -718,6 +729,31 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .is_err()
         {
             tracing::trace!("transport left before the refusal");
+        }
+    }
+
+    /// A follower refuses entries it has no room for before its group sees them: a write
+    /// that failed in the group's storage would stop the group until a restart, a refusal
+    /// only makes the leader retry later (the peer looks unreachable), and the follower
+    /// catches up once space is back. Heartbeats (no entries) always pass.
+    fn refuses_replication(&self, envelope: &pb::RaftEnvelope) -> bool {
+        let Some(pb::raft_envelope::Body::Append(request)) = &envelope.body else {
+            return false;
+        };
+        if request.entries.is_empty() {
+            return false;
+        }
+        let bytes: usize = request
+            .entries
+            .iter()
+            .map(prost::Message::encoded_len)
+            .sum();
+        match self.space.check_replica(bytes as u64) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::debug!(shard = self.id, topic = %envelope.topic, partition = envelope.partition, error = %e, "refusing replicated entries");
+                true
+            }
         }
     }
 
@@ -746,6 +782,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 }
                 Err(e) => return send(reply, Err(e)),
             }
+        }
+        // The free-space floor, before anything is written or proposed.
+        if let Err(e) = self.space.check_append(batch.batch_bytes() as u64) {
+            if let Some(stamp) = stamp {
+                p.producers.abandon(stamp.producer_id, stamp.sequence);
+            }
+            return send(reply, Err(Error::storage(&key.0, key.1, e)));
         }
         if let Some(group) = leading {
             let stats = self.stats.clone();
@@ -825,6 +868,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             let outcome = self.commit_partition(&key, records).await;
             outcomes.insert(key, outcome);
         }
+        for (key, outcome) in &outcomes {
+            if let (Err(_), Some(p)) = (&outcome.result, self.partitions.get_mut(key))
+                && p.is_solo()
+            {
+                // The appends this failure fails are not in the log for good: a full disk is
+                // healed by cutting back to this mark, any other failure by a restart that
+                // rebuilds the table from the log. A producer's retry of one of them must be
+                // written again, not answered as a duplicate.
+                let kept = p.log.durable_end().max(p.log.high_watermark());
+                p.producers.forget_from(kept);
+            }
+        }
         ShardStats::add(&self.stats.flushes, 1);
         self.stats
             .fsyncs
@@ -861,14 +916,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .expect("a partition with pending appends is open (closes flush first)");
         // What is committed: what a sync (or a roll inside the group) made durable, whatever
         // failed after it; under relaxed durability, everything appended.
-        let (outcome, committed): (_, fn(&Log<E>) -> u64) = match p.log.poisoned_by() {
-            Some(op) => (
-                Err(storage::Error::Poisoned {
-                    dir: p.log.dir().to_owned(),
-                    op,
-                }),
-                Log::durable_end,
-            ),
+        let (outcome, committed): (_, fn(&Log<E>) -> u64) = match p.log.poison_error() {
+            Some(poisoned) => (Err(poisoned), Log::durable_end),
             None => match self.options.durability {
                 Durability::Fsync => {
                     let started = Instant::now();
@@ -1035,6 +1084,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     }
 
     async fn serve_admin(&mut self, cmd: Command) {
+        // Truncations and deletions free space: the floor reads the file system again at its
+        // next check, so that appends resume at once.
+        self.space.freed();
         match cmd {
             Command::Truncate {
                 topic,
@@ -1430,17 +1482,25 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// Rolls aged segments and applies retention on every healthy log.
     async fn maintain(&mut self) {
         let now = now_ms();
+        // Retention below, and whatever else freed space since: the floor reads the file
+        // system again at its next check.
+        self.space.freed();
         for ((topic, partition), p) in &mut self.partitions {
             let expired = p.producers.expire(now);
             if expired > 0 {
                 tracing::debug!(topic = %topic, partition, expired, "idle producers forgotten");
             }
-            if p.log.poisoned_by().is_some() {
-                continue;
-            }
-            if let Err(e) = p.log.roll_if_aged(now).await {
-                tracing::error!(topic = %topic, partition, error = %e, "rolling an aged segment");
-                continue;
+            // A log poisoned for good is left alone; one that ran out of space still applies
+            // retention (that is how space comes back), but does not roll.
+            match p.log.poison_error() {
+                Some(storage::Error::Poisoned { .. }) => continue,
+                Some(_) => {}
+                None => {
+                    if let Err(e) = p.log.roll_if_aged(now).await {
+                        tracing::error!(topic = %topic, partition, error = %e, "rolling an aged segment");
+                        continue;
+                    }
+                }
             }
             if let Replication::Running(group) = &p.replication {
                 crate::observability::partition_replication(

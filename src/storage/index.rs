@@ -20,6 +20,12 @@
 //! larger `offset_delta`. Loading stops at the first entry that breaks them, so stale slots
 //! after a truncation or a torn page never extend the index. An active segment's file is
 //! preallocated to its capacity (sparse); a sealed one is trimmed to its entries.
+//!
+//! A sparse mapped file must never be written where no block backs it on a full disk: the
+//! page fault would find no space and the kernel would kill the process with `SIGBUS`. So
+//! blocks are allocated (`fallocate`) ahead of the entries, [`RESERVE_BYTES`] at a time, and
+//! an allocation that fails refuses the append before anything is written
+//! ([`Index::reserve`]).
 
 use std::fs::File;
 use std::io;
@@ -36,6 +42,9 @@ const POSITION_AT: usize = OFFSET_DELTA_AT + 4;
 const BATCH_LEN_AT: usize = POSITION_AT + 4;
 const CHECK_AT: usize = BATCH_LEN_AT + 4;
 const _: () = assert!(CHECK_AT + 4 == ENTRY_LEN);
+/// Index bytes allocated ahead of the entries at a time: one `fallocate` per 4096 batches.
+pub const RESERVE_BYTES: u64 = 64 << 10;
+const _: () = assert!(RESERVE_BYTES.is_multiple_of(ENTRY_LEN as u64));
 
 /// One batch's place in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +72,8 @@ pub struct Index {
     base_offset: u64,
     entries: usize,
     capacity_entries: usize,
+    /// The file's first bytes known to be backed by allocated blocks ([`Index::reserve`]).
+    allocated_bytes: u64,
 }
 
 impl Index {
@@ -90,6 +101,7 @@ impl Index {
             base_offset,
             entries: 0,
             capacity_entries: (file_len / ENTRY_LEN as u64) as usize,
+            allocated_bytes: 0,
         };
         index.map()?;
         index.entries = index.count_valid_prefix();
@@ -183,6 +195,52 @@ impl Index {
         low.checked_sub(1)
     }
 
+    /// Makes sure blocks back the first `entries` slots, so that writing them through the map
+    /// cannot fault on a full disk; with `ahead`, allocates up to [`RESERVE_BYTES`] beyond,
+    /// within the file (the append path), without it exactly those slots (recovery, which
+    /// must still open a log on a full disk: slots already written need no new block). An
+    /// error (`ENOSPC`) changes nothing. A file system without `fallocate` is left sparse.
+    pub fn reserve(&mut self, entries: usize, ahead: bool) -> io::Result<()> {
+        let needed = (entries.min(self.capacity_entries) * ENTRY_LEN) as u64;
+        if needed <= self.allocated_bytes {
+            return Ok(());
+        }
+        let file_len = (self.capacity_entries * ENTRY_LEN) as u64;
+        let end = if ahead {
+            needed
+                .next_multiple_of(RESERVE_BYTES)
+                .max(self.allocated_bytes + RESERVE_BYTES)
+                .min(file_len)
+        } else {
+            needed
+        };
+        let from = self.allocated_bytes;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a descriptor this index owns; mode 0 only allocates
+        // blocks inside the file's size (it never changes the size or the bytes).
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                from as libc::off_t,
+                (end - from) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) => {
+                    // Nothing to reserve with: sparse it stays, as before.
+                    self.allocated_bytes = file_len;
+                    return Ok(());
+                }
+                _ => return Err(e),
+            }
+        }
+        self.allocated_bytes = end;
+        Ok(())
+    }
+
     /// Appends an entry for the batch that follows the last one.
     pub fn push(&mut self, entry: Entry) -> Result<(), IndexFull> {
         if self.is_full() {
@@ -240,6 +298,8 @@ impl Index {
                 .set_mapped_len(&self.file, &self.path, wanted * ENTRY_LEN as u64)
                 .await?;
             self.capacity_entries = wanted as usize;
+            // Blocks past the old size were cut off by a seal; they are allocated again.
+            self.allocated_bytes = self.allocated_bytes.min((self.entries * ENTRY_LEN) as u64);
             self.map()?;
         }
         Ok(())
@@ -253,6 +313,7 @@ impl Index {
             .set_mapped_len(&self.file, &self.path, (self.entries * ENTRY_LEN) as u64)
             .await?;
         self.capacity_entries = self.entries;
+        self.allocated_bytes = self.allocated_bytes.min((self.entries * ENTRY_LEN) as u64);
         self.map()
     }
 

@@ -19,7 +19,15 @@
 //! previous one's next offset, and only the last (active) segment is ever written. Leader
 //! epochs and their start offsets strictly increase, and every start offset is below the end.
 //! After a failed write or sync the log is poisoned: every later write fails until a reopen
-//! recovers it.
+//! recovers it. One failure is the exception: a full disk (`ENOSPC`, `EDQUOT`, a short
+//! write). Its poison heals by itself: the next write first reopens the active segment from
+//! disk (the recovery of `open`: torn tail cut, index repaired) and cuts it back to what was
+//! durable or committed before the failure, then goes on. That is safe because nothing above
+//! that mark was acknowledged (under fsync durability an append is acknowledged only below
+//! the durable end; under relaxed durability, below the commit mark, which is kept when the
+//! disk still holds it), and because the cut and its sync need no free space. Any other
+//! failure (`EIO`, a failed cut) keeps the poison until a restart: the state on disk is then
+//! unknown.
 //!
 //! Files in a partition directory: the segments (see `segment`); `start_offset`, the log
 //! start offset as decimal text; `leader_epochs`, the epoch → start-offset map (Kafka's
@@ -108,6 +116,14 @@ pub struct EntryMeta {
     pub control: bool,
 }
 
+/// Why a log refuses writes after a failed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Poison {
+    op: &'static str,
+    /// The failure was a full disk: the next write tries to recover (see the module docs).
+    out_of_space: bool,
+}
+
 /// One partition's log.
 pub struct Log<E: Engine> {
     engine: E,
@@ -124,7 +140,7 @@ pub struct Log<E: Engine> {
     /// The newest batches as stored, for [`Log::read_raw`]; `None` = off (see
     /// [`Log::keep_tail`]).
     tail: Option<TailCache>,
-    poisoned_by: Option<&'static str>,
+    poisoned_by: Option<Poison>,
 }
 
 impl<E: Engine> Log<E> {
@@ -258,7 +274,20 @@ impl<E: Engine> Log<E> {
     }
     /// Why writes fail, when a failed write or sync has poisoned the log.
     pub fn poisoned_by(&self) -> Option<&'static str> {
-        self.poisoned_by
+        self.poisoned_by.map(|p| p.op)
+    }
+
+    /// The error a write gets while the log is poisoned, `None` when it is not: a full disk
+    /// the next write will try to recover from, or a failure only a restart recovers.
+    pub fn poison_error(&self) -> Option<Error> {
+        self.poisoned_by.map(|poison| {
+            let (dir, op) = (self.dir.clone(), poison.op);
+            if poison.out_of_space {
+                Error::OutOfSpacePending { dir, op }
+            } else {
+                Error::Poisoned { dir, op }
+            }
+        })
     }
 
     fn active(&self) -> &Segment<E> {
@@ -285,23 +314,117 @@ impl<E: Engine> Log<E> {
         Ok(end)
     }
 
-    fn check_writable(&self) -> Result<()> {
-        match self.poisoned_by {
-            Some(op) => Err(Error::Poisoned {
-                dir: self.dir.clone(),
-                op,
-            }),
-            None => Ok(()),
+    /// Refuses a write while the log is poisoned; a full disk's poison is first given a
+    /// chance to heal ([`Log::recover_from_full_disk`]).
+    async fn check_writable(&mut self) -> Result<()> {
+        let Some(poison) = self.poisoned_by else {
+            return Ok(());
+        };
+        if poison.out_of_space {
+            match self.recover_from_full_disk().await {
+                Ok(()) => {
+                    tracing::info!(dir = %self.dir.display(), end_offset = self.end_offset(), "partition log recovered from a full disk; writes resume");
+                    self.poisoned_by = None;
+                    return Ok(());
+                }
+                Err(e) if e.is_out_of_space() => {
+                    tracing::debug!(dir = %self.dir.display(), error = %e, "still no space to recover the partition log");
+                }
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "recovering from a full disk failed; the partition log stays poisoned until a restart");
+                    self.poisoned_by = Some(Poison {
+                        op: "recovery from a full disk",
+                        out_of_space: false,
+                    });
+                }
+            }
         }
+        Err(self.poison_error().expect("poisoned"))
     }
 
-    /// Records the first failed write: the on-disk state is unknown from here on.
+    /// Records the first failed write: the on-disk state is unknown from here on, unless the
+    /// failure was a full disk (then the next write recovers, see the module docs).
     fn poison<T>(&mut self, op: &'static str, result: Result<T>) -> Result<T> {
         if let Err(e) = &result {
-            tracing::error!(dir = %self.dir.display(), op, error = %e, "partition log poisoned");
-            self.poisoned_by.get_or_insert(op);
+            let out_of_space = e.is_out_of_space();
+            if out_of_space {
+                tracing::warn!(dir = %self.dir.display(), op, error = %e, "partition log ran out of disk space; writes are refused until it recovers");
+            } else {
+                tracing::error!(dir = %self.dir.display(), op, error = %e, "partition log poisoned");
+            }
+            self.poisoned_by.get_or_insert(Poison { op, out_of_space });
         }
         result
+    }
+
+    /// Heals a full disk's poison: reopens the active segment from disk as `open` does (torn
+    /// tail cut, index repaired, synced) and cuts it back to the durable end, or to the
+    /// commit mark where that is higher (relaxed durability acknowledges below it).
+    ///
+    /// # Correctness
+    /// Nothing above the durable end or the commit mark was acknowledged, so the cut loses
+    /// nothing a client was told is stored. The durable end must still be on disk (it was
+    /// synced); if it is not, the error is not an out-of-space one and the log stays
+    /// poisoned. A commit mark the disk no longer holds (relaxed durability, a write-behind
+    /// that failed) is lowered, as a crash would, with a warning.
+    async fn recover_from_full_disk(&mut self) -> Result<()> {
+        let keep = self.durable_end.max(self.commit);
+        let engine = self.engine.clone();
+        let index_bytes_max = self.config.index_bytes_max;
+        let active = self.active_mut();
+        let (base, end_before) = (active.base_offset(), active.next_offset());
+        // The file may be poisoned in its engine; its descriptor is released either way.
+        if let Err(e) = active.close_files().await {
+            tracing::debug!(error = %e, "closing the active segment after a full disk");
+        }
+        if end_before > base {
+            // A roll that failed part-way may have left the next segment's files.
+            for name in [
+                segment::store_file_name(end_before),
+                segment::index_file_name(end_before),
+            ] {
+                let path = self.dir.join(name);
+                engine
+                    .remove_if_exists(&path)
+                    .await
+                    .map_err(io_err("remove a half-created segment", &path))?;
+            }
+        }
+        let (mut recovered, _) =
+            Segment::recover(&engine, &self.dir, base, index_bytes_max, now_ms()).await?;
+        if recovered.next_offset() < self.durable_end {
+            return Err(Error::Io {
+                op: "recovery from a full disk",
+                path: recovered.store_path().to_owned(),
+                source: std::io::Error::other(format!(
+                    "the segment ends at offset {} on disk, below the durable end {}",
+                    recovered.next_offset(),
+                    self.durable_end
+                )),
+            });
+        }
+        if recovered.next_offset() > keep {
+            recovered
+                .truncate_from(&engine, keep, index_bytes_max)
+                .await?;
+        }
+        *self.active_mut() = recovered;
+        let end = self.end_offset();
+        if self.commit > end {
+            tracing::warn!(dir = %self.dir.display(), commit = self.commit, end, "records acknowledged without a sync (relaxed durability) were lost to the full disk");
+            self.commit = end;
+        }
+        self.durable_end = end;
+        if let Some(tail) = self.tail.as_mut() {
+            tail.truncate_from(end);
+        }
+        let before = self.epochs.len();
+        self.epochs.retain(|e| e.start_offset < end);
+        if self.epochs.len() != before {
+            self.persist_epochs().await?;
+        }
+        self.check_invariants();
+        Ok(())
     }
 
     /// Sets the commit mark, which bounds reads. The caller decides what is committed: the
@@ -523,7 +646,7 @@ impl<E: Engine> Log<E> {
         records: &[Record],
         batch_bytes: usize,
     ) -> Result<u64> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let term = meta.leader_epoch;
         self.check_term(term)?;
         let base_offset = self.end_offset();
@@ -566,7 +689,7 @@ impl<E: Engine> Log<E> {
     /// # Correctness
     /// As for [`Log::append_in_term`].
     pub async fn append_encoded(&mut self, bytes: &[u8]) -> Result<u64> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let batch = VerifiedBatch::new(Bytes::copy_from_slice(bytes))
             .map_err(|source| Error::BadBatch { source })?;
         self.append_verified(&batch).await
@@ -578,7 +701,7 @@ impl<E: Engine> Log<E> {
     /// # Correctness
     /// As for [`Log::append_in_term`].
     pub async fn append_verified(&mut self, batch: &VerifiedBatch) -> Result<u64> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let (header, bytes) = (&batch.header, &batch.bytes[..]);
         if u64::from(header.batch_len) > self.config.batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -728,7 +851,7 @@ impl<E: Engine> Log<E> {
     /// Durable before this returns `Ok` (a Raft node must not answer a vote request before
     /// its vote survives a crash). After an error the file holds the old vote or the new one.
     pub async fn save_vote(&mut self, vote: &Vote) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let bytes = state::encode_vote(vote);
         replace_state(
             &self.engine,
@@ -753,7 +876,7 @@ impl<E: Engine> Log<E> {
 
     /// Replaces the mark `file` holds, atomically and durably.
     pub async fn save_mark(&mut self, file: MarkFile, mark: &AppliedMark) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let bytes = state::encode_applied(mark);
         replace_state(
             &self.engine,
@@ -775,7 +898,7 @@ impl<E: Engine> Log<E> {
     /// reads refuse; the consensus layer saved its snapshot mark before calling this, and
     /// installs the snapshot again if it is asked to.
     pub async fn reset_to(&mut self, offset: u64) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable().await?;
         self.move_start(offset).await?;
         if let Some(tail) = self.tail.as_mut() {
             tail.clear();
@@ -829,7 +952,7 @@ impl<E: Engine> Log<E> {
     /// Everything appended so far is durable on return (the seal syncs it): the durable end
     /// moves to the end. The commit mark does not move.
     pub async fn roll(&mut self) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable().await?;
         if self.active().size_bytes() == 0 {
             return Ok(());
         }
@@ -867,7 +990,7 @@ impl<E: Engine> Log<E> {
     /// # Correctness
     /// Durable on return. A failure poisons the log (never retried).
     pub async fn sync(&mut self) -> Result<u64> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let end = self.end_offset();
         let synced = self.active_mut().sync().await;
         self.poison("sync", synced)?;
@@ -973,7 +1096,7 @@ impl<E: Engine> Log<E> {
     /// The new start offset is durable before any segment is deleted, so a crash in between
     /// leaves a log that starts at `before_offset` either way.
     pub async fn truncate_prefix(&mut self, before_offset: u64) -> Result<()> {
-        self.check_writable()?;
+        self.check_prefix_writable().await?;
         let end = self.end_offset();
         if before_offset > end {
             return Err(Error::OffsetOutOfRange {
@@ -985,16 +1108,63 @@ impl<E: Engine> Log<E> {
         if before_offset <= self.start_offset {
             return Ok(());
         }
-        self.move_start(before_offset).await?;
-        if let Some(tail) = self.tail.as_mut() {
-            tail.drop_below(before_offset);
+        self.drop_prefix(before_offset).await?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    /// [`Log::check_writable`] for what only drops sealed segments and moves the start
+    /// offset (prefix truncation, retention): a full disk's poison does not stop them, since
+    /// they never touch the active segment and they are how space is freed.
+    async fn check_prefix_writable(&mut self) -> Result<()> {
+        match self.check_writable().await {
+            Err(e) if e.is_out_of_space() => Ok(()),
+            other => other,
         }
-        while self.segments.len() > 1 && self.segments[1].base_offset() <= before_offset {
+    }
+
+    /// Moves the start offset up to `new_start` (durably) and deletes the segments that lie
+    /// wholly below it.
+    ///
+    /// # Correctness
+    /// The new start offset is durable before any segment is deleted, so a crash in between
+    /// leaves a log that starts at `new_start` either way. On a full disk, where the start
+    /// offset's file cannot be written, the segments are deleted first (that frees the space)
+    /// and the start offset is written after: a crash in between leaves a log that starts at
+    /// the first kept segment's base, at or below `new_start` (records not yet dropped,
+    /// never records lost).
+    async fn drop_prefix(&mut self, new_start: u64) -> Result<()> {
+        let mut deferred = None;
+        if new_start > self.start_offset {
+            match write_start_offset(&self.engine, &self.dir, new_start).await {
+                Ok(()) => self.start_offset = new_start,
+                Err(e) if e.is_out_of_space() => {
+                    tracing::warn!(dir = %self.dir.display(), new_start, error = %e, "no space to persist the start offset; deleting segments first");
+                    deferred = Some(e);
+                }
+                Err(e) => return self.poison("persist start offset", Err(e)),
+            }
+        }
+        if let Some(tail) = self.tail.as_mut() {
+            tail.drop_below(new_start);
+        }
+        while self.segments.len() > 1 && self.segments[1].base_offset() <= new_start {
             let oldest = self.segments.pop_front().expect("len > 1");
             let deleted = oldest.delete(&self.engine).await;
             self.poison("delete segment", deleted)?;
+            if deferred.is_some() {
+                // What `open` would find after a crash here.
+                self.start_offset = self.start_offset.max(self.segments[0].base_offset());
+            }
         }
-        self.check_invariants();
+        if let Some(first_error) = deferred {
+            match write_start_offset(&self.engine, &self.dir, new_start).await {
+                Ok(()) => self.start_offset = new_start,
+                // Consistent as it stands (the start is the first kept segment's base); the
+                // caller may retry once more space is free.
+                Err(_) => return Err(first_error),
+            }
+        }
         Ok(())
     }
 
@@ -1016,7 +1186,7 @@ impl<E: Engine> Log<E> {
     /// so a crash part-way leaves a consistent prefix of the old log. The epoch map is cut
     /// after the store (open drops entries past the end, should a crash come between).
     pub async fn truncate_suffix(&mut self, from_offset: u64) -> Result<()> {
-        self.check_writable()?;
+        self.check_writable().await?;
         let end = self.check_in_range(from_offset)?;
         if from_offset == end {
             return Ok(());
@@ -1066,22 +1236,11 @@ impl<E: Engine> Log<E> {
     /// last written more than `retention_ms` before `now_ms`. Never the active segment.
     /// Returns how many segments went.
     pub async fn apply_retention(&mut self, now_ms: i64) -> Result<usize> {
-        self.check_writable()?;
+        self.check_prefix_writable().await?;
         let due = self.retention_due(now_ms);
         for _ in 0..due {
             let new_start = self.segments[1].base_offset().max(self.start_offset);
-            if new_start > self.start_offset {
-                self.move_start(new_start).await?;
-                if let Some(tail) = self.tail.as_mut() {
-                    tail.drop_below(new_start);
-                }
-            }
-            let oldest = self
-                .segments
-                .pop_front()
-                .expect("retention keeps the active segment");
-            let removed = oldest.delete(&self.engine).await;
-            self.poison("delete segment", removed)?;
+            self.drop_prefix(new_start).await?;
         }
         self.check_invariants();
         Ok(due)
@@ -1132,9 +1291,18 @@ impl<E: Engine> Log<E> {
             Ok(())
         };
         let mut first_error = synced.err();
+        let out_of_space = self.poisoned_by.is_some_and(|p| p.out_of_space);
         while let Some(segment) = self.segments.pop_front() {
-            if let Err(e) = segment.close().await {
-                first_error.get_or_insert(e);
+            match segment.close().await {
+                Ok(()) => {}
+                // The active file's engine still holds the full disk's failure; nothing
+                // acknowledged is above the durable end, which the next open recovers to.
+                Err(e) if out_of_space => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "closing a log that ran out of space");
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)

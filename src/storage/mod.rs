@@ -2,7 +2,7 @@
 //!
 //! Owns: the on-disk format (`format`), the offset index (`index`), segments (`segment`), the
 //! partition log (`log`), the small state files beside it (`state`: leader epochs, vote), and
-//! the engines that do the file I/O (`portable`, `uring`, and the fault-injecting `faulty`
+//! the free-space floor (`space`), and the engines that do the file I/O (`portable`, `uring`, and the fault-injecting `faulty`
 //! for crash tests) with their shared std-file helpers (`fsutil`).
 //! Its modules are private: what the shard layer, the tests and the benches use is
 //! re-exported here, so the server cannot reach into the file format.
@@ -19,6 +19,7 @@ mod limits;
 mod log;
 mod portable;
 mod segment;
+mod space;
 mod state;
 mod tail;
 #[cfg(target_os = "linux")]
@@ -37,6 +38,7 @@ pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, ProducerStamp
 pub use log::{EntryMeta, Log, OpenReport, RawBatch, VerifiedBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
+pub use space::{DiskSpace, SpaceLimits, free_bytes, is_out_of_space};
 pub use state::{AppliedMark, EpochStart, MarkFile, StateError, Vote};
 #[cfg(target_os = "linux")]
 pub use uring::{UringEngine, WriteMode as UringWriteMode};

@@ -90,6 +90,25 @@ impl Engine for PortableEngine {
     }
 }
 
+impl PortableFile {
+    /// After a failed append that wrote `written` bytes past the logical end (a full disk
+    /// stops a write part-way), cuts the file back to its logical length, so that no stray
+    /// bytes follow the log; `failure` is returned as it was, or as the cut's own error
+    /// (never retried) when the cut fails too. Nothing is synced: the stray bytes were never
+    /// synced either, and recovery cuts a torn tail anyway.
+    fn cut_back(&mut self, written: usize, failure: io::Error) -> io::Error {
+        if written == 0 {
+            return failure;
+        }
+        match self.file.set_len(self.len_bytes) {
+            Ok(()) => failure,
+            Err(cut) => io::Error::other(format!(
+                "{failure}; cutting the {written} bytes it wrote back also failed: {cut}"
+            )),
+        }
+    }
+}
+
 impl StoreFile for PortableFile {
     fn len(&self) -> u64 {
         self.len_bytes
@@ -103,14 +122,15 @@ impl StoreFile for PortableFile {
                 .write_at(&data[written..], self.len_bytes + written as u64)
             {
                 Ok(0) => {
-                    return Err(io::Error::new(
+                    let e = io::Error::new(
                         io::ErrorKind::WriteZero,
-                        "store file accepted no bytes",
-                    ));
+                        "store file accepted no bytes (is the disk full?)",
+                    );
+                    return Err(self.cut_back(written, e));
                 }
                 Ok(n) => written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.cut_back(written, e)),
             }
         }
         self.len_bytes += data.len() as u64;

@@ -202,6 +202,7 @@ async fn append_to_index<E: Engine>(
     if needed > index_bytes_max {
         index.grow(engine, needed).await?;
     }
+    index.reserve(index.len() + entries.len(), false)?;
     for entry in entries {
         index.push(*entry).expect("index grown to fit the scan");
     }
@@ -541,6 +542,12 @@ impl<E: Engine> Segment<E> {
             position: self.size_bytes,
             batch_len: u32::try_from(batch_len).expect("batch_bytes_max fits u32"),
         };
+        // Before the entry is written through the map (see `index`): a full disk refuses the
+        // append here, with nothing written.
+        files
+            .index
+            .reserve(files.index.len() + 1, true)
+            .map_err(io_err("allocate index", &self.index_path))?;
         if files.index.push(entry) == Err(IndexFull) {
             panic!(
                 "append to {} with a full index; the log rolls first",

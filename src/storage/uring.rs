@@ -162,6 +162,7 @@ impl UringEngine {
             dirty: len > 0,
             write_mode: self.write_mode,
             needs_fdatasync: len > 0,
+            written_len: len,
             poisoned: None,
             fdatasyncs: self.fdatasyncs.clone(),
         };
@@ -350,8 +351,22 @@ async fn probe_poll_support(dir: &Path) -> io::Result<()> {
         }
         Err(err) => return Err(context(err)),
     };
-    scratch.write_all(&[0; PROBE_BYTES]).map_err(context)?;
-    let dma = DmaFile::open(format!("/proc/self/fd/{}", scratch.as_raw_fd()))
+    let probed = match scratch.write_all(&[0; PROBE_BYTES]) {
+        Ok(()) => format!("/proc/self/fd/{}", scratch.as_raw_fd()),
+        // A full disk has no room for the probe's block; a file already there has one (a
+        // server restarted on a full disk must still start, to serve and to free space).
+        Err(err) if super::space::is_out_of_space(&err) => match existing_probe_file(dir) {
+            Some(path) => path.display().to_string(),
+            None => {
+                if let Some(path) = &named {
+                    std::fs::remove_file(path).ok();
+                }
+                return Err(context(err));
+            }
+        },
+        Err(err) => return Err(context(err)),
+    };
+    let dma = DmaFile::open(probed)
         .await
         .map_err(|err| context(err.into()))?;
     let read = dma.read_at(0, PROBE_BYTES).await.map(|bytes| bytes.len());
@@ -372,6 +387,30 @@ async fn probe_poll_support(dir: &Path) -> io::Result<()> {
     closed.map_err(|err| context(err.into()))?;
     PROBED_DEVICES.with_borrow_mut(|probed| probed.insert(device));
     Ok(())
+}
+
+/// A file of at least `PROBE_BYTES` under `dir` (a store file of a partition already there),
+/// for the read probe on a full disk; at most four directory levels deep.
+fn existing_probe_file(dir: &Path) -> Option<PathBuf> {
+    let mut dirs = vec![(dir.to_path_buf(), 0)];
+    while let Some((current, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // `DirEntry::metadata` does not follow symbolic links.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_file() && meta.len() >= PROBE_BYTES as u64 {
+                return Some(entry.path());
+            }
+            if meta.is_dir() && depth < 4 {
+                dirs.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    None
 }
 
 /// One store file on the io_uring engine. See the module docs for the write-behind scheme.
@@ -399,6 +438,10 @@ pub struct UringFile {
     /// `fdatasync` since (a crashed writer's, found on open): the next sync must call it
     /// even in the `dsync` mode.
     needs_fdatasync: bool,
+    /// Every byte below was in the file before any write that may have failed since: found
+    /// there on open, or written by the writes a successful `sync` or `truncate` waited for.
+    /// A poisoned file still serves reads below it (see `read_at`).
+    written_len: u64,
     /// Why the file refuses work: a disk operation failed or was abandoned mid-flight.
     poisoned: Option<String>,
     fdatasyncs: Rc<Cell<u64>>,
@@ -514,21 +557,37 @@ impl UringFile {
         *self.write_error.borrow_mut() = Some(format!(
             "write of {len} bytes at position {position} abandoned mid-flight"
         ));
-        let failure = match write.await {
+        let (kind, failure) = match write.await {
             Ok(written) if written == len => {
                 *self.write_error.borrow_mut() = None;
                 return Ok(());
             }
-            Ok(written) => format!("short write: {written} of {len} bytes at position {position}"),
-            Err(e) => format!("write of {len} bytes at position {position} failed: {e}"),
+            // A write that stops part-way is what a full disk does.
+            Ok(written) => (
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes at position {position}"),
+            ),
+            Err(e) => {
+                let e = io::Error::from(e);
+                (
+                    e.kind(),
+                    format!("write of {len} bytes at position {position} failed: {e}"),
+                )
+            }
         };
-        // Every later write is suspect too: drop (cancel) them, the file is poisoned.
-        self.inflight.borrow_mut().clear();
+        // Every later write is suspect too, and the file is poisoned. They are waited for,
+        // not dropped: a dropped write may still land after the log has cut the file back
+        // (after a full disk) and written new bytes there.
+        let later: Vec<_> = self.inflight.borrow_mut().drain(..).collect();
+        for (_, _, write) in later {
+            drop(write.await);
+        }
         *self.write_error.borrow_mut() = Some(failure.clone());
-        Err(io::Error::other(format!(
-            "{}: {failure}",
-            self.path.display()
-        )))
+        // The kind is kept, so that a full disk is told from other failures.
+        Err(io::Error::new(
+            kind,
+            format!("{}: {failure}", self.path.display()),
+        ))
     }
 
     /// Waits for every in-flight write.
@@ -621,6 +680,40 @@ async fn guarded<T>(
     }
 }
 
+impl UringFile {
+    /// A read from a poisoned file: served from the file when it lies below `written_len`,
+    /// refused with `poisoned` otherwise. Those bytes were in the file before the failure,
+    /// and a later write (failed or not) only rewrites them with the same bytes (the tail's
+    /// partial block is rewritten whole at each sync), so they read back as they were: a
+    /// partition whose disk filled up keeps serving what it committed.
+    async fn read_written(
+        &self,
+        position: u64,
+        len_bytes: usize,
+        poisoned: io::Error,
+    ) -> io::Result<Vec<u8>> {
+        if position + len_bytes as u64 > self.written_len || len_bytes == 0 {
+            return if len_bytes == 0 {
+                Ok(Vec::new())
+            } else {
+                Err(poisoned)
+            };
+        }
+        let bytes = self.file.read_at(position, len_bytes).await?;
+        if bytes.len() != len_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: short read: {} of {len_bytes} bytes at position {position}",
+                    self.path.display(),
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
 impl StoreFile for UringFile {
     fn len(&self) -> u64 {
         self.tail_start + self.tail_used as u64
@@ -673,8 +766,10 @@ impl StoreFile for UringFile {
     }
 
     async fn read_at(&self, position: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
-        self.check_poisoned()?;
         let end = position + len_bytes as u64;
+        if let Err(poisoned) = self.check_poisoned() {
+            return self.read_written(position, len_bytes, poisoned).await;
+        }
         assert!(
             end <= self.len(),
             "{}: read of [{position}, {end}) past the logical length {}",
@@ -726,9 +821,12 @@ impl StoreFile for UringFile {
             // durability point, counted as the fdatasync it replaces (group commit shows).
             self.fdatasyncs.set(self.fdatasyncs.get() + 1);
             self.dirty = false;
+            self.written_len = self.len();
             return Ok(());
         }
-        self.fdatasync().await
+        self.fdatasync().await?;
+        self.written_len = self.len();
+        Ok(())
     }
 
     async fn truncate(&mut self, len_bytes: u64) -> io::Result<()> {
@@ -754,7 +852,9 @@ impl StoreFile for UringFile {
             self.file.truncate(len_bytes),
         )
         .await?;
-        self.fdatasync().await
+        self.fdatasync().await?;
+        self.written_len = len_bytes;
+        Ok(())
     }
 
     async fn close(mut self) -> io::Result<()> {
