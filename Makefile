@@ -1,7 +1,7 @@
 # wal.rs — see README.md.
 CARGO ?= cargo
 
-.PHONY: build test chaos chaos-long chaos-cluster chaos-cluster-long lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster bench-latency clean init gencert run run-cluster
+.PHONY: build test fuzz fuzz-build chaos chaos-long chaos-cluster chaos-cluster-long lint fmt bench bench-all bench-scenarios bench-storage bench-shards bench-instrumentation bench-cluster bench-latency clean init gencert run run-cluster
 
 build:
 	$(CARGO) build --release
@@ -52,6 +52,29 @@ chaos-cluster-long:
 	WALRS_CHAOS_CLUSTER_DURATION_S=$(DURATION) WALRS_CHAOS_CLUSTER_NODES=$(NODES) \
 		WALRS_CHAOS_OUT=$(CURDIR)/target/chaos \
 		$(CARGO) test --release --test chaos_cluster -- --nocapture --test-threads=1
+
+## Fuzzing (issue 15, docs/RELIABILITY.md "Fuzzing"): each cargo-fuzz target of fuzz/ for
+## FUZZ_SECONDS (default 60), starting from the committed seeds (fuzz/seeds/) and crash
+## regressions (fuzz/regressions/); new inputs go to fuzz/corpus/ (not committed), a crash to
+## fuzz/artifacts/ and fails the run. Stable Rust with RUSTC_BOOTSTRAP=1 (libFuzzer needs
+## nightly flags); needs cargo-fuzz (`cargo install cargo-fuzz --locked`) and a C++ compiler.
+## The storage targets write files under FUZZ_TMPDIR (default /dev/shm, so no disk I/O).
+## FUZZ_TARGETS picks targets; `make test` replays the seeds and regressions without it
+## (tests/fuzz_corpus.rs).
+FUZZ_SECONDS ?= 60
+FUZZ_TMPDIR ?= /dev/shm
+FUZZ_TARGETS ?= batch_decode segment_recovery index_rebuild config_parse replication_message server_request
+fuzz-build:
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz build --fuzz-dir fuzz
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t fuzz/regressions/$$t || exit 1; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		TMPDIR=$(FUZZ_TMPDIR) RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz $$t \
+			fuzz/corpus/$$t fuzz/seeds/$$t fuzz/regressions/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=1 || exit 1; \
+	done
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

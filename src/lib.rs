@@ -10,6 +10,9 @@ pub mod certs;
 pub mod client;
 pub(crate) mod cluster;
 pub mod config;
+/// Entry points of the fuzz targets (`fuzz/`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod observability;
 pub mod proto;
 pub(crate) mod raft;

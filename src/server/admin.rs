@@ -18,6 +18,7 @@ use super::acl::Action;
 use super::controller::Controller;
 use super::errors::{Error, Result};
 use super::service::{Inner, peer_addr};
+use super::validate::{partitions_for, replication_factor_for};
 use crate::cluster::{metadata, placement};
 use crate::observability;
 use crate::proto::v1::{
@@ -26,33 +27,6 @@ use crate::proto::v1::{
     NodeInfo, PartitionInfo, TopicInfo, TruncateRequest, TruncateResponse,
 };
 use crate::shard;
-
-/// The partition count a creation asks for: 0 is the default; above `max` is refused.
-fn partitions_for(asked: u32, default: u32, max: u32) -> Result<u32> {
-    if asked > max {
-        return Err(Error::invalid(format!(
-            "{asked} partitions requested; a topic may have 1 to {max} \
-             (server.partitions_per_topic_max), or 0 for the default of {default}"
-        )));
-    }
-    Ok(if asked == 0 { default } else { asked })
-}
-
-/// Checks a creation's replication factor (0: the cluster's default) against the nodes
-/// known, and returns the factor to use.
-fn replication_factor_for(asked: u32, default: u32, nodes: u32) -> Result<u32> {
-    if asked > nodes {
-        return Err(Error::invalid(format!(
-            "replication_factor {asked} requested, but the cluster knows {nodes} node(s): \
-             ask for 1 to {nodes}, or 0 for the cluster's default (cluster.replication_factor)"
-        )));
-    }
-    Ok(if asked == 0 {
-        default.min(nodes)
-    } else {
-        asked
-    })
-}
 
 impl Inner {
     /// Creates `topic` with `partitions` partitions (0: the default), within `topics_max`:

@@ -2,7 +2,7 @@
 //!
 //! An append is checked (running, topic name, ACL, at least one record, headers per record),
 //! converted to storage records once (`proto::storage_records`), measured once by the shard
-//! layer (`ShardSet::check_append`, whose `CheckedBatch` carries the size to the shard), admitted
+//! layer (`validate::append`, whose `CheckedBatch` carries the size to the shard), admitted
 //! into the server-wide byte budget, routed with one lookup (auto-creating the topic when
 //! configured), and queued. A refused append changes nothing: every check runs before a
 //! topic is auto-created or anything is queued. Must never measure records itself or
@@ -26,9 +26,10 @@ use tonic::{Code, Request, Status, Streaming};
 use super::acl::{Action, Principal};
 use super::errors::{Error, Result};
 use super::service::Inner;
+use super::validate;
 use crate::observability;
 use crate::observability::hops::{Hop, Trace};
-use crate::proto::{self, v1::AppendRequest, v1::AppendResponse};
+use crate::proto::{v1::AppendRequest, v1::AppendResponse};
 use crate::shard::{self, AppendRoute};
 use crate::storage;
 
@@ -104,22 +105,15 @@ impl Inner {
         } = append;
         self.check_topic_name(&topic)?;
         let principal = self.authorize(request, Action::Produce, &topic)?;
-        if records.is_empty() {
-            return Err(Error::invalid(
-                "an AppendRequest needs at least one record in `records`",
-            ));
-        }
         self.check_header_counts(&records)?;
-        if producer_id != 0 && partition.is_none() {
-            return Err(Error::invalid(
-                "an idempotent append (producer_id != 0) must name its `partition`: sequences are numbered per partition",
-            ));
-        }
-        let records = proto::storage_records(records, storage::now_ms());
+        let body = validate::AppendBody {
+            partition,
+            records,
+            producer_id,
+        };
         // Checked before a topic is auto-created, so a refused batch changes nothing.
-        let mut batch = self
-            .shards
-            .check_append(&topic, partition.unwrap_or(0), records)?;
+        let mut batch =
+            validate::append(&topic, body, self.shards.log_limits(), storage::now_ms())?;
         if producer_id != 0 {
             let identity = match &principal {
                 Principal::Anonymous => "",
@@ -166,7 +160,7 @@ impl Inner {
 
     /// Refuses a record with more headers than `server.headers_per_record_max`: a malformed
     /// request (`INVALID_ARGUMENT`), checked before anything is converted or queued.
-    fn check_header_counts(&self, records: &[proto::v1::Record]) -> Result<()> {
+    fn check_header_counts(&self, records: &[crate::proto::v1::Record]) -> Result<()> {
         let max = self.config.server.headers_per_record_max as usize;
         match records.iter().position(|r| r.headers.len() > max) {
             None => Ok(()),

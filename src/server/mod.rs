@@ -25,6 +25,7 @@ mod run;
 mod service;
 mod stats;
 pub(crate) mod tls;
+pub(crate) mod validate;
 
 pub use errors::{Error, LEADER_METADATA, Result};
 pub use listener::PeerInfo;

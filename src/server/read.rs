@@ -15,7 +15,7 @@ use tonic::{Code, Request, Status};
 use super::acl::Action;
 use super::errors::Result;
 use super::service::Inner;
-use crate::config;
+use super::validate::read_limits;
 use crate::observability;
 use crate::proto::v1::{ReadRequest, ReadResponse, Record};
 
@@ -138,25 +138,10 @@ impl Inner {
     }
 }
 
-/// The record and byte caps of a read: 0 or anything above the server's limit is the limit.
-fn read_limits(read: &ReadRequest, limits: &config::ServerConfig) -> (u64, usize) {
-    let bytes_max = limits.read_bytes_max;
-    let records_max = limits.read_records_max;
-
-    let bytes = match u64::from(read.max_bytes) {
-        0 => bytes_max,
-        n => n.min(bytes_max),
-    };
-    let records = match read.max_records {
-        0 => records_max,
-        n => n.min(records_max),
-    };
-    (bytes, records as usize)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config;
 
     fn limits() -> config::ServerConfig {
         config::ServerConfig {

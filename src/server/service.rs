@@ -41,7 +41,7 @@ use crate::proto::v1::{
     ListTopicsRequest, ListTopicsResponse, ReadRequest, ReadResponse, ReassignPartitionRequest,
     ReassignPartitionResponse, TruncateRequest, TruncateResponse,
 };
-use crate::shard::{self, ShardSet};
+use crate::shard::ShardSet;
 
 /// Election timeouts (the longest) a proposal to the controller, or a wait for it to be
 /// applied, may take.
@@ -256,21 +256,7 @@ impl Inner {
     }
 
     pub(super) fn check_topic_name(&self, name: &str) -> Result<()> {
-        if shard::is_internal_topic(name) {
-            return Err(Error::invalid(format!(
-                "topic name {name:?} is reserved: names starting with \"__\" are the cluster's \
-                 own topics (such as its metadata log); choose another name"
-            )));
-        }
-        let max = self.config.server.topic_name_bytes_max;
-        if shard::is_valid_topic_name(name, max as usize) {
-            return Ok(());
-        }
-        let shown: String = name.chars().take(64).collect();
-        Err(Error::invalid(format!(
-            "topic name {shown:?} is invalid: use 1 to {max} bytes of ASCII letters, digits, \
-             '.', '_' and '-' (not \".\" or \"..\")"
-        )))
+        super::validate::topic_name(name, self.config.server.topic_name_bytes_max)
     }
 }
 

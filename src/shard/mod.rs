@@ -37,7 +37,7 @@ pub use producers::{ProducerLimits, SequenceError, WINDOW_BATCHES};
 pub use results::{
     AppendAck, PartitionInfo, PendingAppend, ReadResult, TopicDescription, TopicInfo,
 };
-pub use set::{AppendRoute, ShardSet};
+pub use set::{AppendRoute, ShardSet, check_batch};
 pub use stats::{ShardStats, ShardStatsSnapshot};
 pub use topics::{
     TOPIC_NAME_BYTES_MAX, check_topic_name, is_internal_topic, is_valid_topic_name,

@@ -39,7 +39,7 @@ use crate::observability::hops::Trace;
 use crate::proto::v1 as pb;
 use crate::raft::group::RaftContext;
 use crate::raft::wire;
-use crate::storage::{CheckedBatch, Record};
+use crate::storage::{CheckedBatch, LogLimits, Record};
 
 /// A topic's route as one append sees it: looked up once, then used to pick the partition
 /// and to send the batch (see [`ShardSet::append_route`]).
@@ -445,11 +445,12 @@ impl ShardSet {
         partition: u32,
         records: Vec<Record>,
     ) -> Result<CheckedBatch> {
-        self.inner
-            .options
-            .log
-            .check(records)
-            .map_err(|e| Error::storage(topic, partition, e))
+        check_batch(&self.inner.options.log, topic, partition, records)
+    }
+
+    /// The limits every partition log of this set enforces.
+    pub fn log_limits(&self) -> &LogLimits {
+        &self.inner.options.log
     }
 
     /// Checks that a topic about to be created with `partitions` partitions would have
@@ -761,6 +762,19 @@ impl ShardSet {
         tracing::info!("shards stopped");
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Checks a batch against partition-log `limits` and measures it once ([`ShardSet::check_append`]
+/// with the limits given): what the server runs before anything is queued.
+pub fn check_batch(
+    limits: &LogLimits,
+    topic: &str,
+    partition: u32,
+    records: Vec<Record>,
+) -> Result<CheckedBatch> {
+    limits
+        .check(records)
+        .map_err(|e| Error::storage(topic, partition, e))
 }
 
 #[cfg(test)]

@@ -413,7 +413,10 @@ pub fn decode_batch_shared(bytes: &Bytes) -> Result<Batch, DecodeError> {
 pub fn decode_verified(bytes: &Bytes, header: BatchHeader) -> Result<Batch, DecodeError> {
     // A sub-slice of `bytes` as a shared `Bytes`.
     let share = |slice: &[u8]| bytes.slice_ref(slice);
-    let mut records = Vec::with_capacity(header.record_count as usize);
+    // `record_count` is whatever the header says (the CRC only proves the bytes are as
+    // written): reserve no more records than the batch's bytes can hold.
+    let fits = (header.batch_len as usize).saturating_sub(header.header_len()) / RECORD_FIXED_LEN;
+    let mut records = Vec::with_capacity((header.record_count as usize).min(fits));
     walk_records(bytes, &header, |record| {
         records.push(Record {
             offset: record.offset,
@@ -562,6 +565,22 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (found by the `batch_decode` and `segment_recovery` fuzz targets): a
+    /// batch whose CRC checks but whose header claims ~4 billion records made
+    /// `decode_verified` reserve room for all of them up front (hundreds of GB) and abort
+    /// the process, instead of refusing the batch as malformed.
+    #[test]
+    fn a_huge_record_count_is_refused_without_reserving_for_it() {
+        let mut bytes = encode_batch(0, 0, 0, &[record(b"k", b"v", 1)]);
+        bytes[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[CRC_START..]);
+        bytes[CRC_AT..CRC_START].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_batch(&bytes),
+            Err(DecodeError::BadRecord { .. })
+        ));
+    }
 
     /// Decodes a copy of `bytes` (the tests' batches are plain vectors).
     fn decode_batch(bytes: &[u8]) -> Result<Batch, DecodeError> {
