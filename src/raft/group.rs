@@ -647,12 +647,7 @@ async fn change_voters_to<RT: AsyncRuntime>(
         && let Some(&to) = voters.iter().find(|v| current.contains(v))
     {
         tracing::info!(topic = %key.0, partition = key.1, to, "this replica leaves the voters; handing the leadership over before the change");
-        raft.trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| ProposeError::Stopped {
-                reason: format!("the leadership hand-over failed: {e}"),
-            })?;
+        transfer_leader(raft, to).await?;
         return Err(ProposeError::NotLeader { leader: Some(to) });
     }
     // A learner added by an earlier attempt is added again: blocking waits until it has
@@ -684,14 +679,22 @@ async fn hand_over<RT: AsyncRuntime>(
         && let Some(&to) = voters.first()
     {
         tracing::info!(topic = %key.0, partition = key.1, to, "this replica left the voters; handing over the leadership");
-        raft.trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| ProposeError::Stopped {
-                reason: format!("the leadership hand-over failed: {e}"),
-            })?;
+        transfer_leader(raft, to).await?;
     }
     Ok(())
+}
+
+/// Asks this leader to hand its leadership to `to`.
+async fn transfer_leader<RT: AsyncRuntime>(
+    raft: &PartitionRaft<RT>,
+    to: NodeId,
+) -> Result<(), ProposeError> {
+    raft.trigger()
+        .transfer_leader(to)
+        .await
+        .map_err(|e| ProposeError::Stopped {
+            reason: format!("the leadership hand-over failed: {e}"),
+        })
 }
 
 /// Has openraft snapshot up to `upto` (unless a snapshot covers it already) and purge.
