@@ -1085,8 +1085,16 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
 
     async fn serve_admin(&mut self, cmd: Command) {
         // Truncations and deletions free space: the floor reads the file system again at its
-        // next check, so that appends resume at once.
-        self.space.freed();
+        // next check, so that appends resume at once. Other admin calls (a describe) leave
+        // the sample alone, so they cost the next append no syscall.
+        if matches!(
+            cmd,
+            Command::Truncate { .. }
+                | Command::TruncateSuffix { .. }
+                | Command::Close { remove: true, .. }
+        ) {
+            self.space.freed();
+        }
         match cmd {
             Command::Truncate {
                 topic,
