@@ -194,6 +194,13 @@ pub enum DecodeError {
     OffsetOutOfOrder { expected: u64, found: u64 },
     #[error("record {index} is malformed: {what}")]
     BadRecord { index: u32, what: &'static str },
+    #[error(
+        "batch base offset {base_offset} plus last offset delta {last_offset_delta} passes the largest offset"
+    )]
+    OffsetOverflow {
+        base_offset: u64,
+        last_offset_delta: u32,
+    },
 }
 
 /// What sits at a position in a store file.
@@ -372,6 +379,17 @@ pub fn probe_header(bytes: &[u8]) -> Result<Probe, DecodeError> {
     if (header.batch_len as usize) < header_len + RECORD_FIXED_LEN {
         return Err(DecodeError::BadLength {
             batch_len: header.batch_len,
+        });
+    }
+    // `next_offset` (base + last delta + 1) must be a u64: every offset inside is below it.
+    if header
+        .base_offset
+        .checked_add(u64::from(header.last_offset_delta) + 1)
+        .is_none()
+    {
+        return Err(DecodeError::OffsetOverflow {
+            base_offset: header.base_offset,
+            last_offset_delta: header.last_offset_delta,
         });
     }
     Ok(Probe::Header(header))
@@ -580,6 +598,22 @@ mod tests {
             decode_batch(&bytes),
             Err(DecodeError::BadRecord { .. })
         ));
+    }
+
+    /// Regression (found by the `batch_decode` fuzz target): a batch whose CRC checks but
+    /// whose base offset is near `u64::MAX` overflowed `base_offset + offset_delta` while
+    /// its records were decoded, a panic in the middle of recovery instead of a refusal.
+    #[test]
+    fn a_base_offset_that_overflows_is_refused() {
+        let mut bytes = encode_batch(0, 0, 0, &[record(b"k", b"v", 1), record(b"k", b"v", 2)]);
+        bytes[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let crc = crc32fast::hash(&bytes[CRC_START..]);
+        bytes[CRC_AT..CRC_START].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_batch(&bytes),
+            Err(DecodeError::OffsetOverflow { .. })
+        ));
+        assert!(probe_header(&bytes).is_err());
     }
 
     /// Decodes a copy of `bytes` (the tests' batches are plain vectors).
