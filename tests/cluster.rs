@@ -121,6 +121,23 @@ impl TestCluster {
         cluster
     }
 
+    /// Adds node `id` to the running cluster as an operator would: a new certificate, an
+    /// empty data dir, and a config that lists the running nodes (its seeds). The running
+    /// nodes' configs do not list it: they learn of it by gossip. Waits until it has joined.
+    async fn add_node(&mut self, id: u32) {
+        walrs::certs::generate_node(&self.dir.path().join("certs"), id, &[], false).unwrap();
+        let mut addrs: Vec<(u32, String)> =
+            self.nodes.iter().map(|n| (n.id, self.addr(n.id))).collect();
+        addrs.push((id, format!("127.0.0.1:{}", free_port())));
+        let config = node_config(self.dir.path(), id, &addrs);
+        self.nodes.push(Node {
+            id,
+            config,
+            running: None,
+        });
+        self.restart(id).await;
+    }
+
     fn node(&mut self, id: u32) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.id == id).unwrap()
     }
@@ -630,6 +647,8 @@ async fn topics_are_placed_on_every_node_and_deleted_everywhere() {
     cluster.shutdown().await;
 }
 
+/// A client certificate without `replicate` cannot make node calls, and a node's message
+/// addressed to another node is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
     let cluster = TestCluster::start(1).await;
@@ -659,6 +678,38 @@ async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
         .await
         .unwrap_err();
     assert_eq!(fetch.code(), Code::PermissionDenied, "{fetch:?}");
+
+    // A node may open the stream, but a message addressed to another node is answered with
+    // a refusal (the sender's address for that node is wrong), not served.
+    let channel = cluster.channel_as(1, "node-1").await;
+    let mut client = pb::replication_client::ReplicationClient::new(channel);
+    let misaddressed = pb::RaftEnvelope {
+        id: 1,
+        topic: "t".into(),
+        partition: 0,
+        from_node: 1,
+        incarnation: 0,
+        to_node: 7,
+        body: Some(pb::raft_envelope::Body::Vote(pb::RaftVoteRequest::default())),
+    };
+    // The stream stays open until the answer is in (a closed stream is a peer gone).
+    let (frames, outbound) = tokio::sync::mpsc::channel(1);
+    frames
+        .send(pb::RaftFrame {
+            messages: vec![misaddressed],
+        })
+        .await
+        .unwrap();
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(outbound);
+    let mut answers = client.exchange(outbound).await.unwrap().into_inner();
+    let answer = answers.message().await.unwrap().expect("an answer");
+    drop(frames);
+    match &answer.messages[0].body {
+        Some(pb::raft_envelope::Body::Error(why)) => {
+            assert!(why.contains("not node 7"), "{why}")
+        }
+        other => panic!("a misaddressed message was served: {other:?}"),
+    }
     cluster.shutdown().await;
 }
 
@@ -1005,36 +1056,9 @@ async fn a_partition_moves_and_a_node_is_decommissioned_under_load() {
     let before = replicas_on(&cluster, 1, "orders").await;
     assert_eq!(before.len(), 3, "{before:?}");
 
-    // The producer: idempotent batches, retried on the leader's hints.
     let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (cluster, stop) = (cluster.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut acks = Vec::new();
-            let mut longest_pause = Duration::ZERO;
-            let mut sequence = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let sent = Instant::now();
-                let ack = cluster.send(idempotent(sequence)).await.unwrap();
-                longest_pause = longest_pause.max(sent.elapsed());
-                acks.push(ack);
-                sequence += 1;
-            }
-            (acks, longest_pause)
-        })
-    };
-    let acked = |n: u64| {
-        let cluster = cluster.clone();
-        async move {
-            let until = deadline();
-            let client = cluster.client(1, "root").await;
-            while client.describe_topic("orders").await.unwrap().partitions[0].high_watermark < n {
-                assert!(Instant::now() < until, "the producer stalled");
-                tokio::time::sleep(POLL).await;
-            }
-        }
-    };
-    acked(50).await;
+    let producer = spawn_producer(cluster.clone(), stop.clone());
+    until_acked(&cluster, leader, 50).await;
 
     // Node 4 in, the leader out (or, when node 4 leads, another replica out).
     let out = if leader == 4 {
@@ -1062,7 +1086,8 @@ async fn a_partition_moves_and_a_node_is_decommissioned_under_load() {
         target.contains(&new_leader),
         "{new_leader} leads, not in {target:?}"
     );
-    acked(cluster_hwm(&cluster).await + 50).await;
+    let hwm = hwm_on(&cluster, new_leader).await;
+    until_acked(&cluster, new_leader, hwm + 50).await;
 
     // A second move of the same partition while none is under way is fine; a bad one is
     // refused with nothing changed.
@@ -1086,7 +1111,8 @@ async fn a_partition_moves_and_a_node_is_decommissioned_under_load() {
     let after: Vec<u32> = decommissioned.moves[0].replicas.clone();
     assert!(!after.contains(&4) && after.len() == 3, "{after:?}");
     until_replicas(&cluster, "orders", &after).await;
-    acked(cluster_hwm(&cluster).await + 50).await;
+    let hwm = hwm_on(&cluster, after[0]).await;
+    until_acked(&cluster, after[0], hwm + 50).await;
     // Node 4 holds nothing now: a read there is sent elsewhere.
     let read_on_4 = cluster
         .client(4, "root")
@@ -1106,27 +1132,155 @@ async fn a_partition_moves_and_a_node_is_decommissioned_under_load() {
         "{} batches acknowledged across two moves; the longest append took {longest_pause:?}",
         acks.len()
     );
-    let last = acks.last().unwrap();
-    let end = last.base_offset + u64::from(last.count);
-    let expected: Vec<Vec<u8>> = (0..acks.len())
-        .map(|s| format!("seq-{s}").into_bytes())
-        .collect();
-    for &id in &after {
-        assert_eq!(
-            cluster.read_all(id, "orders", end).await,
-            expected,
-            "node {id} holds every acknowledged batch once, in order"
-        );
-    }
+    holds_every_ack(&cluster, &after, &acks).await;
     Arc::try_unwrap(cluster)
         .unwrap_or_else(|_| panic!("the producer still holds the cluster"))
         .shutdown()
         .await;
 }
 
-/// Partition 0 of "orders"'s high watermark, as node 1 knows it.
-async fn cluster_hwm(cluster: &TestCluster) -> u64 {
-    let client = cluster.client(1, "root").await;
+/// An idempotent producer appending one-record batches to "orders" through whichever node
+/// leads, until `stop`: its acknowledgements and the longest append.
+fn spawn_producer(
+    cluster: std::sync::Arc<TestCluster>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<AppendResponse>, Duration)> {
+    tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut longest_pause = Duration::ZERO;
+        let mut sequence = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let sent = Instant::now();
+            let ack = cluster.send(idempotent(sequence)).await.unwrap();
+            longest_pause = longest_pause.max(sent.elapsed());
+            acks.push(ack);
+            sequence += 1;
+        }
+        (acks, longest_pause)
+    })
+}
+
+/// Waits until partition 0 of "orders" has at least `n` records committed, as node `id`
+/// (a replica) knows.
+async fn until_acked(cluster: &TestCluster, id: u32, n: u64) {
+    let until = deadline();
+    let client = cluster.client(id, "root").await;
+    while client.describe_topic("orders").await.unwrap().partitions[0].high_watermark < n {
+        assert!(Instant::now() < until, "the producer stalled");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Checks that each of `replicas` holds every batch `acks` acknowledged, once, in order.
+async fn holds_every_ack(cluster: &TestCluster, replicas: &[u32], acks: &[AppendResponse]) {
+    let last = acks.last().unwrap();
+    let end = last.base_offset + u64::from(last.count);
+    let expected: Vec<Vec<u8>> = (0..acks.len())
+        .map(|s| format!("seq-{s}").into_bytes())
+        .collect();
+    for &id in replicas {
+        assert_eq!(
+            cluster.read_all(id, "orders", end).await,
+            expected,
+            "node {id} holds every acknowledged batch once, in order"
+        );
+    }
+}
+
+/// A fourth node joins a running 3-node cluster through its seeds. The three running
+/// nodes do not list it in their configs: they learn of it by gossip, so that they link to
+/// it, describe it, and accept it in a replica set. Then a partition moves onto it under
+/// load (nothing acknowledged lost or repeated, on every final replica), and a new topic is
+/// placed on it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_added_to_a_running_cluster_takes_replicas() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The running nodes grant the new node's certificate `replicate` from the start, as an
+    // operator provisions the ACL before adding a node.
+    let mut cluster = TestCluster::start_with(3, |_, config| {
+        config.acl.push(AclEntry {
+            identity: "node-4".into(),
+            topics: vec!["*".into()],
+            actions: vec![Action::Replicate],
+        });
+    })
+    .await;
+    cluster.create_replicated(1, "orders").await.unwrap();
+    let before = replicas_on(&cluster, 1, "orders").await;
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    cluster.add_node(4).await;
+    for id in 1..=3 {
+        let client = cluster.client(id, "root").await;
+        until_described(&client, "node 4 alive", |nodes| {
+            nodes
+                .iter()
+                .any(|n| n.id == 4 && n.alive && !n.addr.is_empty())
+        })
+        .await;
+    }
+
+    let cluster = Arc::new(cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = spawn_producer(cluster.clone(), stop.clone());
+    let leader = cluster.leader("orders", 0).await;
+    until_acked(&cluster, leader, 50).await;
+    // Node 4 takes the place of a follower (the leader stays: this is about the new node).
+    let out = *before.iter().find(|&&n| n != leader).unwrap();
+    let mut target: Vec<u32> = before.iter().copied().filter(|&n| n != out).collect();
+    target.push(4);
+    let moved = cluster
+        .client(leader, "root")
+        .await
+        .reassign_partition("orders", 0, target.clone())
+        .await
+        .unwrap();
+    assert_eq!(moved.previous, before);
+    until_replicas(&cluster, "orders", &target).await;
+    let hwm = hwm_on(&cluster, 4).await;
+    until_acked(&cluster, 4, hwm + 50).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acks, longest_pause) = producer.await.unwrap();
+    println!(
+        "{} batches acknowledged while node 4 took a replica; the longest append took {longest_pause:?}",
+        acks.len()
+    );
+    holds_every_ack(&cluster, &target, &acks).await;
+
+    // Placement counts node 4 now: 4 partitions of 3 replicas over 4 nodes put some on it.
+    let created = cluster
+        .client(2, "root")
+        .await
+        .log_client()
+        .create_topic(pb::CreateTopicRequest {
+            name: "spread".into(),
+            partitions: 4,
+            replication_factor: 3,
+        })
+        .await;
+    assert!(created.is_ok(), "{created:?}");
+    let spread = cluster
+        .client(4, "root")
+        .await
+        .describe_topic("spread")
+        .await
+        .unwrap();
+    let on_4 = spread
+        .partitions
+        .iter()
+        .filter(|p| p.replicas.contains(&4))
+        .count();
+    assert!(on_4 > 0, "no replica of 'spread' on node 4: {spread:?}");
+    Arc::try_unwrap(cluster)
+        .unwrap_or_else(|_| panic!("the producer still holds the cluster"))
+        .shutdown()
+        .await;
+}
+
+/// Partition 0 of "orders"'s high watermark, as node `id` knows it.
+async fn hwm_on(cluster: &TestCluster, id: u32) -> u64 {
+    let client = cluster.client(id, "root").await;
     client.describe_topic("orders").await.unwrap().partitions[0].high_watermark
 }
 

@@ -203,6 +203,7 @@ fn write_seed_corpus() {
                 partition: 0,
                 from_node: 1,
                 incarnation: 1,
+                to_node: 2,
                 body: Some(body),
             })
             .collect(),

@@ -111,7 +111,29 @@ pub struct GossipOptions {
 /// A running gossip member.
 pub struct Gossip {
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    view: MembersView,
+}
+
+/// The table of members without the gossip server behind it: what a task that follows the
+/// members holds (it does not keep gossip running). Cheap to clone.
+#[derive(Clone)]
+pub struct MembersView {
     members: Arc<RwLock<BTreeMap<u32, Member>>>,
+    /// Bumped after every change of the table; closed when gossip stops.
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl MembersView {
+    /// Every node gossip has heard of, by id.
+    pub fn members(&self) -> Vec<Member> {
+        let members = self.members.read().expect("members lock poisoned");
+        members.values().cloned().collect()
+    }
+
+    /// Waits for the next change of the table: `false` once gossip has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.changes.changed().await.is_ok()
+    }
 }
 
 /// `node-<id>` as chitchat's node id; the id back from it.
@@ -163,12 +185,13 @@ impl Gossip {
             .await
             .map_err(|e| format!("gossip on UDP {}: {e:#}", options.listen))?;
         let members = Arc::new(RwLock::new(BTreeMap::new()));
+        let (changed, changes) = tokio::sync::watch::channel(0);
         let watcher = handle.chitchat().lock().await.live_nodes_watcher();
-        tokio::spawn(follow(watcher, members.clone(), options.node_id));
+        tokio::spawn(follow(watcher, members.clone(), changed, options.node_id));
         tracing::info!(listen = %options.listen, advertise = %options.advertise, seeds = ?options.seeds, "gossip started");
         Ok(Gossip {
             handle: tokio::sync::Mutex::new(Some(handle)),
-            members,
+            view: MembersView { members, changes },
         })
     }
 
@@ -183,8 +206,12 @@ impl Gossip {
 
     /// Every node gossip has heard of, by id.
     pub fn members(&self) -> Vec<Member> {
-        let members = self.members.read().expect("members lock poisoned");
-        members.values().cloned().collect()
+        self.view.members()
+    }
+
+    /// The members' table, to follow it.
+    pub fn view(&self) -> MembersView {
+        self.view.clone()
     }
 
     /// Says `leaving`, lets one gossip round carry it, and stops.
@@ -204,6 +231,7 @@ impl Gossip {
 async fn follow(
     mut live: tokio::sync::watch::Receiver<BTreeMap<ChitchatId, chitchat::NodeState>>,
     members: Arc<RwLock<BTreeMap<u32, Member>>>,
+    changed: tokio::sync::watch::Sender<u64>,
     node_id: u32,
 ) {
     loop {
@@ -264,6 +292,7 @@ async fn follow(
             }
             crate::observability::gossip_members(members.values().map(Member::verdict));
         }
+        changed.send_modify(|n| *n += 1);
         if live.changed().await.is_err() {
             return;
         }

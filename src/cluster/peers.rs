@@ -78,8 +78,7 @@ impl PeerAdmin {
         let addr = self
             .membership
             .addr_of(node)
-            .ok_or(PeerError::UnknownNode { node })?
-            .to_owned();
+            .ok_or(PeerError::UnknownNode { node })?;
         let unreachable = |reason: String| PeerError::Unreachable {
             node,
             addr: addr.clone(),

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::Membership;
+use super::{Learned, Membership};
 use crate::proto::v1 as pb;
 use crate::proto::v1::replication_client::ReplicationClient;
 use crate::raft::network::{LinkState, RaftTransport, TransportError, TransportReply};
@@ -62,22 +62,35 @@ pub struct LinkOptions {
     pub keepalive_timeout: Duration,
 }
 
-/// Links to every peer of a static membership. Shared by every shard of the node.
+/// Links to every peer the membership knows, one per node. Shared by every shard of the
+/// node. A node learned later (gossip) gets its link when it is learned
+/// ([`GrpcTransport::learn`]), on the runtime the transport started on.
 pub(crate) struct GrpcTransport {
-    links: HashMap<NodeId, Link>,
+    membership: Membership,
+    options: LinkOptions,
+    runtime: tokio::runtime::Handle,
+    links: RwLock<HashMap<NodeId, Link>>,
+    /// Each link's status, shared with [`PeerLiveness`].
+    statuses: Statuses,
 }
 
+type Statuses = Arc<RwLock<HashMap<NodeId, Arc<LinkStatus>>>>;
+
 /// Which peers' links are connected now, for `DescribeCluster` (until gossip says who is
-/// alive). Cheap to clone.
+/// alive). Cheap to clone; sees links made after it.
 #[derive(Clone, Default)]
 pub struct PeerLiveness {
-    up: Arc<HashMap<NodeId, Arc<LinkStatus>>>,
+    up: Statuses,
 }
 
 impl PeerLiveness {
     /// True when this node's link to `node` is connected.
     pub fn is_up(&self, node: u64) -> bool {
-        self.up.get(&node).is_some_and(|link| link.state().up)
+        self.up
+            .read()
+            .expect("link statuses lock poisoned")
+            .get(&node)
+            .is_some_and(|link| link.state().up)
     }
 }
 
@@ -107,37 +120,75 @@ impl LinkStatus {
 }
 
 impl GrpcTransport {
-    /// Starts one link per peer, on the current tokio runtime. Links connect on their own,
-    /// in the background; a peer that is down is retried for as long as the node runs.
+    /// Starts one link per peer the membership knows, on the current tokio runtime. Links
+    /// connect on their own, in the background; a peer that is down is retried for as long
+    /// as the node runs.
     pub(crate) fn start(
         membership: &Membership,
         options: LinkOptions,
     ) -> Result<GrpcTransport, String> {
-        let mut links = HashMap::new();
+        let transport = GrpcTransport {
+            membership: membership.clone(),
+            options,
+            runtime: tokio::runtime::Handle::current(),
+            links: RwLock::new(HashMap::new()),
+            statuses: Statuses::default(),
+        };
         for peer in membership.peers() {
-            let link = Link::start(peer.id, &peer.addr, options.clone())?;
-            links.insert(u64::from(peer.id), link);
+            transport.open_link(peer.id, &peer.addr)?;
         }
-        Ok(GrpcTransport { links })
+        Ok(transport)
+    }
+
+    /// Takes in what gossip says of node `id` ([`Membership::learn`]); a node new here, or
+    /// one that moved, gets a new link (the old one's task ends with its last sender).
+    pub(crate) fn learn(&self, id: u32, addr: &str) -> Learned {
+        let learned = self.membership.learn(id, addr);
+        if matches!(learned, Learned::New | Learned::Moved) {
+            if let Err(e) = self.open_link(id, addr) {
+                tracing::warn!(node = id, addr, error = %e, "a node gossip told of has an unusable address");
+            } else {
+                tracing::info!(
+                    node = id,
+                    addr,
+                    ?learned,
+                    "a node gossip told of is now a peer"
+                );
+            }
+        }
+        learned
+    }
+
+    fn open_link(&self, id: u32, addr: &str) -> Result<(), String> {
+        let _entered = self.runtime.enter();
+        let link = Link::start(id, addr, self.options.clone())?;
+        let node = u64::from(id);
+        self.statuses
+            .write()
+            .expect("link statuses lock poisoned")
+            .insert(node, link.status.clone());
+        self.links
+            .write()
+            .expect("links lock poisoned")
+            .insert(node, link);
+        Ok(())
     }
 
     /// The links' connection states.
     pub(crate) fn liveness(&self) -> PeerLiveness {
         PeerLiveness {
-            up: Arc::new(
-                self.links
-                    .iter()
-                    .map(|(&node, link)| (node, link.status.clone()))
-                    .collect(),
-            ),
+            up: self.statuses.clone(),
         }
     }
 }
 
 impl RaftTransport for GrpcTransport {
-    fn send(&self, to: NodeId, message: pb::RaftEnvelope) -> TransportReply {
+    fn send(&self, to: NodeId, mut message: pb::RaftEnvelope) -> TransportReply {
         let (tx, rx) = oneshot::channel();
-        match self.links.get(&to) {
+        // The receiver refuses a message addressed to another node (an address gossip got
+        // wrong must not make one node answer for another).
+        message.to_node = u32::try_from(to).unwrap_or(u32::MAX);
+        match self.links.read().expect("links lock poisoned").get(&to) {
             Some(link) => link.send(message, tx),
             None => drop(tx.send(Err(TransportError::UnknownNode { node: to }))),
         }
@@ -146,8 +197,23 @@ impl RaftTransport for GrpcTransport {
 
     fn link(&self, _from: NodeId, to: NodeId) -> LinkState {
         self.links
+            .read()
+            .expect("links lock poisoned")
             .get(&to)
             .map_or_else(LinkState::default, |link| link.status.state())
+    }
+
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        self.membership.addr_of(node)
+    }
+
+    fn peers(&self, _from: NodeId) -> Vec<NodeId> {
+        self.links
+            .read()
+            .expect("links lock poisoned")
+            .keys()
+            .copied()
+            .collect()
     }
 }
 

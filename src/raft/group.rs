@@ -194,11 +194,11 @@ impl RaftTimings {
 #[derive(Clone)]
 pub(crate) struct RaftContext {
     pub node_id: NodeId,
-    /// Where each node serves gRPC, for the leader hints refusals carry.
-    pub addrs: Arc<std::collections::HashMap<NodeId, String>>,
     /// Bytes of each replicated partition's newest batches kept in memory
     /// (`cluster.replication_cache_bytes_max`).
     pub tail_cache_bytes_max: usize,
+    /// The links to the other nodes; also where each serves gRPC, for the leader hints
+    /// refusals carry.
     pub transport: Arc<dyn RaftTransport>,
     pub config: Arc<openraft::Config>,
     pub quiet: QuietSettings,

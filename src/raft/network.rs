@@ -54,6 +54,12 @@ pub(crate) trait RaftTransport: Send + Sync + 'static {
     /// them apart by it) to node `to`. Idle groups sleep on it (see `quiet`): a change wakes
     /// them.
     fn link(&self, from: NodeId, to: NodeId) -> LinkState;
+
+    /// Where node `node` serves gRPC, when known (the `walrs-leader` hint names it).
+    fn addr_of(&self, node: NodeId) -> Option<String>;
+
+    /// The nodes `from` (this node) has links to: the set may grow while the node runs.
+    fn peers(&self, from: NodeId) -> Vec<NodeId>;
 }
 
 /// What a transport knows of one link between two nodes.
@@ -133,6 +139,7 @@ impl PeerClient {
             partition: self.key.1,
             from_node: u32::try_from(self.from).expect("node ids are u32 in the config"),
             incarnation: self.incarnation,
+            to_node: 0, // the transport addresses it
             body: Some(body),
         };
         let reply = self.transport.send(self.target, envelope);

@@ -124,6 +124,7 @@ impl Sender {
             partition: self.key.1,
             from_node: u32::try_from(self.node_id).expect("node ids are u32 in the config"),
             incarnation: self.incarnation,
+            to_node: 0, // the transport addresses it
             body: Some(Body::Quiet(pb::RaftQuiet {
                 kind: kind as i32,
                 vote: Some(wire::vote_to(vote)),

@@ -144,6 +144,15 @@ impl RaftTransport for InProcess {
             changes: count(from) + count(to) + flaps.get(&(from, to)).copied().unwrap_or(0),
         }
     }
+
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        Some(format!("node-{node}.test:1"))
+    }
+
+    fn peers(&self, from: NodeId) -> Vec<NodeId> {
+        let nodes = self.nodes.read().unwrap();
+        nodes.keys().copied().filter(|&n| n != from).collect()
+    }
 }
 
 const TIMINGS: RaftTimings = RaftTimings {
@@ -198,7 +207,6 @@ impl Cluster {
             let options = node_options(dir.path(), tune);
             let context = RaftContext {
                 node_id: id,
-                addrs: Arc::new((1..=n).map(|i| (i, format!("node-{i}.test:1"))).collect()),
                 transport: transport.clone(),
                 config: config.clone(),
                 tail_cache_bytes_max: 1 << 20,

@@ -341,9 +341,12 @@ impl Inner {
         self.check_not_draining()?;
         self.principal(request)?;
         let node_id = self.config.cluster.node_id;
-        let mut nodes: Vec<NodeInfo> = self
-            .config
-            .cluster_nodes()
+        // The nodes this node knows: configured, or learned from gossip since.
+        let known = match &self.peers {
+            Some(peers) => peers.membership().nodes(),
+            None => self.config.cluster_nodes(),
+        };
+        let mut nodes: Vec<NodeInfo> = known
             .into_iter()
             .map(|node| {
                 let (alive, state) = self.node_liveness(node.id);

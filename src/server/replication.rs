@@ -218,10 +218,16 @@ impl Exchange {
         &self,
         message: pb::RaftEnvelope,
     ) -> impl std::future::Future<Output = pb::RaftEnvelope> + use<> {
+        let own_id = self.inner.config.cluster.node_id;
         let refusal = if self.node.is_some_and(|id| id != message.from_node) {
             Some(format!(
                 "{} may not speak for node {}",
                 self.principal, message.from_node
+            ))
+        } else if message.to_node != 0 && message.to_node != own_id {
+            Some(format!(
+                "this is node {own_id}, not node {}: the sender's address for node {} is wrong",
+                message.to_node, message.to_node
             ))
         } else if !self
             .inner

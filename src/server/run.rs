@@ -31,10 +31,10 @@ use super::oversize::{MessageLimit, RequestSize};
 use super::service::LogService;
 use super::stats::ServerStats;
 use crate::client::ClientTls;
-use crate::cluster::Membership;
-use crate::cluster::gossip::{Gossip, GossipOptions, NodeState};
+use crate::cluster::gossip::{Gossip, GossipOptions, MembersView, NodeState};
 use crate::cluster::peers::PeerAdmin;
 use crate::cluster::transport::{GrpcTransport, LinkOptions, PeerLiveness};
+use crate::cluster::{Learned, Membership};
 use crate::config::Config;
 use crate::observability::{self, Health, MetricsEndpoint};
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -131,28 +131,49 @@ fn raft_context(
     config: &Config,
     membership: &Membership,
     links: LinkOptions,
-) -> Result<(RaftContext, PeerLiveness)> {
+) -> Result<(RaftContext, Arc<GrpcTransport>)> {
     let raft_config = config
         .cluster
         .raft_timings()
         .openraft_config()
         .map_err(Error::ClusterSetup)?;
-    let transport = GrpcTransport::start(membership, links).map_err(Error::ClusterSetup)?;
-    let liveness = transport.liveness();
-    let addrs = membership
-        .nodes
-        .iter()
-        .map(|n| (u64::from(n.id), n.addr.clone()))
-        .collect();
+    let transport = Arc::new(GrpcTransport::start(membership, links).map_err(Error::ClusterSetup)?);
     let context = RaftContext {
-        node_id: u64::from(membership.node_id),
-        addrs: Arc::new(addrs),
+        node_id: u64::from(membership.node_id()),
         tail_cache_bytes_max: config.cluster.replication_cache_bytes_max as usize,
-        transport: Arc::new(transport),
+        transport: transport.clone(),
         config: Arc::new(raft_config),
         quiet: config.cluster.raft_timings().quiet_settings(),
     };
-    Ok((context, liveness))
+    Ok((context, transport))
+}
+
+/// Makes every node gossip hears of a peer (its address in the membership, a replication
+/// link to it), so that a node added to the running cluster can be placed on, until the
+/// node drains or gossip stops.
+async fn learn_from_gossip(
+    mut view: MembersView,
+    transport: Arc<GrpcTransport>,
+    mut draining: watch::Receiver<bool>,
+) {
+    let mut warned_full = false;
+    loop {
+        for member in view.members() {
+            let learned = transport.learn(member.id, &member.grpc_addr);
+            if learned == Learned::Full && !warned_full {
+                warned_full = true;
+                tracing::warn!(
+                    node = member.id,
+                    max = crate::config::CLUSTER_NODES_MAX,
+                    "gossip tells of more nodes than a cluster may have; ignoring the rest"
+                );
+            }
+        }
+        tokio::select! {
+            more = view.changed() => if !more { return },
+            _ = draining.wait_for(|d| *d) => return,
+        }
+    }
 }
 
 /// A running server.
@@ -297,13 +318,16 @@ pub async fn start(config: Config) -> Result<Running> {
 
     let options = config.shard_options();
     let cluster = cluster_links(&config)?;
-    let (raft, liveness) = match &cluster {
-        None => (None, PeerLiveness::default()),
+    let (raft, transport) = match &cluster {
+        None => (None, None),
         Some((membership, links)) => {
-            let (context, liveness) = raft_context(&config, membership, links.clone())?;
-            (Some(context), liveness)
+            let (context, transport) = raft_context(&config, membership, links.clone())?;
+            (Some(context), Some(transport))
         }
     };
+    let liveness = transport
+        .as_ref()
+        .map_or_else(PeerLiveness::default, |t| t.liveness());
     // Starting opens and recovers every partition: blocking work, off the runtime.
     let shards =
         match tokio::task::spawn_blocking(move || ShardSet::start_with(options, raft)).await {
@@ -337,6 +361,13 @@ pub async fn start(config: Config) -> Result<Running> {
         Some(_) => Some(Arc::new(start_gossip(&config, local_addr).await?)),
     };
     let (draining_tx, draining_rx) = watch::channel(false);
+    if let (Some(gossip), Some(transport)) = (&gossip, transport) {
+        tokio::spawn(learn_from_gossip(
+            gossip.view(),
+            transport,
+            draining_rx.clone(),
+        ));
+    }
     let in_flight = Arc::new(InFlight::default());
     let running_shards = shards.clone();
     let service = LogService::new(

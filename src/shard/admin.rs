@@ -44,7 +44,7 @@ pub(super) fn plan(
             .cloned()
             .unwrap_or_default();
         let local = replicas.is_empty() || raft.is_some_and(|r| replicas.contains(&r.node_id));
-        let first_addr = replicas.first().and_then(|id| raft?.addrs.get(id).cloned());
+        let first_addr = replicas.first().and_then(|&id| raft?.transport.addr_of(id));
         if local {
             opens[shard].push(OpenPartition {
                 topic: name.clone(),

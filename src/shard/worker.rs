@@ -399,7 +399,7 @@ fn not_leader(raft: Option<&RaftContext>, key: &Key, leader: Option<u64>) -> Err
 
 /// Where `leader` serves, when it is known.
 fn leader_addr(raft: Option<&RaftContext>, leader: Option<u64>) -> Option<String> {
-    leader.and_then(|id| raft?.addrs.get(&id).cloned())
+    leader.and_then(|id| raft?.transport.addr_of(id))
 }
 
 /// The group a write to a partition goes through: `None` for a solo partition (written
@@ -1456,7 +1456,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             return;
         };
         let mut changed = Vec::new();
-        for &node in raft.addrs.keys().filter(|&&n| n != raft.node_id) {
+        for node in raft.transport.peers(raft.node_id) {
             let changes = raft.transport.link(raft.node_id, node).changes;
             if let Some(before) = self.link_changes.insert(node, changes)
                 && before != changes
