@@ -854,6 +854,59 @@ async fn corruption_in_a_sealed_segment_is_reported<E: Engine>(engine: E, dir: &
     log.close().await.unwrap();
 }
 
+/// A bit flipped in the middle of a sealed segment (its index still looks right: its last
+/// batch checks out) is found by `find_damage`, which names the offset after the last good
+/// batch; a suffix truncation there drops the damage and every later segment, and the log
+/// takes appends again from that offset, durably.
+async fn damage_in_a_sealed_segment_is_found_and_cut<E: Engine>(engine: E, dir: &Path) {
+    let all = write_synced(&engine, dir, 12).await;
+    let (mut log, _) = reopen(&engine, dir).await;
+    assert_eq!(log.find_damage().await.unwrap(), None, "an intact log");
+    let segments = log.segment_count();
+    assert!(segments >= 3, "{segments} segments");
+    log.close().await.unwrap();
+
+    // A bit of the second batch of the first segment (a timestamp in its header): the
+    // first batch (offsets 0-2) is where the good batches end.
+    let first = dir.join(store_file_name(0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let second_batch = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    assert!(
+        bytes.len() > second_batch * 2,
+        "the first segment holds two batches"
+    );
+    let damaged_from = 3;
+    bytes[second_batch + 40] ^= 0x04;
+    std::fs::write(&first, bytes).unwrap();
+
+    let (mut log, _) = reopen(&engine, dir).await;
+    let damage = log.find_damage().await.unwrap();
+    assert_eq!(
+        damage,
+        Some(damaged_from),
+        "the offset after the first batch"
+    );
+    log.truncate_suffix(damaged_from).await.unwrap();
+    assert_eq!(log.end_offset(), damaged_from);
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.find_damage().await.unwrap(), None);
+    let kept: Vec<Record> = all
+        .iter()
+        .filter(|r| r.offset < damaged_from)
+        .cloned()
+        .collect();
+    sync_commit(&mut log).await;
+    same_records(&read_all(&mut log, 0).await.unwrap(), &kept);
+    let again = log.append(&batch(99, 2, 10)).await.unwrap();
+    assert_eq!(again, damaged_from, "appends go on from the cut");
+    sync_commit(&mut log).await;
+    log.close().await.unwrap();
+    let (mut log, _) = reopen(&engine, dir).await;
+    assert_eq!(log.end_offset(), damaged_from + 2);
+    assert_eq!(log.find_damage().await.unwrap(), None);
+    log.close().await.unwrap();
+}
+
 async fn retention_and_rolling<E: Engine>(engine: E, dir: &Path) {
     let mut config = small_config();
     config.retention_bytes = 6000;
@@ -1357,6 +1410,10 @@ macro_rules! conformance {
             case!(
                 corruption_in_a_sealed_segment_is_never_served,
                 corruption_in_a_sealed_segment_is_reported
+            );
+            case!(
+                damage_in_a_sealed_segment_is_found_and_cut,
+                damage_in_a_sealed_segment_is_found_and_cut
             );
             case!(
                 retention_by_bytes_and_age_and_rolling_by_age,

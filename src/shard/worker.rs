@@ -124,6 +124,15 @@ enum Replication<RT: AsyncRuntime> {
     Running(Group<RT>),
 }
 
+/// Why a partition's group is being started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartAs {
+    /// The partition was just opened: its log says how the group starts.
+    Opened,
+    /// Its log was just cut at a damaged segment: it rejoins (see [`Worker::repair_damaged`]).
+    Repaired,
+}
+
 struct Partition<E: Engine, RT: AsyncRuntime> {
     log: Log<E>,
     high_watermark: watch::Sender<u64>,
@@ -138,6 +147,13 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     producers: ProducerTable,
     /// The leader and term its group last reported (to log and count changes).
     seen_leader: (Option<u64>, u64),
+    /// As `OpenPartition::incarnation` and `replicas` (the set it was opened with; the
+    /// group's membership is what counts from then on): for a restart of the group.
+    incarnation: u64,
+    opened_replicas: Vec<u64>,
+    /// The log was cut at a damaged sealed segment once since it was opened (see
+    /// [`Worker::repair_damaged`]): a second failure to start is not repaired again.
+    damage_cut: bool,
 }
 
 impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
@@ -696,7 +712,10 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 match group {
                     Ok(group) => p.replication = Replication::Running(group),
                     Err(reason) => {
-                        tracing::error!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start; the partition stays read-only");
+                        tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start");
+                        if !self.repair_damaged(&key).await {
+                            tracing::error!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start; the partition stays read-only");
+                        }
                     }
                 }
             }
@@ -1261,6 +1280,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         &key,
                         &open.replicas,
                         (open.new_group, open.incarnation),
+                        StartAs::Opened,
                         applied.clone(),
                         &mut log,
                     );
@@ -1276,6 +1296,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         applied_unsaved: false,
                         producers,
                         seen_leader: (None, 0),
+                        incarnation: open.incarnation,
+                        opened_replicas: open.replicas.clone(),
+                        damage_cut: false,
                     };
                     p.publish();
                     self.partitions.insert(key.clone(), p);
@@ -1296,6 +1319,59 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         Ok(())
     }
 
+    /// After a replica's Raft group failed to start: when a sealed segment of its log holds
+    /// a batch that does not check out (a flipped bit, a torn sector: the group could not
+    /// read its entries), cuts the log where the good batches end and starts the group again
+    /// as a replica that lost data ([`GroupStart::Rejoin`]): it fetches what it dropped from
+    /// its leader, and neither votes nor stands until it holds what the leader committed
+    /// (a voter without committed entries could elect a leader that lacks them). Once per
+    /// open. `false` when there was nothing to repair, or the repair failed (logged).
+    async fn repair_damaged(&mut self, key: &Key) -> bool {
+        let Some(mut p) = self.partitions.remove(key) else {
+            return false;
+        };
+        let repaired = if p.damage_cut || p.is_solo() {
+            false
+        } else {
+            p.damage_cut = true;
+            self.cut_damage(key, &mut p).await
+        };
+        self.partitions.insert(key.clone(), p);
+        repaired
+    }
+
+    /// The work of [`Worker::repair_damaged`] on a partition taken out of the map.
+    async fn cut_damage(&self, key: &Key, p: &mut Partition<E, RT>) -> bool {
+        let damage = match p.log.find_damage().await {
+            Ok(Some(offset)) => offset,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "checking a log for damage");
+                return false;
+            }
+        };
+        let end = p.log.end_offset();
+        tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, damage, end, "a sealed segment holds a batch that does not check out: dropping the log from there and fetching it again from the leader, without voting until this replica has caught up");
+        if let Err(e) = p.log.truncate_suffix(damage).await {
+            tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "cutting a damaged log");
+            return false;
+        }
+        // The applied mark past the cut no longer fits the log (ignored: replayed).
+        p.applied = p.log.applied_mark().await.unwrap_or(None);
+        p.applied_unsaved = false;
+        p.producers = rebuild_producers(&mut p.log, self.options.producers, key).await;
+        p.replication = self.start_group(
+            key,
+            &p.opened_replicas,
+            (false, p.incarnation),
+            StartAs::Repaired,
+            p.applied.clone(),
+            &mut p.log,
+        );
+        p.publish();
+        true
+    }
+
     /// Starts the Raft group of a replicated partition in a task of its own (it reports back
     /// on the local queue), and lowers the commit mark to the start: readers see only what
     /// the group applies. A solo partition (one replica, or no cluster) starts nothing.
@@ -1304,6 +1380,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         key: &Key,
         replicas: &[u64],
         (new_group, incarnation): (bool, u64),
+        start_as: StartAs,
         applied: Option<AppliedMark>,
         log: &mut Log<E>,
     ) -> Replication<RT> {
@@ -1322,6 +1399,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         log.set_commit(commit)
             .expect("an applied mark is checked to be within the log");
         let start = match (log.end_offset() == 0, new_group) {
+            _ if start_as == StartAs::Repaired => GroupStart::Rejoin,
             (false, _) => GroupStart::Existing,
             (true, true) => GroupStart::New,
             (true, false) => {

@@ -1177,9 +1177,34 @@ impl<E: Engine> Log<E> {
         Ok(())
     }
 
+    /// The first offset past which this log cannot be read because a sealed segment holds a
+    /// batch that does not check out (a flipped bit, a torn sector): the offset after the
+    /// last good batch before it. `None` when every sealed segment reads to its end. Opens
+    /// (and closes again) every sealed segment, checking its index against its store: a
+    /// full pass over the log's indexes, for when something already went wrong.
+    ///
+    /// [`Log::truncate_suffix`] at that offset drops the damage and everything after it,
+    /// which only a replica that can fetch it again from others may do.
+    pub async fn find_damage(&mut self) -> Result<Option<u64>> {
+        let last = self.segments.len().saturating_sub(1);
+        for i in 0..last {
+            let was_open = self.segments[i].files_open();
+            let damage = self.segments[i].damage(&self.engine).await;
+            if !was_open {
+                self.segments[i].close_files().await?;
+            }
+            if let Some(offset) = damage? {
+                return Ok(Some(offset));
+            }
+        }
+        Ok(None)
+    }
+
     /// Drops every record at and after `from_offset`, across segments, durably; the end
     /// offset becomes `from_offset`, and both marks and the epoch map are cut to it. It must
-    /// be a batch boundary (or the end). Replication uses this to cut a diverged tail.
+    /// be a batch boundary (or the end), or where a damaged segment's readable batches end
+    /// ([`Log::find_damage`]). Replication uses this to cut a diverged tail, and to drop a
+    /// damaged one that the replica then fetches again from its leader.
     ///
     /// # Correctness
     /// Later segments are deleted newest first and the cut is synced before this returns,

@@ -55,7 +55,24 @@ struct Files<F> {
     store: F,
     index: Index,
     /// For a sealed segment whose tail does not decode: where the valid batches end.
-    corrupt_at: Option<(u64, DecodeError)>,
+    corrupt_at: Option<CorruptTail>,
+}
+
+/// Where a sealed segment's readable batches end, and why.
+#[derive(Debug, Clone)]
+struct CorruptTail {
+    /// The store position of the first batch that does not check out.
+    position: u64,
+    /// The offset after the last batch that does: where a cut of the damage leaves the log.
+    next_offset: u64,
+    error: DecodeError,
+}
+
+/// Where a suffix truncation cuts a segment: the index entries it keeps, and the store
+/// position it cuts at.
+struct Cut {
+    entries_kept: usize,
+    position: u64,
 }
 
 /// One batch as a read found it: where it is, its checked header, and its bytes.
@@ -503,7 +520,11 @@ impl<E: Engine> Segment<E> {
             .await
             .map_err(io_err("seal index", &self.index_path))?;
         files.corrupt_at = match scan.stopped_by {
-            Some(e) if scan.end_position < files.store.len() => Some((scan.end_position, e)),
+            Some(error) if scan.end_position < files.store.len() => Some(CorruptTail {
+                position: scan.end_position,
+                next_offset: scan.next_offset,
+                error,
+            }),
             _ => None,
         };
         Ok(())
@@ -660,7 +681,11 @@ impl<E: Engine> Segment<E> {
     /// when the segment has one, else nothing (offsets may have gaps).
     fn past_last_batch(&self) -> Result<()> {
         match self.files.as_ref().and_then(|f| f.corrupt_at.clone()) {
-            Some((position, source)) => Err(Error::Corrupt {
+            Some(CorruptTail {
+                position,
+                error: source,
+                ..
+            }) => Err(Error::Corrupt {
                 segment: self.store_path.clone(),
                 position,
                 source,
@@ -783,11 +808,22 @@ impl<E: Engine> Segment<E> {
     }
 
     /// The index position of the batch starting exactly at `offset`, or why there is none.
-    async fn boundary(&mut self, engine: &E, offset: u64) -> Result<Option<usize>> {
+    async fn boundary(&mut self, engine: &E, offset: u64) -> Result<Option<Cut>> {
         let segment_next = self.next_offset;
         let files = self.open_files(engine).await?;
         if offset == segment_next {
             return Ok(None);
+        }
+        // The end of a damaged segment's readable batches: the cut drops the damage.
+        if let Some(tail) = files
+            .corrupt_at
+            .as_ref()
+            .filter(|t| t.next_offset == offset)
+        {
+            return Ok(Some(Cut {
+                entries_kept: files.index.len(),
+                position: tail.position,
+            }));
         }
         let i = files
             .index
@@ -802,7 +838,41 @@ impl<E: Engine> Segment<E> {
                 batch_next,
             });
         }
-        Ok(Some(i))
+        Ok(Some(Cut {
+            entries_kept: i,
+            position: entry.position,
+        }))
+    }
+
+    /// Where this sealed segment's readable batches end, when a batch that does not check
+    /// out ends them before the segment does: the offset after the last good batch (a cut
+    /// there, [`Segment::truncate_from`], drops the damage). Reads the whole store, checking
+    /// every batch (an index that looks right says nothing of the batches before its last);
+    /// a damaged segment's index is rebuilt to end at the damage.
+    pub async fn damage(&mut self, engine: &E) -> Result<Option<u64>> {
+        self.open_files(engine).await?;
+        let mut files = self.files.take().expect("opened above");
+        if files.corrupt_at.is_none() {
+            let scanned = scan(&files.store, 0, self.base_offset)
+                .await
+                .map_err(io_err("scan segment", &self.store_path));
+            let damaged = match scanned {
+                Ok(scan) => Ok(scan.stopped_by.is_some() && scan.end_position < files.store.len()),
+                Err(e) => Err(e),
+            };
+            let rebuilt = match damaged {
+                Ok(true) => self.rebuild_index(engine, &mut files).await,
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = rebuilt {
+                self.files = Some(files);
+                return Err(e);
+            }
+        }
+        let damage = files.corrupt_at.as_ref().map(|tail| tail.next_offset);
+        self.files = Some(files);
+        Ok(damage)
     }
 
     /// Checks that a suffix truncation at `offset` would cut at a batch boundary.
@@ -827,9 +897,12 @@ impl<E: Engine> Segment<E> {
             .grow(engine, index_bytes_max)
             .await
             .map_err(io_err("grow index", &index_path))?;
-        if let Some(i) = cut {
-            let position = files.index.get(i).expect("below len").position;
-            files.index.truncate(i);
+        if let Some(Cut {
+            entries_kept,
+            position,
+        }) = cut
+        {
+            files.index.truncate(entries_kept);
             files
                 .store
                 .truncate(position)
@@ -838,7 +911,7 @@ impl<E: Engine> Segment<E> {
             files.corrupt_at = None;
             self.size_bytes = position;
             self.next_offset = offset;
-            if i == 0 {
+            if entries_kept == 0 {
                 self.first_raft_index = None;
             }
         }

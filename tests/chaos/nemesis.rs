@@ -148,8 +148,8 @@ pub struct Leaders {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mix {
     /// Every kind, combined; bit flips in sealed segments only with `flip_sealed` (a
-    /// replica whose sealed segment is damaged never starts its Raft group again: see
-    /// docs/RELIABILITY.md, so every run with one fails until the server repairs it).
+    /// replica repairs a damaged sealed segment only when the damage keeps its Raft group
+    /// from starting: see finding 1 of docs/RELIABILITY.md).
     All { flip_sealed: bool },
     /// Only power cuts of every node at once (the control run).
     PowerCutsOfAll,

@@ -245,7 +245,12 @@ impl Cluster {
             .command(id, env!("CARGO_BIN_EXE_walrs"))
             .args(["serve", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", "info,openraft=error")
+            // WALRS_CHAOS_NODE_LOG overrides the nodes' log filter (to look into one run).
+            .env(
+                "RUST_LOG",
+                std::env::var("WALRS_CHAOS_NODE_LOG")
+                    .unwrap_or_else(|_| "info,openraft=error".to_owned()),
+            )
             .env("NO_COLOR", "1")
             .stdout(stdout)
             .stderr(Stdio::piped())

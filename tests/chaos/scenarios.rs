@@ -101,7 +101,16 @@ pub fn a_follower_with_a_flipped_bit_catches_up(options: &Options) -> Result<(),
             Ok(())
         } else {
             let log = std::fs::read_to_string(cluster.log(follower)).unwrap_or_default();
-            let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).take(3).collect();
+            // The last warnings and errors: what the node made of the damage.
+            let mut errors: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                .collect();
+            errors.drain(..errors.len().saturating_sub(12));
+            let kept = options.out.join(format!("flipped-{}.log", options.seed));
+            if std::fs::create_dir_all(&options.out).is_ok() && std::fs::write(&kept, &log).is_ok() {
+                println!("node {follower}'s log kept in {}", kept.display());
+            }
             Err(format!(
                 "node {follower} never reached the acknowledged end {ends:?}; its errors: {errors:#?}"
             ))
