@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use walrs::client::{Client, ClientTls, ReadOptions, record};
 use walrs::config::{AclEntry, Config, NodeAddr, TlsConfig};
+use walrs::observability::names;
 use walrs::proto::v1::{self as pb, AppendResponse};
 use walrs::server::acl::Action;
 use walrs::server::{LEADER_METADATA, Running};
@@ -1429,5 +1430,125 @@ async fn a_follower_with_a_full_disk_refuses_entries_and_catches_up_when_space_r
             "node 3 serves another value"
         );
     }
+    cluster.shutdown().await;
+}
+
+/// A plain HTTP/1.1 GET of `/metrics` on `addr`: every sample by its series (`name{labels}`,
+/// as rendered).
+async fn scrape(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// What node `id`'s `/metrics` says of `replica`'s lag on partition 0 of `topic`:
+/// (batches, records, bytes), `None` while the series are missing.
+async fn replica_lag(
+    cluster: &mut TestCluster,
+    id: u32,
+    topic: &str,
+    replica: u32,
+) -> Option<(f64, f64, f64)> {
+    let addr = cluster.node(id).running.as_ref()?.metrics_addr()?;
+    let samples = scrape(addr).await;
+    let labels = format!("{{topic=\"{topic}\",partition=\"0\",replica=\"{replica}\"}}");
+    let get = |name: &str| samples.get(&format!("{name}{labels}")).copied();
+    Some((
+        get(names::REPLICA_LAG_BATCHES)?,
+        get(names::REPLICA_LAG_RECORDS)?,
+        get(names::REPLICA_LAG_BYTES)?,
+    ))
+}
+
+/// Polls node `id`'s `/metrics` until `replica`'s lag satisfies `holds` (the series are
+/// sampled every maintenance interval); returns it.
+async fn until_lag(
+    cluster: &mut TestCluster,
+    (id, topic, replica): (u32, &str, u32),
+    what: &str,
+    holds: impl Fn((f64, f64, f64)) -> bool,
+) -> (f64, f64, f64) {
+    let until = deadline();
+    loop {
+        let lag = replica_lag(cluster, id, topic, replica).await;
+        if let Some(lag) = lag.filter(|&lag| holds(lag)) {
+            return lag;
+        }
+        assert!(
+            Instant::now() < until,
+            "node {id}: replica {replica}'s lag never {what}; last scraped {lag:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The leader exports each follower's lag in records and bytes: a follower stopped while
+/// records are appended lags by exactly those records and at least their encoded bytes, and
+/// by nothing once it is back and has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_exports_a_stopped_followers_lag_in_records_and_bytes() {
+    const TOPIC: &str = "lagging";
+    let mut cluster = TestCluster::start_with(3, |_, config| {
+        config.metrics.enabled = true;
+        config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+        // The gauges are sampled every maintenance interval: once per heartbeat here.
+        config.storage.maintenance_interval_ms = HEARTBEAT_MS;
+    })
+    .await;
+    cluster.create_replicated(1, TOPIC).await.unwrap();
+    // Records of a known size: one append is one batch of `PER_APPEND` of them.
+    const PER_APPEND: usize = 10;
+    let value = |i: usize| format!("{i:05}-{}", "v".repeat(94));
+    let values = |from: usize| (from..from + PER_APPEND).map(value).collect::<Vec<_>>();
+    cluster.append(TOPIC, &values(0)).await;
+    let leader = cluster.leader(TOPIC, 0).await;
+    let follower = cluster.live().into_iter().find(|&id| id != leader).unwrap();
+    let zero = |lag: (f64, f64, f64)| lag == (0.0, 0.0, 0.0);
+    until_lag(&mut cluster, (leader, TOPIC, follower), "0", zero).await;
+
+    cluster.stop(follower).await;
+    let appends = 3;
+    let mut missed_bytes = 0;
+    for n in 0..appends {
+        let batch = values(PER_APPEND * (n + 1));
+        let ack = cluster.append(TOPIC, &batch).await;
+        assert_eq!(ack.count as usize, PER_APPEND);
+        let records: Vec<walrs::storage::Record> = batch
+            .iter()
+            .map(|v| walrs::storage::Record {
+                value: v.clone().into_bytes().into(),
+                ..walrs::storage::Record::default()
+            })
+            .collect();
+        missed_bytes += walrs::storage::batch_len(&records);
+    }
+    let missed_records = (appends * PER_APPEND) as f64;
+    let (batches, _, bytes) = until_lag(
+        &mut cluster,
+        (leader, TOPIC, follower),
+        "counted the records appended while it was down",
+        |(_, records, _)| records == missed_records,
+    )
+    .await;
+    assert_eq!(batches, appends as f64, "one entry per append");
+    assert!(
+        bytes >= missed_bytes as f64,
+        "{bytes} bytes behind, fewer than the {missed_bytes} encoded bytes it missed"
+    );
+
+    cluster.restart(follower).await;
+    until_lag(&mut cluster, (leader, TOPIC, follower), "back to 0", zero).await;
     cluster.shutdown().await;
 }

@@ -37,7 +37,8 @@ pub struct StorageConfig {
     pub enqueue_timeout_ms: u64,
     /// glommio registered-buffer pool per shard (locked memory).
     pub io_memory_bytes: u64,
-    /// How often each shard rolls aged segments and applies retention.
+    /// How often each shard rolls aged segments, applies retention and samples the
+    /// replication gauges.
     pub maintenance_interval_ms: u64,
     /// Pin each portable shard thread to one CPU (io_uring shards are always pinned).
     pub pin_threads: bool,

@@ -55,13 +55,21 @@ pub mod names {
     /// Counter {shard}: times a replicated partition on the shard learned of a new leader.
     pub const LEADER_CHANGES_TOTAL: &str = "walrs_leader_changes_total";
     /// Gauge {topic, partition}: the partition's leader (node id) as this replica knows it,
-    /// 0 = none; sampled every maintenance interval.
+    /// 0 = none; sampled every maintenance interval. Per-partition series: see
+    /// [`crate::observability::PartitionReplication`] for when they go.
     pub const PARTITION_LEADER: &str = "walrs_partition_leader";
     /// Gauge {topic, partition}: the partition's Raft term (its `leader_epoch`).
     pub const PARTITION_TERM: &str = "walrs_partition_term";
     /// Gauge {topic, partition, replica}: on the leader, the entries (batches) of its log a
-    /// follower does not hold yet.
+    /// follower (voter or learner) does not hold yet.
     pub const REPLICA_LAG_BATCHES: &str = "walrs_replica_lag_batches";
+    /// Gauge {topic, partition, replica}: on the leader, the offsets of its log after the
+    /// last entry a follower holds: its end offset minus the offset after that entry (records,
+    /// and one per control entry).
+    pub const REPLICA_LAG_RECORDS: &str = "walrs_replica_lag_records";
+    /// Gauge {topic, partition, replica}: on the leader, the store bytes of its log after the
+    /// last entry a follower holds (whole batches, headers included).
+    pub const REPLICA_LAG_BYTES: &str = "walrs_replica_lag_bytes";
     /// Gauge: the controller leader (node id) as this node knows it; 0 = none known.
     pub const CONTROLLER_LEADER: &str = "walrs_controller_leader";
     /// Gauge: the offset up to which this node applied the controller's metadata log.
@@ -194,18 +202,6 @@ fn describe_all() {
         "Times a replicated partition on the shard learned of a new leader."
     );
     describe_gauge!(
-        PARTITION_LEADER,
-        "The partition's leader (node id) as this replica knows it; 0 = none."
-    );
-    describe_gauge!(
-        PARTITION_TERM,
-        "The partition's Raft term (its leader_epoch)."
-    );
-    describe_gauge!(
-        REPLICA_LAG_BATCHES,
-        "On the leader: entries (batches) of its log a follower does not hold yet."
-    );
-    describe_gauge!(
         CONTROLLER_LEADER,
         "The controller leader's node id as this node knows it (0 = none known)."
     );
@@ -335,31 +331,6 @@ pub fn controller_state(leader: u64, applied_offset: u64, topics: usize) {
     gauge!(CONTROLLER_LEADER).set(leader as f64);
     gauge!(METADATA_APPLIED_OFFSET).set(applied_offset as f64);
     gauge!(CLUSTER_TOPICS).set(topics as f64);
-}
-
-/// A replicated partition as its replica here sees it: leader and term, and on the leader,
-/// each follower's lag in entries.
-pub fn partition_replication(
-    topic: &str,
-    partition: u32,
-    (leader, term): (Option<u64>, u64),
-    lag: &[(u64, u64)],
-) {
-    let labels = [
-        ("topic", topic.to_owned()),
-        ("partition", partition.to_string()),
-    ];
-    gauge!(PARTITION_LEADER, &labels).set(leader.unwrap_or(0) as f64);
-    gauge!(PARTITION_TERM, &labels).set(term as f64);
-    for (replica, batches) in lag {
-        gauge!(
-            REPLICA_LAG_BATCHES,
-            "topic" => topic.to_owned(),
-            "partition" => partition.to_string(),
-            "replica" => replica.to_string()
-        )
-        .set(*batches as f64);
-    }
 }
 
 /// The gossip members' states (one item per node: joining, alive, leaving or dead).

@@ -5,8 +5,9 @@
 //! Owns: the listener, at most [`CONNECTIONS_MAX`] connections with a header timeout, and
 //! the refresh of the values kept elsewhere: shard counters and queue depths, connection
 //! and TLS handshake counts (copied from the shards' and the listener's atomics at each
-//! scrape) and the per-topic disk gauges (asked of the shards
-//! every [`DISK_REFRESH`] and on every DescribeTopic).
+//! scrape), the per-partition replication series (rendered from the shards' latest
+//! snapshots at each scrape, after the registry's; see `partitions`) and the per-topic disk
+//! gauges (asked of the shards every [`DISK_REFRESH`] and on every DescribeTopic).
 //! The values come through [`MetricsSource`], implemented by the layer that owns them
 //! (the server, over its shards and listener): this module imports neither.
 //! Must never: do TLS (this is an operator's port; bind it to loopback or a private network)
@@ -29,6 +30,7 @@ use futures::future::BoxFuture;
 
 use super::catalog::{ListenerCounts, ShardCounts, TopicDiskUsage};
 use super::health::Health;
+use super::partitions::PartitionReplication;
 
 /// Scrapers and probes connected at once; more wait in the kernel's backlog.
 const CONNECTIONS_MAX: usize = 64;
@@ -45,7 +47,8 @@ struct State {
 }
 
 /// Where the endpoint reads the values that are kept elsewhere, implemented above this
-/// module. Each call is cheap (atomics) except `disk_usage`, which asks the shards.
+/// module. Each call is cheap (atomics, or a copy of a short list) except `disk_usage`,
+/// which asks the shards.
 pub trait MetricsSource: Send + Sync + 'static {
     /// The I/O engine, for the build-info series.
     fn engine_name(&self) -> &'static str;
@@ -55,6 +58,8 @@ pub trait MetricsSource: Send + Sync + 'static {
     fn shard_counts(&self) -> Vec<ShardCounts>;
     /// Every topic's disk usage; a topic that cannot be asked now is left out.
     fn disk_usage(&self) -> BoxFuture<'_, Vec<TopicDiskUsage>>;
+    /// The replicated partitions this node holds, as its shards last published them.
+    fn partition_replication(&self) -> Vec<PartitionReplication>;
 }
 
 /// A running metrics endpoint. Stops when dropped.
@@ -163,16 +168,21 @@ fn respond<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/metrics" => match &state.handle {
             Some(handle) => {
-                if let Some(source) = state.source.get() {
+                let partitions = state.source.get().map(|source| {
                     super::catalog::server_counters(&source.listener_counts());
                     for shard in source.shard_counts() {
                         super::catalog::shard_gauges(&shard);
                     }
+                    source.partition_replication()
+                });
+                let mut body = handle.render();
+                if let Some(partitions) = partitions {
+                    super::partitions::render_partition_replication(&mut body, &partitions);
                 }
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    handle.render(),
+                    body,
                 )
             }
             None => reply(

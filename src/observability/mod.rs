@@ -5,8 +5,11 @@
 //! process, installed only when `[metrics] enabled`; without it every `metrics` macro is a
 //! no-op), the plain-HTTP listener on `[metrics] listen` (`exporter`), the serving flag that
 //! gRPC health and `/health` both report (`health`), the per-request span and counters
-//! (`call`), the tracing subscriber with rate-limited warnings (`logging`), and the per-hop
-//! timestamps of an append that `WALRS_HOP_TRACE=1` turns on (`hops`).
+//! (`call`), the tracing subscriber with rate-limited warnings (`logging`), the per-hop
+//! timestamps of an append that `WALRS_HOP_TRACE=1` turns on (`hops`), and the
+//! per-partition replication series, rendered from the shards' snapshots at each scrape
+//! rather than kept in the registry, so that they go when the partition does
+//! (`partitions`).
 //! Arrows run one way: `shard` and `server` call the handles in `catalog`; the exporter
 //! reads their values through the `MetricsSource` trait they implement. Nothing here
 //! imports `shard` or `server`.
@@ -22,17 +25,19 @@ mod exporter;
 mod health;
 pub mod hops;
 mod logging;
+mod partitions;
 
 pub use call::{ActiveStream, Rpc, RpcCall, code_name};
 pub use catalog::{
     ListenerCounts, ShardCounts, ShardMetrics, TopicDiskUsage, authentication_failed,
     authorization_denied, bytes_and_records_in, bytes_and_records_out, controller_state,
-    gossip_members, install_recorder, observe_append, observe_read, partition_replication,
-    shard_overloaded, topic_deleted, topic_disk_usage,
+    gossip_members, install_recorder, observe_append, observe_read, shard_overloaded,
+    topic_deleted, topic_disk_usage,
 };
 pub use exporter::{MetricsEndpoint, MetricsSource};
 pub use health::Health;
 pub use logging::{RateLimit, init_logging};
+pub use partitions::{PartitionReplication, ReplicaLag};
 
 /// Metric names, for tests and dashboards.
 pub mod names {

@@ -230,6 +230,18 @@ pub(crate) enum GroupStart {
     Rejoin,
 }
 
+/// A leader's view of its followers (see [`Group::followers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Followers {
+    /// The leader's last entry, `None` when its log is empty.
+    pub last_index: Option<u64>,
+    /// The last entry purged from the leader's log (its log starts after it), if any.
+    pub purged_index: Option<u64>,
+    /// Each follower in the group's membership and the last entry it is known to hold
+    /// (`None`: none yet, or not heard from since this replica leads).
+    pub matched: Vec<(NodeId, Option<u64>)>,
+}
+
 pub(crate) type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
 
 pub(crate) struct Group<RT: AsyncRuntime> {
@@ -358,22 +370,20 @@ impl<RT: AsyncRuntime> Group<RT> {
         (m.current_leader, m.state == ServerState::Leader)
     }
 
-    /// On a leader: per follower, the entries (batches) of this leader's log it does not
-    /// hold yet, as far as the leader knows; empty elsewhere.
-    pub(crate) fn follower_lag(&self) -> Vec<(NodeId, u64)> {
+    /// On a leader: how far its log reaches and how far each follower (voter or learner) is
+    /// known to hold it; `None` on any other replica.
+    pub(crate) fn followers(&self) -> Option<Followers> {
         let m = self.metrics.borrow_watched();
-        let last = m.last_log_index.unwrap_or(0);
-        let Some(replication) = &m.replication else {
-            return Vec::new();
-        };
-        replication
-            .iter()
-            .filter(|(node, _)| **node != self.sender.node_id)
-            .map(|(node, matched)| {
-                let held = matched.as_ref().map_or(0, |id| id.index);
-                (*node, last.saturating_sub(held))
-            })
-            .collect()
+        let replication = m.replication.as_ref()?;
+        Some(Followers {
+            last_index: m.last_log_index,
+            purged_index: m.purged.as_ref().map(|id| id.index),
+            matched: replication
+                .iter()
+                .filter(|(node, _)| **node != self.sender.node_id)
+                .map(|(node, matched)| (*node, matched.as_ref().map(|id| id.index)))
+                .collect(),
+        })
     }
 
     /// The leader this replica knows of, and the term it is in.

@@ -13,6 +13,8 @@ use crate::proto::v1 as pb;
 use crate::shard::{EngineChoice, Error, ShardOptions, ShardSet};
 use crate::storage::Record;
 
+mod lag;
+
 /// Delivers each message straight to the destination node's shard set, on a tokio task.
 struct InProcess {
     runtime: tokio::runtime::Handle,

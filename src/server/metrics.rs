@@ -7,7 +7,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::stats::ServerStats;
-use crate::observability::{ListenerCounts, MetricsSource, ShardCounts, TopicDiskUsage};
+use crate::observability::{
+    ListenerCounts, MetricsSource, PartitionReplication, ShardCounts, TopicDiskUsage,
+};
 use crate::shard::{ShardSet, TopicDescription};
 
 /// What a topic description says about disk usage.
@@ -58,6 +60,10 @@ impl MetricsSource for ServerMetrics {
                 }
             })
             .collect()
+    }
+
+    fn partition_replication(&self) -> Vec<PartitionReplication> {
+        self.shards.partition_replication()
     }
 
     fn disk_usage(&self) -> BoxFuture<'_, Vec<TopicDiskUsage>> {

@@ -4,7 +4,8 @@
 //! Owns: topic metadata on disk and the topic → partition → shard routing (`topics`), the
 //! shard threads and their executors (`executor`), the per-shard loop with group commit
 //! (`worker`), the messages between bridge and shard (`command`) and the bounded queue that
-//! carries them (`queue`), the counters (`stats`), and
+//! carries them (`queue`), the counters (`stats`), what a shard publishes about its
+//! replicated partitions and their followers' lag (`lag`), and
 //! the `Send + Sync` front door [`ShardSet`] (`set`).
 //! Must never: know about gRPC or file formats. A partition's `Log` is touched only by the one
 //! shard thread that owns it; state on a shard is `!Send` and unlocked, and the only things
@@ -19,6 +20,7 @@ mod admin;
 mod command;
 mod error;
 mod executor;
+mod lag;
 mod options;
 mod producers;
 mod queue;

@@ -110,7 +110,8 @@ pub struct ShardOptions {
     pub spin_before_park_us: u64,
     /// Memory glommio reserves (and locks) for io_uring buffers per shard.
     pub io_memory_bytes: usize,
-    /// How often each shard rolls aged segments and applies retention.
+    /// How often each shard rolls aged segments, applies retention and publishes its
+    /// replicated partitions' leaders and followers' lag (see `lag`).
     pub maintenance_interval_ms: u64,
     /// Most partitions one topic may have.
     pub partitions_max: u32,

@@ -315,6 +315,16 @@ impl ShardSet {
         snapshot
     }
 
+    /// The replicated partitions every shard holds, as each last published them: leader,
+    /// term and, where this node leads, each follower's lag (see `lag`).
+    pub fn partition_replication(&self) -> Vec<crate::observability::PartitionReplication> {
+        self.inner
+            .stats
+            .iter()
+            .flat_map(|stats| stats.replication.snapshot())
+            .collect()
+    }
+
     /// Counters summed over every shard.
     pub fn total_stats(&self) -> ShardStatsSnapshot {
         (0..self.shard_count()).fold(ShardStatsSnapshot::default(), |sum, s| sum + self.stats(s))

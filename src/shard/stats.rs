@@ -1,7 +1,9 @@
 //! Per-shard counters, written by the shard thread and readable from any thread.
 //!
 //! Must never: be used for control flow. They are relaxed atomics for tests, metrics and
-//! operators; nothing synchronizes through them.
+//! operators; nothing synchronizes through them. The one list among them (the replicated
+//! partitions as last published, see `lag`) sits behind a mutex the shard takes once per
+//! maintenance interval, never on the request path.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -26,6 +28,8 @@ pub struct ShardStats {
     pub(crate) raft_groups_quiet: AtomicU64,
     /// Times a replicated partition here learned of a new leader (elections seen).
     pub(crate) leader_changes: AtomicU64,
+    /// The replicated partitions' leaders, terms and followers' lag, as last published.
+    pub(crate) replication: super::lag::Published,
 }
 
 /// A copy of a shard's counters at one moment.

@@ -1433,6 +1433,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// Closes (syncing) the given partitions of `topic`, removing their directories when
     /// asked. Partitions this shard does not hold are skipped. Returns the first error.
     async fn close(&mut self, topic: &Arc<str>, partitions: &[u32], remove: bool) -> Result<()> {
+        // Their series go from the next scrape, whatever the close below meets.
+        self.stats.replication.forget(topic, partitions);
         let mut first_error = None;
         for &partition in partitions {
             let key = (topic.clone(), partition);
@@ -1458,6 +1460,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     }
 
     async fn close_all(&mut self) -> Result<()> {
+        self.stats.replication.clear();
         let mut first_error = None;
         for (key, mut p) in self.partitions.drain() {
             p.save_applied(&key).await;
@@ -1551,6 +1554,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 quiet += u64::from(group.is_quiet());
                 let seen = group.leader_and_term();
                 if seen != p.seen_leader {
+                    // A replica that stopped leading shows no lag from now on; the next
+                    // maintenance fills in a new leader's.
+                    self.stats.replication.leader_changed(
+                        (topic.as_ref(), *partition),
+                        seen,
+                        group.leader().1,
+                    );
                     let (leader, term) = seen;
                     if leader.is_some() && leader != p.seen_leader.0 {
                         leader_changes += 1;
@@ -1565,13 +1575,20 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         self.stats.raft_groups_quiet.store(quiet, Relaxed);
     }
 
-    /// Rolls aged segments and applies retention on every healthy log.
+    /// Rolls aged segments and applies retention on every healthy log, and publishes the
+    /// replicated partitions' leaders, terms and followers' lag (see `lag`).
     async fn maintain(&mut self) {
         let now = now_ms();
         // Retention below, and whatever else freed space since: the floor reads the file
         // system again at its next check.
         self.space.freed();
+        let mut replication = Vec::new();
         for ((topic, partition), p) in &mut self.partitions {
+            if let Replication::Running(group) = &p.replication {
+                replication.push(
+                    super::lag::partition_replication((topic, *partition), group, &mut p.log).await,
+                );
+            }
             let expired = p.producers.expire(now);
             if expired > 0 {
                 tracing::debug!(topic = %topic, partition, expired, "idle producers forgotten");
@@ -1587,14 +1604,6 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         continue;
                     }
                 }
-            }
-            if let Replication::Running(group) = &p.replication {
-                crate::observability::partition_replication(
-                    topic,
-                    *partition,
-                    p.seen_leader,
-                    &group.follower_lag(),
-                );
             }
             if !p.is_solo() {
                 p.save_applied(&(topic.clone(), *partition)).await;
@@ -1636,6 +1645,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             // A roll seals (syncs) the active segment, which moves the durable end.
             p.commit_solo(Log::durable_end);
         }
+        self.stats.replication.replace(replication);
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Owns: offsets (assignment, start, end, the durable mark and the commit mark), rolling,
 //! retention, prefix and suffix truncation, recovery on open, the leader-epoch map, the
-//! persisted start offset and vote, and enforcing the limits on what
-//! may be appended (defined and checked in `limits`).
+//! persisted start offset and vote, enforcing the limits on what
+//! may be appended (defined and checked in `limits`), and how much of the log lies after a
+//! given entry (`suffix`: what a replica that holds up to it lacks).
 //! Must never: be shared. One shard task owns a `Log` and calls it sequentially; nothing in
 //! here locks. Must never reuse an offset: the end offset only moves back through an explicit
 //! `truncate_suffix`. Must never write a file except through its engine.
@@ -48,11 +49,15 @@ use bytes::Bytes;
 
 use super::error::{Error, Result, io_err};
 use super::format::{self, Batch, BatchHeader, BatchMeta, Record};
+use super::index::Entry as IndexEntry;
 use super::io::Engine;
 use super::limits::LogLimits;
 use super::segment::{self, Recovery, Segment};
 use super::state::{self, AppliedMark, EpochStart, MarkFile, Vote};
 use super::tail::TailCache;
+
+mod suffix;
+pub use suffix::LogSuffix;
 
 const START_OFFSET_FILE: &str = "start_offset";
 
@@ -114,6 +119,19 @@ pub struct EntryMeta {
     pub raft_index: u64,
     /// Raft's own entry (blank or membership): a control batch, never served to consumers.
     pub control: bool,
+}
+
+/// Where a Raft entry's batch is in a log: held (segment `segment`, its `k`-th batch), or
+/// not held because it lies below the log's first entry (or its start offset), or past its
+/// last.
+enum EntryPlace {
+    Held {
+        segment: usize,
+        k: usize,
+        entry: IndexEntry,
+    },
+    Below,
+    Past,
 }
 
 /// Why a log refuses writes after a failed one.
@@ -525,6 +543,14 @@ impl<E: Engine> Log<E> {
     /// replicated log, where batch `k` of a segment is entry `first + k`: a binary search over
     /// the segments' first entries, then one index lookup.
     pub async fn offset_of_raft_index(&mut self, raft_index: u64) -> Result<Option<u64>> {
+        Ok(match self.find_entry(raft_index).await? {
+            EntryPlace::Held { entry, .. } => Some(entry.offset),
+            EntryPlace::Below | EntryPlace::Past => None,
+        })
+    }
+
+    /// Where the batch of Raft entry `raft_index` is (see [`Log::offset_of_raft_index`]).
+    async fn find_entry(&mut self, raft_index: u64) -> Result<EntryPlace> {
         let (mut lo, mut hi) = (0, self.segments.len());
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
@@ -537,19 +563,24 @@ impl<E: Engine> Log<E> {
         let engine = self.engine.clone();
         let segment = &mut self.segments[lo];
         let Some(first) = segment.first_raft_index(&engine).await? else {
-            return Ok(None);
+            // Only an empty log has an empty first segment.
+            return Ok(EntryPlace::Past);
         };
         let Some(k) = raft_index.checked_sub(first) else {
-            return Ok(None);
+            return Ok(EntryPlace::Below);
         };
         let Ok(k) = usize::try_from(k) else {
-            return Ok(None);
+            return Ok(EntryPlace::Past);
         };
-        Ok(segment
-            .batch_at(&engine, k)
-            .await?
-            .map(|entry| entry.offset)
-            .filter(|&offset| offset >= self.start_offset))
+        Ok(match segment.batch_at(&engine, k).await? {
+            None => EntryPlace::Past,
+            Some(entry) if entry.offset < self.start_offset => EntryPlace::Below,
+            Some(entry) => EntryPlace::Held {
+                segment: lo,
+                k,
+                entry,
+            },
+        })
     }
 
     /// The header of the last batch in the log, `None` when the log holds none: a consensus

@@ -35,7 +35,7 @@ pub use format::{
 pub use index::ENTRY_LEN as INDEX_ENTRY_LEN;
 pub use io::{Engine, FileStat, StoreFile};
 pub use limits::{CheckedBatch, InvalidLimit, LimitName, LogLimits, ProducerStamp, check_range};
-pub use log::{EntryMeta, Log, OpenReport, RawBatch, VerifiedBatch, now_ms};
+pub use log::{EntryMeta, Log, LogSuffix, OpenReport, RawBatch, VerifiedBatch, now_ms};
 pub use portable::PortableEngine;
 pub use segment::{Recovery, index_file_name, store_file_name};
 pub use space::{DiskSpace, SpaceLimits, free_bytes, is_out_of_space};

@@ -409,6 +409,14 @@ impl<E: Engine> Segment<E> {
         Ok(self.open_files(engine).await?.index.get(k))
     }
 
+    /// The index entry of the batch that holds `offset` (the last one based at or below it),
+    /// `None` when `offset` is below the first batch. Opens a sealed segment's files on first
+    /// use.
+    pub async fn batch_holding(&mut self, engine: &E, offset: u64) -> Result<Option<Entry>> {
+        let index = &self.open_files(engine).await?.index;
+        Ok(index.lookup(offset).and_then(|k| index.get(k)))
+    }
+
     /// The index entry of this segment's last batch, `None` when it has none. Opens a sealed
     /// segment's files on first use.
     pub async fn last_batch(&mut self, engine: &E) -> Result<Option<Entry>> {
