@@ -62,7 +62,8 @@ pub struct ClusterConfig {
     /// How often a leader sends heartbeats (shared by all groups between two nodes).
     pub heartbeat_interval_ms: u64,
     /// Largest node-to-node replication frame (entries' bytes, not counting the frame's own
-    /// header); one largest batch (`storage.batch_bytes_max`) must fit in one.
+    /// header), and the most bytes of entries one AppendEntries carries (one entry larger
+    /// than this goes alone); one largest batch (`storage.batch_bytes_max`) must fit in one.
     pub replication_batch_bytes_max: u64,
     /// Messages that may wait for (or await an answer from) one destination node; past it a
     /// message is refused at once, as if the node were unreachable, and Raft retries it. Also

@@ -184,6 +184,11 @@ impl RaftTimings {
             // A replica that comes back from a cut (or wakes from quiet) asks before it
             // campaigns, so it cannot depose a leader the others still hear from.
             enable_pre_vote: Some(true),
+            // A learner counts as caught up (a blocking add_learner returns, and a move goes
+            // on to change the voters) only once it is within one AppendEntries of the
+            // leader's log; openraft's default, 5,000 entries, let a move of a short log of
+            // large batches take an empty replica in as a voter at once.
+            replication_lag_threshold: u64::from(self.raft_payload_entries_max),
             ..openraft::Config::default()
         };
         config.validate().map_err(|e| e.to_string())
@@ -197,6 +202,9 @@ pub(crate) struct RaftContext {
     /// Bytes of each replicated partition's newest batches kept in memory
     /// (`cluster.replication_cache_bytes_max`).
     pub tail_cache_bytes_max: usize,
+    /// Bytes of entries one AppendEntries carries at most (`cluster.replication_batch_bytes_max`;
+    /// one larger entry goes alone).
+    pub append_bytes_max: usize,
     /// The links to the other nodes; also where each serves gRPC, for the leader hints
     /// refusals carry.
     pub transport: Arc<dyn RaftTransport>,
@@ -290,7 +298,7 @@ impl<RT: AsyncRuntime> Group<RT> {
             context.node_id,
             context.config.clone(),
             network,
-            PartitionLog::new(key.clone(), ops.clone()),
+            PartitionLog::new(key.clone(), ops.clone(), context.append_bytes_max),
             PartitionStateMachine::new(
                 key.clone(),
                 ops,

@@ -110,6 +110,9 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         key: Key,
         start: u64,
         end: u64,
+        /// Stop once the entries read hold this many bytes (at least one entry is read):
+        /// `usize::MAX` for the whole range.
+        bytes_max: usize,
         reply: Reply<Vec<Entry>>,
     },
     /// Drops every entry after `last` (every entry when `None`).
@@ -247,11 +250,17 @@ impl<RT: AsyncRuntime> OpSender<RT> {
 pub(crate) struct PartitionLog<RT: AsyncRuntime> {
     key: Key,
     ops: OpSender<RT>,
+    /// Bytes of entries one AppendEntries carries at most (one larger entry goes alone).
+    append_bytes_max: usize,
 }
 
 impl<RT: AsyncRuntime> PartitionLog<RT> {
-    pub(crate) fn new(key: Key, ops: OpSender<RT>) -> Self {
-        PartitionLog { key, ops }
+    pub(crate) fn new(key: Key, ops: OpSender<RT>, append_bytes_max: usize) -> Self {
+        PartitionLog {
+            key,
+            ops,
+            append_bytes_max,
+        }
     }
 }
 
@@ -259,6 +268,7 @@ impl<RT: AsyncRuntime> PartitionLog<RT> {
 pub(crate) struct PartitionLogReader<RT: AsyncRuntime> {
     key: Key,
     ops: OpSender<RT>,
+    append_bytes_max: usize,
 }
 
 fn stopped() -> io::Error {
@@ -309,6 +319,25 @@ impl<RT: AsyncRuntime> RaftLogReader<PartitionTypes<RT>> for PartitionLogReader<
             key: self.key.clone(),
             start,
             end,
+            bytes_max: usize::MAX,
+            reply,
+        })
+        .await
+    }
+
+    /// What replication sends: entries from `start` up to `append_bytes_max` bytes (at least
+    /// one), so that one AppendEntries of large batches stays within what a follower writes
+    /// and syncs in one RPC's deadline.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        ask(&self.ops, |reply| LogOp::Read {
+            key: self.key.clone(),
+            start,
+            end,
+            bytes_max: self.append_bytes_max,
             reply,
         })
         .await
@@ -347,6 +376,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
         PartitionLogReader {
             key: self.key.clone(),
             ops: self.ops.clone(),
+            append_bytes_max: self.append_bytes_max,
         }
     }
 
@@ -556,8 +586,12 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             return Served::Flush(flushed);
         }
         LogOp::Read {
-            start, end, reply, ..
-        } => send(reply, read(log, start, end).await),
+            start,
+            end,
+            bytes_max,
+            reply,
+            ..
+        } => send(reply, read(log, start, end, bytes_max).await),
         LogOp::TruncateAfter { last, reply, .. } => {
             send(reply, truncate_after(log, last).await);
         }
@@ -840,8 +874,14 @@ fn missing(index: u64, log_dir: &std::path::Path) -> io::Error {
     )
 }
 
-async fn read<E: Engine>(log: &mut Log<E>, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+async fn read<E: Engine>(
+    log: &mut Log<E>,
+    start: u64,
+    end: u64,
+    bytes_max: usize,
+) -> io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
+    let mut bytes = 0usize;
     if start >= end {
         return Ok(entries);
     }
@@ -867,11 +907,15 @@ async fn read<E: Engine>(log: &mut Log<E>, start: u64, end: u64) -> io::Result<V
                 raw.header.raft_index
             );
             offset = raw.header.next_offset();
+            bytes = bytes.saturating_add(raw.bytes.len());
             entries.push(entry_of(raw)?);
             index += 1;
-            if index == end {
+            if index == end || bytes >= bytes_max {
                 break;
             }
+        }
+        if bytes >= bytes_max {
+            return Ok(entries);
         }
     }
     if end != u64::MAX && index < end {

@@ -212,6 +212,7 @@ impl Cluster {
                 transport: transport.clone(),
                 config: config.clone(),
                 tail_cache_bytes_max: 1 << 20,
+                append_bytes_max: 4 << 20,
                 quiet: TIMINGS.quiet_settings(),
             };
             let set = ShardSet::start_with(options, Some(context.clone())).unwrap();
