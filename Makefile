@@ -99,6 +99,8 @@ bench-scenarios:
 ## Replication on three nodes against a single node (BENCHMARKS.md, issue 10): W1-W3,
 ## failover over 20 kills, idle CPU per partition; about 15 minutes, results in
 ## target/bench-cluster/. Needs python3 (the failover driver makes its own venv).
+## `bash benches/cluster-bench.sh reassign` (not run by default): moving a 1 GiB partition
+## onto a fourth node against a raw copy, and W1's dip during a move (issue 11).
 bench-cluster:
 	$(CARGO) build --release
 	bash benches/cluster-bench.sh

@@ -2,8 +2,8 @@
 # Replication on three nodes against a single node, measured from outside (issue 10; figures
 # in BENCHMARKS.md, "Issue 10: replication on three nodes").
 #
-# Usage: benches/cluster-bench.sh [STEP...]   (from anywhere; steps: workloads failover idle,
-# all three by default; `summary` reprints the workloads table from OUT's JSON files). Needs a release build (`cargo build --release`; WALRS=path to use
+# Usage: benches/cluster-bench.sh [STEP...]   (from anywhere; steps: workloads failover idle
+# reassign, the first three by default; `summary` reprints the workloads table from OUT's JSON files). Needs a release build (`cargo build --release`; WALRS=path to use
 # another binary) and python3 (the failover driver's venv with grpcio is made under OUT).
 #
 #   workloads  (WORKLOADS="W1 W2 W3" by default) W1 (4 producers, 100 x 1 KiB per append), W2 (1 producer, 1 record, depth 1),
@@ -17,6 +17,15 @@
 #              cluster each, with one topic of N partitions x 3 replicas for each N in
 #              IDLE_PARTITIONS ("100 1000"), from /proc/PID/stat utime+stime. PERF=1 adds a
 #              perf profile of node 1 per N.
+#   reassign   (issue 11; not in the default steps) ROUNDS rounds, each on a fresh cluster of
+#              four nodes (r-node-1..4 on PORT_BASE+1..+4, static peers 1..4; the topics are
+#              created before node 4 starts, so it holds nothing): big/0 (RF 3) filled with
+#              REASSIGN_MIB (1024) MiB of 1 KiB records and moved onto node 4 with
+#              `walrs cluster reassign` (leader and one follower kept), timed until the
+#              command returns and until node 4's segment bytes reach the leader's; the same
+#              files copied on the same disk (read, write, fdatasync); then W1 on topic W1 for
+#              MOVE_DURATION (60) s with W1/MOVE_PARTITION (0) moved onto node 4 MOVE_AT (20) s
+#              in, W1's throughput per second from its progress line (benches/bench_timeline.py).
 #
 # Every server listens on 127.0.0.1 only: the single node on PORT_BASE, nodes 1-3 on
 # PORT_BASE+1..+3; metrics are off. Mutual TLS everywhere (certificates under OUT/certs, node
@@ -36,6 +45,11 @@ TRIALS=${TRIALS:-20}
 IDLE_S=${IDLE_S:-30}
 IDLE_PARTITIONS=${IDLE_PARTITIONS:-100 1000}
 PORT_BASE=${PORT_BASE:-7180}
+REASSIGN_MIB=${REASSIGN_MIB:-1024}
+MOVE_DURATION=${MOVE_DURATION:-60}
+MOVE_AT=${MOVE_AT:-20}
+MOVE_PARTITION=${MOVE_PARTITION:-0}
+REASSIGN_TIMEOUT_S=${REASSIGN_TIMEOUT_S:-600}
 STEPS=${*:-workloads failover idle}
 RUN=$OUT/run
 CERTS=$OUT/certs
@@ -84,14 +98,15 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 
 make_certs() {
   if [ ! -f "$CERTS/ca.pem" ]; then "$BIN" certs --out "$CERTS" >/dev/null; fi
-  for n in 1 2 3; do
+  for n in 1 2 3 4; do
     if [ ! -f "$CERTS/node-$n.pem" ]; then "$BIN" certs --out "$CERTS" --node "$n" >/dev/null; fi
   done
 }
 
-# write_config NAME NODE_ID: RUN/NAME.toml, data under OUT/data/NAME.
+# write_config NAME NODE_ID [NODES]: RUN/NAME.toml, data under OUT/data/NAME; a cluster
+# node's static peers (and the node identities granted `replicate`) are NODES ("1 2 3").
 write_config() {
-  local name=$1 id=$2 port cert key
+  local name=$1 id=$2 nodes=${3:-1 2 3} port cert key
   if [ "$id" = 0 ]; then port=$PORT_BASE; cert=server; else port=$((PORT_BASE + id)); cert=node-$id; fi
   {
     echo "listen = \"127.0.0.1:$port\""
@@ -110,7 +125,7 @@ write_config() {
     echo "identity = \"root\""
     echo "topics = [\"*\"]"
     echo "actions = [\"produce\", \"consume\", \"admin\"]"
-    for n in 1 2 3; do
+    for n in $nodes; do
       echo
       echo "[[acl]]"
       echo "identity = \"node-$n\""
@@ -125,7 +140,7 @@ write_config() {
     echo "node_id = $id"
     if [ "$id" != 0 ]; then
       echo "replication_factor = 3"
-      for n in 1 2 3; do
+      for n in $nodes; do
         [ "$n" = "$id" ] && continue
         echo
         echo "[[cluster.peers]]"
@@ -182,7 +197,7 @@ stop() {
 WATCHER=
 cleanup() {
   [ -n "$WATCHER" ] && kill "$WATCHER" 2>/dev/null
-  stop single node-1 node-2 node-3
+  stop single node-1 node-2 node-3 r-node-1 r-node-2 r-node-3 r-node-4
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -419,6 +434,251 @@ idle() {
   stop node-1 node-2 node-3
 }
 
+# --- reassign -----------------------------------------------------------------------------
+
+# Four nodes r-node-1..4 on PORT_BASE+1..+4, each with static peers 1..4 and ACLs granting
+# node-1..4 `replicate`. Nodes 1-3 start first and both topics are created while node 4 is
+# down, so that placement (alive nodes only) leaves node 4 out; node 4 then starts empty, as
+# README's "Adding a node" has it, and every move below is onto node 4.
+RNODES="r-node-1 r-node-2 r-node-3 r-node-4"
+raddr() { echo "127.0.0.1:$((PORT_BASE + $1))"; }
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+
+# describe_row NODE TOPIC PARTITION: "end leader replicas leader_epoch" of the partition as
+# NODE sees it (DescribeTopic answers with the offsets of the node's own replica; 0 when it
+# holds none).
+describe_row() {
+  client topic describe "$2" --addr "$(raddr "$1")" --retry-for-ms 5000 2>/dev/null |
+    awk -v p="$3" '$1 == p { print $3, $6, $7, $8 }'
+}
+
+# new_replicas LEADER REPLICAS TARGET: the leader, the first other replica listed, and
+# TARGET (the remaining follower is the one replaced).
+new_replicas() {
+  local keep
+  keep=$(echo "$2" | tr ',' '\n' | grep -vx "$1" | head -n1)
+  echo "$1,$keep,$3"
+}
+
+rdir() { echo "$OUT/data/r-node-$1/topics/$2/$3"; }
+
+# log_bytes DIR: bytes of the replica's segment files (*.log; 0 when none yet).
+log_bytes() { find "$1" -name '*.log' -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+
+# wait_alive ID: until node 1's gossip sees node ID alive (30 s at most).
+wait_alive() {
+  local tries=0
+  until client cluster status --json --addr "$(raddr 1)" 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if any(n["id"] == int(sys.argv[1]) and n["alive"] for n in s["nodes"]) else 1)' "$1"; do
+    tries=$((tries + 1))
+    if [ $tries -gt 60 ]; then say "node $1 not seen alive by node 1 after 30 s"; return 1; fi
+    sleep 0.5
+  done
+}
+
+# a. big/0 gets REASSIGN_MIB MiB of 1 KiB records (1 MiB batches, 2 producers), then moves
+# onto node 4 with no other load. Two times: until `walrs cluster reassign` returns, and
+# until node 4's segment bytes reach the leader's (sampled every 0.2 s: the catch-up curve).
+move_big() {
+  local round=$1 j=$2 t0 t1 end leader replicas epoch new want dst
+  t0=$(now)
+  "$BIN" bench --ca "$CERTS/ca.pem" --cert "$CERTS/root.pem" --tls-key "$CERTS/root-key.pem" \
+    --addr "$(raddr 1)" --topic big --partitions 1 --producers 2 --depth 4 \
+    --batch-records 1024 --record-bytes 1024 --records $((REASSIGN_MIB * 1024)) \
+    --warmup 0 --baseline 0 --quiet --json "$j.fill.json" >"$j.fill.txt" 2>&1 ||
+    say "round $round: the fill failed: see $j.fill.txt"
+  t1=$(now)
+  read -r end leader replicas epoch <<<"$(describe_row 1 big 0)"
+  read -r end _ <<<"$(describe_row "$leader" big 0)"
+  say "round $round: big/0 filled with $end offsets in $(calc "round($t1 - $t0, 1)") s; leader $leader, replicas $replicas, epoch $epoch"
+  if [[ ",$replicas," == *,4,* ]]; then say "round $round: placement put big/0 on node 4"; return 1; fi
+  new=$(new_replicas "$leader" "$replicas" 4)
+  R_SRC=$(rdir "$leader" big 0)
+  R_SRC_BYTES=$(du -sb "$R_SRC" | cut -f1)
+  want=$(log_bytes "$R_SRC")
+  dst=$(rdir 4 big 0)
+  sleep 2
+  R_LOAD_MOVE=$(load)
+  R_M0=$(now)
+  (for _ in $(seq $((REASSIGN_TIMEOUT_S * 5))); do
+    b=$(log_bytes "$dst")
+    echo "$(now) $b"
+    [ "$b" -ge "$want" ] && break
+    sleep 0.2
+  done) >"$j.catch-up.txt" &
+  local sampler=$!
+  client cluster reassign big/0 --replicas "$new" --addr "$(raddr 1)" --timeout-s "$REASSIGN_TIMEOUT_S" \
+    >"$j.reassign.txt" 2>&1 || say "round $round: reassign big/0 failed: $(tail -n1 "$j.reassign.txt")"
+  R_M1=$(now)
+  R_AT_RETURN=$(log_bytes "$dst")
+  wait "$sampler" || true
+  R_MC=$(tail -n1 "$j.catch-up.txt" | cut -d' ' -f1)
+  [ "$(tail -n1 "$j.catch-up.txt" | cut -d' ' -f2)" -ge "$want" ] || R_MC=
+  R_LOAD_MOVE="$R_LOAD_MOVE -> $(load)"
+  sleep 1
+  R_DST_BYTES=$(du -sb "$dst" | cut -f1)
+  say "round $round: reassign big/0 $replicas -> $new returned after $(calc "round($R_M1 - $R_M0, 2)") s with node 4 holding $R_AT_RETURN of the leader's $want segment bytes; node 4 caught up after $( [ -n "$R_MC" ] && calc "round($R_MC - $R_M0, 2)" || echo "(not within ${REASSIGN_TIMEOUT_S} s)") s; du: leader $R_SRC_BYTES, node 4 $R_DST_BYTES bytes; after (end leader replicas epoch): $(for n in 1 2 3 4; do printf 'node %s: %s; ' "$n" "$(describe_row "$n" big 0)"; done)load $R_LOAD_MOVE"
+}
+
+# b. The same bytes copied on the same disk: the leader's files read, written to a new
+# directory, fdatasync per file (and the directory fsynced); the source's pages in the page
+# cache beforehand are counted (fincore), not dropped.
+raw_copy() {
+  local round=$1 copy=$OUT/data/raw-copy
+  R_CACHED=$(find "$R_SRC" -type f -exec fincore -b -n -o RES {} + 2>/dev/null | awk '{s += $1} END {print s + 0}')
+  rm -rf "$copy"
+  R_LOAD_COPY=$(load)
+  R_COPY_S=$(python3 - "$R_SRC" "$copy" <<'PY'
+import os, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+t0 = time.monotonic()
+for root, _, files in os.walk(src):
+    out = os.path.join(dst, os.path.relpath(root, src))
+    os.makedirs(out, exist_ok=True)
+    for name in files:
+        with open(os.path.join(root, name), "rb") as i, open(os.path.join(out, name), "wb") as o:
+            while chunk := i.read(1 << 20):
+                o.write(chunk)
+            o.flush()
+            os.fdatasync(o.fileno())
+    fd = os.open(out, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+print(f"{time.monotonic() - t0:.3f}")
+PY
+)
+  R_LOAD_COPY="$R_LOAD_COPY -> $(load)"
+  rm -rf "$copy"
+  say "round $round: raw copy of the leader's $R_SRC_BYTES bytes: $R_COPY_S s = $(calc "round($R_SRC_BYTES / $R_COPY_S / 1e6)") MB/s ($R_CACHED bytes of the source in the page cache before); load $R_LOAD_COPY"
+}
+
+# c. W1 on topic W1 for MOVE_DURATION s after WARMUP s, its progress line recorded every
+# 0.5 s (benches/bench_timeline.py); MOVE_AT s into the measured part, W1/MOVE_PARTITION
+# moves onto node 4 (its leader and one follower kept). The move lasts until node 4 holds
+# what the leader held when the command returned (node 4's DescribeTopic, polled each second).
+move_under_w1() {
+  local round=$1 j=$2 end leader replicas epoch new target n4 bench
+  sleep 2
+  R_LOAD_W1=$(load)
+  # shellcheck disable=SC2086
+  python3 benches/bench_timeline.py run --csv "$j.w1.csv" -- \
+    timeout -k 10 $((MOVE_DURATION + WARMUP + 120)) \
+    "$BIN" bench --ca "$CERTS/ca.pem" --cert "$CERTS/root.pem" --tls-key "$CERTS/root-key.pem" \
+    --addr "$(raddr 1)" --topic W1 ${WORKLOAD[W1]} --duration "$MOVE_DURATION" --warmup "$WARMUP" \
+    --baseline 0 --json "$j.w1.json" >"$j.w1.txt" &
+  bench=$!
+  sleep $((WARMUP + MOVE_AT))
+  read -r end leader replicas epoch <<<"$(describe_row 1 W1 "$MOVE_PARTITION")"
+  read -r end _ <<<"$(describe_row "$leader" W1 "$MOVE_PARTITION")"
+  new=$(new_replicas "$leader" "$replicas" 4)
+  R_LOAD_W1="$R_LOAD_W1 (start), $(load) (move)"
+  R_W0=$(now)
+  client cluster reassign "W1/$MOVE_PARTITION" --replicas "$new" --addr "$(raddr 1)" --timeout-s 180 \
+    >"$j.w1-reassign.txt" 2>&1 || say "round $round: reassign W1/$MOVE_PARTITION failed: $(tail -n1 "$j.w1-reassign.txt")"
+  R_W1=$(now)
+  local now_leader
+  read -r _ now_leader _ <<<"$(describe_row 1 W1 "$MOVE_PARTITION")"
+  read -r target _ <<<"$(describe_row "${now_leader:-$leader}" W1 "$MOVE_PARTITION")"
+  R_WC=
+  for _ in $(seq 180); do
+    read -r n4 _ <<<"$(describe_row 4 W1 "$MOVE_PARTITION")"
+    if [ "${n4:-0}" -ge "${target:-0}" ]; then R_WC=$(now); break; fi
+    sleep 1
+  done
+  R_LOAD_W1="$R_LOAD_W1, $(load) (moved)"
+  wait "$bench" || say "round $round: W1 failed or timed out: see $j.w1.txt and $j.w1.csv.stderr"
+  R_LOAD_W1="$R_LOAD_W1, $(load) (end)"
+  # Each node's replica of the moved partition once the load has stopped: one left behind
+  # shows here.
+  for n in 1 2 3 4; do echo "node $n: $(describe_row "$n" W1 "$MOVE_PARTITION")"; done >"$j.w1-after.txt"
+  say "round $round: W1/$MOVE_PARTITION (end $end at the leader, leader $leader, epoch $epoch) $replicas -> $new under W1: the command returned after $(calc "round($R_W1 - $R_W0, 2)") s, node 4 caught up to offset $target after $( [ -n "$R_WC" ] && calc "round($R_WC - $R_W0, 2)" || echo "(never, 180 s)") s; after the run (end leader replicas epoch): $(paste -sd';' "$j.w1-after.txt"); load $R_LOAD_W1"
+  python3 benches/bench_timeline.py summary --csv "$j.w1.csv" --move-start "$R_W0" \
+    --move-end "${R_WC:-$R_W1}" >"$j.w1-timeline.json"
+}
+
+# reassign_once ROUND: a fresh four-node cluster, a, b, c; 0 when no compiler ran meanwhile.
+reassign_once() {
+  local round=$1 j=$OUT/reassign-$round n clean=0 marks=()
+  rm -f "$j".*
+  for n in 1 2 3 4; do marks+=("$(cat "$RUN/r-node-$n.log" 2>/dev/null | wc -l)"); done
+  start r-node-1 r-node-2 r-node-3
+  if ! { client topic create big --partitions 1 --addr "$(raddr 1)" &&
+    client topic create W1 --partitions 4 --addr "$(raddr 1)"; } >"$j.create.txt" 2>&1; then
+    say "round $round: topic create failed: $(tail -n1 "$j.create.txt")"
+    return 1
+  fi
+  start r-node-4
+  wait_alive 4 || return 1
+  wait_quiet
+  watch_start
+  move_big "$round" "$j" || { watch_stop || true; return 1; }
+  raw_copy "$round"
+  move_under_w1 "$round" "$j"
+  watch_stop || { clean=1; say "round $round: a compiler ran during it"; }
+  for n in 1 2 3 4; do
+    tail -n +"$((marks[n - 1] + 1))" "$RUN/r-node-$n.log" >"$j.node-$n.log"
+    say "round $round: node $n logged $(grep -c ' WARN ' "$j.node-$n.log") WARN (slow fsync $(grep -c 'slow fsync' "$j.node-$n.log")), $(grep -c ' ERROR ' "$j.node-$n.log") ERROR, $(grep -c 'partition leader changed topic=W1' "$j.node-$n.log") W1 leader changes"
+  done
+  # shellcheck disable=SC2086
+  stop $RNODES
+  python3 - "$j" "$round" "$R_SRC_BYTES" "$R_DST_BYTES" "$R_AT_RETURN" "$R_M0" "$R_M1" "${R_MC:-nan}" \
+    "$R_COPY_S" "$R_CACHED" "$R_W0" "$R_W1" "${R_WC:-nan}" "$clean" <<'PY' | tee -a "$RESULTS"
+import json, sys
+j, rnd = sys.argv[1], int(sys.argv[2])
+src_b, dst_b, at_ret = (int(x) for x in sys.argv[3:6])
+m0, m1, mc, copy_s = (float(x) for x in sys.argv[6:10])
+cached = int(sys.argv[10])
+w0, w1, wc = (float(x) for x in sys.argv[11:14])
+dirty = sys.argv[14] != "0"
+t = json.load(open(j + ".w1-timeline.json"))
+try:
+    a = json.load(open(j + ".w1.json"))["append"]
+except Exception:
+    a = {"records_per_s": None, "latency_us": None, "retries": None}
+r = {
+    "round": rnd, "leader_bytes": src_b, "node4_bytes": dst_b, "node4_log_bytes_at_return": at_ret,
+    "reassign_return_s": m1 - m0, "reassign_caught_up_s": mc - m0,
+    "reassign_mb_per_s": src_b / (mc - m0) / 1e6,
+    "copy_s": copy_s, "copy_mb_per_s": src_b / copy_s / 1e6, "copy_source_cached_bytes": cached,
+    "caught_up_over_copy": (mc - m0) / copy_s,
+    "w1_move_return_s": w1 - w0, "w1_move_caught_up_s": wc - w0,
+    "w1": {"records_per_s": a["records_per_s"], "latency_us": a["latency_us"],
+           "retries": a["retries"], "timeline": t},
+    "compile_seen": dirty,
+}
+json.dump(r, open(j + ".json", "w"), indent=1)
+b, d, f = t["before"], t["during"], t["after"]
+l = a["latency_us"] or {}
+n = lambda x: "-" if x is None else f"{x:,.0f}"
+print(f"round {rnd}: big/0 {src_b / 2**20:.0f} MiB: reassign returned {m1 - m0:.1f} s, node 4 caught up "
+      f"{mc - m0:.1f} s = {r['reassign_mb_per_s']:.0f} MB/s; raw copy {copy_s:.1f} s = "
+      f"{r['copy_mb_per_s']:.0f} MB/s; caught-up / copy {r['caught_up_over_copy']:.1f}. W1 records/s: "
+      f"median before {n(b['median_records_per_s'])}, min during {n(d['min_records_per_s'])} "
+      f"(median {n(d['median_records_per_s'])} over {d['seconds']} s), median after "
+      f"{n(f['median_records_per_s'])}; worst 0.5 s window p99 before/during/after "
+      f"{b['worst_window_p99_ms']}/{d['worst_window_p99_ms']}/{f['worst_window_p99_ms']} ms; whole run "
+      f"{n(a['records_per_s'])} records/s, p99.9 {l.get('p999')} us, max {l.get('max')} us, "
+      f"retries {a['retries']}{'  (COMPILE SEEN)' if dirty else ''}")
+PY
+  return $clean
+}
+
+reassign() {
+  say "## reassign: $ROUNDS rounds, big/0 = $REASSIGN_MIB MiB, W1 for ${MOVE_DURATION}s with W1/$MOVE_PARTITION moved ${MOVE_AT}s in ($(date -u +%FT%TZ))"
+  local n round try
+  for n in 1 2 3 4; do write_config "r-node-$n" "$n" "1 2 3 4"; done
+  for round in $(seq "$ROUNDS"); do
+    for try in 1 2 3; do
+      if reassign_once "$round"; then break; fi
+      # shellcheck disable=SC2086
+      stop $RNODES
+    done
+  done
+}
+
 # --- main ---------------------------------------------------------------------------------
 
 make_certs
@@ -427,7 +687,7 @@ for n in 1 2 3; do write_config "node-$n" "$n"; done
 say "# cluster-bench $(date -u +%FT%TZ): $(nproc) cores, $(uname -r), $("$BIN" --version 2>/dev/null || echo walrs), steps: $STEPS"
 for step in $STEPS; do
   case $step in
-    workloads | failover | idle | summary) "$step" ;;
-    *) echo "unknown step $step (workloads, failover, idle, summary)" >&2; exit 2 ;;
+    workloads | failover | idle | summary | reassign) "$step" ;;
+    *) echo "unknown step $step (workloads, failover, idle, summary, reassign)" >&2; exit 2 ;;
   esac
 done
