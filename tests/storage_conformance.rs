@@ -1575,3 +1575,30 @@ mod cross_engine {
         write_then_read(false);
     }
 }
+
+/// Regression (found by the `segment_recovery` fuzz target): a batch in the active segment
+/// whose base offset lies more than `u32::MAX` past the segment's base checks out as a
+/// batch, but its offset cannot be indexed (an index entry holds the delta as a u32):
+/// recovery panicked while indexing it. Now the scan ends before it, as at a corrupt batch.
+#[test]
+fn a_batch_too_far_past_its_segment_base_ends_recovery() {
+    let dir = temp_dir();
+    let path = dir.path().to_owned();
+    run_portable(move || async move {
+        let engine = PortableEngine::new();
+        let all = write_synced(&engine, &path, 1).await;
+        let far = walrs::storage::encode_batch(1 << 33, 0, 0, &batch(7, 1, 10));
+        append_bytes(&last_store(&path), &far);
+        let (log, report) = reopen(&engine, &path).await;
+        assert_eq!(log.end_offset(), all.last().unwrap().offset + 1);
+        assert!(
+            matches!(
+                report.recovery.stopped_by,
+                Some(walrs::storage::DecodeError::OffsetBeyondSegment { .. })
+            ),
+            "{:?}",
+            report.recovery
+        );
+        log.close().await.unwrap();
+    });
+}

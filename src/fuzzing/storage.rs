@@ -199,8 +199,9 @@ fn limits() -> LogLimits {
 }
 
 /// What recovery must keep of a store: the batches from position 0 that check out (CRC),
-/// the first at `base_offset` and each at or past the previous one's end, up to the first
-/// that does not or to zero padding. Written without the scan's chunking, as its oracle.
+/// the first at `base_offset` and each at or past the previous one's end (and within
+/// `u32::MAX` of `base_offset`, what an index entry can hold), up to the first that does not
+/// or to zero padding. Written without the scan's chunking, as its oracle.
 fn expected_prefix(store: &[u8], base_offset: u64) -> Vec<(usize, BatchHeader)> {
     let mut position = 0usize;
     let mut next_offset = base_offset;
@@ -217,7 +218,7 @@ fn expected_prefix(store: &[u8], base_offset: u64) -> Vec<(usize, BatchHeader)> 
             true => header.base_offset == next_offset,
             false => header.base_offset >= next_offset,
         };
-        if !follows {
+        if !follows || header.base_offset - base_offset > u64::from(u32::MAX) {
             return batches;
         }
         batches.push((position, header));

@@ -201,6 +201,11 @@ pub enum DecodeError {
         base_offset: u64,
         last_offset_delta: u32,
     },
+    #[error(
+        "batch base offset {found} is more than {} past its segment's base offset {base_offset}",
+        u32::MAX
+    )]
+    OffsetBeyondSegment { base_offset: u64, found: u64 },
 }
 
 /// What sits at a position in a store file.

@@ -104,11 +104,14 @@ struct Scan {
 }
 
 /// Reads batches from `position` on, checking each, until the end of the file, zero padding
-/// or the first batch that does not check out.
+/// or the first batch that does not check out. `base_offset` is the segment's: a batch whose
+/// offset lies more than `u32::MAX` past it cannot be indexed (an index entry holds the
+/// delta as a u32) and ends the scan like a corrupt one.
 async fn scan<F: StoreFile>(
     store: &F,
     mut position: u64,
     mut next_offset: u64,
+    base_offset: u64,
 ) -> std::io::Result<Scan> {
     let len = store.len();
     let mut entries = Vec::new();
@@ -161,6 +164,12 @@ async fn scan<F: StoreFile>(
         if !offset_ok {
             break Some(DecodeError::OffsetOutOfOrder {
                 expected: next_offset,
+                found: header.base_offset,
+            });
+        }
+        if header.base_offset - base_offset > u64::from(u32::MAX) {
+            break Some(DecodeError::OffsetBeyondSegment {
+                base_offset,
                 found: header.base_offset,
             });
         }
@@ -340,7 +349,7 @@ impl<E: Engine> Segment<E> {
             recovery.index_rebuilt = true;
             index.truncate(keep);
         }
-        let scan = scan(&store, resume_position, resume_offset)
+        let scan = scan(&store, resume_position, resume_offset, base_offset)
             .await
             .map_err(io_err("scan segment", &store_path))?;
         append_to_index(engine, &mut index, &scan.entries, index_bytes_max)
@@ -510,7 +519,7 @@ impl<E: Engine> Segment<E> {
     /// not silently dropped.
     async fn rebuild_index(&self, engine: &E, files: &mut Files<E::File>) -> Result<()> {
         tracing::warn!(segment = %self.store_path.display(), "index disagrees with the store; rebuilding it");
-        let scan = scan(&files.store, 0, self.base_offset)
+        let scan = scan(&files.store, 0, self.base_offset, self.base_offset)
             .await
             .map_err(io_err("scan segment", &self.store_path))?;
         files.index.truncate(0);
@@ -861,7 +870,7 @@ impl<E: Engine> Segment<E> {
         self.open_files(engine).await?;
         let mut files = self.files.take().expect("opened above");
         if files.corrupt_at.is_none() {
-            let scanned = scan(&files.store, 0, self.base_offset)
+            let scanned = scan(&files.store, 0, self.base_offset, self.base_offset)
                 .await
                 .map_err(io_err("scan segment", &self.store_path));
             let damaged = match scanned {
