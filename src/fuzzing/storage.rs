@@ -137,9 +137,13 @@ fn check_arbitrary_batch(raw: &[u8]) {
         })
         .collect();
     assert_eq!(redecoded.records, renumbered);
+    // Canonical: what the encoder writes. A batch may also carry a first timestamp other
+    // than its first record's (a non-zero first delta): it decodes to the same records, but
+    // re-encodes with the first record's timestamp.
     let canonical = header.version == FORMAT_VERSION
         && header.last_offset_delta + 1 == header.record_count
-        && batch.records.iter().map(|r| r.timestamp_ms).max() == Some(header.max_timestamp_ms);
+        && batch.records.iter().map(|r| r.timestamp_ms).max() == Some(header.max_timestamp_ms)
+        && batch.records.first().map(|r| r.timestamp_ms) == Some(header.first_timestamp_ms);
     if canonical {
         assert_eq!(
             again,
