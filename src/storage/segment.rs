@@ -519,9 +519,20 @@ impl<E: Engine> Segment<E> {
     /// not silently dropped.
     async fn rebuild_index(&self, engine: &E, files: &mut Files<E::File>) -> Result<()> {
         tracing::warn!(segment = %self.store_path.display(), "index disagrees with the store; rebuilding it");
-        let scan = scan(&files.store, 0, self.base_offset, self.base_offset)
+        let scan = self.scan_whole(files).await?;
+        self.index_from(engine, files, scan).await
+    }
+
+    /// Every batch of the store, checked, from position 0.
+    async fn scan_whole(&self, files: &Files<E::File>) -> Result<Scan> {
+        scan(&files.store, 0, self.base_offset, self.base_offset)
             .await
-            .map_err(io_err("scan segment", &self.store_path))?;
+            .map_err(io_err("scan segment", &self.store_path))
+    }
+
+    /// Replaces the index with `scan`'s entries (sealed), and remembers where a tail that
+    /// does not decode starts.
+    async fn index_from(&self, engine: &E, files: &mut Files<E::File>, scan: Scan) -> Result<()> {
         files.index.truncate(0);
         files
             .index
@@ -869,27 +880,23 @@ impl<E: Engine> Segment<E> {
     pub async fn damage(&mut self, engine: &E) -> Result<Option<u64>> {
         self.open_files(engine).await?;
         let mut files = self.files.take().expect("opened above");
-        if files.corrupt_at.is_none() {
-            let scanned = scan(&files.store, 0, self.base_offset, self.base_offset)
-                .await
-                .map_err(io_err("scan segment", &self.store_path));
-            let damaged = match scanned {
-                Ok(scan) => Ok(scan.stopped_by.is_some() && scan.end_position < files.store.len()),
-                Err(e) => Err(e),
-            };
-            let rebuilt = match damaged {
-                Ok(true) => self.rebuild_index(engine, &mut files).await,
-                Ok(false) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = rebuilt {
-                self.files = Some(files);
-                return Err(e);
-            }
-        }
+        let checked = self.check_whole(engine, &mut files).await;
         let damage = files.corrupt_at.as_ref().map(|tail| tail.next_offset);
         self.files = Some(files);
-        Ok(damage)
+        checked.map(|()| damage)
+    }
+
+    /// [`Segment::damage`]'s scan: an index that ends short of a batch that does not check
+    /// out is rebuilt from the same scan.
+    async fn check_whole(&self, engine: &E, files: &mut Files<E::File>) -> Result<()> {
+        if files.corrupt_at.is_some() {
+            return Ok(());
+        }
+        let scan = self.scan_whole(files).await?;
+        if scan.stopped_by.is_some() && scan.end_position < files.store.len() {
+            self.index_from(engine, files, scan).await?;
+        }
+        Ok(())
     }
 
     /// Checks that a suffix truncation at `offset` would cut at a batch boundary.
