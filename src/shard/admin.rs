@@ -216,19 +216,29 @@ impl ShardSet {
         Ok(())
     }
 
+    /// Closes `topic`'s `partitions` on `shard` and removes their files.
+    async fn remove_partitions(
+        &self,
+        shard: usize,
+        topic: Arc<str>,
+        partitions: Vec<u32>,
+    ) -> Result<()> {
+        self.call_admin(shard, move |reply| Command::Close {
+            topic,
+            partitions,
+            remove: true,
+            reply,
+        })
+        .await
+    }
+
     /// Closes and removes the given shards' partitions of a topic, logging failures.
     async fn undo_partitions(&self, route: &TopicRoute, shards: &[usize]) -> Option<Error> {
         let all: Vec<u32> = (0..route.partitions.len() as u32).collect();
         let mut first_error = None;
         for &shard in shards {
-            let (topic, partitions) = (route.name.clone(), all.clone());
             let closed = self
-                .call_admin(shard, move |reply| Command::Close {
-                    topic,
-                    partitions,
-                    remove: true,
-                    reply,
-                })
+                .remove_partitions(shard, route.name.clone(), all.clone())
                 .await;
             if let Err(e) = closed {
                 tracing::error!(topic = %route.name, shard, error = %e, "closing a topic's partitions");
@@ -350,14 +360,8 @@ impl ShardSet {
             if partitions.is_empty() {
                 continue;
             }
-            let topic = old.name.clone();
             let closed = self
-                .call_admin(shard, move |reply| Command::Close {
-                    topic,
-                    partitions,
-                    remove: true,
-                    reply,
-                })
+                .remove_partitions(shard, old.name.clone(), partitions)
                 .await;
             if let Err(e) = closed {
                 tracing::error!(topic = name, shard, error = %e, "removing a partition's old replica");
