@@ -976,6 +976,43 @@ async fn many_segments_open_without_reading_them<E: Engine>(engine: E, dir: &Pat
     log.close().await.unwrap();
 }
 
+/// A roll leaves the sealed store ending at its last batch, with no engine padding after
+/// it, even when the process dies without closing anything: so the index of a sealed
+/// segment is trusted when it is opened after a crash, instead of rebuilt by a full scan.
+async fn sealed_stores_end_at_their_last_batch<E: Engine>(engine: E, dir: &Path) {
+    let (mut log, _) = reopen(&engine, dir).await;
+    for i in 0..20 {
+        log.append(&batch(i + 1, 3, 100)).await.unwrap();
+    }
+    sync_commit(&mut log).await;
+    // A crash: nothing is closed or trimmed on the way out.
+    std::mem::forget(log);
+    let mut stores: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    stores.sort();
+    stores.pop();
+    assert!(stores.len() >= 2, "the appends rolled: {stores:?}");
+    for store in &stores {
+        let bytes = std::fs::read(store).unwrap();
+        let mut position = 0;
+        // Bounded: every pass moves past one whole batch.
+        while position < bytes.len() {
+            let header = walrs::storage::verify_batch(&bytes[position..]).unwrap_or_else(|e| {
+                panic!(
+                    "{}: no batch at {position} of {} bytes: {e}",
+                    store.display(),
+                    bytes.len()
+                )
+            });
+            position += header.batch_len as usize;
+        }
+        assert_eq!(position, bytes.len(), "{}", store.display());
+    }
+}
+
 // ---------------------------------------------------------------- consensus-layer surface
 
 /// The follower path: encoded batches checked for CRC and continuity; refusals change
@@ -1418,6 +1455,10 @@ macro_rules! conformance {
             case!(
                 retention_by_bytes_and_age_and_rolling_by_age,
                 retention_and_rolling
+            );
+            case!(
+                sealed_stores_end_at_their_last_batch,
+                sealed_stores_end_at_their_last_batch
             );
             case!(
                 ten_thousand_segments_open_lazily,

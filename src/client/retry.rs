@@ -118,6 +118,11 @@ pub struct Attempts {
     pub(super) hops_in_row: u32,
     pub(super) backoff: Backoff,
     tried: Vec<String>,
+    /// Where a write's answer was lost (a transport failure after the request went out):
+    /// from then on the operation's outcome is unknown, whatever a later attempt answers.
+    /// Kept through [`Attempts::reset`]: an answer that came later does not say what the
+    /// lost one would have.
+    answer_lost_at: Option<String>,
 }
 
 impl Attempts {
@@ -129,6 +134,7 @@ impl Attempts {
             hops_in_row: 0,
             backoff: Backoff::new(&options),
             tried: Vec::new(),
+            answer_lost_at: None,
         }
     }
 
@@ -178,8 +184,38 @@ impl Attempts {
         self.made += 1;
     }
 
+    /// Notes that a write sent to `addr` may have been carried out but its answer was lost.
+    pub(super) fn answer_lost(&mut self, addr: &str) {
+        self.answer_lost_at.get_or_insert_with(|| addr.to_string());
+    }
+
+    /// Whether a write of this operation may have been carried out unanswered.
+    pub fn outcome_unknown(&self) -> bool {
+        self.answer_lost_at.is_some()
+    }
+
+    /// The error to return for `status`, a final answer: unchanged, unless an earlier
+    /// attempt's answer was lost. Then a refusal says nothing of whether the write
+    /// happened (the first attempt may have written it; the retry then meets a deleted
+    /// topic, a rejoining node or a moved window), so the error is `UNKNOWN`, never the
+    /// refusal's own code, which callers take as "not written".
+    pub fn final_error(&self, status: Status) -> Status {
+        let Some(addr) = &self.answer_lost_at else {
+            return status;
+        };
+        Status::unknown(format!(
+            "the outcome is unknown: an attempt on {addr} may have been carried out, but its \
+             answer was lost; a later attempt was refused with {:?}: {}. Read the partition \
+             to find out whether it was written, or send appends with a producer id and \
+             sequence, whose retries are answered with the first attempt's offsets",
+            status.code(),
+            status.message()
+        ))
+    }
+
     /// The status to return when giving up after `last`: its code and metadata, and a
-    /// message that says what was tried.
+    /// message that says what was tried; `UNKNOWN` when a write's answer was lost on the
+    /// way (see [`Attempts::final_error`]).
     pub fn give_up(&self, last: &Status) -> Status {
         let message = format!(
             "gave up after {} attempt{} in {} ms (retry budget {} ms, at most {} attempts) on {}; last error: {}",
@@ -195,7 +231,13 @@ impl Attempts {
             },
             last.message()
         );
-        Status::with_metadata(last.code(), message, last.metadata().clone())
+        match &self.answer_lost_at {
+            Some(addr) => Status::unknown(format!(
+                "the outcome is unknown: an attempt on {addr} may have been carried out, but \
+                 its answer was lost; {message}"
+            )),
+            None => Status::with_metadata(last.code(), message, last.metadata().clone()),
+        }
     }
 }
 
@@ -259,6 +301,24 @@ mod tests {
             status.message()
         );
         assert!(status.message().contains("last error: down"));
+        assert!(!attempts.outcome_unknown());
+        let refused = Status::not_found("unknown topic");
+        assert_eq!(
+            attempts.final_error(refused.clone()).code(),
+            tonic::Code::NotFound
+        );
+
+        // Once a write's answer is lost, no later answer is taken for a definite one.
+        attempts.answer_lost("c:3");
+        attempts.reset();
+        assert!(attempts.outcome_unknown());
+        let status = attempts.final_error(refused);
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        assert!(status.message().contains("on c:3"), "{}", status.message());
+        assert!(status.message().contains("NotFound: unknown topic"));
+        let status = attempts.give_up(&Status::unavailable("down"));
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        assert!(status.message().contains("gave up after"));
         assert!(RetryOptions::default().validate().is_ok());
         assert!(
             RetryOptions {

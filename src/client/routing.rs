@@ -29,6 +29,12 @@
 //! twice. An append refused with the leader hint (or `UNAVAILABLE` without one) was not
 //! written, so following it never duplicates.
 //!
+//! A write to a partition (an append, a truncation) whose answer was lost (a transport
+//! failure after the request went out) may have been carried out. From then on the
+//! operation never ends in a definite refusal: a later `NOT_FOUND`, `FAILED_PRECONDITION`
+//! or a give-up is returned as `UNKNOWN`, naming the refusal, since the first attempt may
+//! have written what the retry was refused ([`Attempts::final_error`]).
+//!
 //! Never: hold the state lock across an `.await`, cache a connection to an address it does
 //! not count among its nodes, or retry without a bound.
 
@@ -262,6 +268,9 @@ impl RoutingClient {
         attempts: &mut Attempts,
     ) -> Result<(), Status> {
         let disposition = hint::classify(&status);
+        if disposition == Disposition::Transport && matches!(route, Route::Leader { .. }) {
+            attempts.answer_lost(addr);
+        }
         self.retry_after(route, addr, status, disposition, attempts)
             .await
     }
@@ -275,7 +284,7 @@ impl RoutingClient {
         attempts: &mut Attempts,
     ) -> Result<(), Status> {
         let delay = match disposition {
-            Disposition::Fail => return Err(status),
+            Disposition::Fail => return Err(attempts.final_error(status)),
             Disposition::Follow(hint) => {
                 let stale = normalize(&hint.addr) == addr;
                 self.learn(hint.node_id, &hint.addr);

@@ -26,6 +26,8 @@ pub(crate) enum Answer {
     Accept,
     /// This code, with this `walrs-leader` value when given.
     Refuse(Code, Option<String>),
+    /// Accept the next append, then refuse with this code (no hint).
+    AcceptOnceThen(Code),
 }
 
 struct Fake {
@@ -50,9 +52,14 @@ fn refusal(code: Code, hint: Option<&str>) -> Status {
 
 impl Fake {
     fn refused(&self) -> Option<Status> {
-        match &*self.answer.lock().unwrap() {
+        let mut answer = self.answer.lock().unwrap();
+        match &*answer {
             Answer::Accept => None,
             Answer::Refuse(code, hint) => Some(refusal(*code, hint.as_deref())),
+            Answer::AcceptOnceThen(code) => {
+                *answer = Answer::Refuse(*code, None);
+                None
+            }
         }
     }
 
@@ -401,6 +408,72 @@ async fn final_codes_are_never_retried() {
         assert_eq!((node.appends(), other.appends()), (1, 0), "{code:?}");
         assert_eq!(client.retries(), 0);
     }
+}
+
+/// A TCP proxy to `upstream` that, once `lose` is set, closes the connection instead of
+/// passing on the next bytes `upstream` sends: the request got through, its answer is
+/// lost (and `lose` is cleared).
+async fn lossy_proxy(upstream: SocketAddr, lose: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Bounded by the test: it ends with the runtime.
+        while let Ok((client, _)) = listener.accept().await {
+            let lose = lose.clone();
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let upward = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                // Bounded by the connection: it ends at EOF, an error, or a lost answer.
+                loop {
+                    let n = match server_rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if lose.swap(false, SeqCst) || client_tx.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                upward.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_refusal_after_a_lost_answer_is_not_taken_for_a_definite_one() {
+    // The node writes the append, but its answer is lost; the retry is refused NOT_FOUND
+    // (say the topic was deleted meanwhile). "Not found" would tell the caller nothing was
+    // written, which is false: the error must say the outcome is unknown.
+    let node = start(1, Answer::AcceptOnceThen(Code::NotFound), None).await;
+    let lose = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = lossy_proxy(node.addr, lose.clone()).await;
+    let client = client(proxy, Duration::from_secs(10));
+    // Learn the (empty) cluster over the proxy first, so the next answer is the append's.
+    client.list_topics().await.unwrap_err();
+    lose.store(true, SeqCst);
+    let err = client
+        .append("t", Some(0), vec![record("k", "v")])
+        .await
+        .unwrap_err();
+    assert_eq!(node.appends(), 2, "written once, refused once");
+    assert_eq!(err.code(), Code::Unknown, "{err:?}");
+    assert!(err.message().contains("outcome is unknown"), "{err:?}");
+    assert!(err.message().contains("NotFound"), "{err:?}");
+
+    // Without a lost answer the refusal stays definite, and so do reads' answers.
+    node.answer(Answer::Refuse(Code::NotFound, None));
+    let err = client
+        .append("t", Some(0), vec![record("k", "v")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
 
 #[tokio::test]

@@ -64,6 +64,9 @@ pub(crate) enum Local<RT: AsyncRuntime> {
     },
     /// An idempotent producer's proposal failed: its sequence may be written again.
     Abandoned { key: Key, stamp: ProducerStamp },
+    /// A group stopped because a read of its log met damage: cut and restart it (see
+    /// [`Shard::stop_for_repair`]).
+    StoppedForRepair { key: Key },
 }
 
 /// What starts a group of work: a command from the bridge or a message of the shard's own.
@@ -129,7 +132,7 @@ enum Replication<RT: AsyncRuntime> {
 enum StartAs {
     /// The partition was just opened: its log says how the group starts.
     Opened,
-    /// Its log was just cut at a damaged segment: it rejoins (see [`Worker::repair_damaged`]).
+    /// Its log was just cut at a damaged segment: it rejoins (see [`Shard::repair_damaged`]).
     Repaired,
 }
 
@@ -152,7 +155,7 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     incarnation: u64,
     opened_replicas: Vec<u64>,
     /// The log was cut at a damaged sealed segment once since it was opened (see
-    /// [`Worker::repair_damaged`]): a second failure to start is not repaired again.
+    /// [`Shard::repair_damaged`]): a second failure to start is not repaired again.
     damage_cut: bool,
 }
 
@@ -665,7 +668,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     // producer windows would miss them, so its producers start afresh.
                     p.producers.clear();
                 }
-                match raft_store::serve(&mut p.log, op).await {
+                let served = raft_store::serve(&mut p.log, op).await;
+                if p.log.take_corrupt_read() {
+                    self.stop_for_repair(&key);
+                }
+                let Some(p) = self.partitions.get_mut(&key) else {
+                    return;
+                };
+                match served {
                     Served::Done => {}
                     Served::Flush(flushed) => raft_flushes.push((key, flushed)),
                     Served::Applied {
@@ -722,6 +732,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             Local::Abandoned { key, stamp } => {
                 if let Some(p) = self.partitions.get_mut(&key) {
                     p.producers.abandon(stamp.producer_id, stamp.sequence);
+                }
+            }
+            Local::StoppedForRepair { key } => {
+                if self.partitions.contains_key(&key) && !self.repair_damaged(&key).await {
+                    // Nothing to cut after all (or the cut failed, logged): the group starts
+                    // again as it was, rather than leaving the partition without one.
+                    self.restart_group(&key);
                 }
             }
         }
@@ -1017,11 +1034,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 leader_addr: leader_addr(self.raft.as_ref(), leader),
             });
         }
-        let batches = p
+        let read = p
             .log
             .read(from_offset, max_bytes.min(self.options.read_bytes_max))
-            .await
-            .map_err(|e| Error::storage(&key.0, key.1, e))?;
+            .await;
+        if p.log.take_corrupt_read() {
+            self.stop_for_repair(key);
+        }
+        let batches = read.map_err(|e| Error::storage(&key.0, key.1, e))?;
+        let p = self
+            .partitions
+            .get_mut(key)
+            .expect("a read never closes its partition");
         let limit = if max_records == 0 {
             usize::MAX
         } else {
@@ -1340,7 +1364,54 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         repaired
     }
 
-    /// The work of [`Worker::repair_damaged`] on a partition taken out of the map.
+    /// After a read of a running replica's log met a batch that does not check out (the
+    /// read was refused `Corrupt`; nothing damaged is served): damage below what the group
+    /// read when it started, which the start could not find. The group is stopped (a
+    /// leader gives up its leadership, and another replica, which holds the entries, is
+    /// elected), then [`Shard::repair_damaged`] cuts the log there and starts the group
+    /// again to fetch the rest from the leader. Once per open, as that repair; never for a
+    /// partition with one replica (its data has no other copy: the read stays refused).
+    fn stop_for_repair(&mut self, key: &Key) {
+        let Some(p) = self.partitions.get_mut(key) else {
+            return;
+        };
+        if p.damage_cut || !matches!(p.replication, Replication::Running(_)) {
+            return;
+        }
+        let Replication::Running(group) =
+            std::mem::replace(&mut p.replication, Replication::Starting)
+        else {
+            unreachable!("matched above");
+        };
+        tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a read met a stored batch that does not check out: stopping this replica's Raft group to cut its log there and fetch the rest again from the leader");
+        let (key, local) = (key.clone(), self.local.clone());
+        drop(RT::spawn(async move {
+            group.shutdown().await;
+            if local.send(Local::StoppedForRepair { key }).is_err() {
+                tracing::debug!("a Raft group stopped for repair after its shard stopped");
+            }
+        }));
+    }
+
+    /// Starts a stopped group of `key` again as it was opened (its log says how).
+    fn restart_group(&mut self, key: &Key) {
+        let Some(mut p) = self.partitions.remove(key) else {
+            return;
+        };
+        let replicas = p.opened_replicas.clone();
+        p.replication = self.start_group(
+            key,
+            &replicas,
+            (false, p.incarnation),
+            StartAs::Opened,
+            p.applied.clone(),
+            &mut p.log,
+        );
+        p.publish();
+        self.partitions.insert(key.clone(), p);
+    }
+
+    /// The work of [`Shard::repair_damaged`] on a partition taken out of the map.
     async fn cut_damage(&self, key: &Key, p: &mut Partition<E, RT>) -> bool {
         let damage = match p.log.find_damage().await {
             Ok(Some(offset)) => offset,

@@ -159,6 +159,9 @@ pub struct Log<E: Engine> {
     /// [`Log::keep_tail`]).
     tail: Option<TailCache>,
     poisoned_by: Option<Poison>,
+    /// A read met a stored batch that does not check out since [`Log::take_corrupt_read`]
+    /// was last asked: the caller may want to repair the log.
+    corrupt_read: bool,
 }
 
 impl<E: Engine> Log<E> {
@@ -198,6 +201,7 @@ impl<E: Engine> Log<E> {
             epochs: Vec::new(),
             tail: None,
             poisoned_by: None,
+            corrupt_read: false,
         };
         log.recover_epochs().await?;
         log.check_invariants();
@@ -1057,9 +1061,11 @@ impl<E: Engine> Log<E> {
                 .await;
             let batches = match read {
                 Ok(batches) => batches,
-                // What was read stands; the next read meets the error at its start.
-                Err(_) if !out.is_empty() => return Ok(out),
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.corrupt_read |= matches!(e, Error::Corrupt { .. });
+                    // What was read stands; the next read meets the error at its start.
+                    return if out.is_empty() { Err(e) } else { Ok(out) };
+                }
             };
             for batch in batches {
                 let len = u64::from(batch.header.batch_len);
@@ -1087,6 +1093,13 @@ impl<E: Engine> Log<E> {
         Ok(out)
     }
 
+    /// Whether a read met a stored batch that does not check out (and was refused
+    /// [`Error::Corrupt`]) since the last call: damage the log's owner may repair (see
+    /// [`Log::find_damage`]). Asking clears it.
+    pub fn take_corrupt_read(&mut self) -> bool {
+        std::mem::take(&mut self.corrupt_read)
+    }
+
     /// Reads whole batches as stored, CRC-checked and not decoded, for shipping to a
     /// follower: from the batch that holds `from_offset` (not trimmed), at least one when
     /// there is one, then more within `max_bytes`. Bounded by the end offset, not the commit
@@ -1105,7 +1118,8 @@ impl<E: Engine> Log<E> {
         while from < end && i < self.segments.len() {
             let batches = self.segments[i]
                 .read_raw(&self.engine, from, max_bytes, end)
-                .await?;
+                .await
+                .inspect_err(|e| self.corrupt_read |= matches!(e, Error::Corrupt { .. }))?;
             if !batches.is_empty() {
                 return Ok(batches
                     .into_iter()

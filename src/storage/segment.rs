@@ -623,10 +623,21 @@ impl<E: Engine> Segment<E> {
     }
 
     /// Seals the active segment before a roll: the store is synced (so a later segment never
-    /// exists beside a torn earlier one) and the index trimmed.
+    /// exists beside a torn earlier one) and cut to its length, and the index trimmed.
+    ///
+    /// The cut is a `truncate` to the store's own length: it writes what is buffered, drops
+    /// an engine's padding past the last batch (the uring store's last O_DIRECT block holds
+    /// zeros past it until the file is closed, and a crash never closes it) and syncs. So a
+    /// sealed store always ends where its last batch does, and its index is trusted when
+    /// the segment is opened again rather than rebuilt by a scan of the whole store.
     pub async fn seal(&mut self, engine: &E, now_ms: i64) -> Result<()> {
-        self.sync().await?;
         let files = self.files.as_mut().expect("the active segment is open");
+        let len = files.store.len();
+        files
+            .store
+            .truncate(len)
+            .await
+            .map_err(io_err("seal", &self.store_path))?;
         files
             .index
             .seal(engine)

@@ -379,7 +379,19 @@ async fn converge_and_read(
     for partition in 0..options.partitions {
         let mut logs = BTreeMap::new();
         for id in replicas(cluster, partition).await {
-            match read_all(cluster, id, partition).await {
+            // A replica may meet damage below what its group read at start only now (a
+            // flipped bit): that read is refused and the replica repairs itself, so a
+            // replica is unreadable only if it stays so for the patience.
+            let until = Instant::now() + options.timings.patience();
+            let mut read = read_all(cluster, id, partition).await;
+            // Bounded by `until`.
+            while read.is_err() && Instant::now() < until {
+                tokio::time::sleep(options.timings.poll()).await;
+                // A repaired replica fetches again what it cut: read it once it holds it.
+                caught_up(cluster, id, &ends, until).await;
+                read = read_all(cluster, id, partition).await;
+            }
+            match read {
                 Ok(log) => {
                     logs.insert(id, log);
                 }

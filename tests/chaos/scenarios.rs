@@ -12,7 +12,7 @@ use super::campaign::{Options, acked_ends, create_topic, join_all, routing_clien
 use super::nemesis::{self, Damage, Fault};
 use super::network::Network;
 use super::nodes::Cluster;
-use super::observe::{caught_up, leaders};
+use super::observe::{caught_up, leaders, read_all};
 use super::workload::{self, Producer};
 use crate::seeded::Rng;
 
@@ -97,8 +97,52 @@ pub fn a_follower_with_a_flipped_bit_catches_up(options: &Options) -> Result<(),
         )
         .await;
         let ends = acked_ends(&shared, 1);
+        let served_whole = async {
+            // Damage below what the group read when it started is found only by a read:
+            // the first read of it is refused `Corrupt` (never served), and the replica
+            // must then repair itself and serve every record another replica serves.
+            let reference = (1..=cluster.count()).find(|id| *id != follower).unwrap();
+            let until = Instant::now() + patience;
+            // Bounded by `until`.
+            loop {
+                let last = match (
+                    read_all(&cluster, reference, 0).await,
+                    read_all(&cluster, follower, 0).await,
+                ) {
+                    (Ok(want), Ok(got))
+                        if want == got
+                            && want.keys().next_back().is_some_and(|o| o + 1 >= ends[0]) =>
+                    {
+                        let log = std::fs::read_to_string(cluster.log(follower)).unwrap_or_default();
+                        let at_start = log.matches("a sealed segment holds a batch").count();
+                        let on_read = log.matches("a read met a stored batch").count();
+                        println!(
+                            "seed {}: node {follower} serves the partition whole; repaired at a group start {at_start} time(s), after a read {on_read} time(s)",
+                            options.seed
+                        );
+                        return Ok(());
+                    }
+                    (Ok(want), Ok(got)) => format!(
+                        "node {follower} serves {} records, node {reference} {}",
+                        got.len(),
+                        want.len()
+                    ),
+                    (want, got) => format!(
+                        "node {reference}: {:?}; node {follower}: {:?}",
+                        want.err(),
+                        got.err()
+                    ),
+                };
+                if Instant::now() >= until {
+                    return Err(format!(
+                        "node {follower} never served the partition whole: {last}"
+                    ));
+                }
+                tokio::time::sleep(options.timings.poll()).await;
+            }
+        };
         if caught_up(&cluster, follower, &ends, Instant::now() + patience).await {
-            Ok(())
+            served_whole.await
         } else {
             let log = std::fs::read_to_string(cluster.log(follower)).unwrap_or_default();
             // The last warnings and errors: what the node made of the damage.
