@@ -1643,3 +1643,48 @@ fn a_batch_too_far_past_its_segment_base_ends_recovery() {
         log.close().await.unwrap();
     });
 }
+
+/// Fuzz finding 5 (`segment_recovery`, docs/RELIABILITY.md): a recovered active segment
+/// whose last batch starts within `u32::MAX` offsets of the segment's base but ends past
+/// it (a crafted batch spanning billions of offsets) left the next append at an offset
+/// its index cannot hold, and the append panicked. The append now rolls a new segment
+/// first.
+#[test]
+fn an_append_more_than_u32_offsets_past_its_segment_base_rolls_first() {
+    let dir = temp_dir();
+    let path = dir.path().to_owned();
+    run_portable(move || async move {
+        let engine = PortableEngine::new();
+        write_synced(&engine, &path, 1).await;
+        let base = u64::from(u32::MAX) - 1;
+        let far = walrs::storage::encode_batch(base, 0, 0, &batch(7, 3, 10));
+        append_bytes(&last_store(&path), &far);
+        let (mut log, _) = reopen(&engine, &path).await;
+        assert_eq!(
+            log.end_offset(),
+            base + 3,
+            "the far batch checks out and stays"
+        );
+        let segments = report_segments(&path);
+        log.append(&batch(8, 2, 10)).await.unwrap();
+        sync_commit(&mut log).await;
+        assert_eq!(report_segments(&path), segments + 1, "rolled first");
+        let read = log.read(base + 3, 1 << 20).await.unwrap();
+        assert_eq!(read[0].records[0].offset, base + 3);
+        log.close().await.unwrap();
+    });
+}
+
+/// Store files in `dir`.
+fn report_segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count()
+}

@@ -186,6 +186,54 @@ fn metadata_records(input: &mut Input<'_>) {
                     Some(d.incarnation)
                 );
             }
+            (
+                Some(pb::metadata_record::Kind::PartitionReassigned(r)),
+                Applied::Reassigned { name, partition },
+            ) => {
+                assert_eq!((name.as_str(), partition), (r.name.as_str(), r.partition));
+                let old = before.topic(&name).expect("a move of a live topic");
+                assert_eq!(old.incarnation, r.incarnation);
+                assert!(!old.moving.contains_key(&partition), "one move at a time");
+                let new = view.topic(&name).expect("still live");
+                assert_eq!(new.replicas[partition as usize], r.replicas);
+                assert_eq!(
+                    new.moving.get(&partition),
+                    Some(&old.replicas[partition as usize]),
+                    "the old replicas are kept until the move completes"
+                );
+            }
+            (
+                Some(pb::metadata_record::Kind::ReassignCompleted(r)),
+                Applied::ReassignCompleted { name, partition },
+            ) => {
+                assert_eq!((name.as_str(), partition), (r.name.as_str(), r.partition));
+                let old = before.topic(&name).expect("a move of a live topic");
+                assert!(old.moving.contains_key(&partition), "a move was under way");
+                let new = view.topic(&name).expect("still live");
+                assert!(!new.moving.contains_key(&partition));
+                assert_eq!(new.replicas[partition as usize], r.replicas);
+            }
+            (
+                Some(
+                    pb::metadata_record::Kind::PartitionReassigned(_)
+                    | pb::metadata_record::Kind::ReassignCompleted(_),
+                ),
+                Applied::ReassignIgnored { .. },
+            ) => assert_eq!(
+                before.topics().collect::<Vec<_>>(),
+                view.topics().collect::<Vec<_>>()
+            ),
+            (
+                Some(pb::metadata_record::Kind::NodeDecommissioned(d)),
+                Applied::Decommissioned { node },
+            ) => {
+                assert_eq!(node, d.node);
+                assert!(view.is_decommissioned(node));
+                assert_eq!(
+                    before.topics().collect::<Vec<_>>(),
+                    view.topics().collect::<Vec<_>>()
+                );
+            }
             (kind, applied) => panic!("{kind:?} applied as {applied:?}"),
         }
         offset += 1;

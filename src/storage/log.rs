@@ -788,12 +788,16 @@ impl<E: Engine> Log<E> {
             && now_ms().saturating_sub(self.active().created_ms()) >= self.config.segment_ms as i64
     }
 
-    /// Rolls first when a batch of `batch_bytes` would overfill or overage the active segment.
+    /// Rolls first when a batch of `batch_bytes` would overfill or overage the active
+    /// segment, or start more than `u32::MAX` offsets past its base (an index entry holds
+    /// that distance in 32 bits; a recovered segment whose last batch spans billions of
+    /// offsets, which only a crafted or mis-written batch does, ends there).
     async fn roll_if_full(&mut self, batch_bytes: usize) -> Result<()> {
         let active = self.active();
         let must_roll = active.size_bytes() > 0
             && (active.size_bytes() + batch_bytes as u64 > self.config.segment_bytes_max
                 || active.index_is_full()
+                || self.end_offset() - active.base_offset() > u64::from(u32::MAX)
                 || self.active_is_aged(now_ms));
         if must_roll {
             self.roll().await?;

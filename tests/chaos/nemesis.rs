@@ -48,6 +48,13 @@ pub enum Fault {
     },
     Wipe(u32),
     Corrupt(u32, Damage),
+    /// The node's disk made full while it runs: no file may grow by more than
+    /// `margin_bytes` in all (0: the next write that grows a file fails `ENOSPC`; else the
+    /// server's free-space floor refuses appends first).
+    DiskFull {
+        node: u32,
+        margin_bytes: u64,
+    },
     IsolateLeader {
         partition: u32,
         node: u32,
@@ -76,6 +83,10 @@ impl Fault {
             Fault::PowerCut { .. } => "power-cut-minority".into(),
             Fault::Wipe(_) => "wipe".into(),
             Fault::Corrupt(_, d) => format!("corrupt-{d:?}"),
+            Fault::DiskFull {
+                margin_bytes: 0, ..
+            } => "disk-full-enospc".into(),
+            Fault::DiskFull { .. } => "disk-full".into(),
             Fault::IsolateLeader { .. } => "isolate-leader".into(),
             Fault::Split(_) => "split".into(),
             Fault::Bridge { .. } => "bridge".into(),
@@ -99,6 +110,7 @@ enum Pick {
     PowerCutOne,
     PowerCutMinority,
     PowerCutAll,
+    DiskFull,
     IsolateLeader,
     Split,
     Bridge,
@@ -115,6 +127,7 @@ const PROCESS: &[Pick] = &[
     Pick::PowerCutOne,
     Pick::PowerCutMinority,
     Pick::PowerCutAll,
+    Pick::DiskFull,
 ];
 const NETWORK: &[Pick] = &[Pick::IsolateLeader, Pick::Split, Pick::Bridge, Pick::Loss];
 const DISK: &[Pick] = &[Pick::Wipe, Pick::Corrupt];
@@ -204,6 +217,10 @@ pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, mix: Mix) -> Vec<Fault
                 nodes: minority,
                 all: false,
             },
+            Pick::DiskFull => Fault::DiskFull {
+                node: random,
+                margin_bytes: if rng.below(2) == 0 { 0 } else { 1 << 20 },
+            },
             _ => Fault::PowerCut {
                 nodes: (1..=count).collect(),
                 all: true,
@@ -275,6 +292,7 @@ pub fn apply(
             cluster.wipe(*id)?;
             String::new()
         }
+        Fault::DiskFull { node, margin_bytes } => cluster.fill_disk(*node, *margin_bytes),
         Fault::Corrupt(id, damage) => {
             cluster.kill(*id);
             damage_files(cluster.data_dir(*id), *damage, rng)?
@@ -300,6 +318,7 @@ pub fn apply(
 /// (each waited for until it serves). Returns the engine each restarted node reported.
 pub fn heal(cluster: &mut Cluster, net: &mut Network) -> Result<BTreeMap<u32, String>, String> {
     net.heal()?;
+    cluster.free_disks();
     let mut started = BTreeMap::new();
     for id in 1..=cluster.count() {
         cluster.resume(id);

@@ -380,6 +380,24 @@ impl Cluster {
         }
     }
 
+    /// Makes node `id`'s disk full, running or not: its files may grow by `margin_bytes` in
+    /// all from now on (powerfs's capacity; `statfs` reports what is left). Says what it did.
+    pub fn fill_disk(&mut self, id: u32, margin_bytes: u64) -> String {
+        let mount = self.node(id).mount.as_ref().expect("mounted");
+        let used = mount.used_bytes();
+        mount.set_capacity(Some(used + margin_bytes));
+        format!("{used} bytes used, {margin_bytes} left")
+    }
+
+    /// Gives every node its whole disk back.
+    pub fn free_disks(&mut self) {
+        for node in &self.nodes {
+            if let Some(mount) = &node.mount {
+                mount.set_capacity(None);
+            }
+        }
+    }
+
     /// Node `id`'s data dir (its files may be damaged while it is down).
     pub fn data_dir(&self, id: u32) -> &Path {
         &self.nodes[id as usize - 1].data

@@ -137,6 +137,9 @@ impl Filesystem for PowerFs {
     ) {
         let mut tree = lock(&self.tree);
         if let Some(size) = size {
+            if let Err(e) = tree.check_room(ino.0, size) {
+                return reply.error(errno(e));
+            }
             match tree.content_mut(ino.0) {
                 Ok(content) => content.set_len(size),
                 Err(e) => return reply.error(errno(e)),
@@ -308,6 +311,9 @@ impl Filesystem for PowerFs {
         reply: ReplyWrite,
     ) {
         let mut tree = lock(&self.tree);
+        if let Err(e) = tree.check_room(ino.0, offset + data.len() as u64) {
+            return reply.error(errno(e));
+        }
         match tree.content_mut(ino.0) {
             Ok(content) => content.write(offset, data),
             Err(e) => return reply.error(errno(e)),
@@ -451,6 +457,22 @@ impl Filesystem for PowerFs {
         // The backing directory's file system: free space there is free space here (minus
         // the unsynced bytes this process holds, which are small next to it).
         let tree = lock(&self.tree);
+        if let Some(capacity) = tree.capacity_bytes {
+            // A small disk: its size, and what the files leave of it.
+            let blocks = capacity / u64::from(BLOCK_BYTES);
+            let free = capacity.saturating_sub(tree.used_bytes()) / u64::from(BLOCK_BYTES);
+            let files = 1 << 20;
+            return reply.statfs(
+                blocks,
+                free,
+                free,
+                files,
+                files,
+                BLOCK_BYTES,
+                255,
+                BLOCK_BYTES,
+            );
+        }
         let path = std::ffi::CString::new(tree.backing().as_os_str().as_encoded_bytes())
             .expect("a path has no NUL");
         drop(tree);
@@ -484,6 +506,11 @@ impl Filesystem for PowerFs {
         reply: ReplyEmpty,
     ) {
         let mut tree = lock(&self.tree);
+        if mode == 0
+            && let Err(e) = tree.check_room(ino.0, offset + length)
+        {
+            return reply.error(errno(e));
+        }
         let content = match tree.content_mut(ino.0) {
             Ok(content) => content,
             Err(e) => return reply.error(errno(e)),

@@ -82,6 +82,26 @@ impl Mount {
         self.tree.lock().unwrap_or_else(|p| p.into_inner()).stats
     }
 
+    /// Makes the file system a disk of `capacity_bytes` (`None`: the backing directory's
+    /// file system is the limit again). A write, extension or `fallocate` that would take
+    /// the files' total live size past it fails with `ENOSPC` and changes nothing, and
+    /// `statfs` reports the capacity and what is left of it: a full disk, made and
+    /// taken away while processes use it. Files already past it stay as they are.
+    pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
+        self.tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .capacity_bytes = capacity_bytes;
+    }
+
+    /// The live size of every file now (what [`Mount::set_capacity`] bounds).
+    pub fn used_bytes(&self) -> u64 {
+        self.tree
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .used_bytes()
+    }
+
     /// Bytes written and not yet synced, held in memory now.
     pub fn unsynced_bytes(&self) -> u64 {
         self.tree

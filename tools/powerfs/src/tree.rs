@@ -78,6 +78,10 @@ pub(crate) struct Tree {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
     pub(crate) stats: Stats,
+    /// A size for the whole file system, as a small disk has: no file may grow past it
+    /// (`ENOSPC`), and `statfs` reports what is left of it. `None`: the backing
+    /// directory's file system is the limit.
+    pub(crate) capacity_bytes: Option<u64>,
 }
 
 impl Tree {
@@ -113,6 +117,7 @@ impl Tree {
             nodes,
             next_ino: ROOT + 1,
             stats: Stats::default(),
+            capacity_bytes: None,
         })
     }
 
@@ -385,6 +390,34 @@ impl Tree {
                     self.stats.sizes_reverted += u64::from(lost.size_changed);
                 }
             }
+        }
+    }
+
+    /// The live size of every file, open unlinked ones included: what the capacity bounds.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|n| match &n.kind {
+                Kind::File(content) => content.len(),
+                Kind::Dir { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// `Err(ENOSPC)` when growing file `ino` to `end` bytes would take the file system past
+    /// its capacity; shrinking, or growing without a capacity, is always fine.
+    pub(crate) fn check_room(&self, ino: u64, end: u64) -> Result<(), i32> {
+        let Some(capacity) = self.capacity_bytes else {
+            return Ok(());
+        };
+        let len = match self.nodes.get(&ino).map(|n| &n.kind) {
+            Some(Kind::File(content)) => content.len(),
+            _ => return Ok(()),
+        };
+        if end <= len || self.used_bytes() + (end - len) <= capacity {
+            Ok(())
+        } else {
+            Err(libc::ENOSPC)
         }
     }
 

@@ -216,3 +216,41 @@ fn a_large_directory_removed_while_it_is_listed_is_removed_whole() {
     fs::remove_dir_all(&dir).unwrap();
     assert!(!dir.exists());
 }
+
+/// Free bytes of the file system holding `path`, as statvfs says.
+fn free_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string and a valid out-pointer for the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail * st.f_frsize
+}
+
+#[test]
+fn a_capacity_makes_a_full_disk_until_it_is_lifted() {
+    let f = mounted();
+    let mnt = f.mount.mountpoint().to_path_buf();
+    let path = mnt.join("a");
+    let mut file = File::create(&path).unwrap();
+    file.write_all(&[1u8; 12_288]).unwrap();
+    assert_eq!(f.mount.used_bytes(), 12_288);
+
+    f.mount.set_capacity(Some(16_384));
+    assert_eq!(free_bytes(&mnt), 4_096, "statfs reports what is left");
+    let err = file.write_all(&[2u8; 8_192]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let err = file.set_len(20_000).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(fs::metadata(&path).unwrap().len() <= 16_384);
+    // Overwriting and shrinking need no room.
+    file.write_at(&[3u8; 100], 0).unwrap();
+    file.set_len(4_096).unwrap();
+    assert_eq!(free_bytes(&mnt), 12_288);
+
+    f.mount.set_capacity(None);
+    file.write_all(&[2u8; 40_000]).unwrap();
+    assert!(
+        free_bytes(&mnt) > 16_384,
+        "the backing file system's space again"
+    );
+}
