@@ -529,6 +529,9 @@ pub(crate) fn resume_from(mark: &storage::AppliedMark) -> Option<(LogId, StoredM
 /// What serving an op leaves for the shard to do.
 pub(crate) enum Served<RT: AsyncRuntime> {
     Done,
+    /// A write the group asked for failed (it was answered with the error): openraft stops
+    /// a group on any storage error, so the shard must start it again once it can.
+    WriteFailed,
     /// An append: call its `IOFlushed` after the flush that covers it.
     Flush(IOFlushed<PartitionTypes<RT>>),
     /// A commit moved the applied mark to `index` of `term`, whose batch ends at
@@ -565,12 +568,15 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             );
         }
         LogOp::SaveVote { vote, reply, .. } => {
-            send(
-                reply,
-                log.save_vote(&to_storage_vote(&vote))
-                    .await
-                    .map_err(io_error),
-            );
+            let saved = log
+                .save_vote(&to_storage_vote(&vote))
+                .await
+                .map_err(io_error);
+            let failed = saved.is_err();
+            send(reply, saved);
+            if failed {
+                return Served::WriteFailed;
+            }
         }
         LogOp::Append {
             entries, flushed, ..
@@ -580,7 +586,7 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
                     // The group stops on a storage error; what was written before stays
                     // (not durable, not acknowledged).
                     flushed.io_completed(Err(e));
-                    return Served::Done;
+                    return Served::WriteFailed;
                 }
             }
             return Served::Flush(flushed);
@@ -593,7 +599,12 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             ..
         } => send(reply, read(log, start, end, bytes_max).await),
         LogOp::TruncateAfter { last, reply, .. } => {
-            send(reply, truncate_after(log, last).await);
+            let truncated = truncate_after(log, last).await;
+            let failed = truncated.is_err();
+            send(reply, truncated);
+            if failed {
+                return Served::WriteFailed;
+            }
         }
         LogOp::Snapshot {
             index,

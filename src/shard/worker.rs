@@ -64,9 +64,18 @@ pub(crate) enum Local<RT: AsyncRuntime> {
     },
     /// An idempotent producer's proposal failed: its sequence may be written again.
     Abandoned { key: Key, stamp: ProducerStamp },
-    /// A group stopped because a read of its log met damage: cut and restart it (see
-    /// [`Shard::stop_for_repair`]).
-    StoppedForRepair { key: Key },
+    /// A group stopped (see [`Shard::stop_group`]): start it again as `then` says.
+    Stopped { key: Key, then: AfterStop },
+}
+
+/// Why a running group is stopped, and what follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterStop {
+    /// A read met damage: cut the log there and rejoin ([`Shard::repair_damaged`]).
+    Repair,
+    /// A write it asked for failed without poisoning the log (out of disk space): openraft
+    /// has stopped the group, so start it again as it was, after a pause.
+    Restart,
 }
 
 /// What starts a group of work: a command from the bridge or a message of the shard's own.
@@ -670,13 +679,15 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 }
                 let served = raft_store::serve(&mut p.log, op).await;
                 if p.log.take_corrupt_read() {
-                    self.stop_for_repair(&key);
+                    self.stop_group(&key, AfterStop::Repair);
+                } else if matches!(served, Served::WriteFailed) {
+                    self.restart_after_failed_write(&key);
                 }
                 let Some(p) = self.partitions.get_mut(&key) else {
                     return;
                 };
                 match served {
-                    Served::Done => {}
+                    Served::Done | Served::WriteFailed => {}
                     Served::Flush(flushed) => raft_flushes.push((key, flushed)),
                     Served::Applied {
                         term,
@@ -734,11 +745,33 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     p.producers.abandon(stamp.producer_id, stamp.sequence);
                 }
             }
-            Local::StoppedForRepair { key } => {
-                if self.partitions.contains_key(&key) && !self.repair_damaged(&key).await {
+            Local::Stopped { key, then } => {
+                let Some(p) = self.partitions.get_mut(&key) else {
+                    return;
+                };
+                match then {
+                    AfterStop::Restart => {
+                        // Only durable entries may be in the log a group starts from (it
+                        // reports them as held): cut back an unsynced tail a full disk
+                        // left, sync the rest.
+                        match p.log.sync().await {
+                            Ok(_) => self.restart_group(&key),
+                            Err(e) if e.is_out_of_space() => {
+                                tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "still no space to start the Raft group again");
+                                self.report_later(key, then, self.restart_pause());
+                            }
+                            Err(e) => {
+                                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "syncing a log before starting its Raft group again failed: the group stays stopped until the server restarts");
+                            }
+                        }
+                    }
                     // Nothing to cut after all (or the cut failed, logged): the group starts
                     // again as it was, rather than leaving the partition without one.
-                    self.restart_group(&key);
+                    AfterStop::Repair => {
+                        if !self.repair_damaged(&key).await {
+                            self.restart_group(&key);
+                        }
+                    }
                 }
             }
         }
@@ -934,12 +967,16 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             let outcome = outcomes
                 .get(&key)
                 .expect("every touched partition has an outcome");
+            let failed = outcome.result.is_err();
             flushed.io_completed(
                 outcome
                     .result
                     .clone()
                     .map_err(|e| std::io::Error::other(e.to_string())),
             );
+            if failed {
+                self.restart_after_failed_write(&key);
+            }
         }
     }
 
@@ -1039,7 +1076,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .read(from_offset, max_bytes.min(self.options.read_bytes_max))
             .await;
         if p.log.take_corrupt_read() {
-            self.stop_for_repair(key);
+            self.stop_group(key, AfterStop::Repair);
         }
         let batches = read.map_err(|e| Error::storage(&key.0, key.1, e))?;
         let p = self
@@ -1364,18 +1401,44 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         repaired
     }
 
-    /// After a read of a running replica's log met a batch that does not check out (the
-    /// read was refused `Corrupt`; nothing damaged is served): damage below what the group
-    /// read when it started, which the start could not find. The group is stopped (a
-    /// leader gives up its leadership, and another replica, which holds the entries, is
-    /// elected), then [`Shard::repair_damaged`] cuts the log there and starts the group
-    /// again to fetch the rest from the leader. Once per open, as that repair; never for a
-    /// partition with one replica (its data has no other copy: the read stays refused).
-    fn stop_for_repair(&mut self, key: &Key) {
+    /// After a write a running group asked for failed (answered with the error, so openraft
+    /// stops the group): when the log is not poisoned (the failure changed nothing on disk:
+    /// out of space), the group is started again after a pause, to rejoin once it can
+    /// write; a poisoned log needs the server restarted, as its error says.
+    fn restart_after_failed_write(&mut self, key: &Key) {
+        let Some(p) = self.partitions.get(key) else {
+            return;
+        };
+        if let Some(e) = p.log.poison_error().filter(|e| !e.is_out_of_space()) {
+            tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "a write of this replica's Raft group failed and poisoned its log: the group stays stopped until the server restarts");
+            return;
+        }
+        tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a write of this replica's Raft group failed (see the error above); starting the group again shortly");
+        self.stop_group(key, AfterStop::Restart);
+    }
+
+    /// Stops `key`'s running group in a task of its own (the shard keeps serving its last
+    /// log operations), then reports [`Local::Stopped`] with `then`.
+    ///
+    /// `AfterStop::Repair`: a read of the log met a batch that does not check out (the read
+    /// was refused `Corrupt`; nothing damaged is served): damage below what the group read
+    /// when it started, which the start could not find. A leader gives up its leadership
+    /// (another replica, which holds the entries, is elected), then
+    /// [`Shard::repair_damaged`] cuts the log there and starts the group again to fetch the
+    /// rest from the leader. Once per open, as that repair; never for a partition with one
+    /// replica (its data has no other copy: the read stays refused).
+    ///
+    /// `AfterStop::Restart`: the group is started again as it was, after a pause of two
+    /// election timeouts (so a disk still full costs one failed start per pause, not a spin).
+    fn stop_group(&mut self, key: &Key, then: AfterStop) {
         let Some(p) = self.partitions.get_mut(key) else {
             return;
         };
-        if p.damage_cut || !matches!(p.replication, Replication::Running(_)) {
+        let wanted = match then {
+            AfterStop::Repair => !p.damage_cut,
+            AfterStop::Restart => true,
+        };
+        if !wanted || !matches!(p.replication, Replication::Running(_)) {
             return;
         }
         let Replication::Running(group) =
@@ -1383,12 +1446,40 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         else {
             unreachable!("matched above");
         };
-        tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a read met a stored batch that does not check out: stopping this replica's Raft group to cut its log there and fetch the rest again from the leader");
+        if then == AfterStop::Repair {
+            tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a read met a stored batch that does not check out: stopping this replica's Raft group to cut its log there and fetch the rest again from the leader");
+        }
+        let pause = match then {
+            AfterStop::Restart => self.restart_pause(),
+            AfterStop::Repair => Duration::ZERO,
+        };
         let (key, local) = (key.clone(), self.local.clone());
         drop(RT::spawn(async move {
             group.shutdown().await;
-            if local.send(Local::StoppedForRepair { key }).is_err() {
-                tracing::debug!("a Raft group stopped for repair after its shard stopped");
+            if !pause.is_zero() {
+                RT::sleep(pause).await;
+            }
+            if local.send(Local::Stopped { key, then }).is_err() {
+                tracing::debug!("a Raft group stopped after its shard stopped");
+            }
+        }));
+    }
+
+    /// How long a group stopped by a failed write waits before it starts again: two
+    /// election timeouts.
+    fn restart_pause(&self) -> Duration {
+        self.raft.as_ref().map_or(Duration::ZERO, |raft| {
+            Duration::from_millis(2 * raft.config.election_timeout_max)
+        })
+    }
+
+    /// Reports [`Local::Stopped`] for `key` again after `pause`.
+    fn report_later(&self, key: Key, then: AfterStop, pause: Duration) {
+        let local = self.local.clone();
+        drop(RT::spawn(async move {
+            RT::sleep(pause).await;
+            if local.send(Local::Stopped { key, then }).is_err() {
+                tracing::debug!("a Raft group's restart came after its shard stopped");
             }
         }));
     }

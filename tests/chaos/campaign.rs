@@ -452,7 +452,8 @@ fn write_out(
         .open(options.out.join("summary.jsonl"))
         .unwrap();
     writeln!(file, "{summary}").unwrap();
-    if !report.passed() {
+    // A stall does not fail a run, but it is a finding to look into: keep what explains it.
+    if !report.passed() || figures.stalls > 0 {
         let path = options
             .out
             .join(format!("cluster-{}.history", options.seed));
@@ -472,8 +473,13 @@ fn write_out(
         }
         std::fs::write(&path, text).unwrap();
         println!(
-            "seed {}: violations; history in {}",
+            "seed {}: {}; history and node logs in {}",
             options.seed,
+            if report.passed() {
+                "stalls"
+            } else {
+                "violations"
+            },
             path.display()
         );
     }
