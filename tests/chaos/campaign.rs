@@ -54,6 +54,10 @@ pub struct Figures {
     pub bytes_written: u64,
     pub engines: BTreeMap<u32, String>,
     pub seconds: f64,
+    /// Nodes that lost a disk (wiped, damaged) and have not been seen caught up since: no
+    /// other disk fault is drawn while one is, since a second copy lost before the first is
+    /// restored is more than a 3-replica group promises to survive.
+    pub behind: std::collections::BTreeSet<u32>,
 }
 
 /// Runs a campaign; returns its report and figures (and has written the summary, and the
@@ -248,7 +252,18 @@ async fn fault_and_heal(
 ) -> Vec<nemesis::Fault> {
     let seed = options.seed;
     let leaders = leaders(cluster, options.partitions).await;
-    let faults = nemesis::draw(rng, cluster.count(), &leaders, options.mix);
+    if !figures.behind.is_empty() {
+        let ends = acked_ends(shared, options.partitions);
+        let mut still = std::collections::BTreeSet::new();
+        for &id in &figures.behind {
+            if !caught_up(cluster, id, &ends, Instant::now()).await {
+                still.insert(id);
+            }
+        }
+        figures.behind = still;
+    }
+    let disk_faults = figures.behind.is_empty();
+    let faults = nemesis::draw(rng, cluster.count(), &leaders, options.mix, disk_faults);
     for fault in &faults {
         let said = nemesis::apply(fault, cluster, net, rng, &mut figures.forgotten_bytes)
             .unwrap_or_else(|e| panic!("seed {seed}: {fault:?}: {e}"));
@@ -309,6 +324,7 @@ async fn await_recovery(
             };
             let until = Instant::now() + options.timings.patience();
             if !caught_up(cluster, *id, &ends, until).await {
+                figures.behind.insert(*id);
                 figures.stalls += 1;
                 workload::note(
                     shared,

@@ -168,8 +168,15 @@ pub enum Mix {
     PowerCutsOfAll,
 }
 
-/// Draws a round's faults from `mix`.
-pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, mix: Mix) -> Vec<Fault> {
+/// Draws a round's faults from `mix`; no disk fault (wipe, damage) unless `disk_faults`
+/// (a node that lost its disk has not caught up yet).
+pub fn draw(
+    rng: &mut Rng,
+    count: u32,
+    leaders: &Leaders,
+    mix: Mix,
+    disk_faults: bool,
+) -> Vec<Fault> {
     let partitions = leaders.partitions.len() as u64;
     if mix == Mix::PowerCutsOfAll {
         return vec![Fault::PowerCut {
@@ -177,7 +184,7 @@ pub fn draw(rng: &mut Rng, count: u32, leaders: &Leaders, mix: Mix) -> Vec<Fault
             all: true,
         }];
     }
-    if rng.below(6) == 0 {
+    if rng.below(6) == 0 && disk_faults {
         let id = node(rng, count);
         let damages: &[Damage] = if mix == (Mix::All { flip_sealed: true }) {
             &[Damage::FlipSealed, Damage::CutActive, Damage::DeleteIndex]
