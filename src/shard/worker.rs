@@ -754,8 +754,25 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         // Only durable entries may be in the log a group starts from (it
                         // reports them as held): cut back an unsynced tail a full disk
                         // left, sync the rest.
+                        let end_before = p.log.end_offset();
                         match p.log.sync().await {
-                            Ok(_) => self.restart_group(&key),
+                            Ok(_) => {
+                                if p.log.end_offset() < end_before {
+                                    // The cut-back dropped entries: what was applied or
+                                    // windowed past the new end no longer fits the log.
+                                    if p.applied
+                                        .as_ref()
+                                        .is_some_and(|m| m.next_offset > p.log.end_offset())
+                                    {
+                                        p.applied = p.log.applied_mark().await.unwrap_or(None);
+                                        p.applied_unsaved = false;
+                                    }
+                                    p.producers =
+                                        rebuild_producers(&mut p.log, self.options.producers, &key)
+                                            .await;
+                                }
+                                self.restart_group(&key);
+                            }
                             Err(e) if e.is_out_of_space() => {
                                 tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "still no space to start the Raft group again");
                                 self.report_later(key, then, self.restart_pause());
