@@ -700,14 +700,19 @@ fn append_bytes(path: &Path, bytes: &[u8]) {
         .unwrap();
 }
 
-fn last_store(dir: &Path) -> std::path::PathBuf {
+/// The store files (`*.log`) in `dir`, in offset order.
+fn stores(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut stores: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "log"))
         .collect();
     stores.sort();
-    stores.pop().unwrap()
+    stores
+}
+
+fn last_store(dir: &Path) -> std::path::PathBuf {
+    stores(dir).pop().unwrap()
 }
 
 async fn torn_tails_are_cut<E: Engine>(engine: E, dir: &Path) {
@@ -987,12 +992,7 @@ async fn sealed_stores_end_at_their_last_batch<E: Engine>(engine: E, dir: &Path)
     sync_commit(&mut log).await;
     // A crash: nothing is closed or trimmed on the way out.
     std::mem::forget(log);
-    let mut stores: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    stores.sort();
+    let mut stores = stores(dir);
     stores.pop();
     assert!(stores.len() >= 2, "the appends rolled: {stores:?}");
     for store in &stores {
@@ -1665,26 +1665,12 @@ fn an_append_more_than_u32_offsets_past_its_segment_base_rolls_first() {
             base + 3,
             "the far batch checks out and stays"
         );
-        let segments = report_segments(&path);
+        let segments = stores(&path).len();
         log.append(&batch(8, 2, 10)).await.unwrap();
         sync_commit(&mut log).await;
-        assert_eq!(report_segments(&path), segments + 1, "rolled first");
+        assert_eq!(stores(&path).len(), segments + 1, "rolled first");
         let read = log.read(base + 3, 1 << 20).await.unwrap();
         assert_eq!(read[0].records[0].offset, base + 3);
         log.close().await.unwrap();
     });
-}
-
-/// Store files in `dir`.
-fn report_segments(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "log")
-        })
-        .count()
 }
