@@ -204,10 +204,10 @@ impl Attempts {
             return status;
         };
         Status::unknown(format!(
-            "the outcome is unknown: an attempt on {addr} may have been carried out, but its \
-             answer was lost; a later attempt was refused with {:?}: {}. Read the partition \
-             to find out whether it was written, or send appends with a producer id and \
-             sequence, whose retries are answered with the first attempt's offsets",
+            "{}; a later attempt was refused with {:?}: {}. Read the partition to find out \
+             whether it was written, or send appends with a producer id and sequence, whose \
+             retries are answered with the first attempt's offsets",
+            outcome_unknown_at(addr),
             status.code(),
             status.message()
         ))
@@ -232,13 +232,17 @@ impl Attempts {
             last.message()
         );
         match &self.answer_lost_at {
-            Some(addr) => Status::unknown(format!(
-                "the outcome is unknown: an attempt on {addr} may have been carried out, but \
-                 its answer was lost; {message}"
-            )),
+            Some(addr) => Status::unknown(format!("{}; {message}", outcome_unknown_at(addr))),
             None => Status::with_metadata(last.code(), message, last.metadata().clone()),
         }
     }
+}
+
+/// How an error whose write's answer was lost at `addr` begins.
+fn outcome_unknown_at(addr: &str) -> String {
+    format!(
+        "the outcome is unknown: an attempt on {addr} may have been carried out, but its answer was lost"
+    )
 }
 
 #[cfg(test)]

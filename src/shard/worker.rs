@@ -408,6 +408,21 @@ fn send<T>(reply: Reply<T>, result: Result<T>) {
     }
 }
 
+/// Reports [`Local::Stopped`] for `key` to its shard after `pause`.
+async fn report_stopped<RT: AsyncRuntime>(
+    local: flume::Sender<Local<RT>>,
+    key: Key,
+    then: AfterStop,
+    pause: Duration,
+) {
+    if !pause.is_zero() {
+        RT::sleep(pause).await;
+    }
+    if local.send(Local::Stopped { key, then }).is_err() {
+        tracing::debug!("a stopped Raft group reported after its shard stopped");
+    }
+}
+
 fn shard_stopped() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::BrokenPipe,
@@ -668,7 +683,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         match local {
             Local::Op(op) => {
                 let key = op.key().clone();
-                let Some(p) = self.partitions.get_mut(&key) else {
+                let Some(mut p) = self.partitions.get_mut(&key) else {
                     op.refuse(shard_stopped);
                     return;
                 };
@@ -678,14 +693,24 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     p.producers.clear();
                 }
                 let served = raft_store::serve(&mut p.log, op).await;
-                if p.log.take_corrupt_read() {
-                    self.stop_group(&key, AfterStop::Repair);
+                // Rare: a stop needs the whole shard, and the partition is looked up again.
+                let then = if p.log.take_corrupt_read() {
+                    Some(AfterStop::Repair)
                 } else if matches!(served, Served::WriteFailed) {
-                    self.restart_after_failed_write(&key);
-                }
-                let Some(p) = self.partitions.get_mut(&key) else {
-                    return;
+                    Some(AfterStop::Restart)
+                } else {
+                    None
                 };
+                if let Some(then) = then {
+                    match then {
+                        AfterStop::Repair => self.stop_group(&key, then),
+                        AfterStop::Restart => self.restart_after_failed_write(&key),
+                    }
+                    p = self
+                        .partitions
+                        .get_mut(&key)
+                        .expect("a stop keeps its partition");
+                }
                 match served {
                     Served::Done | Served::WriteFailed => {}
                     Served::Flush(flushed) => raft_flushes.push((key, flushed)),
@@ -746,42 +771,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 }
             }
             Local::Stopped { key, then } => {
-                let Some(p) = self.partitions.get_mut(&key) else {
+                if !self.partitions.contains_key(&key) {
                     return;
-                };
+                }
                 match then {
-                    AfterStop::Restart => {
-                        // Only durable entries may be in the log a group starts from (it
-                        // reports them as held): cut back an unsynced tail a full disk
-                        // left, sync the rest.
-                        let end_before = p.log.end_offset();
-                        match p.log.sync().await {
-                            Ok(_) => {
-                                if p.log.end_offset() < end_before {
-                                    // The cut-back dropped entries: what was applied or
-                                    // windowed past the new end no longer fits the log.
-                                    if p.applied
-                                        .as_ref()
-                                        .is_some_and(|m| m.next_offset > p.log.end_offset())
-                                    {
-                                        p.applied = p.log.applied_mark().await.unwrap_or(None);
-                                        p.applied_unsaved = false;
-                                    }
-                                    p.producers =
-                                        rebuild_producers(&mut p.log, self.options.producers, &key)
-                                            .await;
-                                }
-                                self.restart_group(&key);
-                            }
-                            Err(e) if e.is_out_of_space() => {
-                                tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "still no space to start the Raft group again");
-                                self.report_later(key, then, self.restart_pause());
-                            }
-                            Err(e) => {
-                                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "syncing a log before starting its Raft group again failed: the group stays stopped until the server restarts");
-                            }
-                        }
-                    }
+                    AfterStop::Restart => self.restart_after_sync(key).await,
                     // Nothing to cut after all (or the cut failed, logged): the group starts
                     // again as it was, rather than leaving the partition without one.
                     AfterStop::Repair => {
@@ -1070,7 +1064,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         max_records: usize,
     ) -> Result<ReadResult> {
         ShardStats::add(&self.stats.reads, 1);
-        let p = self
+        let mut p = self
             .partitions
             .get_mut(key)
             .ok_or_else(|| unknown(&key.0))?;
@@ -1094,12 +1088,12 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .await;
         if p.log.take_corrupt_read() {
             self.stop_group(key, AfterStop::Repair);
+            p = self
+                .partitions
+                .get_mut(key)
+                .expect("a stop keeps its partition");
         }
         let batches = read.map_err(|e| Error::storage(&key.0, key.1, e))?;
-        let p = self
-            .partitions
-            .get_mut(key)
-            .expect("a read never closes its partition");
         let limit = if max_records == 0 {
             usize::MAX
         } else {
@@ -1451,11 +1445,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         let Some(p) = self.partitions.get_mut(key) else {
             return;
         };
-        let wanted = match then {
-            AfterStop::Repair => !p.damage_cut,
-            AfterStop::Restart => true,
-        };
-        if !wanted || !matches!(p.replication, Replication::Running(_)) {
+        let repaired_already = then == AfterStop::Repair && p.damage_cut;
+        if repaired_already || !matches!(p.replication, Replication::Running(_)) {
             return;
         }
         let Replication::Running(group) =
@@ -1473,13 +1464,54 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         let (key, local) = (key.clone(), self.local.clone());
         drop(RT::spawn(async move {
             group.shutdown().await;
-            if !pause.is_zero() {
-                RT::sleep(pause).await;
-            }
-            if local.send(Local::Stopped { key, then }).is_err() {
-                tracing::debug!("a Raft group stopped after its shard stopped");
-            }
+            report_stopped(local, key, then, pause).await;
         }));
+    }
+
+    /// After a full disk stopped `key`'s group: cuts back the unsynced tail the full disk
+    /// left and syncs the rest (a group must start only from durable entries, which it
+    /// reports as held), then starts the group again; while there is still no space, tries
+    /// again after another pause.
+    async fn restart_after_sync(&mut self, key: Key) {
+        let Some(p) = self.partitions.get_mut(&key) else {
+            return;
+        };
+        let end_before = p.log.end_offset();
+        match p.log.sync().await {
+            Ok(_) => {
+                if p.log.end_offset() < end_before {
+                    let mut p = self.partitions.remove(&key).expect("looked up above");
+                    self.refit_after_cut(&key, &mut p).await;
+                    self.partitions.insert(key.clone(), p);
+                }
+                self.restart_group(&key);
+            }
+            Err(e) if e.is_out_of_space() => {
+                tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "still no space to start the Raft group again");
+                let local = self.local.clone();
+                drop(RT::spawn(report_stopped(
+                    local,
+                    key,
+                    AfterStop::Restart,
+                    self.restart_pause(),
+                )));
+            }
+            Err(e) => {
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "syncing a log before starting its Raft group again failed: the group stays stopped until the server restarts");
+            }
+        }
+    }
+
+    /// After `p`'s log was cut back: an applied mark past the new end no longer fits it
+    /// (the saved one is read again, and ignored if it does not fit either: replayed), and
+    /// the producer windows are rebuilt from what the log now holds.
+    async fn refit_after_cut(&self, key: &Key, p: &mut Partition<E, RT>) {
+        let end = p.log.end_offset();
+        if p.applied.as_ref().is_some_and(|m| m.next_offset > end) {
+            p.applied = p.log.applied_mark().await.unwrap_or(None);
+            p.applied_unsaved = false;
+        }
+        p.producers = rebuild_producers(&mut p.log, self.options.producers, key).await;
     }
 
     /// How long a group stopped by a failed write waits before it starts again: two
@@ -1488,17 +1520,6 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         self.raft.as_ref().map_or(Duration::ZERO, |raft| {
             Duration::from_millis(2 * raft.config.election_timeout_max)
         })
-    }
-
-    /// Reports [`Local::Stopped`] for `key` again after `pause`.
-    fn report_later(&self, key: Key, then: AfterStop, pause: Duration) {
-        let local = self.local.clone();
-        drop(RT::spawn(async move {
-            RT::sleep(pause).await;
-            if local.send(Local::Stopped { key, then }).is_err() {
-                tracing::debug!("a Raft group's restart came after its shard stopped");
-            }
-        }));
     }
 
     /// Starts a stopped group of `key` again as it was opened (its log says how).
@@ -1535,10 +1556,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "cutting a damaged log");
             return false;
         }
-        // The applied mark past the cut no longer fits the log (ignored: replayed).
-        p.applied = p.log.applied_mark().await.unwrap_or(None);
-        p.applied_unsaved = false;
-        p.producers = rebuild_producers(&mut p.log, self.options.producers, key).await;
+        self.refit_after_cut(key, p).await;
         p.replication = self.start_group(
             key,
             &p.opened_replicas,

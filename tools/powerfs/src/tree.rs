@@ -395,13 +395,15 @@ impl Tree {
 
     /// The live size of every file, open unlinked ones included: what the capacity bounds.
     pub(crate) fn used_bytes(&self) -> u64 {
-        self.nodes
-            .values()
-            .map(|n| match &n.kind {
-                Kind::File(content) => content.len(),
-                Kind::Dir { .. } => 0,
-            })
-            .sum()
+        self.files().map(Content::len).sum()
+    }
+
+    /// Every file's content, open unlinked ones included.
+    fn files(&self) -> impl Iterator<Item = &Content> {
+        self.nodes.values().filter_map(|n| match &n.kind {
+            Kind::File(content) => Some(content),
+            Kind::Dir { .. } => None,
+        })
     }
 
     /// `Err(ENOSPC)` when growing file `ino` to `end` bytes would take the file system past
@@ -423,13 +425,7 @@ impl Tree {
 
     /// Unsynced bytes held in memory, over every file.
     pub(crate) fn unsynced_bytes(&self) -> u64 {
-        self.nodes
-            .values()
-            .map(|n| match &n.kind {
-                Kind::File(content) => content.dirty_bytes(),
-                Kind::Dir { .. } => 0,
-            })
-            .sum()
+        self.files().map(Content::dirty_bytes).sum()
     }
 
     /// Opens a backing file read-only, for tests of the model.
