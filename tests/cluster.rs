@@ -664,6 +664,7 @@ async fn a_client_certificate_without_replicate_cannot_open_the_node_stream() {
         partitions: 1,
         replicas: vec![pb::ReplicaSet { nodes: vec![1] }],
         request_id: 1,
+        after: None,
     };
     let propose = client
         .propose_metadata(pb::ProposeMetadataRequest {

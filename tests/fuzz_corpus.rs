@@ -223,6 +223,7 @@ fn write_seed_corpus() {
                 pb::ReplicaSet { nodes: vec![2, 3] },
             ],
             request_id: 9,
+            after: None,
         })),
     };
     let deleted = pb::MetadataRecord {

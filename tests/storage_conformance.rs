@@ -1219,6 +1219,33 @@ async fn vote_is_durable_and_replaced_atomically<E: Engine>(engine: E, dir: &Pat
     log.close().await.unwrap();
 }
 
+/// The rejoin marker: none on a new log, durable on return, the lowest offset kept, gone
+/// after a clear, and a damaged one still read as a marker (from 0), never as none.
+async fn the_rejoin_marker_survives_a_restart<E: Engine>(engine: E, dir: &Path) {
+    let (mut log, _) = reopen(&engine, dir).await;
+    assert_eq!(log.rejoin_marker(), None);
+    log.set_rejoin_marker(40).await.unwrap();
+    log.set_rejoin_marker(90).await.unwrap();
+    assert_eq!(log.rejoin_marker(), Some(40));
+    drop(log);
+    let (mut log, _) = reopen(&engine, dir).await;
+    assert_eq!(log.rejoin_marker(), Some(40));
+    log.clear_rejoin_marker().await.unwrap();
+    assert_eq!(log.rejoin_marker(), None);
+    drop(log);
+    let (mut log, _) = reopen(&engine, dir).await;
+    assert_eq!(log.rejoin_marker(), None);
+    log.set_rejoin_marker(7).await.unwrap();
+    log.close().await.unwrap();
+    let path = dir.join("raft_rejoin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (log, _) = reopen(&engine, dir).await;
+    assert_eq!(log.rejoin_marker(), Some(0));
+    log.close().await.unwrap();
+}
+
 /// A version-1 segment, laid out by hand, opens and reads; new appends after it are v2.
 async fn version_1_segments_still_open_and_read<E: Engine>(engine: E, dir: &Path) {
     let mut bytes = Vec::new();
@@ -1475,6 +1502,10 @@ macro_rules! conformance {
             case!(
                 vote_is_durable_and_replaced_atomically,
                 vote_is_durable_and_replaced_atomically
+            );
+            case!(
+                the_rejoin_marker_survives_a_restart,
+                the_rejoin_marker_survives_a_restart
             );
             case!(
                 version_1_segments_still_open_and_read,

@@ -17,6 +17,12 @@
 //!   created again in between.
 //! - The proposer of a creation recognises its own by the `request_id` it chose, also when a
 //!   retry after a lost answer appended the same creation twice (the second changes nothing).
+//! - A creation names the offset its proposer's view had reached when it found the name free
+//!   (`after`). It is ignored if the name was deleted at or after that offset, so a retry
+//!   that lands after a deletion never brings the deleted topic back. The view remembers the
+//!   last [`DELETIONS_REMEMBERED`] deletions for this; a creation whose `after` is older than
+//!   the oldest deletion forgotten is ignored too (it cannot be judged; its proposer gave up
+//!   long before).
 //! - A reassignment names the incarnation and partition it moves, and the new replicas. From
 //!   it on, the partition is **moving**: its replicas are the new ones, and its holders the
 //!   new ones and the old ones together, until a completion record names the same new
@@ -39,6 +45,15 @@ pub const METADATA_TOPIC: &str = "__cluster_metadata";
 
 /// The incarnation of a topic made before the controller, or outside a cluster: unknown.
 pub const NO_INCARNATION: u64 = 0;
+
+/// How many deletions the view remembers, to refuse a late retry of a creation of a
+/// deleted name (see the rules above). A proposal retries for seconds; this many deletions
+/// take far longer to reach the log.
+///
+/// Part of what the log means, like the rules above: every node must apply the same value,
+/// so it is a constant of the format, never a setting, and changing it changes how an
+/// existing log reads.
+pub const DELETIONS_REMEMBERED: usize = 4096;
 
 /// A live topic as the metadata log placed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +105,8 @@ pub enum Applied {
     Created {
         name: String,
     },
-    /// A creation of a name that is live: nothing changed.
+    /// A creation of a name that is live, or that was deleted since its proposer found it
+    /// free: nothing changed.
     CreateIgnored {
         name: String,
     },
@@ -130,6 +146,21 @@ pub struct MetadataView {
     topics: BTreeMap<String, TopicPlacement>,
     decommissioned: BTreeSet<u64>,
     applied: u64,
+    /// The last [`DELETIONS_REMEMBERED`] deletions: per name, its last one.
+    deleted: HashMap<String, Deletion>,
+    /// The same deletions by offset, oldest first.
+    deletion_order: BTreeMap<u64, String>,
+    /// The offset after the newest deletion forgotten (0 = none forgotten).
+    forgotten_before: u64,
+}
+
+/// A deletion the view remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deletion {
+    /// The deletion record's offset.
+    pub offset: u64,
+    /// The `request_id` of the creation it deleted.
+    pub request_id: u64,
 }
 
 impl MetadataView {
@@ -149,6 +180,39 @@ impl MetadataView {
 
     pub fn topic_count(&self) -> usize {
         self.topics.len()
+    }
+
+    /// The last deletion of `name`, if the view still remembers it.
+    pub fn deletion(&self, name: &str) -> Option<Deletion> {
+        self.deleted.get(name).copied()
+    }
+
+    /// Whether a creation of `name` at `offset` that found it free at `after` may still
+    /// take effect (`None`: a record from before creations named it, unconditional). An
+    /// `after` past the record's own offset is read as its offset.
+    fn creation_allowed(&self, name: &str, offset: u64, after: Option<u64>) -> bool {
+        let Some(after) = after.map(|after| after.min(offset)) else {
+            return true;
+        };
+        after >= self.forgotten_before && self.deleted.get(name).is_none_or(|d| d.offset < after)
+    }
+
+    /// Remembers the deletion of `name` at `offset`, forgetting the oldest beyond
+    /// [`DELETIONS_REMEMBERED`].
+    fn remember_deletion(&mut self, name: String, offset: u64, request_id: u64) {
+        if let Some(old) = self
+            .deleted
+            .insert(name.clone(), Deletion { offset, request_id })
+        {
+            self.deletion_order.remove(&old.offset);
+        }
+        self.deletion_order.insert(offset, name);
+        while self.deletion_order.len() > DELETIONS_REMEMBERED {
+            let (offset, name) = self.deletion_order.pop_first().expect("over the bound");
+            self.deleted.remove(&name);
+            self.forgotten_before = offset + 1;
+        }
+        debug_assert_eq!(self.deleted.len(), self.deletion_order.len());
     }
 
     /// True once node `node` has been decommissioned: it gets no new replica.
@@ -183,7 +247,9 @@ impl MetadataView {
         match &record.kind {
             Some(pb::metadata_record::Kind::TopicCreated(created)) => {
                 let name = created.name.clone();
-                if self.topics.contains_key(&name) {
+                if self.topics.contains_key(&name)
+                    || !self.creation_allowed(&name, offset, created.after)
+                {
                     return Applied::CreateIgnored { name };
                 }
                 self.topics.insert(
@@ -204,7 +270,8 @@ impl MetadataView {
                 if live != Some(deleted.incarnation) {
                     return Applied::DeleteIgnored { name };
                 }
-                self.topics.remove(&name);
+                let placement = self.topics.remove(&name).expect("live");
+                self.remember_deletion(name.clone(), offset, placement.request_id);
                 Applied::Deleted { name }
             }
             Some(pb::metadata_record::Kind::PartitionReassigned(moved)) => {
@@ -270,8 +337,14 @@ impl MetadataView {
     }
 }
 
-/// The record that creates `name` with `replicas` (one set per partition).
-pub fn topic_created(name: &str, replicas: Vec<Vec<u64>>, request_id: u64) -> pb::MetadataRecord {
+/// The record that creates `name` with `replicas` (one set per partition), proposed by a
+/// node whose view, applied up to `after`, had no topic of that name.
+pub fn topic_created(
+    name: &str,
+    replicas: Vec<Vec<u64>>,
+    request_id: u64,
+    after: u64,
+) -> pb::MetadataRecord {
     pb::MetadataRecord {
         kind: Some(pb::metadata_record::Kind::TopicCreated(pb::TopicCreated {
             name: name.to_owned(),
@@ -281,6 +354,7 @@ pub fn topic_created(name: &str, replicas: Vec<Vec<u64>>, request_id: u64) -> pb
                 .map(|nodes| pb::ReplicaSet { nodes })
                 .collect(),
             request_id,
+            after: Some(after),
         })),
     }
 }
@@ -444,7 +518,7 @@ mod tests {
     #[test]
     fn the_first_creation_of_a_name_wins_and_incarnations_differ() {
         let mut view = MetadataView::default();
-        let a = topic_created("t", vec![vec![1, 2, 3]], 7);
+        let a = topic_created("t", vec![vec![1, 2, 3]], 7, 0);
         assert_eq!(view.apply(0, &a), Applied::Created { name: "t".into() });
         // A retry that appended the same creation again changes nothing.
         assert_eq!(
@@ -462,7 +536,7 @@ mod tests {
             Applied::DeleteIgnored { name: "t".into() }
         );
         assert!(view.topic("t").is_none());
-        view.apply(5, &topic_created("t", vec![vec![2, 3, 1]], 8));
+        view.apply(5, &topic_created("t", vec![vec![2, 3, 1]], 8, 5));
         let second = view.topic("t").unwrap().clone();
         assert_eq!((second.incarnation, second.request_id), (6, 8));
         // A retry of the first deletion does not delete the second incarnation.
@@ -474,9 +548,89 @@ mod tests {
         assert_eq!(view.applied(), 8);
     }
 
+    /// A retry of a creation that lands after the topic was deleted does not bring it
+    /// back; a creation proposed after the deletion does take effect.
+    #[test]
+    fn a_late_retry_of_a_creation_does_not_resurrect_a_deleted_topic() {
+        let mut view = MetadataView::default();
+        // Proposed on an empty view: found free at 0.
+        let first = topic_created("t", vec![vec![1, 2, 3]], 7, 0);
+        assert_eq!(view.apply(0, &first), Applied::Created { name: "t".into() });
+        assert_eq!(
+            view.apply(1, &topic_deleted("t", 1)),
+            Applied::Deleted { name: "t".into() }
+        );
+        assert_eq!(
+            view.deletion("t"),
+            Some(Deletion {
+                offset: 1,
+                request_id: 7
+            })
+        );
+        // The first proposal's retry after a lost answer: ignored, the name stays free.
+        assert_eq!(
+            view.apply(2, &first),
+            Applied::CreateIgnored { name: "t".into() }
+        );
+        assert!(view.topic("t").is_none());
+        // A new creation whose proposer saw the deletion (its view applied up to 2).
+        let second = topic_created("t", vec![vec![2, 3, 1]], 8, 2);
+        assert_eq!(
+            view.apply(3, &second),
+            Applied::Created { name: "t".into() }
+        );
+        assert_eq!(view.topic("t").unwrap().request_id, 8);
+        // A record without the condition (an older build's) is applied as before.
+        view.apply(4, &topic_deleted("t", 4));
+        let mut unconditional = topic_created("t", vec![vec![1, 2, 3]], 9, 0);
+        if let Some(pb::metadata_record::Kind::TopicCreated(c)) = &mut unconditional.kind {
+            c.after = None;
+        }
+        assert_eq!(
+            view.apply(5, &unconditional),
+            Applied::Created { name: "t".into() }
+        );
+    }
+
+    /// The view remembers a bounded number of deletions; a creation it can no longer judge
+    /// is refused, never applied.
+    #[test]
+    fn deletions_are_remembered_up_to_the_bound_and_older_creations_are_refused() {
+        let mut view = MetadataView::default();
+        let mut offset = 0;
+        for i in 0..=DELETIONS_REMEMBERED as u64 {
+            let name = format!("t{i}");
+            view.apply(offset, &topic_created(&name, vec![vec![1]], i + 1, offset));
+            view.apply(offset + 1, &topic_deleted(&name, offset + 1));
+            offset += 2;
+        }
+        assert_eq!(view.deleted.len(), DELETIONS_REMEMBERED);
+        assert_eq!(view.deletion_order.len(), DELETIONS_REMEMBERED);
+        assert_eq!(
+            view.deletion("t0"),
+            None,
+            "the oldest deletion is forgotten"
+        );
+        assert_eq!(view.forgotten_before, 2);
+        // Found free before the forgotten deletion: cannot be judged, refused.
+        assert_eq!(
+            view.apply(offset, &topic_created("t0", vec![vec![1]], 99, 1)),
+            Applied::CreateIgnored { name: "t0".into() }
+        );
+        // Found free after it: applied.
+        assert_eq!(
+            view.apply(offset + 1, &topic_created("t0", vec![vec![1]], 99, offset)),
+            Applied::Created { name: "t0".into() }
+        );
+        // A name deleted twice is remembered once, at its last deletion.
+        view.apply(offset + 2, &topic_deleted("t0", offset + 2));
+        assert_eq!(view.deleted.len(), DELETIONS_REMEMBERED);
+        assert_eq!(view.deletion("t0").unwrap().offset, offset + 2);
+    }
+
     #[test]
     fn a_record_round_trips_and_garbage_is_refused() {
-        let record = topic_created("orders", vec![vec![1, 2], vec![2, 1]], 42);
+        let record = topic_created("orders", vec![vec![1, 2], vec![2, 1]], 42, 0);
         assert_eq!(decode(&encode(&record)).unwrap(), record);
         assert!(decode(&[0xff, 0xff, 0xff]).is_err());
     }
@@ -484,7 +638,7 @@ mod tests {
     #[test]
     fn load_counts_replicas_and_preferred_leaders() {
         let mut view = MetadataView::default();
-        view.apply(0, &topic_created("a", vec![vec![1, 2], vec![2, 3]], 1));
+        view.apply(0, &topic_created("a", vec![vec![1, 2], vec![2, 3]], 1, 0));
         let load = view.load();
         assert_eq!(load[&1], (1, 1));
         assert_eq!(load[&2], (2, 1));
@@ -495,7 +649,7 @@ mod tests {
     fn a_proposal_must_make_sense() {
         let nodes = [1, 2, 3];
         check(
-            &topic_created("t", vec![vec![1, 2], vec![3, 1]], 1),
+            &topic_created("t", vec![vec![1, 2], vec![3, 1]], 1, 0),
             &nodes,
             8,
         )
@@ -503,13 +657,13 @@ mod tests {
         check(&topic_deleted("t", 1), &nodes, 8).unwrap();
         let refused = [
             pb::MetadataRecord { kind: None },
-            topic_created("", vec![vec![1]], 1),
-            topic_created("__x", vec![vec![1]], 1),
-            topic_created("t", vec![], 1),
-            topic_created("t", vec![vec![1]; 9], 1),
-            topic_created("t", vec![vec![1, 1]], 1),
-            topic_created("t", vec![vec![4]], 1),
-            topic_created("t", vec![vec![]], 1),
+            topic_created("", vec![vec![1]], 1, 0),
+            topic_created("__x", vec![vec![1]], 1, 0),
+            topic_created("t", vec![], 1, 0),
+            topic_created("t", vec![vec![1]; 9], 1, 0),
+            topic_created("t", vec![vec![1, 1]], 1, 0),
+            topic_created("t", vec![vec![4]], 1, 0),
+            topic_created("t", vec![vec![]], 1, 0),
             topic_deleted("__cluster_metadata", 1),
         ];
         for record in refused {
@@ -522,7 +676,7 @@ mod tests {
         let mut view = MetadataView::default();
         view.apply(
             0,
-            &topic_created("t", vec![vec![1, 2, 3], vec![2, 3, 1]], 1),
+            &topic_created("t", vec![vec![1, 2, 3], vec![2, 3, 1]], 1, 0),
         );
         let moved = partition_reassigned("t", 1, 0, vec![2, 3, 4]);
         assert_eq!(

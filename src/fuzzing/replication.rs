@@ -158,6 +158,12 @@ fn metadata_records(input: &mut Input<'_>) {
         match (&record.kind, applied) {
             (Some(pb::metadata_record::Kind::TopicCreated(c)), Applied::Created { name }) => {
                 assert!(before.topic(&name).is_none());
+                if let Some(after) = c.after {
+                    assert!(
+                        before.deletion(&name).is_none_or(|d| d.offset < after),
+                        "a creation found free at {after} applied over a later deletion"
+                    );
+                }
                 let placement = view.topic(&name).expect("created");
                 assert_eq!(placement.incarnation, offset + 1);
                 assert_eq!(placement.replicas.len(), c.partitions as usize);
@@ -179,6 +185,7 @@ fn metadata_records(input: &mut Input<'_>) {
                     Some(d.incarnation)
                 );
                 assert!(view.topic(&name).is_none());
+                assert_eq!(view.deletion(&name).map(|d| d.offset), Some(offset));
             }
             (Some(pb::metadata_record::Kind::TopicDeleted(d)), Applied::DeleteIgnored { name }) => {
                 assert_ne!(

@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use super::network::{GroupNetwork, RaftTransport};
 use super::quiet::{Quiescence, QuietSettings, Screen, Sender};
 use super::state_machine::PartitionStateMachine;
-use super::store::{self, Key, OpSender, PartitionLog};
+use super::store::{self, Key, LogOp, OpSender, PartitionLog};
 use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
 use super::wire;
 use crate::proto::v1 as pb;
@@ -231,10 +231,13 @@ pub(crate) enum GroupStart {
     New,
     /// The log holds entries: the group resumes from them.
     Existing,
-    /// Empty, but not new: this replica lost its data (a wiped disk or directory). It must
-    /// not vote, nor stand, until it holds what the leader had committed: a voter without the
-    /// committed entries could elect a leader that lacks them. It waits for a leader to send
-    /// it the log (membership first), as a learner would.
+    /// This replica lost data it had acknowledged (a wiped disk or directory, a damaged
+    /// segment cut away), and its log carries the rejoin marker. It must not vote, nor
+    /// stand, until it holds what the leader had committed: a voter without the committed
+    /// entries could elect a leader that lacks them. It waits for a leader to send it the log
+    /// (membership first), as a learner would; once caught up it asks the shard to remove the
+    /// marker ([`LogOp::CaughtUp`](super::store::LogOp::CaughtUp)). The marker is durable,
+    /// so a restart before that starts the group as `Rejoin` again.
     Rejoin,
 }
 
@@ -252,15 +255,21 @@ pub(crate) struct Followers {
 
 pub(crate) type PartitionRaft<RT> = Raft<PartitionTypes<RT>, PartitionStateMachine<RT>>;
 
+/// The next [`Group::generation`].
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub(crate) struct Group<RT: AsyncRuntime> {
     key: Key,
     raft: PartitionRaft<RT>,
     /// The group's metrics, kept so an append asks who leads without a new subscription.
     metrics: WatchReceiverOf<PartitionTypes<RT>, RaftMetrics<PartitionTypes<RT>>>,
     /// A rejoining replica that does not yet hold what the leader committed: it refuses
-    /// votes and does not stand (see [`GroupStart::Rejoin`]). Cleared once it has applied the
-    /// leader's commit index of an AppendEntries it received; never set again.
-    catching_up: Rc<Cell<bool>>,
+    /// votes and does not stand (see [`GroupStart::Rejoin`] and [`catch_up`]).
+    catching_up: Rc<CatchUp>,
+    /// The shard's op queue, for the word that a rejoining replica caught up.
+    ops: OpSender<RT>,
+    /// Unique to this start of the group in this process (see [`LogOp::CaughtUp`]).
+    generation: u64,
     /// A purge is under way (see [`Group::purge`]), and the highest entry asked for.
     purging: Rc<Cell<bool>>,
     purge_wanted: Rc<Cell<u64>>,
@@ -301,14 +310,17 @@ impl<RT: AsyncRuntime> Group<RT> {
             PartitionLog::new(key.clone(), ops.clone(), context.append_bytes_max),
             PartitionStateMachine::new(
                 key.clone(),
-                ops,
+                ops.clone(),
                 applied.and_then(store::resume_from),
                 snapshot_target.clone(),
             ),
         )
         .await
         .map_err(|e| format!("the Raft group did not start: {e}"))?;
-        let catching_up = Rc::new(Cell::new(start == GroupStart::Rejoin));
+        let catching_up = Rc::new(CatchUp {
+            active: Cell::new(start == GroupStart::Rejoin),
+            target: Cell::new(None),
+        });
         if start == GroupStart::Rejoin {
             raft.runtime_config().elect(false);
         }
@@ -363,11 +375,18 @@ impl<RT: AsyncRuntime> Group<RT> {
             raft,
             metrics,
             catching_up,
+            ops,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             purging: Rc::new(Cell::new(false)),
             purge_wanted: Rc::new(Cell::new(0)),
             snapshot_target,
             purge_wait: std::time::Duration::from_millis(context.config.election_timeout_max),
         })
+    }
+
+    /// Which start of its partition's group this is: unique in this process.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The leader this replica knows of, and whether it is this replica. (A leader cut off
@@ -502,7 +521,7 @@ impl<RT: AsyncRuntime> Group<RT> {
         if let Some(Body::Quiet(request)) = request {
             let body = self
                 .quiet
-                .serve(&self.raft, self.catching_up.get(), request)
+                .serve(&self.raft, self.catching_up.active.get(), request)
                 .unwrap_or_else(Body::Error);
             if reply.send(wire::answer(envelope, body)).is_err() {
                 tracing::trace!("the transport left before the answer");
@@ -531,9 +550,10 @@ impl<RT: AsyncRuntime> Group<RT> {
         let catching_up = self.catching_up.clone();
         let key = self.key.clone();
         let quiet = self.quiet.clone();
+        let caught_up = (self.ops.clone(), self.generation);
         drop(RT::spawn(async move {
-            let body = if catching_up.get() {
-                catch_up(&key, &raft, &catching_up, request).await
+            let body = if catching_up.active.get() {
+                catch_up(&key, &raft, &catching_up, &caught_up, request).await
             } else {
                 handle(&raft, request).await
             };
@@ -589,13 +609,34 @@ impl Drop for AnswerOnce {
     }
 }
 
+/// Where a rejoining replica stands (see [`catch_up`]).
+struct CatchUp {
+    /// Still catching up: no vote, no candidacy. Cleared once; never set again.
+    active: Cell<bool>,
+    /// The first commit index a current leader sent it: caught up once applied.
+    target: Cell<Option<u64>>,
+}
+
 /// Serves a message on a replica that is catching up after losing its data: no vote is
-/// granted; an AppendEntries is served, and once this replica has applied the commit index it
-/// carries, it holds everything the leader had committed then, and votes again.
+/// granted; an AppendEntries is served. The first commit index such an append carries is the
+/// target: once this replica has applied it, it holds everything committed before it lost
+/// its data, votes again, and has the shard remove its rejoin marker (through `ops`, naming
+/// this group's `generation`). A fixed target, not each append's own commit index: under
+/// steady writes the leader's commit runs ahead of what a follower has applied on every
+/// append, and the replica would never count as caught up.
+///
+/// # Correctness
+/// Only an append this replica accepted counts (its sender is a current leader), and only a
+/// commit index of that leader's own term: a new leader's commit index may lag what earlier
+/// leaders committed until it has committed an entry of its own term (it is not persisted),
+/// and a replica that caught up to a lagging one could vote for a candidate that lacks an
+/// acknowledged entry. An entry of the leader's term committed at `i` means every entry
+/// committed before sits below `i` in its log.
 async fn catch_up<RT: AsyncRuntime>(
     key: &Key,
     raft: &PartitionRaft<RT>,
-    catching_up: &Cell<bool>,
+    catching_up: &CatchUp,
+    (ops, generation): &(OpSender<RT>, u64),
     request: Option<Body>,
 ) -> Result<Body, String> {
     let leader_commit = match &request {
@@ -605,22 +646,49 @@ async fn catch_up<RT: AsyncRuntime>(
                     .to_owned(),
             );
         }
-        Some(Body::Append(append)) => append.leader_commit.as_ref().map(|id| id.index),
+        Some(Body::Append(append)) => {
+            let term = append.vote.as_ref().map(|vote| vote.term);
+            append
+                .leader_commit
+                .as_ref()
+                .filter(|id| Some(id.term) == term)
+                .map(|id| id.index)
+        }
         _ => None,
     };
     let answer = handle(raft, request).await;
+    // Only an append this replica took: the leader is current, not one it has outlived.
+    let accepted = matches!(
+        &answer,
+        Ok(Body::AppendResponse(pb::RaftAppendResponse {
+            result: Some(pb::raft_append_response::Result::Success(true)),
+        }))
+    );
+    if !accepted {
+        return answer;
+    }
+    if catching_up.target.get().is_none() {
+        catching_up.target.set(leader_commit);
+    }
     let applied = raft
         .metrics()
         .borrow_watched()
         .last_applied
         .as_ref()
         .map(|id| id.index());
-    if let (Some(commit), Some(applied)) = (leader_commit, applied)
-        && applied >= commit
-        && catching_up.replace(false)
+    if let (Some(target), Some(applied)) = (catching_up.target.get(), applied)
+        && applied >= target
+        && catching_up.active.replace(false)
     {
         raft.runtime_config().elect(true);
         tracing::info!(topic = %key.0, partition = key.1, applied, "a rejoining replica caught up; it votes again");
+        let caught_up = LogOp::CaughtUp {
+            key: key.clone(),
+            generation: *generation,
+        };
+        if ops.send(caught_up).is_err() {
+            tracing::debug!(topic = %key.0, partition = key.1, "the shard stopped before the rejoin marker went; the replica rejoins again after a restart");
+        }
     }
     answer
 }

@@ -161,6 +161,12 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         /// The idempotent producers' batches among the applied entries, in log order.
         producers: Vec<ProducerBatch>,
     },
+    /// A rejoining replica holds what its leader had committed and votes again: its rejoin
+    /// marker goes (see [`GroupStart::Rejoin`](super::group::GroupStart::Rejoin)), once the
+    /// log is synced. `generation` names the group that caught up
+    /// ([`Group::generation`](super::group::Group::generation)): the shard ignores the word
+    /// of a group stopped since (a later cut may have set the marker again).
+    CaughtUp { key: Key, generation: u64 },
 }
 
 /// An applied batch of an idempotent producer: the shard records it in the partition's
@@ -184,7 +190,8 @@ impl<RT: AsyncRuntime> LogOp<RT> {
             | LogOp::CurrentSnapshot { key, .. }
             | LogOp::Install { key, .. }
             | LogOp::Purge { key, .. }
-            | LogOp::Commit { key, .. } => key,
+            | LogOp::Commit { key, .. }
+            | LogOp::CaughtUp { key, .. } => key,
         }
     }
 
@@ -208,7 +215,7 @@ impl<RT: AsyncRuntime> LogOp<RT> {
             LogOp::CurrentSnapshot { reply, .. } => send(reply, error()),
             LogOp::Install { reply, .. } => send(reply, error()),
             LogOp::Purge { reply, .. } => send(reply, error()),
-            LogOp::Commit { .. } => {}
+            LogOp::Commit { .. } | LogOp::CaughtUp { .. } => {}
         }
     }
 }
@@ -636,6 +643,17 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             }
         }
         LogOp::Purge { log_id, reply, .. } => send(reply, purge(log, log_id).await),
+        // What it caught up on must be durable before the marker goes. Should either fail, the
+        // replica only catches up once more after a restart.
+        LogOp::CaughtUp { .. } => {
+            let cleared = match log.sync().await {
+                Ok(_) => log.clear_rejoin_marker().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = cleared {
+                tracing::warn!(dir = %log.dir().display(), error = %e, "removing the rejoin marker of a replica that caught up; it rejoins again after a restart");
+            }
+        }
         LogOp::Commit {
             index,
             term,

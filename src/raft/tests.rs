@@ -178,6 +178,11 @@ struct Cluster {
     tune: fn(&mut ShardOptions),
 }
 
+/// Where partition 0 of `topic` lives in node data directory `dir`.
+fn partition_dir(dir: &std::path::Path, topic: &str) -> std::path::PathBuf {
+    dir.join("topics").join(topic).join("0")
+}
+
 fn node_options(dir: &std::path::Path, tune: fn(&mut ShardOptions)) -> ShardOptions {
     let mut options = ShardOptions::new(dir);
     options.shard_count = 1;
@@ -232,14 +237,22 @@ impl Cluster {
     /// `wipe`'s topic (its log and Raft state: a lost disk; the topic's metadata stays), and
     /// starts it again on the same directory.
     async fn restart(&self, id: NodeId, wipe: Option<&str>) {
+        self.restart_after(id, async |dir| {
+            if let Some(topic) = wipe {
+                std::fs::remove_dir_all(partition_dir(dir, topic)).unwrap();
+            }
+        })
+        .await;
+    }
+
+    /// Stops node `id` (syncing and closing its logs), lets `meddle` change its data
+    /// directory, and starts it again there.
+    async fn restart_after(&self, id: NodeId, meddle: impl AsyncFnOnce(&std::path::Path)) {
         let set = self.transport.nodes.write().unwrap().remove(&id).unwrap();
         self.transport.changed(id);
         set.shutdown().await.unwrap();
         let dir = self.dirs[id as usize - 1].path().to_owned();
-        if let Some(topic) = wipe {
-            let partition = dir.join("topics").join(topic).join("0");
-            std::fs::remove_dir_all(&partition).unwrap();
-        }
+        meddle(&dir).await;
         let context = self.contexts[&id].clone();
         let tune = self.tune;
         let set = tokio::task::spawn_blocking(move || {
@@ -299,6 +312,22 @@ impl Cluster {
         .unwrap();
         self.transport.nodes.write().unwrap().insert(id, set);
         self.transport.changed(id);
+    }
+
+    /// For six election timeouts, none of `others` sees a leader of `topic` other than
+    /// `leader` (which is cut off: the only replica that holds every ack).
+    async fn elect_none_but(&self, leader: NodeId, others: [NodeId; 2], topic: &str) {
+        let window = Instant::now() + Duration::from_millis(TIMINGS.election_timeout_max_ms * 6);
+        while Instant::now() < window {
+            for id in others {
+                let seen = self.leader_seen_by(id, topic).await;
+                assert!(
+                    seen.is_none() || seen == Some(leader),
+                    "node {id} sees leader {seen:?} while the only full replica ({leader}) is cut off"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
+        }
     }
 
     /// The leader node `id` knows of for partition 0 of `topic`.
@@ -538,17 +567,7 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
     cluster.transport.cut(leader);
     // For several election timeouts, no leader may arise among the two: `lagging` lacks
     // committed entries, and `wiped` refuses to vote.
-    let window = Instant::now() + Duration::from_millis(TIMINGS.election_timeout_max_ms * 6);
-    while Instant::now() < window {
-        for id in [lagging, wiped] {
-            let seen = cluster.leader_seen_by(id, "w").await;
-            assert!(
-                seen.is_none() || seen == Some(leader),
-                "node {id} sees leader {seen:?} while the only full replica ({leader}) is cut off"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
-    }
+    cluster.elect_none_but(leader, [lagging, wiped], "w").await;
 
     // The full replica returns: it leads again, and every node serves every ack.
     cluster.transport.restore(leader);
@@ -560,6 +579,93 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
         let mut expected = vec![(served[0].0, b"first".to_vec())];
         expected.extend(acked.iter().cloned());
         assert_eq!(served, expected, "node {id}");
+    }
+}
+
+/// RELIABILITY finding 8: a replica that cut a damaged log and went down before it had
+/// caught up still must not vote when it comes back. Here it crashes right after the cut:
+/// its log ends where a lagging replica's does, and with the only full replica cut off, the
+/// two must not elect a leader (which would take new appends over the acknowledged ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cut_its_log_does_not_vote_after_a_restart_until_caught_up() {
+    a_replica_that_lost_entries_does_not_vote(true).await;
+}
+
+/// The same loss without a marker (entries lost while the node was down, as a damaged
+/// active segment cut at open): the applied mark it saved at its stop lies past its log's
+/// end, and that alone makes it rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_log_ends_before_its_applied_mark_rejoins() {
+    a_replica_that_lost_entries_does_not_vote(false).await;
+}
+
+/// A replica loses the acknowledged entries after the first (with the rejoin marker set
+/// before, as the shard's cut does, when `marked`) while down; with the only full replica
+/// cut off, it and a lagging replica must elect no leader; then every ack is served
+/// everywhere and its marker goes.
+async fn a_replica_that_lost_entries_does_not_vote(marked: bool) {
+    let cluster = Cluster::start(3);
+    cluster.create("c", &[1, 2, 3]).await;
+    let (leader, _) = cluster.append("c", b"first").await;
+    let mut others = (1..=3).filter(|&id| id != leader);
+    let (lagging, damaged) = (others.next().unwrap(), others.next().unwrap());
+
+    cluster.transport.cut(lagging);
+    let mut acked = vec![];
+    for i in 0..10 {
+        cluster
+            .append_acked("c", format!("committed-{i}").into_bytes(), &mut acked)
+            .await;
+    }
+    let end = acked.last().unwrap().0 + 1;
+    cluster.records(damaged, "c", end).await;
+
+    // `damaged` found damage at the first committed record, set its marker, cut its log
+    // there (as the shard does) and crashed before it heard from a leader again.
+    let cut_at = acked[0].0;
+    cluster
+        .restart_after(damaged, async |dir| {
+            let engine = crate::storage::PortableEngine::new();
+            let limits = crate::storage::LogLimits::default();
+            let (mut log, _) = crate::storage::Log::open(engine, &partition_dir(dir, "c"), limits)
+                .await
+                .unwrap();
+            if marked {
+                log.set_rejoin_marker(cut_at).await.unwrap();
+            }
+            log.truncate_suffix(cut_at).await.unwrap();
+            log.close().await.unwrap();
+        })
+        .await;
+    let marker = partition_dir(cluster.dirs[damaged as usize - 1].path(), "c").join("raft_rejoin");
+    assert!(
+        marker.exists(),
+        "the marker survives the restart until caught up"
+    );
+    cluster.transport.restore(lagging);
+    cluster.transport.cut(leader);
+    cluster
+        .elect_none_but(leader, [lagging, damaged], "c")
+        .await;
+
+    // The full replica returns: every node serves every ack, and the damaged one, caught
+    // up, drops its marker.
+    cluster.transport.restore(leader);
+    let (_, offset) = cluster.append("c", b"after").await;
+    acked.push((offset, b"after".to_vec()));
+    for id in 1..=3 {
+        let served = cluster.records(id, "c", offset + 1).await;
+        let mut expected = vec![(served[0].0, b"first".to_vec())];
+        expected.extend(acked.iter().cloned());
+        assert_eq!(served, expected, "node {id}");
+    }
+    let deadline = Instant::now() + election_deadline();
+    while marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "node {damaged} caught up but kept its rejoin marker"
+        );
+        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
     }
 }
 

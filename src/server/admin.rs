@@ -104,9 +104,8 @@ impl Inner {
         }
         let replicas = placement::place(topic, partitions, factor, &nodes, &view.load());
         let request_id = rand::random::<u64>().max(1);
-        let offset = controller
-            .propose(metadata::topic_created(topic, replicas, request_id))
-            .await?;
+        let record = metadata::topic_created(topic, replicas, request_id, view.applied());
+        let offset = controller.propose(record).await?;
         let wait = controller.wait_to_open(partitions);
         if controller.wait_applied(offset + 1, wait).await <= offset {
             return Err(Error::Cluster {
@@ -116,9 +115,30 @@ impl Inner {
                 ),
             });
         }
-        match controller.view().topic(topic) {
+        let view = controller.view();
+        match view.topic(topic) {
             Some(placed) if placed.request_id == request_id => {}
-            _ => return Err(exists()),
+            Some(_) => return Err(exists()),
+            // Made, then deleted by another request before this one returned: the creation
+            // took effect, and so did the deletion after it.
+            None if view
+                .deletion(topic)
+                .is_some_and(|d| d.request_id == request_id) =>
+            {
+                tracing::info!(
+                    topic,
+                    "a topic created here was deleted before its creation returned"
+                );
+            }
+            // Not UNAVAILABLE: a client that retried on its own would undo the deletion.
+            None => {
+                return Err(Error::Precondition {
+                    message: format!(
+                        "topic {topic:?} was not created: another request deleted that name \
+                         while this creation was in flight; describe the topic, then retry"
+                    ),
+                });
+            }
         }
         controller.sync_everywhere(offset + 1, wait).await;
         Ok(())

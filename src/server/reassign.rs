@@ -256,7 +256,7 @@ mod tests {
         let mut view = MetadataView::default();
         view.apply(
             0,
-            &metadata::topic_created("t", vec![vec![1, 2, 3], vec![3, 1, 2], vec![1, 2, 4]], 1),
+            &metadata::topic_created("t", vec![vec![1, 2, 3], vec![3, 1, 2], vec![1, 2, 4]], 1, 0),
         );
         let moves = plan_decommission(&view, 3, &[1, 2, 4]).unwrap();
         let moved: Vec<(u32, Vec<u64>)> = moves

@@ -257,7 +257,8 @@ impl ShardSet {
     /// # Correctness
     /// `topic.toml` is durable with the new holders before any replica opens or closes, so
     /// a restart part-way opens what the new holders say (an interrupted removal leaves
-    /// only files behind, never a replica that serves).
+    /// only a `.removing` directory behind, never a replica that serves, and the next start
+    /// deletes it).
     ///
     /// Runs to its end even if the caller stops polling it (see `to_completion`).
     pub(crate) async fn set_holders(

@@ -164,6 +164,44 @@ pub(crate) fn remove_topic_dir(topics_dir: &Path, topic: &str) -> Result<()> {
     sync_dir(topics_dir).map_err(meta_err("sync topics dir", topics_dir))
 }
 
+/// The suffix a partition directory gets while it is being removed.
+const REMOVING_SUFFIX: &str = ".removing";
+
+/// Removes a closed partition's directory `dir`: renamed first (durably) to
+/// `<partition>.removing`, then deleted. A crash part-way leaves only a `.removing`
+/// directory, which [`load_all`] deletes at the next start, never a partition directory
+/// whose files are half gone (a replica moved back later starts empty).
+pub(crate) fn remove_partition_dir(dir: &Path) -> std::io::Result<()> {
+    let mut removing = dir.as_os_str().to_owned();
+    removing.push(REMOVING_SUFFIX);
+    let removing = PathBuf::from(removing);
+    fs::rename(dir, &removing)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    fs::remove_dir_all(&removing)
+}
+
+/// Deletes the `.removing` directories an interrupted [`remove_partition_dir`] left in the
+/// topic directory `dir`.
+fn remove_interrupted_removals(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(meta_err("list topic dir", dir))?;
+    for entry in entries {
+        let path = entry.map_err(meta_err("list topic dir", dir))?.path();
+        let interrupted = path.is_dir()
+            && path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(REMOVING_SUFFIX));
+        if interrupted {
+            tracing::warn!(dir = %path.display(), "removing what an interrupted removal of a replica left");
+            fs::remove_dir_all(&path).map_err(meta_err("remove an interrupted removal", &path))?;
+            sync_dir(dir).map_err(meta_err("sync topic dir", dir))?;
+        }
+    }
+    Ok(())
+}
+
 /// The metadata in a topic's directory `dir`; `None` when it has none.
 pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<Option<TopicMeta>> {
     let path = dir.join(META_FILE);
@@ -221,6 +259,7 @@ pub(crate) fn load_all(topics_dir: &Path, shard_count: usize) -> Result<Vec<Topi
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(meta_err("remove stale topic metadata", path.join(META_TMP))(e)),
         }
+        remove_interrupted_removals(&path)?;
         let Some(mut meta) = read_meta(&path, &name)? else {
             tracing::warn!(
                 dir = %path.display(),
@@ -304,5 +343,30 @@ mod tests {
         remove_meta(&topics, "t1").unwrap();
         remove_topic_dir(&topics, "t1").unwrap();
         assert!(load_all(&topics, 5).unwrap().is_empty());
+    }
+
+    /// A replica's removal renames its directory first: a crash part-way leaves a
+    /// `.removing` directory, which the next load deletes; the held partitions stay.
+    #[test]
+    fn an_interrupted_removal_of_a_replica_is_finished_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = topics_dir(dir.path());
+        fs::create_dir_all(&topics).unwrap();
+        let meta = TopicMeta::new("moved", 2, 1);
+        write_meta(&topics, &meta).unwrap();
+        for partition in [0, 1] {
+            let p = partition_dir(&topics, "moved", partition);
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("00000000000000000000.log"), b"batches").unwrap();
+        }
+        remove_partition_dir(&partition_dir(&topics, "moved", 0)).unwrap();
+        assert!(!partition_dir(&topics, "moved", 0).exists());
+        // The same removal, cut short after its rename.
+        let interrupted = topics.join("moved").join("1.removing");
+        fs::rename(partition_dir(&topics, "moved", 1), &interrupted).unwrap();
+        fs::create_dir_all(partition_dir(&topics, "moved", 1)).unwrap();
+        assert_eq!(load_all(&topics, 1).unwrap(), vec![meta]);
+        assert!(!interrupted.exists());
+        assert!(partition_dir(&topics, "moved", 1).exists());
     }
 }

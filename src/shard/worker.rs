@@ -47,7 +47,8 @@ use crate::raft::group::{Group, GroupStart, ProposeError, RaftContext};
 use crate::raft::store::{self as raft_store, LogOp, Served};
 use crate::raft::types::Proposal;
 use crate::storage::{
-    self, AppliedMark, CheckedBatch, DiskSpace, Engine, Log, ProducerStamp, Record, now_ms,
+    self, AppliedMark, CheckedBatch, DiskSpace, Engine, Log, MarkFile, ProducerStamp, Record,
+    now_ms,
 };
 use openraft::rt::AsyncRuntime;
 use openraft::storage::IOFlushed;
@@ -136,15 +137,6 @@ enum Replication<RT: AsyncRuntime> {
     Running(Group<RT>),
 }
 
-/// Why a partition's group is being started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StartAs {
-    /// The partition was just opened: its log says how the group starts.
-    Opened,
-    /// Its log was just cut at a damaged segment: it rejoins (see [`Shard::repair_damaged`]).
-    Repaired,
-}
-
 struct Partition<E: Engine, RT: AsyncRuntime> {
     log: Log<E>,
     high_watermark: watch::Sender<u64>,
@@ -198,6 +190,15 @@ impl<E: Engine, RT: AsyncRuntime> Partition<E, RT> {
         let Some(mark) = &self.applied else {
             return;
         };
+        // Never a mark past the durable end: a mark past a log's end at open says that the
+        // replica lost entries it held (see `Shard::group_start`), not that a crash took
+        // entries it had not synced yet.
+        if mark.next_offset > self.log.durable_end()
+            && let Err(e) = self.log.sync().await
+        {
+            tracing::warn!(topic = %key.0, partition = key.1, error = %e, "syncing before saving the applied mark");
+            return;
+        }
         match self.log.save_applied_mark(mark).await {
             Ok(()) => self.applied_unsaved = false,
             Err(e) => {
@@ -692,6 +693,12 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     // producer windows would miss them, so its producers start afresh.
                     p.producers.clear();
                 }
+                if let LogOp::CaughtUp { generation, .. } = &op
+                    && !matches!(&p.replication, Replication::Running(g) if g.generation() == *generation)
+                {
+                    tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, "a group stopped since it caught up; its rejoin marker stays");
+                    return;
+                }
                 let served = raft_store::serve(&mut p.log, op).await;
                 // Rare: a stop needs the whole shard, and the partition is looked up again.
                 let then = if p.log.take_corrupt_read() {
@@ -780,7 +787,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     // again as it was, rather than leaving the partition without one.
                     AfterStop::Repair => {
                         if !self.repair_damaged(&key).await {
-                            self.restart_group(&key);
+                            self.restart_group(&key).await;
                         }
                     }
                 }
@@ -1348,14 +1355,15 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             None
                         }
                     };
-                    let replication = self.start_group(
-                        &key,
-                        &open.replicas,
-                        (open.new_group, open.incarnation),
-                        StartAs::Opened,
-                        applied.clone(),
-                        &mut log,
-                    );
+                    let replication = self
+                        .start_group(
+                            &key,
+                            &open.replicas,
+                            (open.new_group, open.incarnation),
+                            applied.clone(),
+                            &mut log,
+                        )
+                        .await;
                     // Below the commit mark only: a replicated partition's uncommitted tail
                     // may still be cut, and its group records what it applies from there.
                     let producers = rebuild_producers(&mut log, self.options.producers, &key).await;
@@ -1484,17 +1492,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     self.refit_after_cut(&key, &mut p).await;
                     self.partitions.insert(key.clone(), p);
                 }
-                self.restart_group(&key);
+                self.restart_group(&key).await;
             }
             Err(e) if e.is_out_of_space() => {
                 tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "still no space to start the Raft group again");
-                let local = self.local.clone();
-                drop(RT::spawn(report_stopped(
-                    local,
-                    key,
-                    AfterStop::Restart,
-                    self.restart_pause(),
-                )));
+                self.restart_later(key);
             }
             Err(e) => {
                 tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "syncing a log before starting its Raft group again failed: the group stays stopped until the server restarts");
@@ -1522,20 +1524,32 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         })
     }
 
+    /// Has `key`'s group started again (through [`Shard::restart_after_sync`]) after
+    /// [`Shard::restart_pause`].
+    fn restart_later(&self, key: Key) {
+        drop(RT::spawn(report_stopped(
+            self.local.clone(),
+            key,
+            AfterStop::Restart,
+            self.restart_pause(),
+        )));
+    }
+
     /// Starts a stopped group of `key` again as it was opened (its log says how).
-    fn restart_group(&mut self, key: &Key) {
+    async fn restart_group(&mut self, key: &Key) {
         let Some(mut p) = self.partitions.remove(key) else {
             return;
         };
         let replicas = p.opened_replicas.clone();
-        p.replication = self.start_group(
-            key,
-            &replicas,
-            (false, p.incarnation),
-            StartAs::Opened,
-            p.applied.clone(),
-            &mut p.log,
-        );
+        p.replication = self
+            .start_group(
+                key,
+                &replicas,
+                (false, p.incarnation),
+                p.applied.clone(),
+                &mut p.log,
+            )
+            .await;
         p.publish();
         self.partitions.insert(key.clone(), p);
     }
@@ -1552,19 +1566,25 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         };
         let end = p.log.end_offset();
         tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, damage, end, "a sealed segment holds a batch that does not check out: dropping the log from there and fetching it again from the leader, without voting until this replica has caught up");
+        // The marker first: a crash after the cut must not bring this replica back as a voter.
+        if let Err(e) = p.log.set_rejoin_marker(damage).await {
+            tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "marking a damaged log as rejoining; its log is not cut");
+            return false;
+        }
         if let Err(e) = p.log.truncate_suffix(damage).await {
             tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "cutting a damaged log");
             return false;
         }
         self.refit_after_cut(key, p).await;
-        p.replication = self.start_group(
-            key,
-            &p.opened_replicas,
-            (false, p.incarnation),
-            StartAs::Repaired,
-            p.applied.clone(),
-            &mut p.log,
-        );
+        p.replication = self
+            .start_group(
+                key,
+                &p.opened_replicas,
+                (false, p.incarnation),
+                p.applied.clone(),
+                &mut p.log,
+            )
+            .await;
         p.publish();
         true
     }
@@ -1572,12 +1592,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     /// Starts the Raft group of a replicated partition in a task of its own (it reports back
     /// on the local queue), and lowers the commit mark to the start: readers see only what
     /// the group applies. A solo partition (one replica, or no cluster) starts nothing.
-    fn start_group(
+    ///
+    /// A log with the rejoin marker starts its group as `Rejoin`; so does an empty log
+    /// outside its partition's creation (lost or wiped data), which gets the marker first.
+    async fn start_group(
         &self,
         key: &Key,
         replicas: &[u64],
         (new_group, incarnation): (bool, u64),
-        start_as: StartAs,
         applied: Option<AppliedMark>,
         log: &mut Log<E>,
     ) -> Replication<RT> {
@@ -1595,13 +1617,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .map_or(log.start_offset(), |mark| mark.next_offset);
         log.set_commit(commit)
             .expect("an applied mark is checked to be within the log");
-        let start = match (log.end_offset() == 0, new_group) {
-            _ if start_as == StartAs::Repaired => GroupStart::Rejoin,
-            (false, _) => GroupStart::Existing,
-            (true, true) => GroupStart::New,
-            (true, false) => {
-                tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a replica with an empty log outside its creation (lost or wiped data): catching up from the leader before it may vote");
-                GroupStart::Rejoin
+        let start = match self.group_start(key, new_group, log).await {
+            Ok(start) => start,
+            Err(e) => {
+                // Without the marker, a restart part-way through the catch-up would bring
+                // this replica back as a voter: no group until it is written.
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "persisting the rejoin marker of a replica that lost data failed; its Raft group starts once it can be written");
+                self.restart_later(key.clone());
+                return Replication::Starting;
             }
         };
         let (key, replicas, local) = (key.clone(), replicas.to_vec(), self.local.clone());
@@ -1627,6 +1650,44 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         Replication::Starting
     }
 
+    /// How `key`'s group starts, from its log (see [`GroupStart`]). A log with the rejoin
+    /// marker rejoins. So does a log found to have lost data, which gets the marker first:
+    /// an empty log outside its partition's creation (a wiped directory), or one whose saved
+    /// applied mark lies past its end (entries it had applied are gone: damage cut at open).
+    /// The applied mark is saved lazily, so the second catches only part of such losses.
+    async fn group_start(
+        &self,
+        key: &Key,
+        new_group: bool,
+        log: &mut Log<E>,
+    ) -> std::result::Result<GroupStart, storage::Error> {
+        if let Some(lost_from) = log.rejoin_marker() {
+            tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, lost_from, "this replica lost data and has not caught up since (its rejoin marker): catching up from the leader before it may vote");
+            return Ok(GroupStart::Rejoin);
+        }
+        let end = log.end_offset();
+        if end == 0 {
+            if new_group {
+                return Ok(GroupStart::New);
+            }
+            tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a replica with an empty log outside its creation (lost or wiped data): catching up from the leader before it may vote");
+            log.set_rejoin_marker(0).await?;
+            return Ok(GroupStart::Rejoin);
+        }
+        let applied_end = log
+            .mark(MarkFile::Applied)
+            .await
+            .ok()
+            .flatten()
+            .map(|m| m.next_offset);
+        if let Some(applied_end) = applied_end.filter(|&applied_end| applied_end > end) {
+            tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, applied_end, end, "this replica's log ends before entries it had applied (lost at open): catching up from the leader before it may vote");
+            log.set_rejoin_marker(end).await?;
+            return Ok(GroupStart::Rejoin);
+        }
+        Ok(GroupStart::Existing)
+    }
+
     /// Closes (syncing) the given partitions of `topic`, removing their directories when
     /// asked. Partitions this shard does not hold are skipped. Returns the first error.
     async fn close(&mut self, topic: &Arc<str>, partitions: &[u32], remove: bool) -> Result<()> {
@@ -1645,7 +1706,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             if let Err(e) = p.log.close().await {
                 first_error.get_or_insert(Error::storage(topic, partition, e));
             }
-            if remove && let Err(e) = std::fs::remove_dir_all(&dir) {
+            if remove && let Err(e) = super::topics::remove_partition_dir(&dir) {
                 first_error.get_or_insert(Error::Metadata {
                     op: "remove partition dir",
                     path: dir,
@@ -1997,9 +2058,9 @@ pub(crate) mod tests {
     }
 
     /// Engine writes that opening a new partition makes before its first append: the
-    /// directory, six stale temp-file removals, the stale index removal, the store's
+    /// directory, seven stale temp-file removals, the stale index removal, the store's
     /// creation, and the index file's open and sizing.
-    const NEW_PARTITION_OPEN_WRITES: u64 = 11;
+    const NEW_PARTITION_OPEN_WRITES: u64 = 12;
 
     /// A failed sync fails every append of its group with the same cause, and the poisoned
     /// log refuses later appends; the shard itself keeps serving.

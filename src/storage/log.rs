@@ -32,8 +32,9 @@
 //!
 //! Files in a partition directory: the segments (see `segment`); `start_offset`, the log
 //! start offset as decimal text; `leader_epochs`, the epoch → start-offset map (Kafka's
-//! leader-epoch checkpoint); `raft_state`, the vote (see `state` for both layouts). The three
-//! are replaced atomically through the engine (write tmp, fsync, rename, fsync dir).
+//! leader-epoch checkpoint); `raft_state`, the vote (see `state` for both layouts);
+//! `raft_rejoin`, the rejoin marker (see [`Log::rejoin_marker`]). They are replaced
+//! atomically through the engine (write tmp, fsync, rename, fsync dir).
 //!
 //! The epoch map is persisted, not rebuilt: a new epoch's entry is durable before the first
 //! batch of that epoch is written, so a durable batch always has its epoch in the map. On open
@@ -162,6 +163,8 @@ pub struct Log<E: Engine> {
     /// A read met a stored batch that does not check out since [`Log::take_corrupt_read`]
     /// was last asked: the caller may want to repair the log.
     corrupt_read: bool,
+    /// The rejoin marker as `raft_rejoin` holds it (see [`Log::rejoin_marker`]).
+    rejoin_from: Option<u64>,
 }
 
 impl<E: Engine> Log<E> {
@@ -202,8 +205,10 @@ impl<E: Engine> Log<E> {
             tail: None,
             poisoned_by: None,
             corrupt_read: false,
+            rejoin_from: None,
         };
         log.recover_epochs().await?;
+        log.rejoin_from = read_rejoin_marker(&log.engine, &log.dir).await?;
         log.check_invariants();
         Ok((log, report))
     }
@@ -927,6 +932,47 @@ impl<E: Engine> Log<E> {
         .await
     }
 
+    /// The rejoin marker, if one is set: the first offset this replica lost. A replica that
+    /// lost entries it had acknowledged to its peers (a wiped directory, a damaged segment cut
+    /// away) must not count as a copy of them until it has fetched them again; the consensus
+    /// layer sets the marker before the replica serves again and clears it once it has caught
+    /// up, so the rule survives a restart in between. Opaque to storage otherwise.
+    pub fn rejoin_marker(&self) -> Option<u64> {
+        self.rejoin_from
+    }
+
+    /// Sets the rejoin marker (`raft_rejoin`) to `lost_from`, durably: on `Ok` it survives a
+    /// crash. A marker already set keeps the lower of the two offsets.
+    pub async fn set_rejoin_marker(&mut self, lost_from: u64) -> Result<()> {
+        self.check_writable().await?;
+        let lost_from = self.rejoin_from.map_or(lost_from, |old| old.min(lost_from));
+        let bytes = state::encode_rejoin(lost_from);
+        replace_state(
+            &self.engine,
+            &self.dir,
+            state::RAFT_REJOIN_FILE,
+            "persist the rejoin marker",
+            &bytes,
+        )
+        .await?;
+        self.rejoin_from = Some(lost_from);
+        Ok(())
+    }
+
+    /// Removes the rejoin marker, durably. Nothing to do when none is set.
+    pub async fn clear_rejoin_marker(&mut self) -> Result<()> {
+        if self.rejoin_from.is_none() {
+            return Ok(());
+        }
+        let path = self.dir.join(state::RAFT_REJOIN_FILE);
+        self.engine
+            .remove_if_exists(&path)
+            .await
+            .map_err(io_err("remove the rejoin marker", &path))?;
+        self.rejoin_from = None;
+        Ok(())
+    }
+
     /// Empties the log and starts it again at `offset` (a consensus layer installing a
     /// snapshot that covers everything before it): every segment is deleted, the start, end,
     /// durable end and commit mark all become `offset`, and the epoch map is cleared.
@@ -1383,6 +1429,24 @@ impl<E: Engine> Log<E> {
     }
 }
 
+/// The rejoin marker in `dir`, if any. One that does not decode (a damaged disk) still says
+/// the replica lost data: it is read as lost from offset 0, with a warning, never ignored.
+async fn read_rejoin_marker<E: Engine>(engine: &E, dir: &Path) -> Result<Option<u64>> {
+    let read = read_state(
+        engine,
+        dir,
+        state::RAFT_REJOIN_FILE,
+        "read the rejoin marker",
+    );
+    let Some((path, bytes)) = read.await? else {
+        return Ok(None);
+    };
+    Ok(Some(state::decode_rejoin(&bytes).unwrap_or_else(|e| {
+        tracing::warn!(path = %path.display(), error = %e, "a damaged rejoin marker; the replica still rejoins (lost from offset 0)");
+        0
+    })))
+}
+
 /// Removes the temp files a crash mid-replace left: the rename never happened, so they are
 /// stale.
 async fn remove_stale_tmp_files<E: Engine>(engine: &E, dir: &Path) -> Result<()> {
@@ -1393,6 +1457,7 @@ async fn remove_stale_tmp_files<E: Engine>(engine: &E, dir: &Path) -> Result<()>
         state::RAFT_APPLIED_FILE,
         state::RAFT_SNAPSHOT_FILE,
         state::RAFT_PURGED_FILE,
+        state::RAFT_REJOIN_FILE,
     ] {
         let tmp = super::fsutil::tmp_path(&dir.join(name));
         engine

@@ -12,6 +12,8 @@
 //!
 //! `leader_epochs` body: `count` (u32), then `count` × (`epoch` u64, `start_offset` u64).
 //! `raft_state` body: `term` (u64), `voted_for` (u64, the node id + 1; 0 = no vote).
+//! `raft_rejoin` body: `lost_from` (u64, the first offset the replica lost: where a damaged
+//! log was cut, or 0 for a wiped one). Present only while the replica catches up.
 //! `raft_applied` body: `term` (u64) and `index` (u64) of the last applied entry, `next_offset`
 //! (u64, the offset after its batch: the commit mark it restores), then `context_len` (u32)
 //! and that many opaque bytes (the consensus layer's own record of its membership; at most
@@ -24,6 +26,7 @@ pub const RAFT_STATE_FILE: &str = "raft_state";
 pub const RAFT_APPLIED_FILE: &str = "raft_applied";
 pub const RAFT_SNAPSHOT_FILE: &str = "raft_snapshot";
 pub const RAFT_PURGED_FILE: &str = "raft_purged";
+pub const RAFT_REJOIN_FILE: &str = "raft_rejoin";
 
 /// The marks a replicated log keeps for its consensus layer, each in its own file with the
 /// `raft_applied` layout.
@@ -53,6 +56,8 @@ pub const APPLIED_CONTEXT_BYTES_MAX: usize = 64 * 1024;
 const EPOCHS_MAGIC: [u8; 4] = *b"WALE";
 const VOTE_MAGIC: [u8; 4] = *b"WALV";
 const APPLIED_MAGIC: [u8; 4] = *b"WALA";
+const REJOIN_MAGIC: [u8; 4] = *b"WALJ";
+const REJOIN_BODY_LEN: usize = 8;
 const APPLIED_FIXED_LEN: usize = 8 + 8 + 8 + 4;
 const STATE_VERSION: u16 = 1;
 const PREAMBLE_LEN: usize = 4 + 2;
@@ -60,6 +65,7 @@ const CRC_LEN: usize = 4;
 const EPOCH_ENTRY_LEN: usize = 8 + 8;
 const VOTE_BODY_LEN: usize = 8 + 8;
 const _: () = assert!(PREAMBLE_LEN + VOTE_BODY_LEN + CRC_LEN == 26);
+const _: () = assert!(PREAMBLE_LEN + REJOIN_BODY_LEN + CRC_LEN == 18);
 
 /// One entry of the leader-epoch map: from `start_offset` on, batches carry `epoch` (until
 /// the next entry's start).
@@ -235,6 +241,23 @@ pub fn decode_applied(bytes: &[u8]) -> Result<AppliedMark, StateError> {
     })
 }
 
+pub fn encode_rejoin(lost_from: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(PREAMBLE_LEN + REJOIN_BODY_LEN + CRC_LEN);
+    bytes.extend_from_slice(&REJOIN_MAGIC);
+    bytes.extend_from_slice(&STATE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&lost_from.to_le_bytes());
+    seal(bytes)
+}
+
+/// The `lost_from` of a rejoin marker.
+pub fn decode_rejoin(bytes: &[u8]) -> Result<u64, StateError> {
+    let body = open(bytes, REJOIN_MAGIC)?;
+    if body.len() != REJOIN_BODY_LEN {
+        return Err(StateError::BadLength { len: bytes.len() });
+    }
+    Ok(u64_at(body, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +278,19 @@ mod tests {
             assert!(decode_applied(&bad).is_err(), "flipped byte {i} accepted");
         }
         assert!(decode_applied(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_rejoin_marker_round_trips_and_every_flipped_byte_is_caught() {
+        let bytes = encode_rejoin(26_879);
+        assert_eq!(decode_rejoin(&bytes), Ok(26_879));
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x08;
+            assert!(decode_rejoin(&bad).is_err(), "flip at {at} unnoticed");
+        }
+        assert!(decode_rejoin(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_rejoin(&encode_vote(&Vote::default())).is_err());
     }
 
     #[test]

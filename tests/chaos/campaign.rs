@@ -322,16 +322,21 @@ async fn await_recovery(
             let (nemesis::Fault::Wipe(id) | nemesis::Fault::Corrupt(id, _)) = fault else {
                 continue;
             };
+            let until = Instant::now() + options.timings.patience();
             if let nemesis::Fault::Corrupt(id, nemesis::Damage::FlipSealed) = fault {
                 // A flipped bit below what the replica's groups read when they start stays
                 // latent until a read meets it, maybe rounds later, beside another disk
                 // fault: read the node's partitions whole now, so that it repairs itself
-                // (refusing the read) while the other replicas are intact.
+                // (refusing the read) while the other replicas are intact. Until a whole
+                // read succeeds: the node may not serve yet (it joins first), and a read
+                // that met the flip succeeds only once the repaired replica caught up.
                 for partition in 0..options.partitions {
-                    drop(read_all(cluster, *id, partition).await);
+                    while read_all(cluster, *id, partition).await.is_err() && Instant::now() < until
+                    {
+                        tokio::time::sleep(options.timings.poll()).await;
+                    }
                 }
             }
-            let until = Instant::now() + options.timings.patience();
             if !caught_up(cluster, *id, &ends, until).await {
                 figures.behind.insert(*id);
                 figures.stalls += 1;

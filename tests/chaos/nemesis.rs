@@ -160,9 +160,8 @@ pub struct Leaders {
 /// Which faults a campaign draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mix {
-    /// Every kind, combined; bit flips in sealed segments only with `flip_sealed` (a
-    /// replica repairs a damaged sealed segment only when the damage keeps its Raft group
-    /// from starting: see finding 1 of docs/RELIABILITY.md).
+    /// Every kind, combined; bit flips in sealed segments only with `flip_sealed` (the
+    /// campaign's default; see findings 1 and 8 of docs/RELIABILITY.md).
     All { flip_sealed: bool },
     /// Only power cuts of every node at once (the control run).
     PowerCutsOfAll,

@@ -62,10 +62,13 @@ pub async fn leaders(cluster: &Cluster, partitions: u32) -> Leaders {
 }
 
 /// Waits until node `id` reports a high watermark of at least `ends` on every partition it
-/// holds a replica of, or until `until`.
+/// holds a replica of, and none of its replicas still rejoins (a replica that lost data keeps
+/// its `raft_rejoin` marker until the server counts it caught up, and votes only then), or
+/// until `until`.
 pub async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], until: Instant) -> bool {
     loop {
-        if let Some(d) = describe(cluster, id).await
+        if !holds_rejoin_marker(cluster.data_dir(id))
+            && let Some(d) = describe(cluster, id).await
             && d.partitions.len() == ends.len()
             && d.partitions
                 .iter()
@@ -79,6 +82,21 @@ pub async fn caught_up(cluster: &Cluster, id: u32, ends: &[u64], until: Instant)
         }
         tokio::time::sleep(cluster.timings.poll()).await;
     }
+}
+
+/// Whether any partition directory under `dir` holds a rejoin marker (docs/FORMAT.md).
+fn holds_rejoin_marker(dir: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            holds_rejoin_marker(&path)
+        } else {
+            entry.file_name() == "raft_rejoin"
+        }
+    })
 }
 
 /// The nodes that hold `partition`, as the first node to answer says (every node when

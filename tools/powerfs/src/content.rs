@@ -1,7 +1,9 @@
 //! One regular file's bytes as the power-loss model sees them: the durable part in a backing
 //! file, the unsynced part in memory.
 //!
-//! Owns: the backing file of one inode (`<backing>/<ino>`), the dirty extents written since
+//! Owns: the backing file of one inode (`<backing>/<ino>`, opened only while an operation
+//! needs it: a campaign's tens of thousands of files must not hold as many descriptors, and
+//! the harness's process shares its open-file limit with powerfs), the dirty extents written since
 //! the last `fsync`/`fdatasync`, and the file's three lengths. Must never write an unsynced byte
 //! to the backing file: the backing file is, at every moment, exactly what survives a power cut.
 //!
@@ -12,14 +14,16 @@
 //! - Dirty extents do not overlap, do not touch, and lie below `len`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 /// The bytes of one regular file.
 #[derive(Debug)]
 pub(crate) struct Content {
-    backing: File,
+    /// The backing file's path.
+    backing: PathBuf,
     /// Length of the backing file: the size that survives a power cut.
     durable_len: u64,
     /// Length the file has now, as readers see it.
@@ -40,9 +44,9 @@ pub struct Discarded {
 }
 
 impl Content {
-    /// Wraps a backing file whose whole content is durable.
-    pub(crate) fn open(backing: File) -> io::Result<Content> {
-        let durable_len = backing.metadata()?.len();
+    /// Wraps the backing file at `backing`, whose whole content is durable.
+    pub(crate) fn open(backing: PathBuf) -> io::Result<Content> {
+        let durable_len = std::fs::metadata(&backing)?.len();
         Ok(Content {
             backing,
             durable_len,
@@ -71,7 +75,7 @@ impl Content {
         let backing_end = end.min(self.valid_len);
         if position < backing_end {
             let want = (backing_end - position) as usize;
-            self.backing.read_exact_at(&mut out[..want], position)?;
+            File::open(&self.backing)?.read_exact_at(&mut out[..want], position)?;
         }
         // Extents that start before `position` may still reach into the range.
         let first = self
@@ -157,11 +161,12 @@ impl Content {
         if self.dirty.is_empty() && self.len == self.durable_len && self.valid_len == self.len {
             return Ok(());
         }
-        self.backing.set_len(self.valid_len)?;
+        let backing = OpenOptions::new().write(true).open(&self.backing)?;
+        backing.set_len(self.valid_len)?;
         for (&start, bytes) in &self.dirty {
-            self.backing.write_all_at(bytes, start)?;
+            backing.write_all_at(bytes, start)?;
         }
-        self.backing.set_len(self.len)?;
+        backing.set_len(self.len)?;
         self.dirty.clear();
         self.durable_len = self.len;
         self.valid_len = self.len;
@@ -187,14 +192,9 @@ mod tests {
 
     fn content() -> (tempfile::TempDir, Content) {
         let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
-        (dir, Content::open(file).unwrap())
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        (dir, Content::open(path).unwrap())
     }
 
     /// The model against a plain `Vec`: random writes, truncates, syncs and cuts, seeded.

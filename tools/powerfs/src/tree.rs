@@ -195,13 +195,14 @@ impl Tree {
                 durable: BTreeMap::new(),
             }
         } else {
-            let file = OpenOptions::new()
+            let path = self.backing_path(ino);
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .open(self.backing_path(ino))
+                .open(&path)
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-            Kind::File(Content::open(file).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?)
+            Kind::File(Content::open(path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?)
         };
         self.next_ino += 1;
         self.nodes.insert(
