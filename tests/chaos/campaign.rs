@@ -20,7 +20,7 @@ use walrs::client::{ClientTls, RetryOptions, RoutingClient};
 use super::checker::{self, Finals, Report};
 use super::nemesis;
 use super::network::Network;
-use super::nodes::{Cluster, Extra, Timings};
+use super::nodes::{Cluster, Extra, PORT, Timings};
 use super::observe::{caught_up, describe, leaders, read_all, replicas};
 use super::workload::{self, Consumer, Producer, Shared, TOPIC};
 use crate::seeded::Rng;
@@ -63,7 +63,7 @@ pub struct Figures {
 /// Runs a campaign; returns its report and figures (and has written the summary, and the
 /// history when it failed). Panics only when the harness itself cannot go on.
 pub fn run(options: &Options) -> (Report, Figures) {
-    let mut net = Network::create(options.nodes);
+    let mut net = Network::create(options.nodes, PORT);
     super::nodes::sweep_stale_mounts();
     let mut rng = Rng(options.seed);
     let engines: Vec<&'static str> = (0..options.nodes)
@@ -268,7 +268,7 @@ async fn fault_and_heal(
         let said = nemesis::apply(fault, cluster, net, rng, &mut figures.forgotten_bytes)
             .unwrap_or_else(|e| panic!("seed {seed}: {fault:?}: {e}"));
         let kind = match fault.kind().as_str() {
-            "loss" if net.is_proxy() => "delay".to_string(),
+            "loss" if net.is_proxy() => "loss-as-delay".to_string(),
             _ => fault.kind(),
         };
         *figures.faults.entry(kind).or_default() += 1;

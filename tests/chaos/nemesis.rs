@@ -68,6 +68,8 @@ pub enum Fault {
         b: Vec<u32>,
     },
     Loss(u32),
+    /// Every node-to-node link delayed this many ms each way.
+    Delay(u64),
 }
 
 impl Fault {
@@ -91,6 +93,7 @@ impl Fault {
             Fault::Split(_) => "split".into(),
             Fault::Bridge { .. } => "bridge".into(),
             Fault::Loss(_) => "loss".into(),
+            Fault::Delay(_) => "delay".into(),
         }
     }
 
@@ -115,6 +118,7 @@ enum Pick {
     Split,
     Bridge,
     Loss,
+    Delay,
     Wipe,
     Corrupt,
 }
@@ -129,7 +133,13 @@ const PROCESS: &[Pick] = &[
     Pick::PowerCutAll,
     Pick::DiskFull,
 ];
-const NETWORK: &[Pick] = &[Pick::IsolateLeader, Pick::Split, Pick::Bridge, Pick::Loss];
+const NETWORK: &[Pick] = &[
+    Pick::IsolateLeader,
+    Pick::Split,
+    Pick::Bridge,
+    Pick::Loss,
+    Pick::Delay,
+];
 const DISK: &[Pick] = &[Pick::Wipe, Pick::Corrupt];
 
 fn pick<T: Copy>(rng: &mut Rng, from: &[T]) -> T {
@@ -259,7 +269,10 @@ pub fn draw(
                     b,
                 }
             }
-            _ => Fault::Loss(10 + 10 * rng.below(5) as u32),
+            Pick::Loss => Fault::Loss(10 + 10 * rng.below(5) as u32),
+            // From well under a heartbeat to past the longest election timeout: a round
+            // trip of 2 × 400 ms loses every leader's lease.
+            _ => Fault::Delay(25 << rng.below(5)),
         });
     }
     faults
@@ -317,6 +330,7 @@ pub fn apply(
             String::new()
         }
         Fault::Loss(percent) => net.lose(count, *percent)?,
+        Fault::Delay(ms) => net.delay(*ms),
     })
 }
 

@@ -3,7 +3,7 @@
 //! interfaces, routes and loopback are never touched.
 //!
 //! Owns: the namespaces named `wchaos-<pid>-<k>-br` (the bridge `br0`, 10.77.0.254/24, where
-//! the harness's client threads live) and `wchaos-<pid>-<k>-n<ID>` (node ID: `eth0`,
+//! the harness's client threads live, and 10.77.0.253/24, where its relay listens) and `wchaos-<pid>-<k>-n<ID>` (node ID: `eth0`,
 //! 10.77.0.ID/24), their veth pairs, and one nftables table `inet chaos` per node namespace
 //! that holds the node's current network faults (peers cut, a share of packets dropped).
 //! The harness reaches the nodes by moving its own threads into the bridge namespace
@@ -14,17 +14,23 @@
 //! ([`Drop`] deletes them, on success and on panic alike).
 //!
 //! Faults only touch node-to-node traffic: the client (10.77.0.254) always reaches every
-//! live node, as a Jepsen client on the control node does. Packet loss is nftables'
+//! live node, as a Jepsen client on the control node does. Node-to-node gRPC goes through
+//! the relay (10.77.0.253), which cuts and delays it; the tables here cut what goes
+//! directly between node addresses and drop packets of both. Packet loss is nftables'
 //! `numgen random mod 100 < N drop`, its counterpart of iptables' `-m statistic`.
 
 use std::collections::BTreeSet;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 /// The client's address on the bridge.
 pub const CLIENT_IP: &str = "10.77.0.254";
+/// The relay's address on the bridge: node-to-node gRPC goes through the harness's proxy
+/// there ([`super::proxy::Proxies::relay`]), which delays it when a nemesis says so.
+pub const RELAY_IP: &str = "10.77.0.253";
 const PREFIX: &str = "wchaos-";
 
 /// One node's network faults, as its namespace's nftables table holds them.
@@ -155,6 +161,18 @@ impl Net {
                 "br0",
             ],
         )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &br,
+                "addr",
+                "add",
+                &format!("{RELAY_IP}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
         run("ip", &["-n", &br, "link", "set", "br0", "up"])?;
         for id in 1..=nodes {
             let ns = net.node(id);
@@ -234,7 +252,12 @@ impl Net {
     /// Writes node `id`'s table from its faults.
     fn apply(&self, id: u32) -> Result<(), String> {
         let faults = &self.faults[id as usize - 1];
-        let peers: Vec<String> = (1..=self.nodes).filter(|p| *p != id).map(node_ip).collect();
+        // Packet loss hits the relayed links too (a cut of those is the relay's).
+        let peers: Vec<String> = (1..=self.nodes)
+            .filter(|p| *p != id)
+            .map(node_ip)
+            .chain([RELAY_IP.to_string()])
+            .collect();
         let mut input = String::new();
         let mut output = String::new();
         if !faults.cut.is_empty() {
@@ -258,33 +281,57 @@ impl Net {
              chain input {{\n    type filter hook input priority 0; policy accept;\n{input}}}\n\
              chain output {{\n    type filter hook output priority 0; policy accept;\n{output}}}\n}}\n"
         );
-        let mut child = command_in(&self.node(id), "nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("nft in {}: {e}", self.node(id)))?;
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(ruleset.as_bytes())
-                .map_err(|e| format!("nft stdin: {e}"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("nft in {}: {e}", self.node(id)))?;
-        if !out.status.success() {
-            return Err(format!(
-                "nft in {}: {}: {}\n{ruleset}",
-                self.node(id),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+        nft(&self.node(id), &ruleset)
+    }
+
+    /// Sends the client's connections to a relay address straight to the node behind it
+    /// (`links`: relay address → node address), with a NAT table in the bridge namespace
+    /// that only rewrites locally made connections: the nodes' own, which come in from
+    /// their namespaces, still go through the relay. So the client never meets a relay fault.
+    pub fn steer_client(&self, links: &[(SocketAddr, SocketAddr)]) -> Result<(), String> {
+        let mut rules = String::new();
+        for (relay, node) in links {
+            rules.push_str(&format!(
+                "    ip daddr {} tcp dport {} dnat to {node}\n",
+                relay.ip(),
+                relay.port()
             ));
         }
-        Ok(())
+        let ruleset = format!(
+            "table ip relay_client {{\nchain output {{\n    type nat hook output priority -100; \
+             policy accept;\n{rules}}}\n}}\n"
+        );
+        nft(&self.bridge(), &ruleset)
     }
+}
+
+/// Loads `ruleset` with `nft -f -` inside namespace `ns`.
+fn nft(ns: &str, ruleset: &str) -> Result<(), String> {
+    let mut child = command_in(ns, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft in {ns}: {e}"))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(ruleset.as_bytes())
+            .map_err(|e| format!("nft stdin: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("nft in {ns}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft in {ns}: {}: {}\n{ruleset}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Net {

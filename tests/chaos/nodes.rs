@@ -97,7 +97,7 @@ fn write_config(
     let certs = dir.join("certs");
     let mut peers = String::new();
     for peer in (1..=count).filter(|p| *p != id) {
-        let addr = network.peer_addr(id, peer, PORT);
+        let addr = network.peer_addr(id, peer);
         peers.push_str(&format!(
             "[[cluster.peers]]\nid = {peer}\naddr = \"{addr}\"\n"
         ));
@@ -118,8 +118,9 @@ fn write_config(
          [metrics]\nenabled = false\n\
          [cluster]\nnode_id = {id}\nreplication_factor = 3\n\
          election_timeout_min_ms = {emin}\nelection_timeout_max_ms = {emax}\n\
-         heartbeat_interval_ms = {hb}\n{peers}",
-        listen = network.node_addr(id, PORT),
+         heartbeat_interval_ms = {hb}\n{seeds}{peers}",
+        seeds = network.seeds_line(id, PORT, count),
+        listen = network.node_addr(id),
         top = extra.top,
         storage = extra.storage,
         data = data.display(),
@@ -174,7 +175,7 @@ impl Cluster {
                     engines[id as usize - 1],
                     &timings,
                 ),
-                addr: network.node_addr(id, PORT),
+                addr: network.node_addr(id),
                 log: dir.path().join(format!("node-{id}.log")),
                 data: data_dir,
                 engine: engines[id as usize - 1],

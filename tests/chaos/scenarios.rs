@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::campaign::{Options, acked_ends, create_topic, join_all, routing_client};
 use super::nemesis::{self, Damage, Fault};
 use super::network::Network;
-use super::nodes::Cluster;
+use super::nodes::{Cluster, PORT};
 use super::observe::{caught_up, leaders, read_all};
 use super::workload::{self, Producer};
 use crate::seeded::Rng;
@@ -24,7 +24,7 @@ const RECORDS_BEFORE_DAMAGE: u64 = 6000;
 /// appends more, and asks whether the follower catches up with everything acknowledged.
 /// `Err` says what failed.
 pub fn a_follower_with_a_flipped_bit_catches_up(options: &Options) -> Result<(), String> {
-    let mut net = Network::create(options.nodes);
+    let mut net = Network::create(options.nodes, PORT);
     super::nodes::sweep_stale_mounts();
     let mut rng = Rng(options.seed);
     let engines = vec!["uring"; options.nodes as usize];
