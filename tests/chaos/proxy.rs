@@ -117,8 +117,14 @@ async fn write_chunks(
     mut chunks: mpsc::Receiver<(Instant, Vec<u8>)>,
 ) {
     while let Some((due, chunk)) = chunks.recv().await {
-        tokio::time::sleep_until(due).await;
-        link.until_open().await;
+        // Only a real delay meets the timer: a due time already past would still wait for
+        // the timer's next tick (a millisecond), once per chunk.
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        if link.cut.load(Relaxed) {
+            link.until_open().await;
+        }
         if w.write_all(&chunk).await.is_err() {
             break;
         }
