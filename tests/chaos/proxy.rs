@@ -144,6 +144,11 @@ async fn forward(from: TcpStream, to: SocketAddr, link: Arc<Link>) {
     let Ok(to) = TcpStream::connect(to).await else {
         return;
     };
+    // The nodes set TCP_NODELAY; a relay with Nagle's algorithm on would hold their small
+    // messages back for the peer's delayed ACK (up to 40 ms a hop), a delay of its own.
+    for stream in [&from, &to] {
+        drop(stream.set_nodelay(true));
+    }
     let (from_r, from_w) = from.into_split();
     let (to_r, to_w) = to.into_split();
     tokio::join!(pump(from_r, to_w, link.clone()), pump(to_r, from_w, link));
