@@ -149,30 +149,10 @@ impl Net {
         run("ip", &["netns", "add", &br])?;
         run("ip", &["-n", &br, "link", "set", "lo", "up"])?;
         run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])?;
-        run(
-            "ip",
-            &[
-                "-n",
-                &br,
-                "addr",
-                "add",
-                &format!("{CLIENT_IP}/24"),
-                "dev",
-                "br0",
-            ],
-        )?;
-        run(
-            "ip",
-            &[
-                "-n",
-                &br,
-                "addr",
-                "add",
-                &format!("{RELAY_IP}/24"),
-                "dev",
-                "br0",
-            ],
-        )?;
+        for ip in [CLIENT_IP, RELAY_IP] {
+            let addr = format!("{ip}/24");
+            run("ip", &["-n", &br, "addr", "add", &addr, "dev", "br0"])?;
+        }
         run("ip", &["-n", &br, "link", "set", "br0", "up"])?;
         for id in 1..=nodes {
             let ns = net.node(id);
