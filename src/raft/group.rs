@@ -13,7 +13,7 @@
 //! whose log already holds entries is not initialized again.
 
 use std::cell::Cell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::rt::AsyncRuntime;
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::sync::oneshot;
 
@@ -29,7 +30,7 @@ use super::network::{GroupNetwork, RaftTransport};
 use super::quiet::{Quiescence, QuietSettings, Screen, Sender};
 use super::state_machine::PartitionStateMachine;
 use super::store::{self, Key, LogOp, OpSender, PartitionLog};
-use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal};
+use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal, Vote};
 use super::wire;
 use crate::proto::v1 as pb;
 use crate::storage::{InvalidLimit, LimitName, check_range};
@@ -237,7 +238,8 @@ pub(crate) enum GroupStart {
     /// entries could elect a leader that lacks them. It waits for a leader to send it the log
     /// (membership first), as a learner would; once caught up it asks the shard to remove the
     /// marker ([`LogOp::CaughtUp`](super::store::LogOp::CaughtUp)). The marker is durable,
-    /// so a restart before that starts the group as `Rejoin` again.
+    /// so a restart before that starts the group as `Rejoin` again. A replica whose vote is
+    /// gone too first recovers one from the others (see [`recover_vote`]).
     Rejoin,
 }
 
@@ -303,11 +305,15 @@ impl<RT: AsyncRuntime> Group<RT> {
             context.transport.clone(),
         );
         let snapshot_target = Rc::new(Cell::new(None));
+        let mut log = PartitionLog::new(key.clone(), ops.clone(), context.append_bytes_max);
+        if start == GroupStart::Rejoin {
+            recover_vote::<RT>(&key, replicas, context, &network, &mut log).await?;
+        }
         let raft = Raft::new(
             context.node_id,
             context.config.clone(),
             network,
-            PartitionLog::new(key.clone(), ops.clone(), context.append_bytes_max),
+            log,
             PartitionStateMachine::new(
                 key.clone(),
                 ops.clone(),
@@ -607,6 +613,76 @@ impl Drop for AnswerOnce {
                 .to_owned(),
         }));
     }
+}
+
+/// Before a rejoining replica's group starts: if its vote is gone too (a wiped directory),
+/// it takes the highest vote among the other replicas' as its own, durably.
+///
+/// # Correctness
+/// A replica that lost its vote may have voted, before the loss, for a candidate X in a term
+/// t it no longer knows. With an empty vote it would take the entries of a leader of a term
+/// below t (deposed, cut off, not yet aware), and its answers would make a majority for
+/// entries that conflict with what X's majority committed. Every replica that voted in term
+/// t holds a term of at least t, and any `n - n/2` of the `n - 1` others include one of X's
+/// majority besides this replica; so once that many have answered, the highest vote they
+/// hold is at least t, and no leader of a lower term is taken. The vote is kept as not
+/// granted (no leader's), and a rejoining replica grants none until caught up. It waits
+/// for the answers: with fewer replicas reachable, the group could not safely take writes
+/// with this one anyway. A replica that is itself catching up does not answer, so two
+/// wiped replicas cannot vouch for each other.
+async fn recover_vote<RT: AsyncRuntime>(
+    key: &Key,
+    replicas: &[NodeId],
+    context: &RaftContext,
+    network: &GroupNetwork,
+    log: &mut PartitionLog<RT>,
+) -> Result<(), String> {
+    let read = |e: std::io::Error| format!("reading the replica's vote: {e}");
+    if log.read_vote().await.map_err(read)?.is_some() {
+        return Ok(());
+    }
+    let others: Vec<NodeId> = replicas
+        .iter()
+        .copied()
+        .filter(|&node| node != context.node_id)
+        .collect();
+    let needed = (replicas.len() - replicas.len() / 2).min(others.len());
+    let ms = std::time::Duration::from_millis;
+    let ask_within = ms(context.config.election_timeout_max);
+    let mut heard: BTreeMap<NodeId, Vote> = BTreeMap::new();
+    let mut rounds = 0u64;
+    while heard.len() < needed {
+        if rounds > 0 {
+            RT::sleep(ms(context.config.election_timeout_min)).await;
+            // Fails once the partition is closed (or its shard stopped) meanwhile.
+            log.read_vote().await.map_err(read)?;
+        }
+        let asks = others
+            .iter()
+            .filter(|node| !heard.contains_key(node))
+            .map(|&node| async move { (node, network.ask_for_vote::<RT>(node, ask_within).await) });
+        for (node, vote) in futures::future::join_all(asks).await {
+            if let Some(vote) = vote {
+                heard.insert(node, vote);
+            }
+        }
+        rounds += 1;
+        if heard.len() < needed && rounds % 30 == 1 {
+            tracing::warn!(topic = %key.0, partition = key.1, heard = ?heard.keys().collect::<Vec<_>>(), needed, "a replica that lost its data and its vote waits for the votes of enough other replicas before its group starts (a leader it had outvoted must not find it willing)");
+        }
+    }
+    let Some(highest) = heard.values().max_by_key(|vote| vote.leader_id.term) else {
+        return Ok(());
+    };
+    if highest.leader_id.term == 0 {
+        return Ok(());
+    }
+    let vote = Vote::new(highest.leader_id.term, highest.leader_id.voted_for);
+    log.save_vote(&vote)
+        .await
+        .map_err(|e| format!("saving the vote recovered from the other replicas: {e}"))?;
+    tracing::info!(topic = %key.0, partition = key.1, %vote, heard = heard.len(), "a replica that lost its vote took the highest of the others'");
+    Ok(())
 }
 
 /// Where a rejoining replica stands (see [`catch_up`]).

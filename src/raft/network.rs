@@ -97,6 +97,30 @@ impl GroupNetwork {
     }
 }
 
+impl GroupNetwork {
+    /// Asks replica `target` for its vote in this group, changing nothing there: a pre-vote
+    /// of term 0 with an empty log, which no replica grants (pre-votes never persist
+    /// anything) and every serving replica answers with its own vote. `None`: no answer
+    /// within `timeout`, or a refusal (a replica that is itself catching up refuses).
+    pub(crate) async fn ask_for_vote<RT: AsyncRuntime>(
+        &self,
+        target: NodeId,
+        timeout: std::time::Duration,
+    ) -> Option<Vote> {
+        let client = PeerClient {
+            key: self.key.clone(),
+            incarnation: self.incarnation,
+            from: self.node_id,
+            target,
+            transport: self.transport.clone(),
+        };
+        let request = VoteRequest::<PartitionTypes<RT>>::new(Vote::new(0, 0), None);
+        let asked = Body::PreVote(wire::vote_request_to(&request));
+        let answer = client.ask_vote::<RT>(asked, &RPCOption::new(timeout)).await;
+        answer.ok().map(|response| response.vote)
+    }
+}
+
 impl<RT: AsyncRuntime> RaftNetworkFactory<PartitionTypes<RT>> for GroupNetwork {
     type Network = PeerClient;
 

@@ -582,6 +582,119 @@ async fn a_wiped_replica_does_not_vote_until_it_has_caught_up() {
     }
 }
 
+/// A wiped replica forgot its votes too. Here it helped elect a new leader while the old
+/// one was cut off; then it lost its disk. The old leader, still at its old term, must not
+/// find it willing: its answers would make a majority for entries that conflict with the
+/// new leader's. Before its group starts, the wiped replica waits for the other replicas'
+/// votes and keeps the highest, so the old leader's append is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_takes_no_entries_from_a_leader_it_had_outvoted() {
+    let cluster = Cluster::start(3);
+    cluster.create("v", &[1, 2, 3]).await;
+    let (old_leader, _) = cluster.append("v", b"first").await;
+    let old_term = terms(&cluster, "v")
+        .await
+        .into_iter()
+        .find(|(id, _, _)| *id == old_leader)
+        .unwrap()
+        .2;
+
+    // The old leader is cut off; the other two elect one of them (both vote: a majority of
+    // three needs both) and commit without it.
+    cluster.transport.cut(old_leader);
+    let (new_leader, _) = cluster.append("v", b"second").await;
+    assert_ne!(new_leader, old_leader);
+    let wiped = (1..=3)
+        .find(|&id| id != old_leader && id != new_leader)
+        .unwrap();
+    let new_term = terms(&cluster, "v")
+        .await
+        .into_iter()
+        .find(|(id, _, _)| *id == new_leader)
+        .unwrap()
+        .2;
+    assert!(new_term > old_term, "{new_term} > {old_term}");
+
+    // The voter loses its disk; the new leader is cut off; the old one is back (as if it
+    // had not heard yet that it was deposed).
+    cluster.transport.cut(new_leader);
+    cluster.restart(wiped, Some("v")).await;
+    cluster.transport.restore(old_leader);
+    let stale_append = || pb::RaftEnvelope {
+        id: 0,
+        topic: "v".to_owned(),
+        partition: 0,
+        from_node: old_leader as u32,
+        incarnation: 0,
+        to_node: wiped as u32,
+        body: Some(pb::raft_envelope::Body::Append(pb::RaftAppendRequest {
+            vote: Some(super::wire::vote_to(&super::types::Vote::new_committed(
+                old_term, old_leader,
+            ))),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: None,
+        })),
+    };
+    let taken = |answer: &pb::RaftEnvelope| {
+        matches!(
+            &answer.body,
+            Some(pb::raft_envelope::Body::AppendResponse(
+                pb::RaftAppendResponse {
+                    result: Some(pb::raft_append_response::Result::Success(_)),
+                }
+            ))
+        )
+    };
+    // For six election timeouts, the wiped replica takes nothing from the old leader: it
+    // cannot hear from enough replicas to learn their votes, so its group waits.
+    let window = Instant::now() + Duration::from_millis(TIMINGS.election_timeout_max_ms * 6);
+    while Instant::now() < window {
+        let answer = cluster.node(wiped).deliver_raft(stale_append()).await;
+        assert!(
+            !taken(&answer),
+            "the wiped replica took the deposed leader's append: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
+    }
+
+    // The new leader is back: the wiped replica's group starts with a vote of the new term
+    // at least, and refuses the old leader for its lower term.
+    cluster.transport.restore(new_leader);
+    let deadline = Instant::now() + election_deadline();
+    let refused_term = loop {
+        let answer = cluster.node(wiped).deliver_raft(stale_append()).await;
+        assert!(
+            !taken(&answer),
+            "the wiped replica took the deposed leader's append: {answer:?}"
+        );
+        if let Some(pb::raft_envelope::Body::AppendResponse(pb::RaftAppendResponse {
+            result: Some(pb::raft_append_response::Result::HigherVote(vote)),
+        })) = &answer.body
+        {
+            break vote.term;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped replica's group never started: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(TIMINGS.heartbeat_interval_ms)).await;
+    };
+    assert!(refused_term >= new_term, "{refused_term} >= {new_term}");
+
+    // And it catches up: every node serves both acknowledged records and a new one.
+    let (_, offset) = cluster.append("v", b"third").await;
+    for id in 1..=3 {
+        let served: Vec<Vec<u8>> = cluster
+            .records(id, "v", offset + 1)
+            .await
+            .into_iter()
+            .map(|(_, value)| value)
+            .collect();
+        assert_eq!(served, [&b"first"[..], b"second", b"third"], "node {id}");
+    }
+}
+
 /// RELIABILITY finding 8: a replica that cut a damaged log and went down before it had
 /// caught up still must not vote when it comes back. Here it crashes right after the cut:
 /// its log ends where a lagging replica's does, and with the only full replica cut off, the
