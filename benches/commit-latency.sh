@@ -23,8 +23,11 @@
 # Cores: the server (walrs serve or redis-server) runs under `taskset -c $SERVER_CPUS`
 # (default 1) and the load generator (walrs bench or redis-benchmark) under
 # `taskset -c $CLIENT_CPUS` (default 0), so neither steals the other's core. The load
-# generator's CPU time (user + system, /usr/bin/time, OUT/*.time) is recorded per run; for
-# walrs bench it includes its warm-up and its baselines, so it is an upper bound.
+# generator's CPU time (user + system, /usr/bin/time, OUT/*.time) and the server's (the
+# change of utime + stime in /proc/PID/stat over the run, OUT/*.server-cpu) are recorded per
+# run, and the second table divides each by every append of the run, warm-up included (for
+# walrs bench its `records_total`; for redis-benchmark its requests). walrs bench's figure
+# also holds its raw disk baseline (a write + fdatasync loop: little CPU).
 # Results: OUT/results.md (the table), OUT/*.json and *.csv (each run), OUT/run/ (logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,13 +96,20 @@ stop_server() {
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
 }
 
+# CPU seconds (user + system) the server process has used so far.
+server_cpu_s() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f\n", ($14 + $15) / hz }' "/proc/$SERVER/stat"
+}
+
 walrs_bench() {
   local name=$1; shift
   echo "$name $(uptime)" >> "$OUT/load.txt"
+  local before; before=$(server_cpu_s)
   taskset -c "$CLIENT_CPUS" /usr/bin/time -f "%U %S" -o "$OUT/$name.time" \
     "$BIN" bench --addr "127.0.0.1:$PORT" --no-tls --record-bytes 1024 --batch-records 1 \
     --duration "$DURATION" --warmup "$WARMUP" --baseline "$BASELINE" \
     --dir "$RUN" --quiet --json "$OUT/$name.json" "$@" > "$OUT/$name.txt"
+  echo "$before $(server_cpu_s)" > "$OUT/$name.server-cpu"
 }
 
 run_walrs() {
@@ -133,9 +143,12 @@ run_redis() {
     local name="redis-c$clients-r$round" requests=$((DURATION * (clients == 1 ? 4000 : 20000)))
     echo "== $name"
     echo "$name $(uptime)" >> "$OUT/load.txt"
+    local before; before=$(server_cpu_s)
     taskset -c "$CLIENT_CPUS" /usr/bin/time -f "%U %S" -o "$OUT/$name.time" \
       redis-benchmark -p "$REDIS_PORT" -c "$clients" -n "$requests" --csv \
       XADD s '*' f "$value" > "$OUT/$name.csv"
+    echo "$before $(server_cpu_s)" > "$OUT/$name.server-cpu"
+    echo "$requests" > "$OUT/$name.requests"
   done
   stop_server
 }
@@ -185,5 +198,36 @@ if redis:
         if rps:
             print(f"| Redis 7 Streams, AOF always | {w} | {' · '.join(fmt(x) for x in rps)} | {fmt(med(rps))} | {fmt(med(p50))} | {fmt(med(p99))} |")
 print(f"| raw write+fdatasync, 1 thread (bench's disk baseline of the W2 runs) | W2 | {' · '.join(fmt(x) for x in raw['rps'])} | {fmt(med(raw['rps']))} | {fmt(med(raw['p50']))} | {fmt(med(raw['p99']))} |")
+
+# CPU per append, warm-up included: (server, load generator) µs for one run, or None.
+def cpu_per_append(name, appends):
+    try:
+        before, after = map(float, open(f"{out}/{name}.server-cpu").read().split())
+        user, system = map(float, open(f"{out}/{name}.time").read().split()[-2:])
+    except (OSError, ValueError):
+        return None
+    return (1e6 * (after - before) / appends, 1e6 * (user + system) / appends)
+print()
+print("| system | workload | server CPU µs per append (rounds) | median | load generator CPU µs per append (rounds) | median |")
+print("|---|---|---|---:|---|---:|")
+def cpu_row(label, w, names_appends):
+    pairs = [cpu_per_append(n, a) for n, a in names_appends if a]
+    pairs = [p for p in pairs if p]
+    if pairs:
+        s, c = [p[0] for p in pairs], [p[1] for p in pairs]
+        print(f"| {label} | {w} | {' · '.join(fmt(x, '{:.1f}') for x in s)} | {fmt(med(s), '{:.1f}')} | {' · '.join(fmt(x, '{:.1f}') for x in c)} | {fmt(med(c), '{:.1f}')} |")
+for v in variants:
+    for w in ["W2", "W2half", "W3"]:
+        names = [f"{v}-{w}-r{r}" for r in range(1, rounds + 1)]
+        cpu_row(f"wal.rs {v}", w, [(n, (load(n) or {}).get("append", {}).get("records_total")) for n in names])
+if redis:
+    for c, w in [(1, "W2"), (64, "W3")]:
+        names = [f"redis-c{c}-r{r}" for r in range(1, rounds + 1)]
+        def requests(n):
+            try:
+                return int(open(f"{out}/{n}.requests").read())
+            except (OSError, ValueError):
+                return None
+        cpu_row("Redis 7 Streams, AOF always", w, [(n, requests(n)) for n in names])
 EOF
 cat "$OUT/results.md"
