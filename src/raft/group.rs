@@ -241,6 +241,10 @@ pub(crate) enum GroupStart {
     /// so a restart before that starts the group as `Rejoin` again. A replica whose vote is
     /// gone too first recovers one from the others (see [`recover_vote`]).
     Rejoin,
+    /// An empty replica that a reassignment moved onto this node: like `Rejoin` it catches
+    /// up before it votes or stands, but it never voted in this group here, so there is no
+    /// vote to recover and it does not wait for the other replicas' answers.
+    Join,
 }
 
 /// A leader's view of its followers (see [`Group::followers`]).
@@ -288,7 +292,9 @@ pub(crate) struct Group<RT: AsyncRuntime> {
 impl<RT: AsyncRuntime> Group<RT> {
     /// Starts the group of partition `key` with `replicas` as its voters, on the current
     /// executor, as `start` says; its state machine resumes from `applied` (the applied mark
-    /// the shard saved) when there is one.
+    /// the shard saved) when there is one. `ops` is the shard's op queue (its log); while
+    /// `wanted` lives, the partition still wants this start, and a start that waits (see
+    /// [`recover_vote`]) gives up once it is gone.
     pub(crate) async fn start(
         key: Key,
         incarnation: u64,
@@ -296,7 +302,7 @@ impl<RT: AsyncRuntime> Group<RT> {
         start: GroupStart,
         applied: Option<&crate::storage::AppliedMark>,
         context: &RaftContext,
-        ops: OpSender<RT>,
+        (ops, wanted): (OpSender<RT>, &std::rc::Weak<()>),
     ) -> Result<Self, String> {
         let network = GroupNetwork::new(
             key.clone(),
@@ -306,8 +312,9 @@ impl<RT: AsyncRuntime> Group<RT> {
         );
         let snapshot_target = Rc::new(Cell::new(None));
         let mut log = PartitionLog::new(key.clone(), ops.clone(), context.append_bytes_max);
+        let catches_up = matches!(start, GroupStart::Rejoin | GroupStart::Join);
         if start == GroupStart::Rejoin {
-            recover_vote::<RT>(&key, replicas, context, &network, &mut log).await?;
+            recover_vote::<RT>(&key, replicas, context, &network, &mut log, wanted).await?;
         }
         let raft = Raft::new(
             context.node_id,
@@ -324,10 +331,10 @@ impl<RT: AsyncRuntime> Group<RT> {
         .await
         .map_err(|e| format!("the Raft group did not start: {e}"))?;
         let catching_up = Rc::new(CatchUp {
-            active: Cell::new(start == GroupStart::Rejoin),
+            active: Cell::new(catches_up),
             target: Cell::new(None),
         });
-        if start == GroupStart::Rejoin {
+        if catches_up {
             raft.runtime_config().elect(false);
         }
         if start == GroupStart::New {
@@ -534,10 +541,15 @@ impl<RT: AsyncRuntime> Group<RT> {
             }
             return;
         }
-        let wake_after = match self
-            .quiet
-            .screen(&self.raft, &self.sender, request.as_ref())
-        {
+        // A rejoining replica's question for this one's vote (see `recover_vote`) is answered
+        // by Raft itself: quiet would answer from the vote it held while quiet.
+        let screened = if super::network::is_vote_probe(request.as_ref()) {
+            Screen::Serve { wake_after: false }
+        } else {
+            self.quiet
+                .screen(&self.raft, &self.sender, request.as_ref())
+        };
+        let wake_after = match screened {
             Screen::Serve { wake_after } => wake_after,
             Screen::Refuse {
                 answer,
@@ -623,19 +635,25 @@ impl Drop for AnswerOnce {
 /// t it no longer knows. With an empty vote it would take the entries of a leader of a term
 /// below t (deposed, cut off, not yet aware), and its answers would make a majority for
 /// entries that conflict with what X's majority committed. Every replica that voted in term
-/// t holds a term of at least t, and any `n - n/2` of the `n - 1` others include one of X's
-/// majority besides this replica; so once that many have answered, the highest vote they
-/// hold is at least t, and no leader of a lower term is taken. The vote is kept as not
-/// granted (no leader's), and a rejoining replica grants none until caught up. It waits
-/// for the answers: with fewer replicas reachable, the group could not safely take writes
-/// with this one anyway. A replica that is itself catching up does not answer, so two
-/// wiped replicas cannot vouch for each other.
+/// t holds a term of at least t, and X's majority holds at least one replica besides this
+/// one; so once every other replica has answered, the highest vote they hold is at least t,
+/// and no leader of a lower term is taken. Every other, not a majority's worth: `replicas`
+/// is the set the metadata names, which during a move is the old and the new replicas
+/// together, and which of them voted with this one is not known before the group starts
+/// (in a group of three, both others is also what a majority needs). The vote is kept as
+/// not granted (no leader's), and a rejoining replica grants none until caught up. It
+/// waits for the answers, asking again every election timeout, until the partition no
+/// longer wants this start (`wanted`): with a replica unreachable, the group could not
+/// safely take writes with this one anyway. A replica that is itself catching up does not
+/// answer, so two wiped replicas cannot vouch for each other; nor does a quiet group answer
+/// from what it held while quiet ([`is_vote_probe`]: the probe bypasses quiet).
 async fn recover_vote<RT: AsyncRuntime>(
     key: &Key,
     replicas: &[NodeId],
     context: &RaftContext,
     network: &GroupNetwork,
     log: &mut PartitionLog<RT>,
+    wanted: &std::rc::Weak<()>,
 ) -> Result<(), String> {
     let read = |e: std::io::Error| format!("reading the replica's vote: {e}");
     if log.read_vote().await.map_err(read)?.is_some() {
@@ -646,7 +664,7 @@ async fn recover_vote<RT: AsyncRuntime>(
         .copied()
         .filter(|&node| node != context.node_id)
         .collect();
-    let needed = (replicas.len() - replicas.len() / 2).min(others.len());
+    let needed = others.len();
     let ms = std::time::Duration::from_millis;
     let ask_within = ms(context.config.election_timeout_max);
     let mut heard: BTreeMap<NodeId, Vote> = BTreeMap::new();
@@ -654,8 +672,9 @@ async fn recover_vote<RT: AsyncRuntime>(
     while heard.len() < needed {
         if rounds > 0 {
             RT::sleep(ms(context.config.election_timeout_min)).await;
-            // Fails once the partition is closed (or its shard stopped) meanwhile.
-            log.read_vote().await.map_err(read)?;
+            if wanted.upgrade().is_none() {
+                return Err("the partition closed (or its group started again) while this replica waited for the others' votes".to_owned());
+            }
         }
         let asks = others
             .iter()
@@ -667,7 +686,9 @@ async fn recover_vote<RT: AsyncRuntime>(
             }
         }
         rounds += 1;
-        if heard.len() < needed && rounds % 30 == 1 {
+        // Once after a few rounds, then rarely: a node back from a wiped disk may have
+        // thousands of partitions waiting on the same missing peer.
+        if heard.len() < needed && rounds % 300 == 10 {
             tracing::warn!(topic = %key.0, partition = key.1, heard = ?heard.keys().collect::<Vec<_>>(), needed, "a replica that lost its data and its vote waits for the votes of enough other replicas before its group starts (a leader it had outvoted must not find it willing)");
         }
     }

@@ -121,6 +121,12 @@ impl GroupNetwork {
     }
 }
 
+/// Whether `body` is [`GroupNetwork::ask_for_vote`]'s question: a pre-vote of term 0, which
+/// no candidate sends (terms start at 1 once a group is initialized).
+pub(crate) fn is_vote_probe(body: Option<&Body>) -> bool {
+    matches!(body, Some(Body::PreVote(request)) if request.vote.as_ref().is_some_and(|vote| vote.term == 0))
+}
+
 impl<RT: AsyncRuntime> RaftNetworkFactory<PartitionTypes<RT>> for GroupNetwork {
     type Network = PeerClient;
 

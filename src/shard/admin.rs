@@ -53,6 +53,7 @@ pub(super) fn plan(
                 high_watermark: tx,
                 replicas: replicas.clone(),
                 new_group,
+                joins: false,
                 incarnation: meta.incarnation,
             });
         }
@@ -308,9 +309,13 @@ impl ShardSet {
             self.inner.raft.as_ref(),
             false,
         );
-        // Partitions held before and after keep their open replica (and its watch).
+        // Partitions held before and after keep their open replica (and its watch); the
+        // others move onto this node.
         for open in &mut opens {
             open.retain(|o| !old.partitions[o.partition as usize].local);
+            for o in open.iter_mut() {
+                o.joins = true;
+            }
         }
         let mut closes: Vec<Vec<u32>> = vec![Vec::new(); self.shard_count()];
         for (p, (before, after)) in old.partitions.iter().zip(&planned.partitions).enumerate() {

@@ -30,6 +30,10 @@ pub(crate) struct OpenPartition {
     /// an empty log initialize its Raft group. An empty log otherwise means lost data, and
     /// the replica catches up without voting (see `raft::group::Start`).
     pub new_group: bool,
+    /// The partition moves onto this node (a reassignment): an empty log is a new member,
+    /// which catches up before it votes but never voted in this group here, so it has no
+    /// lost vote to recover (see `raft::group::GroupStart::Join`).
+    pub joins: bool,
     /// As `TopicMeta::incarnation`: stamped on the group's Raft messages.
     pub incarnation: u64,
 }

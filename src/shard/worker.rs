@@ -27,6 +27,7 @@
 //! and for timers), so the same code runs on a plain thread and on a glommio executor.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -62,6 +63,8 @@ pub(crate) enum Local<RT: AsyncRuntime> {
     Started {
         key: Key,
         group: std::result::Result<Group<RT>, String>,
+        /// The start's token (see [`Replication::Starting`]).
+        token: std::rc::Weak<()>,
     },
     /// An idempotent producer's proposal failed: its sequence may be written again.
     Abandoned { key: Key, stamp: ProducerStamp },
@@ -133,7 +136,9 @@ enum Replication<RT: AsyncRuntime> {
     /// One replica: committed at its own sync, no Raft group.
     Solo,
     /// Its group is starting: it serves reads of what it knows is committed, no writes.
-    Starting,
+    /// The token is this start's: the starting task holds it weakly, so a start outlived by
+    /// its partition (closed, reopened, started again) stops waiting and is not installed.
+    Starting(Rc<()>),
     Running(Group<RT>),
 }
 
@@ -155,6 +160,8 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     /// group's membership is what counts from then on): for a restart of the group.
     incarnation: u64,
     opened_replicas: Vec<u64>,
+    /// As `OpenPartition::joins`: a reassignment moved it onto this node.
+    joined: bool,
     /// The log was cut at a damaged sealed segment once since it was opened (see
     /// [`Shard::repair_damaged`]): a second failure to start is not repaired again.
     damage_cut: bool,
@@ -271,6 +278,14 @@ async fn commit_partition<E: Engine, RT: AsyncRuntime>(
     };
     p.commit_solo(committed);
     outcome.map_err(Arc::new)
+}
+
+/// How a replicated partition came to be opened here (see `OpenPartition`).
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    new_group: bool,
+    joins: bool,
+    incarnation: u64,
 }
 
 /// An append that is in its log but not yet acknowledged.
@@ -485,7 +500,7 @@ fn leading_group<'a, RT: AsyncRuntime>(
 ) -> Result<Option<&'a Group<RT>>> {
     match replication {
         Replication::Solo => Ok(None),
-        Replication::Starting => Err(not_leader(raft, key, None)),
+        Replication::Starting(_) => Err(not_leader(raft, key, None)),
         Replication::Running(group) => match group.leader() {
             (_, true) => Ok(Some(group)),
             (leader, false) => Err(not_leader(raft, key, leader)),
@@ -784,9 +799,13 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 // unchanged mark wakes nobody.
                 p.publish();
             }
-            Local::Started { key, group } => {
-                let Some(p) = self.partitions.get_mut(&key) else {
-                    // Closed while it started: stop it again.
+            Local::Started { key, group, token } => {
+                let current = self.partitions.get_mut(&key).filter(|p| {
+                    matches!(&p.replication, Replication::Starting(t)
+                        if token.upgrade().is_some_and(|token| Rc::ptr_eq(t, &token)))
+                });
+                let Some(p) = current else {
+                    // Closed while it started, or started again since: stop it again.
                     if let Ok(group) = group {
                         drop(RT::spawn(async move { group.shutdown().await }));
                     }
@@ -797,7 +816,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                     Err(reason) => {
                         tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start");
                         if !self.repair_damaged(&key).await {
-                            tracing::error!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start; the partition stays read-only");
+                            // Nothing to cut: start it again after a pause (a full disk that
+                            // refused its vote, a peer that answered nothing), rather than
+                            // leave the partition read-only until the server restarts.
+                            tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, %reason, "a Raft group did not start; starting it again shortly");
+                            self.restart_later(key);
                         }
                     }
                 }
@@ -838,7 +861,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
             Some(Replication::Running(group)) => return group.deliver(envelope, reply),
             None => "no replica of this partition here",
-            Some(Replication::Starting) => "the replica is starting",
+            Some(Replication::Starting(_)) => "the replica is starting",
             Some(Replication::Solo) => "the partition is not replicated here",
         };
         if reply
@@ -1115,7 +1138,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             // Another replica may hold that offset: this one is behind, not the reader wrong.
             let leader = match &p.replication {
                 Replication::Running(group) => group.leader().0,
-                Replication::Solo | Replication::Starting => None,
+                Replication::Solo | Replication::Starting(_) => None,
             };
             return Err(Error::ReplicaBehind {
                 topic: key.0.to_string(),
@@ -1288,7 +1311,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             .ok_or_else(|| unknown(&topic))?;
                         let (leader, leader_epoch) = match &p.replication {
                             Replication::Running(group) => group.leader_and_term(),
-                            Replication::Solo | Replication::Starting => (None, 0),
+                            Replication::Solo | Replication::Starting(_) => (None, 0),
                         };
                         Ok(PartitionInfo {
                             id,
@@ -1395,7 +1418,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         .start_group(
                             &key,
                             &open.replicas,
-                            (open.new_group, open.incarnation),
+                            Origin {
+                                new_group: open.new_group,
+                                joins: open.joins,
+                                incarnation: open.incarnation,
+                            },
                             applied.clone(),
                             &mut log,
                         )
@@ -1414,6 +1441,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         seen_leader: (None, 0),
                         incarnation: open.incarnation,
                         opened_replicas: open.replicas.clone(),
+                        joined: open.joins,
                         damage_cut: false,
                     };
                     p.publish();
@@ -1494,7 +1522,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             return;
         }
         let Replication::Running(group) =
-            std::mem::replace(&mut p.replication, Replication::Starting)
+            std::mem::replace(&mut p.replication, Replication::Starting(Rc::new(())))
         else {
             unreachable!("matched above");
         };
@@ -1581,7 +1609,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .start_group(
                 key,
                 &replicas,
-                (false, p.incarnation),
+                Origin {
+                    new_group: false,
+                    joins: p.joined,
+                    incarnation: p.incarnation,
+                },
                 p.applied.clone(),
                 &mut p.log,
             )
@@ -1616,7 +1648,11 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .start_group(
                 key,
                 &p.opened_replicas,
-                (false, p.incarnation),
+                Origin {
+                    new_group: false,
+                    joins: p.joined,
+                    incarnation: p.incarnation,
+                },
                 p.applied.clone(),
                 &mut p.log,
             )
@@ -1635,10 +1671,15 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         &self,
         key: &Key,
         replicas: &[u64],
-        (new_group, incarnation): (bool, u64),
+        origin: Origin,
         applied: Option<AppliedMark>,
         log: &mut Log<E>,
     ) -> Replication<RT> {
+        let Origin {
+            new_group,
+            joins,
+            incarnation,
+        } = origin;
         let Some(raft) = self.raft.clone().filter(|_| replicas.len() > 1) else {
             if replicas.len() > 1 {
                 tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "a replicated partition on a node outside a cluster; serving it alone");
@@ -1653,16 +1694,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .map_or(log.start_offset(), |mark| mark.next_offset);
         log.set_commit(commit)
             .expect("an applied mark is checked to be within the log");
-        let start = match self.group_start(key, new_group, log).await {
+        let start = match self.group_start(key, (new_group, joins), log).await {
             Ok(start) => start,
             Err(e) => {
                 // Without the marker, a restart part-way through the catch-up would bring
                 // this replica back as a voter: no group until it is written.
                 tracing::error!(shard = self.id, topic = %key.0, partition = key.1, error = %e, "persisting the rejoin marker of a replica that lost data failed; its Raft group starts once it can be written");
                 self.restart_later(key.clone());
-                return Replication::Starting;
+                return Replication::Starting(Rc::new(()));
             }
         };
+        let token = Rc::new(());
+        let wanted = Rc::downgrade(&token);
         let (key, replicas, local) = (key.clone(), replicas.to_vec(), self.local.clone());
         let ops = {
             let local = local.clone();
@@ -1676,14 +1719,19 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                 start,
                 applied.as_ref(),
                 &raft,
-                ops,
+                (ops, &wanted),
             )
             .await;
-            if local.send(Local::Started { key, group }).is_err() {
+            let started = Local::Started {
+                key,
+                group,
+                token: wanted,
+            };
+            if local.send(started).is_err() {
                 tracing::debug!("a Raft group started after its shard stopped");
             }
         }));
-        Replication::Starting
+        Replication::Starting(token)
     }
 
     /// How `key`'s group starts, from its log (see [`GroupStart`]). A log with the rejoin
@@ -1694,12 +1742,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
     async fn group_start(
         &self,
         key: &Key,
-        new_group: bool,
+        (new_group, joins): (bool, bool),
         log: &mut Log<E>,
     ) -> std::result::Result<GroupStart, storage::Error> {
+        // A replica moved onto this node never voted in its group here: nothing to recover.
+        let lost = if joins {
+            GroupStart::Join
+        } else {
+            GroupStart::Rejoin
+        };
         if let Some(lost_from) = log.rejoin_marker() {
             tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, lost_from, "this replica lost data and has not caught up since (its rejoin marker): catching up from the leader before it may vote");
-            return Ok(GroupStart::Rejoin);
+            return Ok(lost);
         }
         let end = log.end_offset();
         if end == 0 {
@@ -1708,7 +1762,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
             tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, "a replica with an empty log outside its creation (lost or wiped data): catching up from the leader before it may vote");
             log.set_rejoin_marker(0).await?;
-            return Ok(GroupStart::Rejoin);
+            return Ok(lost);
         }
         let applied_end = log
             .mark(MarkFile::Applied)
@@ -1719,7 +1773,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         if let Some(applied_end) = applied_end.filter(|&applied_end| applied_end > end) {
             tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, applied_end, end, "this replica's log ends before entries it had applied (lost at open): catching up from the leader before it may vote");
             log.set_rejoin_marker(end).await?;
-            return Ok(GroupStart::Rejoin);
+            return Ok(lost);
         }
         Ok(GroupStart::Existing)
     }
@@ -1781,7 +1835,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
         let running = std::rc::Rc::new(std::cell::Cell::new(0usize));
         for p in self.partitions.values_mut() {
             let Replication::Running(group) =
-                std::mem::replace(&mut p.replication, Replication::Starting)
+                std::mem::replace(&mut p.replication, Replication::Starting(Rc::new(())))
             else {
                 continue;
             };
@@ -1981,6 +2035,7 @@ pub(crate) mod tests {
                 high_watermark: hw_tx,
                 replicas: Vec::new(),
                 new_group: true,
+                joins: false,
                 incarnation: 0,
             }],
             ready: ready_tx,
