@@ -2,11 +2,12 @@
 //! workload while nemesis rounds come and go, then stop, let the replicas converge, read
 //! everything back from every node and check it.
 //!
-//! Owns the run's order and its bounds: the rounds stop once `duration` has passed; every
-//! wait (a node serving, a leader, progress after a heal, a replica catching up, the final
-//! convergence) polls against a deadline derived from the cluster's election timings
-//! ([`Timings`]). A wait that times out after a heal is a *stall*: it is counted and
-//! written down (availability), and does not fail the run by itself (safety does).
+//! Owns the run's order and its bounds: the rounds stop once `duration` has passed since
+//! the workload first made progress; every wait (a node serving, a leader, progress after a
+//! heal, a replica catching up, the final convergence) polls against a deadline derived
+//! from the cluster's election timings ([`Timings`]). A wait that times out after a heal is
+//! a *stall*: it is counted and written down (availability), and does not fail the run by
+//! itself (safety does).
 //! Must never: fail without the seed, or leave a violation without its history file.
 
 use std::collections::BTreeMap;
@@ -141,7 +142,11 @@ async fn campaign(
     if !progress(&shared, options.timings.patience()).await {
         panic!("seed {seed}: no partition acknowledged anything before the first fault");
     }
-    while t0.elapsed() < options.duration {
+    // The rounds' time starts once the workload flows: on a loaded machine starting the
+    // nodes and creating the topic can take longer than a short campaign's whole duration,
+    // which then ran no round at all.
+    let rounds_from = Instant::now();
+    while rounds_from.elapsed() < options.duration {
         round(options, cluster, net, rng, &shared, &mut figures, t0).await;
     }
     workload::note(&shared, t0, "stopping the producers".into());
