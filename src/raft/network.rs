@@ -95,9 +95,18 @@ impl GroupNetwork {
             transport,
         }
     }
-}
 
-impl GroupNetwork {
+    /// This group's client to replica `target`.
+    fn client(&self, target: NodeId) -> PeerClient {
+        PeerClient {
+            key: self.key.clone(),
+            incarnation: self.incarnation,
+            from: self.node_id,
+            target,
+            transport: self.transport.clone(),
+        }
+    }
+
     /// Asks replica `target` for its vote in this group, changing nothing there: a pre-vote
     /// of term 0 with an empty log, which no replica grants (pre-votes never persist
     /// anything) and every serving replica answers with its own vote. `None`: no answer
@@ -107,13 +116,7 @@ impl GroupNetwork {
         target: NodeId,
         timeout: std::time::Duration,
     ) -> Option<Vote> {
-        let client = PeerClient {
-            key: self.key.clone(),
-            incarnation: self.incarnation,
-            from: self.node_id,
-            target,
-            transport: self.transport.clone(),
-        };
+        let client = self.client(target);
         let request = VoteRequest::<PartitionTypes<RT>>::new(Vote::new(0, 0), None);
         let asked = Body::PreVote(wire::vote_request_to(&request));
         let answer = client.ask_vote::<RT>(asked, &RPCOption::new(timeout)).await;
@@ -131,13 +134,7 @@ impl<RT: AsyncRuntime> RaftNetworkFactory<PartitionTypes<RT>> for GroupNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, _node: &EmptyNode) -> PeerClient {
-        PeerClient {
-            key: self.key.clone(),
-            incarnation: self.incarnation,
-            from: self.node_id,
-            target,
-            transport: self.transport.clone(),
-        }
+        self.client(target)
     }
 }
 

@@ -156,12 +156,10 @@ struct Partition<E: Engine, RT: AsyncRuntime> {
     producers: ProducerTable,
     /// The leader and term its group last reported (to log and count changes).
     seen_leader: (Option<u64>, u64),
-    /// As `OpenPartition::incarnation` and `replicas` (the set it was opened with; the
-    /// group's membership is what counts from then on): for a restart of the group.
-    incarnation: u64,
+    /// How it was opened, and with which replicas (the group's membership is what counts
+    /// from then on): for a restart of the group ([`Origin::again`]).
+    origin: Origin,
     opened_replicas: Vec<u64>,
-    /// As `OpenPartition::joins`: a reassignment moved it onto this node.
-    joined: bool,
     /// The log was cut at a damaged sealed segment once since it was opened (see
     /// [`Shard::repair_damaged`]): a second failure to start is not repaired again.
     damage_cut: bool,
@@ -280,12 +278,30 @@ async fn commit_partition<E: Engine, RT: AsyncRuntime>(
     outcome.map_err(Arc::new)
 }
 
-/// How a replicated partition came to be opened here (see `OpenPartition`).
+/// How a replicated partition came to be opened here (as `OpenPartition` says).
 #[derive(Debug, Clone, Copy)]
 struct Origin {
     new_group: bool,
     joins: bool,
     incarnation: u64,
+}
+
+impl Origin {
+    fn of(open: &OpenPartition) -> Origin {
+        Origin {
+            new_group: open.new_group,
+            joins: open.joins,
+            incarnation: open.incarnation,
+        }
+    }
+
+    /// For a start of the group after the first: its creation is over.
+    fn again(self) -> Origin {
+        Origin {
+            new_group: false,
+            ..self
+        }
+    }
 }
 
 /// An append that is in its log but not yet acknowledged.
@@ -801,8 +817,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             }
             Local::Started { key, group, token } => {
                 let current = self.partitions.get_mut(&key).filter(|p| {
-                    matches!(&p.replication, Replication::Starting(t)
-                        if token.upgrade().is_some_and(|token| Rc::ptr_eq(t, &token)))
+                    matches!(&p.replication, Replication::Starting(t) if Rc::as_ptr(t) == token.as_ptr())
                 });
                 let Some(p) = current else {
                     // Closed while it started, or started again since: stop it again.
@@ -1414,18 +1429,9 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             None
                         }
                     };
+                    let origin = Origin::of(&open);
                     let replication = self
-                        .start_group(
-                            &key,
-                            &open.replicas,
-                            Origin {
-                                new_group: open.new_group,
-                                joins: open.joins,
-                                incarnation: open.incarnation,
-                            },
-                            applied.clone(),
-                            &mut log,
-                        )
+                        .start_group(&key, &open.replicas, origin, applied.clone(), &mut log)
                         .await;
                     // Below the commit mark only: a replicated partition's uncommitted tail
                     // may still be cut, and its group records what it applies from there.
@@ -1439,9 +1445,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                         applied_unsaved: false,
                         producers,
                         seen_leader: (None, 0),
-                        incarnation: open.incarnation,
+                        origin,
                         opened_replicas: open.replicas.clone(),
-                        joined: open.joins,
                         damage_cut: false,
                     };
                     p.publish();
@@ -1609,11 +1614,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .start_group(
                 key,
                 &replicas,
-                Origin {
-                    new_group: false,
-                    joins: p.joined,
-                    incarnation: p.incarnation,
-                },
+                p.origin.again(),
                 p.applied.clone(),
                 &mut p.log,
             )
@@ -1648,11 +1649,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             .start_group(
                 key,
                 &p.opened_replicas,
-                Origin {
-                    new_group: false,
-                    joins: p.joined,
-                    incarnation: p.incarnation,
-                },
+                p.origin.again(),
                 p.applied.clone(),
                 &mut p.log,
             )

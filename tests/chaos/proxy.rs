@@ -66,10 +66,11 @@ impl Link {
         }
     }
 
-    /// Returns once the link is not cut (a black hole's wait).
+    /// Returns once the link is not cut (a black hole's wait); at once when it is open.
     async fn until_open(&self) {
-        loop {
+        while self.cut.load(Relaxed) {
             let healed = self.healed.notified();
+            // Looked at again after `healed` exists: a heal in between is not missed.
             if !self.cut.load(Relaxed) {
                 return;
             }
@@ -122,9 +123,7 @@ async fn write_chunks(
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
         }
-        if link.cut.load(Relaxed) {
-            link.until_open().await;
-        }
+        link.until_open().await;
         if w.write_all(&chunk).await.is_err() {
             break;
         }
