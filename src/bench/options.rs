@@ -136,6 +136,10 @@ pub struct BenchOptions {
     /// How the in-process server's uring engine makes a commit durable.
     #[arg(long, value_enum, default_value_t = UringWriteArg::Fdatasync)]
     pub uring_write: UringWriteArg,
+    /// Whether the in-process server zero-fills ahead of small commits
+    /// (`storage.preallocate`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub preallocate: bool,
     /// How long the in-process server's uring shards spin before parking, in µs (0: never).
     #[arg(long = "spin-before-park-us", default_value_t = 0)]
     pub spin_before_park_us: u64,

@@ -94,6 +94,7 @@ pub fn server_config(
     config.storage.durability = options.durability.into();
     config.storage.shards = options.shards;
     config.storage.uring_write = options.uring_write.into();
+    config.storage.preallocate = options.preallocate;
     config.storage.spin_before_park_us = options.spin_before_park_us;
     // Room for every producer's pipeline in one shard's queue and one stream's window:
     // the bench measures the server, not its back-pressure limits.

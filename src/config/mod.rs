@@ -239,6 +239,7 @@ impl Config {
             enqueue_timeout_ms: s.enqueue_timeout_ms,
             engine: s.engine,
             uring_write: s.uring_write,
+            preallocate: s.preallocate,
             spin_before_park_us: s.spin_before_park_us,
             io_memory_bytes: usize::try_from(s.io_memory_bytes).unwrap_or(usize::MAX),
             maintenance_interval_ms: s.maintenance_interval_ms,

@@ -208,7 +208,8 @@ pub(crate) fn spawn_shard(
                 if pin_threads {
                     pin_current_thread(id);
                 }
-                run_local(PortableEngine::new(), ctx);
+                let preallocate = ctx.options.preallocate;
+                run_local(PortableEngine::new().with_preallocation(preallocate), ctx);
             })
             .map(ShardThread::Std)
             .map_err(|e| Error::ShardFailed {
@@ -221,8 +222,13 @@ pub(crate) fn spawn_shard(
                 UringWrite::Fdatasync => crate::storage::uring::WriteMode::Fdatasync,
                 UringWrite::Dsync => crate::storage::uring::WriteMode::Dsync,
             };
+            let preallocate = ctx.options.preallocate;
             spawn_glommio_shard(
-                move || crate::storage::uring::UringEngine::new().with_write_mode(write_mode),
+                move || {
+                    crate::storage::uring::UringEngine::new()
+                        .with_write_mode(write_mode)
+                        .with_preallocation(preallocate)
+                },
                 cpu_for(id).unwrap_or(0),
                 io_memory_bytes,
                 ctx,

@@ -104,6 +104,11 @@ pub struct ShardOptions {
     pub engine: EngineChoice,
     /// How the uring engine makes a commit durable.
     pub uring_write: UringWrite,
+    /// Zero-fill the file ahead of small commits, so that their writes overwrite blocks the
+    /// file already holds: on io_uring the write then needs no worker thread, and with
+    /// either engine the `fdatasync` has no file size to journal. A store file holds up to
+    /// 256 KiB of zeros past its end while it is the active segment.
+    pub preallocate: bool,
     /// How long an idle glommio shard spins before it parks in the kernel (0 = parks at
     /// once): a request or an I/O completion that comes within the spin needs no wake-up.
     /// The spin burns its core; the portable engine ignores it.
@@ -151,6 +156,7 @@ impl ShardOptions {
             enqueue_timeout_ms: 100,
             engine: EngineChoice::Auto,
             uring_write: UringWrite::Fdatasync,
+            preallocate: true,
             spin_before_park_us: 0,
             io_memory_bytes: MIB as usize,
             maintenance_interval_ms: 5_000,

@@ -30,13 +30,29 @@
 //! block zero-padded to `align`, then calls `fdatasync`; it keeps the partial block in memory
 //! and, because `tail_start` only advances by whole blocks, the next `sync` rewrites that block
 //! at the same aligned position with more bytes in it. So the file on disk can run up to
-//! `align - 1` zero bytes past `len()`; `close` trims them (`ftruncate` to `len()`), after which
-//! the file is byte-for-byte what a plain std-file engine writes for the same appends.
+//! `align - 1` zero bytes past `len()` (and up to a tail buffer's worth with preallocation);
+//! `close` trims them (`ftruncate` to `len()`), after which the file is byte-for-byte what a
+//! plain std-file engine writes for the same appends.
 //!
 //! Why write only when the buffer fills (and not each block as it fills): under group commit a
 //! flush covers many small appends, and one large write per buffer (or per `sync`) costs one
 //! io_uring submission instead of one per block, while the buffer's capacity still bounds the
 //! memory a file holds between syncs.
+//!
+//! # Preallocation (on by default; [`UringEngine::with_preallocation`])
+//! An O_DIRECT write that grows the file is one ext4 cannot do without blocking, so io_uring
+//! hands it to an io-wq worker thread (two context switches), and the `fdatasync` after it
+//! must commit the new size to the journal. An overwrite of blocks the file already holds goes
+//! straight to the device from the submitting thread, and its `fdatasync` is a cache flush.
+//! So when a commit's write is small (at most a quarter of the tail buffer) and would grow
+//! the file, `sync` first writes zeros from the file's end to the end of the tail buffer's
+//! reach (`tail_start` + its capacity): the next commits until then overwrite zeros. The
+//! zeros past `len()` are what the recovery scan already takes for the end of the log
+//! (zero padding); `truncate` and `close` cut them, so a sealed or closed file is still
+//! exactly `len()` bytes. A file may hold up to one tail buffer of zeros on disk.
+//! The zero write never touches a byte below the file's end, and data never depends on it:
+//! when it fails (a full disk) the file is not poisoned; it stops preallocating until it is
+//! reopened, and the commit's own write grows the file as before.
 //!
 //! # Write modes
 //! - [`WriteMode::Fdatasync`] (the default): `sync` writes the tail, waits for the write's
@@ -105,6 +121,7 @@ pub enum WriteMode {
 pub struct UringEngine {
     tail_buffer_bytes: usize,
     write_mode: WriteMode,
+    preallocate: bool,
     fdatasyncs: Rc<Cell<u64>>,
 }
 
@@ -127,6 +144,7 @@ impl UringEngine {
         Self {
             tail_buffer_bytes,
             write_mode: WriteMode::default(),
+            preallocate: true,
             fdatasyncs: Rc::new(Cell::new(0)),
         }
     }
@@ -134,6 +152,13 @@ impl UringEngine {
     /// This engine with its files written in `write_mode`.
     pub fn with_write_mode(mut self, write_mode: WriteMode) -> Self {
         self.write_mode = write_mode;
+        self
+    }
+
+    /// This engine with small commits' file growth preallocated (the default) or not (module
+    /// docs, "Preallocation").
+    pub fn with_preallocation(mut self, preallocate: bool) -> Self {
+        self.preallocate = preallocate;
         self
     }
 
@@ -163,6 +188,8 @@ impl UringEngine {
             write_mode: self.write_mode,
             needs_fdatasync: len > 0,
             written_len: len,
+            file_end: len,
+            preallocate: self.preallocate,
             poisoned: None,
             fdatasyncs: self.fdatasyncs.clone(),
         };
@@ -442,6 +469,12 @@ pub struct UringFile {
     /// there on open, or written by the writes a successful `sync` or `truncate` waited for.
     /// A poisoned file still serves reads below it (see `read_at`).
     written_len: u64,
+    /// The file's size on disk as this handle's writes leave it: every byte below is data or
+    /// zero padding. A write that ends past it grows the file.
+    file_end: u64,
+    /// Zero-fill ahead of small commits (module docs, "Preallocation"); turned off for good
+    /// when a zero write fails.
+    preallocate: bool,
     /// Why the file refuses work: a disk operation failed or was abandoned mid-flight.
     poisoned: Option<String>,
     fdatasyncs: Rc<Cell<u64>>,
@@ -541,6 +574,7 @@ impl UringFile {
         let file = self.file.clone();
         let write = glommio::spawn_local(async move { file.write_at(buf, position).await });
         self.inflight.get_mut().push_back((position, whole, write));
+        self.file_end = self.file_end.max(position + whole as u64);
         self.tail = next;
         self.tail_start += whole as u64;
         self.tail_used = used - whole;
@@ -642,10 +676,51 @@ impl UringFile {
             self.poisoned = Some(err.to_string());
             return Err(err);
         }
+        self.file_end = self.file_end.max(position + write_len as u64);
         self.tail = next;
         self.tail_start += whole as u64;
         self.tail_used = used - whole;
         Ok(())
+    }
+
+    /// Before a small commit's write that would grow the file: zeros from the file's end to
+    /// `tail_start` + the tail's capacity, so that this write and the next ones overwrite
+    /// blocks the file holds (module docs, "Preallocation"). A failed zero write turns
+    /// preallocation off for this file and is not an error: nothing depends on it. The file
+    /// counts as poisoned while the write is in flight, so an abandoned one (its bytes may
+    /// still land, over later data) leaves the file poisoned like any abandoned write.
+    async fn preallocate_for_tail(&mut self) {
+        let write_end = self.tail_start + self.tail_used.next_multiple_of(self.align) as u64;
+        let small = self.tail_used <= self.tail_capacity / 4;
+        if !self.preallocate || self.tail_used == 0 || write_end <= self.file_end || !small {
+            return;
+        }
+        let from = self.file_end.next_multiple_of(self.align as u64);
+        let to = self.tail_start + self.tail_capacity as u64;
+        if to <= from {
+            return;
+        }
+        let len = (to - from) as usize;
+        let mut zeros = self.file.alloc_dma_buffer(len);
+        zeros.as_bytes_mut().fill(0);
+        self.poisoned = Some(format!(
+            "zero write of {len} bytes at position {from} abandoned mid-flight"
+        ));
+        let written = self.file.write_at(zeros, from).await;
+        self.poisoned = None;
+        match written {
+            Ok(written) if written == len => self.file_end = to,
+            outcome => {
+                // A short write may have grown the file by zeros: harmless, they read as the
+                // end of the log, and `truncate`/`close` cut them.
+                self.preallocate = false;
+                tracing::debug!(
+                    file = %self.path.display(),
+                    ?outcome,
+                    "preallocation failed; this file grows by its writes from now on"
+                );
+            }
+        }
     }
 
     async fn fdatasync(&mut self) -> io::Result<()> {
@@ -814,6 +889,7 @@ impl StoreFile for UringFile {
             return Ok(());
         }
         self.wait_writes().await?;
+        self.preallocate_for_tail().await;
         self.write_tail().await?;
         hops::io_stamp(IoHop::WriteDone);
         if self.write_mode == WriteMode::Dsync && !self.needs_fdatasync {
@@ -852,6 +928,7 @@ impl StoreFile for UringFile {
             self.file.truncate(len_bytes),
         )
         .await?;
+        self.file_end = len_bytes;
         self.fdatasync().await?;
         self.written_len = len_bytes;
         Ok(())
@@ -986,20 +1063,30 @@ mod tests {
 
     #[test]
     fn sync_then_reopen_reads_the_same_bytes() {
-        run(async {
+        run(sync_then_reopen(false));
+        run(sync_then_reopen(true));
+    }
+
+    async fn sync_then_reopen(preallocate: bool) {
+        {
             let dir = temp_dir();
             let path = dir.path().join("a");
-            let engine = UringEngine::new();
+            let engine = UringEngine::new().with_preallocation(preallocate);
             let mut file = engine.create(&path).await.unwrap();
             let model = pattern(1, 10_000);
             file.append(&model[..4_321]).await.unwrap();
             file.append(&model[4_321..]).await.unwrap();
             file.sync().await.unwrap();
             let align = file.align;
-            // A crash after the sync: the file keeps the zero padding of its last block.
+            // A crash after the sync: the file keeps the zero padding of its last block, or
+            // with preallocation the zeros up to the tail buffer's reach.
             drop(file);
             let on_disk = std::fs::read(&path).unwrap();
-            assert_eq!(on_disk.len(), model.len().next_multiple_of(align));
+            let padded_len = match preallocate {
+                false => model.len().next_multiple_of(align),
+                true => TAIL_BUFFER_BYTES,
+            };
+            assert_eq!(on_disk.len(), padded_len);
             assert_eq!(&on_disk[..model.len()], model);
             assert!(on_disk[model.len()..].iter().all(|&b| b == 0));
 
@@ -1018,6 +1105,78 @@ mod tests {
             expected.extend_from_slice(&more);
             let file = engine.open(&path).await.unwrap();
             assert_reads(&file, &expected).await;
+            file.close().await.unwrap();
+        }
+    }
+
+    /// Small commits grow the file by zeros up to the tail buffer's reach, later small ones
+    /// overwrite them (the file does not grow), a large commit grows the file by its own
+    /// write, and `close` and `truncate` leave exactly the logical bytes.
+    #[test]
+    fn small_commits_preallocate_and_close_trims() {
+        run(async {
+            let dir = temp_dir();
+            let path = dir.path().join("a");
+            let capacity = 64 * 1024;
+            let engine = UringEngine::with_tail_buffer_bytes(capacity);
+            let disk_len = || std::fs::metadata(&path).unwrap().len();
+            let mut file = engine.create(&path).await.unwrap();
+            let model = pattern(3, 195_200);
+            file.append(&model[..100]).await.unwrap();
+            file.sync().await.unwrap();
+            assert_eq!(
+                disk_len(),
+                capacity as u64,
+                "the first small commit preallocates"
+            );
+            let mut at = 100;
+            for step in [1_000, 5_000, 9_000] {
+                file.append(&model[at..at + step]).await.unwrap();
+                file.sync().await.unwrap();
+                at += step;
+                assert_eq!(
+                    disk_len(),
+                    capacity as u64,
+                    "a small commit inside the zeros"
+                );
+            }
+            // Past the zeros with small commits: the one that crosses their end writes zeros
+            // up to its tail's reach.
+            let mut grown = 0;
+            for _ in 0..6 {
+                file.append(&model[at..at + 10_000]).await.unwrap();
+                at += 10_000;
+                let (before, tail_start) = (disk_len(), file.tail_start);
+                file.sync().await.unwrap();
+                if disk_len() != before {
+                    assert_eq!(disk_len(), tail_start + capacity as u64);
+                    grown += 1;
+                }
+            }
+            assert_eq!(grown, 1, "one small commit crossed the zeros' end");
+            // Large commits (over a quarter of the buffer) past them grow the file by their
+            // own writes, with no zeros after them.
+            for _ in 0..3 {
+                file.append(&model[at..at + 40_000]).await.unwrap();
+                at += 40_000;
+                file.sync().await.unwrap();
+            }
+            assert_eq!(disk_len(), (at as u64).next_multiple_of(file.align as u64));
+            assert_reads(&file, &model[..at]).await;
+            // Truncate leaves exactly the logical bytes; the next small commit preallocates.
+            file.truncate(150_000).await.unwrap();
+            assert_eq!(disk_len(), 150_000);
+            file.append(&model[150_000..150_010]).await.unwrap();
+            file.sync().await.unwrap();
+            assert!(disk_len() > 150_010);
+            file.close().await.unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), &model[..150_010]);
+
+            let off = UringEngine::with_tail_buffer_bytes(capacity).with_preallocation(false);
+            let mut file = off.open(&path).await.unwrap();
+            file.append(b"x").await.unwrap();
+            file.sync().await.unwrap();
+            assert_eq!(disk_len(), 150_011u64.next_multiple_of(file.align as u64));
             file.close().await.unwrap();
         });
     }
@@ -1218,7 +1377,8 @@ mod tests {
             1024
         } else {
             64 * 1024
-        });
+        })
+        .with_preallocation(!seed.is_multiple_of(3));
         let mut file = engine.create(&uring_path).await.unwrap();
         let mut std_file = std::fs::OpenOptions::new()
             .create_new(true)
@@ -1249,8 +1409,10 @@ mod tests {
                 50..65 => {
                     file.sync().await.unwrap();
                     let on_disk = std::fs::read(&uring_path).unwrap();
+                    // Zero padding of the last block, or preallocated zeros.
+                    let padding_max = file.align.max(file.tail_capacity);
                     assert!(
-                        on_disk.len() >= model.len() && on_disk.len() < model.len() + file.align
+                        on_disk.len() >= model.len() && on_disk.len() <= model.len() + padding_max
                     );
                     assert_eq!(&on_disk[..model.len()], model, "seed {seed} step {step}");
                     assert!(
