@@ -68,6 +68,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         vec![text("fdatasync"), text("dsync")],
     ));
     cases.extend(single(
+        "storage.preallocate",
+        vec![Value::Boolean(false), Value::Boolean(true)],
+    ));
+    cases.extend(single(
         "storage.spin_before_park_us",
         vec![int(0), int(1000)],
     ));

@@ -176,9 +176,11 @@ impl PortableFile {
         if written == 0 {
             return failure;
         }
-        self.file_end = self.len_bytes;
         match self.file.set_len(self.len_bytes) {
-            Ok(()) => failure,
+            Ok(()) => {
+                self.file_end = self.len_bytes;
+                failure
+            }
             Err(cut) => io::Error::other(format!(
                 "{failure}; cutting the {written} bytes it wrote back also failed: {cut}"
             )),
@@ -237,8 +239,8 @@ impl StoreFile for PortableFile {
             "truncate to {len_bytes} past the end {}",
             self.len_bytes
         );
-        self.file_end = len_bytes;
         self.file.set_len(len_bytes)?;
+        self.file_end = len_bytes;
         self.len_bytes = len_bytes;
         // No preallocation here: a truncated (or sealed) file ends at its last byte.
         self.fdatasync()

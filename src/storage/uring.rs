@@ -51,8 +51,10 @@
 //! (zero padding); `truncate` and `close` cut them, so a sealed or closed file is still
 //! exactly `len()` bytes. A file may hold up to one tail buffer of zeros on disk.
 //! The zero write never touches a byte below the file's end, and data never depends on it:
-//! when it fails (a full disk) the file is not poisoned; it stops preallocating until it is
-//! reopened, and the commit's own write grows the file as before.
+//! when the disk is full the file is not poisoned; it stops preallocating until it is
+//! reopened, and the commit's own write grows the file as before. Any other failure poisons
+//! the file like a failed write. The first sync after a non-empty file is opened (recovery's)
+//! does not preallocate: a restart writes no zeros for partitions that take no appends.
 //!
 //! # Write modes
 //! - [`WriteMode::Fdatasync`] (the default): `sync` writes the tail, waits for the write's
@@ -685,20 +687,28 @@ impl UringFile {
 
     /// Before a small commit's write that would grow the file: zeros from the file's end to
     /// `tail_start` + the tail's capacity, so that this write and the next ones overwrite
-    /// blocks the file holds (module docs, "Preallocation"). A failed zero write turns
-    /// preallocation off for this file and is not an error: nothing depends on it. The file
-    /// counts as poisoned while the write is in flight, so an abandoned one (its bytes may
-    /// still land, over later data) leaves the file poisoned like any abandoned write.
-    async fn preallocate_for_tail(&mut self) {
+    /// blocks the file holds (module docs, "Preallocation"). A zero write that finds the disk
+    /// full turns preallocation off for this file and is not an error: nothing depends on it.
+    /// Any other failure poisons the file. The file counts as poisoned while the write is in
+    /// flight, so an abandoned one (its bytes may still land, over later data) leaves the
+    /// file poisoned like any abandoned write.
+    async fn preallocate_for_tail(&mut self) -> io::Result<()> {
         let write_end = self.tail_start + self.tail_used.next_multiple_of(self.align) as u64;
         let small = self.tail_used <= self.tail_capacity / 4;
-        if !self.preallocate || self.tail_used == 0 || write_end <= self.file_end || !small {
-            return;
+        // `needs_fdatasync`: the first sync after opening a non-empty file (recovery's),
+        // which has appended nothing.
+        if !self.preallocate
+            || self.needs_fdatasync
+            || self.tail_used == 0
+            || write_end <= self.file_end
+            || !small
+        {
+            return Ok(());
         }
         let from = self.file_end.next_multiple_of(self.align as u64);
         let to = self.tail_start + self.tail_capacity as u64;
         if to <= from {
-            return;
+            return Ok(());
         }
         let len = (to - from) as usize;
         let mut zeros = self.file.alloc_dma_buffer(len);
@@ -706,21 +716,38 @@ impl UringFile {
         self.poisoned = Some(format!(
             "zero write of {len} bytes at position {from} abandoned mid-flight"
         ));
-        let written = self.file.write_at(zeros, from).await;
+        let written = self
+            .file
+            .write_at(zeros, from)
+            .await
+            .map_err(io::Error::from);
         self.poisoned = None;
-        match written {
-            Ok(written) if written == len => self.file_end = to,
-            outcome => {
-                // A short write may have grown the file by zeros: harmless, they read as the
-                // end of the log, and `truncate`/`close` cut them.
-                self.preallocate = false;
-                tracing::debug!(
-                    file = %self.path.display(),
-                    ?outcome,
-                    "preallocation failed; this file grows by its writes from now on"
-                );
+        let full_disk = match written {
+            Ok(written) if written == len => {
+                self.file_end = to;
+                return Ok(());
             }
-        }
+            // A write that stops part-way is what a full disk does.
+            Ok(written) => format!("short write: {written} of {len} bytes"),
+            Err(err) if super::space::is_out_of_space(&err) => err.to_string(),
+            Err(err) => {
+                let failure = format!("zero write of {len} bytes at position {from} failed: {err}");
+                self.poisoned = Some(failure.clone());
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("{}: {failure}", self.path.display()),
+                ));
+            }
+        };
+        // What landed grew the file by zeros: harmless, they read as the end of the log, and
+        // `truncate`/`close` cut them.
+        self.preallocate = false;
+        tracing::debug!(
+            file = %self.path.display(),
+            %full_disk,
+            "preallocation found the disk full; this file grows by its writes from now on"
+        );
+        Ok(())
     }
 
     async fn fdatasync(&mut self) -> io::Result<()> {
@@ -889,7 +916,7 @@ impl StoreFile for UringFile {
             return Ok(());
         }
         self.wait_writes().await?;
-        self.preallocate_for_tail().await;
+        self.preallocate_for_tail().await?;
         self.write_tail().await?;
         hops::io_stamp(IoHop::WriteDone);
         if self.write_mode == WriteMode::Dsync && !self.needs_fdatasync {
