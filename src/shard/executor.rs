@@ -201,6 +201,7 @@ pub(crate) fn spawn_shard(
     #[cfg(not(target_os = "linux"))]
     let _ = io_memory_bytes;
     let id = ctx.id;
+    let preallocate = ctx.options.preallocate;
     match engine {
         ResolvedEngine::Portable => std::thread::Builder::new()
             .name(format!("walrs-shard-{id}"))
@@ -208,7 +209,6 @@ pub(crate) fn spawn_shard(
                 if pin_threads {
                     pin_current_thread(id);
                 }
-                let preallocate = ctx.options.preallocate;
                 run_local(PortableEngine::new().with_preallocation(preallocate), ctx);
             })
             .map(ShardThread::Std)
@@ -222,7 +222,6 @@ pub(crate) fn spawn_shard(
                 UringWrite::Fdatasync => crate::storage::uring::WriteMode::Fdatasync,
                 UringWrite::Dsync => crate::storage::uring::WriteMode::Dsync,
             };
-            let preallocate = ctx.options.preallocate;
             spawn_glommio_shard(
                 move || {
                     crate::storage::uring::UringEngine::new()

@@ -713,31 +713,19 @@ impl UringFile {
         let len = (to - from) as usize;
         let mut zeros = self.file.alloc_dma_buffer(len);
         zeros.as_bytes_mut().fill(0);
-        self.poisoned = Some(format!(
-            "zero write of {len} bytes at position {from} abandoned mid-flight"
-        ));
-        let written = self
-            .file
-            .write_at(zeros, from)
-            .await
-            .map_err(io::Error::from);
-        self.poisoned = None;
-        let full_disk = match written {
+        let write = self.file.write_at(zeros, from);
+        let full_disk = match guarded(&mut self.poisoned, "zero write", write).await {
             Ok(written) if written == len => {
                 self.file_end = to;
                 return Ok(());
             }
             // A write that stops part-way is what a full disk does.
             Ok(written) => format!("short write: {written} of {len} bytes"),
-            Err(err) if super::space::is_out_of_space(&err) => err.to_string(),
-            Err(err) => {
-                let failure = format!("zero write of {len} bytes at position {from} failed: {err}");
-                self.poisoned = Some(failure.clone());
-                return Err(io::Error::new(
-                    err.kind(),
-                    format!("{}: {failure}", self.path.display()),
-                ));
+            Err(err) if super::space::is_out_of_space(&err) => {
+                self.poisoned = None;
+                err.to_string()
             }
+            Err(err) => return Err(err),
         };
         // What landed grew the file by zeros: harmless, they read as the end of the log, and
         // `truncate`/`close` cut them.
@@ -1095,45 +1083,43 @@ mod tests {
     }
 
     async fn sync_then_reopen(preallocate: bool) {
-        {
-            let dir = temp_dir();
-            let path = dir.path().join("a");
-            let engine = UringEngine::new().with_preallocation(preallocate);
-            let mut file = engine.create(&path).await.unwrap();
-            let model = pattern(1, 10_000);
-            file.append(&model[..4_321]).await.unwrap();
-            file.append(&model[4_321..]).await.unwrap();
-            file.sync().await.unwrap();
-            let align = file.align;
-            // A crash after the sync: the file keeps the zero padding of its last block, or
-            // with preallocation the zeros up to the tail buffer's reach.
-            drop(file);
-            let on_disk = std::fs::read(&path).unwrap();
-            let padded_len = match preallocate {
-                false => model.len().next_multiple_of(align),
-                true => TAIL_BUFFER_BYTES,
-            };
-            assert_eq!(on_disk.len(), padded_len);
-            assert_eq!(&on_disk[..model.len()], model);
-            assert!(on_disk[model.len()..].iter().all(|&b| b == 0));
+        let dir = temp_dir();
+        let path = dir.path().join("a");
+        let engine = UringEngine::new().with_preallocation(preallocate);
+        let mut file = engine.create(&path).await.unwrap();
+        let model = pattern(1, 10_000);
+        file.append(&model[..4_321]).await.unwrap();
+        file.append(&model[4_321..]).await.unwrap();
+        file.sync().await.unwrap();
+        let align = file.align;
+        // A crash after the sync: the file keeps the zero padding of its last block, or
+        // with preallocation the zeros up to the tail buffer's reach.
+        drop(file);
+        let on_disk = std::fs::read(&path).unwrap();
+        let padded_len = match preallocate {
+            false => model.len().next_multiple_of(align),
+            true => TAIL_BUFFER_BYTES,
+        };
+        assert_eq!(on_disk.len(), padded_len);
+        assert_eq!(&on_disk[..model.len()], model);
+        assert!(on_disk[model.len()..].iter().all(|&b| b == 0));
 
-            let mut padded = model.clone();
-            padded.resize(on_disk.len(), 0);
-            let mut file = engine.open(&path).await.unwrap();
-            assert_reads(&file, &padded).await;
-            // Recovery cuts the padding; appends then continue at the unaligned length.
-            file.truncate(model.len() as u64).await.unwrap();
-            let more = pattern(2, 777);
-            file.append(&more).await.unwrap();
-            file.sync().await.unwrap();
-            file.close().await.unwrap();
+        let mut padded = model.clone();
+        padded.resize(on_disk.len(), 0);
+        let mut file = engine.open(&path).await.unwrap();
+        assert_reads(&file, &padded).await;
+        // Recovery cuts the padding; appends then continue at the unaligned length.
+        file.truncate(model.len() as u64).await.unwrap();
+        let more = pattern(2, 777);
+        file.append(&more).await.unwrap();
+        file.sync().await.unwrap();
+        file.close().await.unwrap();
 
-            let mut expected = model;
-            expected.extend_from_slice(&more);
-            let file = engine.open(&path).await.unwrap();
-            assert_reads(&file, &expected).await;
-            file.close().await.unwrap();
-        }
+        let mut expected = model;
+        expected.extend_from_slice(&more);
+        let file = engine.open(&path).await.unwrap();
+        assert_reads(&file, &expected).await;
+        file.close().await.unwrap();
     }
 
     /// Small commits grow the file by zeros up to the tail buffer's reach, later small ones
