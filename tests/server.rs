@@ -1042,8 +1042,10 @@ async fn kill_9_keeps_every_acknowledged_record() {
                 .unwrap(),
         );
     }
+    // The high watermark passed 200 before the kill, but a record can be stored while its
+    // ack is still on the way back: each of the 4 appenders has at most one such record.
     assert!(
-        acked.len() >= 200,
+        acked.len() >= 200 - 4,
         "only {} appends acknowledged",
         acked.len()
     );
