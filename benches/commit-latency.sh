@@ -7,7 +7,7 @@
 # REDIS=0 skips them). Nothing here is needed by `make test`.
 #
 # For each round (ROUNDS, default 2) and each wal.rs variant (VARIANTS, default "uring
-# uring-dsync uring-dsync-spin portable"; also "uring-noprealloc" and "portable-noprealloc",
+# uring-dsync uring-dsync-spin portable"; also "uring-inline", "uring-noprealloc" and "portable-noprealloc",
 # with `storage.preallocate = false`), a fresh `walrs serve` (plaintext on loopback,
 # durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
 # `walrs bench --addr` through:
@@ -70,6 +70,7 @@ variant_storage() {
     uring) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
     uring-dsync) printf 'engine = "uring"\nuring_write = "dsync"\n' ;;
     uring-dsync-spin) printf 'engine = "uring"\nuring_write = "dsync"\nspin_before_park_us = 50\n' ;;
+    uring-inline) printf 'engine = "uring"\nuring_write = "inline"\n' ;;
     uring-noprealloc) printf 'engine = "uring"\nuring_write = "fdatasync"\npreallocate = false\n' ;;
     portable) printf 'engine = "portable"\n' ;;
     portable-noprealloc) printf 'engine = "portable"\npreallocate = false\n' ;;

@@ -65,7 +65,7 @@ fn cases(dir: &Path) -> Vec<Case> {
     cases.extend(single("storage.engine", vec![text("portable")]));
     cases.extend(single(
         "storage.uring_write",
-        vec![text("fdatasync"), text("dsync")],
+        vec![text("fdatasync"), text("dsync"), text("inline")],
     ));
     cases.extend(single(
         "storage.preallocate",

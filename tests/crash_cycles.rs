@@ -920,6 +920,14 @@ async fn a_power_cut_keeps_every_ack_of_the_uring_dsync_write_mode() {
     power_cut_keeps_single_record_acks("uring", "uring_write = \"dsync\"\n").await;
 }
 
+/// Issue 14: with `storage.uring_write = "inline"` a small commit's O_DIRECT write and its
+/// fdatasync are blocking calls on the shard thread instead of io_uring operations. The same
+/// single-record acks, SIGKILL and power cut: every acknowledged record must be read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_keeps_every_ack_of_the_uring_inline_write_mode() {
+    power_cut_keeps_single_record_acks("uring", "uring_write = \"inline\"\n").await;
+}
+
 /// Issue 14: with `storage.preallocate` (the default, set here explicitly) a small commit
 /// that grows the store file first writes zeros past it, and the next commits overwrite
 /// them: the file does not grow, so the `fdatasync` has no size to commit. Those overwrites

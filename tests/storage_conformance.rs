@@ -1568,6 +1568,17 @@ conformance!(
     64
 );
 
+// The uring engine in its `inline` write mode (a small commit's write and fdatasync as
+// blocking calls on the shard thread): the same suite, crash cases included.
+#[cfg(target_os = "linux")]
+conformance!(
+    uring_inline,
+    walrs::storage::UringEngine::new().with_write_mode(walrs::storage::UringWriteMode::Inline),
+    run_uring,
+    uring_available,
+    64
+);
+
 /// Both engines write the same bytes: a partition written by one reads back with the other.
 #[cfg(target_os = "linux")]
 mod cross_engine {

@@ -52,6 +52,8 @@ pub enum UringWriteArg {
     Fdatasync,
     /// O_DIRECT | O_DSYNC writes, durable on completion.
     Dsync,
+    /// A small commit's write and fdatasync as blocking calls on the shard thread.
+    Inline,
 }
 
 impl From<UringWriteArg> for config::UringWrite {
@@ -59,6 +61,7 @@ impl From<UringWriteArg> for config::UringWrite {
         match mode {
             UringWriteArg::Fdatasync => config::UringWrite::Fdatasync,
             UringWriteArg::Dsync => config::UringWrite::Dsync,
+            UringWriteArg::Inline => config::UringWrite::Inline,
         }
     }
 }

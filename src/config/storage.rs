@@ -17,8 +17,9 @@ pub use crate::shard::{Durability, EngineChoice, UringWrite};
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub engine: EngineChoice,
-    /// How the uring engine makes a commit durable: "fdatasync" (write, then fdatasync) or
-    /// "dsync" (O_DSYNC writes, durable on completion).
+    /// How the uring engine makes a commit durable: "fdatasync" (write, then fdatasync),
+    /// "dsync" (O_DSYNC writes, durable on completion) or "inline" (a small commit's write
+    /// and fdatasync as blocking calls on the shard thread).
     pub uring_write: UringWrite,
     /// Zero-fill the active segment ahead of small commits (up to 256 KiB past its end), so
     /// that their writes overwrite blocks already on disk: cheaper writes and fdatasyncs.

@@ -221,6 +221,7 @@ pub(crate) fn spawn_shard(
             let write_mode = match ctx.options.uring_write {
                 UringWrite::Fdatasync => crate::storage::uring::WriteMode::Fdatasync,
                 UringWrite::Dsync => crate::storage::uring::WriteMode::Dsync,
+                UringWrite::Inline => crate::storage::uring::WriteMode::Inline,
             };
             spawn_glommio_shard(
                 move || {

@@ -59,8 +59,8 @@ pub enum EngineChoice {
 }
 
 /// How the uring engine makes a commit durable. The config file's `storage.uring_write` is
-/// this type ("fdatasync", "dsync"); the portable engine ignores it. Both keep the promise
-/// of [`Durability::Fsync`]: an acknowledged append is on disk.
+/// this type ("fdatasync", "dsync", "inline"); the portable engine ignores it. All keep the
+/// promise of [`Durability::Fsync`]: an acknowledged append is on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UringWrite {
@@ -69,6 +69,9 @@ pub enum UringWrite {
     Fdatasync,
     /// O_DIRECT | O_DSYNC writes, durable when they complete: one round trip per commit.
     Dsync,
+    /// A small commit's O_DIRECT write and fdatasync are blocking calls on the shard thread
+    /// (no io_uring round trips, no io-wq hand-off); larger ones as `Fdatasync`.
+    Inline,
 }
 
 /// Longest spin of a glommio shard before it parks (`spin_before_park_us`).
