@@ -783,7 +783,7 @@ impl UringFile {
     /// poisons the file like a failed io_uring write (never retried).
     fn pwrite_blocking(&mut self, bytes: &[u8], position: u64) -> io::Result<usize> {
         assert!(
-            bytes.len() % self.align == 0 && position % self.align as u64 == 0,
+            bytes.len().is_multiple_of(self.align) && position.is_multiple_of(self.align as u64),
             "an O_DIRECT write is whole aligned blocks"
         );
         let offset = libc::off_t::try_from(position).expect("file positions fit in off_t");
