@@ -73,8 +73,9 @@
 //!   O_DIRECT descriptor and then calls a blocking `fdatasync(2)`, both on the shard thread.
 //!   The disk does the same work; what goes away is io_uring's round trips around it: the
 //!   `fdatasync` is one io-wq cannot run inline, so through io_uring it is a hand-off to a
-//!   worker thread and back, and each completion is a wake-up of the parked shard. On a VM
-//!   those wake-ups cost as much as the device. The price: the shard runs nothing else while
+//!   worker thread and back, and each completion is a wake-up of the parked shard. Measured on
+//!   a virtio disk: 6–10% off the server's p50 at one client (BENCHMARKS.md), and no gain
+//!   with many clients, so it is not the default. The price: the shard runs nothing else while
 //!   the disk works (its other tasks, and the syncs of the other partitions of the same
 //!   group, wait their turn instead of overlapping). Larger commits, written-behind buffers,
 //!   `truncate` and `close` still go through io_uring. It promises what `Fdatasync` does.
