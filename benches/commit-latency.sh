@@ -157,9 +157,17 @@ run_redis() {
   stop_server
 }
 
+# Each round starts one system later than the round before (round 1: the order given,
+# round 2: from the second, ...): on this kind of shared VM the place in a round moved the
+# figures more than some of the changes measured (BENCHMARKS.md, session 28), so no system
+# keeps the same place in every round.
+SYSTEMS=($VARIANTS)
+if [ "$REDIS" = 1 ]; then SYSTEMS+=(redis); fi
 for round in $(seq 1 "$ROUNDS"); do
-  for variant in $VARIANTS; do run_walrs "$variant" "$round"; done
-  if [ "$REDIS" = 1 ]; then run_redis "$round"; fi
+  for i in $(seq 0 $((${#SYSTEMS[@]} - 1))); do
+    system=${SYSTEMS[$(( (i + round - 1) % ${#SYSTEMS[@]} ))]}
+    if [ "$system" = redis ]; then run_redis "$round"; else run_walrs "$system" "$round"; fi
+  done
 done
 
 python3 - "$OUT" "$ROUNDS" "$VARIANTS" "$REDIS" > "$OUT/results.md" <<'EOF'
