@@ -24,7 +24,7 @@ use small_mount::SmallMount;
 
 use tonic::Code;
 use walrs::client::{Client, ReadOptions, record};
-use walrs::config::{Config, EngineChoice};
+use walrs::config::{Config, EngineChoice, UringWrite};
 use walrs::proto::v1::AppendRequest;
 
 const TOPIC: &str = "full";
@@ -273,13 +273,18 @@ async fn below_the_floor(engine: EngineChoice) {
 
 /// No floor: a write meets ENOSPC, is refused RESOURCE_EXHAUSTED and cut back; the log
 /// recovers by itself once Truncate frees space.
-async fn out_of_space_without_a_floor(engine: EngineChoice) {
+async fn out_of_space_without_a_floor(engine: EngineChoice, uring_write: UringWrite) {
+    let config = |data: &Path| {
+        let mut config = config(data, engine, 0);
+        config.storage.uring_write = uring_write;
+        config
+    };
     let mount = match SmallMount::new() {
         Ok(mount) => mount,
         Err(why) => return eprintln!("skipped: {why}"),
     };
     let data = mount.mountpoint.join("data");
-    let Some(run) = start(config(&data, engine, 0)).await else {
+    let Some(run) = start(config(&data)).await else {
         return;
     };
     eprintln!("{engine:?} engine on {}", mount.kind);
@@ -308,7 +313,7 @@ async fn out_of_space_without_a_floor(engine: EngineChoice) {
 
     // A restart on the full disk opens the log and serves everything acknowledged.
     run.running.shutdown().await.unwrap();
-    let run = start(config(&data, engine, 0)).await.unwrap();
+    let run = start(config(&data)).await.unwrap();
     let client = &run.client;
     full.client = client.clone();
     full.verify(client).await;
@@ -324,7 +329,7 @@ async fn out_of_space_without_a_floor(engine: EngineChoice) {
     full.verify(client).await;
 
     run.running.shutdown().await.unwrap();
-    let run = start(config(&data, engine, 0)).await.unwrap();
+    let run = start(config(&data)).await.unwrap();
     full.verify(&run.client).await;
     run.running.shutdown().await.unwrap();
 }
@@ -341,10 +346,17 @@ async fn uring_refuses_below_the_floor_and_resumes_when_space_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portable_cuts_back_an_enospc_write_and_recovers_after_truncate() {
-    out_of_space_without_a_floor(EngineChoice::Portable).await;
+    out_of_space_without_a_floor(EngineChoice::Portable, UringWrite::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uring_cuts_back_an_enospc_write_and_recovers_after_truncate() {
-    out_of_space_without_a_floor(EngineChoice::Uring).await;
+    out_of_space_without_a_floor(EngineChoice::Uring, UringWrite::Fdatasync).await;
+}
+
+/// The same on the `inline` write mode, whose small commits are blocking `pwrite`s and
+/// `fdatasync`s: their ENOSPC must be told from other failures like io_uring's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_inline_cuts_back_an_enospc_write_and_recovers_after_truncate() {
+    out_of_space_without_a_floor(EngineChoice::Uring, UringWrite::Inline).await;
 }

@@ -74,8 +74,9 @@
 //!   The disk does the same work; what goes away is io_uring's round trips around it: the
 //!   `fdatasync` is one io-wq cannot run inline, so through io_uring it is a hand-off to a
 //!   worker thread and back, and each completion is a wake-up of the parked shard. Measured on
-//!   a virtio disk: 6–10% off the server's p50 at one client (BENCHMARKS.md), and no gain
-//!   with many clients, so it is not the default. The price: the shard runs nothing else while
+//!   a virtio disk: 6–10% off the server's p50 at one client (BENCHMARKS.md); with many
+//!   clients unresolved (the syncs of a group then run one after another), so it is not the
+//!   default. The price: the shard runs nothing else while
 //!   the disk works (its other tasks, and the syncs of the other partitions of the same
 //!   group, wait their turn instead of overlapping). Larger commits, written-behind buffers,
 //!   `truncate` and `close` still go through io_uring. It promises what `Fdatasync` does.
