@@ -238,8 +238,14 @@ impl Inner {
         let inflight_max = self.config.server.append_stream_inflight_max as usize;
         let mut inflight = FuturesOrdered::new();
         let mut reading = true;
-        let mut draining = self.draining.clone();
         let mut final_code = Code::Ok;
+        // Made once and polled in place: re-made in every turn of the loop, each would
+        // register (and drop) a waiter per request, a measurable share of a small append.
+        let mut draining = self.draining.clone();
+        let drain = async move { draining.wait_for(|d| *d).await.map(|_| ()) };
+        tokio::pin!(drain);
+        let closed = tx.closed();
+        tokio::pin!(closed);
         loop {
             tokio::select! {
                 next = input.next(), if reading && inflight.len() < inflight_max => {
@@ -295,11 +301,12 @@ impl Inner {
                         return code;
                     }
                 }
-                _ = async { draining.wait_for(|d| *d).await.map(|_| ()) }, if reading => {
+                // Polled only while reading: it is not polled again once it has fired.
+                _ = &mut drain, if reading => {
                     // Finish what is in flight, accept nothing new.
                     reading = false;
                 }
-                _ = tx.closed() => return Code::Cancelled,
+                _ = &mut closed => return Code::Cancelled,
             }
             if !reading && inflight.is_empty() {
                 return final_code;
