@@ -75,11 +75,11 @@
 //!   `fdatasync` is one io-wq cannot run inline, so through io_uring it is a hand-off to a
 //!   worker thread and back, and each completion is a wake-up of the parked shard. Measured on
 //!   a virtio disk: 6–10% off the server's p50 at one client (BENCHMARKS.md); with many
-//!   clients unresolved (the syncs of a group then run one after another), so it is not the
-//!   default. The price: the shard runs nothing else while
-//!   the disk works (its other tasks, and the syncs of the other partitions of the same
-//!   group, wait their turn instead of overlapping). Larger commits, written-behind buffers,
-//!   `truncate` and `close` still go through io_uring. It promises what `Fdatasync` does.
+//!   clients unresolved, so it is not the default. The price: the shard runs nothing else
+//!   while the disk works (its other tasks, and the syncs of the other partitions of the
+//!   same group, wait their turn instead of overlapping). Larger commits, written-behind
+//!   buffers, `truncate` and `close` still go through io_uring. It promises what
+//!   `Fdatasync` does.
 //!
 //! # Correctness
 //! - *Readable* at once: `read_at` serves `[0, tail_start)` from the file and
@@ -715,14 +715,13 @@ impl UringFile {
     /// file poisoned like any abandoned write.
     async fn preallocate_for_tail(&mut self) -> io::Result<()> {
         let write_end = self.tail_start + self.tail_used.next_multiple_of(self.align) as u64;
-        let small = self.tail_used <= self.tail_capacity / 4;
         // `needs_fdatasync`: the first sync after opening a non-empty file (recovery's),
         // which has appended nothing.
         if !self.preallocate
             || self.needs_fdatasync
             || self.tail_used == 0
             || write_end <= self.file_end
-            || !small
+            || !self.small_tail()
         {
             return Ok(());
         }
@@ -767,11 +766,8 @@ impl UringFile {
             }
             Submit::Blocking => {
                 // SAFETY: `fdatasync(2)` on a descriptor this file owns; no memory is passed.
-                if unsafe { libc::fdatasync(self.file.as_raw_fd()) } != 0 {
-                    let err = io::Error::last_os_error();
-                    self.poisoned = Some(format!("fdatasync failed: {err}"));
-                    return Err(err);
-                }
+                let ret = unsafe { libc::fdatasync(self.file.as_raw_fd()) };
+                blocking(&mut self.poisoned, "fdatasync", ret as isize)?;
             }
         }
         hops::io_stamp(IoHop::SyncDone);
@@ -799,21 +795,20 @@ impl UringFile {
                 offset,
             )
         };
-        match usize::try_from(written) {
-            Ok(written) => Ok(written),
-            Err(_) => {
-                let err = io::Error::last_os_error();
-                self.poisoned = Some(format!("write failed: {err}"));
-                Err(err)
-            }
-        }
+        blocking(&mut self.poisoned, "write", written)
+    }
+
+    /// Whether the tail is a small commit's: at most a quarter of the tail buffer. Small
+    /// commits are the ones preallocation and the `inline` mode are for.
+    fn small_tail(&self) -> bool {
+        self.tail_used <= self.tail_capacity / 4
     }
 
     /// How this sync's tail write and `fdatasync` are submitted: blocking calls on this thread
     /// for a small commit in the `inline` mode (module docs, "Write modes"), io_uring
     /// otherwise.
     fn submit_for_sync(&self) -> Submit {
-        if self.write_mode == WriteMode::Inline && self.tail_used <= self.tail_capacity / 4 {
+        if self.write_mode == WriteMode::Inline && self.small_tail() {
             Submit::Blocking
         } else {
             Submit::Uring
@@ -828,6 +823,17 @@ impl UringFile {
 enum Submit {
     Uring,
     Blocking,
+}
+
+/// The result of one blocking system call that changes the file (`ret`, its return value:
+/// -1 and `errno` on failure). As with [`guarded`], a failure poisons the file for good; a
+/// blocking call cannot be abandoned mid-flight, so there is no in-flight poison.
+fn blocking(poisoned: &mut Option<String>, op: &'static str, ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| {
+        let err = io::Error::last_os_error();
+        *poisoned = Some(format!("{op} failed: {err}"));
+        err
+    })
 }
 
 /// Runs one disk operation that changes the file. The file counts as poisoned while it is in
