@@ -7,10 +7,13 @@
 # REDIS=0 skips them). Nothing here is needed by `make test`.
 #
 # For each round (ROUNDS, default 2) and each wal.rs variant (VARIANTS, default "uring
-# uring-dsync uring-dsync-spin portable"; also "uring-inline", "uring-noprealloc" and "portable-noprealloc",
-# with `storage.preallocate = false`), a fresh `walrs serve` (plaintext on loopback,
-# durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
-# `walrs bench --addr` through:
+# uring-dsync uring-dsync-spin portable"; also "uring-inline", and "uring-noprealloc" and
+# "portable-noprealloc" with `storage.preallocate = false`), a fresh `walrs serve` (plaintext
+# on loopback, durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
+# `walrs bench --addr` through the workloads below. The variant "rpc-drop" starts no server
+# but the raw-RPC baseline's service as its own process (`walrs bench --serve-rpc-baseline`:
+# it acks every append at once and stores nothing), pinned like a server: the ceiling of the
+# gRPC layer on this machine, measured the way the servers are.
 #   W2      1 producer, 1 partition, 1 x 1 KiB record per append, depth 1 (closed loop);
 #   W2half  the same producer, open loop at half of this round's W2 rate (--rate, latency
 #           from the intended send time: coordinated omission corrected), up to 16 appends
@@ -74,12 +77,23 @@ variant_storage() {
     uring-noprealloc) printf 'engine = "uring"\nuring_write = "fdatasync"\npreallocate = false\n' ;;
     portable) printf 'engine = "portable"\n' ;;
     portable-noprealloc) printf 'engine = "portable"\npreallocate = false\n' ;;
+    rpc-drop) ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
 
 start_walrs() {
   local variant=$1 round=$2 data="$RUN/data-$1-$2"
+  variant_storage "$variant" > /dev/null
+  if [ "$variant" = rpc-drop ]; then
+    # No server: the raw-RPC baseline's service (acks every append at once, stores
+    # nothing) as its own process, pinned like a server: the gRPC layer's ceiling.
+    taskset -c "$SERVER_CPUS" "$BIN" bench --serve-rpc-baseline "127.0.0.1:$PORT" \
+      > "$RUN/$variant-$round.log" 2>&1 &
+    SERVER=$!
+    wait_for "$RUN/$variant-$round.log" "raw-RPC baseline listening"
+    return
+  fi
   rm -rf "$data"
   cat > "$RUN/$variant.toml" <<EOF
 listen = "127.0.0.1:$PORT"

@@ -551,6 +551,10 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 async fn bench(options: &walrs::bench::BenchOptions) -> anyhow::Result<()> {
+    if let Some(addr) = options.serve_rpc_baseline {
+        walrs::bench::serve_rpc_baseline(addr, walrs::server::shutdown_signal()).await?;
+        return Ok(());
+    }
     let outcome = walrs::bench::run(options).await?;
     outcome.report.write_table(&mut std::io::stdout().lock())?;
     if let Some(hops) = &outcome.hops {

@@ -226,9 +226,30 @@ pub fn disk_odirect(
     )))
 }
 
-/// A `walrs.v1.Log` that acknowledges every append without storing it and refuses the
-/// rest: the gRPC + TLS layer with nothing behind it.
-pub struct DropLog;
+/// A `walrs.v1.Log` that acknowledges every append without storing it: the gRPC + TLS
+/// layer with nothing behind it. It also answers CreateTopic and DescribeTopic (every
+/// partition empty), so that `walrs bench --addr` can drive it as its own process; it
+/// refuses the rest.
+#[derive(Default)]
+pub struct DropLog {
+    /// Topics created, by name, with their partition counts: the only state it keeps.
+    topics: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+/// Topics a [`DropLog`] remembers; CreateTopic beyond it is refused.
+const DROP_LOG_TOPICS_MAX: usize = 1024;
+/// Partitions of a [`DropLog`] topic created with `partitions = 0` (the server default's
+/// stand-in) and the most one may ask for.
+const DROP_LOG_DEFAULT_PARTITIONS: u32 = 4;
+const DROP_LOG_PARTITIONS_MAX: u32 = 4096;
+
+impl DropLog {
+    fn topics(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
+        self.topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -286,9 +307,31 @@ impl Log for DropLog {
 
     async fn create_topic(
         &self,
-        _: Request<CreateTopicRequest>,
+        request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
-        Err(dropped("CreateTopic"))
+        let CreateTopicRequest {
+            name, partitions, ..
+        } = request.into_inner();
+        let partitions = match partitions {
+            0 => DROP_LOG_DEFAULT_PARTITIONS,
+            n if n > DROP_LOG_PARTITIONS_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "the raw-RPC baseline takes at most {DROP_LOG_PARTITIONS_MAX} partitions"
+                )));
+            }
+            n => n,
+        };
+        let mut topics = self.topics();
+        if topics.contains_key(&name) {
+            return Err(Status::already_exists(format!("topic {name} exists")));
+        }
+        if topics.len() >= DROP_LOG_TOPICS_MAX {
+            return Err(Status::resource_exhausted(format!(
+                "the raw-RPC baseline keeps at most {DROP_LOG_TOPICS_MAX} topics"
+            )));
+        }
+        topics.insert(name.clone(), partitions);
+        Ok(Response::new(CreateTopicResponse { name, partitions }))
     }
 
     async fn delete_topic(
@@ -307,9 +350,20 @@ impl Log for DropLog {
 
     async fn describe_topic(
         &self,
-        _: Request<DescribeTopicRequest>,
+        request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
-        Err(dropped("DescribeTopic"))
+        let name = request.into_inner().name;
+        let Some(&partitions) = self.topics().get(&name) else {
+            return Err(Status::not_found(format!("topic {name} does not exist")));
+        };
+        // Nothing is stored: every partition is empty.
+        let partitions = (0..partitions)
+            .map(|id| crate::proto::v1::PartitionInfo {
+                id,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(DescribeTopicResponse { name, partitions }))
     }
 
     async fn describe_cluster(
@@ -340,9 +394,13 @@ pub struct DropServer {
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
-/// Serves [`DropLog`] on 127.0.0.1:0, with `tls` as the real server would.
-pub async fn serve_drop_log(tls: Option<&crate::config::TlsConfig>) -> Result<DropServer, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+/// Serves [`DropLog`] on `bind` (port 0: one the OS picks), with `tls` as the real server
+/// would.
+pub async fn serve_drop_log(
+    bind: std::net::SocketAddr,
+    tls: Option<&crate::config::TlsConfig>,
+) -> Result<DropServer, Error> {
+    let listener = TcpListener::bind(bind)
         .await
         .map_err(io_error("binding the raw-RPC baseline"))?;
     let addr = listener
@@ -352,7 +410,7 @@ pub async fn serve_drop_log(tls: Option<&crate::config::TlsConfig>) -> Result<Dr
         Some(tls) => Some(crate::server::tls::server_config(tls).map_err(Error::Tls)?),
         None => None,
     };
-    let service = LogServer::new(DropLog)
+    let service = LogServer::new(DropLog::default())
         .max_decoding_message_size(crate::client::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::client::MESSAGE_BYTES_MAX);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -404,5 +462,40 @@ mod tests {
             ),
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_drop_log_remembers_its_topics_and_nothing_else() {
+        let log = DropLog::default();
+        let create = |name: &str, partitions| {
+            Request::new(CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                replication_factor: 0,
+            })
+        };
+        let created = log.create_topic(create("t", 3)).await.unwrap().into_inner();
+        assert_eq!(created.partitions, 3);
+        let again = log.create_topic(create("t", 3)).await.unwrap_err();
+        assert_eq!(again.code(), tonic::Code::AlreadyExists);
+        let too_many = log
+            .create_topic(create("u", DROP_LOG_PARTITIONS_MAX + 1))
+            .await;
+        assert_eq!(too_many.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let described = log
+            .describe_topic(Request::new(DescribeTopicRequest { name: "t".into() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<u32> = described.partitions.iter().map(|p| p.id).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        assert!(described.partitions.iter().all(|p| p.end_offset == 0));
+        let missing = log
+            .describe_topic(Request::new(DescribeTopicRequest { name: "v".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        let read = log.read(Request::new(ReadRequest::default())).await;
+        assert_eq!(read.unwrap_err().code(), tonic::Code::Unimplemented);
     }
 }

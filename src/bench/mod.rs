@@ -34,7 +34,7 @@ pub use baseline::Baseline;
 pub use latency::Percentiles;
 pub use options::{BenchOptions, DurabilityArg, EngineArg};
 pub use report::Report;
-pub use run::{Outcome, run};
+pub use run::{Outcome, run, serve_rpc_baseline};
 
 /// Why a bench run failed.
 #[derive(Debug, Error)]

@@ -203,6 +203,14 @@ pub struct BenchOptions {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Generate no load: serve the raw-RPC baseline's service (it acknowledges every
+    /// append at once and stores nothing) on this address, plaintext, until Ctrl-C or
+    /// SIGTERM. Run it as its own process (pinned with `taskset` like a server) and drive
+    /// it with `walrs bench --addr ... --no-tls --baseline 0`: the ceiling of the gRPC
+    /// layer on this machine, measured like a real server (benches/commit-latency.sh,
+    /// variant `rpc-drop`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub serve_rpc_baseline: Option<std::net::SocketAddr>,
 }
 
 impl Default for BenchOptions {

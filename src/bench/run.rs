@@ -35,6 +35,9 @@ use super::target::{self, Target};
 const CATCH_UP: Duration = Duration::from_secs(60);
 /// Warm-up of the raw-RPC baseline.
 const RPC_WARMUP: Duration = Duration::from_millis(300);
+/// Where the in-run raw-RPC baseline listens: loopback, a port the OS picks.
+const LOOPBACK_ANY_PORT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// A finished run: the report and the histograms behind it (for `--hgrm` and `--svg`).
 pub struct Outcome {
@@ -60,6 +63,19 @@ struct Measured {
 enum Span {
     Seconds(Duration),
     Records(u64),
+}
+
+/// `walrs bench --serve-rpc-baseline ADDR`: the raw-RPC baseline's service as its own
+/// process, plaintext, until `stop` resolves.
+pub async fn serve_rpc_baseline(
+    addr: std::net::SocketAddr,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let server = baseline::serve_drop_log(addr, None).await?;
+    tracing::info!(addr = %server.addr, "raw-RPC baseline serving (acks every append, stores nothing)");
+    println!("raw-RPC baseline listening on {}", server.addr);
+    stop.await;
+    Ok(())
 }
 
 /// Runs the bench that `options` describe.
@@ -536,7 +552,7 @@ async fn baselines(
         Some(target::certs_dir(run_dir)?)
     };
     let server_tls = certs.as_deref().map(target::server_tls);
-    let drop_server = baseline::serve_drop_log(server_tls.as_ref()).await?;
+    let drop_server = baseline::serve_drop_log(LOOPBACK_ANY_PORT, server_tls.as_ref()).await?;
     let rpc_target = Target {
         addr: drop_server.addr.to_string(),
         tls: certs.map(|dir| crate::client::ClientTls::from_dir(dir, crate::certs::ROOT_CLIENT)),
