@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
 use tonic::{Code, Request, Status, Streaming};
 
 use super::acl::{Action, Principal};
+use super::calls::Answers;
 use super::errors::{Error, Result};
 use super::service::Inner;
 use super::validate;
@@ -224,7 +224,9 @@ impl Inner {
     /// Runs an AppendStream: reads requests while fewer than the in-flight limit wait for
     /// their acknowledgements, and answers in request order. The first failure is sent,
     /// after the answers of the requests before it, as the stream's last item. Returns the
-    /// stream's final status code.
+    /// stream's final status code. It runs inside the response stream
+    /// ([`calls::DrivenStream`](super::calls::DrivenStream)), which drops it when the client
+    /// goes away.
     ///
     /// Each request is put in its shard's queue before the next one is read, so the
     /// requests of one stream to one partition get offsets in request order by
@@ -233,7 +235,7 @@ impl Inner {
         self: Arc<Self>,
         request: Request<()>,
         mut input: Streaming<AppendRequest>,
-        tx: mpsc::Sender<Result<AppendResponse, Status>>,
+        answers: Answers<AppendResponse>,
     ) -> Code {
         let inflight_max = self.config.server.append_stream_inflight_max as usize;
         let mut inflight = FuturesOrdered::new();
@@ -244,8 +246,6 @@ impl Inner {
         let mut draining = self.draining.clone();
         let drain = async move { draining.wait_for(|d| *d).await.map(|_| ()) };
         tokio::pin!(drain);
-        let closed = tx.closed();
-        tokio::pin!(closed);
         loop {
             tokio::select! {
                 next = input.next(), if reading && inflight.len() < inflight_max => {
@@ -291,10 +291,7 @@ impl Inner {
                 done = inflight.next(), if !inflight.is_empty() => {
                     let Some((result, trace)) = done else { continue };
                     let failed = result.as_ref().err().map(Status::code);
-                    if tx.send(result).await.is_err() {
-                        // Client gone. Appends already queued still complete in the shards.
-                        return Code::Cancelled;
-                    }
+                    answers.send(result).await;
                     trace.finish();
                     if let Some(code) = failed {
                         // The stream ends at its first failure.
@@ -306,7 +303,6 @@ impl Inner {
                     // Finish what is in flight, accept nothing new.
                     reading = false;
                 }
-                _ = &mut closed => return Code::Cancelled,
             }
             if !reading && inflight.is_empty() {
                 return final_code;

@@ -300,18 +300,20 @@ impl Log for LogService {
         if let Err(e) = opened {
             return Err(calls::refused(call, self.identity(&request), e));
         }
+        // Answers waiting to be written: as many as requests may be in flight. Beyond that
+        // the work waits (and reads no more requests) until the client takes them.
         let capacity = self.inner.config.server.append_stream_inflight_max.max(1) as usize;
-        let (tx, rx) = mpsc::channel(capacity);
         let identity = self.stream_identity(&call, &request);
-        let task = self.inner.clone().append_stream(request, input, tx);
-        calls::spawn_stream(
+        let inner = self.inner.clone();
+        let stream = calls::DrivenStream::start(
             &self.inner.in_flight,
             call,
             Rpc::AppendStream,
             identity,
-            task,
+            capacity,
+            |answers| inner.append_stream(request, input, answers),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
