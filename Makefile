@@ -106,9 +106,10 @@ bench-cluster:
 	bash benches/cluster-bench.sh
 
 ## Commit latency side by side (issue 14, BENCHMARKS.md): W2 (1 client), W2 at half load and
-## W3 (64 clients) against `walrs serve` on each engine and write mode, Redis Streams with
-## appendfsync always, and the raw write+fdatasync baseline; server and load generator on
-## separate cores (taskset). About 12 minutes; results in target/bench-latency/results.md.
+## W3 (64 clients) against `walrs serve` on each engine and write mode, the gRPC layer alone
+## (`walrs bench --serve-rpc-baseline`), Redis Streams with appendfsync always, and the raw
+## write+fdatasync baseline; server and load generator on separate cores (taskset). About
+## 14 minutes; results in target/bench-latency/results.md.
 ## Needs redis-server and redis-tools for the Redis rows (REDIS=0 skips them).
 bench-latency:
 	$(CARGO) build --release

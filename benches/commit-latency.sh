@@ -7,7 +7,7 @@
 # REDIS=0 skips them). Nothing here is needed by `make test`.
 #
 # For each round (ROUNDS, default 2) and each wal.rs variant (VARIANTS, default "uring
-# uring-dsync uring-dsync-spin portable"; also "uring-inline", and "uring-noprealloc" and
+# uring-dsync uring-dsync-spin portable rpc-drop"; also "uring-inline", and "uring-noprealloc" and
 # "portable-noprealloc" with `storage.preallocate = false`), a fresh `walrs serve` (plaintext
 # on loopback, durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
 # `walrs bench --addr` through the workloads below. The variant "rpc-drop" starts no server
@@ -46,7 +46,7 @@ CLIENT_CPUS=${CLIENT_CPUS:-0}
 PORT=${PORT:-7290}
 REDIS_PORT=${REDIS_PORT:-7291}
 REDIS=${REDIS:-1}
-VARIANTS=${VARIANTS:-uring uring-dsync uring-dsync-spin portable}
+VARIANTS=${VARIANTS:-uring uring-dsync uring-dsync-spin portable rpc-drop}
 WORKLOADS=${WORKLOADS:-W2 W2half W3}
 RUN=$OUT/run
 mkdir -p "$OUT" "$RUN"
