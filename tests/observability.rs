@@ -283,7 +283,95 @@ async fn a_scrape_counts_exactly_the_calls_made() {
     let (status, body) = http_get(metrics, "/health").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "SERVING\n"));
     assert_eq!(http_get(metrics, "/nope").await.unwrap().0, 404);
+    an_append_stream_is_counted_once_whether_it_ends_or_its_client_goes_away(&root, metrics).await;
     running.shutdown().await.unwrap();
+}
+
+/// An AppendStream runs inside its response stream: it is an active stream while open, and
+/// its call is counted exactly once whether the client ends it or goes away mid-stream.
+/// Part of [`a_scrape_counts_exactly_the_calls_made`]: two servers in one test process would
+/// share the per-shard series.
+async fn an_append_stream_is_counted_once_whether_it_ends_or_its_client_goes_away(
+    root: &Client,
+    metrics: SocketAddr,
+) {
+    use walrs::proto::v1::AppendRequest;
+    root.create_topic("obs-streams", 1).await.unwrap();
+    let active = format!("{}{{rpc=\"AppendStream\"}}", names::ACTIVE_STREAMS);
+    let ended = |code: &str| {
+        format!(
+            "{}{{rpc=\"AppendStream\",code=\"{code}\"}}",
+            names::REQUESTS_TOTAL
+        )
+    };
+    let request = |i: u64| AppendRequest {
+        topic: "obs-streams".into(),
+        partition: Some(0),
+        records: vec![record(format!("k{i}"), format!("v{i}"))],
+        correlation_id: i,
+        ..Default::default()
+    };
+    // Waits until no AppendStream is active, bounded.
+    let until_closed = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Scrape::take(metrics).await.get_or_zero(&active) != 0.0 {
+            assert!(Instant::now() < deadline, "{active} stayed above 0");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Scrape::take(metrics).await
+    };
+
+    // 1. The client sends three appends, reads their acks, then goes away mid-stream.
+    let before = Scrape::take(metrics).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut acks = root
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        tx.send(request(i)).await.unwrap();
+        let ack = acks.message().await.unwrap().expect("an ack per append");
+        assert_eq!(ack.correlation_id, i);
+    }
+    assert_eq!(Scrape::take(metrics).await.get(&active), 1.0);
+    drop(acks);
+    drop(tx);
+    let after = until_closed().await;
+    let counted = |scrape: &Scrape| {
+        scrape.get_or_zero(&ended("OK")) + scrape.get_or_zero(&ended("CANCELLED"))
+    };
+    assert_eq!(
+        counted(&after) - counted(&before),
+        1.0,
+        "the call is counted once, OK or CANCELLED"
+    );
+
+    // 2. The client ends its requests and reads every answer: the call ends OK.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut acks = root
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap();
+    for i in 3..6 {
+        tx.send(request(i)).await.unwrap();
+    }
+    drop(tx);
+    let mut ids = Vec::new();
+    while let Some(ack) = acks.message().await.unwrap() {
+        ids.push(ack.correlation_id);
+    }
+    assert_eq!(ids, [3, 4, 5]);
+    let ended_ok = until_closed().await;
+    assert_eq!(
+        ended_ok.get(&ended("OK")) - after.get_or_zero(&ended("OK")),
+        1.0
+    );
+    assert_eq!(
+        ended_ok.get_or_zero(&ended("CANCELLED")),
+        after.get_or_zero(&ended("CANCELLED"))
+    );
+    let end = root.describe_topic("obs-streams").await.unwrap().partitions[0].end_offset;
+    assert_eq!(end, 6, "every acknowledged append is in the log");
 }
 
 #[tokio::test]

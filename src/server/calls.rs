@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures::Stream;
 use tonic::{Code, Request, Response, Status};
@@ -97,35 +97,68 @@ pub(super) fn spawn_stream(
 }
 
 /// A stream's answers on their way from its work to the response stream: a FIFO bounded by
-/// `capacity`. Only a [`DrivenStream`] may poll the work that sends into it (see there).
+/// `capacity`, allocated as it fills (the response stream usually empties it at once).
 pub(super) struct Answers<T> {
-    queue: Arc<Mutex<VecDeque<Result<T, Status>>>>,
+    shared: Arc<Mutex<Queue<T>>>,
     capacity: usize,
 }
 
+struct Queue<T> {
+    answers: VecDeque<Result<T, Status>>,
+    /// The work's waker while it waits for room.
+    waiting: Option<Waker>,
+}
+
 impl<T> Answers<T> {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Result<T, Status>>> {
+    fn new(capacity: usize) -> Answers<T> {
+        Answers {
+            shared: Arc::new(Mutex::new(Queue {
+                answers: VecDeque::new(),
+                waiting: None,
+            })),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The other end of the same queue.
+    fn end(&self) -> Answers<T> {
+        Answers {
+            shared: self.shared.clone(),
+            capacity: self.capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
         // Both ends are polled by one task, one at a time: the lock is never contended, and
         // a panic while it is held leaves a queue that is still whole.
-        self.queue
+        self.shared
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues `answer`; while the queue is full, waits until the response stream takes one.
-    /// The wait registers no waker: the [`DrivenStream`] polls the work again each time it
-    /// is polled, and it is polled again after it hands out an answer.
     pub(super) async fn send(&self, answer: Result<T, Status>) {
         let mut answer = Some(answer);
-        std::future::poll_fn(|_cx| {
+        std::future::poll_fn(|cx| {
             let mut queue = self.lock();
-            if queue.len() >= self.capacity {
+            if queue.answers.len() >= self.capacity {
+                queue.waiting = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            queue.push_back(answer.take().expect("sent once"));
+            queue.answers.push_back(answer.take().expect("sent once"));
             Poll::Ready(())
         })
         .await
+    }
+
+    /// The oldest answer, waking the work if it waits for room.
+    fn take(&self) -> Option<Result<T, Status>> {
+        let mut queue = self.lock();
+        let answer = queue.answers.pop_front()?;
+        if let Some(waiting) = queue.waiting.take() {
+            waiting.wake();
+        }
+        Some(answer)
     }
 }
 
@@ -148,7 +181,7 @@ struct StreamCall {
 /// drops the work: what the work had already handed to the shards still completes there.
 ///
 /// Invariant: the work is polled only here, and every poll of the stream that finds no answer
-/// queued polls the work (which [`Answers::send`] relies on).
+/// queued polls the work.
 pub(super) struct DrivenStream<T> {
     work: Option<Pin<Box<dyn Future<Output = Code> + Send>>>,
     answers: Answers<T>,
@@ -169,18 +202,11 @@ impl<T> DrivenStream<T> {
     where
         W: Future<Output = Code> + Send + 'static,
     {
-        let queue = Arc::new(Mutex::new(VecDeque::with_capacity(capacity.max(1))));
-        let sender = Answers {
-            queue: queue.clone(),
-            capacity: capacity.max(1),
-        };
-        let work = start(sender).instrument(call.span());
+        let answers = Answers::new(capacity);
+        let work = start(answers.end()).instrument(call.span());
         DrivenStream {
             work: Some(Box::pin(work)),
-            answers: Answers {
-                queue,
-                capacity: capacity.max(1),
-            },
+            answers,
             call: Some(StreamCall {
                 call,
                 identity,
@@ -202,7 +228,7 @@ impl<T> Stream for DrivenStream<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(answer) = this.answers.lock().pop_front() {
+        if let Some(answer) = this.answers.take() {
             return Poll::Ready(Some(answer));
         }
         let Some(work) = this.work.as_mut() else {
@@ -213,7 +239,7 @@ impl<T> Stream for DrivenStream<T> {
             this.work = None;
             this.finish(code);
         }
-        match this.answers.lock().pop_front() {
+        match this.answers.take() {
             Some(answer) => Poll::Ready(Some(answer)),
             None if this.work.is_none() => Poll::Ready(None),
             None => Poll::Pending,
@@ -308,13 +334,97 @@ mod tests {
         use futures::StreamExt;
         let in_flight = Arc::new(InFlight::default());
         let sent = Arc::new(AtomicUsize::new(0));
-        let stream = counting_stream(&in_flight, 5, 2, sent.clone());
-        let answers: Vec<usize> = stream.map(|a| a.unwrap()).collect().await;
+        let mut stream = counting_stream(&in_flight, 5, 2, sent.clone());
+        let mut answers = Vec::new();
+        while let Some(answer) = stream.next().await {
+            answers.push(answer.unwrap());
+        }
         assert_eq!(answers, [0, 1, 2, 3, 4]);
         assert_eq!(sent.load(Ordering::SeqCst), 5);
+        // The stream still exists: its call ended with its work.
         tokio::time::timeout(Duration::from_secs(1), in_flight.wait_idle())
             .await
             .expect("the finished stream is no longer in flight");
+        drop(stream);
+    }
+
+    /// Runs `body` with a Prometheus recorder of its own and returns what it rendered.
+    fn rendered(body: impl FnOnce()) -> String {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, body);
+        handle.render()
+    }
+
+    /// The line of `text` for the AppendStream calls that ended with `code`.
+    fn calls_ended(text: &str, code: &str) -> Option<String> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("walrs_requests_total{")
+                    && l.contains("rpc=\"AppendStream\"")
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn a_driven_stream_dropped_early_is_a_cancelled_call() {
+        let in_flight = Arc::new(InFlight::default());
+        let text = rendered(|| {
+            let call = RpcCall::start(Rpc::AppendStream, "", None);
+            let mut stream: DrivenStream<()> = DrivenStream::start(
+                &in_flight,
+                call,
+                Rpc::AppendStream,
+                None,
+                4,
+                |_answers| async move {
+                    std::future::pending::<()>().await;
+                    Code::Ok
+                },
+            );
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(Pin::new(&mut stream).poll_next(&mut cx).is_pending());
+            drop(stream);
+        });
+        let cancelled = calls_ended(&text, "CANCELLED").unwrap_or_else(|| panic!("{text}"));
+        assert!(cancelled.ends_with(" 1"), "{cancelled}");
+        assert!(calls_ended(&text, "OK").is_none(), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("walrs_active_streams{") && l.ends_with(" 0")),
+            "the active-streams gauge is back to 0: {text}"
+        );
+    }
+
+    #[test]
+    fn a_driven_stream_keeps_its_works_code_when_dropped_with_answers_unread() {
+        let in_flight = Arc::new(InFlight::default());
+        let text = rendered(|| {
+            let call = RpcCall::start(Rpc::AppendStream, "", None);
+            let mut stream: DrivenStream<u32> = DrivenStream::start(
+                &in_flight,
+                call,
+                Rpc::AppendStream,
+                None,
+                4,
+                |answers| async move {
+                    answers.send(Ok(1)).await;
+                    answers.send(Err(Status::internal("disk"))).await;
+                    Code::Internal
+                },
+            );
+            let waker = futures::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            let first = Pin::new(&mut stream).poll_next(&mut cx);
+            assert!(matches!(first, Poll::Ready(Some(Ok(1)))), "{first:?}");
+            // The failure is still queued when the client goes away.
+            drop(stream);
+        });
+        let internal = calls_ended(&text, "INTERNAL").unwrap_or_else(|| panic!("{text}"));
+        assert!(internal.ends_with(" 1"), "{internal}");
+        assert!(calls_ended(&text, "CANCELLED").is_none(), "{text}");
     }
 
     #[test]
@@ -332,44 +442,6 @@ mod tests {
         let second = Pin::new(&mut stream).poll_next(&mut cx);
         assert!(matches!(second, Poll::Ready(Some(Ok(1)))), "{second:?}");
         assert_eq!(sent.load(Ordering::SeqCst), 2);
-    }
-
-    #[tokio::test]
-    async fn a_driven_stream_dropped_early_drops_its_work_and_its_call() {
-        let in_flight = Arc::new(InFlight::default());
-        let call = RpcCall::start(Rpc::AppendStream, "", None);
-        let work_dropped = Arc::new(AtomicUsize::new(0));
-        struct OnDrop(Arc<AtomicUsize>);
-        impl Drop for OnDrop {
-            fn drop(&mut self) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let guard = OnDrop(work_dropped.clone());
-        let mut stream: DrivenStream<()> = DrivenStream::start(
-            &in_flight,
-            call,
-            Rpc::AppendStream,
-            None,
-            4,
-            |_answers| async move {
-                let _guard = guard;
-                std::future::pending::<()>().await;
-                Code::Ok
-            },
-        );
-        let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut stream).poll_next(&mut cx).is_pending());
-        drop(stream);
-        assert_eq!(
-            work_dropped.load(Ordering::SeqCst),
-            1,
-            "the work is dropped"
-        );
-        tokio::time::timeout(Duration::from_secs(1), in_flight.wait_idle())
-            .await
-            .expect("a dropped stream is no longer in flight");
     }
 
     #[test]
