@@ -11,6 +11,7 @@
 #   uring-none                      the same with durability none (no fdatasync at all);
 #   rpc-drop                        no server, the raw-RPC baseline's drop service
 #                                   (`walrs bench --serve-rpc-baseline`): gRPC alone.
+# STORAGE_EXTRA adds TOML lines to the servers' [storage] table (e.g. 'flush_delay_us = 100').
 # The server runs under `taskset -c $SERVER_CPUS` (default 1) and `walrs bench --addr` under
 # `taskset -c $CLIENT_CPUS` (default 0): W3, 64 producers, 4 partitions, 1 x 1 KiB record per
 # append, depth 1, DURATION seconds (default 6). Over the middle 4 s the script reads, from
@@ -80,6 +81,7 @@ data_dir = "$dir/data"
 shards = 1
 durability = "$durability"
 $storage
+${STORAGE_EXTRA:-}
 [metrics]
 enabled = false
 EOF

@@ -145,3 +145,56 @@ async fn a_run_against_addr_writes_exactly_what_describe_topic_reports() {
     assert_eq!(written, report.consume.records_total);
     server.shutdown().await.unwrap();
 }
+
+/// `walrs bench --serve-rpc-baseline`: the drop service as a process of its own acks every
+/// append a run sends, stores none, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rpc_baseline_served_alone_acks_every_append_and_stores_none() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    /// Kills the server process if the test ends before it stops it.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _already_gone = self.0.kill();
+            let _reaped = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_walrs"))
+            .args(["bench", "--serve-rpc-baseline", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("raw-RPC baseline listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    let options = BenchOptions {
+        addr: Some(addr),
+        no_tls: true,
+        consumers: 0,
+        records: Some(200),
+        topic: "dropped".into(),
+        baseline_s: 0.0,
+        svg: None,
+        ..short_run(dir.path())
+    };
+    let outcome = bench::run(&options).await;
+    // SIGTERM: a clean stop, whatever the run did.
+    // SAFETY: kill(2) on the child's own pid.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
+    let report = outcome.unwrap().report;
+    assert_eq!(report.append.records, 200);
+    assert_eq!(report.server.topic_records_written, 0, "nothing is stored");
+    assert!(status.success(), "{status}");
+}
