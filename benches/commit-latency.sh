@@ -7,7 +7,8 @@
 # REDIS=0 skips them). Nothing here is needed by `make test`.
 #
 # For each round (ROUNDS, default 2) and each wal.rs variant (VARIANTS, default "uring
-# uring-dsync uring-dsync-spin portable rpc-drop"; also "uring-inline", and "uring-noprealloc" and
+# uring-dsync uring-dsync-spin portable rpc-drop"; also "uring-inline", "uring-batch" (uring
+# with every server thread SCHED_BATCH, `chrt --batch 0`), and "uring-noprealloc" and
 # "portable-noprealloc" with `storage.preallocate = false`), a fresh `walrs serve` (plaintext
 # on loopback, durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
 # `walrs bench --addr` through the workloads below. The variant "rpc-drop" starts no server
@@ -74,6 +75,7 @@ variant_storage() {
     uring-dsync) printf 'engine = "uring"\nuring_write = "dsync"\n' ;;
     uring-dsync-spin) printf 'engine = "uring"\nuring_write = "dsync"\nspin_before_park_us = 50\n' ;;
     uring-inline) printf 'engine = "uring"\nuring_write = "inline"\n' ;;
+    uring-batch) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
     uring-noprealloc) printf 'engine = "uring"\nuring_write = "fdatasync"\npreallocate = false\n' ;;
     portable) printf 'engine = "portable"\n' ;;
     portable-noprealloc) printf 'engine = "portable"\npreallocate = false\n' ;;
@@ -105,7 +107,11 @@ $(variant_storage "$variant")
 [metrics]
 enabled = false
 EOF
-  taskset -c "$SERVER_CPUS" "$BIN" serve --config "$RUN/$variant.toml" > "$RUN/$variant-$round.log" 2>&1 &
+  local policy=()
+  # uring-batch: every thread of the server SCHED_BATCH (chrt --batch 0), so that a thread
+  # woken by another does not preempt it on the shared core (BENCHMARKS.md, session 29).
+  if [ "$variant" = uring-batch ]; then policy=(chrt --batch 0); fi
+  "${policy[@]}" taskset -c "$SERVER_CPUS" "$BIN" serve --config "$RUN/$variant.toml" > "$RUN/$variant-$round.log" 2>&1 &
   SERVER=$!
   wait_for "$RUN/$variant-$round.log" "serving"
 }
