@@ -31,22 +31,8 @@ PORT=${PORT:-7391}
 OUT=$(realpath -m "${OUT:-target/bench-w3-cpu}")
 mkdir -p "$OUT"
 : > "$OUT/results.txt"
-SERVER=
-
-cleanup() {
-  if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
-
-# Waits until `$1` (a log file) has a line matching `$2`, at most 60 s.
-wait_for() {
-  for _ in $(seq 1 300); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  echo "timed out waiting for '$2' in $1" >&2
-  return 1
-}
+# SERVER, its cleanup on exit, wait_for.
+source benches/server-lib.sh
 
 # "voluntary involuntary cpu_seconds" of the server, all its threads.
 snapshot() {

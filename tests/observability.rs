@@ -321,13 +321,19 @@ async fn an_append_stream_is_counted_once_whether_it_ends_or_its_client_goes_awa
         Scrape::take(metrics).await
     };
 
+    // A new AppendStream: the sender of its requests and the stream of its acks.
+    let open = || async {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let acks = root
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        (tx, acks)
+    };
+
     // 1. The client sends three appends, reads their acks, then goes away mid-stream.
     let before = Scrape::take(metrics).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut acks = root
-        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap();
+    let (tx, mut acks) = open().await;
     for i in 0..3 {
         tx.send(request(i)).await.unwrap();
         let ack = acks.message().await.unwrap().expect("an ack per append");
@@ -347,11 +353,7 @@ async fn an_append_stream_is_counted_once_whether_it_ends_or_its_client_goes_awa
     );
 
     // 2. The client ends its requests and reads every answer: the call ends OK.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut acks = root
-        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap();
+    let (tx, mut acks) = open().await;
     for i in 3..6 {
         tx.send(request(i)).await.unwrap();
     }
