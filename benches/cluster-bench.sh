@@ -27,6 +27,7 @@
 #              MOVE_DURATION (60) s with W1/MOVE_PARTITION (0) moved onto node 4 MOVE_AT (20) s
 #              in, W1's throughput per second from its progress line (benches/bench_timeline.py).
 #
+# SERVER_PREFIX, when set, is a command every server runs under (e.g. "chrt --batch 0").
 # Every server listens on 127.0.0.1 only: the single node on PORT_BASE, nodes 1-3 on
 # PORT_BASE+1..+3; metrics are off. Mutual TLS everywhere (certificates under OUT/certs, node
 # certificates from `walrs certs --node N`), durability fsync, engine auto, default shards.
@@ -160,7 +161,10 @@ start() {
     rm -rf "$OUT/data/$name"
     echo "=== start $(date -u +%T)" >>"$RUN/$name.log"
     # In a subshell, so that this shell does not report the job when a node is killed.
-    (setsid "$BIN" serve --config "$RUN/$name.toml" >>"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
+    # SERVER_PREFIX (unquoted on purpose: a command and its words) runs before each server,
+    # e.g. SERVER_PREFIX="chrt --batch 0" (BENCHMARKS.md, session 29).
+    # shellcheck disable=SC2086
+    (setsid ${SERVER_PREFIX:-} "$BIN" serve --config "$RUN/$name.toml" >>"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
   done
   for name in "$@"; do
     local addr tries=0
