@@ -72,7 +72,6 @@ pub async fn serve_rpc_baseline(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     let server = baseline::serve_drop_log(addr, None).await?;
-    tracing::info!(addr = %server.addr, "raw-RPC baseline serving (acks every append, stores nothing)");
     println!("raw-RPC baseline listening on {}", server.addr);
     stop.await;
     Ok(())

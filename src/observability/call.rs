@@ -98,6 +98,11 @@ impl RpcCall {
         }
     }
 
+    /// Which RPC this call is.
+    pub fn rpc(&self) -> Rpc {
+        self.rpc
+    }
+
     /// The span to run the call's work in.
     pub fn span(&self) -> Span {
         self.span.clone()

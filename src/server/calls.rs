@@ -189,12 +189,11 @@ pub(super) struct DrivenStream<T> {
 }
 
 impl<T> DrivenStream<T> {
-    /// The stream of `rpc`'s call: `work` runs in `call`'s span with a queue of `capacity`
-    /// answers (at least 1), made by `start`.
+    /// The stream of `call`: `work` runs in its span with a queue of `capacity` answers (at
+    /// least 1), made by `start`.
     pub(super) fn start<W>(
         in_flight: &Arc<InFlight>,
         call: RpcCall,
-        rpc: Rpc,
         identity: Option<String>,
         capacity: usize,
         start: impl FnOnce(Answers<T>) -> W,
@@ -208,9 +207,9 @@ impl<T> DrivenStream<T> {
             work: Some(Box::pin(work)),
             answers,
             call: Some(StreamCall {
+                _active: ActiveStream::open(call.rpc()),
                 call,
                 identity,
-                _active: ActiveStream::open(rpc),
                 _guard: in_flight.enter(),
             }),
         }
@@ -313,20 +312,13 @@ mod tests {
         sent: Arc<AtomicUsize>,
     ) -> DrivenStream<usize> {
         let call = RpcCall::start(Rpc::AppendStream, "", None);
-        DrivenStream::start(
-            in_flight,
-            call,
-            Rpc::AppendStream,
-            None,
-            capacity,
-            |answers| async move {
-                for i in 0..n {
-                    answers.send(Ok(i)).await;
-                    sent.fetch_add(1, Ordering::SeqCst);
-                }
-                Code::Ok
-            },
-        )
+        DrivenStream::start(in_flight, call, None, capacity, |answers| async move {
+            for i in 0..n {
+                answers.send(Ok(i)).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            Code::Ok
+        })
     }
 
     #[tokio::test]
@@ -372,17 +364,11 @@ mod tests {
         let in_flight = Arc::new(InFlight::default());
         let text = rendered(|| {
             let call = RpcCall::start(Rpc::AppendStream, "", None);
-            let mut stream: DrivenStream<()> = DrivenStream::start(
-                &in_flight,
-                call,
-                Rpc::AppendStream,
-                None,
-                4,
-                |_answers| async move {
+            let mut stream: DrivenStream<()> =
+                DrivenStream::start(&in_flight, call, None, 4, |_answers| async move {
                     std::future::pending::<()>().await;
                     Code::Ok
-                },
-            );
+                });
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             assert!(Pin::new(&mut stream).poll_next(&mut cx).is_pending());
@@ -403,18 +389,12 @@ mod tests {
         let in_flight = Arc::new(InFlight::default());
         let text = rendered(|| {
             let call = RpcCall::start(Rpc::AppendStream, "", None);
-            let mut stream: DrivenStream<u32> = DrivenStream::start(
-                &in_flight,
-                call,
-                Rpc::AppendStream,
-                None,
-                4,
-                |answers| async move {
+            let mut stream: DrivenStream<u32> =
+                DrivenStream::start(&in_flight, call, None, 4, |answers| async move {
                     answers.send(Ok(1)).await;
                     answers.send(Err(Status::internal("disk"))).await;
                     Code::Internal
-                },
-            );
+                });
             let waker = futures::task::noop_waker();
             let mut cx = Context::from_waker(&waker);
             let first = Pin::new(&mut stream).poll_next(&mut cx);

@@ -302,13 +302,12 @@ impl Log for LogService {
         }
         // Answers waiting to be written: as many as requests may be in flight. Beyond that
         // the work waits (and reads no more requests) until the client takes them.
-        let capacity = self.inner.config.server.append_stream_inflight_max.max(1) as usize;
+        let capacity = self.inner.config.server.append_stream_inflight_max as usize;
         let identity = self.stream_identity(&call, &request);
         let inner = self.inner.clone();
         let stream = calls::DrivenStream::start(
             &self.inner.in_flight,
             call,
-            Rpc::AppendStream,
             identity,
             capacity,
             |answers| inner.append_stream(request, input, answers),
