@@ -27,6 +27,11 @@
 #              MOVE_DURATION (60) s with W1/MOVE_PARTITION (0) moved onto node 4 MOVE_AT (20) s
 #              in, W1's throughput per second from its progress line (benches/bench_timeline.py).
 #
+# PERF=1 records a system-wide `perf record -a --call-graph dwarf` over each workload run (warm-up included)
+# into OUT/W-MODE-ROUND.perf.data.
+# DURABILITY (fsync) is every server's `storage.durability`.
+# CLUSTER_STORAGE is more `[storage]` lines for the three cluster nodes only (e.g. "shards = 1").
+# CLUSTER_EXTRA is more `[cluster]` lines for them (e.g. "replication_inflight_max = 1").
 # SERVER_PREFIX, when set, is a command every server runs under (e.g. "chrt --batch 0").
 # Every server listens on 127.0.0.1 only: the single node on PORT_BASE, nodes 1-3 on
 # PORT_BASE+1..+3; metrics are off. Mutual TLS everywhere (certificates under OUT/certs, node
@@ -115,7 +120,8 @@ write_config() {
     echo
     echo "[storage]"
     echo "engine = \"auto\""
-    echo "durability = \"fsync\""
+    echo "durability = \"${DURABILITY:-fsync}\""
+    if [ "$id" != 0 ] && [ -n "${CLUSTER_STORAGE:-}" ]; then echo "$CLUSTER_STORAGE"; fi
     echo
     echo "[tls]"
     echo "cert = \"$CERTS/$cert.pem\""
@@ -141,6 +147,7 @@ write_config() {
     echo "node_id = $id"
     if [ "$id" != 0 ]; then
       echo "replication_factor = 3"
+      if [ -n "${CLUSTER_EXTRA:-}" ]; then echo "$CLUSTER_EXTRA"; fi
       for n in $nodes; do
         [ "$n" = "$id" ] && continue
         echo
@@ -226,9 +233,18 @@ bench_once() {
   wait_quiet
   load0=$(load)
   # The servers' CPU time (utime + stime, clock ticks) over the whole run, warm-up included.
-  local name cpu0=0 cpu1=0
-  for name in $servers; do cpu0=$((cpu0 + $(ticks "$(cat "$RUN/$name.pid")"))); done
+  local name cpu0=0 cpu1=0 perf_pid=
+  declare -A node0
+  for name in $servers; do
+    node0[$name]=$(ticks "$(cat "$RUN/$name.pid")")
+    cpu0=$((cpu0 + node0[$name]))
+  done
   watch_start
+  if [ -n "${PERF:-}" ]; then
+    perf record -a --call-graph dwarf,16384 -F 199 -o "$OUT/$w-$mode-$round.perf.data" -- sleep $((WARMUP + DURATION)) \
+      >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   # shellcheck disable=SC2086
   /usr/bin/time -f "%U %S" -o "$json.client-cpu" \
     "$BIN" bench --ca "$CERTS/ca.pem" --cert "$CERTS/root.pem" --tls-key "$CERTS/root-key.pem" \
@@ -238,7 +254,15 @@ bench_once() {
   local clean=0
   rm -f "$json.compiled"
   watch_stop || { clean=1; touch "$json.compiled"; }
-  for name in $servers; do cpu1=$((cpu1 + $(ticks "$(cat "$RUN/$name.pid")"))); done
+  [ -z "$perf_pid" ] || wait "$perf_pid" || true
+  local per_node=
+  for name in $servers; do
+    local t
+    t=$(ticks "$(cat "$RUN/$name.pid")")
+    cpu1=$((cpu1 + t))
+    per_node="$per_node $name=$(((t - node0[$name]) * 100 / $(getconf CLK_TCK)))cs"
+  done
+  [ "$mode" = single ] || say "  $w $mode round $round, CPU per server (centiseconds):$per_node"
   # shellcheck disable=SC2086
   stop $servers
   python3 - "$json" "$w" "$mode" "$round" "$load0" "$(load)" "$clean" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$(tail -n1 "$json.client-cpu" 2>/dev/null)" <<'PY' | tee -a "$RESULTS"

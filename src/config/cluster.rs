@@ -69,6 +69,9 @@ pub struct ClusterConfig {
     /// message is refused at once, as if the node were unreachable, and Raft retries it. Also
     /// the messages one incoming stream serves at once.
     pub replication_queue_depth_max: u32,
+    /// AppendEntries a partition's leader has sent to one follower and awaits answers to;
+    /// 1 = one at a time (each waits for the follower's sync of the one before).
+    pub replication_inflight_max: u32,
     /// Bytes of each replicated partition's newest batches kept in memory, so that the leader
     /// ships them and every replica applies them without reading them back from disk;
     /// 0 = off. A bound per partition: the worst case is this times the partitions a node
@@ -115,6 +118,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: timings.heartbeat_interval_ms,
             replication_batch_bytes_max: 4 * MIB,
             replication_queue_depth_max: 4096,
+            replication_inflight_max: 8,
             replication_cache_bytes_max: 4 * MIB,
             raft_payload_entries_max: timings.raft_payload_entries_max,
             quiesce_after_ms: timings.quiesce_after_ms,
@@ -252,6 +256,13 @@ impl ClusterConfig {
             1,
             1 << 20,
             " messages",
+        )?;
+        check_range(
+            key("replication_inflight_max"),
+            self.replication_inflight_max,
+            1,
+            1024,
+            " AppendEntries",
         )?;
         check_range(
             key("replication_cache_bytes_max"),
@@ -749,6 +760,8 @@ mod tests {
     fn replication_limits_are_bounded() {
         check("replication_batch_bytes_max = 1073741824").unwrap();
         check("replication_queue_depth_max = 1\nraft_payload_entries_max = 1").unwrap();
+        check("replication_inflight_max = 1").unwrap();
+        check("replication_inflight_max = 1024").unwrap();
         check("quiesce_after_ms = 0").unwrap();
         check("quiesce_after_ms = 100").unwrap();
         let cases = [
@@ -767,6 +780,14 @@ mod tests {
             (
                 "replication_queue_depth_max = 1048577",
                 "cluster.replication_queue_depth_max",
+            ),
+            (
+                "replication_inflight_max = 0",
+                "cluster.replication_inflight_max",
+            ),
+            (
+                "replication_inflight_max = 1025",
+                "cluster.replication_inflight_max",
             ),
             (
                 "replication_cache_bytes_max = 1073741825",

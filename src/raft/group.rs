@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 
 use super::network::{GroupNetwork, RaftTransport};
 use super::quiet::{Quiescence, QuietSettings, Screen, Sender};
+use super::recent::Recent;
 use super::state_machine::PartitionStateMachine;
 use super::store::{self, Key, LogOp, OpSender, PartitionLog};
 use super::types::{Applied, CallbackResponder, NodeId, PartitionTypes, Proposal, Vote};
@@ -206,6 +207,9 @@ pub(crate) struct RaftContext {
     /// Bytes of entries one AppendEntries carries at most (`cluster.replication_batch_bytes_max`;
     /// one larger entry goes alone).
     pub append_bytes_max: usize,
+    /// AppendEntries a leader has awaiting answers from one follower at once
+    /// (`cluster.replication_inflight_max`).
+    pub append_inflight_max: usize,
     /// The links to the other nodes; also where each serves gRPC, for the leader hints
     /// refusals carry.
     pub transport: Arc<dyn RaftTransport>,
@@ -309,9 +313,16 @@ impl<RT: AsyncRuntime> Group<RT> {
             incarnation,
             context.node_id,
             context.transport.clone(),
+            context.append_inflight_max,
         );
         let snapshot_target = Rc::new(Cell::new(None));
-        let mut log = PartitionLog::new(key.clone(), ops.clone(), context.append_bytes_max);
+        let recent = Recent::shared(context.tail_cache_bytes_max);
+        let mut log = PartitionLog::new(
+            key.clone(),
+            ops.clone(),
+            context.append_bytes_max,
+            recent.clone(),
+        );
         let catches_up = matches!(start, GroupStart::Rejoin | GroupStart::Join);
         if start == GroupStart::Rejoin {
             recover_vote::<RT>(&key, replicas, context, &network, &mut log, wanted).await?;
@@ -326,6 +337,7 @@ impl<RT: AsyncRuntime> Group<RT> {
                 ops.clone(),
                 applied.and_then(store::resume_from),
                 snapshot_target.clone(),
+                recent,
             ),
         )
         .await

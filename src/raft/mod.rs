@@ -2,7 +2,7 @@
 //!
 //! Owns: the runtimes openraft runs on (`runtime`: glommio on the uring shards; the portable
 //! shards use tokio's local set), the type configuration (`types`), the log storage over the
-//! shard-owned `Log` (`store`), the state machine that turns commits into readable offsets
+//! shard-owned `Log` (`store`) with its newest entries in memory (`recent`), the state machine that turns commits into readable offsets
 //! and answers appends (`state_machine`), the wire form of Raft messages (`wire`), and the
 //! network that carries them to other nodes through the shard's transport (`network`).
 //! Must never: move a group's state off its shard thread, or take a lock around it. openraft
@@ -11,6 +11,7 @@
 pub(crate) mod group;
 pub(crate) mod network;
 pub(crate) mod quiet;
+pub(crate) mod recent;
 #[cfg(target_os = "linux")]
 #[allow(dead_code)] // `with_io_memory` and `abort` serve the runtime's own tests and tools.
 pub(crate) mod runtime;

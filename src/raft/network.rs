@@ -7,21 +7,34 @@
 //! Must never: block the shard. A send is queued on the transport at once (a full queue is an
 //! unreachable peer, which openraft backs off from), and the answer is awaited on a oneshot
 //! with the RPC's deadline.
+//!
+//! Replication is pipelined: a leader's stream of AppendEntries to one follower keeps up to
+//! `cluster.replication_inflight_max` of them awaiting answers ([`Pipeline`]), so an entry goes
+//! out as soon as the leader has it, not after the follower has answered (and synced) the one
+//! before. Answers are handed to openraft in the order the requests were sent, and the stream
+//! ends at the first that is not a full success, as openraft's one-at-a-time stream does.
 
+use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures::Stream;
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::entry::RaftEntry;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::rt::AsyncRuntime;
 use openraft::{EmptyNode, OptionalSend};
 use tokio::sync::oneshot;
 
 use super::store::Key;
-use super::types::{NodeId, PartitionTypes, Vote};
+use super::types::{LogId, NodeId, PartitionTypes, Vote};
 use super::wire;
 use crate::proto::v1 as pb;
 use pb::raft_envelope::Body;
@@ -79,6 +92,8 @@ pub(crate) struct GroupNetwork {
     incarnation: u64,
     node_id: NodeId,
     transport: Arc<dyn RaftTransport>,
+    /// AppendEntries awaiting answers from one follower at once (at least 1).
+    inflight_max: usize,
 }
 
 impl GroupNetwork {
@@ -87,12 +102,18 @@ impl GroupNetwork {
         incarnation: u64,
         node_id: NodeId,
         transport: Arc<dyn RaftTransport>,
+        inflight_max: usize,
     ) -> Self {
+        assert!(
+            inflight_max >= 1,
+            "a replication stream needs room for one request"
+        );
         GroupNetwork {
             key,
             incarnation,
             node_id,
             transport,
+            inflight_max,
         }
     }
 
@@ -104,6 +125,7 @@ impl GroupNetwork {
             from: self.node_id,
             target,
             transport: self.transport.clone(),
+            inflight_max: self.inflight_max,
         }
     }
 
@@ -145,6 +167,7 @@ pub(crate) struct PeerClient {
     from: NodeId,
     target: NodeId,
     transport: Arc<dyn RaftTransport>,
+    inflight_max: usize,
 }
 
 fn unreachable<RT: AsyncRuntime>(
@@ -160,6 +183,12 @@ impl PeerClient {
         body: Body,
         option: &RPCOption,
     ) -> Result<Body, RPCError<PartitionTypes<RT>>> {
+        let reply = self.send(body);
+        self.answer::<RT>(reply, option).await
+    }
+
+    /// Queues `body` for the peer, now (the order of sends is the order on the wire).
+    fn send(&self, body: Body) -> TransportReply {
         let envelope = pb::RaftEnvelope {
             id: 0, // the transport numbers what it sends
             topic: self.key.0.to_string(),
@@ -169,7 +198,15 @@ impl PeerClient {
             to_node: 0, // the transport addresses it
             body: Some(body),
         };
-        let reply = self.transport.send(self.target, envelope);
+        self.transport.send(self.target, envelope)
+    }
+
+    /// The answer's body to a message sent, within `option`'s deadline.
+    async fn answer<RT: AsyncRuntime>(
+        &self,
+        reply: TransportReply,
+        option: &RPCOption,
+    ) -> Result<Body, RPCError<PartitionTypes<RT>>> {
         let ttl = option.hard_ttl();
         let answer = match RT::timeout(ttl, reply).await {
             Ok(Ok(answer)) => answer,
@@ -197,6 +234,27 @@ impl PeerClient {
 }
 
 impl PeerClient {
+    /// Encodes `rpc` and queues it for the peer.
+    fn send_append<RT: AsyncRuntime>(
+        &self,
+        rpc: &AppendEntriesRequest<PartitionTypes<RT>>,
+    ) -> Result<TransportReply, RPCError<PartitionTypes<RT>>> {
+        let request = wire::append_request_to(rpc).map_err(bad_answer::<RT>)?;
+        Ok(self.send(Body::Append(request)))
+    }
+
+    /// The peer's answer to an AppendEntries sent.
+    async fn append_answer<RT: AsyncRuntime>(
+        &self,
+        reply: TransportReply,
+        option: &RPCOption,
+    ) -> AppendAnswer<RT> {
+        match self.answer::<RT>(reply, option).await? {
+            Body::AppendResponse(r) => wire::append_response_from(r).map_err(bad_answer::<RT>),
+            _ => Err(unexpected::<RT>(self.target)),
+        }
+    }
+
     /// A vote or pre-vote request (`request`), and the vote response it must get.
     async fn ask_vote<RT: AsyncRuntime>(
         &self,
@@ -229,11 +287,26 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
         rpc: AppendEntriesRequest<PartitionTypes<RT>>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>> {
-        let request = wire::append_request_to(&rpc).map_err(bad_answer::<RT>)?;
-        match self.call::<RT>(Body::Append(request), &option).await? {
-            Body::AppendResponse(r) => wire::append_response_from(r).map_err(bad_answer::<RT>),
-            _ => Err(unexpected::<RT>(self.target)),
-        }
+        let reply = self.send_append::<RT>(&rpc)?;
+        self.append_answer::<RT>(reply, &option).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamAnswer<RT>>, RPCError<PartitionTypes<RT>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<PartitionTypes<RT>>> + OptionalSend + Unpin + 'static,
+    {
+        let pipeline: BoxStream<'s, StreamAnswer<RT>> = Box::pin(Pipeline {
+            client: self,
+            input: Some(input),
+            awaiting: VecDeque::new(),
+            option,
+            ended: false,
+        });
+        Box::pin(std::future::ready(Ok(pipeline)))
     }
 
     async fn vote(
@@ -279,5 +352,116 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
             )))),
             Err(e) => Err(unreachable(&e)),
         }
+    }
+}
+
+/// What a replication stream yields per request: openraft's result, or why there is none.
+type StreamAnswer<RT> =
+    Result<StreamAppendResult<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>>;
+
+/// A follower's answer to one AppendEntries, or why there is none.
+type AppendAnswer<RT> =
+    Result<AppendEntriesResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>>;
+
+/// An AppendEntries sent and not yet answered: the range it covers, and its answer.
+struct Awaiting<'s, RT: AsyncRuntime> {
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    answer: BoxFuture<'s, AppendAnswer<RT>>,
+}
+
+/// A leader's pipelined stream of AppendEntries to one follower (see the module docs).
+///
+/// Invariants: at most `client.inflight_max` requests await answers; they are sent in the
+/// order openraft made them and answered to openraft in that order; after the first answer
+/// that is not a full success (a conflict, a higher vote, a partial success, an error) the
+/// stream ends, and the answers still awaited are dropped unread (openraft starts a new
+/// stream from what the follower holds).
+struct Pipeline<'s, RT: AsyncRuntime, S> {
+    client: &'s PeerClient,
+    /// openraft's requests; `None` once it has no more.
+    input: Option<S>,
+    awaiting: VecDeque<Awaiting<'s, RT>>,
+    option: RPCOption,
+    ended: bool,
+}
+
+impl<RT: AsyncRuntime, S> Stream for Pipeline<'_, RT, S>
+where
+    S: Stream<Item = AppendEntriesRequest<PartitionTypes<RT>>> + Unpin,
+{
+    type Item = StreamAnswer<RT>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Send what openraft has ready, while there is room.
+        while this.awaiting.len() < this.client.inflight_max {
+            let Some(input) = this.input.as_mut() else {
+                break;
+            };
+            match Pin::new(input).poll_next(cx) {
+                Poll::Ready(Some(rpc)) => {
+                    let prev = rpc.prev_log_id;
+                    let last = rpc.entries.last().map(|e| e.log_id()).or(prev);
+                    match this.client.send_append::<RT>(&rpc) {
+                        Ok(reply) => {
+                            let (client, option) = (this.client, this.option.clone());
+                            this.awaiting.push_back(Awaiting {
+                                prev,
+                                last,
+                                answer: Box::pin(async move {
+                                    client.append_answer::<RT>(reply, &option).await
+                                }),
+                            });
+                        }
+                        Err(e) => {
+                            // Answered after the requests before it, in order.
+                            this.awaiting.push_back(Awaiting {
+                                prev,
+                                last,
+                                answer: Box::pin(std::future::ready(Err(e))),
+                            });
+                            this.input = None;
+                        }
+                    }
+                }
+                Poll::Ready(None) => this.input = None,
+                Poll::Pending => break,
+            }
+        }
+        let Some(oldest) = this.awaiting.front_mut() else {
+            return if this.input.is_none() {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            };
+        };
+        let Poll::Ready(answered) = oldest.answer.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let Awaiting { prev, last, .. } = this.awaiting.pop_front().expect("polled above");
+        let item = match answered {
+            Ok(response) => {
+                let full = match &response {
+                    AppendEntriesResponse::Success => true,
+                    AppendEntriesResponse::PartialSuccess(matched) => *matched == last,
+                    AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => false,
+                };
+                this.ended = !full;
+                Ok(response.into_stream_result(prev, last))
+            }
+            Err(e) => {
+                this.ended = true;
+                Err(e)
+            }
+        };
+        if this.ended {
+            this.awaiting.clear();
+            this.input = None;
+        }
+        Poll::Ready(Some(item))
     }
 }

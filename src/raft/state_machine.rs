@@ -28,6 +28,7 @@ use openraft::rt::AsyncRuntime;
 use openraft::storage::{ApplyResponder, EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 
+use super::recent::SharedRecent;
 use super::store::{Key, LogOp, OpSender};
 use super::types::{Applied, CommittedLeaderId, LogId, NodeId, PartitionTypes, Proposal};
 
@@ -70,6 +71,8 @@ pub(crate) struct PartitionStateMachine<RT: AsyncRuntime> {
     membership_unsent: bool,
     /// Where the next snapshot should end: set by the group before it asks for one to purge.
     snapshot_target: Rc<Cell<Option<u64>>>,
+    /// The group's newest entries, forgotten when a snapshot empties the log.
+    recent: SharedRecent,
 }
 
 impl<RT: AsyncRuntime> PartitionStateMachine<RT> {
@@ -80,6 +83,7 @@ impl<RT: AsyncRuntime> PartitionStateMachine<RT> {
         ops: OpSender<RT>,
         resume: Option<(LogId, Stored)>,
         snapshot_target: Rc<Cell<Option<u64>>>,
+        recent: SharedRecent,
     ) -> Self {
         let (applied, membership) = match resume {
             Some((applied, membership)) => (Some(applied), membership),
@@ -92,6 +96,7 @@ impl<RT: AsyncRuntime> PartitionStateMachine<RT> {
             membership,
             membership_unsent: true,
             snapshot_target,
+            recent,
         }
     }
 }
@@ -259,6 +264,8 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
             context: super::store::applied_context(&meta.last_membership),
         };
         let key = self.key.clone();
+        // The log is emptied: its newest entries are not to be read any more.
+        self.recent.borrow_mut().forget();
         super::store::ask(&self.ops, |reply| LogOp::Install { key, mark, reply }).await?;
         self.applied = Some(last);
         self.membership = meta.last_membership.clone();

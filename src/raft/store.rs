@@ -37,6 +37,7 @@ use openraft::{EmptyNode, EntryPayload, OptionalSend};
 use prost::Message;
 use tokio::sync::oneshot;
 
+use super::recent::SharedRecent;
 use super::types::{
     Entry, LogId, Membership, NodeId, PartitionTypes, Payload, Proposal, Vote, log_id,
 };
@@ -99,11 +100,14 @@ pub(crate) enum LogOp<RT: AsyncRuntime> {
         vote: Vote,
         reply: Reply<()>,
     },
-    /// Written when served; `flushed` is called by the shard once they are durable.
+    /// Written when served; `flushed` is called by the shard once they are durable. Each
+    /// entry written joins `recent` if its generation is still `generation`.
     Append {
         key: Key,
         entries: Vec<Entry>,
         flushed: IOFlushed<PartitionTypes<RT>>,
+        recent: SharedRecent,
+        generation: u64,
     },
     /// Entries `start..end` (end exclusive), read back from the log.
     Read {
@@ -259,14 +263,22 @@ pub(crate) struct PartitionLog<RT: AsyncRuntime> {
     ops: OpSender<RT>,
     /// Bytes of entries one AppendEntries carries at most (one larger entry goes alone).
     append_bytes_max: usize,
+    /// The newest entries written, read without the shard (see `recent`).
+    recent: SharedRecent,
 }
 
 impl<RT: AsyncRuntime> PartitionLog<RT> {
-    pub(crate) fn new(key: Key, ops: OpSender<RT>, append_bytes_max: usize) -> Self {
+    pub(crate) fn new(
+        key: Key,
+        ops: OpSender<RT>,
+        append_bytes_max: usize,
+        recent: SharedRecent,
+    ) -> Self {
         PartitionLog {
             key,
             ops,
             append_bytes_max,
+            recent,
         }
     }
 }
@@ -276,6 +288,7 @@ pub(crate) struct PartitionLogReader<RT: AsyncRuntime> {
     key: Key,
     ops: OpSender<RT>,
     append_bytes_max: usize,
+    recent: SharedRecent,
 }
 
 fn stopped() -> io::Error {
@@ -322,6 +335,9 @@ impl<RT: AsyncRuntime> RaftLogReader<PartitionTypes<RT>> for PartitionLogReader<
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         let (start, end) = range_of(range);
+        if let Some(entries) = self.recent.borrow().read(start, end, usize::MAX, true) {
+            return Ok(entries);
+        }
         ask(&self.ops, |reply| LogOp::Read {
             key: self.key.clone(),
             start,
@@ -340,6 +356,14 @@ impl<RT: AsyncRuntime> RaftLogReader<PartitionTypes<RT>> for PartitionLogReader<
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, io::Error> {
+        // Fewer entries than asked for are fine here: replication sends them and asks again.
+        let cached = self
+            .recent
+            .borrow()
+            .read(start, end, self.append_bytes_max, false);
+        if let Some(entries) = cached {
+            return Ok(entries);
+        }
         ask(&self.ops, |reply| LogOp::Read {
             key: self.key.clone(),
             start,
@@ -384,6 +408,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
             key: self.key.clone(),
             ops: self.ops.clone(),
             append_bytes_max: self.append_bytes_max,
+            recent: self.recent.clone(),
         }
     }
 
@@ -409,6 +434,8 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
             key: self.key.clone(),
             entries: entries.into_iter().collect(),
             flushed: callback,
+            recent: self.recent.clone(),
+            generation: self.recent.borrow().generation(),
         };
         // Returns once queued: the shard writes it before anything queued after it, so a
         // read or truncation that follows sees it (openraft's "readable on return" holds in
@@ -417,6 +444,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), io::Error> {
+        self.recent.borrow_mut().forget();
         ask(&self.ops, |reply| LogOp::TruncateAfter {
             key: self.key.clone(),
             last,
@@ -427,6 +455,7 @@ impl<RT: AsyncRuntime> RaftLogStorage<PartitionTypes<RT>> for PartitionLog<RT> {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let key = self.key.clone();
+        self.recent.borrow_mut().forget();
         ask(&self.ops, |reply| LogOp::Purge { key, log_id, reply }).await
     }
 }
@@ -586,15 +615,21 @@ pub(crate) async fn serve<E: Engine, RT: AsyncRuntime>(
             }
         }
         LogOp::Append {
-            entries, flushed, ..
+            entries,
+            flushed,
+            recent,
+            generation,
+            ..
         } => {
             for entry in entries {
+                let at = log.end_offset();
                 if let Err(e) = append(log, entry).await {
                     // The group stops on a storage error; what was written before stays
                     // (not durable, not acknowledged).
                     flushed.io_completed(Err(e));
                     return Served::WriteFailed;
                 }
+                remember(log, at, &recent, generation);
             }
             return Served::Flush(flushed);
         }
@@ -858,6 +893,20 @@ fn control_batch(limits: &LogLimits, payload: &Payload) -> io::Result<CheckedBat
 }
 
 /// The entry a stored batch holds.
+/// Adds the entry just written at offset `at` to `recent`, in its stored form, when the log
+/// keeps it in its tail cache (a read from memory; without the cache, nothing is added).
+fn remember<E: Engine>(log: &Log<E>, at: u64, recent: &SharedRecent, generation: u64) {
+    let Some(raw) = log.tail_batch(at) else {
+        return;
+    };
+    match entry_of(raw) {
+        Ok(entry) => recent.borrow_mut().written(generation, entry),
+        Err(e) => {
+            tracing::warn!(dir = %log.dir().display(), error = %e, "a batch just written does not read back as an entry; readers ask the log")
+        }
+    }
+}
+
 fn entry_of(raw: storage::RawBatch) -> io::Result<Entry> {
     let header = raw.header;
     let id = log_id(header.leader_epoch, header.raft_index);

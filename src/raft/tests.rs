@@ -218,6 +218,8 @@ impl Cluster {
                 config: config.clone(),
                 tail_cache_bytes_max: 1 << 20,
                 append_bytes_max: 4 << 20,
+                append_inflight_max: crate::config::ClusterConfig::default()
+                    .replication_inflight_max as usize,
                 quiet: TIMINGS.quiet_settings(),
             };
             let set = ShardSet::start_with(options, Some(context.clone())).unwrap();

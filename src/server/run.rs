@@ -142,6 +142,7 @@ fn raft_context(
         node_id: u64::from(membership.node_id()),
         tail_cache_bytes_max: config.cluster.replication_cache_bytes_max as usize,
         append_bytes_max: config.cluster.replication_batch_bytes_max as usize,
+        append_inflight_max: config.cluster.replication_inflight_max as usize,
         transport: transport.clone(),
         config: Arc::new(raft_config),
         quiet: config.cluster.raft_timings().quiet_settings(),

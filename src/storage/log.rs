@@ -1150,6 +1150,15 @@ impl<E: Engine> Log<E> {
         std::mem::take(&mut self.corrupt_read)
     }
 
+    /// The batch at `base_offset` as stored, when the tail cache holds it (no I/O).
+    pub(crate) fn tail_batch(&self, base_offset: u64) -> Option<RawBatch> {
+        let batches = self.tail.as_ref()?.read(base_offset, 0)?;
+        batches
+            .into_iter()
+            .next()
+            .filter(|b| b.header.base_offset == base_offset)
+    }
+
     /// Reads whole batches as stored, CRC-checked and not decoded, for shipping to a
     /// follower: from the batch that holds `from_offset` (not trimmed), at least one when
     /// there is one, then more within `max_bytes`. Bounded by the end offset, not the commit
