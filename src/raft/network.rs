@@ -465,3 +465,157 @@ where
         Poll::Ready(Some(item))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::StreamExt;
+    use openraft::EntryPayload;
+    use openraft::network::v2::RaftNetworkV2;
+    use openraft::raft::StreamAppendError;
+    use openraft_rt_tokio::TokioRuntime as Rt;
+
+    use super::*;
+    use crate::raft::types::{Entry, log_id};
+
+    type Answer = oneshot::Sender<Result<pb::RaftEnvelope, TransportError>>;
+
+    /// A transport that keeps every message sent, and its answer for the test to give.
+    #[derive(Default)]
+    struct Held {
+        sent: Mutex<Vec<(pb::RaftEnvelope, Option<Answer>)>>,
+    }
+
+    impl RaftTransport for Held {
+        fn send(&self, _to: NodeId, message: pb::RaftEnvelope) -> TransportReply {
+            let (answer, reply) = oneshot::channel();
+            self.sent.lock().unwrap().push((message, Some(answer)));
+            reply
+        }
+        fn link(&self, _from: NodeId, _to: NodeId) -> LinkState {
+            LinkState {
+                up: true,
+                changes: 0,
+            }
+        }
+        fn addr_of(&self, _node: NodeId) -> Option<String> {
+            None
+        }
+        fn peers(&self, _from: NodeId) -> Vec<NodeId> {
+            vec![2]
+        }
+    }
+
+    impl Held {
+        fn sent(&self) -> usize {
+            self.sent.lock().unwrap().len()
+        }
+
+        /// Answers message `n` (0-based, in send order) with `response`.
+        fn answer(&self, n: usize, response: AppendEntriesResponse<PartitionTypes<Rt>>) {
+            let mut sent = self.sent.lock().unwrap();
+            let (message, answer) = &mut sent[n];
+            let body = Body::AppendResponse(wire::append_response_to::<Rt>(&response));
+            let answered = wire::answer(message.clone(), body);
+            answer.take().unwrap().send(Ok(answered)).unwrap();
+        }
+    }
+
+    /// The AppendEntries of entry `index` (a blank), after entry `index - 1`.
+    fn request(index: u64) -> AppendEntriesRequest<PartitionTypes<Rt>> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(1, index - 1)),
+            entries: vec![Entry::new(log_id(1, index), EntryPayload::Blank)],
+            leader_commit: None,
+        }
+    }
+
+    fn peer(transport: Arc<Held>, inflight_max: usize) -> PeerClient {
+        GroupNetwork::new(("t".into(), 0), 1, 1, transport, inflight_max).client(2)
+    }
+
+    fn option() -> RPCOption {
+        RPCOption::new(std::time::Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn a_stream_keeps_its_window_in_flight_and_answers_in_send_order() {
+        let transport = Arc::new(Held::default());
+        let mut client = peer(transport.clone(), 3);
+        let input = futures::stream::iter((1..=5).map(request));
+        let mut answers =
+            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
+                .await
+                .unwrap();
+        // Nothing answered yet: three go out, the window's worth, and no more.
+        assert!(futures::poll!(answers.next()).is_pending());
+        assert_eq!(transport.sent(), 3);
+        // The third and second are answered first; openraft still hears the first first.
+        transport.answer(2, AppendEntriesResponse::Success);
+        transport.answer(1, AppendEntriesResponse::Success);
+        assert!(futures::poll!(answers.next()).is_pending());
+        transport.answer(0, AppendEntriesResponse::Success);
+        for index in 1..=3 {
+            let answered = answers.next().await.unwrap().unwrap();
+            assert_eq!(answered.unwrap(), Some(log_id(1, index)));
+        }
+        // Room again: the last two went out.
+        assert!(futures::poll!(answers.next()).is_pending());
+        assert_eq!(transport.sent(), 5);
+        transport.answer(3, AppendEntriesResponse::Success);
+        transport.answer(4, AppendEntriesResponse::Success);
+        assert_eq!(
+            answers.next().await.unwrap().unwrap().unwrap(),
+            Some(log_id(1, 4))
+        );
+        assert_eq!(
+            answers.next().await.unwrap().unwrap().unwrap(),
+            Some(log_id(1, 5))
+        );
+        assert!(answers.next().await.is_none(), "the input ended");
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_at_the_first_answer_that_is_not_a_full_success() {
+        let transport = Arc::new(Held::default());
+        let mut client = peer(transport.clone(), 8);
+        let input = futures::stream::iter((1..=4).map(request));
+        let mut answers =
+            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
+                .await
+                .unwrap();
+        assert!(futures::poll!(answers.next()).is_pending());
+        assert_eq!(transport.sent(), 4);
+        transport.answer(0, AppendEntriesResponse::Success);
+        transport.answer(1, AppendEntriesResponse::Conflict);
+        transport.answer(2, AppendEntriesResponse::Success);
+        assert_eq!(
+            answers.next().await.unwrap().unwrap().unwrap(),
+            Some(log_id(1, 1))
+        );
+        let conflict = answers.next().await.unwrap().unwrap().unwrap_err();
+        assert_eq!(conflict, StreamAppendError::Conflict(log_id(1, 1)));
+        assert!(answers.next().await.is_none(), "nothing after the conflict");
+
+        // With a window of one, the next goes out only once the one before is answered.
+        let transport = Arc::new(Held::default());
+        let mut client = peer(transport.clone(), 1);
+        let input = futures::stream::iter((1..=2).map(request));
+        let mut answers =
+            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
+                .await
+                .unwrap();
+        assert!(futures::poll!(answers.next()).is_pending());
+        assert_eq!(transport.sent(), 1);
+        transport.answer(0, AppendEntriesResponse::PartialSuccess(Some(log_id(1, 0))));
+        let partial = answers.next().await.unwrap().unwrap().unwrap();
+        assert_eq!(partial, Some(log_id(1, 0)));
+        assert!(
+            answers.next().await.is_none(),
+            "a partial success ends the stream"
+        );
+        assert_eq!(transport.sent(), 1);
+    }
+}
