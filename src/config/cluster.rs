@@ -70,7 +70,9 @@ pub struct ClusterConfig {
     /// the messages one incoming stream serves at once.
     pub replication_queue_depth_max: u32,
     /// AppendEntries a partition's leader has sent to one follower and awaits answers to;
-    /// 1 = one at a time (each waits for the follower's sync of the one before).
+    /// 1 = one at a time (each waits for the follower's sync of the one before). They count
+    /// against the link's `replication_queue_depth_max`, which every partition between the
+    /// two nodes shares.
     pub replication_inflight_max: u32,
     /// Bytes of each replicated partition's newest batches kept in memory, so that the leader
     /// ships them and every replica applies them without reading them back from disk;
@@ -118,7 +120,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: timings.heartbeat_interval_ms,
             replication_batch_bytes_max: 4 * MIB,
             replication_queue_depth_max: 4096,
-            replication_inflight_max: 8,
+            replication_inflight_max: 4,
             replication_cache_bytes_max: 4 * MIB,
             raft_payload_entries_max: timings.raft_payload_entries_max,
             quiesce_after_ms: timings.quiesce_after_ms,
