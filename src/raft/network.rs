@@ -14,13 +14,13 @@
 //! before. Answers are handed to openraft in the order the requests were sent, and the stream
 //! ends at the first that is not a full success, as openraft's one-at-a-time stream does.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
+use futures::stream::FuturesOrdered;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::entry::RaftEntry;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -299,13 +299,8 @@ impl<RT: AsyncRuntime> RaftNetworkV2<PartitionTypes<RT>> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<PartitionTypes<RT>>> + OptionalSend + Unpin + 'static,
     {
-        let pipeline: BoxStream<'s, StreamAnswer<RT>> = Box::pin(Pipeline {
-            client: self,
-            input: Some(input),
-            awaiting: VecDeque::new(),
-            option,
-            ended: false,
-        });
+        let pipeline: BoxStream<'s, StreamAnswer<RT>> =
+            Box::pin(Pipeline::new(self, input, option));
         Box::pin(std::future::ready(Ok(pipeline)))
     }
 
@@ -364,16 +359,13 @@ type AppendAnswer<RT> =
     Result<AppendEntriesResponse<PartitionTypes<RT>>, RPCError<PartitionTypes<RT>>>;
 
 /// An AppendEntries sent and not yet answered: the range it covers, and its answer.
-struct Awaiting<'s, RT: AsyncRuntime> {
-    prev: Option<LogId>,
-    last: Option<LogId>,
-    answer: BoxFuture<'s, AppendAnswer<RT>>,
-}
+type Awaiting<'s, RT> = BoxFuture<'s, (Option<LogId>, Option<LogId>, AppendAnswer<RT>)>;
 
 /// A leader's pipelined stream of AppendEntries to one follower (see the module docs).
 ///
 /// Invariants: at most `client.inflight_max` requests await answers; they are sent in the
-/// order openraft made them and answered to openraft in that order; after the first answer
+/// order openraft made them and answered to openraft in that order; each one's deadline runs
+/// from its send (every awaited answer is polled, not only the oldest); after the first answer
 /// that is not a full success (a conflict, a higher vote, a partial success, an error) the
 /// stream ends, and the answers still awaited are dropped unread (openraft starts a new
 /// stream from what the follower holds).
@@ -381,9 +373,24 @@ struct Pipeline<'s, RT: AsyncRuntime, S> {
     client: &'s PeerClient,
     /// openraft's requests; `None` once it has no more.
     input: Option<S>,
-    awaiting: VecDeque<Awaiting<'s, RT>>,
+    awaiting: FuturesOrdered<Awaiting<'s, RT>>,
     option: RPCOption,
+    /// The last entry this stream has told openraft the follower holds.
+    matched: Option<LogId>,
     ended: bool,
+}
+
+impl<'s, RT: AsyncRuntime, S> Pipeline<'s, RT, S> {
+    fn new(client: &'s PeerClient, input: S, option: RPCOption) -> Self {
+        Pipeline {
+            client,
+            input: Some(input),
+            awaiting: FuturesOrdered::new(),
+            option,
+            matched: None,
+            ended: false,
+        }
+    }
 }
 
 impl<RT: AsyncRuntime, S> Stream for Pipeline<'_, RT, S>
@@ -406,44 +413,42 @@ where
                 Poll::Ready(Some(rpc)) => {
                     let prev = rpc.prev_log_id;
                     let last = rpc.entries.last().map(|e| e.log_id()).or(prev);
-                    match this.client.send_append::<RT>(&rpc) {
+                    let awaiting: Awaiting<'_, RT> = match this.client.send_append::<RT>(&rpc) {
                         Ok(reply) => {
                             let (client, option) = (this.client, this.option.clone());
-                            this.awaiting.push_back(Awaiting {
-                                prev,
-                                last,
-                                answer: Box::pin(async move {
-                                    client.append_answer::<RT>(reply, &option).await
-                                }),
-                            });
+                            Box::pin(async move {
+                                (prev, last, client.append_answer::<RT>(reply, &option).await)
+                            })
                         }
                         Err(e) => {
-                            // Answered after the requests before it, in order.
-                            this.awaiting.push_back(Awaiting {
-                                prev,
-                                last,
-                                answer: Box::pin(std::future::ready(Err(e))),
-                            });
+                            // Answered after the requests before it, in order; nothing after.
                             this.input = None;
+                            Box::pin(std::future::ready((prev, last, Err(e))))
                         }
-                    }
+                    };
+                    this.awaiting.push_back(awaiting);
                 }
                 Poll::Ready(None) => this.input = None,
                 Poll::Pending => break,
             }
         }
-        let Some(oldest) = this.awaiting.front_mut() else {
-            return if this.input.is_none() {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            };
+        let (prev, last, answered) = match Pin::new(&mut this.awaiting).poll_next(cx) {
+            Poll::Ready(Some(answered)) => answered,
+            Poll::Ready(None) if this.input.is_none() => return Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => return Poll::Pending,
         };
-        let Poll::Ready(answered) = oldest.answer.as_mut().poll(cx) else {
-            return Poll::Pending;
-        };
-        let Awaiting { prev, last, .. } = this.awaiting.pop_front().expect("polled above");
         let item = match answered {
+            Ok(AppendEntriesResponse::Conflict) if prev <= this.matched => {
+                // The follower served this request before the one it follows (its queue
+                // let a later message pass), so it lacked `prev` then; it has said it holds
+                // `prev` since. openraft must not hear "holds it" then "lacks it": end the
+                // stream, and openraft starts the next one from what the follower holds.
+                tracing::debug!(target_node = this.client.target, ?prev, matched = ?this.matched, "a follower answered out of order; replication goes on from what it holds");
+                this.ended = true;
+                this.awaiting = FuturesOrdered::new();
+                this.input = None;
+                return Poll::Ready(None);
+            }
             Ok(response) => {
                 let full = match &response {
                     AppendEntriesResponse::Success => true,
@@ -451,7 +456,11 @@ where
                     AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => false,
                 };
                 this.ended = !full;
-                Ok(response.into_stream_result(prev, last))
+                let result = response.into_stream_result(prev, last);
+                if let Ok(matched) = &result {
+                    this.matched = this.matched.max(*matched);
+                }
+                Ok(result)
             }
             Err(e) => {
                 this.ended = true;
@@ -459,7 +468,7 @@ where
             }
         };
         if this.ended {
-            this.awaiting.clear();
+            this.awaiting = FuturesOrdered::new();
             this.input = None;
         }
         Poll::Ready(Some(item))
@@ -588,16 +597,35 @@ mod tests {
                 .unwrap();
         assert!(futures::poll!(answers.next()).is_pending());
         assert_eq!(transport.sent(), 4);
+        // The follower lacks entry 0 (its log diverged): the first answer is a conflict.
+        transport.answer(0, AppendEntriesResponse::Conflict);
+        transport.answer(1, AppendEntriesResponse::Success);
+        let conflict = answers.next().await.unwrap().unwrap().unwrap_err();
+        assert_eq!(conflict, StreamAppendError::Conflict(log_id(1, 0)));
+        assert!(answers.next().await.is_none(), "nothing after the conflict");
+
+        // A higher vote ends it too, after the answers before it.
+        let transport = Arc::new(Held::default());
+        let mut client = peer(transport.clone(), 8);
+        let input = futures::stream::iter((1..=3).map(request));
+        let mut answers =
+            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
+                .await
+                .unwrap();
+        assert!(futures::poll!(answers.next()).is_pending());
         transport.answer(0, AppendEntriesResponse::Success);
-        transport.answer(1, AppendEntriesResponse::Conflict);
+        transport.answer(1, AppendEntriesResponse::HigherVote(Vote::new(2, 3)));
         transport.answer(2, AppendEntriesResponse::Success);
         assert_eq!(
             answers.next().await.unwrap().unwrap().unwrap(),
             Some(log_id(1, 1))
         );
-        let conflict = answers.next().await.unwrap().unwrap().unwrap_err();
-        assert_eq!(conflict, StreamAppendError::Conflict(log_id(1, 1)));
-        assert!(answers.next().await.is_none(), "nothing after the conflict");
+        let higher = answers.next().await.unwrap().unwrap().unwrap_err();
+        assert_eq!(higher, StreamAppendError::HigherVote(Vote::new(2, 3)));
+        assert!(
+            answers.next().await.is_none(),
+            "nothing after the higher vote"
+        );
 
         // With a window of one, the next goes out only once the one before is answered.
         let transport = Arc::new(Held::default());
@@ -617,5 +645,58 @@ mod tests {
             "a partial success ends the stream"
         );
         assert_eq!(transport.sent(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_below_what_the_follower_acknowledged_ends_the_stream_unreported() {
+        // The follower served entry 2's request before entry 1's: it lacked entry 1 then.
+        let transport = Arc::new(Held::default());
+        let mut client = peer(transport.clone(), 4);
+        let input = futures::stream::iter((1..=3).map(request));
+        let mut answers =
+            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
+                .await
+                .unwrap();
+        assert!(futures::poll!(answers.next()).is_pending());
+        transport.answer(0, AppendEntriesResponse::Success);
+        transport.answer(1, AppendEntriesResponse::Conflict);
+        assert_eq!(
+            answers.next().await.unwrap().unwrap().unwrap(),
+            Some(log_id(1, 1))
+        );
+        assert!(
+            answers.next().await.is_none(),
+            "openraft never hears entry 1 lacking after hearing it held"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_request_has_its_deadline_from_its_send() {
+        let transport = Arc::new(Held::default());
+        let mut client = peer(transport.clone(), 2);
+        let input = futures::stream::iter((1..=2).map(request));
+        // Real time, with half a second of margin on either side of the deadline.
+        let ttl = std::time::Duration::from_secs(2);
+        let mut answers = RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(
+            &mut client,
+            input,
+            RPCOption::new(ttl),
+        )
+        .await
+        .unwrap();
+        assert!(futures::poll!(answers.next()).is_pending());
+        assert_eq!(transport.sent(), 2);
+        tokio::time::sleep(ttl * 3 / 4).await;
+        transport.answer(0, AppendEntriesResponse::Success);
+        assert_eq!(
+            answers.next().await.unwrap().unwrap().unwrap(),
+            Some(log_id(1, 1))
+        );
+        // The second was sent with the first: its deadline is a quarter of the TTL away, not
+        // a whole TTL from now.
+        let second = tokio::time::timeout(ttl / 2, answers.next())
+            .await
+            .expect("the second request's deadline ran from its send");
+        assert!(second.unwrap().is_err(), "it timed out");
     }
 }

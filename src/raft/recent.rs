@@ -3,17 +3,20 @@
 //! replica's state machine read them here, at once, instead of asking the shard, which
 //! serves its queue only between flushes (a read queued behind a flush waits for its sync).
 //!
-//! Owns: a bounded window of contiguous entries, by Raft index, ending at the newest entry
-//! the shard has written for the group.
+//! Owns: a bounded window of contiguous entries, by Raft index and by offset, ending at the
+//! newest entry the shard has written for the group.
 //! Must never: answer with an entry the log no longer holds, or one the group has asked the
 //! log to drop. Rule: the group forgets the window *before* it queues anything that rewrites
 //! the log (a truncation, a purge, a snapshot install), and bumps the window's generation;
 //! the shard adds an entry only when it has written it under the generation its append was
 //! asked in, so an append queued before the rewrite cannot refill the window with what the
-//! rewrite drops. A read that the window cannot answer whole goes to the shard as before.
+//! rewrite drops. An entry written anywhere but right after the window's last batch (the
+//! shard cut the log back, e.g. after a full disk) starts the window again. A read that the
+//! window cannot answer whole goes to the shard as before.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::rc::Rc;
 
 use openraft::EntryPayload;
@@ -25,7 +28,9 @@ use super::types::{Entry, Proposal};
 pub(crate) type SharedRecent = Rc<RefCell<Recent>>;
 
 pub(crate) struct Recent {
+    /// Each entry with its size in bytes; `end_offset`: the offset after the last one's batch.
     entries: VecDeque<(Entry, usize)>,
+    end_offset: u64,
     bytes: usize,
     bytes_max: usize,
     generation: u64,
@@ -46,6 +51,7 @@ impl Recent {
     pub(crate) fn shared(bytes_max: usize) -> SharedRecent {
         Rc::new(RefCell::new(Recent {
             entries: VecDeque::new(),
+            end_offset: 0,
             bytes: 0,
             bytes_max,
             generation: 0,
@@ -65,17 +71,21 @@ impl Recent {
         self.generation += 1;
     }
 
-    /// Keeps `entry` (stored form), just written by the shard for an append asked in
-    /// `generation`. An entry that does not follow the window starts it again.
-    pub(crate) fn written(&mut self, generation: u64, entry: Entry) {
+    /// Keeps `entry` (stored form, its batch at `offsets`), just written by the shard for an
+    /// append asked in `generation`. An entry that does not follow the window, by index or by
+    /// offset, starts it again.
+    pub(crate) fn written(&mut self, generation: u64, entry: Entry, offsets: Range<u64>) {
         if generation != self.generation || self.bytes_max == 0 {
             return;
         }
-        let next = self.entries.back().map(|(e, _)| e.index() + 1);
-        if next.is_some_and(|next| next != entry.index()) {
+        let follows = self.entries.back().is_none_or(|(last, _)| {
+            last.index() + 1 == entry.index() && self.end_offset == offsets.start
+        });
+        if !follows {
             self.entries.clear();
             self.bytes = 0;
         }
+        self.end_offset = offsets.end;
         let size = bytes_of(&entry);
         if size > self.bytes_max {
             self.entries.clear();
@@ -140,7 +150,7 @@ mod tests {
         let recent = Recent::shared(10 * CONTROL_ENTRY_BYTES);
         let mut r = recent.borrow_mut();
         for i in 5..=8 {
-            r.written(0, blank(i));
+            r.written(0, blank(i), i..i + 1);
         }
         assert_eq!(indexes(&r.read(6, 9, usize::MAX, true).unwrap()), [6, 7, 8]);
         assert_eq!(indexes(&r.read(6, 8, usize::MAX, true).unwrap()), [6, 7]);
@@ -164,14 +174,14 @@ mod tests {
         let recent = Recent::shared(10 * CONTROL_ENTRY_BYTES);
         let mut r = recent.borrow_mut();
         let asked = r.generation();
-        r.written(asked, blank(1));
+        r.written(asked, blank(1), 1..2);
         r.forget();
         // The append of entry 2 was queued before the truncation was asked for.
-        r.written(asked, blank(2));
+        r.written(asked, blank(2), 2..3);
         assert!(r.read(1, 3, usize::MAX, false).is_none());
         assert!(r.read(2, 3, usize::MAX, false).is_none());
         let now = r.generation();
-        r.written(now, blank(2));
+        r.written(now, blank(2), 2..3);
         assert_eq!(indexes(&r.read(2, 3, usize::MAX, true).unwrap()), [2]);
     }
 
@@ -180,18 +190,23 @@ mod tests {
         let recent = Recent::shared(3 * CONTROL_ENTRY_BYTES);
         let mut r = recent.borrow_mut();
         for i in 1..=5 {
-            r.written(0, blank(i));
+            r.written(0, blank(i), i..i + 1);
         }
         // The oldest went first.
         assert!(r.read(2, 6, usize::MAX, true).is_none());
         assert_eq!(indexes(&r.read(3, 6, usize::MAX, true).unwrap()), [3, 4, 5]);
         // A gap starts the window again.
-        r.written(0, blank(9));
+        r.written(0, blank(9), 9..10);
         assert!(r.read(5, 6, usize::MAX, false).is_none());
         assert_eq!(indexes(&r.read(9, 10, usize::MAX, true).unwrap()), [9]);
+        // The log cut back under the window (the next batch lands at an offset the window
+        // already covers): it starts again, though the index follows.
+        r.written(0, blank(10), 5..6);
+        assert!(r.read(9, 10, usize::MAX, false).is_none());
+        assert_eq!(indexes(&r.read(10, 11, usize::MAX, true).unwrap()), [10]);
         // Off: keeps nothing.
         let off = Recent::shared(0);
-        off.borrow_mut().written(0, blank(1));
+        off.borrow_mut().written(0, blank(1), 1..2);
         assert!(off.borrow().read(1, 2, usize::MAX, false).is_none());
     }
 }

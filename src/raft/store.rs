@@ -892,21 +892,22 @@ fn control_batch(limits: &LogLimits, payload: &Payload) -> io::Result<CheckedBat
         .map_err(io_error)
 }
 
-/// The entry a stored batch holds.
 /// Adds the entry just written at offset `at` to `recent`, in its stored form, when the log
 /// keeps it in its tail cache (a read from memory; without the cache, nothing is added).
 fn remember<E: Engine>(log: &Log<E>, at: u64, recent: &SharedRecent, generation: u64) {
     let Some(raw) = log.tail_batch(at) else {
         return;
     };
+    let offsets = raw.header.base_offset..raw.header.next_offset();
     match entry_of(raw) {
-        Ok(entry) => recent.borrow_mut().written(generation, entry),
+        Ok(entry) => recent.borrow_mut().written(generation, entry, offsets),
         Err(e) => {
             tracing::warn!(dir = %log.dir().display(), error = %e, "a batch just written does not read back as an entry; readers ask the log")
         }
     }
 }
 
+/// The entry a stored batch holds.
 fn entry_of(raw: storage::RawBatch) -> io::Result<Entry> {
     let header = raw.header;
     let id = log_id(header.leader_epoch, header.raft_index);
