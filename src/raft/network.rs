@@ -549,15 +549,23 @@ mod tests {
         RPCOption::new(std::time::Duration::from_secs(60))
     }
 
+    /// A pipelined stream to node 2 of the AppendEntries of entries `1..=last`, one each.
+    async fn open(
+        client: &mut PeerClient,
+        last: u64,
+        option: RPCOption,
+    ) -> BoxStream<'_, StreamAnswer<Rt>> {
+        let input = futures::stream::iter((1..=last).map(request));
+        RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(client, input, option)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn a_stream_keeps_its_window_in_flight_and_answers_in_send_order() {
         let transport = Arc::new(Held::default());
         let mut client = peer(transport.clone(), 3);
-        let input = futures::stream::iter((1..=5).map(request));
-        let mut answers =
-            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
-                .await
-                .unwrap();
+        let mut answers = open(&mut client, 5, option()).await;
         // Nothing answered yet: three go out, the window's worth, and no more.
         assert!(futures::poll!(answers.next()).is_pending());
         assert_eq!(transport.sent(), 3);
@@ -590,11 +598,7 @@ mod tests {
     async fn a_stream_ends_at_the_first_answer_that_is_not_a_full_success() {
         let transport = Arc::new(Held::default());
         let mut client = peer(transport.clone(), 8);
-        let input = futures::stream::iter((1..=4).map(request));
-        let mut answers =
-            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
-                .await
-                .unwrap();
+        let mut answers = open(&mut client, 4, option()).await;
         assert!(futures::poll!(answers.next()).is_pending());
         assert_eq!(transport.sent(), 4);
         // The follower lacks entry 0 (its log diverged): the first answer is a conflict.
@@ -607,11 +611,7 @@ mod tests {
         // A higher vote ends it too, after the answers before it.
         let transport = Arc::new(Held::default());
         let mut client = peer(transport.clone(), 8);
-        let input = futures::stream::iter((1..=3).map(request));
-        let mut answers =
-            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
-                .await
-                .unwrap();
+        let mut answers = open(&mut client, 3, option()).await;
         assert!(futures::poll!(answers.next()).is_pending());
         transport.answer(0, AppendEntriesResponse::Success);
         transport.answer(1, AppendEntriesResponse::HigherVote(Vote::new(2, 3)));
@@ -630,11 +630,7 @@ mod tests {
         // With a window of one, the next goes out only once the one before is answered.
         let transport = Arc::new(Held::default());
         let mut client = peer(transport.clone(), 1);
-        let input = futures::stream::iter((1..=2).map(request));
-        let mut answers =
-            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
-                .await
-                .unwrap();
+        let mut answers = open(&mut client, 2, option()).await;
         assert!(futures::poll!(answers.next()).is_pending());
         assert_eq!(transport.sent(), 1);
         transport.answer(0, AppendEntriesResponse::PartialSuccess(Some(log_id(1, 0))));
@@ -652,11 +648,7 @@ mod tests {
         // The follower served entry 2's request before entry 1's: it lacked entry 1 then.
         let transport = Arc::new(Held::default());
         let mut client = peer(transport.clone(), 4);
-        let input = futures::stream::iter((1..=3).map(request));
-        let mut answers =
-            RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(&mut client, input, option())
-                .await
-                .unwrap();
+        let mut answers = open(&mut client, 3, option()).await;
         assert!(futures::poll!(answers.next()).is_pending());
         transport.answer(0, AppendEntriesResponse::Success);
         transport.answer(1, AppendEntriesResponse::Conflict);
@@ -674,16 +666,9 @@ mod tests {
     async fn each_request_has_its_deadline_from_its_send() {
         let transport = Arc::new(Held::default());
         let mut client = peer(transport.clone(), 2);
-        let input = futures::stream::iter((1..=2).map(request));
         // Real time, with half a second of margin on either side of the deadline.
         let ttl = std::time::Duration::from_secs(2);
-        let mut answers = RaftNetworkV2::<PartitionTypes<Rt>>::stream_append(
-            &mut client,
-            input,
-            RPCOption::new(ttl),
-        )
-        .await
-        .unwrap();
+        let mut answers = open(&mut client, 2, RPCOption::new(ttl)).await;
         assert!(futures::poll!(answers.next()).is_pending());
         assert_eq!(transport.sent(), 2);
         tokio::time::sleep(ttl * 3 / 4).await;
