@@ -368,7 +368,7 @@ type Awaiting<'s, RT> = BoxFuture<'s, (Option<LogId>, Option<LogId>, AppendAnswe
 /// from its send (every awaited answer is polled, not only the oldest); after the first answer
 /// that is not a full success (a conflict, a higher vote, a partial success, an error) the
 /// stream ends, and the answers still awaited are dropped unread (openraft starts a new
-/// stream from what the follower holds).
+/// stream from what the follower holds). Ended = no input and nothing awaited.
 struct Pipeline<'s, RT: AsyncRuntime, S> {
     client: &'s PeerClient,
     /// openraft's requests; `None` once it has no more.
@@ -377,7 +377,6 @@ struct Pipeline<'s, RT: AsyncRuntime, S> {
     option: RPCOption,
     /// The last entry this stream has told openraft the follower holds.
     matched: Option<LogId>,
-    ended: bool,
 }
 
 impl<'s, RT: AsyncRuntime, S> Pipeline<'s, RT, S> {
@@ -388,8 +387,13 @@ impl<'s, RT: AsyncRuntime, S> Pipeline<'s, RT, S> {
             awaiting: FuturesOrdered::new(),
             option,
             matched: None,
-            ended: false,
         }
+    }
+
+    /// Sends nothing more and drops the answers still awaited.
+    fn end(&mut self) {
+        self.input = None;
+        self.awaiting = FuturesOrdered::new();
     }
 }
 
@@ -401,9 +405,6 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
         // Send what openraft has ready, while there is room.
         while this.awaiting.len() < this.client.inflight_max {
             let Some(input) = this.input.as_mut() else {
@@ -444,9 +445,7 @@ where
                 // `prev` since. openraft must not hear "holds it" then "lacks it": end the
                 // stream, and openraft starts the next one from what the follower holds.
                 tracing::debug!(target_node = this.client.target, ?prev, matched = ?this.matched, "a follower answered out of order; replication goes on from what it holds");
-                this.ended = true;
-                this.awaiting = FuturesOrdered::new();
-                this.input = None;
+                this.end();
                 return Poll::Ready(None);
             }
             Ok(response) => {
@@ -455,7 +454,9 @@ where
                     AppendEntriesResponse::PartialSuccess(matched) => *matched == last,
                     AppendEntriesResponse::Conflict | AppendEntriesResponse::HigherVote(_) => false,
                 };
-                this.ended = !full;
+                if !full {
+                    this.end();
+                }
                 let result = response.into_stream_result(prev, last);
                 if let Ok(matched) = &result {
                     this.matched = this.matched.max(*matched);
@@ -463,14 +464,10 @@ where
                 Ok(result)
             }
             Err(e) => {
-                this.ended = true;
+                this.end();
                 Err(e)
             }
         };
-        if this.ended {
-            this.awaiting = FuturesOrdered::new();
-            this.input = None;
-        }
         Poll::Ready(Some(item))
     }
 }

@@ -28,8 +28,8 @@ use super::types::{Entry, Proposal};
 pub(crate) type SharedRecent = Rc<RefCell<Recent>>;
 
 pub(crate) struct Recent {
-    /// Each entry with its size in bytes; `end_offset`: the offset after the last one's batch.
-    entries: VecDeque<(Entry, usize)>,
+    /// `end_offset`: the offset after the last entry's batch; `bytes`: theirs ([`bytes_of`]).
+    entries: VecDeque<Entry>,
     end_offset: u64,
     bytes: usize,
     bytes_max: usize,
@@ -66,9 +66,13 @@ impl Recent {
     /// Forgets every entry and starts a new generation: called before the group queues a
     /// truncation, a purge or a snapshot install.
     pub(crate) fn forget(&mut self) {
+        self.clear();
+        self.generation += 1;
+    }
+
+    fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
-        self.generation += 1;
     }
 
     /// Keeps `entry` (stored form, its batch at `offsets`), just written by the shard for an
@@ -78,25 +82,22 @@ impl Recent {
         if generation != self.generation || self.bytes_max == 0 {
             return;
         }
-        let follows = self.entries.back().is_none_or(|(last, _)| {
+        let follows = self.entries.back().is_none_or(|last| {
             last.index() + 1 == entry.index() && self.end_offset == offsets.start
         });
-        if !follows {
-            self.entries.clear();
-            self.bytes = 0;
+        let size = bytes_of(&entry);
+        if !follows || size > self.bytes_max {
+            self.clear();
         }
         self.end_offset = offsets.end;
-        let size = bytes_of(&entry);
         if size > self.bytes_max {
-            self.entries.clear();
-            self.bytes = 0;
             return;
         }
         self.bytes += size;
-        self.entries.push_back((entry, size));
+        self.entries.push_back(entry);
         while self.bytes > self.bytes_max {
-            let (_, oldest) = self.entries.pop_front().expect("bytes > 0 means an entry");
-            self.bytes -= oldest;
+            let oldest = self.entries.pop_front().expect("bytes > 0 means an entry");
+            self.bytes -= bytes_of(&oldest);
         }
     }
 
@@ -111,18 +112,18 @@ impl Recent {
         bytes_max: usize,
         whole: bool,
     ) -> Option<Vec<Entry>> {
-        let first = self.entries.front()?.0.index();
-        let last = self.entries.back()?.0.index();
+        let first = self.entries.front()?.index();
+        let last = self.entries.back()?.index();
         if start < first || start > last || start >= end {
             return None;
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut index = start;
-        for (entry, size) in self.entries.range((start - first) as usize..) {
+        for entry in self.entries.range((start - first) as usize..) {
             debug_assert_eq!(entry.index(), index, "the window is contiguous");
             out.push(entry.clone());
-            bytes = bytes.saturating_add(*size);
+            bytes = bytes.saturating_add(bytes_of(entry));
             index += 1;
             if index == end || bytes >= bytes_max {
                 return Some(out);

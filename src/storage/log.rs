@@ -1150,13 +1150,14 @@ impl<E: Engine> Log<E> {
         std::mem::take(&mut self.corrupt_read)
     }
 
-    /// The batch at `base_offset` as stored, when the tail cache holds it (no I/O).
+    /// The batch just appended at `base_offset`, as stored, when the tail cache kept it (no
+    /// I/O): the newest batch of the cache.
     pub(crate) fn tail_batch(&self, base_offset: u64) -> Option<RawBatch> {
-        let batches = self.tail.as_ref()?.read(base_offset, 0)?;
-        batches
-            .into_iter()
-            .next()
+        self.tail
+            .as_ref()?
+            .last()
             .filter(|b| b.header.base_offset == base_offset)
+            .cloned()
     }
 
     /// Reads whole batches as stored, CRC-checked and not decoded, for shipping to a

@@ -71,6 +71,11 @@ impl TailCache {
         Some(out)
     }
 
+    /// The newest batch kept.
+    pub(crate) fn last(&self) -> Option<&RawBatch> {
+        self.batches.back()
+    }
+
     /// Forgets the batches at and after `from` (a suffix truncation, at a batch boundary).
     pub(crate) fn truncate_from(&mut self, from: u64) {
         while self
