@@ -360,3 +360,90 @@ async fn uring_cuts_back_an_enospc_write_and_recovers_after_truncate() {
 async fn uring_inline_cuts_back_an_enospc_write_and_recovers_after_truncate() {
     out_of_space_without_a_floor(EngineChoice::Uring, UringWrite::Inline).await;
 }
+
+/// Appends entry `raft_index` (term 1, one record of [`value`]) to a log.
+async fn append_entry(
+    log: &mut walrs::storage::Log<walrs::storage::PortableEngine>,
+    raft_index: u64,
+) -> walrs::storage::Result<u64> {
+    let record = walrs::storage::Record {
+        value: value(raft_index as usize).into(),
+        ..Default::default()
+    };
+    let batch = log.config().check(vec![record]).unwrap();
+    let meta = walrs::storage::EntryMeta {
+        term: 1,
+        raft_index,
+        control: false,
+    };
+    log.append_entry(meta, &batch).await
+}
+
+/// A replicated log cut back by a full disk (its unsynced entries go) refuses the next entry
+/// of a writer that did not see the cut: taken right after the cut, it would leave a gap in
+/// the Raft indices for good, and the log would find entries by index in the wrong batches.
+/// The entry that does follow the cut is taken, where the cut left the log's end.
+#[test]
+fn a_log_cut_back_by_a_full_disk_refuses_an_entry_that_does_not_follow_the_cut() {
+    use walrs::storage::{Error, Log, LogLimits, PortableEngine};
+
+    let mount = match SmallMount::new() {
+        Ok(mount) => mount,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let limits = LogLimits {
+        record_bytes_max: 128 * 1024,
+        batch_bytes_max: 256 * 1024,
+        segment_bytes_max: 4 << 20,
+        index_bytes_max: 64 * 1024,
+        ..LogLimits::default()
+    };
+    futures::executor::block_on(async {
+        let dir = mount.mountpoint.join("log");
+        let (mut log, _) = Log::open(PortableEngine::new(), &dir, limits)
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            append_entry(&mut log, i).await.unwrap();
+        }
+        log.sync().await.unwrap();
+        let synced_end = log.end_offset();
+        // Unsynced entries until the disk is full.
+        let mut failed_at = 6;
+        loop {
+            match append_entry(&mut log, failed_at).await {
+                Ok(_) => failed_at += 1,
+                Err(e) => {
+                    assert!(e.is_out_of_space(), "entry {failed_at}: {e}");
+                    break;
+                }
+            }
+            assert!(failed_at < 10_000, "the small disk never filled");
+        }
+        assert!(
+            failed_at > 6,
+            "some entries went in unsynced before the disk filled"
+        );
+        // The failed writer's next entry: the log first cuts back to what was synced (by the
+        // sync above, or by a roll's seal since), so it would land after an earlier entry.
+        let expected = match append_entry(&mut log, failed_at + 1).await {
+            Err(Error::EntryGap {
+                raft_index,
+                expected,
+            }) => {
+                assert_eq!(raft_index, failed_at + 1);
+                expected
+            }
+            other => panic!("entry {} after the cut: {other:?}", failed_at + 1),
+        };
+        assert!(
+            (6..failed_at).contains(&expected),
+            "the cut kept entries 1..{expected} of 1..{failed_at}"
+        );
+        assert!(log.end_offset() >= synced_end, "nothing synced was cut");
+        let end = log.end_offset();
+        append_entry(&mut log, expected).await.unwrap();
+        assert_eq!(log.offset_of_raft_index(expected).await.unwrap(), Some(end));
+        log.close().await.unwrap();
+    });
+}

@@ -201,7 +201,9 @@ fn storage_code(err: &storage::Error) -> Code {
         E::Corrupt { .. } | E::BadStateFile { .. } => Code::DataLoss,
         // Follower-path refusals (replication's, never a client's).
         E::BadBatch { .. } => Code::InvalidArgument,
-        E::NotContinuous { .. } | E::TermRegressed { .. } => Code::FailedPrecondition,
+        E::NotContinuous { .. } | E::EntryGap { .. } | E::TermRegressed { .. } => {
+            Code::FailedPrecondition
+        }
         E::Io { .. } | E::Config(_) => Code::Internal,
     }
 }

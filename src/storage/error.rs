@@ -87,6 +87,10 @@ pub enum Error {
         "encoded batch starts at offset {base_offset}, but the log ends at {end_offset}; a follower appends only at the end"
     )]
     NotContinuous { base_offset: u64, end_offset: u64 },
+    #[error(
+        "Raft entry {raft_index} does not follow the log's last entry: the next one appended must be entry {expected} (a gap would break the log's lookup of entries by index)"
+    )]
+    EntryGap { raft_index: u64, expected: u64 },
     #[error("batch term {term} is below the log's last term {last_term}")]
     TermRegressed { term: u64, last_term: u64 },
     #[error("state file {} is unreadable: {source}", path.display())]

@@ -57,6 +57,7 @@ use super::segment::{self, Recovery, Segment};
 use super::state::{self, AppliedMark, EpochStart, MarkFile, Vote};
 use super::tail::TailCache;
 
+mod continuity;
 mod suffix;
 pub use suffix::LogSuffix;
 
@@ -165,6 +166,10 @@ pub struct Log<E: Engine> {
     corrupt_read: bool,
     /// The rejoin marker as `raft_rejoin` holds it (see [`Log::rejoin_marker`]).
     rejoin_from: Option<u64>,
+    /// The Raft index the next entry must carry, when known without a read (see
+    /// [`Log::check_entry_index`]): set by each entry appended, forgotten by anything else
+    /// that moves the end.
+    next_entry_index: Option<u64>,
 }
 
 impl<E: Engine> Log<E> {
@@ -206,6 +211,7 @@ impl<E: Engine> Log<E> {
             poisoned_by: None,
             corrupt_read: false,
             rejoin_from: None,
+            next_entry_index: None,
         };
         log.recover_epochs().await?;
         log.rejoin_from = read_rejoin_marker(&log.engine, &log.dir).await?;
@@ -436,6 +442,7 @@ impl<E: Engine> Log<E> {
                 .await?;
         }
         *self.active_mut() = recovered;
+        self.next_entry_index = None;
         let end = self.end_offset();
         if self.commit > end {
             tracing::warn!(dir = %self.dir.display(), commit = self.commit, end, "records acknowledged without a sync (relaxed durability) were lost to the full disk");
@@ -531,6 +538,8 @@ impl<E: Engine> Log<E> {
         meta: EntryMeta,
         batch: &super::CheckedBatch,
     ) -> Result<u64> {
+        self.check_writable().await?;
+        self.check_entry_index(meta.raft_index).await?;
         let producer = batch.producer();
         let batch_meta = BatchMeta {
             leader_epoch: meta.term,
@@ -543,8 +552,11 @@ impl<E: Engine> Log<E> {
             producer_id: producer.map_or(0, |p| p.producer_id),
             producer_seq: producer.map_or(0, |p| p.sequence),
         };
-        self.append_measured(batch_meta, batch.records(), batch.batch_bytes())
-            .await
+        let base_offset = self
+            .append_measured(batch_meta, batch.records(), batch.batch_bytes())
+            .await?;
+        self.next_entry_index = Some(meta.raft_index + 1);
+        Ok(base_offset)
     }
 
     /// The base offset of the batch that holds Raft entry `raft_index`, or `None` when the
@@ -687,6 +699,8 @@ impl<E: Engine> Log<E> {
         batch_bytes: usize,
     ) -> Result<u64> {
         self.check_writable().await?;
+        // An entry's caller sets it again once the batch is in.
+        self.next_entry_index = None;
         let term = meta.leader_epoch;
         self.check_term(term)?;
         let base_offset = self.end_offset();
@@ -756,7 +770,9 @@ impl<E: Engine> Log<E> {
                 end_offset: base_offset,
             });
         }
+        self.check_entry_index(header.raft_index).await?;
         self.check_term(header.leader_epoch)?;
+        self.next_entry_index = None;
         let next_offset = header.next_offset();
         self.roll_if_full(bytes.len()).await?;
         self.note_epoch(header.leader_epoch, base_offset).await?;
@@ -775,6 +791,7 @@ impl<E: Engine> Log<E> {
                 bytes: Bytes::copy_from_slice(&batch.bytes),
             });
         }
+        self.next_entry_index = Some(header.raft_index + 1);
         Ok(base_offset)
     }
 
@@ -985,6 +1002,7 @@ impl<E: Engine> Log<E> {
     pub async fn reset_to(&mut self, offset: u64) -> Result<()> {
         self.check_writable().await?;
         self.move_start(offset).await?;
+        self.next_entry_index = None;
         if let Some(tail) = self.tail.as_mut() {
             tail.clear();
         }
@@ -1330,6 +1348,7 @@ impl<E: Engine> Log<E> {
         // no reader is served, and no mark claims, what was ordered cut.
         self.commit = self.commit.min(from_offset);
         self.durable_end = self.durable_end.min(from_offset);
+        self.next_entry_index = None;
         if let Some(tail) = self.tail.as_mut() {
             tail.truncate_from(from_offset);
         }
