@@ -289,6 +289,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         vec![int(1), int(1 << 20)],
     ));
     cases.extend(single(
+        "cluster.replication_queue_bytes_max",
+        vec![int(MIB), int(64 * GIB)],
+    ));
+    cases.extend(single(
         "cluster.replication_inflight_max",
         vec![int(1), int(1024)],
     ));

@@ -7,8 +7,9 @@
 //! Must never: block the caller (a shard thread): [`RaftTransport::send`] only queues, and a
 //! full queue is an answer at once (an unreachable peer, which openraft backs off from).
 //!
-//! Bounds: each link queues at most `cluster.replication_queue_depth_max` messages and has at
-//! most as many awaiting an answer; a frame carries at most
+//! Bounds: each link queues at most `cluster.replication_queue_depth_max` messages, and at
+//! most `cluster.replication_queue_bytes_max` bytes of them (one larger message is taken
+//! into an empty queue), and has at most as many messages awaiting an answer; a frame carries at most
 //! `cluster.replication_batch_bytes_max` bytes of messages (one larger message goes alone).
 //! A message's sender waits for its answer with its own deadline; a link forgets the answers
 //! nobody waits for any more when it is at its bound, and all of them when its stream ends.
@@ -20,7 +21,7 @@
 //! HTTP/2 keep-alive pings find a peer that went silent (a cut network, a paused process).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,6 +54,8 @@ pub struct LinkOptions {
     pub tls: Option<ClientTlsConfig>,
     /// `cluster.replication_queue_depth_max`.
     pub queue_depth_max: usize,
+    /// `cluster.replication_queue_bytes_max`.
+    pub queue_bytes_max: usize,
     /// `cluster.replication_batch_bytes_max`.
     pub frame_bytes_max: usize,
     /// Largest message either side encodes or decodes (one AppendEntries at its bounds).
@@ -223,6 +226,33 @@ type Answer = oneshot::Sender<Result<pb::RaftEnvelope, TransportError>>;
 struct Outgoing {
     message: pb::RaftEnvelope,
     answer: Answer,
+    /// Its size in a frame (measured once, when it is queued).
+    bytes: usize,
+}
+
+/// The size of `message` in a frame: its encoding, and its framing and request id.
+fn frame_bytes(message: &pb::RaftEnvelope) -> usize {
+    message.encoded_len() + MESSAGE_FRAMING_BYTES
+}
+
+/// The receiving half of a link's queue: what it takes leaves the queue's byte count.
+struct Queued {
+    rx: mpsc::Receiver<Outgoing>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    async fn recv(&mut self) -> Option<Outgoing> {
+        let out = self.rx.recv().await?;
+        self.bytes.fetch_sub(out.bytes, Ordering::AcqRel);
+        Some(out)
+    }
+
+    fn try_recv(&mut self) -> Option<Outgoing> {
+        let out = self.rx.try_recv().ok()?;
+        self.bytes.fetch_sub(out.bytes, Ordering::AcqRel);
+        Some(out)
+    }
 }
 
 /// The sending half of one peer's link; the link's task owns the rest.
@@ -230,14 +260,23 @@ struct Link {
     node: NodeId,
     queue: mpsc::Sender<Outgoing>,
     queue_depth_max: usize,
+    /// Bytes of the messages in `queue` (see [`frame_bytes`]), and their bound.
+    queued_bytes: Arc<AtomicUsize>,
+    queue_bytes_max: usize,
     status: Arc<LinkStatus>,
 }
 
 impl Link {
     fn start(node: u32, addr: &str, options: LinkOptions) -> Result<Link, String> {
         let endpoint = endpoint(addr, &options)?;
-        let (queue, queued) = mpsc::channel(options.queue_depth_max);
+        let (queue, rx) = mpsc::channel(options.queue_depth_max);
         let queue_depth_max = options.queue_depth_max;
+        let queue_bytes_max = options.queue_bytes_max;
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let queued = Queued {
+            rx,
+            bytes: queued_bytes.clone(),
+        };
         let status = Arc::new(LinkStatus::default());
         let task = LinkTask {
             status: status.clone(),
@@ -255,25 +294,51 @@ impl Link {
             node: u64::from(node),
             queue,
             queue_depth_max,
+            queued_bytes,
+            queue_bytes_max,
             status,
         })
     }
 
+    /// Queues `message`, or answers it lost at once when the queue is at either bound.
     fn send(&self, message: pb::RaftEnvelope, answer: Answer) {
         use mpsc::error::TrySendError;
-        match self.queue.try_send(Outgoing { message, answer }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(out)) => drop(out.answer.send(Err(TransportError::Lost {
-                node: self.node,
-                reason: format!(
-                    "{} messages already queued for it (cluster.replication_queue_depth_max)",
-                    self.queue_depth_max
+        let bytes = frame_bytes(&message);
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let refused = if before > 0 && before + bytes > self.queue_bytes_max {
+            Err((
+                answer,
+                format!(
+                    "{before} bytes of messages already queued for it, and this one is {bytes} \
+                     (cluster.replication_queue_bytes_max = {})",
+                    self.queue_bytes_max
                 ),
-            }))),
-            Err(TrySendError::Closed(out)) => drop(out.answer.send(Err(TransportError::Lost {
+            ))
+        } else {
+            match self.queue.try_send(Outgoing {
+                message,
+                answer,
+                bytes,
+            }) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(out)) => Err((
+                    out.answer,
+                    format!(
+                        "{} messages already queued for it (cluster.replication_queue_depth_max)",
+                        self.queue_depth_max
+                    ),
+                )),
+                Err(TrySendError::Closed(out)) => {
+                    Err((out.answer, "the node's link has stopped".to_owned()))
+                }
+            }
+        };
+        if let Err((answer, reason)) = refused {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            drop(answer.send(Err(TransportError::Lost {
                 node: self.node,
-                reason: "the node's link has stopped".to_owned(),
-            }))),
+                reason,
+            })));
         }
     }
 }
@@ -312,7 +377,7 @@ struct LinkTask {
     addr: String,
     endpoint: Endpoint,
     options: LinkOptions,
-    queued: mpsc::Receiver<Outgoing>,
+    queued: Queued,
     pending: Pending,
     next_id: u64,
     /// A message taken from the queue that did not fit the last frame: the next one's first.
@@ -488,12 +553,11 @@ impl LinkTask {
     fn frame(&mut self, first: Outgoing) -> pb::RaftFrame {
         let mut messages = Vec::new();
         let mut bytes = 0usize;
-        // Each message is measured once, before it joins the frame (its id's few bytes are
-        // within the framing allowance).
-        let size_of = |out: &Outgoing| out.message.encoded_len() + MESSAGE_FRAMING_BYTES;
-        let mut next = Some((size_of(&first), first));
+        // Each message was measured once, when it was queued (its id's few bytes are within
+        // the framing allowance).
+        let mut next = Some(first);
         let mut pending = self.pending.lock().expect("pending lock poisoned");
-        while let Some((size, mut out)) = next.take() {
+        while let Some(mut out) = next.take() {
             if pending.len() >= self.options.queue_depth_max {
                 // Forget answers whose senders stopped waiting (they timed out).
                 pending.retain(|_, answer| !answer.is_closed());
@@ -509,22 +573,21 @@ impl LinkTask {
             } else if !out.answer.is_closed() {
                 out.message.id = self.next_id;
                 self.next_id += 1;
-                bytes += size;
+                bytes += out.bytes;
                 pending.insert(out.message.id, out.answer);
                 messages.push(out.message);
             }
             if bytes >= self.options.frame_bytes_max {
                 break;
             }
-            let Ok(queued) = self.queued.try_recv() else {
+            let Some(queued) = self.queued.try_recv() else {
                 break;
             };
-            let size = size_of(&queued);
-            if !messages.is_empty() && bytes + size > self.options.frame_bytes_max {
+            if !messages.is_empty() && bytes + queued.bytes > self.options.frame_bytes_max {
                 self.overflow = Some(queued);
                 break;
             }
-            next = Some((size, queued));
+            next = Some(queued);
         }
         pb::RaftFrame { messages }
     }
@@ -549,4 +612,105 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An AppendEntries-sized message: `payload_bytes` of entry bytes.
+    fn message(payload_bytes: usize) -> pb::RaftEnvelope {
+        pb::RaftEnvelope {
+            topic: "t".to_owned(),
+            body: Some(pb::raft_envelope::Body::Append(pb::RaftAppendRequest {
+                entries: vec![pb::RaftEntry {
+                    payload: Some(pb::raft_entry::Payload::Batch(
+                        vec![7u8; payload_bytes].into(),
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// A link with no task: its queue is only read by the test.
+    fn link(queue_depth_max: usize, queue_bytes_max: usize) -> (Link, Queued) {
+        let (queue, rx) = mpsc::channel(queue_depth_max);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let link = Link {
+            node: 2,
+            queue,
+            queue_depth_max,
+            queued_bytes: queued_bytes.clone(),
+            queue_bytes_max,
+            status: Arc::default(),
+        };
+        let queued = Queued {
+            rx,
+            bytes: queued_bytes,
+        };
+        (link, queued)
+    }
+
+    /// Sends `message` on `link`: `Ok` when queued, else the reason it was answered lost.
+    fn send(link: &Link, message: pb::RaftEnvelope) -> Result<(), String> {
+        let (tx, mut rx) = oneshot::channel();
+        link.send(message, tx);
+        match rx.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => Ok(()),
+            Ok(Err(TransportError::Lost { reason, .. })) => Err(reason),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// The link's queue is bounded in bytes as well as in messages: a message past the byte
+    /// bound is answered lost at once and queues nothing; what the link's task takes frees
+    /// its bytes; one message larger than the bound still goes alone into an empty queue.
+    #[test]
+    fn a_link_queue_refuses_messages_past_its_byte_bound_and_frees_what_is_taken() {
+        let one = frame_bytes(&message(4000));
+        let (link, mut queued) = link(100, 2 * one + one / 2);
+        send(&link, message(4000)).unwrap();
+        send(&link, message(4000)).unwrap();
+        let refused = send(&link, message(4000)).unwrap_err();
+        assert!(
+            refused.contains("cluster.replication_queue_bytes_max"),
+            "{refused}"
+        );
+        assert_eq!(link.queued_bytes.load(Ordering::Acquire), 2 * one);
+
+        let taken = queued.try_recv().expect("the first message");
+        assert_eq!(taken.bytes, one);
+        assert_eq!(link.queued_bytes.load(Ordering::Acquire), one);
+        send(&link, message(4000)).unwrap();
+        while queued.try_recv().is_some() {}
+        assert_eq!(link.queued_bytes.load(Ordering::Acquire), 0);
+
+        send(&link, message(10 * 4000)).expect("a large message goes into an empty queue");
+        let refused = send(&link, message(10)).unwrap_err();
+        assert!(
+            refused.contains("bytes of messages already queued"),
+            "{refused}"
+        );
+    }
+
+    /// The message-count bound still holds, and a refusal by it leaves the byte count as
+    /// it was.
+    #[test]
+    fn a_link_queue_refuses_messages_past_its_count_bound() {
+        let (link, _queued) = link(2, usize::MAX / 2);
+        send(&link, message(10)).unwrap();
+        send(&link, message(10)).unwrap();
+        let refused = send(&link, message(10)).unwrap_err();
+        assert!(
+            refused.contains("cluster.replication_queue_depth_max"),
+            "{refused}"
+        );
+        assert_eq!(
+            link.queued_bytes.load(Ordering::Acquire),
+            2 * frame_bytes(&message(10))
+        );
+    }
 }

@@ -69,6 +69,11 @@ pub struct ClusterConfig {
     /// message is refused at once, as if the node were unreachable, and Raft retries it. Also
     /// the messages one incoming stream serves at once.
     pub replication_queue_depth_max: u32,
+    /// Bytes of messages that may wait for one destination node (one message larger than
+    /// this is taken when nothing waits); past it a message is refused at once, as for
+    /// `replication_queue_depth_max`. Also the bytes of messages one incoming stream serves
+    /// at once (past it the stream is not read until some are answered).
+    pub replication_queue_bytes_max: u64,
     /// AppendEntries a partition's leader has sent to one follower and awaits answers to;
     /// 1 = one at a time (each waits for the follower's sync of the one before). They count
     /// against the link's `replication_queue_depth_max`, which every partition between the
@@ -120,6 +125,7 @@ impl Default for ClusterConfig {
             heartbeat_interval_ms: timings.heartbeat_interval_ms,
             replication_batch_bytes_max: 4 * MIB,
             replication_queue_depth_max: 4096,
+            replication_queue_bytes_max: 64 * MIB,
             replication_inflight_max: 4,
             replication_cache_bytes_max: 4 * MIB,
             raft_payload_entries_max: timings.raft_payload_entries_max,
@@ -258,6 +264,13 @@ impl ClusterConfig {
             1,
             1 << 20,
             " messages",
+        )?;
+        check_range(
+            key("replication_queue_bytes_max"),
+            self.replication_queue_bytes_max,
+            MIB,
+            64 * GIB,
+            " bytes",
         )?;
         check_range(
             key("replication_inflight_max"),
@@ -763,6 +776,8 @@ mod tests {
         check("replication_batch_bytes_max = 1073741824").unwrap();
         check("replication_queue_depth_max = 1\nraft_payload_entries_max = 1").unwrap();
         check("replication_inflight_max = 1").unwrap();
+        check("replication_queue_bytes_max = 1048576").unwrap();
+        check("replication_queue_bytes_max = 68719476736").unwrap();
         check("replication_inflight_max = 1024").unwrap();
         check("quiesce_after_ms = 0").unwrap();
         check("quiesce_after_ms = 100").unwrap();
@@ -782,6 +797,14 @@ mod tests {
             (
                 "replication_queue_depth_max = 1048577",
                 "cluster.replication_queue_depth_max",
+            ),
+            (
+                "replication_queue_bytes_max = 1048575",
+                "cluster.replication_queue_bytes_max",
+            ),
+            (
+                "replication_queue_bytes_max = 68719476737",
+                "cluster.replication_queue_bytes_max",
             ),
             (
                 "replication_inflight_max = 0",

@@ -5,9 +5,10 @@
 //! CN `node-<id>`; a client certificate without it is refused `PERMISSION_DENIED` when it
 //! opens the stream), that a node speaks only for itself (an envelope's `from_node` must be
 //! the id in its certificate), and the bounds of one stream: at most
-//! `cluster.replication_queue_depth_max` messages being served at once (past it the stream is
-//! not read, and HTTP/2 flow control holds the sender), answers packed into frames as they
-//! complete, in any order.
+//! `cluster.replication_queue_depth_max` messages, and `cluster.replication_queue_bytes_max`
+//! bytes of them, being served at once (past either the stream is not read, and HTTP/2 flow
+//! control holds the sender; a frame read below the bound may pass it by at most one frame),
+//! answers packed into frames as they complete, in any order.
 //! Must never: interpret a message (the group does, on its shard), or keep a stream open
 //! once the server drains.
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -38,17 +40,49 @@ const FRAMES_QUEUED: usize = 4;
 #[derive(Clone)]
 pub struct ReplicationService {
     inner: Arc<Inner>,
-    /// `cluster.replication_queue_depth_max`: messages one stream serves at once.
-    in_service_max: usize,
+    /// What one stream serves at once.
+    in_service_max: InService,
 }
 
 impl ReplicationService {
     pub(super) fn new(inner: Arc<Inner>) -> ReplicationService {
-        let in_service_max = inner.config.cluster.replication_queue_depth_max as usize;
+        let cluster = &inner.config.cluster;
+        let in_service_max = InService {
+            messages: cluster.replication_queue_depth_max as usize,
+            bytes: cluster.replication_queue_bytes_max as usize,
+        };
         ReplicationService {
             inner,
             in_service_max,
         }
+    }
+}
+
+/// Messages being served on one stream, and their encoded bytes; or the bound of both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InService {
+    messages: usize,
+    bytes: usize,
+}
+
+impl InService {
+    /// Whether the stream may read another frame with `self` in service, under `max`.
+    fn admits_more(&self, max: &InService) -> bool {
+        self.messages < max.messages && self.bytes < max.bytes
+    }
+
+    fn add(&mut self, bytes: usize) {
+        self.messages += 1;
+        self.bytes += bytes;
+    }
+
+    fn remove(&mut self, bytes: usize) {
+        assert!(
+            self.messages > 0 && self.bytes >= bytes,
+            "a stream answers only what it serves"
+        );
+        self.messages -= 1;
+        self.bytes -= bytes;
     }
 }
 
@@ -170,7 +204,7 @@ struct Exchange {
     inner: Arc<Inner>,
     principal: Principal,
     node: Option<u32>,
-    in_service_max: usize,
+    in_service_max: InService,
 }
 
 impl Exchange {
@@ -180,23 +214,28 @@ impl Exchange {
         answers: mpsc::Sender<Result<pb::RaftFrame, Status>>,
     ) {
         let mut serving = FuturesUnordered::new();
+        let mut in_service = InService::default();
         let mut draining = self.inner.draining.clone();
         loop {
             tokio::select! {
-                frame = inbound.message(), if serving.len() < self.in_service_max => {
+                frame = inbound.message(), if in_service.admits_more(&self.in_service_max) => {
                     match frame {
                         Ok(Some(frame)) => {
                             for message in frame.messages {
-                                serving.push(self.serve(message));
+                                let bytes = message.encoded_len();
+                                in_service.add(bytes);
+                                serving.push(self.serve(message).map(move |answer| (answer, bytes)));
                             }
                         }
                         // The peer closed its side, or the connection broke.
                         Ok(None) | Err(_) => return,
                     }
                 }
-                Some(answer) = serving.next(), if !serving.is_empty() => {
+                Some((answer, bytes)) = serving.next(), if !serving.is_empty() => {
+                    in_service.remove(bytes);
                     let mut messages = vec![answer];
-                    while let Some(Some(answer)) = serving.next().now_or_never() {
+                    while let Some(Some((answer, bytes))) = serving.next().now_or_never() {
+                        in_service.remove(bytes);
                         messages.push(answer);
                     }
                     if answers.send(Ok(pb::RaftFrame { messages })).await.is_err() {
@@ -254,6 +293,31 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream reads on while both its messages and their bytes in service are below the
+    /// bounds, and stops at either.
+    #[test]
+    fn a_stream_reads_while_both_messages_and_bytes_in_service_are_below_the_bounds() {
+        let max = InService {
+            messages: 3,
+            bytes: 1000,
+        };
+        let mut in_service = InService::default();
+        assert!(in_service.admits_more(&max));
+        in_service.add(400);
+        in_service.add(400);
+        assert!(in_service.admits_more(&max), "2 messages, 800 bytes");
+        in_service.add(10);
+        assert!(!in_service.admits_more(&max), "3 messages: the count bound");
+        in_service.remove(10);
+        in_service.add(300);
+        assert!(!in_service.admits_more(&max), "1,100 bytes: the byte bound");
+        in_service.remove(400);
+        assert!(in_service.admits_more(&max));
+        in_service.remove(400);
+        in_service.remove(300);
+        assert_eq!(in_service, InService::default());
+    }
 
     #[test]
     fn a_node_certificate_speaks_for_its_id_only() {

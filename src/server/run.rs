@@ -101,6 +101,7 @@ fn cluster_links(config: &Config) -> Result<Option<(Membership, LinkOptions)>> {
     let links = LinkOptions {
         tls,
         queue_depth_max: cluster.replication_queue_depth_max as usize,
+        queue_bytes_max: cluster.replication_queue_bytes_max as usize,
         frame_bytes_max: cluster.replication_batch_bytes_max as usize,
         message_bytes_max: replication_message_limit(config),
         keepalive_interval: Duration::from_millis(cluster.election_timeout_min_ms),
