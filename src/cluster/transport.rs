@@ -9,7 +9,9 @@
 //!
 //! Bounds: each link queues at most `cluster.replication_queue_depth_max` messages, and at
 //! most `cluster.replication_queue_bytes_max` bytes of them (one larger message is taken
-//! into an empty queue), and has at most as many messages awaiting an answer; a frame carries at most
+//! into an empty queue, and messages of at most [`SMALL_MESSAGE_BYTES`] pass the byte bound),
+//! and has at most as many messages awaiting an answer; besides the queue, a link holds at
+//! most one message taken but not yet framed and [`FRAMES_QUEUED`] frames; a frame carries at most
 //! `cluster.replication_batch_bytes_max` bytes of messages (one larger message goes alone).
 //! A message's sender waits for its answer with its own deadline; a link forgets the answers
 //! nobody waits for any more when it is at its bound, and all of them when its stream ends.
@@ -43,6 +45,10 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Frames built but not yet taken by the HTTP/2 stream, per link.
 const FRAMES_QUEUED: usize = 4;
+/// Messages this small (heartbeats, votes, answers to probes) always pass a link's byte
+/// bound, only its count bound: a link slowed by large AppendEntries must not starve a
+/// group's heartbeats into elections.
+const SMALL_MESSAGE_BYTES: usize = 4096;
 /// Protobuf framing of one message inside a frame (tag and length), and its request id
 /// (set after it is measured), at most.
 const MESSAGE_FRAMING_BYTES: usize = 6 + 11;
@@ -305,12 +311,15 @@ impl Link {
         use mpsc::error::TrySendError;
         let bytes = frame_bytes(&message);
         let before = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        let refused = if before > 0 && before + bytes > self.queue_bytes_max {
+        let over = before > 0 && before + bytes > self.queue_bytes_max;
+        let refused = if over && bytes > SMALL_MESSAGE_BYTES {
             Err((
                 answer,
                 format!(
-                    "{before} bytes of messages already queued for it, and this one is {bytes} \
-                     (cluster.replication_queue_bytes_max = {})",
+                    "not sent: {before} bytes of messages already wait for it and this one is \
+                     {bytes} (cluster.replication_queue_bytes_max = {}); the node or the \
+                     network to it is slow, and Raft sends it again later. If it is up and \
+                     this repeats, raise cluster.replication_queue_bytes_max",
                     self.queue_bytes_max
                 ),
             ))
@@ -324,7 +333,9 @@ impl Link {
                 Err(TrySendError::Full(out)) => Err((
                     out.answer,
                     format!(
-                        "{} messages already queued for it (cluster.replication_queue_depth_max)",
+                        "not sent: {} messages already wait for it \
+                         (cluster.replication_queue_depth_max); the node or the network to it \
+                         is slow, and Raft sends it again later",
                         self.queue_depth_max
                     ),
                 )),
@@ -670,11 +681,11 @@ mod tests {
     /// its bytes; one message larger than the bound still goes alone into an empty queue.
     #[test]
     fn a_link_queue_refuses_messages_past_its_byte_bound_and_frees_what_is_taken() {
-        let one = frame_bytes(&message(4000));
+        let one = frame_bytes(&message(5000));
         let (link, mut queued) = link(100, 2 * one + one / 2);
-        send(&link, message(4000)).unwrap();
-        send(&link, message(4000)).unwrap();
-        let refused = send(&link, message(4000)).unwrap_err();
+        send(&link, message(5000)).unwrap();
+        send(&link, message(5000)).unwrap();
+        let refused = send(&link, message(5000)).unwrap_err();
         assert!(
             refused.contains("cluster.replication_queue_bytes_max"),
             "{refused}"
@@ -684,16 +695,17 @@ mod tests {
         let taken = queued.try_recv().expect("the first message");
         assert_eq!(taken.bytes, one);
         assert_eq!(link.queued_bytes.load(Ordering::Acquire), one);
-        send(&link, message(4000)).unwrap();
+        send(&link, message(5000)).unwrap();
         while queued.try_recv().is_some() {}
         assert_eq!(link.queued_bytes.load(Ordering::Acquire), 0);
 
-        send(&link, message(10 * 4000)).expect("a large message goes into an empty queue");
-        let refused = send(&link, message(10)).unwrap_err();
+        send(&link, message(10 * 5000)).expect("a large message goes into an empty queue");
+        let refused = send(&link, message(SMALL_MESSAGE_BYTES)).unwrap_err();
         assert!(
-            refused.contains("bytes of messages already queued"),
+            refused.contains("bytes of messages already wait"),
             "{refused}"
         );
+        send(&link, message(100)).expect("a small message passes the byte bound");
     }
 
     /// The message-count bound still holds, and a refusal by it leaves the byte count as

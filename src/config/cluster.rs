@@ -70,7 +70,8 @@ pub struct ClusterConfig {
     /// the messages one incoming stream serves at once.
     pub replication_queue_depth_max: u32,
     /// Bytes of messages that may wait for one destination node (one message larger than
-    /// this is taken when nothing waits); past it a message is refused at once, as for
+    /// this is taken when nothing waits, and messages of at most 4 KiB, heartbeats and
+    /// votes, always pass); past it a message is refused at once, as for
     /// `replication_queue_depth_max`. Also the bytes of messages one incoming stream serves
     /// at once (past it the stream is not read until some are answered).
     pub replication_queue_bytes_max: u64,

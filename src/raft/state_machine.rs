@@ -264,13 +264,13 @@ impl<RT: AsyncRuntime> RaftStateMachine<PartitionTypes<RT>> for PartitionStateMa
             context: super::store::applied_context(&meta.last_membership),
         };
         let key = self.key.clone();
-        // The log is emptied: its newest entries are not to be read any more.
+        // The log may be emptied: its newest entries are read from it again, if they stay.
         self.recent.borrow_mut().forget();
         super::store::ask(&self.ops, |reply| LogOp::Install { key, mark, reply }).await?;
         self.applied = Some(last);
         self.membership = meta.last_membership.clone();
         self.membership_unsent = true;
-        tracing::info!(topic = %self.key.0, partition = self.key.1, %last, next_offset = snapshot.next_offset, "installed a snapshot: the log starts again after it");
+        tracing::info!(topic = %self.key.0, partition = self.key.1, %last, next_offset = snapshot.next_offset, "installed a snapshot");
         Ok(())
     }
 

@@ -792,14 +792,49 @@ async fn snapshot<E: Engine>(
     Ok(mark)
 }
 
-/// Installs a leader's snapshot: its marks first (a crash part-way installs it again from
-/// them: the log's start is already there), then the log is emptied to start at its end.
+/// Installs a leader's snapshot of the entries up to `mark.index`: its marks first (a crash
+/// part-way installs it again from them: the log's start is already there), then the log.
+///
+/// When the log holds the snapshot's last entry as the leader does (same term, ending at the
+/// same offset), openraft keeps the entries after it (it truncates only on a conflict), and
+/// so must the log: they may be acknowledged entries that count on this replica. Only what
+/// the snapshot covers goes, as in a purge, and the commit mark moves up to the snapshot's
+/// end. Otherwise (no such entry, or a conflicting one, which openraft has cut already) the
+/// log is emptied to start at the snapshot's end, and its next entry must be the one after.
 async fn install<E: Engine>(log: &mut Log<E>, mark: &storage::AppliedMark) -> io::Result<()> {
     for file in [storage::MarkFile::Snapshot, storage::MarkFile::Purged] {
         log.save_mark(file, mark).await.map_err(io_error)?;
     }
-    log.reset_to(mark.next_offset).await.map_err(io_error)?;
+    if holds_entry(log, mark).await? {
+        if log.high_watermark() < mark.next_offset {
+            log.set_commit(mark.next_offset).map_err(io_error)?;
+        }
+        log.truncate_prefix(mark.next_offset)
+            .await
+            .map_err(io_error)?;
+    } else {
+        log.reset_to(mark.next_offset, mark.index + 1)
+            .await
+            .map_err(io_error)?;
+    }
     log.save_applied_mark(mark).await.map_err(io_error)
+}
+
+/// Whether the log holds entry `mark.index` of term `mark.term`, ending at `mark.next_offset`.
+async fn holds_entry<E: Engine>(log: &mut Log<E>, mark: &storage::AppliedMark) -> io::Result<bool> {
+    let Some(offset) = log
+        .offset_of_raft_index(mark.index)
+        .await
+        .map_err(io_error)?
+    else {
+        return Ok(false);
+    };
+    let header = log.header_at(offset).await.map_err(io_error)?;
+    Ok(header.is_some_and(|h| {
+        h.raft_index == mark.index
+            && h.leader_epoch == mark.term
+            && h.next_offset() == mark.next_offset
+    }))
 }
 
 /// Purges entries up to `log_id`: the purge mark is saved first, then whole segments below
@@ -1030,4 +1065,109 @@ async fn commit<E: Engine>(log: &mut Log<E>, index: u64) -> io::Result<u64> {
         log.set_commit(offset).map_err(io_error)?;
     }
     Ok(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::storage::{EntryMeta, LogLimits, PortableEngine, Record};
+
+    async fn open(dir: &std::path::Path) -> Log<PortableEngine> {
+        let limits = LogLimits {
+            record_bytes_max: 300,
+            batch_bytes_max: 1000,
+            segment_bytes_max: 1000,
+            index_bytes_max: 16 * 64,
+            ..LogLimits::default()
+        };
+        Log::open(PortableEngine::new(), dir, limits)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// Appends entry `index` of term `term` (two records of 100 bytes).
+    async fn append_entry(log: &mut Log<PortableEngine>, term: u64, index: u64) {
+        let records = (0..2)
+            .map(|_| Record {
+                value: Bytes::from(vec![index as u8; 100]),
+                ..Record::default()
+            })
+            .collect();
+        let batch = log.config().check(records).unwrap();
+        let meta = EntryMeta {
+            term,
+            raft_index: index,
+            control: false,
+        };
+        log.append_entry(meta, &batch).await.unwrap();
+    }
+
+    /// The mark of a snapshot whose last entry is `index` of `term`, ending at `next_offset`.
+    fn mark(term: u64, index: u64, next_offset: u64) -> storage::AppliedMark {
+        storage::AppliedMark {
+            term,
+            index,
+            next_offset,
+            context: Vec::new(),
+        }
+    }
+
+    /// A snapshot whose last entry the log holds as the leader does keeps the entries after
+    /// it (openraft keeps them too): only what it covers goes, and the commit mark moves up
+    /// to its end. The entries after it are still found by index and read back.
+    #[test]
+    fn a_snapshot_the_log_agrees_with_keeps_the_entries_after_it() {
+        futures::executor::block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = open(dir.path()).await;
+            for index in 1..=10 {
+                append_entry(&mut log, 1, index).await;
+            }
+            log.sync().await.unwrap();
+            log.set_commit(log.start_offset()).unwrap();
+            let end = log.end_offset();
+            let after_5 = end_of_entry(&mut log, 5).await.unwrap();
+            install(&mut log, &mark(1, 5, after_5)).await.unwrap();
+            assert_eq!(log.end_offset(), end, "entries 6..=10 stay");
+            assert_eq!(log.start_offset(), after_5);
+            assert_eq!(log.high_watermark(), after_5);
+            let entries = read(&mut log, 6, 11, usize::MAX).await.unwrap();
+            let indices: Vec<u64> = entries.iter().map(|e| e.log_id().index()).collect();
+            assert_eq!(indices, (6..=10).collect::<Vec<_>>());
+            append_entry(&mut log, 1, 11).await;
+        });
+    }
+
+    /// A snapshot whose last entry the log does not hold, or holds from another term, empties
+    /// the log to start at its end, and the next entry must be the one after it.
+    #[test]
+    fn a_snapshot_the_log_does_not_agree_with_empties_it() {
+        futures::executor::block_on(async {
+            for (term, index) in [(2, 5), (1, 30)] {
+                let dir = tempfile::tempdir().unwrap();
+                let mut log = open(dir.path()).await;
+                for i in 1..=10 {
+                    append_entry(&mut log, 1, i).await;
+                }
+                install(&mut log, &mark(term, index, 1000)).await.unwrap();
+                assert_eq!(
+                    (log.start_offset(), log.end_offset()),
+                    (1000, 1000),
+                    "snapshot of entry {index}, term {term}"
+                );
+                let records = vec![Record::default()];
+                let batch = log.config().check(records).unwrap();
+                let meta = |raft_index| EntryMeta {
+                    term: 2,
+                    raft_index,
+                    control: false,
+                };
+                assert!(log.append_entry(meta(index + 2), &batch).await.is_err());
+                log.append_entry(meta(index + 1), &batch).await.unwrap();
+            }
+        });
+    }
 }

@@ -88,7 +88,7 @@ pub enum Error {
     )]
     NotContinuous { base_offset: u64, end_offset: u64 },
     #[error(
-        "Raft entry {raft_index} does not follow the log's last entry: the next one appended must be entry {expected} (a gap would break the log's lookup of entries by index)"
+        "Raft entry {raft_index} does not follow the log's last entry: the next one appended must be entry {expected} (a gap would break the log's lookup of entries by index); nothing was written, and the partition's Raft group starts again from what its log holds"
     )]
     EntryGap { raft_index: u64, expected: u64 },
     #[error("batch term {term} is below the log's last term {last_term}")]

@@ -992,14 +992,15 @@ impl<E: Engine> Log<E> {
 
     /// Empties the log and starts it again at `offset` (a consensus layer installing a
     /// snapshot that covers everything before it): every segment is deleted, the start, end,
-    /// durable end and commit mark all become `offset`, and the epoch map is cleared.
+    /// durable end and commit mark all become `offset`, and the epoch map is cleared. The
+    /// next Raft entry appended must be `next_entry_index` (the one after the snapshot).
     ///
     /// # Correctness
     /// The new start offset is persisted first, then the segments are deleted oldest first
     /// and the new one created. A crash part-way leaves segments below the new start, which
     /// reads refuse; the consensus layer saved its snapshot mark before calling this, and
     /// installs the snapshot again if it is asked to.
-    pub async fn reset_to(&mut self, offset: u64) -> Result<()> {
+    pub async fn reset_to(&mut self, offset: u64, next_entry_index: u64) -> Result<()> {
         self.check_writable().await?;
         self.move_start(offset).await?;
         self.next_entry_index = None;
@@ -1025,6 +1026,7 @@ impl<E: Engine> Log<E> {
         self.epochs.clear();
         let persisted = self.persist_epochs().await;
         self.poison("persist leader epochs", persisted)?;
+        self.next_entry_index = Some(next_entry_index);
         self.check_invariants();
         Ok(())
     }

@@ -7,10 +7,11 @@
 //! a writer that did not see the cut (after a full disk, the unsynced tail goes) would
 //! otherwise take that writer's next entry right after the cut, and hold a gap for good.
 //!
-//! The expected index is known without a read after each entry appended; after anything
-//! else that moved the end (open, a cut, a reset, a batch that is not an entry) it is read
-//! from the last batch's header once. A last batch of term 0 and index 0 is either a
-//! partition's first entry or a batch written without Raft: it constrains nothing.
+//! The expected index is known without a read after each entry appended, and after a reset
+//! (a snapshot installed: the entry after it); after anything else that moved the end (open,
+//! a cut, a batch that is not an entry) it is read from the last batch's header once. A log
+//! that holds no batch takes any index, and a last batch of term 0 and index 0 (a
+//! partition's first entry, or a batch written without Raft) constrains nothing.
 
 use super::{Log, Result};
 use crate::storage::error::Error;
@@ -124,16 +125,17 @@ mod tests {
         });
     }
 
-    /// A log that holds no entry takes any index (a fresh group's first, or the first after
-    /// a snapshot was installed), and only the next one after it.
+    /// A fresh log takes any index (a new group's first entry), then only the next; a log
+    /// reset for a snapshot takes only the entry after the snapshot.
     #[test]
-    fn an_empty_log_takes_any_index_then_only_the_next() {
+    fn a_fresh_log_takes_any_index_and_a_reset_one_the_entry_after_its_snapshot() {
         futures::executor::block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let mut log = open(dir.path()).await;
             append(&mut log, 40).await.unwrap();
             assert_gap(append(&mut log, 40).await, 40, 41);
-            log.reset_to(500).await.unwrap();
+            log.reset_to(500, 90).await.unwrap();
+            assert_gap(append(&mut log, 95).await, 95, 90);
             append(&mut log, 90).await.unwrap();
             assert_gap(append(&mut log, 92).await, 92, 91);
         });

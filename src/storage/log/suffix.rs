@@ -233,7 +233,7 @@ mod tests {
                     LogSuffix::default()
                 );
             }
-            log.reset_to(17).await.unwrap();
+            log.reset_to(17, 100).await.unwrap();
             assert_eq!(
                 log.suffix_after_entry(None).await.unwrap(),
                 LogSuffix::default()
