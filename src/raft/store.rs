@@ -1075,14 +1075,7 @@ mod tests {
     use crate::storage::{EntryMeta, LogLimits, PortableEngine, Record};
 
     async fn open(dir: &std::path::Path) -> Log<PortableEngine> {
-        let limits = LogLimits {
-            record_bytes_max: 300,
-            batch_bytes_max: 1000,
-            segment_bytes_max: 1000,
-            index_bytes_max: 16 * 64,
-            ..LogLimits::default()
-        };
-        Log::open(PortableEngine::new(), dir, limits)
+        Log::open(PortableEngine::new(), dir, LogLimits::small_for_tests())
             .await
             .unwrap()
             .0

@@ -142,6 +142,22 @@ pub struct LogLimits {
     pub retention_ms: u64,
 }
 
+impl LogLimits {
+    /// Small limits for unit tests: segments of 1,000 bytes, so that a few batches roll them.
+    #[cfg(test)]
+    pub(crate) fn small_for_tests() -> LogLimits {
+        LogLimits {
+            record_bytes_max: 300,
+            batch_bytes_max: 1000,
+            segment_bytes_max: 1000,
+            segment_ms: 0,
+            index_bytes_max: 16 * 64,
+            retention_bytes: 0,
+            retention_ms: 0,
+        }
+    }
+}
+
 impl Default for LogLimits {
     fn default() -> Self {
         LogLimits {

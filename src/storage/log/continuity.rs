@@ -45,20 +45,8 @@ mod tests {
 
     use crate::storage::{EntryMeta, Error, Log, LogLimits, PortableEngine, Record};
 
-    fn limits() -> LogLimits {
-        LogLimits {
-            record_bytes_max: 300,
-            batch_bytes_max: 1000,
-            segment_bytes_max: 1000,
-            segment_ms: 0,
-            index_bytes_max: 16 * 64,
-            retention_bytes: 0,
-            retention_ms: 0,
-        }
-    }
-
     async fn open(dir: &std::path::Path) -> Log<PortableEngine> {
-        Log::open(PortableEngine::new(), dir, limits())
+        Log::open(PortableEngine::new(), dir, LogLimits::small_for_tests())
             .await
             .unwrap()
             .0

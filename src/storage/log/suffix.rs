@@ -95,18 +95,6 @@ mod tests {
     use super::*;
     use crate::storage::{EntryMeta, LogLimits, PortableEngine, Record};
 
-    fn limits() -> LogLimits {
-        LogLimits {
-            record_bytes_max: 300,
-            batch_bytes_max: 1000,
-            segment_bytes_max: 1000,
-            segment_ms: 0,
-            index_bytes_max: 16 * 64,
-            retention_bytes: 0,
-            retention_ms: 0,
-        }
-    }
-
     /// A replicated log whose entry `i` (from `first_index`) is a batch of `i % 3 + 1`
     /// records; returns each entry's (next offset, store bytes).
     async fn replicated_log(
@@ -114,7 +102,7 @@ mod tests {
         first_index: u64,
         entries: u64,
     ) -> (Log<PortableEngine>, Vec<(u64, u64)>) {
-        let (mut log, _) = Log::open(PortableEngine::new(), dir, limits())
+        let (mut log, _) = Log::open(PortableEngine::new(), dir, LogLimits::small_for_tests())
             .await
             .unwrap();
         let mut placed = Vec::new();
@@ -171,9 +159,13 @@ mod tests {
             );
             // Reopened: the sealed segments are looked up from their files again.
             log.close().await.unwrap();
-            let (mut log, _) = Log::open(PortableEngine::new(), dir.path(), limits())
-                .await
-                .unwrap();
+            let (mut log, _) = Log::open(
+                PortableEngine::new(),
+                dir.path(),
+                LogLimits::small_for_tests(),
+            )
+            .await
+            .unwrap();
             for i in [0, 7, 20, 39] {
                 assert_eq!(
                     log.suffix_after_entry(Some(i as u64)).await.unwrap(),
@@ -224,9 +216,13 @@ mod tests {
     fn an_empty_log_has_an_empty_suffix() {
         futures::executor::block_on(async {
             let dir = tempfile::tempdir().unwrap();
-            let (mut log, _) = Log::open(PortableEngine::new(), dir.path(), limits())
-                .await
-                .unwrap();
+            let (mut log, _) = Log::open(
+                PortableEngine::new(),
+                dir.path(),
+                LogLimits::small_for_tests(),
+            )
+            .await
+            .unwrap();
             for index in [None, Some(0), Some(9)] {
                 assert_eq!(
                     log.suffix_after_entry(index).await.unwrap(),
