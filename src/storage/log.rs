@@ -555,7 +555,7 @@ impl<E: Engine> Log<E> {
         let base_offset = self
             .append_measured(batch_meta, batch.records(), batch.batch_bytes())
             .await?;
-        self.next_entry_index = Some(meta.raft_index + 1);
+        self.next_entry_index = (meta.raft_index != 0).then_some(meta.raft_index + 1);
         Ok(base_offset)
     }
 
@@ -791,7 +791,7 @@ impl<E: Engine> Log<E> {
                 bytes: Bytes::copy_from_slice(&batch.bytes),
             });
         }
-        self.next_entry_index = Some(header.raft_index + 1);
+        self.next_entry_index = (header.raft_index != 0).then_some(header.raft_index + 1);
         Ok(base_offset)
     }
 

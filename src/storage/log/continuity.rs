@@ -10,8 +10,9 @@
 //! The expected index is known without a read after each entry appended, and after a reset
 //! (a snapshot installed: the entry after it); after anything else that moved the end (open,
 //! a cut, a batch that is not an entry) it is read from the last batch's header once. A log
-//! that holds no batch takes any index, and a last batch of term 0 and index 0 (a
-//! partition's first entry, or a batch written without Raft) constrains nothing.
+//! that holds no batch takes any index. Index 0 is a group's first entry or a batch written
+//! without Raft (a solo partition's, whatever its term): a batch of index 0 is not checked,
+//! and a last batch of index 0 constrains nothing.
 
 use super::{Log, Result};
 use crate::storage::error::Error;
@@ -21,12 +22,15 @@ impl<E: Engine> Log<E> {
     /// Refuses an entry of index `raft_index` unless it follows the last entry the log holds
     /// (any index is accepted by a log that holds none). Changes nothing.
     pub(super) async fn check_entry_index(&mut self, raft_index: u64) -> Result<()> {
+        if raft_index == 0 {
+            return Ok(());
+        }
         let expected = match self.next_entry_index {
             Some(next) => Some(next),
             None => self
                 .last_batch_header()
                 .await?
-                .filter(|h| h.raft_index != 0 || h.leader_epoch != 0)
+                .filter(|h| h.raft_index != 0)
                 .map(|h| h.raft_index + 1),
         };
         match expected {
@@ -110,6 +114,23 @@ mod tests {
                 Some(cut),
                 "entry 13 is found where it was written"
             );
+        });
+    }
+
+    /// Batches of index 0 (written without Raft, whatever their term) are not checked and
+    /// do not constrain what follows them.
+    #[test]
+    fn batches_of_index_zero_are_not_checked() {
+        futures::executor::block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = open(dir.path()).await;
+            for _ in 0..3 {
+                append(&mut log, 0).await.unwrap();
+            }
+            append(&mut log, 7).await.unwrap();
+            append(&mut log, 0).await.unwrap();
+            append(&mut log, 12).await.unwrap();
+            assert_gap(append(&mut log, 14).await, 14, 13);
         });
     }
 
