@@ -250,14 +250,17 @@ struct Queued {
 impl Queued {
     async fn recv(&mut self) -> Option<Outgoing> {
         let out = self.rx.recv().await?;
-        self.bytes.fetch_sub(out.bytes, Ordering::AcqRel);
-        Some(out)
+        Some(self.took(out))
     }
 
     fn try_recv(&mut self) -> Option<Outgoing> {
         let out = self.rx.try_recv().ok()?;
+        Some(self.took(out))
+    }
+
+    fn took(&self, out: Outgoing) -> Outgoing {
         self.bytes.fetch_sub(out.bytes, Ordering::AcqRel);
-        Some(out)
+        out
     }
 }
 

@@ -167,7 +167,7 @@ pub struct Log<E: Engine> {
     /// The rejoin marker as `raft_rejoin` holds it (see [`Log::rejoin_marker`]).
     rejoin_from: Option<u64>,
     /// The Raft index the next entry must carry, when known without a read (see
-    /// [`Log::check_entry_index`]): set by each entry appended, forgotten by anything else
+    /// [`Log::check_entry_index`]): set by each batch appended, forgotten by anything else
     /// that moves the end.
     next_entry_index: Option<u64>,
 }
@@ -538,8 +538,6 @@ impl<E: Engine> Log<E> {
         meta: EntryMeta,
         batch: &super::CheckedBatch,
     ) -> Result<u64> {
-        self.check_writable().await?;
-        self.check_entry_index(meta.raft_index).await?;
         let producer = batch.producer();
         let batch_meta = BatchMeta {
             leader_epoch: meta.term,
@@ -552,11 +550,8 @@ impl<E: Engine> Log<E> {
             producer_id: producer.map_or(0, |p| p.producer_id),
             producer_seq: producer.map_or(0, |p| p.sequence),
         };
-        let base_offset = self
-            .append_measured(batch_meta, batch.records(), batch.batch_bytes())
-            .await?;
-        self.next_entry_index = (meta.raft_index != 0).then_some(meta.raft_index + 1);
-        Ok(base_offset)
+        self.append_measured(batch_meta, batch.records(), batch.batch_bytes())
+            .await
     }
 
     /// The base offset of the batch that holds Raft entry `raft_index`, or `None` when the
@@ -699,8 +694,7 @@ impl<E: Engine> Log<E> {
         batch_bytes: usize,
     ) -> Result<u64> {
         self.check_writable().await?;
-        // An entry's caller sets it again once the batch is in.
-        self.next_entry_index = None;
+        self.check_entry_index(meta.raft_index).await?;
         let term = meta.leader_epoch;
         self.check_term(term)?;
         let base_offset = self.end_offset();
@@ -731,6 +725,7 @@ impl<E: Engine> Log<E> {
                 _ => unreachable!("a batch just encoded has a header"),
             }
         }
+        self.entry_appended(meta.raft_index);
         Ok(base_offset)
     }
 
@@ -772,7 +767,6 @@ impl<E: Engine> Log<E> {
         }
         self.check_entry_index(header.raft_index).await?;
         self.check_term(header.leader_epoch)?;
-        self.next_entry_index = None;
         let next_offset = header.next_offset();
         self.roll_if_full(bytes.len()).await?;
         self.note_epoch(header.leader_epoch, base_offset).await?;
@@ -791,7 +785,7 @@ impl<E: Engine> Log<E> {
                 bytes: Bytes::copy_from_slice(&batch.bytes),
             });
         }
-        self.next_entry_index = (header.raft_index != 0).then_some(header.raft_index + 1);
+        self.entry_appended(header.raft_index);
         Ok(base_offset)
     }
 

@@ -2,7 +2,8 @@
 //! no gap, which is what lets it find entry `i` as a segment's first entry plus a batch count
 //! (see [`Log::offset_of_raft_index`]).
 //!
-//! Owns: [`Log::check_entry_index`], asked before an entry is appended.
+//! Owns: [`Log::check_entry_index`], asked before every batch is appended, and
+//! [`Log::entry_appended`], told after.
 //! Must never: accept an entry that does not follow the last one held. A log cut back under
 //! a writer that did not see the cut (after a full disk, the unsynced tail goes) would
 //! otherwise take that writer's next entry right after the cut, and hold a gap for good.
@@ -40,6 +41,12 @@ impl<E: Engine> Log<E> {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Notes a batch of index `raft_index` appended: the next entry must follow it, unless it
+    /// is of index 0 (which constrains nothing).
+    pub(super) fn entry_appended(&mut self, raft_index: u64) {
+        self.next_entry_index = (raft_index != 0).then_some(raft_index + 1);
     }
 }
 
