@@ -32,7 +32,8 @@
 # DURABILITY (fsync) is every server's `storage.durability`.
 # CLUSTER_STORAGE is more `[storage]` lines for the three cluster nodes only (e.g. "shards = 1").
 # CLUSTER_EXTRA is more `[cluster]` lines for them (e.g. "replication_inflight_max = 1").
-# SERVER_PREFIX, when set, is a command every server runs under (e.g. "chrt --batch 0").
+# SERVER_PREFIX, when set, is a command every server runs under (e.g. "chrt --batch 0", or
+# "benches/cpu-budget.sh 500" for half a core each, as if every node had a machine of its own).
 # Every server listens on 127.0.0.1 only: the single node on PORT_BASE, nodes 1-3 on
 # PORT_BASE+1..+3; metrics are off. Mutual TLS everywhere (certificates under OUT/certs, node
 # certificates from `walrs certs --node N`), durability fsync, engine auto, default shards.
@@ -209,6 +210,8 @@ WATCHER=
 cleanup() {
   [ -n "$WATCHER" ] && kill "$WATCHER" 2>/dev/null
   stop single node-1 node-2 node-3 r-node-1 r-node-2 r-node-3 r-node-4
+  # The empty cgroups of servers run under benches/cpu-budget.sh.
+  case "${SERVER_PREFIX:-}" in *cpu-budget*) benches/cpu-budget.sh clean ;; esac
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

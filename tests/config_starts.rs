@@ -231,6 +231,22 @@ fn cases(dir: &Path) -> Vec<Case> {
         "server.keepalive_timeout_ms",
         vec![int(100), int(3_600_000)],
     ));
+    cases.extend(single(
+        "server.http2_frame_bytes_max",
+        vec![int(16_384), int((1 << 24) - 1)],
+    ));
+    cases.extend(single(
+        "server.http2_stream_window_bytes",
+        vec![int(65_535), int(MIB)],
+    ));
+    cases.extend(single(
+        "server.http2_connection_window_bytes",
+        vec![int(MIB), int(GIB)],
+    ));
+    cases.push(vec![
+        ("server.http2_stream_window_bytes", int(GIB)),
+        ("server.http2_connection_window_bytes", int(GIB)),
+    ]);
     // [tls] and [[acl]]
     cases.push(vec![
         ("tls.cert", path("server.pem")),

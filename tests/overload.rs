@@ -29,10 +29,10 @@ use walrs::config::Config;
 use walrs::proto::v1::Record;
 
 const MIB: u64 = 1 << 20;
-/// What one client connection may hold in the server beyond its calls' request messages:
-/// HTTP/2's connection receive window (1 MiB in hyper) plus the TLS and HTTP/2 send and
-/// receive buffers. Part of the documented memory bound.
-const CONNECTION_BUFFER_BYTES: u64 = 2 * MIB;
+/// What one client connection may hold in the server beyond its calls' request messages and
+/// its HTTP/2 receive window and frame (which come from the config): the TLS and HTTP/2 send
+/// and receive buffers. Part of the documented memory bound.
+const CONNECTION_BUFFER_BYTES: u64 = MIB;
 
 // ---- a `walrs serve` process and its memory ----
 
@@ -142,7 +142,10 @@ fn memory_bound_above_serving(config: &Config) -> u64 {
     let calls = u64::from(server.connections_max) * u64::from(server.streams_per_connection_max);
     let request = walrs::server::request_bytes_max(config) as u64;
     calls * 2 * request
-        + u64::from(server.connections_max) * CONNECTION_BUFFER_BYTES
+        + u64::from(server.connections_max)
+            * (u64::from(server.http2_connection_window_bytes)
+                + u64::from(server.http2_frame_bytes_max)
+                + CONNECTION_BUFFER_BYTES)
         + 2 * server.inflight_append_bytes_max
         + u64::from(config.storage.shard_count()) * config.storage.flush_bytes_max
 }

@@ -1499,3 +1499,67 @@ async fn read_limits_are_enforced_whatever_the_request_asks() {
     );
     server.shutdown().await;
 }
+
+/// The HTTP/2 settings a server announces on a new connection: its SETTINGS parameters by
+/// id, and its connection window (65,535 plus the WINDOW_UPDATE it sends on stream 0).
+/// Speaks HTTP/2 by hand over plaintext TCP: the client preface, an empty SETTINGS, then
+/// frames read until both are in (RFC 9113, sections 3.4, 4.1, 6.5, 6.9).
+async fn announced_http2_settings(addr: SocketAddr) -> (BTreeMap<u16, u32>, u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SETTINGS: u8 = 0x4;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const ACK: u8 = 0x1;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+    tcp.write_all(&hello).await.unwrap();
+    let (mut settings, mut window_update) = (None, None);
+    while settings.is_none() || window_update.is_none() {
+        let mut header = [0u8; 9];
+        tcp.read_exact(&mut header).await.unwrap();
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let (kind, flags) = (header[3], header[4]);
+        let stream = u32::from_be_bytes(header[5..9].try_into().unwrap()) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        tcp.read_exact(&mut payload).await.unwrap();
+        if kind == SETTINGS && flags & ACK == 0 {
+            let parameters = payload
+                .chunks_exact(6)
+                .map(|p| {
+                    let id = u16::from_be_bytes([p[0], p[1]]);
+                    (id, u32::from_be_bytes(p[2..6].try_into().unwrap()))
+                })
+                .collect();
+            settings = Some(parameters);
+        } else if kind == WINDOW_UPDATE && stream == 0 {
+            let increment = u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+            window_update = Some(increment);
+        }
+    }
+    let connection_window = 65_535 + window_update.unwrap();
+    (settings.unwrap(), connection_window)
+}
+
+#[tokio::test]
+async fn the_server_announces_its_configured_http2_frame_size_and_windows() {
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    const MAX_FRAME_SIZE: u16 = 0x5;
+    let server = TestServer::start_with(|c| {
+        c.tls = None;
+        c.server.http2_frame_bytes_max = 64 * 1024;
+        c.server.http2_stream_window_bytes = 3 * 1024 * 1024;
+        c.server.http2_connection_window_bytes = 5 * 1024 * 1024;
+    })
+    .await;
+    let (settings, connection_window) = tokio::time::timeout(
+        Duration::from_secs(10),
+        announced_http2_settings(server.addr),
+    )
+    .await
+    .expect("the server sends its SETTINGS and connection window at once");
+    assert_eq!(settings.get(&MAX_FRAME_SIZE), Some(&(64 * 1024)));
+    assert_eq!(settings.get(&INITIAL_WINDOW_SIZE), Some(&(3 * 1024 * 1024)));
+    assert_eq!(connection_window, 5 * 1024 * 1024);
+    server.shutdown().await;
+}

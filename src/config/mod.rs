@@ -496,6 +496,26 @@ mod tests {
                 "server.streams_per_connection_max",
             ),
             (
+                "[server]\nhttp2_frame_bytes_max = 16383",
+                "server.http2_frame_bytes_max",
+            ),
+            (
+                "[server]\nhttp2_frame_bytes_max = 16777216",
+                "server.http2_frame_bytes_max",
+            ),
+            (
+                "[server]\nhttp2_stream_window_bytes = 65534",
+                "server.http2_stream_window_bytes",
+            ),
+            (
+                "[server]\nhttp2_stream_window_bytes = 1073741825",
+                "server.http2_stream_window_bytes",
+            ),
+            (
+                "[server]\nhttp2_stream_window_bytes = 4194304\nhttp2_connection_window_bytes = 4194303",
+                "server.http2_connection_window_bytes",
+            ),
+            (
                 "[server]\ntopic_name_bytes_max = 250",
                 "server.topic_name_bytes_max",
             ),

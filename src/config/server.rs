@@ -13,6 +13,13 @@ use crate::storage::check_range;
 
 const SECOND_MS: u64 = 1000;
 const GIB: u64 = 1 << 30;
+const KIB: u32 = 1 << 10;
+const MIB: u32 = 1 << 20;
+/// HTTP/2's own bounds on SETTINGS_MAX_FRAME_SIZE (RFC 9113, section 6.5.2).
+const HTTP2_FRAME_BYTES: (u32, u32) = (16 * KIB, (1 << 24) - 1);
+/// HTTP/2's smallest initial window (the protocol's default) and the largest a config may
+/// set: a window is memory a peer may fill.
+const HTTP2_WINDOW_BYTES: (u32, u32) = ((1 << 16) - 1, 1 << 30);
 /// Most headers per record any config may allow: each header of a request is a map entry
 /// of its own (two small allocations) before the count is checked.
 const HEADERS_PER_RECORD_MAX: u32 = 1 << 16;
@@ -53,6 +60,17 @@ pub struct ServerConfig {
     pub keepalive_interval_ms: u64,
     /// How long a ping may go unanswered before the connection is closed.
     pub keepalive_timeout_ms: u64,
+    /// The largest HTTP/2 frame a peer may send (SETTINGS_MAX_FRAME_SIZE). Larger frames
+    /// carry a big append in fewer pieces, which costs the sender and the server less CPU;
+    /// the server's read buffer of a connection grows to one frame.
+    pub http2_frame_bytes_max: u32,
+    /// Request bytes one call (HTTP/2 stream) may send ahead of the server reading them:
+    /// its initial flow-control window.
+    pub http2_stream_window_bytes: u32,
+    /// Request bytes one connection may send ahead of the server reading them, over all its
+    /// calls: what the HTTP/2 layer may hold unread per connection, so
+    /// `connections_max × http2_connection_window_bytes` bounds it server-wide.
+    pub http2_connection_window_bytes: u32,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +91,10 @@ impl Default for ServerConfig {
             handshake_timeout_ms: 10 * SECOND_MS,
             keepalive_interval_ms: 30 * SECOND_MS,
             keepalive_timeout_ms: 20 * SECOND_MS,
+            http2_frame_bytes_max: 256 * KIB,
+            // hyper's own defaults: larger windows measured no faster (BENCHMARKS.md).
+            http2_stream_window_bytes: MIB,
+            http2_connection_window_bytes: MIB,
         }
     }
 }
@@ -158,6 +180,28 @@ impl ServerConfig {
             100,
             3600 * SECOND_MS,
             " ms",
+        )?;
+        check_range(
+            key("http2_frame_bytes_max"),
+            self.http2_frame_bytes_max,
+            HTTP2_FRAME_BYTES.0,
+            HTTP2_FRAME_BYTES.1,
+            " bytes (HTTP/2's own bounds)",
+        )?;
+        check_range(
+            key("http2_stream_window_bytes"),
+            self.http2_stream_window_bytes,
+            HTTP2_WINDOW_BYTES.0,
+            HTTP2_WINDOW_BYTES.1,
+            " bytes",
+        )?;
+        check_range(
+            key("http2_connection_window_bytes"),
+            self.http2_connection_window_bytes,
+            self.http2_stream_window_bytes,
+            HTTP2_WINDOW_BYTES.1,
+            " bytes (at least server.http2_stream_window_bytes: a smaller connection window \
+             would hold every call to it)",
         )?;
         Ok(())
     }

@@ -411,6 +411,10 @@ pub async fn start(config: Config) -> Result<Running> {
         .http2_keepalive_timeout(Some(Duration::from_millis(
             config.server.keepalive_timeout_ms,
         )))
+        // What a peer may send unread, and in what pieces: see the keys' docs.
+        .max_frame_size(config.server.http2_frame_bytes_max)
+        .initial_stream_window_size(config.server.http2_stream_window_bytes)
+        .initial_connection_window_size(config.server.http2_connection_window_bytes)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
