@@ -164,7 +164,9 @@ fn shard_code(err: &shard::Error) -> Code {
         | E::ReplicaBehind { .. }
         | E::Replication { .. } => Code::Unavailable,
         E::InvalidTopicName { .. } | E::InvalidPartitionCount { .. } => Code::InvalidArgument,
-        E::NotOnReplicated { .. } | E::NotReplicated { .. } => Code::FailedPrecondition,
+        E::NotOnReplicated { .. } | E::NotReplicated { .. } | E::OutsideCluster { .. } => {
+            Code::FailedPrecondition
+        }
         // A batch being written (or a leader still catching up) is retried as it is; a gap,
         // a sequence older than the window or one skipped for good is the producer's to fix.
         E::Sequence { source, .. } if source.is_retriable() => Code::Unavailable,

@@ -101,6 +101,16 @@ pub enum Error {
         partition: u32,
         what: &'static str,
     },
+    /// A write to a replicated partition on a node started without its cluster (no
+    /// `[cluster]` peers): it cannot reach the other replicas, so it writes nothing.
+    #[error(
+        "partition {topic}/{partition} has replicas on nodes {replicas:?}, but this node runs without a cluster (no [cluster] peers in its config), so it cannot replicate: it serves reads of what was committed and refuses writes; restart it with the cluster's config; nothing was changed"
+    )]
+    OutsideCluster {
+        topic: String,
+        partition: u32,
+        replicas: Vec<u64>,
+    },
     /// A reassignment of a partition with one replica: it has no Raft group to change.
     #[error(
         "partition {topic}/{partition} has a single replica (no Raft group), so its replicas cannot be moved; nothing was changed"
