@@ -2173,8 +2173,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut options = ShardOptions::new(dir.path());
         options.shard_count = 1;
-        let (mut ctx, tx, ready_rx, hw_rx) =
-            one_partition_context(dir.path(), options.clone(), 16);
+        let (mut ctx, tx, ready_rx, hw_rx) = one_partition_context(dir.path(), options.clone(), 16);
         ctx.initial[0].replicas = vec![1, 2, 3];
         let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
         ready_rx.recv().unwrap().unwrap();
@@ -2200,7 +2199,9 @@ pub(crate) mod tests {
         let (ctx, tx, ready_rx, _hw) = one_partition_context(dir.path(), options, 16);
         let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
         ready_rx.recv().unwrap().unwrap();
-        let ack = futures::executor::block_on(append(&tx, "b")).unwrap().unwrap();
+        let ack = futures::executor::block_on(append(&tx, "b"))
+            .unwrap()
+            .unwrap();
         assert_eq!(ack.base_offset, 0);
         let (reply, done) = tokio::sync::oneshot::channel();
         tx.send_blocking(Command::Shutdown { reply });
