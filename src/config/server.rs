@@ -17,8 +17,8 @@ const KIB: u32 = 1 << 10;
 const MIB: u32 = 1 << 20;
 /// HTTP/2's own bounds on SETTINGS_MAX_FRAME_SIZE (RFC 9113, section 6.5.2).
 const HTTP2_FRAME_BYTES: (u32, u32) = (16 * KIB, (1 << 24) - 1);
-/// HTTP/2's smallest initial window (the protocol's default) and the largest a config may
-/// set: a window is memory a peer may fill.
+/// The initial windows a config may set: from HTTP/2's default window (a smaller one only
+/// slows the peer down) up to 1 GiB (a window is memory a peer may fill).
 const HTTP2_WINDOW_BYTES: (u32, u32) = ((1 << 16) - 1, 1 << 30);
 /// Most headers per record any config may allow: each header of a request is a map entry
 /// of its own (two small allocations) before the count is checked.
@@ -201,7 +201,7 @@ impl ServerConfig {
             self.http2_stream_window_bytes,
             HTTP2_WINDOW_BYTES.1,
             " bytes (at least server.http2_stream_window_bytes: a smaller connection window \
-             would hold every call to it)",
+             would cap every call below its stream window)",
         )?;
         Ok(())
     }

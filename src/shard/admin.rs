@@ -70,6 +70,7 @@ pub(super) fn plan(
             name,
             partitions,
             incarnation: meta.incarnation,
+            outside_cluster: raft.is_none(),
         }),
         opens,
     )
@@ -326,6 +327,7 @@ impl ShardSet {
         let route = Arc::new(TopicRoute {
             name: old.name.clone(),
             incarnation,
+            outside_cluster: planned.outside_cluster,
             partitions: old
                 .partitions
                 .iter()

@@ -101,10 +101,10 @@ pub enum Error {
         partition: u32,
         what: &'static str,
     },
-    /// A write to a replicated partition on a node started without its cluster (no
-    /// `[cluster]` peers): it cannot reach the other replicas, so it writes nothing.
+    /// A request for a replicated partition on a node started without its cluster (no
+    /// `[cluster]` peers): no Raft group can run here, so the partition is not served.
     #[error(
-        "partition {topic}/{partition} has replicas on nodes {replicas:?}, but this node runs without a cluster (no [cluster] peers in its config), so it cannot replicate: it serves reads of what was committed and refuses writes; restart it with the cluster's config; nothing was changed"
+        "partition {topic}/{partition} has replicas on nodes {replicas:?}, but this node runs without a cluster (no [cluster] peers in its config), so it does not serve it: restart the node with its cluster's config, or send the request to a node of the cluster; nothing was changed"
     )]
     OutsideCluster {
         topic: String,

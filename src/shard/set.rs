@@ -79,12 +79,22 @@ pub(super) struct TopicRoute {
     pub(super) partitions: Vec<PartitionRoute>,
     /// As in `topic.toml` (`TopicMeta::incarnation`).
     pub(super) incarnation: u64,
+    /// This node runs without a cluster: its replicated partitions are held by no one here
+    /// (no Raft group could run them) and refused with [`Error::OutsideCluster`].
+    pub(super) outside_cluster: bool,
 }
 
 impl TopicRoute {
     /// The route of a partition this node holds.
     pub(super) fn partition(&self, partition: u32) -> Result<&PartitionRoute> {
         let route = self.any_partition(partition)?;
+        if !route.local && self.outside_cluster {
+            return Err(Error::OutsideCluster {
+                topic: self.name.to_string(),
+                partition,
+                replicas: route.replicas.clone(),
+            });
+        }
         if !route.local {
             return Err(Error::NotReplica {
                 topic: self.name.to_string(),
@@ -790,6 +800,49 @@ pub fn check_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node started without its cluster does not serve the replicated partitions on its
+    /// disk: appends and reads are refused with an error that says what to do, and the
+    /// partition is neither opened nor written.
+    #[tokio::test]
+    async fn a_replicated_partition_on_a_node_without_its_cluster_is_refused_saying_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = ShardOptions::new(dir.path());
+        options.shard_count = 1;
+        let topics_dir = topics::topics_dir(dir.path());
+        std::fs::create_dir_all(&topics_dir).unwrap();
+        let mut meta = TopicMeta::new("r", 1, 1);
+        meta.replicas = vec![vec![1, 2, 3]];
+        topics::write_meta(&topics_dir, &meta).unwrap();
+
+        let set = ShardSet::start(options).unwrap();
+        let record = Record {
+            value: b"v".to_vec().into(),
+            ..Record::default()
+        };
+        let appended = set.append("r", 0, vec![record]).await;
+        let read = set.read("r", 0, 0, 1 << 20, 0).await;
+        for refused in [
+            appended.map(|_| ()).unwrap_err(),
+            read.map(|_| ()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&refused, Error::OutsideCluster { replicas, .. } if replicas == &[1, 2, 3]),
+                "{refused:?}"
+            );
+            assert!(
+                refused
+                    .to_string()
+                    .contains("restart the node with its cluster's config"),
+                "{refused}"
+            );
+        }
+        set.shutdown().await.unwrap();
+        assert!(
+            !topics::partition_dir(&topics_dir, "r", 0).exists(),
+            "the partition was not opened"
+        );
+    }
 
     #[test]
     fn a_new_topic_has_partitions_below_its_count() {

@@ -140,11 +140,6 @@ enum Replication<RT: AsyncRuntime> {
     /// its partition (closed, reopened, started again) stops waiting and is not installed.
     Starting(Rc<()>),
     Running(Group<RT>),
-    /// A replicated partition on a node started without its cluster: no group can run, so
-    /// it serves reads of what its group had applied and refuses writes. Written here alone,
-    /// its log would part from its replicas', and what it acknowledged could be lost. Holds
-    /// the replicas, for the refusal.
-    Outside(Vec<u64>),
 }
 
 struct Partition<E: Engine, RT: AsyncRuntime> {
@@ -522,11 +517,6 @@ fn leading_group<'a, RT: AsyncRuntime>(
     match replication {
         Replication::Solo => Ok(None),
         Replication::Starting(_) => Err(not_leader(raft, key, None)),
-        Replication::Outside(replicas) => Err(Error::OutsideCluster {
-            topic: key.0.to_string(),
-            partition: key.1,
-            replicas: replicas.clone(),
-        }),
         Replication::Running(group) => match group.leader() {
             (_, true) => Ok(Some(group)),
             (leader, false) => Err(not_leader(raft, key, leader)),
@@ -888,7 +878,6 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             None => "no replica of this partition here",
             Some(Replication::Starting(_)) => "the replica is starting",
             Some(Replication::Solo) => "the partition is not replicated here",
-            Some(Replication::Outside(_)) => "this node runs without its cluster's config",
         };
         if reply
             .send(crate::raft::wire::refusal(envelope, reason))
@@ -1164,7 +1153,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             // Another replica may hold that offset: this one is behind, not the reader wrong.
             let leader = match &p.replication {
                 Replication::Running(group) => group.leader().0,
-                Replication::Solo | Replication::Starting(_) | Replication::Outside(_) => None,
+                Replication::Solo | Replication::Starting(_) => None,
             };
             return Err(Error::ReplicaBehind {
                 topic: key.0.to_string(),
@@ -1337,9 +1326,7 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
                             .ok_or_else(|| unknown(&topic))?;
                         let (leader, leader_epoch) = match &p.replication {
                             Replication::Running(group) => group.leader_and_term(),
-                            Replication::Solo
-                            | Replication::Starting(_)
-                            | Replication::Outside(_) => (None, 0),
+                            Replication::Solo | Replication::Starting(_) => (None, 0),
                         };
                         Ok(PartitionInfo {
                             id,
@@ -1690,21 +1677,18 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             joins,
             incarnation,
         } = origin;
-        if replicas.len() <= 1 {
+        let Some(raft) = self.raft.clone().filter(|_| replicas.len() > 1) else {
+            if replicas.len() > 1 {
+                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "a replicated partition on a node outside a cluster; serving it alone");
+            }
             return Replication::Solo;
-        }
-        let commit = applied
-            .as_ref()
-            .map_or(log.start_offset(), |mark| mark.next_offset);
-        let Some(raft) = self.raft.clone() else {
-            tracing::error!(shard = self.id, topic = %key.0, partition = key.1, ?replicas, "a replicated partition on a node started without its cluster (no [cluster] peers): serving reads of what was committed, refusing writes; restart the node with the cluster's config");
-            log.set_commit(commit)
-                .expect("an applied mark is checked to be within the log");
-            return Replication::Outside(replicas.to_vec());
         };
         // Readers see what the group had applied before the restart (committed entries never
         // change), and nothing more until it applies again.
         log.keep_tail(raft.tail_cache_bytes_max);
+        let commit = applied
+            .as_ref()
+            .map_or(log.start_offset(), |mark| mark.next_offset);
         log.set_commit(commit)
             .expect("an applied mark is checked to be within the log");
         let start = match self.group_start(key, (new_group, joins), log).await {
@@ -2165,49 +2149,6 @@ pub(crate) mod tests {
     /// directory, seven stale temp-file removals, the stale index removal, the store's
     /// creation, and the index file's open and sizing.
     const NEW_PARTITION_OPEN_WRITES: u64 = 12;
-
-    /// A replicated partition opened on a node without a cluster refuses appends with an
-    /// error that says what to do, and writes nothing: the log is still empty afterwards.
-    #[test]
-    fn a_replicated_partition_outside_its_cluster_refuses_writes_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut options = ShardOptions::new(dir.path());
-        options.shard_count = 1;
-        let (mut ctx, tx, ready_rx, hw_rx) = one_partition_context(dir.path(), options.clone(), 16);
-        ctx.initial[0].replicas = vec![1, 2, 3];
-        let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
-        ready_rx.recv().unwrap().unwrap();
-        let refused = futures::executor::block_on(append(&tx, "a"))
-            .unwrap()
-            .unwrap_err();
-        assert!(
-            matches!(&refused, Error::OutsideCluster { replicas, .. } if replicas == &[1, 2, 3]),
-            "{refused:?}"
-        );
-        let message = refused.to_string();
-        assert!(
-            message.contains("restart it with the cluster's config"),
-            "{message}"
-        );
-        assert_eq!(*hw_rx.borrow(), 0);
-        let (reply, done) = tokio::sync::oneshot::channel();
-        tx.send_blocking(Command::Shutdown { reply });
-        futures::executor::block_on(done).unwrap().unwrap();
-        thread.join().unwrap();
-
-        // Opened as a single replica, the log is found empty: the refusal wrote nothing.
-        let (ctx, tx, ready_rx, _hw) = one_partition_context(dir.path(), options, 16);
-        let thread = std::thread::spawn(move || run_local(PortableEngine::new(), ctx));
-        ready_rx.recv().unwrap().unwrap();
-        let ack = futures::executor::block_on(append(&tx, "b"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(ack.base_offset, 0);
-        let (reply, done) = tokio::sync::oneshot::channel();
-        tx.send_blocking(Command::Shutdown { reply });
-        futures::executor::block_on(done).unwrap().unwrap();
-        thread.join().unwrap();
-    }
 
     /// A failed sync fails every append of its group with the same cause, and the poisoned
     /// log refuses later appends; the shard itself keeps serving.
