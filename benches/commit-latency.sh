@@ -8,7 +8,10 @@
 #
 # For each round (ROUNDS, default 2) and each wal.rs variant (VARIANTS, default "uring
 # uring-dsync uring-dsync-spin portable rpc-drop"; also "uring-inline", "uring-batch" (uring
-# with every server thread SCHED_BATCH, `chrt --batch 0`), and "uring-noprealloc" and
+# under `chrt --batch 0`: the same as the default `server.thread_policy = "batch"` since
+# session 33), "uring-unchanged" and "portable-unchanged" (`server.thread_policy =
+# "unchanged"`: the threads keep the policy the server started with, SCHED_OTHER here), and
+# "uring-noprealloc" and
 # "portable-noprealloc" with `storage.preallocate = false`), a fresh `walrs serve` (plaintext
 # on loopback, durability fsync, 1 shard, metrics off, its own data dir under OUT) is driven by
 # `walrs bench --addr` through the workloads below. The variant "rpc-drop" starts no server
@@ -19,7 +22,9 @@
 #   W2half  the same producer, open loop at half of this round's W2 rate (--rate, latency
 #           from the intended send time: coordinated omission corrected), up to 16 appends
 #           in flight so that a slow moment can be caught up;
-#   W3      64 producers, 4 partitions, 1 x 1 KiB, depth 1.
+#   W3      64 producers, 4 partitions, 1 x 1 KiB, depth 1;
+#   W3one   the same on 1 partition: one log, as Redis's one stream `s` is (not in the default
+#           WORKLOADS; BENCHMARKS.md, session 33).
 # Then Redis 7 (appendonly yes, appendfsync always: one fdatasync per event-loop turn, before
 # the replies) with `redis-benchmark -c 1` and `-c 64` of `XADD s * f <1 KiB>`.
 # The raw baseline is the bench's own: one thread, write + fdatasync of the same 1 KiB batch
@@ -62,6 +67,8 @@ variant_storage() {
     uring-dsync-spin) printf 'engine = "uring"\nuring_write = "dsync"\nspin_before_park_us = 50\n' ;;
     uring-inline) printf 'engine = "uring"\nuring_write = "inline"\n' ;;
     uring-batch) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
+    uring-unchanged) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
+    portable-unchanged) printf 'engine = "portable"\n' ;;
     uring-noprealloc) printf 'engine = "uring"\nuring_write = "fdatasync"\npreallocate = false\n' ;;
     portable) printf 'engine = "portable"\n' ;;
     portable-noprealloc) printf 'engine = "portable"\npreallocate = false\n' ;;
@@ -92,6 +99,7 @@ durability = "fsync"
 $(variant_storage "$variant")
 [metrics]
 enabled = false
+$(case $variant in *-unchanged) printf '[server]\nthread_policy = "unchanged"\n' ;; esac)
 EOF
   local policy=()
   # uring-batch: every thread of the server SCHED_BATCH (chrt --batch 0), so that a thread
@@ -135,6 +143,7 @@ run_walrs() {
         rate=$(python3 -c "import json;print(json.load(open('$OUT/$variant-W2-r$round.json'))['append']['records_per_s']/2)")
         walrs_bench "$name" --topic "w2half" --producers 1 --partitions 1 --rate "$rate" --depth 16 ;;
       W3) walrs_bench "$name" --topic "w3" --producers 64 --partitions 4 --depth 1 ;;
+      W3one) walrs_bench "$name" --topic "w3one" --producers 64 --partitions 1 --depth 1 ;;
     esac
   done
   stop_server
@@ -191,7 +200,7 @@ rows, raw = [], {"rps": [], "p50": [], "p99": []}
 print("| system | workload | appends/s (rounds) | median | p50 µs | p99 µs |")
 print("|---|---|---|---:|---:|---:|")
 for v in variants:
-    for w in ["W2", "W2half", "W3"]:
+    for w in ["W2", "W2half", "W3", "W3one"]:
         runs = [(r, load(f"{v}-{w}-r{r}")) for r in range(1, rounds + 1)]
         runs = [(r, j) for r, j in runs if j]
         if not runs:
@@ -235,7 +244,7 @@ def cpu_row(label, w, names_appends):
         s, c = [p[0] for p in pairs], [p[1] for p in pairs]
         print(f"| {label} | {w} | {' · '.join(fmt(x, '{:.1f}') for x in s)} | {fmt(med(s), '{:.1f}')} | {' · '.join(fmt(x, '{:.1f}') for x in c)} | {fmt(med(c), '{:.1f}')} |")
 for v in variants:
-    for w in ["W2", "W2half", "W3"]:
+    for w in ["W2", "W2half", "W3", "W3one"]:
         names = [f"{v}-{w}-r{r}" for r in range(1, rounds + 1)]
         cpu_row(f"wal.rs {v}", w, [(n, (load(n) or {}).get("append", {}).get("records_total")) for n in names])
 if redis:

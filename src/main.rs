@@ -438,6 +438,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         );
     }
+    // Before the shards start, so that their threads and io_uring's workers inherit it.
+    match walrs::server::apply_policy(config.server.thread_policy) {
+        Ok(changed) => tracing::debug!(
+            policy = ?config.server.thread_policy,
+            threads = changed,
+            "thread scheduling policy set"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            policy = ?config.server.thread_policy,
+            "cannot set the threads' scheduling policy; they keep the one they were started with"
+        ),
+    }
     walrs::server::run(config, walrs::server::shutdown_signal()).await?;
     if let Some(hops) = walrs::observability::hops::report() {
         // Every append since the start (WALRS_HOP_TRACE=1), warm-up included.

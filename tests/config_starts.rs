@@ -243,6 +243,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         "server.http2_connection_window_bytes",
         vec![int(MIB), int(GIB)],
     ));
+    cases.extend(single(
+        "server.thread_policy",
+        vec![text("batch"), text("unchanged")],
+    ));
     cases.push(vec![
         ("server.http2_stream_window_bytes", int(GIB)),
         ("server.http2_connection_window_bytes", int(GIB)),

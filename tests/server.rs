@@ -1081,6 +1081,79 @@ async fn kill_9_keeps_every_acknowledged_record() {
     process.child.wait().unwrap();
 }
 
+/// The scheduling policy of every thread of process `pid` (field 41 of each thread's
+/// `stat`), with the thread's name.
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended since the listing
+        };
+        // "tid (name) state ...": the name may hold spaces, so split after its ')'.
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_owned();
+        // Fields after the name start at field 3; policy is field 41.
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        policies.push((name, policy));
+    }
+    policies
+}
+
+/// `server.thread_policy`: by default every thread of a served process, the shards' and
+/// io_uring's workers made after start-up included, is SCHED_BATCH; "unchanged" leaves the
+/// policy the process was started with.
+#[tokio::test]
+async fn a_served_process_runs_its_threads_under_the_configured_policy() {
+    // SAFETY: reads the calling thread's policy; no memory is passed.
+    let started_with = unsafe { libc::sched_getscheduler(0) };
+    for (policy, want) in [("batch", libc::SCHED_BATCH), ("unchanged", started_with)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.storage.shards = 2;
+        config.server.thread_policy = match policy {
+            "batch" => walrs::config::ThreadPolicy::Batch,
+            _ => walrs::config::ThreadPolicy::Unchanged,
+        };
+        std::fs::write(
+            dir.path().join("walrs.toml"),
+            toml::to_string(&config).unwrap(),
+        )
+        .unwrap();
+        let mut process = spawn_server(dir.path());
+        let client = process_client(dir.path(), process.addr).await;
+        client.create_topic("policy", 2).await.unwrap();
+        for partition in 0..2 {
+            client
+                .append("policy", Some(partition), vec![record("", "v")])
+                .await
+                .unwrap();
+        }
+        let policies = thread_policies(process.child.id());
+        let names: Vec<&str> = policies.iter().map(|(name, _)| name.as_str()).collect();
+        assert!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("walrs-shard"))
+                .count()
+                >= 2,
+            "both shard threads are listed: {names:?}"
+        );
+        for (name, got) in &policies {
+            assert_eq!(
+                *got, want,
+                "thread {name} of a server with thread_policy = {policy:?}: {policies:?}"
+            );
+        }
+        process.child.kill().unwrap();
+        process.child.wait().unwrap();
+    }
+}
+
 /// SIGTERM drains and exits 0 in bounded time, and a restart finds every record.
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly_with_exit_0() {

@@ -43,7 +43,7 @@ pub use acl::{AclEntry, Action};
 pub use cluster::{CLUSTER_NODES_MAX, ClusterConfig, NodeAddr};
 pub use log::{LogConfig, LogFormat};
 pub use metrics::MetricsConfig;
-pub use server::ServerConfig;
+pub use server::{ServerConfig, ThreadPolicy};
 pub use storage::{Durability, EngineChoice, StorageConfig, UringWrite};
 pub use tls::TlsConfig;
 
@@ -355,6 +355,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("engine") && err.contains("portable"), "{err}");
+        let err = Config::parse("[server]\nthread_policy = \"fifo\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("thread_policy") && err.contains("unchanged"),
+            "{err}"
+        );
         let err = Config::parse("[storage]\ndurability = \"sometimes\"")
             .unwrap_err()
             .to_string();

@@ -71,6 +71,25 @@ pub struct ServerConfig {
     /// calls: what the HTTP/2 layer may hold unread per connection, so
     /// `connections_max × http2_connection_window_bytes` bounds it server-wide.
     pub http2_connection_window_bytes: u32,
+    /// The Linux scheduling policy of the served process's threads (`walrs serve` only).
+    pub thread_policy: ThreadPolicy,
+}
+
+/// `server.thread_policy`: how the threads of a served process are scheduled
+/// (`server::threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThreadPolicy {
+    /// `SCHED_BATCH` for every thread (no privilege needed, priority and nice unchanged):
+    /// a thread woken by another does not preempt the running one, so the front end, the
+    /// shard and io_uring's workers hand work over without a context switch for each
+    /// request when they share a core. Costs this process its own wake-up preemption of
+    /// other processes; it never delays theirs.
+    #[default]
+    Batch,
+    /// The policy the process was started with (`SCHED_OTHER`, or whatever `chrt` or
+    /// systemd's `CPUSchedulingPolicy=` gave it), left as it is.
+    Unchanged,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +114,8 @@ impl Default for ServerConfig {
             // hyper's own defaults: larger windows measured no faster (BENCHMARKS.md).
             http2_stream_window_bytes: MIB,
             http2_connection_window_bytes: MIB,
+            // W3 on one core: 0.84× Redis against 0.72× (BENCHMARKS.md, session 33).
+            thread_policy: ThreadPolicy::Batch,
         }
     }
 }

@@ -24,6 +24,7 @@ mod replication;
 mod run;
 mod service;
 mod stats;
+mod threads;
 pub(crate) mod tls;
 pub(crate) mod validate;
 
@@ -33,3 +34,4 @@ pub use listener::PeerInfo;
 pub(crate) use listener::{ConnectionLimits, incoming};
 pub use run::{DRAIN_GRACE, Running, request_bytes_max, run, shutdown_signal, start};
 pub use stats::{ServerStats, ServerStatsSnapshot};
+pub use threads::apply_policy;
