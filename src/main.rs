@@ -71,7 +71,7 @@ enum Command {
     Bench(Box<walrs::bench::BenchOptions>),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 struct ServeArgs {
     /// TOML config file (see walrs.example.toml). Without it: the built-in defaults, with
     /// mutual TLS from certs/ when certs/server.pem, certs/server-key.pem and certs/ca.pem exist.
@@ -326,7 +326,19 @@ struct TruncateArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // `serve` reads its config and sets its thread policy before any other thread exists:
+    // tokio's workers and everything made after inherit the policy.
+    let mut serve_plan = None;
+    if let Command::Serve(args) = &mut cli.command {
+        match plan_serve(std::mem::take(args)) {
+            Ok(plan) => serve_plan = Some(plan),
+            Err(e) => {
+                eprintln!("walrs: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -337,7 +349,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, serve_plan)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walrs: {e:#}");
@@ -346,9 +358,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, serve_plan: Option<ServePlan>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(_) => serve(serve_plan.expect("main plans serve")).await,
         Command::Certs(args) => {
             let written = match args.node {
                 Some(node_id) => {
@@ -398,7 +410,18 @@ fn default_config() -> Config {
     config
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// `serve`'s config and log format, read before the tokio runtime exists (see `main`).
+struct ServePlan {
+    config: Config,
+    config_given: bool,
+    log_format: Option<config::LogFormat>,
+    /// What setting `server.thread_policy` on the main thread did.
+    policy: std::io::Result<walrs::server::PolicyApplied>,
+}
+
+/// Reads and checks `serve`'s config (the file or the built-in default, then the flags), and
+/// sets its thread policy on the calling thread, so that every thread made after inherits it.
+fn plan_serve(args: ServeArgs) -> anyhow::Result<ServePlan> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => default_config(),
@@ -426,8 +449,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormatArg::Json => config::LogFormat::Json,
     });
     config.validate()?;
+    let policy = walrs::server::apply_policy(config.server.thread_policy);
+    Ok(ServePlan {
+        config,
+        config_given: args.config.is_some(),
+        log_format,
+        policy,
+    })
+}
+
+async fn serve(plan: ServePlan) -> anyhow::Result<()> {
+    let ServePlan {
+        config,
+        config_given,
+        log_format,
+        policy,
+    } = plan;
     walrs::observability::init_logging(&config.log, log_format).map_err(anyhow::Error::msg)?;
-    if args.config.is_none() {
+    if !config_given {
         tracing::info!(
             tls = config.tls.is_some(),
             "no --config: built-in defaults{}",
@@ -438,17 +477,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         );
     }
-    // Before the shards start, so that their threads and io_uring's workers inherit it.
-    match walrs::server::apply_policy(config.server.thread_policy) {
-        Ok(changed) => tracing::debug!(
-            policy = ?config.server.thread_policy,
-            threads = changed,
-            "thread scheduling policy set"
+    let asked = config.server.thread_policy;
+    match policy {
+        Ok(applied @ walrs::server::PolicyApplied::KeptOther(_)) => tracing::info!(
+            ?asked,
+            ?applied,
+            "server.thread_policy: the process was started under another policy, which it keeps"
         ),
+        Ok(applied) => tracing::debug!(?asked, ?applied, "server.thread_policy applied"),
         Err(e) => tracing::warn!(
             error = %e,
-            policy = ?config.server.thread_policy,
-            "cannot set the threads' scheduling policy; they keep the one they were started with"
+            ?asked,
+            "cannot set server.thread_policy; every thread keeps the policy the process was started with"
         ),
     }
     walrs::server::run(config, walrs::server::shutdown_signal()).await?;

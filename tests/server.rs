@@ -1083,6 +1083,7 @@ async fn kill_9_keeps_every_acknowledged_record() {
 
 /// The scheduling policy of every thread of process `pid` (field 41 of each thread's
 /// `stat`), with the thread's name.
+#[cfg(target_os = "linux")]
 fn thread_policies(pid: u32) -> Vec<(String, i32)> {
     let mut policies = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -1104,17 +1105,28 @@ fn thread_policies(pid: u32) -> Vec<(String, i32)> {
     policies
 }
 
-/// `server.thread_policy`: by default every thread of a served process, the shards' and
-/// io_uring's workers made after start-up included, is SCHED_BATCH; "unchanged" leaves the
-/// policy the process was started with.
+/// `server.thread_policy`: by default every thread of a served process is SCHED_BATCH,
+/// tokio's workers, the shards' and io_uring's workers (made after start-up) included;
+/// "unchanged" leaves the policy the process was started with.
+#[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_served_process_runs_its_threads_under_the_configured_policy() {
     // SAFETY: reads the calling thread's policy; no memory is passed.
     let started_with = unsafe { libc::sched_getscheduler(0) };
-    for (policy, want) in [("batch", libc::SCHED_BATCH), ("unchanged", started_with)] {
+    assert_eq!(
+        started_with,
+        libc::SCHED_OTHER,
+        "this test needs to run under SCHED_OTHER (not under chrt) to tell the policies apart"
+    );
+    for (policy, want) in [
+        ("batch", libc::SCHED_BATCH),
+        ("unchanged", libc::SCHED_OTHER),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
-        config.storage.shards = 2;
+        // The uring engine: its fdatasyncs run on io_uring's workers, threads the kernel
+        // makes for the shard after start-up.
+        config.storage.engine = walrs::config::EngineChoice::Uring;
         config.server.thread_policy = match policy {
             "batch" => walrs::config::ThreadPolicy::Batch,
             _ => walrs::config::ThreadPolicy::Unchanged,
@@ -1134,14 +1146,20 @@ async fn a_served_process_runs_its_threads_under_the_configured_policy() {
                 .unwrap();
         }
         let policies = thread_policies(process.child.id());
-        let names: Vec<&str> = policies.iter().map(|(name, _)| name.as_str()).collect();
-        assert!(
-            names
+        let count = |prefix: &str| {
+            policies
                 .iter()
-                .filter(|n| n.starts_with("walrs-shard"))
+                .filter(|(name, _)| name.starts_with(prefix))
                 .count()
-                >= 2,
-            "both shard threads are listed: {names:?}"
+        };
+        assert!(
+            count("walrs-shard") >= 2,
+            "both shards listed: {policies:?}"
+        );
+        assert!(count("tokio-rt-worker") >= 1, "{policies:?}");
+        assert!(
+            count("iou-wrk") >= 1,
+            "an io_uring worker listed: {policies:?}"
         );
         for (name, got) in &policies {
             assert_eq!(

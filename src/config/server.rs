@@ -84,7 +84,8 @@ pub enum ThreadPolicy {
     /// a thread woken by another does not preempt the running one, so the front end, the
     /// shard and io_uring's workers hand work over without a context switch for each
     /// request when they share a core. Costs this process its own wake-up preemption of
-    /// other processes; it never delays theirs.
+    /// other processes; it never delays theirs. A process started under a real-time or idle
+    /// policy keeps it.
     #[default]
     Batch,
     /// The policy the process was started with (`SCHED_OTHER`, or whatever `chrt` or
@@ -114,8 +115,8 @@ impl Default for ServerConfig {
             // hyper's own defaults: larger windows measured no faster (BENCHMARKS.md).
             http2_stream_window_bytes: MIB,
             http2_connection_window_bytes: MIB,
-            // W3 on one core: 0.84× Redis against 0.72× (BENCHMARKS.md, session 33).
-            thread_policy: ThreadPolicy::Batch,
+            // Batch: W3 on one core at 0.83× Redis, against 0.71× (BENCHMARKS.md, session 33).
+            thread_policy: ThreadPolicy::default(),
         }
     }
 }

@@ -34,4 +34,4 @@ pub use listener::PeerInfo;
 pub(crate) use listener::{ConnectionLimits, incoming};
 pub use run::{DRAIN_GRACE, Running, request_bytes_max, run, shutdown_signal, start};
 pub use stats::{ServerStats, ServerStatsSnapshot};
-pub use threads::apply_policy;
+pub use threads::{PolicyApplied, apply_policy};

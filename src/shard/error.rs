@@ -101,10 +101,10 @@ pub enum Error {
         partition: u32,
         what: &'static str,
     },
-    /// A request for a replicated partition on a node started without its cluster (no
-    /// `[cluster]` peers): no Raft group can run here, so the partition is not served.
+    /// A request for a replicated partition on a node started without a cluster
+    /// (`cluster.node_id = 0`): no Raft group can run here, so the partition is not served.
     #[error(
-        "partition {topic}/{partition} has replicas on nodes {replicas:?}, but this node runs without a cluster (no [cluster] peers in its config), so it does not serve it: restart the node with its cluster's config, or send the request to a node of the cluster; nothing was changed"
+        "partition {topic}/{partition} has replicas on nodes {replicas:?}, but this node runs without a cluster (its config has no [cluster] node_id), so it does not serve it: restart the node with its cluster's config, or send the request to a node of the cluster; nothing was changed"
     )]
     OutsideCluster {
         topic: String,

@@ -68,7 +68,8 @@ pub(super) struct PartitionRoute {
     /// The nodes holding the partition, preferred leader first; empty = solo.
     pub(super) replicas: Vec<u64>,
     /// This node holds a replica (always, for a solo partition). A partition held elsewhere
-    /// is known, for its replicas, and refused with [`Error::NotReplica`].
+    /// is known, for its replicas, and refused with [`Error::NotReplica`], or with
+    /// [`Error::OutsideCluster`] on a node without a cluster.
     pub(super) local: bool,
     /// Where the first replica serves, for a partition held elsewhere.
     pub(super) first_addr: Option<String>,
@@ -130,7 +131,8 @@ pub(super) struct Inner {
     pub(super) admin: tokio::sync::Mutex<()>,
     pub(super) shutting_down: AtomicBool,
     pub(super) threads: Mutex<Vec<ShardThread>>,
-    /// This node's place in its cluster; `None` outside one (every partition is local).
+    /// This node's place in its cluster; `None` without one (`cluster.node_id = 0`): solo
+    /// partitions are local, replicated ones are refused with [`Error::OutsideCluster`].
     pub(super) raft: Option<RaftContext>,
 }
 

@@ -1660,7 +1660,8 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
 
     /// Starts the Raft group of a replicated partition in a task of its own (it reports back
     /// on the local queue), and lowers the commit mark to the start: readers see only what
-    /// the group applies. A solo partition (one replica, or no cluster) starts nothing.
+    /// the group applies. A solo partition (one replica) starts nothing; a replicated one is
+    /// never opened on a node without a cluster (its route refuses it with `OutsideCluster`).
     ///
     /// A log with the rejoin marker starts its group as `Rejoin`; so does an empty log
     /// outside its partition's creation (lost or wiped data), which gets the marker first.
@@ -1678,9 +1679,14 @@ impl<E: Engine, RT: AsyncRuntime> Shard<E, RT> {
             incarnation,
         } = origin;
         let Some(raft) = self.raft.clone().filter(|_| replicas.len() > 1) else {
-            if replicas.len() > 1 {
-                tracing::error!(shard = self.id, topic = %key.0, partition = key.1, "a replicated partition on a node outside a cluster; serving it alone");
-            }
+            assert!(
+                replicas.len() <= 1,
+                "shard {}: {}/{} with replicas {replicas:?} was opened on a node without a cluster; \
+                 served alone, its log would part from its replicas'",
+                self.id,
+                key.0,
+                key.1
+            );
             return Replication::Solo;
         };
         // Readers see what the group had applied before the restart (committed entries never
