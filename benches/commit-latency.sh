@@ -61,14 +61,13 @@ mkdir -p "$OUT" "$RUN"
 source benches/server-lib.sh
 
 variant_storage() {
-  case $1 in
+  # A "-unchanged" variant stores as the variant without the suffix.
+  case ${1%-unchanged} in
     uring) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
     uring-dsync) printf 'engine = "uring"\nuring_write = "dsync"\n' ;;
     uring-dsync-spin) printf 'engine = "uring"\nuring_write = "dsync"\nspin_before_park_us = 50\n' ;;
     uring-inline) printf 'engine = "uring"\nuring_write = "inline"\n' ;;
     uring-batch) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
-    uring-unchanged) printf 'engine = "uring"\nuring_write = "fdatasync"\n' ;;
-    portable-unchanged) printf 'engine = "portable"\n' ;;
     uring-noprealloc) printf 'engine = "uring"\nuring_write = "fdatasync"\npreallocate = false\n' ;;
     portable) printf 'engine = "portable"\n' ;;
     portable-noprealloc) printf 'engine = "portable"\npreallocate = false\n' ;;

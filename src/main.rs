@@ -71,7 +71,7 @@ enum Command {
     Bench(Box<walrs::bench::BenchOptions>),
 }
 
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 struct ServeArgs {
     /// TOML config file (see walrs.example.toml). Without it: the built-in defaults, with
     /// mutual TLS from certs/ when certs/server.pem, certs/server-key.pem and certs/ca.pem exist.
@@ -326,30 +326,14 @@ struct TruncateArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let mut cli = Cli::parse();
-    // `serve` reads its config and sets its thread policy before any other thread exists:
-    // tokio's workers and everything made after inherit the policy.
-    let mut serve_plan = None;
-    if let Command::Serve(args) = &mut cli.command {
-        match plan_serve(std::mem::take(args)) {
-            Ok(plan) => serve_plan = Some(plan),
-            Err(e) => {
-                eprintln!("walrs: {e:#}");
-                return std::process::ExitCode::FAILURE;
-            }
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("walrs: cannot start the tokio runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let Cli { command } = Cli::parse();
+    let result = match command {
+        // `serve` reads its config and sets its thread policy before any other thread
+        // exists: tokio's workers and everything made after inherit the policy.
+        Command::Serve(args) => plan_serve(args).and_then(|plan| runtime()?.block_on(serve(plan))),
+        command => runtime().and_then(|runtime| runtime.block_on(run(command))),
     };
-    match runtime.block_on(run(cli, serve_plan)) {
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walrs: {e:#}");
@@ -358,9 +342,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli, serve_plan: Option<ServePlan>) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(_) => serve(serve_plan.expect("main plans serve")).await,
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+/// Every command but `serve`, which `main` runs itself.
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("main runs serve itself, after planning it"),
         Command::Certs(args) => {
             let written = match args.node {
                 Some(node_id) => {

@@ -1111,6 +1111,7 @@ fn thread_policies(pid: u32) -> Vec<(String, i32)> {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_served_process_runs_its_threads_under_the_configured_policy() {
+    use walrs::config::ThreadPolicy;
     // SAFETY: reads the calling thread's policy; no memory is passed.
     let started_with = unsafe { libc::sched_getscheduler(0) };
     assert_eq!(
@@ -1119,18 +1120,15 @@ async fn a_served_process_runs_its_threads_under_the_configured_policy() {
         "this test needs to run under SCHED_OTHER (not under chrt) to tell the policies apart"
     );
     for (policy, want) in [
-        ("batch", libc::SCHED_BATCH),
-        ("unchanged", libc::SCHED_OTHER),
+        (ThreadPolicy::Batch, libc::SCHED_BATCH),
+        (ThreadPolicy::Unchanged, libc::SCHED_OTHER),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         // The uring engine: its fdatasyncs run on io_uring's workers, threads the kernel
         // makes for the shard after start-up.
         config.storage.engine = walrs::config::EngineChoice::Uring;
-        config.server.thread_policy = match policy {
-            "batch" => walrs::config::ThreadPolicy::Batch,
-            _ => walrs::config::ThreadPolicy::Unchanged,
-        };
+        config.server.thread_policy = policy;
         std::fs::write(
             dir.path().join("walrs.toml"),
             toml::to_string(&config).unwrap(),

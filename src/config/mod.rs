@@ -351,33 +351,29 @@ mod tests {
 
     #[test]
     fn bad_enum_values_name_what_is_allowed() {
-        let err = Config::parse("[storage]\nengine = \"spdk\"")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("engine") && err.contains("portable"), "{err}");
-        let err = Config::parse("[server]\nthread_policy = \"fifo\"")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("thread_policy") && err.contains("unchanged"),
-            "{err}"
-        );
-        let err = Config::parse("[storage]\ndurability = \"sometimes\"")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("durability") && err.contains("interval"),
-            "{err}"
-        );
-        let err =
-            Config::parse("[[acl]]\nidentity = \"a\"\ntopics = [\"*\"]\nactions = [\"write\"]")
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("actions") && err.contains("produce"), "{err}");
-        let err = Config::parse("[log]\nformat = \"xml\"")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("format") && err.contains("json"), "{err}");
+        // (config text, the key the error names, a value it offers instead)
+        for (text, key, allowed) in [
+            ("[storage]\nengine = \"spdk\"", "engine", "portable"),
+            (
+                "[server]\nthread_policy = \"fifo\"",
+                "thread_policy",
+                "unchanged",
+            ),
+            (
+                "[storage]\ndurability = \"sometimes\"",
+                "durability",
+                "interval",
+            ),
+            (
+                "[[acl]]\nidentity = \"a\"\ntopics = [\"*\"]\nactions = [\"write\"]",
+                "actions",
+                "produce",
+            ),
+            ("[log]\nformat = \"xml\"", "format", "json"),
+        ] {
+            let err = Config::parse(text).expect_err(text).to_string();
+            assert!(err.contains(key) && err.contains(allowed), "{text}: {err}");
+        }
         let err = Config::parse("listen = \"localhost\"")
             .unwrap_err()
             .to_string();

@@ -89,22 +89,25 @@ impl TopicRoute {
     /// The route of a partition this node holds.
     pub(super) fn partition(&self, partition: u32) -> Result<&PartitionRoute> {
         let route = self.any_partition(partition)?;
-        if !route.local && self.outside_cluster {
-            return Err(Error::OutsideCluster {
-                topic: self.name.to_string(),
-                partition,
-                replicas: route.replicas.clone(),
-            });
+        if route.local {
+            return Ok(route);
         }
-        if !route.local {
-            return Err(Error::NotReplica {
-                topic: self.name.to_string(),
+        let topic = self.name.to_string();
+        let replicas = route.replicas.clone();
+        Err(if self.outside_cluster {
+            Error::OutsideCluster {
+                topic,
                 partition,
-                replicas: route.replicas.clone(),
+                replicas,
+            }
+        } else {
+            Error::NotReplica {
+                topic,
+                partition,
+                replicas,
                 first_addr: route.first_addr.clone(),
-            });
-        }
-        Ok(route)
+            }
+        })
     }
 
     /// The route of a partition, held here or not.
